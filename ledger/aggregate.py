@@ -1,0 +1,333 @@
+"""The per-user aggregate: a user's active contexts, changed only by events."""
+
+from collections.abc import Iterable
+from datetime import datetime, timedelta
+from typing import Any, ClassVar, Self
+from uuid import UUID, uuid4, uuid5
+
+from pydantic import AwareDatetime, BaseModel, ConfigDict
+
+from ledger.chain import GENESIS_HASH, record_hash
+from ledger.errors import ContextLimitExceeded, ContextNotFound
+from ledger.events import (
+    ContextCleared,
+    ContextCreated,
+    ContextEvent,
+    ContextExpired,
+    ContextReused,
+    ContextUpdated,
+)
+from ledger.models import Context
+
+_USER_NAMESPACE = UUID("6f1d4c2e-8a57-4f0b-9c1e-3b2a7d9e5c40")
+
+
+def user_aggregate_id(user_id: str) -> UUID:
+    """The stream id of a user: the same in every process, so writers contend."""
+    return uuid5(_USER_NAMESPACE, user_id)
+
+
+def merge_metadata(current: dict[str, Any], patch: dict[str, Any]) -> dict[str, Any]:
+    """Shallow merge; a key given as None is removed."""
+    merged = {**current, **patch}
+    return {key: value for key, value in merged.items() if value is not None}
+
+
+def expiry_time(last_used_at: datetime, ttl_seconds: float | None) -> datetime | None:
+    """When a context used at ``last_used_at`` expires; None for no expiry."""
+    return (
+        None if ttl_seconds is None else last_used_at + timedelta(seconds=ttl_seconds)
+    )
+
+
+class UserSnapshot(BaseModel):
+    """The state of a user's aggregate at one version, so loading skips replay."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+    TOPIC: ClassVar[str] = "ctxledger:UserSnapshot"
+
+    originator_id: UUID
+    originator_version: int
+    timestamp: AwareDatetime
+    user_id: str
+    created_on: AwareDatetime
+    modified_on: AwareDatetime
+    last_hash: str
+    contexts: list[Context]
+
+    @classmethod
+    def take(cls, aggregate: "UserContexts") -> Self:
+        """Called by the library's snapshotting after a save."""
+        return cls(
+            originator_id=aggregate.id,
+            originator_version=aggregate.version,
+            timestamp=aggregate.modified_on,
+            user_id=aggregate.user_id,
+            created_on=aggregate.created_on,
+            modified_on=aggregate.modified_on,
+            last_hash=aggregate.last_hash,
+            contexts=list(aggregate.contexts.values()),
+        )
+
+
+class UserContexts:
+    """One user's active contexts. Ended contexts leave the state, so it stays small."""
+
+    def __init__(self, aggregate_id: UUID, user_id: str, created_on: datetime) -> None:
+        self._id = aggregate_id
+        self.version = 0
+        self.user_id = user_id
+        self.created_on = created_on
+        self.modified_on = created_on
+        self.last_hash = GENESIS_HASH
+        self.contexts: dict[str, Context] = {}
+        self._threads: dict[str, str] = {}
+        self._pending: list[ContextEvent] = []
+
+    @classmethod
+    def start(cls, user_id: str, now: datetime) -> Self:
+        """The empty aggregate of a user who has no events yet."""
+        return cls(user_aggregate_id(user_id), user_id, now)
+
+    @classmethod
+    def from_snapshot(cls, snapshot: UserSnapshot) -> Self:
+        aggregate = cls(snapshot.originator_id, snapshot.user_id, snapshot.created_on)
+        aggregate.version = snapshot.originator_version
+        aggregate.modified_on = snapshot.modified_on
+        aggregate.last_hash = snapshot.last_hash
+        for context in snapshot.contexts:
+            aggregate._put(context)
+        return aggregate
+
+    @property
+    def id(self) -> UUID:
+        return self._id
+
+    def __deepcopy__(self, memo: dict[int, Any]) -> Self:
+        # Contexts are frozen and replaced, never changed in place: copy the maps only.
+        copy = type(self).__new__(type(self))
+        copy.__dict__.update(self.__dict__)
+        copy.contexts = dict(self.contexts)
+        copy._threads = dict(self._threads)
+        copy._pending = list(self._pending)
+        return copy
+
+    def collect_events(self) -> list[ContextEvent]:
+        """Hands the new events to the library's save and forgets them."""
+        events, self._pending = self._pending, []
+        return events
+
+    # Queries.
+
+    def for_thread(self, thread_id: str) -> Context | None:
+        context_id = self._threads.get(thread_id)
+        return None if context_id is None else self.contexts[context_id]
+
+    def owned(self, context_id: str) -> Context:
+        """The user's active context with this id; any other id is simply not found."""
+        try:
+            return self.contexts[context_id]
+        except KeyError:
+            raise ContextNotFound(self.user_id, context_id) from None
+
+    def live(self, now: datetime) -> list[Context]:
+        return [c for c in self.contexts.values() if not c.is_due(now)]
+
+    # Commands: each decides, then triggers events that change the state.
+
+    def open(
+        self,
+        thread_id: str,
+        *,
+        run_id: str | None,
+        metadata: dict[str, Any],
+        ttl_seconds: float | None,
+        default_ttl_seconds: float | None,
+        now: datetime,
+        limit: int,
+    ) -> Context:
+        """Reuses the thread's live context, else creates one (within ``limit``)."""
+        current = self.for_thread(thread_id)
+        if current is not None and not current.is_due(now):
+            return self._reuse(current, run_id, metadata, ttl_seconds, now)
+        if len(self.live(now)) >= limit:
+            raise ContextLimitExceeded(self.user_id, limit)
+        self.expire_due(now)
+        context_id = str(uuid4())
+        self._trigger(
+            ContextCreated,
+            now,
+            context_id=context_id,
+            thread_id=thread_id,
+            run_id=run_id,
+            metadata=merge_metadata({}, metadata),
+            ttl_seconds=ttl_seconds if ttl_seconds is not None else default_ttl_seconds,
+        )
+        return self.contexts[context_id]
+
+    def _reuse(
+        self,
+        context: Context,
+        run_id: str | None,
+        metadata: dict[str, Any],
+        ttl_seconds: float | None,
+        now: datetime,
+    ) -> Context:
+        self._trigger(
+            ContextReused,
+            now,
+            context_id=context.context_id,
+            thread_id=context.thread_id,
+            run_id=run_id if run_id is not None else context.run_id,
+            metadata=metadata,
+            ttl_seconds=ttl_seconds if ttl_seconds is not None else context.ttl_seconds,
+            reuse_count=context.reuse_count + 1,
+        )
+        return self.contexts[context.context_id]
+
+    def update(
+        self,
+        context_id: str,
+        *,
+        run_id: str | None,
+        metadata: dict[str, Any],
+        now: datetime,
+    ) -> Context:
+        context = self.owned(context_id)
+        if context.is_due(now):
+            raise ContextNotFound(self.user_id, context_id)
+        self._trigger(
+            ContextUpdated,
+            now,
+            context_id=context_id,
+            thread_id=context.thread_id,
+            run_id=run_id if run_id is not None else context.run_id,
+            metadata=metadata,
+        )
+        return self.contexts[context_id]
+
+    def clear(self, context_id: str, *, reason: str, now: datetime) -> None:
+        context = self.owned(context_id)
+        if context.is_due(now):
+            self._expire(context, now)
+        else:
+            self._end(ContextCleared, context, now, reason=reason)
+
+    def clear_all(self, *, reason: str, now: datetime) -> int:
+        """Clears every live context (due ones expire instead); returns how many."""
+        self.expire_due(now)
+        cleared = list(self.contexts.values())
+        for context in cleared:
+            self._end(ContextCleared, context, now, reason=reason)
+        return len(cleared)
+
+    def expire_due(self, now: datetime) -> int:
+        due = [c for c in self.contexts.values() if c.is_due(now)]
+        for context in due:
+            self._expire(context, now)
+        return len(due)
+
+    def _expire(self, context: Context, now: datetime) -> None:
+        self._end(
+            ContextExpired, context, now, reason="ttl", expires_at=context.expires_at
+        )
+
+    def _end(
+        self, cls: type[ContextEvent], context: Context, now: datetime, **fields: Any
+    ) -> None:
+        self._trigger(
+            cls,
+            now,
+            context_id=context.context_id,
+            thread_id=context.thread_id,
+            run_id=context.run_id,
+            **fields,
+        )
+
+    def _trigger(self, cls: type[ContextEvent], now: datetime, **fields: Any) -> None:
+        event = cls(
+            originator_id=self.id,
+            originator_version=self.version + 1,
+            timestamp=now,
+            user_id=self.user_id,
+            prev_hash=self.last_hash,
+            **fields,
+        )
+        self.apply(event)
+        self._pending.append(event)
+
+    # Evolution: the only code that changes the state.
+
+    def apply(self, event: ContextEvent) -> None:
+        if event.originator_version != self.version + 1:
+            msg = (
+                f"event version {event.originator_version} of user {self.user_id!r} "
+                f"does not follow version {self.version}"
+            )
+            raise ValueError(msg)
+        self._evolve(event)
+        self.version = event.originator_version
+        self.modified_on = event.timestamp
+        self.last_hash = record_hash(event.to_ledger_event().model_dump(mode="json"))
+
+    def _evolve(self, event: ContextEvent) -> None:
+        at = event.timestamp
+        match event:
+            case ContextCreated():
+                self._put(
+                    Context(
+                        context_id=event.context_id,
+                        user_id=event.user_id,
+                        thread_id=event.thread_id,
+                        run_id=event.run_id,
+                        metadata=event.metadata,
+                        created_at=at,
+                        last_used_at=at,
+                        expires_at=expiry_time(at, event.ttl_seconds),
+                        ttl_seconds=event.ttl_seconds,
+                    )
+                )
+            case ContextReused():
+                self._touch(
+                    event, ttl_seconds=event.ttl_seconds, reuse_count=event.reuse_count
+                )
+            case ContextUpdated():
+                self._touch(event)
+            case ContextExpired() | ContextCleared():
+                del self._threads[event.thread_id]
+                del self.contexts[event.context_id]
+
+    def _touch(self, event: ContextReused | ContextUpdated, **changes: Any) -> None:
+        context = self.contexts[event.context_id]
+        ttl = changes.get("ttl_seconds", context.ttl_seconds)
+        self._put(
+            context.model_copy(
+                update={
+                    "run_id": event.run_id,
+                    "metadata": merge_metadata(context.metadata, event.metadata),
+                    "last_used_at": event.timestamp,
+                    "expires_at": expiry_time(event.timestamp, ttl),
+                    **changes,
+                }
+            )
+        )
+
+    def _put(self, context: Context) -> None:
+        self.contexts[context.context_id] = context
+        self._threads[context.thread_id] = context.context_id
+
+
+def project_user(
+    aggregate: UserContexts | None, events: Iterable[ContextEvent | UserSnapshot]
+) -> UserContexts | None:
+    """Replays stored events (after an optional snapshot) into the aggregate."""
+    for event in events:
+        if isinstance(event, UserSnapshot):
+            aggregate = UserContexts.from_snapshot(event)
+            continue
+        if aggregate is None:
+            aggregate = UserContexts(
+                event.originator_id, event.user_id, event.timestamp
+            )
+        aggregate.apply(event)
+    return aggregate

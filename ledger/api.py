@@ -1,0 +1,214 @@
+"""``ContextLedger``: the domain API that backends call."""
+
+import sqlite3
+import threading
+from collections.abc import Callable
+from types import TracebackType
+from typing import Any, Self, TypeVar
+
+import psycopg
+from eventsourcing.persistence import IntegrityError, PersistenceError
+from eventsourcing.utils import retry
+
+from ledger import validation
+from ledger.aggregate import UserContexts
+from ledger.application import LedgerApplication, utc_now
+from ledger.errors import ConcurrencyConflict, LedgerConfigError, StorageUnavailable
+from ledger.expiry import DueIndex
+from ledger.models import Context, LedgerEvent
+from ledger.postgres import create_schema
+from ledger.storage import Storage, resolve_url, storage_for
+
+T = TypeVar("T")
+
+MAX_ATTEMPTS = 25
+RETRY_WAIT_SECONDS = 0.005
+
+
+class ContextLedger:
+    """Per-user execution contexts, every change an event in the user's stream.
+
+    Open one with ``ContextLedger.open(url)``; it is safe to share between threads,
+    and many processes may open the same database.
+    """
+
+    def __init__(
+        self,
+        application: LedgerApplication,
+        storage: Storage,
+        *,
+        max_contexts_per_user: int,
+        default_ttl_seconds: float | None,
+    ) -> None:
+        self._app = application
+        self.storage = storage
+        self.max_contexts_per_user = max_contexts_per_user
+        self.default_ttl_seconds = default_ttl_seconds
+        self._due = DueIndex()
+        self._due_lock = threading.Lock()
+
+    @classmethod
+    def open(
+        cls,
+        url: str | None = None,
+        *,
+        max_contexts_per_user: int = 10,
+        default_ttl_seconds: float | None = None,
+    ) -> Self:
+        """Opens the ledger at ``url`` (else CTXLEDGER_URL, else sqlite:///ctxledger.db)."""
+        if (
+            isinstance(max_contexts_per_user, bool)
+            or not isinstance(max_contexts_per_user, int)
+            or max_contexts_per_user < 1
+        ):
+            raise LedgerConfigError(
+                f"max_contexts_per_user={max_contexts_per_user!r} must be an int of 1 "
+                "or more"
+            )
+        default_ttl = validation.ttl_seconds(default_ttl_seconds)
+        storage = storage_for(resolve_url(url))
+        return cls(
+            _start_application(storage),
+            storage,
+            max_contexts_per_user=max_contexts_per_user,
+            default_ttl_seconds=default_ttl,
+        )
+
+    def close(self) -> None:
+        self._app.close()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    # Commands.
+
+    def open_context(
+        self,
+        user_id: str,
+        thread_id: str,
+        *,
+        run_id: str | None = None,
+        metadata: dict[str, Any] | None = None,
+        ttl_seconds: float | None = None,
+    ) -> Context:
+        """The thread's active context, reused; a new one if it has none."""
+        user = validation.identifier("user_id", user_id)
+        thread = validation.identifier("thread_id", thread_id)
+        run = validation.optional_identifier("run_id", run_id)
+        patch = validation.metadata(metadata)
+        ttl = validation.ttl_seconds(ttl_seconds)
+        return self._change(
+            user,
+            lambda aggregate: aggregate.open(
+                thread,
+                run_id=run,
+                metadata=patch,
+                ttl_seconds=ttl,
+                default_ttl_seconds=self.default_ttl_seconds,
+                now=utc_now(),
+                limit=self.max_contexts_per_user,
+            ),
+        )
+
+    def update_context(
+        self,
+        user_id: str,
+        context_id: str,
+        *,
+        run_id: str | None = None,
+        metadata: dict[str, Any] | None = None,
+    ) -> Context:
+        """Merges ``metadata`` (None removes a key) and may set a new run id."""
+        user = validation.identifier("user_id", user_id)
+        context = validation.identifier("context_id", context_id)
+        run = validation.optional_identifier("run_id", run_id)
+        patch = validation.metadata(metadata)
+        return self._change(
+            user,
+            lambda aggregate: aggregate.update(
+                context, run_id=run, metadata=patch, now=utc_now()
+            ),
+        )
+
+    def clear_context(
+        self, user_id: str, context_id: str, *, reason: str = "cleared"
+    ) -> None:
+        """Ends one of the user's contexts."""
+        user = validation.identifier("user_id", user_id)
+        context = validation.identifier("context_id", context_id)
+        why = validation.reason(reason)
+        self._change(
+            user, lambda aggregate: aggregate.clear(context, reason=why, now=utc_now())
+        )
+
+    def clear_user(self, user_id: str, *, reason: str = "cleared") -> int:
+        """Ends all of the user's contexts; returns how many were cleared."""
+        user = validation.identifier("user_id", user_id)
+        why = validation.reason(reason)
+        return self._change(
+            user, lambda aggregate: aggregate.clear_all(reason=why, now=utc_now())
+        )
+
+    def expire_due(self) -> int:
+        """Records the expiry of every context past its time, for all users."""
+        with self._due_lock:
+            self._due.catch_up(self._app.recorder, self._app.mapper)
+            users = self._due.users_due(utc_now())
+        return sum(
+            self._change(user, lambda aggregate: aggregate.expire_due(utc_now()))
+            for user in users
+        )
+
+    # Queries: they never append.
+
+    def get_context(self, user_id: str, thread_id: str) -> Context | None:
+        """The thread's active, unexpired context, or None."""
+        user = validation.identifier("user_id", user_id)
+        thread = validation.identifier("thread_id", thread_id)
+        context = self._app.load(user).for_thread(thread)
+        if context is None or context.is_due(utc_now()):
+            return None
+        return context
+
+    def active_contexts(self, user_id: str) -> list[Context]:
+        """The user's active, unexpired contexts, oldest first."""
+        user = validation.identifier("user_id", user_id)
+        live = self._app.load(user).live(utc_now())
+        return sorted(
+            live, key=lambda context: (context.created_at, context.context_id)
+        )
+
+    def history(self, user_id: str) -> list[LedgerEvent]:
+        """Every event of the user, in order."""
+        user = validation.identifier("user_id", user_id)
+        return [event.to_ledger_event() for event in self._app.stream(user)]
+
+    def _change(self, user_id: str, command: Callable[[UserContexts], T]) -> T:
+        @retry(IntegrityError, max_attempts=MAX_ATTEMPTS, wait=RETRY_WAIT_SECONDS)
+        def attempt() -> T:
+            aggregate = self._app.load(user_id)
+            result = command(aggregate)
+            self._app.save(aggregate)
+            return result
+
+        try:
+            return attempt()  # type: ignore[no-any-return]
+        except IntegrityError:
+            raise ConcurrencyConflict(user_id, MAX_ATTEMPTS) from None
+
+
+def _start_application(storage: Storage) -> LedgerApplication:
+    try:
+        if storage.postgres_schema is not None:
+            create_schema(storage.settings)
+        return LedgerApplication(env=storage.settings)
+    except (OSError, PersistenceError, psycopg.Error, sqlite3.Error) as error:
+        raise StorageUnavailable(storage.description, error) from error

@@ -1,0 +1,91 @@
+"""Errors raised by the ledger.
+
+    LedgerError
+    ├── InvalidContextInput (also ValueError)   bad ids, metadata, ttl or reason
+    ├── ContextNotFound (also LookupError)      unknown, ended or another user's id
+    ├── ContextLimitExceeded                    the user has too many active contexts
+    ├── ConcurrencyConflict                     writers kept colliding on one user
+    ├── LedgerConfigError (also ValueError)     a database URL or setting is unusable
+    └── StorageUnavailable (also ConnectionError)  the database cannot be opened
+
+Each error carries the values that explain it and says what to do.
+"""
+
+_SHOWN_CHARS = 60
+
+
+def shorten(value: object) -> str:
+    """The repr of a value, cut to a readable length for error messages."""
+    text = repr(value)
+    if len(text) <= _SHOWN_CHARS:
+        return text
+    return f"{text[: _SHOWN_CHARS - 3]}... ({len(text)} chars)"
+
+
+class LedgerError(Exception):
+    """Root of every error the ledger raises on purpose."""
+
+
+class InvalidContextInput(LedgerError, ValueError):
+    """An argument failed validation; nothing was appended."""
+
+    def __init__(self, field: str, value: object, problem: str, fix: str) -> None:
+        self.field = field
+        self.value = value
+        self.problem = problem
+        super().__init__(f"{field}={shorten(value)} {problem}; {fix}")
+
+
+class ContextNotFound(LedgerError, LookupError):
+    """No active context with this id exists for this user."""
+
+    def __init__(self, user_id: str, context_id: str) -> None:
+        self.user_id = user_id
+        self.context_id = context_id
+        super().__init__(
+            f"no active context {shorten(context_id)} for user {shorten(user_id)}: "
+            "it was never opened for this user, or it was cleared or has expired; "
+            "call open_context(user_id, thread_id) to get the thread's context"
+        )
+
+
+class ContextLimitExceeded(LedgerError):
+    """Opening one more context would exceed the per-user limit."""
+
+    def __init__(self, user_id: str, limit: int) -> None:
+        self.user_id = user_id
+        self.limit = limit
+        super().__init__(
+            f"user {shorten(user_id)} already has {limit} active contexts, the limit; "
+            "clear_context() one that is no longer needed, reuse an existing thread, "
+            "or open the ledger with a higher max_contexts_per_user"
+        )
+
+
+class ConcurrencyConflict(LedgerError):
+    """Concurrent writers to one user kept winning; the command was not applied."""
+
+    def __init__(self, user_id: str, attempts: int) -> None:
+        self.user_id = user_id
+        self.attempts = attempts
+        super().__init__(
+            f"user {shorten(user_id)} was changed by other writers during each of "
+            f"{attempts} attempts; nothing was appended; retry the call later"
+        )
+
+
+class LedgerConfigError(LedgerError, ValueError):
+    """The ledger cannot be opened with the given URL or settings."""
+
+
+class StorageUnavailable(LedgerError, ConnectionError):
+    """The database named by the URL cannot be reached or opened."""
+
+    def __init__(self, where: str, cause: BaseException) -> None:
+        self.where = where
+        self.cause = cause
+        super().__init__(
+            f"cannot open the ledger on {where}: "
+            f"{str(cause).strip() or type(cause).__name__}; "
+            "check that the database is running and the URL is right"
+        )

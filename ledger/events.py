@@ -1,0 +1,117 @@
+"""The domain events of a user's context stream: frozen pydantic models.
+
+Their topics are explicit and stable, so classes may move without breaking stored
+events. This module must not use ``from __future__ import annotations``: pydantic
+reads the field annotations at class creation.
+"""
+
+from typing import Any, ClassVar
+from uuid import UUID
+
+from pydantic import AwareDatetime, BaseModel, ConfigDict
+
+from ledger.models import EventKind, LedgerEvent
+
+_ENVELOPE = set(
+    {
+        "originator_id",
+        "originator_version",
+        "timestamp",
+        "user_id",
+        "context_id",
+        "thread_id",
+        "run_id",
+        "prev_hash",
+    }
+)
+
+
+class ContextEvent(BaseModel):
+    """Fields every event of a user's stream carries."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    TOPIC: ClassVar[str]
+    KIND: ClassVar[EventKind]
+
+    originator_id: UUID
+    originator_version: int
+    timestamp: AwareDatetime
+    user_id: str
+    context_id: str
+    thread_id: str
+    run_id: str | None
+    prev_hash: str
+
+    def to_ledger_event(self) -> LedgerEvent:
+        """The auditor's view of this event; its JSON form is what the chain hashes."""
+        return LedgerEvent(
+            user_id=self.user_id,
+            kind=self.KIND,
+            context_id=self.context_id,
+            thread_id=self.thread_id,
+            run_id=self.run_id,
+            occurred_at=self.timestamp,
+            version=self.originator_version,
+            details=self.model_dump(mode="json", exclude=_ENVELOPE),
+            prev_hash=self.prev_hash,
+        )
+
+
+class ContextCreated(ContextEvent):
+    """A new context was opened for a thread that had no active one."""
+
+    TOPIC: ClassVar[str] = "ctxledger:ContextCreated"
+    KIND: ClassVar[EventKind] = "created"
+
+    metadata: dict[str, Any]
+    ttl_seconds: float | None
+
+
+class ContextReused(ContextEvent):
+    """The thread's active context was opened again; ``metadata`` is the patch."""
+
+    TOPIC: ClassVar[str] = "ctxledger:ContextReused"
+    KIND: ClassVar[EventKind] = "reused"
+
+    metadata: dict[str, Any]
+    ttl_seconds: float | None
+    reuse_count: int
+
+
+class ContextUpdated(ContextEvent):
+    """Metadata or run id of an active context changed; ``metadata`` is the patch."""
+
+    TOPIC: ClassVar[str] = "ctxledger:ContextUpdated"
+    KIND: ClassVar[EventKind] = "updated"
+
+    metadata: dict[str, Any]
+
+
+class ContextExpired(ContextEvent):
+    """The context's time to live ran out at ``expires_at``."""
+
+    TOPIC: ClassVar[str] = "ctxledger:ContextExpired"
+    KIND: ClassVar[EventKind] = "expired"
+
+    reason: str
+    expires_at: AwareDatetime
+
+
+class ContextCleared(ContextEvent):
+    """The context was ended on request."""
+
+    TOPIC: ClassVar[str] = "ctxledger:ContextCleared"
+    KIND: ClassVar[EventKind] = "cleared"
+
+    reason: str
+
+
+EVENT_CLASSES: tuple[type[ContextEvent], ...] = (
+    ContextCreated,
+    ContextReused,
+    ContextUpdated,
+    ContextExpired,
+    ContextCleared,
+)
+EVENT_TOPICS: tuple[str, ...] = tuple(cls.TOPIC for cls in EVENT_CLASSES)

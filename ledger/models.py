@@ -1,0 +1,52 @@
+"""The values the ledger returns: an active context and an entry of its history."""
+
+from datetime import datetime
+from typing import Any, Literal
+
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
+
+EventKind = Literal["created", "reused", "updated", "expired", "cleared"]
+EVENT_KINDS: tuple[EventKind, ...] = (
+    "created",
+    "reused",
+    "updated",
+    "expired",
+    "cleared",
+)
+
+
+class Context(BaseModel):
+    """An active execution context of one user's thread."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    context_id: str
+    user_id: str
+    thread_id: str
+    run_id: str | None
+    metadata: dict[str, Any] = Field(default_factory=dict)
+    created_at: AwareDatetime
+    last_used_at: AwareDatetime
+    expires_at: AwareDatetime | None
+    ttl_seconds: float | None
+    reuse_count: int = 0
+
+    def is_due(self, now: datetime) -> bool:
+        """Whether the context's time to live has run out at ``now``."""
+        return self.expires_at is not None and self.expires_at <= now
+
+
+class LedgerEvent(BaseModel):
+    """One lifecycle change of a context, as an auditor reads it."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    user_id: str
+    kind: EventKind
+    context_id: str
+    thread_id: str
+    run_id: str | None
+    occurred_at: AwareDatetime
+    version: int
+    details: dict[str, Any]
+    prev_hash: str

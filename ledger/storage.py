@@ -1,0 +1,124 @@
+"""Database URLs, turned into the settings of an ``eventsourcing`` application.
+
+sqlite:///relative/path.db     sqlite:////absolute/path.db     (WAL mode)
+postgresql://user[:password]@host[:port]/dbname[?schema=NAME&host=SOCKET_DIR]
+memory://                       (in this process only; gone on close)
+"""
+
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import parse_qs, unquote, urlsplit
+
+from ledger.errors import LedgerConfigError
+
+DEFAULT_URL = "sqlite:///ctxledger.db"
+URL_VARIABLE = "CTXLEDGER_URL"
+SQLITE_LOCK_TIMEOUT_SECONDS = 30
+POSTGRES_CONNECT_TIMEOUT_SECONDS = 5
+_SCHEMA_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,62}")
+_POSTGRES_OPTIONS = frozenset({"schema", "host"})
+_URL_FORMS = (
+    "use sqlite:///path.db, postgresql://user[:password]@host[:port]/dbname"
+    "[?schema=NAME], or memory://"
+)
+
+
+@dataclass(frozen=True)
+class Storage:
+    """Where a ledger keeps its events, as the library's settings."""
+
+    kind: str
+    settings: dict[str, str]
+    description: str
+    postgres_schema: str | None = None
+
+
+def resolve_url(url: str | None) -> str:
+    """The given URL, else the CTXLEDGER_URL environment variable, else the default."""
+    return url or os.environ.get(URL_VARIABLE) or DEFAULT_URL
+
+
+def storage_for(url: str) -> Storage:
+    """Parses a database URL; LedgerConfigError says what is wrong with it."""
+    scheme = url.split(":", 1)[0].lower() if ":" in url else ""
+    if scheme == "sqlite":
+        return _sqlite(url)
+    if scheme in ("postgresql", "postgres"):
+        return _postgres(url)
+    if url.lower().rstrip("/") == "memory:":
+        return Storage("memory", {"PERSISTENCE_MODULE": "eventsourcing.popo"}, "memory")
+    raise LedgerConfigError(
+        f"unsupported database URL {_hide_password(url)!r}; {_URL_FORMS}"
+    )
+
+
+def _sqlite(url: str) -> Storage:
+    prefix = "sqlite:///"
+    if not url.startswith(prefix) or len(url) == len(prefix):
+        raise LedgerConfigError(
+            f"SQLite URL {url!r} has no file path; use sqlite:///relative/path.db "
+            "or sqlite:////absolute/path.db"
+        )
+    path = Path(unquote(url[len(prefix) :]))
+    if not path.parent.is_dir():
+        raise LedgerConfigError(
+            f"the folder {str(path.parent)!r} of SQLite file {str(path)!r} does not "
+            "exist; create it first or choose another path"
+        )
+    settings = {
+        "PERSISTENCE_MODULE": "eventsourcing.sqlite",
+        "SQLITE_DBNAME": str(path),
+        "SQLITE_LOCK_TIMEOUT": str(SQLITE_LOCK_TIMEOUT_SECONDS),
+    }
+    return Storage("sqlite", settings, f"sqlite file {path}")
+
+
+def _postgres(url: str) -> Storage:
+    parts = urlsplit(url)
+    options = {key: values[-1] for key, values in parse_qs(parts.query).items()}
+    unknown = sorted(set(options) - _POSTGRES_OPTIONS)
+    if unknown:
+        raise LedgerConfigError(
+            f"unknown PostgreSQL URL option(s) {unknown}; only schema and host are read"
+        )
+    dbname = unquote(parts.path.lstrip("/"))
+    if not dbname or not parts.username:
+        raise LedgerConfigError(
+            f"PostgreSQL URL {_hide_password(url)!r} needs a user and a database "
+            "name: postgresql://user[:password]@host[:port]/dbname"
+        )
+    schema = options.get("schema", "public")
+    if not _SCHEMA_NAME.fullmatch(schema):
+        raise LedgerConfigError(
+            f"schema name {schema!r} is not a plain SQL identifier; use letters, "
+            "digits and underscores, starting with a letter or underscore"
+        )
+    try:
+        port = parts.port or 5432
+    except ValueError:
+        raise LedgerConfigError(
+            f"the port in {_hide_password(url)!r} is not a number"
+        ) from None
+    host = options.get("host") or unquote(parts.hostname or "")
+    settings = {
+        "PERSISTENCE_MODULE": "eventsourcing.postgres",
+        "POSTGRES_DBNAME": dbname,
+        "POSTGRES_HOST": host,
+        "POSTGRES_PORT": str(port),
+        "POSTGRES_USER": unquote(parts.username),
+        # An empty password lets libpq use PGPASSWORD or ~/.pgpass.
+        "POSTGRES_PASSWORD": unquote(parts.password or ""),
+        "POSTGRES_SCHEMA": schema,
+        "POSTGRES_CONNECT_TIMEOUT": str(POSTGRES_CONNECT_TIMEOUT_SECONDS),
+    }
+    where = f"postgresql {host or 'local socket'}:{port}/{dbname} schema {schema}"
+    return Storage("postgres", settings, where, postgres_schema=schema)
+
+
+def _hide_password(url: str) -> str:
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    return url.replace(f":{parts.password}@", ":***@", 1)

@@ -1,0 +1,189 @@
+"""Checks on every argument that reaches the ledger, before anything is appended.
+
+The rules are pydantic types; a ``ValidationError`` becomes ``InvalidContextInput``.
+"""
+
+import math
+import unicodedata
+from collections.abc import Mapping
+from typing import Annotated, Any
+
+import msgpack
+from pydantic import AfterValidator, Field, Strict, TypeAdapter, ValidationError
+
+from ledger.errors import InvalidContextInput
+
+MAX_ID_CHARS = 256
+MAX_REASON_CHARS = 256
+MAX_METADATA_BYTES = 64 * 1024
+MAX_METADATA_DEPTH = 8
+_INT64 = 2**63
+
+PLACEHOLDERS = frozenset(
+    {
+        "none",
+        "null",
+        "nil",
+        "undefined",
+        "nan",
+        "n/a",
+        "placeholder",
+        "default",
+        "unknown",
+        "anonymous",
+        "string",
+        "str",
+        "user_id",
+        "userid",
+        "thread_id",
+        "threadid",
+        "run_id",
+        "runid",
+        "context_id",
+        "[object object]",
+    }
+)
+"""Values refused as ids, compared case-insensitively, also when wrapped in
+``{}``, ``{{}}``, ``<>``, ``${}`` or ``[]`` as by an unformatted template."""
+
+_WRAPPERS = (("${", "}"), ("{{", "}}"), ("{", "}"), ("<", ">"), ("[", "]"))
+
+
+def _unwrapped(text: str) -> str:
+    for start, end in _WRAPPERS:
+        if (
+            text.startswith(start)
+            and text.endswith(end)
+            and len(text) > len(start + end)
+        ):
+            return text[len(start) : -len(end)].strip()
+    return text
+
+
+def _check_id(value: str) -> str:
+    if value != value.strip():
+        raise ValueError("has leading or trailing whitespace")
+    if any(unicodedata.category(char) in ("Cc", "Cs") for char in value):
+        raise ValueError("contains a control character or an unpaired surrogate")
+    if _unwrapped(value.lower()) in PLACEHOLDERS:
+        raise ValueError("is a placeholder, not a real id")
+    return value
+
+
+def _normalized(value: object, path: str, depth: int) -> Any:
+    """A plain-JSON copy of a metadata value (tuples become lists), or ValueError."""
+    if depth > MAX_METADATA_DEPTH:
+        raise ValueError(f"{path} nests deeper than {MAX_METADATA_DEPTH} levels")
+    if isinstance(value, Mapping):
+        result = {}
+        for key, item in value.items():
+            if not isinstance(key, str):
+                raise ValueError(f"{path} has a key {key!r} that is not a str")
+            result[key] = _normalized(item, f"{path}[{key!r}]", depth + 1)
+        return result
+    if isinstance(value, list | tuple):
+        return [
+            _normalized(item, f"{path}[{i}]", depth + 1) for i, item in enumerate(value)
+        ]
+    if isinstance(value, float) and not math.isfinite(value):
+        raise ValueError(f"{path} is {value!r}; only finite numbers are stored")
+    if (
+        isinstance(value, int)
+        and not isinstance(value, bool)
+        and not -_INT64 <= value < _INT64
+    ):
+        raise ValueError(f"{path} is an integer outside the signed 64-bit range")
+    if value is None or isinstance(value, bool | int | float | str):
+        return value
+    raise ValueError(f"{path} is of type {type(value).__name__}, which is not stored")
+
+
+def _check_metadata(value: dict[str, Any]) -> dict[str, Any]:
+    normalized: dict[str, Any] = _normalized(value, "metadata", 1)
+    try:
+        size = len(msgpack.packb(normalized, use_bin_type=True))
+    except (TypeError, ValueError, OverflowError) as error:
+        raise ValueError(f"cannot be encoded: {error}") from None
+    if size > MAX_METADATA_BYTES:
+        raise ValueError(
+            f"is {size} bytes encoded, over the {MAX_METADATA_BYTES} limit"
+        )
+    return normalized
+
+
+Identifier = Annotated[
+    str,
+    Strict(),
+    Field(min_length=1, max_length=MAX_ID_CHARS),
+    AfterValidator(_check_id),
+]
+Metadata = Annotated[dict[str, Any], Strict(), AfterValidator(_check_metadata)]
+TtlSeconds = Annotated[float, Strict(), Field(gt=0, allow_inf_nan=False)]
+Reason = Annotated[str, Strict(), Field(min_length=1, max_length=MAX_REASON_CHARS)]
+
+_IDENTIFIER: TypeAdapter[str] = TypeAdapter(Identifier)
+_METADATA: TypeAdapter[dict[str, Any]] = TypeAdapter(Metadata)
+_TTL: TypeAdapter[float] = TypeAdapter(TtlSeconds)
+_REASON: TypeAdapter[str] = TypeAdapter(Reason)
+
+_FIXES = {
+    "id": (
+        f"pass the real id: 1 to {MAX_ID_CHARS} characters, no control characters, "
+        "no surrounding whitespace, not a placeholder such as 'none' or 'undefined'"
+    ),
+    "metadata": (
+        "pass a dict with str keys and values that are None, bool, int, finite float, "
+        f"str, or lists and dicts of these, at most {MAX_METADATA_DEPTH} levels deep "
+        f"and {MAX_METADATA_BYTES // 1024} KiB encoded"
+    ),
+    "ttl": "pass a finite number of seconds greater than 0, or None for the default",
+    "reason": f"pass a non-empty reason of at most {MAX_REASON_CHARS} characters",
+}
+
+
+def _validate(adapter: TypeAdapter[Any], field: str, fix: str, value: object) -> Any:
+    try:
+        return adapter.validate_python(value)
+    except ValidationError as error:
+        first = error.errors()[0]
+        problem = first["msg"].removeprefix("Value error, ").lower()
+        if first["loc"]:
+            problem = f"at {list(first['loc'])}: {problem}"
+        raise InvalidContextInput(field, value, problem, _FIXES[fix]) from None
+
+
+def identifier(field: str, value: object) -> str:
+    """A user, thread, run or context id, checked."""
+    result: str = _validate(_IDENTIFIER, field, "id", value)
+    return result
+
+
+def optional_identifier(field: str, value: object) -> str | None:
+    """An optional id: None passes, anything else must be a valid id."""
+    return None if value is None else identifier(field, value)
+
+
+def metadata(value: object) -> dict[str, Any]:
+    """Context metadata, checked; None means no metadata."""
+    if value is None:
+        return {}
+    if isinstance(value, Mapping) and not isinstance(value, dict):
+        value = dict(value)
+    result: dict[str, Any] = _validate(_METADATA, "metadata", "metadata", value)
+    return result
+
+
+def ttl_seconds(value: object) -> float | None:
+    """A time to live in seconds, checked; None means the ledger's default."""
+    if value is None:
+        return None
+    if isinstance(value, bool):
+        raise InvalidContextInput("ttl_seconds", value, "is a bool", _FIXES["ttl"])
+    result: float = _validate(_TTL, "ttl_seconds", "ttl", value)
+    return result
+
+
+def reason(value: object) -> str:
+    """The reason given for a clear, checked."""
+    result: str = _validate(_REASON, "reason", "reason", value)
+    return result
