@@ -5,7 +5,7 @@ from datetime import datetime, timedelta
 from typing import Any, ClassVar, Self
 from uuid import UUID, uuid4, uuid5
 
-from pydantic import AwareDatetime, BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict
 
 from ledger.chain import GENESIS_HASH, record_hash
 from ledger.errors import ContextLimitExceeded, ContextNotFound
@@ -17,7 +17,7 @@ from ledger.events import (
     ContextReused,
     ContextUpdated,
 )
-from ledger.models import Context
+from ledger.models import Context, UtcDatetime
 
 _USER_NAMESPACE = UUID("6f1d4c2e-8a57-4f0b-9c1e-3b2a7d9e5c40")
 
@@ -48,10 +48,10 @@ class UserSnapshot(BaseModel):
 
     originator_id: UUID
     originator_version: int
-    timestamp: AwareDatetime
+    timestamp: UtcDatetime
     user_id: str
-    created_on: AwareDatetime
-    modified_on: AwareDatetime
+    created_on: UtcDatetime
+    modified_on: UtcDatetime
     last_hash: str
     contexts: list[Context]
 

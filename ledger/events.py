@@ -8,9 +8,9 @@ reads the field annotations at class creation.
 from typing import Any, ClassVar
 from uuid import UUID
 
-from pydantic import AwareDatetime, BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict
 
-from ledger.models import EventKind, LedgerEvent
+from ledger.models import EventKind, LedgerEvent, UtcDatetime
 
 _ENVELOPE = set(
     {
@@ -36,7 +36,7 @@ class ContextEvent(BaseModel):
 
     originator_id: UUID
     originator_version: int
-    timestamp: AwareDatetime
+    timestamp: UtcDatetime
     user_id: str
     context_id: str
     thread_id: str
@@ -95,7 +95,7 @@ class ContextExpired(ContextEvent):
     KIND: ClassVar[EventKind] = "expired"
 
     reason: str
-    expires_at: AwareDatetime
+    expires_at: UtcDatetime
 
 
 class ContextCleared(ContextEvent):

@@ -1,9 +1,9 @@
 """The values the ledger returns: an active context and an entry of its history."""
 
-from datetime import datetime
-from typing import Any, Literal
+from datetime import UTC, datetime
+from typing import Annotated, Any, Literal
 
-from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, AwareDatetime, BaseModel, ConfigDict, Field
 
 EventKind = Literal["created", "reused", "updated", "expired", "cleared"]
 EVENT_KINDS: tuple[EventKind, ...] = (
@@ -13,6 +13,10 @@ EVENT_KINDS: tuple[EventKind, ...] = (
     "expired",
     "cleared",
 )
+
+
+UtcDatetime = Annotated[AwareDatetime, AfterValidator(lambda at: at.astimezone(UTC))]
+"""A timezone-aware datetime, kept in UTC so every encoding of it is the same."""
 
 
 class Context(BaseModel):
@@ -25,9 +29,9 @@ class Context(BaseModel):
     thread_id: str
     run_id: str | None
     metadata: dict[str, Any] = Field(default_factory=dict)
-    created_at: AwareDatetime
-    last_used_at: AwareDatetime
-    expires_at: AwareDatetime | None
+    created_at: UtcDatetime
+    last_used_at: UtcDatetime
+    expires_at: UtcDatetime | None
     ttl_seconds: float | None
     reuse_count: int = 0
 
@@ -46,7 +50,7 @@ class LedgerEvent(BaseModel):
     context_id: str
     thread_id: str
     run_id: str | None
-    occurred_at: AwareDatetime
+    occurred_at: UtcDatetime
     version: int
     details: dict[str, Any]
     prev_hash: str

@@ -65,7 +65,8 @@ def _check_id(value: str) -> str:
         raise ValueError("has leading or trailing whitespace")
     if any(unicodedata.category(char) in ("Cc", "Cs") for char in value):
         raise ValueError("contains a control character or an unpaired surrogate")
-    if _unwrapped(value.lower()) in PLACEHOLDERS:
+    lowered = value.lower()
+    if lowered in PLACEHOLDERS or _unwrapped(lowered) in PLACEHOLDERS:
         raise ValueError("is a placeholder, not a real id")
     return value
 
