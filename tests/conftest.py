@@ -13,7 +13,7 @@ import pytest
 from ledger import ContextLedger
 
 # Database drivers keep real time under freezegun; ledger event times still freeze.
-freezegun.configure(  # type: ignore[attr-defined]
+freezegun.configure(
     extend_ignore_list=["psycopg", "psycopg_pool", "eventsourcing", "hypothesis"]
 )
 

@@ -41,8 +41,8 @@ json_values = st.recursive(
 )
 metadata = st.dictionaries(st.text(max_size=10), json_values, max_size=4)
 times = st.datetimes(
-    min_value=datetime(1971, 1, 1),
-    max_value=datetime(2200, 1, 1),
+    min_value=datetime(1971, 1, 1),  # noqa: DTZ001  (hypothesis bounds are naive)
+    max_value=datetime(2200, 1, 1),  # noqa: DTZ001
     timezones=st.sampled_from([UTC, timezone(timedelta(hours=5, minutes=30))]),
 )
 ids = st.text(min_size=1, max_size=20)
