@@ -248,7 +248,8 @@ class UserContexts:
         event = cls(
             originator_id=self.id,
             originator_version=self.version + 1,
-            timestamp=now,
+            # A user's event times never go backwards, even when hosts' clocks differ.
+            timestamp=max(now, self.modified_on) if self.version else now,
             user_id=self.user_id,
             prev_hash=self.last_hash,
             **fields,

@@ -3,6 +3,7 @@
 import sqlite3
 import threading
 from collections.abc import Callable
+from datetime import UTC, datetime
 from types import TracebackType
 from typing import Any, Self, TypeVar
 
@@ -20,6 +21,7 @@ from ledger.postgres import create_schema
 from ledger.storage import Storage, resolve_url, storage_for
 
 T = TypeVar("T")
+Clock = Callable[[], datetime]
 
 MAX_ATTEMPTS = 25
 RETRY_WAIT_SECONDS = 0.005
@@ -39,8 +41,10 @@ class ContextLedger:
         *,
         max_contexts_per_user: int,
         default_ttl_seconds: float | None,
+        clock: Clock = utc_now,
     ) -> None:
         self._app = application
+        self._clock = clock
         self.storage = storage
         self.max_contexts_per_user = max_contexts_per_user
         self.default_ttl_seconds = default_ttl_seconds
@@ -54,8 +58,12 @@ class ContextLedger:
         *,
         max_contexts_per_user: int = 10,
         default_ttl_seconds: float | None = None,
+        clock: Clock | None = None,
     ) -> Self:
-        """Opens the ledger at ``url`` (else CTXLEDGER_URL, else sqlite:///ctxledger.db)."""
+        """Opens the ledger at ``url`` (else CTXLEDGER_URL, else sqlite:///ctxledger.db).
+
+        ``clock`` returns the current time (timezone-aware); the system clock if None.
+        """
         if (
             isinstance(max_contexts_per_user, bool)
             or not isinstance(max_contexts_per_user, int)
@@ -72,6 +80,7 @@ class ContextLedger:
             storage,
             max_contexts_per_user=max_contexts_per_user,
             default_ttl_seconds=default_ttl,
+            clock=clock or utc_now,
         )
 
     def close(self) -> None:
@@ -113,7 +122,7 @@ class ContextLedger:
                 metadata=patch,
                 ttl_seconds=ttl,
                 default_ttl_seconds=self.default_ttl_seconds,
-                now=utc_now(),
+                now=self._now(),
                 limit=self.max_contexts_per_user,
             ),
         )
@@ -134,7 +143,7 @@ class ContextLedger:
         return self._change(
             user,
             lambda aggregate: aggregate.update(
-                context, run_id=run, metadata=patch, now=utc_now()
+                context, run_id=run, metadata=patch, now=self._now()
             ),
         )
 
@@ -146,7 +155,8 @@ class ContextLedger:
         context = validation.identifier("context_id", context_id)
         why = validation.reason(reason)
         self._change(
-            user, lambda aggregate: aggregate.clear(context, reason=why, now=utc_now())
+            user,
+            lambda aggregate: aggregate.clear(context, reason=why, now=self._now()),
         )
 
     def clear_user(self, user_id: str, *, reason: str = "cleared") -> int:
@@ -154,16 +164,16 @@ class ContextLedger:
         user = validation.identifier("user_id", user_id)
         why = validation.reason(reason)
         return self._change(
-            user, lambda aggregate: aggregate.clear_all(reason=why, now=utc_now())
+            user, lambda aggregate: aggregate.clear_all(reason=why, now=self._now())
         )
 
     def expire_due(self) -> int:
         """Records the expiry of every context past its time, for all users."""
         with self._due_lock:
             self._due.catch_up(self._app.recorder, self._app.mapper)
-            users = self._due.users_due(utc_now())
+            users = self._due.users_due(self._now())
         return sum(
-            self._change(user, lambda aggregate: aggregate.expire_due(utc_now()))
+            self._change(user, lambda aggregate: aggregate.expire_due(self._now()))
             for user in users
         )
 
@@ -173,15 +183,17 @@ class ContextLedger:
         """The thread's active, unexpired context, or None."""
         user = validation.identifier("user_id", user_id)
         thread = validation.identifier("thread_id", thread_id)
-        context = self._app.load(user).for_thread(thread)
-        if context is None or context.is_due(utc_now()):
+        now = self._now()
+        context = self._app.load(user, now).for_thread(thread)
+        if context is None or context.is_due(now):
             return None
         return context
 
     def active_contexts(self, user_id: str) -> list[Context]:
         """The user's active, unexpired contexts, oldest first."""
         user = validation.identifier("user_id", user_id)
-        live = self._app.load(user).live(utc_now())
+        now = self._now()
+        live = self._app.load(user, now).live(now)
         return sorted(
             live, key=lambda context: (context.created_at, context.context_id)
         )
@@ -191,10 +203,18 @@ class ContextLedger:
         user = validation.identifier("user_id", user_id)
         return [event.to_ledger_event() for event in self._app.stream(user)]
 
+    def _now(self) -> datetime:
+        now = self._clock()
+        if now.tzinfo is None:
+            raise LedgerConfigError(
+                f"the clock returned the naive datetime {now!r}; give it a timezone"
+            )
+        return now.astimezone(UTC)
+
     def _change(self, user_id: str, command: Callable[[UserContexts], T]) -> T:
         @retry(IntegrityError, max_attempts=MAX_ATTEMPTS, wait=RETRY_WAIT_SECONDS)
         def attempt() -> T:
-            aggregate = self._app.load(user_id)
+            aggregate = self._app.load(user_id, self._now())
             result = command(aggregate)
             self._app.save(aggregate)
             return result

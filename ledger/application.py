@@ -44,14 +44,14 @@ class LedgerApplication(Application[UUID]):
         }
         return Environment(name, settings)
 
-    def load(self, user_id: str) -> UserContexts:
+    def load(self, user_id: str, now: datetime) -> UserContexts:
         """The user's aggregate; an empty one for a user with no events yet."""
         try:
             aggregate: UserContexts = self.repository.get(
                 user_aggregate_id(user_id), projector_func=project_user
             )
         except AggregateNotFoundError:
-            return UserContexts.start(user_id, utc_now())
+            return UserContexts.start(user_id, now)
         return aggregate
 
     def stream(self, user_id: str) -> list[ContextEvent]:

@@ -1,11 +1,11 @@
 """Sliding time to live: expiry on reuse, on read and by expire_due."""
 
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 
 import pytest
 from freezegun import freeze_time
 
-from ledger import ContextLedger, ContextNotFound
+from ledger import ContextLedger, ContextNotFound, LedgerConfigError
 from tests.conftest import OpenLedger
 
 START = "2026-03-01 12:00:00"
@@ -146,3 +146,35 @@ def test_clearing_a_due_context_records_it_as_expired(ledger: ContextLedger) -> 
         ledger.clear_context("alice", opened.context_id)
 
     assert [e.kind for e in ledger.history("alice")] == ["created", "expired"]
+
+
+def test_an_injected_clock_moves_time_like_freezegun(ledger_url: str) -> None:
+    now = [datetime(2026, 3, 1, 12, tzinfo=UTC)]
+    with ContextLedger.open(ledger_url, clock=lambda: now[0]) as ledger:
+        opened = ledger.open_context("alice", "t", ttl_seconds=60)
+        now[0] += timedelta(seconds=61)
+
+        assert ledger.get_context("alice", "t") is None
+        assert ledger.expire_due() == 1
+    assert opened.created_at == datetime(2026, 3, 1, 12, tzinfo=UTC)
+
+
+def test_a_clock_without_a_timezone_is_a_configuration_error() -> None:
+    naive = datetime(2026, 3, 1, 12)  # noqa: DTZ001  (the error under test)
+    with (
+        ContextLedger.open("memory://", clock=lambda: naive) as ledger,
+        pytest.raises(LedgerConfigError, match="naive datetime"),
+    ):
+        ledger.open_context("alice", "t")
+
+
+def test_event_times_of_a_user_never_go_backwards(ledger_url: str) -> None:
+    now = [datetime(2026, 3, 1, 12, tzinfo=UTC)]
+    with ContextLedger.open(ledger_url, clock=lambda: now[0]) as ledger:
+        ledger.open_context("alice", "t")
+        now[0] -= timedelta(minutes=5)  # another host with a slow clock
+        ledger.open_context("alice", "t")
+
+        times = [event.occurred_at for event in ledger.history("alice")]
+
+    assert times == [datetime(2026, 3, 1, 12, tzinfo=UTC)] * 2

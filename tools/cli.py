@@ -1,0 +1,126 @@
+"""The ``ctxledger`` command: parses arguments, calls the ledger, renders values."""
+
+import json
+import sys
+from collections.abc import Callable
+from functools import wraps
+from typing import ParamSpec, TypeVar
+
+import click
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
+from rich.table import Table
+
+from ledger import ContextLedger, LedgerError
+from ledger.storage import DEFAULT_URL, URL_VARIABLE, resolve_url
+from tools.demo import DemoOptions, SimulatedClock, run_demo, simulated_start
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+
+def reports_ledger_errors(command: Callable[P, R]) -> Callable[P, R]:
+    """A LedgerError becomes ``Name: message`` on stderr and exit status 1."""
+
+    @wraps(command)
+    def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
+        try:
+            return command(*args, **kwargs)
+        except LedgerError as error:
+            click.echo(f"{type(error).__name__}: {error}", err=True)
+            sys.exit(1)
+
+    return wrapper
+
+
+@click.group()
+@click.option(
+    "--db",
+    metavar="URL",
+    default=None,
+    help=f"Database URL (else ${URL_VARIABLE}, else {DEFAULT_URL}).",
+)
+@click.pass_context
+def main(ctx: click.Context, db: str | None) -> None:
+    """ctxledger: an event-sourced ledger of per-user execution contexts."""
+    ctx.obj = resolve_url(db)
+
+
+@main.command()
+@click.option("--users", default=25, show_default=True, type=click.IntRange(1, 100_000))
+@click.option("--threads", default=3, show_default=True, type=click.IntRange(1, 1000))
+@click.option("--messages", default=1000, show_default=True, type=click.IntRange(1))
+@click.option("--seed", default=7, show_default=True, type=int)
+@click.pass_obj
+@reports_ledger_errors
+def demo(url: str, users: int, threads: int, messages: int, seed: int) -> None:
+    """Simulate a chat backend on the ledger and summarise what it recorded."""
+    options = DemoOptions(users=users, threads=threads, messages=messages, seed=seed)
+    clock = SimulatedClock(simulated_start(options))
+    console = Console(stderr=True)
+    with Progress(
+        "[progress.description]{task.description}",
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeRemainingColumn(),
+        console=console,
+        transient=True,
+    ) as progress:
+        task = progress.add_task("messages", total=messages)
+        summary = run_demo(url, options, clock, lambda: progress.advance(task))
+    out = Console()
+    table = Table(title=f"ctxledger demo on {url}", show_header=False)
+    table.add_row("messages simulated", str(summary.messages))
+    table.add_row("simulated time", str(summary.simulated_span).split(".", 1)[0])
+    for kind in ("created", "reused", "updated", "expired", "cleared"):
+        table.add_row(f"events: {kind}", str(summary.events[kind]))
+    table.add_row("events in total", str(sum(summary.events.values())))
+    created = summary.events["created"] or 1
+    table.add_row(
+        "reuses per context created", f"{summary.events['reused'] / created:.1f}"
+    )
+    table.add_row("active contexts now", str(summary.active_contexts))
+    table.add_row("users with active contexts", str(summary.users_with_contexts))
+    out.print(table)
+    out.print("Next: ctxledger history demo-user-0000")
+
+
+@main.command()
+@click.argument("user_id")
+@click.option("--json", "as_json", is_flag=True, help="One JSON array of events.")
+@click.pass_obj
+@reports_ledger_errors
+def history(url: str, user_id: str, as_json: bool) -> None:
+    """Print every event of one user, replayed from the ledger."""
+    with ContextLedger.open(url) as ledger:
+        events = ledger.history(user_id)
+    if as_json:
+        click.echo(
+            json.dumps([event.model_dump(mode="json") for event in events], indent=2)
+        )
+        return
+    table = Table("version", "at (UTC)", "kind", "thread", "context", "run")
+    table.add_column("details", overflow="ellipsis", no_wrap=True, max_width=60)
+    for column in table.columns[:-1]:
+        column.no_wrap = True
+    for event in events:
+        table.add_row(
+            str(event.version),
+            event.occurred_at.strftime("%Y-%m-%d %H:%M:%S"),
+            event.kind,
+            event.thread_id,
+            event.context_id[:8],
+            event.run_id or "",
+            json.dumps(event.details, ensure_ascii=False, sort_keys=True),
+        )
+    Console(width=max(Console().width, 140)).print(table)
+
+
+@main.command()
+@click.pass_obj
+@reports_ledger_errors
+def expire(url: str) -> None:
+    """Record the expiry of every context past its time to live."""
+    with ContextLedger.open(url) as ledger:
+        count = ledger.expire_due()
+    click.echo(f"expired {count} context(s)")

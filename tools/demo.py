@@ -1,0 +1,124 @@
+"""A simulated chat backend driving the ledger: the ``ctxledger demo`` workload."""
+
+import random
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+
+from ledger import ContextLedger, ContextNotFound
+
+DEMO_TTL_SECONDS = 30 * 60
+EXPIRE_EVERY_MESSAGES = 100
+
+
+@dataclass(frozen=True)
+class DemoOptions:
+    users: int = 25
+    threads: int = 3
+    messages: int = 1000
+    seed: int = 7
+
+
+@dataclass
+class DemoSummary:
+    """What a demo run did, as plain values."""
+
+    messages: int = 0
+    calls: Counter[str] = field(default_factory=Counter)
+    events: Counter[str] = field(default_factory=Counter)
+    active_contexts: int = 0
+    users_with_contexts: int = 0
+    simulated_span: timedelta = timedelta(0)
+
+
+class SimulatedClock:
+    """Time that moves only when told, ending near the real present."""
+
+    def __init__(self, start: datetime) -> None:
+        self.now = start
+
+    def __call__(self) -> datetime:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += timedelta(seconds=seconds)
+
+
+def simulated_start(options: DemoOptions) -> datetime:
+    """Starts in the past by about as long as the simulated traffic lasts."""
+    return datetime.now(tz=UTC) - timedelta(seconds=45 * options.messages)
+
+
+def run_demo(
+    url: str,
+    options: DemoOptions,
+    clock: SimulatedClock,
+    on_message: Callable[[], None] = lambda: None,
+) -> DemoSummary:
+    """Users send messages on their threads; some leave, some go idle and expire."""
+    rng = random.Random(options.seed)
+    summary = DemoSummary()
+    start = clock.now
+    users = [f"demo-user-{n:04d}" for n in range(options.users)]
+    with ContextLedger.open(
+        url, default_ttl_seconds=DEMO_TTL_SECONDS, clock=clock
+    ) as ledger:
+        for message in range(1, options.messages + 1):
+            _one_message(
+                ledger,
+                rng,
+                users=users,
+                threads=options.threads,
+                message=message,
+                summary=summary,
+            )
+            clock.advance(rng.expovariate(1 / 45))
+            if message % EXPIRE_EVERY_MESSAGES == 0:
+                summary.calls["expired by expire_due"] += ledger.expire_due()
+            summary.messages = message
+            on_message()
+        _collect(ledger, users, summary)
+    summary.simulated_span = clock.now - start
+    return summary
+
+
+def _one_message(
+    ledger: ContextLedger,
+    rng: random.Random,
+    *,
+    users: list[str],
+    threads: int,
+    message: int,
+    summary: DemoSummary,
+) -> None:
+    # A few users are much busier than the rest, as in real chat traffic.
+    user = users[min(int(rng.paretovariate(1.2)) - 1, len(users) - 1)]
+    thread = f"thread-{rng.randrange(threads)}"
+    context = ledger.open_context(
+        user, thread, run_id=f"run-{message}", metadata={"last_message": message}
+    )
+    summary.calls["open_context"] += 1
+    roll = rng.random()
+    if roll < 0.15:
+        tokens = rng.randint(50, 4000)
+        ledger.update_context(user, context.context_id, metadata={"tokens": tokens})
+        summary.calls["update_context"] += 1
+    elif roll < 0.18:
+        try:
+            ledger.clear_context(user, context.context_id, reason="conversation closed")
+            summary.calls["clear_context"] += 1
+        except ContextNotFound:
+            summary.calls["already ended"] += 1
+    elif roll < 0.185:
+        summary.calls["clear_user"] += 1
+        ledger.clear_user(user, reason="user signed out")
+
+
+def _collect(ledger: ContextLedger, users: list[str], summary: DemoSummary) -> None:
+    for user in users:
+        history = ledger.history(user)
+        summary.events.update(event.kind for event in history)
+        active = ledger.active_contexts(user)
+        summary.active_contexts += len(active)
+        summary.users_with_contexts += bool(active)
