@@ -17,7 +17,7 @@ from ledger.application import LedgerApplication, utc_now
 from ledger.errors import ConcurrencyConflict, LedgerConfigError, StorageUnavailable
 from ledger.expiry import DueIndex
 from ledger.models import Context, LedgerEvent
-from ledger.postgres import create_schema
+from ledger.postgres import exclusive_setup
 from ledger.storage import Storage, resolve_url, storage_for
 
 T = TypeVar("T")
@@ -227,8 +227,9 @@ class ContextLedger:
 
 def _start_application(storage: Storage) -> LedgerApplication:
     try:
-        if storage.postgres_schema is not None:
-            create_schema(storage.settings)
+        if storage.kind == "postgres":
+            with exclusive_setup(storage.settings):
+                return LedgerApplication(env=storage.settings)
         return LedgerApplication(env=storage.settings)
     except (OSError, PersistenceError, psycopg.Error, sqlite3.Error) as error:
         raise StorageUnavailable(storage.description, error) from error

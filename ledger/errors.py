@@ -25,19 +25,32 @@ def shorten(value: object) -> str:
 class LedgerError(Exception):
     """Root of every error the ledger raises on purpose."""
 
+    _fields: tuple[str, ...] = ()
+
+    def __reduce__(self) -> tuple[type["LedgerError"], tuple[object, ...]]:
+        # Rebuild from the constructor's arguments, so errors cross process pools.
+        if not self._fields:
+            return type(self), self.args
+        return type(self), tuple(getattr(self, name) for name in self._fields)
+
 
 class InvalidContextInput(LedgerError, ValueError):
     """An argument failed validation; nothing was appended."""
+
+    _fields = ("field", "value", "problem", "fix")
 
     def __init__(self, field: str, value: object, problem: str, fix: str) -> None:
         self.field = field
         self.value = value
         self.problem = problem
+        self.fix = fix
         super().__init__(f"{field}={shorten(value)} {problem}; {fix}")
 
 
 class ContextNotFound(LedgerError, LookupError):
     """No active context with this id exists for this user."""
+
+    _fields = ("user_id", "context_id")
 
     def __init__(self, user_id: str, context_id: str) -> None:
         self.user_id = user_id
@@ -52,6 +65,8 @@ class ContextNotFound(LedgerError, LookupError):
 class ContextLimitExceeded(LedgerError):
     """Opening one more context would exceed the per-user limit."""
 
+    _fields = ("user_id", "limit")
+
     def __init__(self, user_id: str, limit: int) -> None:
         self.user_id = user_id
         self.limit = limit
@@ -64,6 +79,8 @@ class ContextLimitExceeded(LedgerError):
 
 class ConcurrencyConflict(LedgerError):
     """Concurrent writers to one user kept winning; the command was not applied."""
+
+    _fields = ("user_id", "attempts")
 
     def __init__(self, user_id: str, attempts: int) -> None:
         self.user_id = user_id
@@ -80,6 +97,8 @@ class LedgerConfigError(LedgerError, ValueError):
 
 class StorageUnavailable(LedgerError, ConnectionError):
     """The database named by the URL cannot be reached or opened."""
+
+    _fields = ("where", "cause")
 
     def __init__(self, where: str, cause: BaseException) -> None:
         self.where = where

@@ -1,11 +1,20 @@
-"""PostgreSQL set-up that the library leaves to its users: the schema itself."""
+"""PostgreSQL set-up that the library leaves to its users.
+
+Processes that open one ledger at the same moment would race on creating the
+schema, tables and types (PostgreSQL answers "tuple concurrently updated"), so
+set-up runs under an advisory lock per schema.
+"""
+
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import psycopg
 from psycopg import sql
 
 
-def create_schema(settings: dict[str, str]) -> None:
-    """Creates the configured schema if it is missing (safe when processes race)."""
+@contextmanager
+def exclusive_setup(settings: dict[str, str]) -> Iterator[None]:
+    """Holds the schema's set-up lock, with the schema created, while the body runs."""
     schema = settings["POSTGRES_SCHEMA"]
     with psycopg.connect(
         dbname=settings["POSTGRES_DBNAME"],
@@ -16,9 +25,11 @@ def create_schema(settings: dict[str, str]) -> None:
         connect_timeout=int(settings["POSTGRES_CONNECT_TIMEOUT"]),
         autocommit=True,
     ) as connection:
-        try:
-            connection.execute(
-                sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(sql.Identifier(schema))
-            )
-        except (psycopg.errors.UniqueViolation, psycopg.errors.DuplicateSchema):
-            return  # Another process created it between the check and the insert.
+        connection.execute(
+            "SELECT pg_advisory_lock(hashtext(%s))", (f"ctxledger setup {schema}",)
+        )
+        connection.execute(
+            sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(sql.Identifier(schema))
+        )
+        yield
+        # Closing the connection releases the advisory lock.

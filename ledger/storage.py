@@ -32,7 +32,6 @@ class Storage:
     kind: str
     settings: dict[str, str]
     description: str
-    postgres_schema: str | None = None
 
 
 def resolve_url(url: str | None) -> str:
@@ -114,7 +113,7 @@ def _postgres(url: str) -> Storage:
         "POSTGRES_CONNECT_TIMEOUT": str(POSTGRES_CONNECT_TIMEOUT_SECONDS),
     }
     where = f"postgresql {host or 'local socket'}:{port}/{dbname} schema {schema}"
-    return Storage("postgres", settings, where, postgres_schema=schema)
+    return Storage("postgres", settings, where)
 
 
 def _hide_password(url: str) -> str:

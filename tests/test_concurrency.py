@@ -12,6 +12,7 @@ from tests.workers import USERS, hammer
 
 PROCESSES = 4
 CALLS_PER_PROCESS = 150
+WORKER_TIMEOUT_SECONDS = 300
 
 
 def _violations(history: list[LedgerEvent]) -> list[str]:
@@ -37,13 +38,13 @@ def _violations(history: list[LedgerEvent]) -> list[str]:
 
 
 def _run_processes(url: str) -> Counter[str]:
-    with ContextLedger.open(url):
-        pass  # creates the tables once, before the workers race
     context = multiprocessing.get_context("spawn")
     with context.Pool(PROCESSES) as pool:
-        results = pool.starmap(
+        # The workers also race to create the tables: several processes starting
+        # on an empty database at once is part of what is tested.
+        results = pool.starmap_async(
             hammer, [(url, seed, CALLS_PER_PROCESS) for seed in range(PROCESSES)]
-        )
+        ).get(timeout=WORKER_TIMEOUT_SECONDS)
     total: Counter[str] = Counter()
     for result in results:
         total.update(result)
