@@ -2,6 +2,7 @@
 
 from collections.abc import Iterable
 from datetime import datetime, timedelta
+from functools import lru_cache
 from typing import Any, ClassVar, Self
 from uuid import UUID, uuid4, uuid5
 
@@ -22,6 +23,7 @@ from ledger.models import Context, UtcDatetime
 _USER_NAMESPACE = UUID("6f1d4c2e-8a57-4f0b-9c1e-3b2a7d9e5c40")
 
 
+@lru_cache(maxsize=65536)
 def user_aggregate_id(user_id: str) -> UUID:
     """The stream id of a user: the same in every process, so writers contend."""
     return uuid5(_USER_NAMESPACE, user_id)
@@ -111,6 +113,11 @@ class UserContexts:
         copy._threads = dict(self._threads)
         copy._pending = list(self._pending)
         return copy
+
+    @property
+    def pending(self) -> list[ContextEvent]:
+        """Events triggered since the aggregate was loaded, not yet saved."""
+        return list(self._pending)
 
     def collect_events(self) -> list[ContextEvent]:
         """Hands the new events to the library's save and forgets them."""
@@ -269,7 +276,7 @@ class UserContexts:
         self._evolve(event)
         self.version = event.originator_version
         self.modified_on = event.timestamp
-        self.last_hash = record_hash(event.to_ledger_event().model_dump(mode="json"))
+        self.last_hash = record_hash(event.ledger_record())
 
     def _evolve(self, event: ContextEvent) -> None:
         at = event.timestamp

@@ -3,6 +3,7 @@
 import sqlite3
 import threading
 from collections.abc import Callable
+from contextlib import suppress
 from datetime import UTC, datetime
 from types import TracebackType
 from typing import Any, Self, TypeVar
@@ -14,7 +15,12 @@ from eventsourcing.utils import retry
 from ledger import validation
 from ledger.aggregate import UserContexts
 from ledger.application import LedgerApplication, utc_now
-from ledger.errors import ConcurrencyConflict, LedgerConfigError, StorageUnavailable
+from ledger.errors import (
+    ConcurrencyConflict,
+    LedgerConfigError,
+    LedgerError,
+    StorageUnavailable,
+)
 from ledger.expiry import DueIndex
 from ledger.models import Context, LedgerEvent
 from ledger.postgres import exclusive_setup
@@ -212,11 +218,27 @@ class ContextLedger:
         return now.astimezone(UTC)
 
     def _change(self, user_id: str, command: Callable[[UserContexts], T]) -> T:
+        """Runs a command on the user's aggregate and stores its events.
+
+        The first try decides on this process's cached aggregate and skips reading
+        the store: if another process wrote since, the save conflicts and the retry
+        reloads. An answer that appends nothing (a refusal, a count of 0) is never
+        given from the cache; it is decided again on the stored state.
+        """
+        tries = iter(range(MAX_ATTEMPTS))
+
         @retry(IntegrityError, max_attempts=MAX_ATTEMPTS, wait=RETRY_WAIT_SECONDS)
         def attempt() -> T:
+            if next(tries) == 0:
+                cached = self._app.load_cached(user_id, self._now())
+                with suppress(LedgerError):
+                    result = command(cached)
+                    if cached.pending:
+                        self._app.record(cached)
+                        return result
             aggregate = self._app.load(user_id, self._now())
             result = command(aggregate)
-            self._app.save(aggregate)
+            self._app.record(aggregate)
             return result
 
         try:

@@ -44,18 +44,24 @@ class ContextEvent(BaseModel):
     prev_hash: str
 
     def to_ledger_event(self) -> LedgerEvent:
-        """The auditor's view of this event; its JSON form is what the chain hashes."""
-        return LedgerEvent(
-            user_id=self.user_id,
-            kind=self.KIND,
-            context_id=self.context_id,
-            thread_id=self.thread_id,
-            run_id=self.run_id,
-            occurred_at=self.timestamp,
-            version=self.originator_version,
-            details=self.model_dump(mode="json", exclude=_ENVELOPE),
-            prev_hash=self.prev_hash,
-        )
+        """The auditor's view of this event."""
+        return LedgerEvent.model_validate(self.ledger_record())
+
+    def ledger_record(self) -> dict[str, Any]:
+        """``to_ledger_event().model_dump(mode="json")``, built directly: the chain
+        hashes this on every append and replay."""
+        data = self.model_dump(mode="json")
+        return {
+            "user_id": data.pop("user_id"),
+            "kind": self.KIND,
+            "context_id": data.pop("context_id"),
+            "thread_id": data.pop("thread_id"),
+            "run_id": data.pop("run_id"),
+            "occurred_at": data.pop("timestamp"),
+            "version": data.pop("originator_version"),
+            "prev_hash": data.pop("prev_hash"),
+            "details": {k: v for k, v in data.items() if k not in _ENVELOPE},
+        }
 
 
 class ContextCreated(ContextEvent):

@@ -4,7 +4,7 @@ The rules are pydantic types; a ``ValidationError`` becomes ``InvalidContextInpu
 """
 
 import math
-import unicodedata
+import re
 from collections.abc import Mapping
 from typing import Annotated, Any
 
@@ -46,10 +46,13 @@ PLACEHOLDERS = frozenset(
 """Values refused as ids, compared case-insensitively, also when wrapped in
 ``{}``, ``{{}}``, ``<>``, ``${}`` or ``[]`` as by an unformatted template."""
 
+_CONTROL = re.compile("[\x00-\x1f\x7f-\x9f]")  # Unicode category Cc
 _WRAPPERS = (("${", "}"), ("{{", "}}"), ("{", "}"), ("<", ">"), ("[", "]"))
 
 
 def _unwrapped(text: str) -> str:
+    if not text or text[0] not in "${<[":
+        return text
     for start, end in _WRAPPERS:
         if (
             text.startswith(start)
@@ -63,8 +66,8 @@ def _unwrapped(text: str) -> str:
 def _check_id(value: str) -> str:
     if value != value.strip():
         raise ValueError("has leading or trailing whitespace")
-    if any(unicodedata.category(char) in ("Cc", "Cs") for char in value):
-        raise ValueError("contains a control character or an unpaired surrogate")
+    if _CONTROL.search(value):
+        raise ValueError("contains a control character")
     lowered = value.lower()
     if lowered in PLACEHOLDERS or _unwrapped(lowered) in PLACEHOLDERS:
         raise ValueError("is a placeholder, not a real id")
