@@ -107,8 +107,13 @@ def _postgres(url: str) -> Storage:
         "POSTGRES_HOST": host,
         "POSTGRES_PORT": str(port),
         "POSTGRES_USER": unquote(parts.username),
-        # An empty password lets libpq use PGPASSWORD or ~/.pgpass.
-        "POSTGRES_PASSWORD": unquote(parts.password or ""),
+        # The library always passes a password, which stops libpq from reading
+        # PGPASSWORD itself: so read it here when the URL has none.
+        "POSTGRES_PASSWORD": (
+            unquote(parts.password)
+            if parts.password is not None
+            else os.environ.get("PGPASSWORD", "")
+        ),
         "POSTGRES_SCHEMA": schema,
         "POSTGRES_CONNECT_TIMEOUT": str(POSTGRES_CONNECT_TIMEOUT_SECONDS),
     }

@@ -1,9 +1,11 @@
 """The ``ctxledger`` command: parses arguments, calls the ledger, renders values."""
 
 import json
+import os
 import sys
 from collections.abc import Callable
 from functools import wraps
+from pathlib import Path
 from typing import ParamSpec, TypeVar
 
 import click
@@ -82,7 +84,17 @@ def demo(url: str, users: int, threads: int, messages: int, seed: int) -> None:
     table.add_row("active contexts now", str(summary.active_contexts))
     table.add_row("users with active contexts", str(summary.users_with_contexts))
     out.print(table)
-    out.print("Next: ctxledger history demo-user-0000")
+    command = f"{_invoked_as()} --db {url}" if url != DEFAULT_URL else _invoked_as()
+    click.echo("Next, try:")
+    click.echo(f"  {command} history demo-user-0000    # the busiest user's events")
+    click.echo(f"  {command} expire    # record the expiries that are due now")
+
+
+def _invoked_as() -> str:
+    """How this command was started, relative to the working folder when shorter."""
+    program = sys.argv[0]
+    relative = os.path.relpath(program) if Path(program).is_absolute() else program
+    return relative if len(relative) < len(program) else program
 
 
 @main.command()

@@ -1,0 +1,116 @@
+"""Database URLs: what each one configures, and clear errors for bad ones."""
+
+import sqlite3
+from pathlib import Path
+
+import pytest
+
+from ledger import ContextLedger, LedgerConfigError, StorageUnavailable
+from ledger.storage import DEFAULT_URL, resolve_url, storage_for
+
+
+def test_no_url_means_the_environment_variable_then_the_default(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.delenv("CTXLEDGER_URL", raising=False)
+    assert resolve_url(None) == DEFAULT_URL == "sqlite:///ctxledger.db"
+
+    monkeypatch.setenv("CTXLEDGER_URL", "memory://")
+    assert resolve_url(None) == "memory://"
+    assert resolve_url("sqlite:///given.db") == "sqlite:///given.db"
+
+
+def test_sqlite_urls_take_relative_and_absolute_paths(tmp_path: Path) -> None:
+    relative = storage_for("sqlite:///ledger.db")
+    absolute = storage_for(f"sqlite:///{tmp_path}/ledger.db")
+
+    assert relative.settings["SQLITE_DBNAME"] == "ledger.db"
+    assert absolute.settings["SQLITE_DBNAME"] == f"{tmp_path}/ledger.db"
+    assert absolute.settings["PERSISTENCE_MODULE"] == "eventsourcing.sqlite"
+
+
+def test_a_sqlite_file_is_in_wal_mode(tmp_path: Path) -> None:
+    with ContextLedger.open(f"sqlite:///{tmp_path}/wal.db") as ledger:
+        ledger.open_context("alice", "t")
+    with sqlite3.connect(tmp_path / "wal.db") as db:
+        assert db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+
+
+def test_postgres_url_parts_become_settings(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("PGPASSWORD", raising=False)
+    storage = storage_for(
+        "postgresql://app:s%40cret@db.internal:6543/ctx?schema=ledger"
+    )
+
+    assert storage.settings["POSTGRES_HOST"] == "db.internal"
+    assert storage.settings["POSTGRES_PORT"] == "6543"
+    assert storage.settings["POSTGRES_USER"] == "app"
+    assert storage.settings["POSTGRES_PASSWORD"] == "s@cret"
+    assert storage.settings["POSTGRES_DBNAME"] == "ctx"
+    assert storage.settings["POSTGRES_SCHEMA"] == "ledger"
+
+
+def test_postgres_password_comes_from_pgpassword_when_the_url_has_none(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("PGPASSWORD", "from-env")
+
+    assert storage_for("postgresql://app@db/ctx").settings["POSTGRES_PASSWORD"] == (
+        "from-env"
+    )
+    assert storage_for("postgres://app:url@db/ctx").settings["POSTGRES_PASSWORD"] == (
+        "url"
+    )
+
+
+@pytest.mark.parametrize(
+    ("url", "problem"),
+    [
+        ("mysql://root@localhost/db", "unsupported database URL"),
+        ("ctxledger.db", "unsupported database URL"),
+        ("sqlite://", "has no file path"),
+        ("sqlite:///no/such/folder/ledger.db", "does not exist"),
+        ("postgresql://127.0.0.1/test", "needs a user and a database"),
+        ("postgresql://postgres@127.0.0.1/", "needs a user and a database"),
+        ("postgresql://postgres@127.0.0.1/test?schema=a-b", "plain SQL identifier"),
+        ("postgresql://postgres@127.0.0.1/test?sslmode=off", "unknown PostgreSQL URL"),
+        ("postgresql://postgres@127.0.0.1:port/test", "port"),
+    ],
+)
+def test_bad_urls_are_configuration_errors(url: str, problem: str) -> None:
+    with pytest.raises(LedgerConfigError, match=problem):
+        ContextLedger.open(url)
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "postgresql://app:hunter2@127.0.0.1/",
+        "postgresql://app:hunter2@127.0.0.1:port/test",
+        "postgresql://app:hunter2@127.0.0.1:1/test",
+    ],
+)
+def test_a_password_is_never_shown_in_an_error(url: str) -> None:
+    with pytest.raises((LedgerConfigError, StorageUnavailable)) as error:
+        ContextLedger.open(url)
+
+    assert "127.0.0.1" in str(error.value)
+    assert "hunter2" not in str(error.value)
+
+
+def test_an_unreachable_server_is_storage_unavailable() -> None:
+    with pytest.raises(StorageUnavailable, match="cannot open the ledger on postgres"):
+        ContextLedger.open("postgresql://postgres@127.0.0.1:1/test")
+
+
+def test_eventsourcing_environment_variables_do_not_reconfigure_the_ledger(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("PERSISTENCE_MODULE", "eventsourcing.popo")
+    monkeypatch.setenv("CTXLEDGER_PERSISTENCE_MODULE", "eventsourcing.popo")
+    url = f"sqlite:///{tmp_path}/ledger.db"
+
+    with ContextLedger.open(url) as ledger:
+        ledger.open_context("alice", "t")
+    with ContextLedger.open(url) as reopened:
+        assert len(reopened.history("alice")) == 1
