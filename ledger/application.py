@@ -9,6 +9,7 @@ from eventsourcing.application import AggregateNotFoundError, Application
 from eventsourcing.utils import Environment, get_topic
 
 from ledger.aggregate import UserContexts, UserSnapshot, project_user, user_aggregate_id
+from ledger.cache import AggregateCache
 from ledger.events import ContextEvent
 from ledger.serialization import MsgpackTranscoder, PydanticMapper
 
@@ -35,19 +36,32 @@ class LedgerApplication(Application[UUID]):
             "IS_SNAPSHOTTING_ENABLED": "y",
             "TRANSCODER_TOPIC": get_topic(MsgpackTranscoder),
             "MAPPER_TOPIC": get_topic(PydanticMapper),
-            "AGGREGATE_CACHE_MAXSIZE": str(AGGREGATE_CACHE_SIZE),
             **(env or {}),
         }
         return Environment(name, settings)
 
+    def __init__(self, env: Any = None) -> None:
+        super().__init__(env)
+        self.cache = AggregateCache(AGGREGATE_CACHE_SIZE)
+
     def load(self, user_id: str, now: datetime) -> UserContexts:
         """The user's aggregate as stored now; an empty one for a new user."""
-        try:
-            aggregate: UserContexts = self.repository.get(
-                user_aggregate_id(user_id), projector_func=project_user
-            )
-        except AggregateNotFoundError:
-            return UserContexts.start(user_id, now)
+        aggregate_id = user_aggregate_id(user_id)
+        cached = self.cache.get(aggregate_id)
+        if cached is None:
+            try:
+                aggregate: UserContexts = self.repository.get(
+                    aggregate_id, projector_func=project_user
+                )
+            except AggregateNotFoundError:
+                return UserContexts.start(user_id, now)
+            self.cache.offer(deepcopy(aggregate))
+            return aggregate
+        aggregate = deepcopy(cached)
+        newer = list(self.events.get(aggregate_id, gt=aggregate.version))
+        if newer:
+            project_user(aggregate, cast(list[ContextEvent], newer))
+            self.cache.offer(deepcopy(aggregate))
         return aggregate
 
     def load_cached(self, user_id: str, now: datetime) -> UserContexts:
@@ -57,28 +71,23 @@ class LedgerApplication(Application[UUID]):
         may use it: their events are numbered from the cached version, so a stale
         decision conflicts on save instead of being stored.
         """
-        cache = self.repository.cache
-        try:
-            if cache is not None:
-                cached = cast(UserContexts, cache.get(user_aggregate_id(user_id)))
-                return deepcopy(cached)
-        except KeyError:
-            pass  # not cached: load it from the store
-        return self.load(user_id, now)
+        cached = self.cache.get(user_aggregate_id(user_id))
+        return self.load(user_id, now) if cached is None else deepcopy(cached)
 
     def record(self, aggregate: UserContexts) -> None:
         """Stores the aggregate's new events, then caches and maybe snapshots it.
 
         After a successful save the aggregate is exactly the recorded state (only
         ``apply`` changes it), so it is cached and snapshotted as it is, instead of
-        being read back from the store.
+        being read back from the store. The caller must not change it afterwards.
         """
+        if not aggregate.pending:
+            return
         before = aggregate.version - len(aggregate.pending)
         # The event store's put is what save() does for us; save() would first run
         # runtime Protocol checks that cost more than the rest of the Python work.
         self.events.put(aggregate.collect_events())
-        if self.repository.cache is not None:
-            self.repository.cache.put(aggregate.id, aggregate)
+        self.cache.offer(aggregate)
         if self.snapshots is not None and (
             aggregate.version // SNAPSHOT_INTERVAL > before // SNAPSHOT_INTERVAL
         ):

@@ -187,7 +187,7 @@ def run_backend(
             backend, new, reuse, read, floor, round(reuse.p50_ms / floor.p50_ms, 2)
         )
         if options["memory_calls"]:
-            console.print(f"[{backend}] memory: {options['memory_calls']} calls")
+            console.print(f"{backend}: memory: {options['memory_calls']} calls")
             result.memory_calls = options["memory_calls"]
             result.memory_users = options["memory_users"]
             result.rss_growth_mb = measure_memory(
