@@ -66,24 +66,13 @@ def _check_store(url: str, done: Counter[str]) -> None:
 
 
 @pytest.mark.slow
-def test_processes_on_one_sqlite_file_lose_nothing_and_never_fork_a_thread(
-    sqlite_url: str,
+def test_processes_on_one_database_lose_nothing_and_never_fork_a_thread(
+    durable_url: str,
 ) -> None:
-    done = _run_processes(sqlite_url)
+    done = _run_processes(durable_url)
 
     assert done["opened"] > PROCESSES * CALLS_PER_PROCESS // 2
-    _check_store(sqlite_url, done)
-
-
-@pytest.mark.slow
-@pytest.mark.postgres
-def test_processes_on_one_postgres_schema_lose_nothing_and_never_fork_a_thread(
-    postgres_url: str,
-) -> None:
-    done = _run_processes(postgres_url)
-
-    assert done["opened"] > PROCESSES * CALLS_PER_PROCESS // 2
-    _check_store(postgres_url, done)
+    _check_store(durable_url, done)
 
 
 def test_threads_sharing_one_ledger_keep_the_invariants(ledger_url: str) -> None:

@@ -207,3 +207,18 @@ def test_a_bad_limit_is_a_configuration_error(bad: object) -> None:
 def test_a_bad_default_ttl_is_refused() -> None:
     with pytest.raises(InvalidContextInput, match="ttl_seconds"):
         ContextLedger.open("memory://", default_ttl_seconds=-5)
+
+
+@pytest.mark.parametrize(("bad", "problem"), BAD_IDS)
+def test_bad_context_ids_are_refused_by_update_and_clear(
+    seeded: tuple[ContextLedger, str], bad: object, problem: str
+) -> None:
+    ledger, _ = seeded
+
+    with pytest.raises(InvalidContextInput, match=problem) as updating:
+        ledger.update_context("alice", bad, metadata={"k": 1})  # type: ignore[arg-type]
+    with pytest.raises(InvalidContextInput, match=problem) as clearing:
+        ledger.clear_context("alice", bad)  # type: ignore[arg-type]
+
+    assert updating.value.field == clearing.value.field == "context_id"
+    _assert_nothing_appended(ledger)

@@ -1,0 +1,102 @@
+"""The ctxledger command, run through its installed entry point."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from ledger import ContextLedger
+
+CTXLEDGER = str(Path(sys.executable).with_name("ctxledger"))
+
+
+def run(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
+    environment = {k: v for k, v in os.environ.items() if k != "CTXLEDGER_URL"}
+    return subprocess.run(
+        [CTXLEDGER, *args],
+        cwd=cwd,
+        env=environment,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+
+
+def test_demo_writes_to_the_default_sqlite_file_and_summarises(tmp_path: Path) -> None:
+    result = run("demo", "--users", "5", "--messages", "300", cwd=tmp_path)
+
+    assert result.returncode == 0, result.stderr
+    assert "events: reused" in result.stdout
+    assert "history demo-user-0000" in result.stdout
+    with ContextLedger.open(f"sqlite:///{tmp_path / 'ctxledger.db'}") as ledger:
+        kinds = {
+            event.kind
+            for user in range(5)
+            for event in ledger.history(f"demo-user-{user:04d}")
+        }
+    assert kinds == {"created", "reused", "updated", "expired", "cleared"}
+
+
+def test_history_prints_a_users_events_as_json(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'ledger.db'}"
+    with ContextLedger.open(url) as ledger:
+        ledger.open_context("alice", "t", run_id="r1")
+        ledger.open_context("alice", "t")
+
+    result = run("--db", url, "history", "alice", "--json", cwd=tmp_path)
+
+    assert result.returncode == 0, result.stderr
+    events = json.loads(result.stdout)
+    assert [(e["version"], e["kind"], e["run_id"]) for e in events] == [
+        (1, "created", "r1"),
+        (2, "reused", "r1"),
+    ]
+
+
+def test_expire_reports_the_count(tmp_path: Path) -> None:
+    result = run("--db", f"sqlite:///{tmp_path / 'x.db'}", "expire", cwd=tmp_path)
+
+    assert (result.returncode, result.stdout.strip()) == (0, "expired 0 context(s)")
+
+
+@pytest.mark.parametrize(
+    ("args", "expected"),
+    [
+        (
+            ("--db", "mysql://x", "expire"),
+            "LedgerConfigError: unsupported database URL",
+        ),
+        (
+            ("--db", "memory://", "history", "none"),
+            "InvalidContextInput: user_id='none'",
+        ),
+        (
+            ("--db", "postgresql://postgres@127.0.0.1:1/test", "expire"),
+            "StorageUnavailable: cannot open the ledger",
+        ),
+    ],
+)
+def test_a_ledger_error_is_one_line_on_stderr_and_exit_1(
+    tmp_path: Path, args: tuple[str, ...], expected: str
+) -> None:
+    result = run(*args, cwd=tmp_path)
+
+    assert result.returncode == 1
+    assert result.stderr.startswith(expected)
+    assert "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize(
+    "args",
+    [("demo", "--users", "0"), ("demo", "--messages", "x"), ("no-such-command",)],
+)
+def test_bad_arguments_exit_2_with_usage(tmp_path: Path, args: tuple[str, ...]) -> None:
+    result = run(*args, cwd=tmp_path)
+
+    assert result.returncode == 2
+    assert "Usage:" in result.stderr
+    assert not (tmp_path / "ctxledger.db").exists()
