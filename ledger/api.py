@@ -5,11 +5,17 @@ import threading
 from collections.abc import Callable
 from contextlib import suppress
 from datetime import UTC, datetime
+from functools import wraps
 from types import TracebackType
-from typing import Any, Self, TypeVar
+from typing import Any, Concatenate, ParamSpec, Self, TypeVar
 
 import psycopg
-from eventsourcing.persistence import IntegrityError, PersistenceError
+from eventsourcing.persistence import (
+    IntegrityError,
+    InterfaceError,
+    OperationalError,
+    PersistenceError,
+)
 from eventsourcing.utils import retry
 
 from ledger import validation
@@ -27,10 +33,26 @@ from ledger.postgres import exclusive_setup
 from ledger.storage import Storage, resolve_url, storage_for
 
 T = TypeVar("T")
+P = ParamSpec("P")
 Clock = Callable[[], datetime]
+_STORAGE_FAILURES = (OperationalError, InterfaceError)
 
 MAX_ATTEMPTS = 25
 RETRY_WAIT_SECONDS = 0.005
+
+
+def _storage_errors(
+    method: Callable[Concatenate["ContextLedger", P], T],
+) -> Callable[Concatenate["ContextLedger", P], T]:
+    """A failure of the database becomes StorageUnavailable."""
+
+    def guarded(ledger: "ContextLedger", /, *args: P.args, **kwargs: P.kwargs) -> T:
+        try:
+            return method(ledger, *args, **kwargs)
+        except _STORAGE_FAILURES as error:
+            raise StorageUnavailable(ledger.storage.description, error) from error
+
+    return wraps(method)(guarded)
 
 
 class ContextLedger:
@@ -80,6 +102,13 @@ class ContextLedger:
                 "or more"
             )
         default_ttl = validation.ttl_seconds(default_ttl_seconds)
+        if clock is not None and not callable(clock):
+            raise LedgerConfigError(
+                f"clock={clock!r} is not callable; pass a function that returns "
+                "the current timezone-aware datetime, or None for the system clock"
+            )
+        if url is not None and not isinstance(url, str):
+            raise LedgerConfigError(f"url={url!r} is not a str; pass a database URL")
         storage = storage_for(resolve_url(url))
         return cls(
             _start_application(storage),
@@ -105,6 +134,7 @@ class ContextLedger:
 
     # Commands.
 
+    @_storage_errors
     def open_context(
         self,
         user_id: str,
@@ -120,7 +150,7 @@ class ContextLedger:
         run = validation.optional_identifier("run_id", run_id)
         patch = validation.metadata(metadata)
         ttl = validation.ttl_seconds(ttl_seconds)
-        return self._change(
+        opened = self._change(
             user,
             lambda aggregate: aggregate.open(
                 thread,
@@ -132,7 +162,9 @@ class ContextLedger:
                 limit=self.max_contexts_per_user,
             ),
         )
+        return _detached(opened)
 
+    @_storage_errors
     def update_context(
         self,
         user_id: str,
@@ -146,13 +178,15 @@ class ContextLedger:
         context = validation.identifier("context_id", context_id)
         run = validation.optional_identifier("run_id", run_id)
         patch = validation.metadata(metadata)
-        return self._change(
+        updated = self._change(
             user,
             lambda aggregate: aggregate.update(
                 context, run_id=run, metadata=patch, now=self._now()
             ),
         )
+        return _detached(updated)
 
+    @_storage_errors
     def clear_context(
         self, user_id: str, context_id: str, *, reason: str = "cleared"
     ) -> None:
@@ -165,6 +199,7 @@ class ContextLedger:
             lambda aggregate: aggregate.clear(context, reason=why, now=self._now()),
         )
 
+    @_storage_errors
     def clear_user(self, user_id: str, *, reason: str = "cleared") -> int:
         """Ends all of the user's contexts; returns how many were cleared."""
         user = validation.identifier("user_id", user_id)
@@ -173,6 +208,7 @@ class ContextLedger:
             user, lambda aggregate: aggregate.clear_all(reason=why, now=self._now())
         )
 
+    @_storage_errors
     def expire_due(self) -> int:
         """Records the expiry of every context past its time, for all users."""
         with self._due_lock:
@@ -185,6 +221,7 @@ class ContextLedger:
 
     # Queries: they never append.
 
+    @_storage_errors
     def get_context(self, user_id: str, thread_id: str) -> Context | None:
         """The thread's active, unexpired context, or None."""
         user = validation.identifier("user_id", user_id)
@@ -193,17 +230,18 @@ class ContextLedger:
         context = self._app.load(user, now).for_thread(thread)
         if context is None or context.is_due(now):
             return None
-        return context
+        return _detached(context)
 
+    @_storage_errors
     def active_contexts(self, user_id: str) -> list[Context]:
         """The user's active, unexpired contexts, oldest first."""
         user = validation.identifier("user_id", user_id)
         now = self._now()
         live = self._app.load(user, now).live(now)
-        return sorted(
-            live, key=lambda context: (context.created_at, context.context_id)
-        )
+        ordered = sorted(live, key=lambda c: (c.created_at, c.context_id))
+        return [_detached(context) for context in ordered]
 
+    @_storage_errors
     def history(self, user_id: str) -> list[LedgerEvent]:
         """Every event of the user, in order."""
         user = validation.identifier("user_id", user_id)
@@ -211,9 +249,10 @@ class ContextLedger:
 
     def _now(self) -> datetime:
         now = self._clock()
-        if now.tzinfo is None:
+        if not isinstance(now, datetime) or now.tzinfo is None:
             raise LedgerConfigError(
-                f"the clock returned the naive datetime {now!r}; give it a timezone"
+                f"the clock returned {now!r}, not a timezone-aware datetime; "
+                "make it return one, e.g. datetime.now(tz=UTC)"
             )
         return now.astimezone(UTC)
 
@@ -245,6 +284,23 @@ class ContextLedger:
             return attempt()  # type: ignore[no-any-return]
         except IntegrityError:
             raise ConcurrencyConflict(user_id, MAX_ATTEMPTS) from None
+
+
+def _detached(context: Context) -> Context:
+    """A copy the caller may change without touching the ledger's cached state.
+
+    Only ``metadata`` can be changed in place (the model is frozen), so only it is
+    copied; it holds plain JSON values (validation made sure).
+    """
+    return context.model_copy(update={"metadata": _copy_tree(context.metadata)})
+
+
+def _copy_tree(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {key: _copy_tree(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_copy_tree(item) for item in value]
+    return value
 
 
 def _start_application(storage: Storage) -> LedgerApplication:

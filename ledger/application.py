@@ -1,11 +1,13 @@
 """The ``eventsourcing`` application that stores the users' context streams."""
 
+import logging
 from copy import deepcopy
 from datetime import UTC, datetime
 from typing import Any, cast
 from uuid import UUID
 
 from eventsourcing.application import AggregateNotFoundError, Application
+from eventsourcing.persistence import PersistenceError
 from eventsourcing.utils import Environment, get_topic
 
 from ledger.aggregate import UserContexts, UserSnapshot, project_user, user_aggregate_id
@@ -14,6 +16,7 @@ from ledger.events import ContextEvent
 from ledger.serialization import MsgpackTranscoder, PydanticMapper
 
 SNAPSHOT_INTERVAL = 50
+_log = logging.getLogger(__name__)
 AGGREGATE_CACHE_SIZE = 2048
 
 
@@ -91,7 +94,17 @@ class LedgerApplication(Application[UUID]):
         if self.snapshots is not None and (
             aggregate.version // SNAPSHOT_INTERVAL > before // SNAPSHOT_INTERVAL
         ):
-            self.snapshots.put([UserSnapshot.take(aggregate)])
+            try:
+                self.snapshots.put([UserSnapshot.take(aggregate)])
+            except PersistenceError as error:
+                # The events are stored: failing the call now would make callers
+                # retry a command that already took effect. Loading just replays more.
+                _log.warning(
+                    "snapshot of %s at version %d not stored: %s",
+                    aggregate.id,
+                    aggregate.version,
+                    error,
+                )
 
     def stream(self, user_id: str) -> list[ContextEvent]:
         """Every stored event of the user, in version order."""

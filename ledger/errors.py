@@ -6,7 +6,7 @@
     ├── ContextLimitExceeded                    the user has too many active contexts
     ├── ConcurrencyConflict                     writers kept colliding on one user
     ├── LedgerConfigError (also ValueError)     a database URL or setting is unusable
-    └── StorageUnavailable (also ConnectionError)  the database cannot be opened
+    └── StorageUnavailable (also ConnectionError)  the database failed
 
 Each error carries the values that explain it and says what to do.
 """
@@ -96,15 +96,16 @@ class LedgerConfigError(LedgerError, ValueError):
 
 
 class StorageUnavailable(LedgerError, ConnectionError):
-    """The database named by the URL cannot be reached or opened."""
+    """The ledger's database cannot be reached, opened or written."""
 
     _fields = ("where", "cause")
 
     def __init__(self, where: str, cause: BaseException) -> None:
         self.where = where
         self.cause = cause
+        detail = " ".join(str(cause).split()) or type(cause).__name__
         super().__init__(
-            f"cannot open the ledger on {where}: "
-            f"{str(cause).strip() or type(cause).__name__}; "
-            "check that the database is running and the URL is right"
+            f"the ledger's database ({where}) failed: {detail}; nothing was appended "
+            "by this call; check that the database is running, reachable and not "
+            "locked, and that the URL is right"
         )

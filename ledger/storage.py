@@ -1,8 +1,9 @@
 """Database URLs, turned into the settings of an ``eventsourcing`` application.
 
-sqlite:///relative/path.db     sqlite:////absolute/path.db     (WAL mode)
-postgresql://user[:password]@host[:port]/dbname[?schema=NAME&host=SOCKET_DIR]
-memory://                       (in this process only; gone on close)
+- ``sqlite:///relative/path.db`` or ``sqlite:////absolute/path.db``, in WAL mode;
+  ``?timeout=SECONDS`` is how long to wait for another writer's lock.
+- ``postgresql://user[:password]@host[:port]/dbname[?schema=NAME&host=SOCKET_DIR]``
+- ``memory://``, in this process only and gone on close.
 """
 
 import os
@@ -17,7 +18,7 @@ DEFAULT_URL = "sqlite:///ctxledger.db"
 URL_VARIABLE = "CTXLEDGER_URL"
 SQLITE_LOCK_TIMEOUT_SECONDS = 30
 POSTGRES_CONNECT_TIMEOUT_SECONDS = 5
-_SCHEMA_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,62}")
+_SCHEMA_NAME = re.compile(r"[a-z_][a-z0-9_]{0,62}")
 _POSTGRES_OPTIONS = frozenset({"schema", "host"})
 _URL_FORMS = (
     "use sqlite:///path.db, postgresql://user[:password]@host[:port]/dbname"
@@ -36,7 +37,9 @@ class Storage:
 
 def resolve_url(url: str | None) -> str:
     """The given URL, else the CTXLEDGER_URL environment variable, else the default."""
-    return url or os.environ.get(URL_VARIABLE) or DEFAULT_URL
+    if url is not None:
+        return url
+    return os.environ.get(URL_VARIABLE) or DEFAULT_URL
 
 
 def storage_for(url: str) -> Storage:
@@ -55,6 +58,18 @@ def storage_for(url: str) -> Storage:
 
 def _sqlite(url: str) -> Storage:
     prefix = "sqlite:///"
+    url, _, query = url.partition("?")
+    options = {key: values[-1] for key, values in parse_qs(query).items()}
+    if set(options) - {"timeout"}:
+        raise LedgerConfigError(
+            f"unknown SQLite URL option(s) {sorted(set(options) - {'timeout'})}; "
+            "only timeout (seconds to wait for a lock) is read"
+        )
+    timeout = options.get("timeout", str(SQLITE_LOCK_TIMEOUT_SECONDS))
+    if not timeout.isdigit() or int(timeout) < 1:
+        raise LedgerConfigError(
+            f"SQLite timeout={timeout!r} must be a whole number of seconds, 1 or more"
+        )
     if not url.startswith(prefix) or len(url) == len(prefix):
         raise LedgerConfigError(
             f"SQLite URL {url!r} has no file path; use sqlite:///relative/path.db "
@@ -69,7 +84,7 @@ def _sqlite(url: str) -> Storage:
     settings = {
         "PERSISTENCE_MODULE": "eventsourcing.sqlite",
         "SQLITE_DBNAME": str(path),
-        "SQLITE_LOCK_TIMEOUT": str(SQLITE_LOCK_TIMEOUT_SECONDS),
+        "SQLITE_LOCK_TIMEOUT": timeout,
     }
     return Storage("sqlite", settings, f"sqlite file {path}")
 
@@ -91,8 +106,8 @@ def _postgres(url: str) -> Storage:
     schema = options.get("schema", "public")
     if not _SCHEMA_NAME.fullmatch(schema):
         raise LedgerConfigError(
-            f"schema name {schema!r} is not a plain SQL identifier; use letters, "
-            "digits and underscores, starting with a letter or underscore"
+            f"schema name {schema!r} is not a plain lower-case SQL identifier; use "
+            "a-z, 0-9 and _, starting with a letter or _, at most 63 characters"
         )
     try:
         port = parts.port or 5432

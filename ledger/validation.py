@@ -75,8 +75,13 @@ def _check_id(value: str) -> str:
 
 
 def _normalized(value: object, path: str, depth: int) -> Any:
-    """A plain-JSON copy of a metadata value (tuples become lists), or ValueError."""
-    if depth > MAX_METADATA_DEPTH:
+    """A plain-JSON copy of a metadata value, or ValueError.
+
+    Tuples become lists and subclasses of str, int and float (enums, say) their
+    plain values, so what is returned is what a replay will read back. ``depth``
+    counts the containers around ``value``; metadata itself is the first.
+    """
+    if isinstance(value, Mapping | list | tuple) and depth > MAX_METADATA_DEPTH:
         raise ValueError(f"{path} nests deeper than {MAX_METADATA_DEPTH} levels")
     if isinstance(value, Mapping):
         result = {}
@@ -97,8 +102,13 @@ def _normalized(value: object, path: str, depth: int) -> Any:
         and not -_INT64 <= value < _INT64
     ):
         raise ValueError(f"{path} is an integer outside the signed 64-bit range")
-    if value is None or isinstance(value, bool | int | float | str):
+    if value is None or isinstance(value, bool):
         return value
+    if isinstance(value, str):
+        return value if type(value) is str else str.__str__(value)
+    for plain in (int, float):
+        if isinstance(value, plain):
+            return value if type(value) is plain else plain(value)
     raise ValueError(f"{path} is of type {type(value).__name__}, which is not stored")
 
 
@@ -115,6 +125,20 @@ def _check_metadata(value: dict[str, Any]) -> dict[str, Any]:
     return normalized
 
 
+def merged_metadata(value: dict[str, Any]) -> dict[str, Any]:
+    """A context's metadata after a merge, checked against the size limit."""
+    size = len(msgpack.packb(value, use_bin_type=True))
+    if size > MAX_METADATA_BYTES:
+        raise InvalidContextInput(
+            "metadata",
+            value,
+            f"would make the context's metadata {size} bytes encoded, over the "
+            f"{MAX_METADATA_BYTES} limit",
+            "remove keys (give them as None) or store large data elsewhere",
+        )
+    return value
+
+
 Identifier = Annotated[
     str,
     Strict(),
@@ -122,7 +146,10 @@ Identifier = Annotated[
     AfterValidator(_check_id),
 ]
 Metadata = Annotated[dict[str, Any], Strict(), AfterValidator(_check_metadata)]
-TtlSeconds = Annotated[float, Strict(), Field(gt=0, allow_inf_nan=False)]
+MAX_TTL_SECONDS = 100 * 366 * 24 * 3600
+TtlSeconds = Annotated[
+    float, Strict(), Field(gt=0, le=MAX_TTL_SECONDS, allow_inf_nan=False)
+]
 Reason = Annotated[str, Strict(), Field(min_length=1, max_length=MAX_REASON_CHARS)]
 
 _IDENTIFIER: TypeAdapter[str] = TypeAdapter(Identifier)
@@ -140,7 +167,10 @@ _FIXES = {
         f"str, or lists and dicts of these, at most {MAX_METADATA_DEPTH} levels deep "
         f"and {MAX_METADATA_BYTES // 1024} KiB encoded"
     ),
-    "ttl": "pass a finite number of seconds greater than 0, or None for the default",
+    "ttl": (
+        "pass a number of seconds greater than 0 and at most 100 years, "
+        "or None for the default (no expiry unless a default is set)"
+    ),
     "reason": f"pass a non-empty reason of at most {MAX_REASON_CHARS} characters",
 }
 

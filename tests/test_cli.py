@@ -30,7 +30,7 @@ def test_demo_writes_to_the_default_sqlite_file_and_summarises(tmp_path: Path) -
     result = run("demo", "--users", "5", "--messages", "300", cwd=tmp_path)
 
     assert result.returncode == 0, result.stderr
-    assert "events: reused" in result.stdout
+    assert "events appended: reused" in result.stdout
     assert "history demo-user-0000" in result.stdout
     with ContextLedger.open(f"sqlite:///{tmp_path / 'ctxledger.db'}") as ledger:
         kinds = {
@@ -39,6 +39,29 @@ def test_demo_writes_to_the_default_sqlite_file_and_summarises(tmp_path: Path) -
             for event in ledger.history(f"demo-user-{user:04d}")
         }
     assert kinds == {"created", "reused", "updated", "expired", "cleared"}
+
+
+def test_a_second_demo_run_continues_the_histories_and_counts_its_own_events(
+    tmp_path: Path,
+) -> None:
+    run("demo", "--users", "3", "--messages", "200", cwd=tmp_path)
+    with ContextLedger.open(f"sqlite:///{tmp_path / 'ctxledger.db'}") as ledger:
+        first = {u: len(ledger.history(f"demo-user-{u:04d}")) for u in range(3)}
+
+    second = run("demo", "--users", "3", "--messages", "200", cwd=tmp_path)
+
+    with ContextLedger.open(f"sqlite:///{tmp_path / 'ctxledger.db'}") as ledger:
+        histories = [ledger.history(f"demo-user-{u:04d}") for u in range(3)]
+    appended = sum(len(h) for h in histories) - sum(first.values())
+    total_line = next(
+        line for line in second.stdout.splitlines() if "appended in total" in line
+    )
+    assert f" {appended} " in total_line
+    for history in histories:
+        times = [event.occurred_at for event in history]
+        assert times == sorted(times)
+    second_run = [e for u, h in enumerate(histories) for e in h[first[u] :]]
+    assert len({event.occurred_at for event in second_run}) > len(second_run) // 2
 
 
 def test_history_prints_a_users_events_as_json(tmp_path: Path) -> None:
@@ -76,7 +99,7 @@ def test_expire_reports_the_count(tmp_path: Path) -> None:
         ),
         (
             ("--db", "postgresql://postgres@127.0.0.1:1/test", "expire"),
-            "StorageUnavailable: cannot open the ledger",
+            "StorageUnavailable: the ledger's database (postgresql 127.0.0.1:1/test",
         ),
     ],
 )
@@ -87,6 +110,7 @@ def test_a_ledger_error_is_one_line_on_stderr_and_exit_1(
 
     assert result.returncode == 1
     assert result.stderr.startswith(expected)
+    assert result.stderr.count("\n") == 1
     assert "Traceback" not in result.stderr
 
 

@@ -1,5 +1,9 @@
 """One thread keeps one context across messages; threads never share one."""
 
+from datetime import timedelta
+
+from freezegun import freeze_time
+
 from ledger import ContextLedger
 
 
@@ -28,12 +32,14 @@ def test_history_of_a_reused_thread_is_one_created_then_reused_events(
 
 
 def test_reuse_moves_last_used_at_and_keeps_created_at(ledger: ContextLedger) -> None:
-    first = ledger.open_context("alice", "thread-1")
+    with freeze_time("2026-04-01 09:00:00") as clock:
+        first = ledger.open_context("alice", "thread-1")
+        clock.tick(90)
 
-    again = ledger.open_context("alice", "thread-1")
+        again = ledger.open_context("alice", "thread-1")
 
     assert again.created_at == first.created_at
-    assert again.last_used_at >= first.last_used_at
+    assert again.last_used_at - first.last_used_at == timedelta(seconds=90)
 
 
 def test_reuse_merges_metadata_and_takes_a_new_run_id(ledger: ContextLedger) -> None:

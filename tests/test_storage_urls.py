@@ -72,7 +72,17 @@ def test_postgres_password_comes_from_pgpassword_when_the_url_has_none(
         ("sqlite:///no/such/folder/ledger.db", "does not exist"),
         ("postgresql://127.0.0.1/test", "needs a user and a database"),
         ("postgresql://postgres@127.0.0.1/", "needs a user and a database"),
-        ("postgresql://postgres@127.0.0.1/test?schema=a-b", "plain SQL identifier"),
+        (
+            "postgresql://postgres@127.0.0.1/test?schema=a-b",
+            "lower-case SQL identifier",
+        ),
+        (
+            "postgresql://postgres@127.0.0.1/test?schema=Mixed",
+            "lower-case SQL identifier",
+        ),
+        ("sqlite:///ledger.db?timeout=0", "whole number of seconds"),
+        ("sqlite:///ledger.db?mode=ro", "unknown SQLite URL option"),
+        ("", "unsupported database URL"),
         ("postgresql://postgres@127.0.0.1/test?sslmode=off", "unknown PostgreSQL URL"),
         ("postgresql://postgres@127.0.0.1:port/test", "port"),
     ],
@@ -99,7 +109,7 @@ def test_a_password_is_never_shown_in_an_error(url: str) -> None:
 
 
 def test_an_unreachable_server_is_storage_unavailable() -> None:
-    with pytest.raises(StorageUnavailable, match="cannot open the ledger on postgres"):
+    with pytest.raises(StorageUnavailable, match=r"database \(postgresql 127.0.0.1:1"):
         ContextLedger.open("postgresql://postgres@127.0.0.1:1/test")
 
 
@@ -114,3 +124,27 @@ def test_eventsourcing_environment_variables_do_not_reconfigure_the_ledger(
         ledger.open_context("alice", "t")
     with ContextLedger.open(url) as reopened:
         assert len(reopened.history("alice")) == 1
+
+
+@pytest.mark.parametrize("bad", [5, b"sqlite:///x.db", ["memory://"]])
+def test_a_url_that_is_not_a_string_is_a_configuration_error(bad: object) -> None:
+    with pytest.raises(LedgerConfigError, match="not a str"):
+        ContextLedger.open(bad)  # type: ignore[arg-type]
+
+
+def test_a_locked_sqlite_file_is_storage_unavailable_and_appends_nothing(
+    tmp_path: Path,
+) -> None:
+    url = f"sqlite:///{tmp_path / 'locked.db'}?timeout=1"
+    with ContextLedger.open(url) as ledger:
+        ledger.open_context("alice", "t")
+        blocker = sqlite3.connect(tmp_path / "locked.db", isolation_level=None)
+        blocker.execute("BEGIN EXCLUSIVE")
+        try:
+            with pytest.raises(StorageUnavailable, match="database is locked"):
+                ledger.open_context("alice", "t")
+        finally:
+            blocker.execute("ROLLBACK")
+            blocker.close()
+
+        assert [event.kind for event in ledger.history("alice")] == ["created"]

@@ -152,8 +152,12 @@ def measure_memory(url: str, calls: int, users: int, seed: int) -> float:
 
 
 @contextmanager
-def postgres_schema(dsn: str) -> Iterator[str]:
+def postgres_schema(dsn: str, backend: str) -> Iterator[str]:
+    """A fresh schema for a PostgreSQL run, dropped afterwards; none for SQLite."""
     schema = f"ctxl_bench_{uuid.uuid4().hex[:10]}"
+    if backend != "postgres":
+        yield schema
+        return
     with psycopg.connect(dsn, autocommit=True) as db:
         db.execute(f'CREATE SCHEMA "{schema}"')
     try:
@@ -167,7 +171,7 @@ def run_backend(
     backend: str, options: dict[str, int], dsn: str, console: Console
 ) -> BackendResult:
     users, threads, samples = options["users"], options["threads"], options["samples"]
-    with tempfile.TemporaryDirectory() as tmp, postgres_schema(dsn) as schema:
+    with tempfile.TemporaryDirectory() as tmp, postgres_schema(dsn, backend) as schema:
         folder = Path(tmp)
         if backend == "sqlite":
             url = f"sqlite:///{folder / 'bench.db'}"

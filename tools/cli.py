@@ -15,7 +15,7 @@ from rich.table import Table
 
 from ledger import ContextLedger, LedgerError
 from ledger.storage import DEFAULT_URL, URL_VARIABLE, resolve_url
-from tools.demo import DemoOptions, SimulatedClock, run_demo, simulated_start
+from tools.demo import DemoOptions, run_demo
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -58,7 +58,6 @@ def main(ctx: click.Context, db: str | None) -> None:
 def demo(url: str, users: int, threads: int, messages: int, seed: int) -> None:
     """Simulate a chat backend on the ledger and summarise what it recorded."""
     options = DemoOptions(users=users, threads=threads, messages=messages, seed=seed)
-    clock = SimulatedClock(simulated_start(options))
     console = Console(stderr=True)
     with Progress(
         "[progress.description]{task.description}",
@@ -69,14 +68,14 @@ def demo(url: str, users: int, threads: int, messages: int, seed: int) -> None:
         transient=True,
     ) as progress:
         task = progress.add_task("messages", total=messages)
-        summary = run_demo(url, options, clock, lambda: progress.advance(task))
+        summary = run_demo(url, options, lambda: progress.advance(task))
     out = Console()
     table = Table(title=f"ctxledger demo on {url}", show_header=False)
     table.add_row("messages simulated", str(summary.messages))
     table.add_row("simulated time", str(summary.simulated_span).split(".", 1)[0])
     for kind in ("created", "reused", "updated", "expired", "cleared"):
-        table.add_row(f"events: {kind}", str(summary.events[kind]))
-    table.add_row("events in total", str(sum(summary.events.values())))
+        table.add_row(f"events appended: {kind}", str(summary.events[kind]))
+    table.add_row("events appended in total", str(sum(summary.events.values())))
     created = summary.events["created"] or 1
     table.add_row(
         "reuses per context created", f"{summary.events['reused'] / created:.1f}"

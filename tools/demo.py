@@ -45,25 +45,33 @@ class SimulatedClock:
         self.now += timedelta(seconds=seconds)
 
 
-def simulated_start(options: DemoOptions) -> datetime:
-    """Starts in the past by about as long as the simulated traffic lasts."""
-    return datetime.now(tz=UTC) - timedelta(seconds=45 * options.messages)
+def simulated_start(options: DemoOptions, last_event: datetime | None) -> datetime:
+    """About as far in the past as the simulated traffic lasts, so it ends near the
+    present; after the last event of an earlier run if that is later."""
+    start = datetime.now(tz=UTC) - timedelta(seconds=45 * options.messages)
+    if last_event is not None and last_event >= start:
+        return last_event + timedelta(seconds=1)
+    return start
 
 
 def run_demo(
-    url: str,
-    options: DemoOptions,
-    clock: SimulatedClock,
-    on_message: Callable[[], None] = lambda: None,
+    url: str, options: DemoOptions, on_message: Callable[[], None] = lambda: None
 ) -> DemoSummary:
-    """Users send messages on their threads; some leave, some go idle and expire."""
+    """Users send messages on their threads; some leave, some go idle and expire.
+
+    A run on a ledger that already holds demo users continues their histories;
+    the summary counts what this run appended.
+    """
     rng = random.Random(options.seed)
     summary = DemoSummary()
-    start = clock.now
     users = [f"demo-user-{n:04d}" for n in range(options.users)]
+    clock = SimulatedClock(datetime.now(tz=UTC))
     with ContextLedger.open(
         url, default_ttl_seconds=DEMO_TTL_SECONDS, clock=clock
     ) as ledger:
+        earlier = {user: ledger.history(user) for user in users}
+        last = max((h[-1].occurred_at for h in earlier.values() if h), default=None)
+        clock.now = start = simulated_start(options, last)
         for message in range(1, options.messages + 1):
             _one_message(
                 ledger,
@@ -78,7 +86,7 @@ def run_demo(
                 summary.calls["expired by expire_due"] += ledger.expire_due()
             summary.messages = message
             on_message()
-        _collect(ledger, users, summary)
+        _collect(ledger, {user: len(h) for user, h in earlier.items()}, summary)
     summary.simulated_span = clock.now - start
     return summary
 
@@ -115,10 +123,12 @@ def _one_message(
         ledger.clear_user(user, reason="user signed out")
 
 
-def _collect(ledger: ContextLedger, users: list[str], summary: DemoSummary) -> None:
-    for user in users:
+def _collect(
+    ledger: ContextLedger, earlier_counts: dict[str, int], summary: DemoSummary
+) -> None:
+    for user, earlier in earlier_counts.items():
         history = ledger.history(user)
-        summary.events.update(event.kind for event in history)
+        summary.events.update(event.kind for event in history[earlier:])
         active = ledger.active_contexts(user)
         summary.active_contexts += len(active)
         summary.users_with_contexts += bool(active)

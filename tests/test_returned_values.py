@@ -1,0 +1,145 @@
+"""What the API returns is a value: changing it changes nothing stored."""
+
+import enum
+from pathlib import Path
+
+import pytest
+from freezegun import freeze_time
+
+from ledger import PLACEHOLDERS, ContextLedger, InvalidContextInput, LedgerConfigError
+from ledger.application import SNAPSHOT_INTERVAL
+
+
+def test_changing_a_returned_context_does_not_change_the_ledger(
+    ledger: ContextLedger,
+) -> None:
+    opened = ledger.open_context("alice", "t", metadata={"a": 1, "nested": {"b": [1]}})
+    opened.metadata["injected"] = True
+    opened.metadata["nested"]["b"].append(2)
+    ledger.get_context("alice", "t").metadata["again"] = 1  # type: ignore[union-attr]
+    ledger.active_contexts("alice")[0].metadata.clear()
+
+    reused = ledger.open_context("alice", "t", metadata={"c": 3})
+
+    assert reused.metadata == {"a": 1, "nested": {"b": [1]}, "c": 3}
+
+
+def test_state_loaded_from_a_snapshot_equals_the_replayed_state(
+    sqlite_url: str,
+) -> None:
+    with ContextLedger.open(sqlite_url) as ledger, freeze_time("2026-02-01") as clock:
+        for n in range(SNAPSHOT_INTERVAL * 2 + 7):
+            ledger.open_context(
+                "alice", f"t{n % 3}", metadata={"n": n}, ttl_seconds=600
+            )
+            clock.tick(1)
+        before = ledger.active_contexts("alice")
+        last_hash_chain = [e.prev_hash for e in ledger.history("alice")]
+
+    with ContextLedger.open(sqlite_url) as reopened, freeze_time("2026-02-01 00:03:34"):
+        after = reopened.active_contexts("alice")
+        reused = reopened.open_context("alice", "t0")
+        history = reopened.history("alice")
+
+    assert after == before
+    assert reused.reuse_count == before[0].reuse_count + 1
+    assert [e.prev_hash for e in history[:-1]] == last_hash_chain
+    assert len(history) == SNAPSHOT_INTERVAL * 2 + 8
+
+
+def test_the_merged_metadata_of_a_context_is_limited_too(ledger: ContextLedger) -> None:
+    opened = ledger.open_context("alice", "t", metadata={"a": "x" * 40_000})
+
+    with pytest.raises(InvalidContextInput, match="over the 65536 limit"):
+        ledger.update_context("alice", opened.context_id, metadata={"b": "y" * 40_000})
+    with pytest.raises(InvalidContextInput, match="over the 65536 limit"):
+        ledger.open_context("alice", "t", metadata={"b": "y" * 40_000})
+
+    assert len(ledger.history("alice")) == 1
+    replaced = ledger.update_context(
+        "alice", opened.context_id, metadata={"a": None, "b": "y" * 40_000}
+    )
+    assert set(replaced.metadata) == {"b"}
+
+
+@pytest.mark.parametrize("ttl", [1e12, 100 * 366 * 24 * 3600 + 1])
+def test_a_ttl_beyond_100_years_is_refused(ledger: ContextLedger, ttl: float) -> None:
+    with pytest.raises(InvalidContextInput, match="at most 100 years"):
+        ledger.open_context("alice", "t", ttl_seconds=ttl)
+    with pytest.raises(InvalidContextInput, match="at most 100 years"):
+        ContextLedger.open("memory://", default_ttl_seconds=ttl)
+
+
+def test_a_100_year_ttl_keeps_the_thread_usable(ledger: ContextLedger) -> None:
+    with freeze_time("2026-01-01") as clock:
+        ledger.open_context("alice", "t", ttl_seconds=100 * 366 * 24 * 3600)
+        clock.tick(7200)
+
+        assert ledger.open_context("alice", "t").reuse_count == 1
+
+
+def _nested(levels: int) -> dict[str, object]:
+    """Metadata that is ``levels`` dicts deep, the metadata itself included."""
+    value: dict[str, object] = {"leaf": 1}
+    for _ in range(levels - 1):
+        value = {"k": value}
+    return value
+
+
+def test_metadata_may_be_eight_containers_deep_but_not_nine(
+    ledger: ContextLedger,
+) -> None:
+    assert ledger.open_context("alice", "t", metadata=_nested(8)).metadata == _nested(8)
+    with pytest.raises(InvalidContextInput, match="deeper than 8 levels"):
+        ledger.open_context("alice", "u", metadata=_nested(9))
+
+
+class Colour(str, enum.Enum):  # noqa: UP042  (the mixin str() gets wrong)
+    RED = "red"
+
+
+class Level(enum.IntEnum):
+    HIGH = 3
+
+
+def test_enum_values_are_stored_and_returned_as_plain_values(
+    durable_url: str,
+) -> None:
+    with ContextLedger.open(durable_url) as ledger:
+        opened = ledger.open_context(
+            "alice", "t", metadata={"c": Colour.RED, "l": Level.HIGH}
+        )
+    with ContextLedger.open(durable_url) as reopened:
+        loaded = reopened.get_context("alice", "t")
+
+    assert opened.metadata == {"c": "red", "l": 3}
+    assert [type(v) for v in opened.metadata.values()] == [str, int]
+    assert loaded is not None
+    assert loaded.metadata == opened.metadata
+
+
+@pytest.mark.parametrize("clock", ["now", 0])
+def test_a_clock_that_is_not_callable_is_refused(clock: object) -> None:
+    with pytest.raises(LedgerConfigError, match="not callable"):
+        ContextLedger.open("memory://", clock=clock)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("reading", ["2026-01-01", 0, None])
+def test_a_clock_that_returns_no_datetime_is_refused(reading: object) -> None:
+    def clock() -> object:
+        return reading
+
+    with ContextLedger.open("memory://", clock=clock) as ledger:  # type: ignore[arg-type]
+        with pytest.raises(LedgerConfigError, match="not a timezone-aware datetime"):
+            ledger.open_context("alice", "t")
+        assert ledger.history("alice") == []
+
+
+def test_the_readme_lists_exactly_the_placeholders_the_code_refuses() -> None:
+    readme = (Path(__file__).parent.parent / "README.md").read_text()
+    marker = "The placeholder list, `ledger.PLACEHOLDERS`:"
+    listing = readme.split(marker, 1)[1].split(".\n", 1)[0]
+
+    listed = {item.strip().strip("`") for item in listing.split(",")}
+
+    assert listed == set(PLACEHOLDERS)
