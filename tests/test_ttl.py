@@ -163,7 +163,7 @@ def test_a_clock_without_a_timezone_is_a_configuration_error() -> None:
     naive = datetime(2026, 3, 1, 12)  # noqa: DTZ001  (the error under test)
     with (
         ContextLedger.open("memory://", clock=lambda: naive) as ledger,
-        pytest.raises(LedgerConfigError, match="naive datetime"),
+        pytest.raises(LedgerConfigError, match="not a timezone-aware datetime"),
     ):
         ledger.open_context("alice", "t")
 
