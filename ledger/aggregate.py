@@ -107,7 +107,11 @@ class UserContexts:
         return self._id
 
     def __deepcopy__(self, memo: dict[int, Any]) -> Self:
-        # Contexts are frozen and replaced, never changed in place: copy the maps only.
+        return self.copy()
+
+    def copy(self) -> Self:
+        """An independent aggregate: contexts are frozen and replaced, never changed
+        in place, so copying the maps is enough."""
         copy = type(self).__new__(type(self))
         copy.__dict__.update(self.__dict__)
         copy.contexts = dict(self.contexts)
@@ -255,7 +259,9 @@ class UserContexts:
         )
 
     def _trigger(self, cls: type[ContextEvent], now: datetime, **fields: Any) -> None:
-        event = cls(
+        # Every value here is validated already (by the API or from the state), so
+        # the event is built without validating it again.
+        event = cls.model_construct(
             originator_id=self.id,
             originator_version=self.version + 1,
             # A user's event times never go backwards, even when hosts' clocks differ.

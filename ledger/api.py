@@ -2,10 +2,11 @@
 
 import sqlite3
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from contextlib import suppress
 from datetime import UTC, datetime
 from functools import wraps
+from itertools import count
 from types import TracebackType
 from typing import Any, Concatenate, ParamSpec, Self, TypeVar
 
@@ -264,26 +265,27 @@ class ContextLedger:
         reloads. An answer that appends nothing (a refusal, a count of 0) is never
         given from the cache; it is decided again on the stored state.
         """
-        tries = iter(range(MAX_ATTEMPTS))
-
-        @retry(IntegrityError, max_attempts=MAX_ATTEMPTS, wait=RETRY_WAIT_SECONDS)
-        def attempt() -> T:
-            if next(tries) == 0:
-                cached = self._app.load_cached(user_id, self._now())
-                with suppress(LedgerError):
-                    result = command(cached)
-                    if cached.pending:
-                        self._app.record(cached)
-                        return result
-            aggregate = self._app.load(user_id, self._now())
-            result = command(aggregate)
-            self._app.record(aggregate)
-            return result
-
         try:
-            return attempt()  # type: ignore[no-any-return]
+            result: T = self._attempt(user_id, command, count())
         except IntegrityError:
             raise ConcurrencyConflict(user_id, MAX_ATTEMPTS) from None
+        return result
+
+    @retry(IntegrityError, max_attempts=MAX_ATTEMPTS, wait=RETRY_WAIT_SECONDS)
+    def _attempt(
+        self, user_id: str, command: Callable[[UserContexts], T], tries: Iterator[int]
+    ) -> T:
+        if next(tries) == 0:
+            cached = self._app.load_cached(user_id, self._now())
+            with suppress(LedgerError):
+                result = command(cached)
+                if cached.pending:
+                    self._app.record(cached)
+                    return result
+        aggregate = self._app.load(user_id, self._now())
+        result = command(aggregate)
+        self._app.record(aggregate)
+        return result
 
 
 def _detached(context: Context) -> Context:

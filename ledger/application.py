@@ -1,7 +1,6 @@
 """The ``eventsourcing`` application that stores the users' context streams."""
 
 import logging
-from copy import deepcopy
 from datetime import UTC, datetime
 from typing import Any, cast
 from uuid import UUID
@@ -58,13 +57,13 @@ class LedgerApplication(Application[UUID]):
                 )
             except AggregateNotFoundError:
                 return UserContexts.start(user_id, now)
-            self.cache.offer(deepcopy(aggregate))
+            self.cache.offer(aggregate.copy())
             return aggregate
-        aggregate = deepcopy(cached)
+        aggregate = cached.copy()
         newer = list(self.events.get(aggregate_id, gt=aggregate.version))
         if newer:
             project_user(aggregate, cast(list[ContextEvent], newer))
-            self.cache.offer(deepcopy(aggregate))
+            self.cache.offer(aggregate.copy())
         return aggregate
 
     def load_cached(self, user_id: str, now: datetime) -> UserContexts:
@@ -75,7 +74,7 @@ class LedgerApplication(Application[UUID]):
         decision conflicts on save instead of being stored.
         """
         cached = self.cache.get(user_aggregate_id(user_id))
-        return self.load(user_id, now) if cached is None else deepcopy(cached)
+        return self.load(user_id, now) if cached is None else cached.copy()
 
     def record(self, aggregate: UserContexts) -> None:
         """Stores the aggregate's new events, then caches and maybe snapshots it.

@@ -13,18 +13,14 @@ from collections.abc import Mapping
 from typing import Any
 
 GENESIS_HASH = "0" * 64
+_CANONICAL = json.JSONEncoder(
+    sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False
+)
 
 
 def canonical_encoding(record: Mapping[str, Any]) -> bytes:
     """The bytes that are hashed for one event in its JSON form."""
-    text = json.dumps(
-        record,
-        sort_keys=True,
-        separators=(",", ":"),
-        ensure_ascii=False,
-        allow_nan=False,
-    )
-    return text.encode("utf-8")
+    return _CANONICAL.encode(record).encode("utf-8")
 
 
 def record_hash(record: Mapping[str, Any]) -> str:
