@@ -1,12 +1,11 @@
 """What the API returns is a value: changing it changes nothing stored."""
 
 import enum
-from pathlib import Path
 
 import pytest
 from freezegun import freeze_time
 
-from ledger import PLACEHOLDERS, ContextLedger, InvalidContextInput, LedgerConfigError
+from ledger import ContextLedger, InvalidContextInput, LedgerConfigError
 from ledger.application import SNAPSHOT_INTERVAL
 
 
@@ -133,13 +132,3 @@ def test_a_clock_that_returns_no_datetime_is_refused(reading: object) -> None:
         with pytest.raises(LedgerConfigError, match="not a timezone-aware datetime"):
             ledger.open_context("alice", "t")
         assert ledger.history("alice") == []
-
-
-def test_the_readme_lists_exactly_the_placeholders_the_code_refuses() -> None:
-    readme = (Path(__file__).parent.parent / "README.md").read_text()
-    marker = "The placeholder list, `ledger.PLACEHOLDERS`:"
-    listing = readme.split(marker, 1)[1].split(".\n", 1)[0]
-
-    listed = {item.strip().strip("`") for item in listing.split(",")}
-
-    assert listed == set(PLACEHOLDERS)
