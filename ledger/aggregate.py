@@ -19,7 +19,7 @@ from ledger.events import (
     ContextUpdated,
 )
 from ledger.models import Context, UtcDatetime
-from ledger.validation import merged_metadata
+from ledger.validation import check_merged_size
 
 _USER_NAMESPACE = UUID("6f1d4c2e-8a57-4f0b-9c1e-3b2a7d9e5c40")
 
@@ -185,7 +185,7 @@ class UserContexts:
         ttl_seconds: float | None,
         now: datetime,
     ) -> Context:
-        merged_metadata(merge_metadata(context.metadata, metadata))
+        check_merged_size(merge_metadata(context.metadata, metadata), metadata)
         self._trigger(
             ContextReused,
             now,
@@ -209,7 +209,7 @@ class UserContexts:
         context = self.owned(context_id)
         if context.is_due(now):
             raise ContextNotFound(self.user_id, context_id)
-        merged_metadata(merge_metadata(context.metadata, metadata))
+        check_merged_size(merge_metadata(context.metadata, metadata), metadata)
         self._trigger(
             ContextUpdated,
             now,

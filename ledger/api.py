@@ -11,12 +11,7 @@ from types import TracebackType
 from typing import Any, Concatenate, ParamSpec, Self, TypeVar
 
 import psycopg
-from eventsourcing.persistence import (
-    IntegrityError,
-    InterfaceError,
-    OperationalError,
-    PersistenceError,
-)
+from eventsourcing.persistence import IntegrityError, PersistenceError
 from eventsourcing.utils import retry
 
 from ledger import validation
@@ -36,10 +31,9 @@ from ledger.storage import Storage, resolve_url, storage_for
 T = TypeVar("T")
 P = ParamSpec("P")
 Clock = Callable[[], datetime]
-_STORAGE_FAILURES = (OperationalError, InterfaceError)
 
-MAX_ATTEMPTS = 25
-RETRY_WAIT_SECONDS = 0.005
+MAX_ATTEMPTS = 40
+RETRY_WAIT_SECONDS = 0.01
 
 
 def _storage_errors(
@@ -50,8 +44,13 @@ def _storage_errors(
     def guarded(ledger: "ContextLedger", /, *args: P.args, **kwargs: P.kwargs) -> T:
         try:
             return method(ledger, *args, **kwargs)
-        except _STORAGE_FAILURES as error:
-            raise StorageUnavailable(ledger.storage.description, error) from error
+        except IntegrityError:
+            raise  # a conflict, handled where commands are retried
+        except PersistenceError as error:
+            unavailable = StorageUnavailable(ledger.storage.description, error)
+            for note in getattr(error, "__notes__", ()):
+                unavailable.add_note(note)
+            raise unavailable from error
 
     return wraps(method)(guarded)
 
@@ -215,10 +214,20 @@ class ContextLedger:
         with self._due_lock:
             self._due.catch_up(self._app.recorder, self._app.mapper)
             users = self._due.users_due(self._now())
-        return sum(
-            self._change(user, lambda aggregate: aggregate.expire_due(self._now()))
-            for user in users
-        )
+        expired = 0
+        for user in users:
+            try:
+                expired += self._change(
+                    user, lambda aggregate: aggregate.expire_due(self._now())
+                )
+            except (LedgerError, PersistenceError) as error:
+                if expired:
+                    error.add_note(
+                        f"expire_due had already recorded {expired} expiries of "
+                        "other users; run it again to record the rest"
+                    )
+                raise
+        return expired
 
     # Queries: they never append.
 

@@ -87,7 +87,7 @@ class ConcurrencyConflict(LedgerError):
         self.attempts = attempts
         super().__init__(
             f"user {shorten(user_id)} was changed by other writers during each of "
-            f"{attempts} attempts; nothing was appended; retry the call later"
+            f"{attempts} attempts; this command was not applied; retry it later"
         )
 
 
@@ -105,7 +105,7 @@ class StorageUnavailable(LedgerError, ConnectionError):
         self.cause = cause
         detail = " ".join(str(cause).split()) or type(cause).__name__
         super().__init__(
-            f"the ledger's database ({where}) failed: {detail}; nothing was appended "
-            "by this call; check that the database is running, reachable and not "
+            f"the ledger's database ({where}) failed: {detail}; the failed write "
+            "appended nothing; check that the database is running, reachable and not "
             "locked, and that the URL is right"
         )

@@ -94,21 +94,21 @@ def _normalized(value: object, path: str, depth: int) -> Any:
         return [
             _normalized(item, f"{path}[{i}]", depth + 1) for i, item in enumerate(value)
         ]
-    if isinstance(value, float) and not math.isfinite(value):
-        raise ValueError(f"{path} is {value!r}; only finite numbers are stored")
-    if (
-        isinstance(value, int)
-        and not isinstance(value, bool)
-        and not -_INT64 <= value < _INT64
-    ):
-        raise ValueError(f"{path} is an integer outside the signed 64-bit range")
     if value is None or isinstance(value, bool):
         return value
     if isinstance(value, str):
         return value if type(value) is str else str.__str__(value)
-    for plain in (int, float):
-        if isinstance(value, plain):
-            return value if type(value) is plain else plain(value)
+    # Subclasses become plain values first, so the checks see what will be stored.
+    if isinstance(value, float):
+        number = value if type(value) is float else float.__float__(value)
+        if not math.isfinite(number):
+            raise ValueError(f"{path} is {number!r}; only finite numbers are stored")
+        return number
+    if isinstance(value, int):
+        integer = value if type(value) is int else int.__index__(value)
+        if not -_INT64 <= integer < _INT64:
+            raise ValueError(f"{path} is an integer outside the signed 64-bit range")
+        return integer
     raise ValueError(f"{path} is of type {type(value).__name__}, which is not stored")
 
 
@@ -125,18 +125,21 @@ def _check_metadata(value: dict[str, Any]) -> dict[str, Any]:
     return normalized
 
 
-def merged_metadata(value: dict[str, Any]) -> dict[str, Any]:
-    """A context's metadata after a merge, checked against the size limit."""
-    size = len(msgpack.packb(value, use_bin_type=True))
+def check_merged_size(merged: dict[str, Any], patch: dict[str, Any]) -> None:
+    """Refuses a patch that would make a context's metadata too large.
+
+    The error carries the caller's patch, never ``merged``: that shares nested
+    values with the ledger's cached state.
+    """
+    size = len(msgpack.packb(merged, use_bin_type=True))
     if size > MAX_METADATA_BYTES:
         raise InvalidContextInput(
             "metadata",
-            value,
+            patch,
             f"would make the context's metadata {size} bytes encoded, over the "
             f"{MAX_METADATA_BYTES} limit",
             "remove keys (give them as None) or store large data elsewhere",
         )
-    return value
 
 
 Identifier = Annotated[

@@ -132,3 +132,44 @@ def test_a_clock_that_returns_no_datetime_is_refused(reading: object) -> None:
         with pytest.raises(LedgerConfigError, match="not a timezone-aware datetime"):
             ledger.open_context("alice", "t")
         assert ledger.history("alice") == []
+
+
+def test_a_refused_oversize_merge_reports_the_patch_not_the_ledgers_state(
+    ledger: ContextLedger,
+) -> None:
+    opened = ledger.open_context("alice", "t", metadata={"items": ["x" * 30_000]})
+    patch = {"more": "y" * 40_000}
+
+    with pytest.raises(InvalidContextInput) as error:
+        ledger.update_context("alice", opened.context_id, metadata=patch)
+    assert error.value.value == patch
+
+    stored = ledger.get_context("alice", "t")
+    assert stored is not None
+    assert stored.metadata == {"items": ["x" * 30_000]}
+
+
+class SneakyFloat(float):
+    def __float__(self) -> float:
+        return float("nan")
+
+
+class SneakyInt(int):
+    def __index__(self) -> int:
+        return 2**70
+
+
+@pytest.mark.parametrize(
+    ("value", "stored"), [(SneakyFloat(1.0), 1.0), (SneakyInt(1), 1)]
+)
+def test_number_subclasses_are_stored_as_their_own_values_not_their_overrides(
+    durable_url: str, value: object, stored: object
+) -> None:
+    with ContextLedger.open(durable_url) as ledger:
+        opened = ledger.open_context("alice", "t", metadata={"v": value})
+    with ContextLedger.open(durable_url) as reopened:
+        loaded = reopened.get_context("alice", "t")
+
+    assert loaded is not None
+    assert opened.metadata == loaded.metadata == {"v": stored}
+    assert type(loaded.metadata["v"]) is type(stored)

@@ -3,6 +3,7 @@
 import sqlite3
 from pathlib import Path
 
+import psycopg
 import pytest
 
 from ledger import ContextLedger, LedgerConfigError, StorageUnavailable
@@ -148,3 +149,17 @@ def test_a_locked_sqlite_file_is_storage_unavailable_and_appends_nothing(
             blocker.close()
 
         assert [event.kind for event in ledger.history("alice")] == ["created"]
+
+
+@pytest.mark.postgres
+def test_a_schema_dropped_under_an_open_ledger_is_storage_unavailable(
+    postgres_url: str, postgres_dsn: str
+) -> None:
+    schema = postgres_url.rsplit("schema=", 1)[1]
+    with ContextLedger.open(postgres_url) as ledger:
+        ledger.open_context("alice", "t")
+        with psycopg.connect(postgres_dsn, autocommit=True) as admin:
+            admin.execute(f'DROP SCHEMA "{schema}" CASCADE')
+
+        with pytest.raises(StorageUnavailable, match="does not exist"):
+            ledger.open_context("alice", "u")

@@ -30,6 +30,8 @@ def reports_ledger_errors(command: Callable[P, R]) -> Callable[P, R]:
             return command(*args, **kwargs)
         except LedgerError as error:
             click.echo(f"{type(error).__name__}: {error}", err=True)
+            for note in getattr(error, "__notes__", ()):
+                click.echo(f"  {note}", err=True)
             sys.exit(1)
 
     return wrapper
