@@ -60,7 +60,7 @@ class UserSnapshot(BaseModel):
 
     @classmethod
     def take(cls, aggregate: "UserContexts") -> Self:
-        """Called by the library's snapshotting after a save."""
+        """The snapshot of an aggregate just saved (see LedgerApplication.record)."""
         return cls(
             originator_id=aggregate.id,
             originator_version=aggregate.version,
@@ -106,9 +106,6 @@ class UserContexts:
     def id(self) -> UUID:
         return self._id
 
-    def __deepcopy__(self, memo: dict[int, Any]) -> Self:
-        return self.copy()
-
     def copy(self) -> Self:
         """An independent aggregate: contexts are frozen and replaced, never changed
         in place, so copying the maps is enough."""
@@ -125,7 +122,7 @@ class UserContexts:
         return list(self._pending)
 
     def collect_events(self) -> list[ContextEvent]:
-        """Hands the new events to the library's save and forgets them."""
+        """Hands the new events over for storing and forgets them."""
         events, self._pending = self._pending, []
         return events
 

@@ -28,8 +28,6 @@ class LedgerApplication(Application[UUID]):
     """Stores one stream of context events per user, with snapshots."""
 
     name = "ctxledger"
-    is_snapshotting_enabled = True
-    snapshot_class = UserSnapshot  # type: ignore[assignment]
 
     def construct_env(self, name: str, env: Any = None) -> Environment:
         # Only the settings given here count: process environment variables such as
@@ -83,12 +81,13 @@ class LedgerApplication(Application[UUID]):
         ``apply`` changes it), so it is cached and snapshotted as it is, instead of
         being read back from the store. The caller must not change it afterwards.
         """
-        if not aggregate.pending:
+        events = aggregate.collect_events()
+        if not events:
             return
-        before = aggregate.version - len(aggregate.pending)
+        before = aggregate.version - len(events)
         # The event store's put is what save() does for us; save() would first run
         # runtime Protocol checks that cost more than the rest of the Python work.
-        self.events.put(aggregate.collect_events())
+        self.events.put(events)
         self.cache.offer(aggregate)
         if self.snapshots is not None and (
             aggregate.version // SNAPSHOT_INTERVAL > before // SNAPSHOT_INTERVAL

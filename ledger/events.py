@@ -12,19 +12,6 @@ from pydantic import BaseModel, ConfigDict
 
 from ledger.models import EventKind, LedgerEvent, UtcDatetime
 
-_ENVELOPE = set(
-    {
-        "originator_id",
-        "originator_version",
-        "timestamp",
-        "user_id",
-        "context_id",
-        "thread_id",
-        "run_id",
-        "prev_hash",
-    }
-)
-
 
 class ContextEvent(BaseModel):
     """Fields every event of a user's stream carries."""
@@ -50,7 +37,7 @@ class ContextEvent(BaseModel):
     def ledger_record(self) -> dict[str, Any]:
         """``to_ledger_event().model_dump(mode="json")``, built directly: the chain
         hashes this on every append and replay."""
-        data = self.model_dump(mode="json")
+        data = self.model_dump(mode="json", exclude={"originator_id"})
         return {
             "user_id": data.pop("user_id"),
             "kind": self.KIND,
@@ -60,7 +47,7 @@ class ContextEvent(BaseModel):
             "occurred_at": data.pop("timestamp"),
             "version": data.pop("originator_version"),
             "prev_hash": data.pop("prev_hash"),
-            "details": {k: v for k, v in data.items() if k not in _ENVELOPE},
+            "details": data,  # what is left: the fields of this kind of event
         }
 
 

@@ -5,15 +5,17 @@ log from where it last stopped. It only proposes users; each user's aggregate
 decides what is actually due.
 """
 
-from datetime import datetime, timedelta
+from datetime import datetime
 from typing import Any
 
 from eventsourcing.persistence import ApplicationRecorder, Mapper
 
+from ledger.aggregate import expiry_time
 from ledger.events import (
     EVENT_TOPICS,
     ContextCleared,
     ContextCreated,
+    ContextEvent,
     ContextExpired,
     ContextReused,
     ContextUpdated,
@@ -23,12 +25,11 @@ _PAGE = 1000
 
 
 class DueIndex:
-    """Expiry time of every context that has one, by (user, context)."""
+    """Time to live and expiry time of each context that has one, by user and id."""
 
     def __init__(self) -> None:
         self._position = 0
-        self._expires: dict[tuple[str, str], datetime] = {}
-        self._ttl: dict[tuple[str, str], float] = {}
+        self._due: dict[tuple[str, str], tuple[float, datetime]] = {}
 
     def catch_up(self, recorder: ApplicationRecorder, mapper: Mapper[Any]) -> None:
         while True:
@@ -45,29 +46,22 @@ class DueIndex:
                 return
 
     def users_due(self, now: datetime) -> list[str]:
-        return sorted({user for (user, _), at in self._expires.items() if at <= now})
+        return sorted({user for (user, _), (_, at) in self._due.items() if at <= now})
 
     def _apply(self, event: object) -> None:
         match event:
             case ContextCreated() | ContextReused():
-                self._set(
-                    event.user_id, event.context_id, event.ttl_seconds, event.timestamp
-                )
+                self._set(event, event.ttl_seconds)
             case ContextUpdated():
-                key = (event.user_id, event.context_id)
-                self._set(*key, self._ttl.get(key), event.timestamp)
+                known = self._due.get((event.user_id, event.context_id))
+                self._set(event, None if known is None else known[0])
             case ContextExpired() | ContextCleared():
-                key = (event.user_id, event.context_id)
-                self._expires.pop(key, None)
-                self._ttl.pop(key, None)
+                self._due.pop((event.user_id, event.context_id), None)
 
-    def _set(
-        self, user_id: str, context_id: str, ttl: float | None, at: datetime
-    ) -> None:
-        key = (user_id, context_id)
-        if ttl is None:
-            self._expires.pop(key, None)
-            self._ttl.pop(key, None)
+    def _set(self, event: ContextEvent, ttl: float | None) -> None:
+        key = (event.user_id, event.context_id)
+        expires_at = expiry_time(event.timestamp, ttl)
+        if ttl is None or expires_at is None:  # None together: no expiry
+            self._due.pop(key, None)
         else:
-            self._ttl[key] = ttl
-            self._expires[key] = at + timedelta(seconds=ttl)
+            self._due[key] = (ttl, expires_at)

@@ -17,6 +17,7 @@ MAX_ID_CHARS = 256
 MAX_REASON_CHARS = 256
 MAX_METADATA_BYTES = 64 * 1024
 MAX_METADATA_DEPTH = 8
+MAX_TTL_SECONDS = 100 * 366 * 24 * 3600
 _INT64 = 2**63
 
 PLACEHOLDERS = frozenset(
@@ -149,7 +150,6 @@ Identifier = Annotated[
     AfterValidator(_check_id),
 ]
 Metadata = Annotated[dict[str, Any], Strict(), AfterValidator(_check_metadata)]
-MAX_TTL_SECONDS = 100 * 366 * 24 * 3600
 TtlSeconds = Annotated[
     float, Strict(), Field(gt=0, le=MAX_TTL_SECONDS, allow_inf_nan=False)
 ]
