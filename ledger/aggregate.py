@@ -285,50 +285,58 @@ class UserContexts:
         self.last_hash = record_hash(event.ledger_record())
 
     def _evolve(self, event: ContextEvent) -> None:
-        at = event.timestamp
-        match event:
-            case ContextCreated():
-                self._put(
-                    Context(
-                        context_id=event.context_id,
-                        user_id=event.user_id,
-                        thread_id=event.thread_id,
-                        run_id=event.run_id,
-                        metadata=event.metadata,
-                        created_at=at,
-                        last_used_at=at,
-                        expires_at=expiry_time(at, event.ttl_seconds),
-                        ttl_seconds=event.ttl_seconds,
-                    )
-                )
-            case ContextReused():
-                self._touch(
-                    event, ttl_seconds=event.ttl_seconds, reuse_count=event.reuse_count
-                )
-            case ContextUpdated():
-                self._touch(event)
-            case ContextExpired() | ContextCleared():
-                del self._threads[event.thread_id]
-                del self.contexts[event.context_id]
-
-    def _touch(self, event: ContextReused | ContextUpdated, **changes: Any) -> None:
-        context = self.contexts[event.context_id]
-        ttl = changes.get("ttl_seconds", context.ttl_seconds)
-        self._put(
-            context.model_copy(
-                update={
-                    "run_id": event.run_id,
-                    "metadata": merge_metadata(context.metadata, event.metadata),
-                    "last_used_at": event.timestamp,
-                    "expires_at": expiry_time(event.timestamp, ttl),
-                    **changes,
-                }
-            )
-        )
+        context = evolve_context(self.contexts.get(event.context_id), event)
+        if context is None:
+            del self._threads[event.thread_id]
+            del self.contexts[event.context_id]
+        else:
+            self._put(context)
 
     def _put(self, context: Context) -> None:
         self.contexts[context.context_id] = context
         self._threads[context.thread_id] = context.context_id
+
+
+def evolve_context(context: Context | None, event: ContextEvent) -> Context | None:
+    """The context after ``event``: None once it is expired or cleared.
+
+    The one place that says how events change a context; the aggregate and the
+    active contexts view both use it.
+    """
+    at = event.timestamp
+    match event:
+        case ContextCreated():
+            return Context(
+                context_id=event.context_id,
+                user_id=event.user_id,
+                thread_id=event.thread_id,
+                run_id=event.run_id,
+                metadata=event.metadata,
+                created_at=at,
+                last_used_at=at,
+                expires_at=expiry_time(at, event.ttl_seconds),
+                ttl_seconds=event.ttl_seconds,
+            )
+        case ContextReused() | ContextUpdated() if context is not None:
+            ttl = (
+                event.ttl_seconds
+                if isinstance(event, ContextReused)
+                else context.ttl_seconds
+            )
+            changes: dict[str, Any] = {
+                "run_id": event.run_id,
+                "metadata": merge_metadata(context.metadata, event.metadata),
+                "last_used_at": at,
+                "expires_at": expiry_time(at, ttl),
+                "ttl_seconds": ttl,
+            }
+            if isinstance(event, ContextReused):
+                changes["reuse_count"] = event.reuse_count
+            return context.model_copy(update=changes)
+        case ContextExpired() | ContextCleared() if context is not None:
+            return None
+    msg = f"{type(event).__name__} of context {event.context_id!r}, which is not active"
+    raise ValueError(msg)
 
 
 def project_user(
