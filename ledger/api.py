@@ -1,31 +1,31 @@
 """``ContextLedger``: the domain API that backends call."""
 
-import sqlite3
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import suppress
 from datetime import UTC, datetime
-from functools import wraps
 from itertools import count
 from types import TracebackType
-from typing import Any, Concatenate, ParamSpec, Self, TypeVar
+from typing import Any, ParamSpec, Self, TypeVar
 
-import psycopg
 from eventsourcing.persistence import IntegrityError, PersistenceError
 from eventsourcing.utils import retry
 
 from ledger import validation
 from ledger.aggregate import UserContexts
-from ledger.application import LedgerApplication, utc_now
+from ledger.application import (
+    LedgerApplication,
+    open_application,
+    storage_errors,
+    utc_now,
+)
 from ledger.errors import (
     ConcurrencyConflict,
     LedgerConfigError,
     LedgerError,
-    StorageUnavailable,
 )
 from ledger.expiry import DueIndex
 from ledger.models import Context, LedgerEvent
-from ledger.postgres import exclusive_setup
 from ledger.storage import Storage, resolve_url, storage_for
 
 T = TypeVar("T")
@@ -34,25 +34,6 @@ Clock = Callable[[], datetime]
 
 MAX_ATTEMPTS = 40
 RETRY_WAIT_SECONDS = 0.01
-
-
-def _storage_errors(
-    method: Callable[Concatenate["ContextLedger", P], T],
-) -> Callable[Concatenate["ContextLedger", P], T]:
-    """A failure of the database becomes StorageUnavailable."""
-
-    def guarded(ledger: "ContextLedger", /, *args: P.args, **kwargs: P.kwargs) -> T:
-        try:
-            return method(ledger, *args, **kwargs)
-        except IntegrityError:
-            raise  # a conflict, handled where commands are retried
-        except PersistenceError as error:
-            unavailable = StorageUnavailable(ledger.storage.description, error)
-            for note in getattr(error, "__notes__", ()):
-                unavailable.add_note(note)
-            raise unavailable from error
-
-    return wraps(method)(guarded)
 
 
 class ContextLedger:
@@ -111,7 +92,7 @@ class ContextLedger:
             raise LedgerConfigError(f"url={url!r} is not a str; pass a database URL")
         storage = storage_for(resolve_url(url))
         return cls(
-            _start_application(storage),
+            open_application(storage),
             storage,
             max_contexts_per_user=max_contexts_per_user,
             default_ttl_seconds=default_ttl,
@@ -134,7 +115,7 @@ class ContextLedger:
 
     # Commands.
 
-    @_storage_errors
+    @storage_errors
     def open_context(
         self,
         user_id: str,
@@ -164,7 +145,7 @@ class ContextLedger:
         )
         return _detached(opened)
 
-    @_storage_errors
+    @storage_errors
     def update_context(
         self,
         user_id: str,
@@ -186,7 +167,7 @@ class ContextLedger:
         )
         return _detached(updated)
 
-    @_storage_errors
+    @storage_errors
     def clear_context(
         self, user_id: str, context_id: str, *, reason: str = "cleared"
     ) -> None:
@@ -199,7 +180,7 @@ class ContextLedger:
             lambda aggregate: aggregate.clear(context, reason=why, now=self._now()),
         )
 
-    @_storage_errors
+    @storage_errors
     def clear_user(self, user_id: str, *, reason: str = "cleared") -> int:
         """Ends all of the user's contexts; returns how many were cleared."""
         user = validation.identifier("user_id", user_id)
@@ -208,7 +189,7 @@ class ContextLedger:
             user, lambda aggregate: aggregate.clear_all(reason=why, now=self._now())
         )
 
-    @_storage_errors
+    @storage_errors
     def expire_due(self) -> int:
         """Records the expiry of every context past its time, for all users."""
         with self._due_lock:
@@ -231,7 +212,7 @@ class ContextLedger:
 
     # Queries: they never append.
 
-    @_storage_errors
+    @storage_errors
     def get_context(self, user_id: str, thread_id: str) -> Context | None:
         """The thread's active, unexpired context, or None."""
         user = validation.identifier("user_id", user_id)
@@ -242,7 +223,7 @@ class ContextLedger:
             return None
         return _detached(context)
 
-    @_storage_errors
+    @storage_errors
     def active_contexts(self, user_id: str) -> list[Context]:
         """The user's active, unexpired contexts, oldest first."""
         user = validation.identifier("user_id", user_id)
@@ -251,7 +232,7 @@ class ContextLedger:
         ordered = sorted(live, key=lambda c: (c.created_at, c.context_id))
         return [_detached(context) for context in ordered]
 
-    @_storage_errors
+    @storage_errors
     def history(self, user_id: str) -> list[LedgerEvent]:
         """Every event of the user, in order."""
         user = validation.identifier("user_id", user_id)
@@ -312,13 +293,3 @@ def _copy_tree(value: Any) -> Any:
     if isinstance(value, list):
         return [_copy_tree(item) for item in value]
     return value
-
-
-def _start_application(storage: Storage) -> LedgerApplication:
-    try:
-        if storage.kind == "postgres":
-            with exclusive_setup(storage.settings):
-                return LedgerApplication(env=storage.settings)
-        return LedgerApplication(env=storage.settings)
-    except (OSError, PersistenceError, psycopg.Error, sqlite3.Error) as error:
-        raise StorageUnavailable(storage.description, error) from error

@@ -1,18 +1,25 @@
 """The ``eventsourcing`` application that stores the users' context streams."""
 
 import logging
+import sqlite3
+from collections.abc import Callable
 from datetime import UTC, datetime
-from typing import Any, cast
+from functools import wraps
+from typing import Any, Concatenate, ParamSpec, Protocol, TypeVar, cast
 from uuid import UUID
 
+import psycopg
 from eventsourcing.application import AggregateNotFoundError, Application
-from eventsourcing.persistence import PersistenceError
+from eventsourcing.persistence import IntegrityError, PersistenceError
 from eventsourcing.utils import Environment, get_topic
 
 from ledger.aggregate import UserContexts, UserSnapshot, project_user, user_aggregate_id
 from ledger.cache import AggregateCache
+from ledger.errors import StorageUnavailable
 from ledger.events import ContextEvent
+from ledger.postgres import exclusive_setup
 from ledger.serialization import MsgpackTranscoder, PydanticMapper
+from ledger.storage import Storage
 
 SNAPSHOT_INTERVAL = 50
 _log = logging.getLogger(__name__)
@@ -108,3 +115,42 @@ class LedgerApplication(Application[UUID]):
         """Every stored event of the user, in version order."""
         events = self.events.get(user_aggregate_id(user_id))
         return [event for event in events if isinstance(event, ContextEvent)]
+
+
+class HasStorage(Protocol):
+    storage: Storage
+
+
+S = TypeVar("S", bound=HasStorage)
+P = ParamSpec("P")
+T = TypeVar("T")
+
+
+def storage_errors(
+    method: Callable[Concatenate[S, P], T],
+) -> Callable[Concatenate[S, P], T]:
+    """A failure of the database becomes StorageUnavailable, naming the storage."""
+
+    def guarded(owner: S, /, *args: P.args, **kwargs: P.kwargs) -> T:
+        try:
+            return method(owner, *args, **kwargs)
+        except IntegrityError:
+            raise  # a conflict, handled where commands are retried
+        except (PersistenceError, psycopg.Error, sqlite3.Error) as error:
+            unavailable = StorageUnavailable(owner.storage.description, error)
+            for note in getattr(error, "__notes__", ()):
+                unavailable.add_note(note)
+            raise unavailable from error
+
+    return wraps(method)(guarded)
+
+
+def open_application(storage: Storage) -> LedgerApplication:
+    """The application on ``storage``, its tables created if need be."""
+    try:
+        if storage.kind == "postgres":
+            with exclusive_setup(storage.settings):
+                return LedgerApplication(env=storage.settings)
+        return LedgerApplication(env=storage.settings)
+    except (OSError, PersistenceError, psycopg.Error, sqlite3.Error) as error:
+        raise StorageUnavailable(storage.description, error) from error

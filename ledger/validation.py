@@ -6,12 +6,14 @@ The rules are pydantic types; a ``ValidationError`` becomes ``InvalidContextInpu
 import math
 import re
 from collections.abc import Mapping
+from datetime import datetime
 from typing import Annotated, Any
 
 import msgpack
 from pydantic import AfterValidator, Field, Strict, TypeAdapter, ValidationError
 
 from ledger.errors import InvalidContextInput
+from ledger.models import EVENT_KINDS, EventKind, UtcDatetime
 
 MAX_ID_CHARS = 256
 MAX_REASON_CHARS = 256
@@ -159,6 +161,8 @@ _IDENTIFIER: TypeAdapter[str] = TypeAdapter(Identifier)
 _METADATA: TypeAdapter[dict[str, Any]] = TypeAdapter(Metadata)
 _TTL: TypeAdapter[float] = TypeAdapter(TtlSeconds)
 _REASON: TypeAdapter[str] = TypeAdapter(Reason)
+_TIME: TypeAdapter[datetime] = TypeAdapter(Annotated[UtcDatetime, Strict()])
+_KIND: TypeAdapter[EventKind] = TypeAdapter(EventKind)
 
 _FIXES = {
     "id": (
@@ -175,6 +179,8 @@ _FIXES = {
         "or None for the default (no expiry unless a default is set)"
     ),
     "reason": f"pass a non-empty reason of at most {MAX_REASON_CHARS} characters",
+    "time": "pass a timezone-aware datetime, e.g. datetime(2026, 1, 1, tzinfo=UTC)",
+    "kind": f"pass one of {', '.join(EVENT_KINDS)}",
 }
 
 
@@ -223,4 +229,16 @@ def ttl_seconds(value: object) -> float | None:
 def reason(value: object) -> str:
     """The reason given for a clear, checked."""
     result: str = _validate(_REASON, "reason", "reason", value)
+    return result
+
+
+def aware_time(field: str, value: object) -> datetime:
+    """A timezone-aware datetime, in UTC."""
+    result: datetime = _validate(_TIME, field, "time", value)
+    return result
+
+
+def event_kind(value: object) -> EventKind:
+    """One of the event kinds."""
+    result: EventKind = _validate(_KIND, "kind", "kind", value)
     return result

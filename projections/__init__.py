@@ -1,0 +1,27 @@
+"""Views of the ledger: active contexts, compliance audit and continuity.
+
+Open them with ``Projections.open(url)`` on the ledger's own database URL.
+"""
+
+from projections.api import Projections
+from projections.errors import (
+    ProjectionError,
+    UndecodableEvent,
+    UnknownView,
+    ViewsNeedDurableStorage,
+)
+from projections.models import AuditRow, ContinuityFigures, ViewStatus
+
+VIEW_NAMES = ("active", "audit", "continuity")
+
+__all__ = [
+    "VIEW_NAMES",
+    "AuditRow",
+    "ContinuityFigures",
+    "ProjectionError",
+    "Projections",
+    "UndecodableEvent",
+    "UnknownView",
+    "ViewStatus",
+    "ViewsNeedDurableStorage",
+]

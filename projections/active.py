@@ -1,0 +1,180 @@
+"""The active contexts view: one row per context that is open in the ledger.
+
+A context stays here until its expiry or clearing is recorded, so one whose time
+to live has run out shows up in ``expiring_before(now)`` until ``expire_due`` runs.
+"""
+
+from collections.abc import Iterable, Sequence
+from datetime import datetime
+from typing import Any, ClassVar, cast
+
+from ledger.aggregate import evolve_context
+from ledger.events import ContextCreated
+from ledger.models import Context
+from projections.errors import ProjectionError
+from projections.store import Tx
+from projections.view import Names, Positioned, Table, View, compare_rows
+
+COLUMNS = (
+    "context_id",
+    "user_id",
+    "thread_id",
+    "run_id",
+    "created_at",
+    "last_used_at",
+    "expires_at",
+    "ttl_seconds",
+    "reuse_count",
+    "metadata",
+)
+_SELECT = ", ".join(COLUMNS)
+_ORDER = "ORDER BY created_at, context_id"
+_CHUNK = 500  # ids per IN (...) list
+
+
+class ActiveContextsView(View):
+    name: ClassVar[str] = "active"
+    tables: ClassVar[tuple[Table, ...]] = (
+        Table(
+            "active_contexts",
+            "context_id {text} PRIMARY KEY, user_id {text} NOT NULL, "
+            "thread_id {text} NOT NULL, run_id {text}, created_at {time} NOT NULL, "
+            "last_used_at {time} NOT NULL, expires_at {time}, ttl_seconds {real}, "
+            "reuse_count {int} NOT NULL, metadata {json} NOT NULL",
+            indexes=("user_id, thread_id", "expires_at"),
+        ),
+    )
+
+    def apply(self, tx: Tx, names: Names, events: Sequence[Positioned]) -> None:
+        contexts = self._stored(tx, names, _needed(events))
+        for position, event in events:
+            try:
+                contexts[event.context_id] = evolve_context(
+                    contexts.get(event.context_id), event
+                )
+            except ValueError as error:
+                raise ProjectionError(
+                    f"the active contexts view cannot apply the event at position "
+                    f"{position}: {error}. The view no longer matches the ledger; "
+                    "run `ctxledger verify`, then `ctxledger rebuild active`"
+                ) from None
+        table = names["active_contexts"]
+        ended = [(cid,) for cid, context in contexts.items() if context is None]
+        tx.run_many(f"DELETE FROM {table} WHERE context_id = ?", ended)
+        live = [_row(tx, c) for c in contexts.values() if c is not None]
+        updates = ", ".join(f"{c} = excluded.{c}" for c in COLUMNS[1:])
+        tx.run_many(
+            f"INSERT INTO {table} ({_SELECT}) VALUES ({', '.join('?' * len(COLUMNS))}) "
+            f"ON CONFLICT (context_id) DO UPDATE SET {updates}",
+            live,
+        )
+
+    def differences(
+        self, tx: Tx, names: Names, events: Iterable[Positioned]
+    ) -> list[str]:
+        expected: dict[str, Context | None] = {}
+        for _, event in events:
+            expected[event.context_id] = evolve_context(
+                expected.get(event.context_id), event
+            )
+        actual = self.query(tx, names, "")
+        return compare_rows(
+            "context",
+            COLUMNS,
+            {cid: _values(c) for cid, c in expected.items() if c is not None},
+            {c.context_id: _values(c) for c in actual},
+        )
+
+    def query(
+        self, tx: Tx, names: Names, where: str, params: Sequence[Any] = ()
+    ) -> list[Context]:
+        table = names["active_contexts"]
+        rows = tx.rows(f"SELECT {_SELECT} FROM {table} {where}", params)
+        return [_context(tx, row) for row in rows]
+
+    def by_user(self, tx: Tx, names: Names, user_id: str) -> list[Context]:
+        return self.query(tx, names, f"WHERE user_id = ? {_ORDER}", (user_id,))
+
+    def by_context(self, tx: Tx, names: Names, context_id: str) -> Context | None:
+        found = self.query(tx, names, "WHERE context_id = ?", (context_id,))
+        return found[0] if found else None
+
+    def everyone(self, tx: Tx, names: Names, limit: int) -> list[Context]:
+        return self.query(tx, names, f"{_ORDER} LIMIT ?", (limit,))
+
+    def expiring_before(self, tx: Tx, names: Names, at: datetime) -> list[Context]:
+        return self.query(
+            tx,
+            names,
+            "WHERE expires_at IS NOT NULL AND expires_at < ? "
+            "ORDER BY expires_at, context_id",
+            (tx.dialect.time_param(at),),
+        )
+
+    def count(self, tx: Tx, names: Names, user_id: str | None) -> int:
+        table = names["active_contexts"]
+        if user_id is None:
+            return int(tx.rows(f"SELECT COUNT(*) FROM {table}")[0][0])
+        where = f"SELECT COUNT(*) FROM {table} WHERE user_id = ?"
+        return int(tx.rows(where, (user_id,))[0][0])
+
+    def _stored(
+        self, tx: Tx, names: Names, ids: list[str]
+    ) -> dict[str, Context | None]:
+        found: dict[str, Context | None] = {}
+        for start in range(0, len(ids), _CHUNK):
+            chunk = ids[start : start + _CHUNK]
+            marks = ", ".join("?" * len(chunk))
+            for context in self.query(
+                tx, names, f"WHERE context_id IN ({marks})", chunk
+            ):
+                found[context.context_id] = context
+        return found
+
+
+def _needed(events: Sequence[Positioned]) -> list[str]:
+    """Contexts the batch changes that it does not create itself."""
+    created: set[str] = set()
+    needed: set[str] = set()
+    for _, event in events:
+        if isinstance(event, ContextCreated):
+            created.add(event.context_id)
+        elif event.context_id not in created:
+            needed.add(event.context_id)
+    return sorted(needed)
+
+
+def _row(tx: Tx, context: Context) -> tuple[Any, ...]:
+    d = tx.dialect
+    return (
+        context.context_id,
+        context.user_id,
+        context.thread_id,
+        context.run_id,
+        d.time_param(context.created_at),
+        d.time_param(context.last_used_at),
+        d.time_param(context.expires_at),
+        context.ttl_seconds,
+        context.reuse_count,
+        d.json_param(context.metadata),
+    )
+
+
+def _context(tx: Tx, row: tuple[Any, ...]) -> Context:
+    d = tx.dialect
+    return Context.model_construct(
+        context_id=row[0],
+        user_id=row[1],
+        thread_id=row[2],
+        run_id=row[3],
+        created_at=cast(datetime, d.time_value(row[4])),  # NOT NULL column
+        last_used_at=cast(datetime, d.time_value(row[5])),  # NOT NULL column
+        expires_at=d.time_value(row[6]),
+        ttl_seconds=row[7],
+        reuse_count=row[8],
+        metadata=d.json_value(row[9]),
+    )
+
+
+def _values(context: Context) -> tuple[object, ...]:
+    return tuple(getattr(context, column) for column in COLUMNS)

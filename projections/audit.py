@@ -1,0 +1,146 @@
+"""The compliance audit view: one row per event, in ledger order."""
+
+from collections.abc import Iterable, Iterator, Sequence
+from datetime import datetime
+from typing import Any, ClassVar
+
+from ledger.models import EventKind
+from projections.models import AuditRow
+from projections.store import Tx
+from projections.view import MAX_SHOWN, Names, Positioned, Table, View
+
+COLUMNS = (
+    "position",
+    "user_id",
+    "kind",
+    "context_id",
+    "thread_id",
+    "run_id",
+    "occurred_at",
+    "details",
+)
+_SELECT = ", ".join(COLUMNS)
+_PAGE = 2000
+
+
+class AuditView(View):
+    name: ClassVar[str] = "audit"
+    tables: ClassVar[tuple[Table, ...]] = (
+        Table(
+            "audit",
+            "position {int} PRIMARY KEY, user_id {text} NOT NULL, "
+            "kind {text} NOT NULL, context_id {text} NOT NULL, "
+            "thread_id {text} NOT NULL, run_id {text}, occurred_at {time} NOT NULL, "
+            "details {json} NOT NULL",
+            indexes=("user_id, position", "occurred_at", "kind, position"),
+        ),
+    )
+
+    def apply(self, tx: Tx, names: Names, events: Sequence[Positioned]) -> None:
+        d = tx.dialect
+        rows = [
+            (
+                row.position,
+                row.user_id,
+                row.kind,
+                row.context_id,
+                row.thread_id,
+                row.run_id,
+                d.time_param(row.occurred_at),
+                d.json_param(row.details),
+            )
+            for row in map(audit_row, events)
+        ]
+        marks = ", ".join("?" * len(COLUMNS))
+        tx.run_many(f"INSERT INTO {names['audit']} ({_SELECT}) VALUES ({marks})", rows)
+
+    def differences(
+        self, tx: Tx, names: Names, events: Iterable[Positioned]
+    ) -> list[str]:
+        found: list[str] = []
+        replay, stored = map(audit_row, events), self._pages(tx, names)
+        want, have = next(replay, None), next(stored, None)
+        while (want is not None or have is not None) and len(found) < MAX_SHOWN:
+            if want is not None and (have is None or want.position < have.position):
+                found.append(f"audit position {want.position}: missing from the view")
+                want = next(replay, None)
+            elif have is not None and (want is None or have.position < want.position):
+                found.append(f"audit position {have.position}: not in the ledger")
+                have = next(stored, None)
+            elif want is not None and have is not None:
+                if want != have:
+                    found.append(_changed(want, have))
+                want, have = next(replay, None), next(stored, None)
+        return found
+
+    def query(
+        self,
+        tx: Tx,
+        names: Names,
+        *,
+        user_id: str | None = None,
+        since: datetime | None = None,
+        until: datetime | None = None,
+        kind: EventKind | None = None,
+    ) -> list[AuditRow]:
+        """Rows in ledger order; ``since`` inclusive, ``until`` exclusive."""
+        conditions: list[str] = []
+        params: list[Any] = []
+        for column, operator, value in (
+            ("user_id", "=", user_id),
+            ("occurred_at", ">=", tx.dialect.time_param(since)),
+            ("occurred_at", "<", tx.dialect.time_param(until)),
+            ("kind", "=", kind),
+        ):
+            if value is not None:
+                conditions.append(f"{column} {operator} ?")
+                params.append(value)
+        where = f"WHERE {' AND '.join(conditions)}" if conditions else ""
+        text = f"SELECT {_SELECT} FROM {names['audit']} {where} ORDER BY position"
+        return [_audit_row(tx, row) for row in tx.rows(text, params)]
+
+    def count(self, tx: Tx, names: Names) -> int:
+        return int(tx.rows(f"SELECT COUNT(*) FROM {names['audit']}")[0][0])
+
+    def _pages(self, tx: Tx, names: Names) -> Iterator[AuditRow]:
+        after = 0
+        while True:
+            rows = tx.rows(
+                f"SELECT {_SELECT} FROM {names['audit']} WHERE position > ? "
+                "ORDER BY position LIMIT ?",
+                (after, _PAGE),
+            )
+            yield from (_audit_row(tx, row) for row in rows)
+            if len(rows) < _PAGE:
+                return
+            after = rows[-1][0]
+
+
+def audit_row(positioned: Positioned) -> AuditRow:
+    position, event = positioned
+    record = event.ledger_record()
+    return AuditRow.model_construct(
+        position=position,
+        user_id=event.user_id,
+        kind=event.KIND,
+        context_id=event.context_id,
+        thread_id=event.thread_id,
+        run_id=event.run_id,
+        occurred_at=event.timestamp,
+        details=record["details"],
+    )
+
+
+def _audit_row(tx: Tx, row: tuple[Any, ...]) -> AuditRow:
+    values = dict(zip(COLUMNS, row, strict=True))
+    values["occurred_at"] = tx.dialect.time_value(values["occurred_at"])
+    values["details"] = tx.dialect.json_value(values["details"])
+    return AuditRow.model_construct(**values)
+
+
+def _changed(want: AuditRow, have: AuditRow) -> str:
+    columns = [c for c in COLUMNS if getattr(want, c) != getattr(have, c)]
+    shown = ", ".join(
+        f"{c}: view {getattr(have, c)!r}, replay {getattr(want, c)!r}" for c in columns
+    )
+    return f"audit position {want.position}: {shown}"

@@ -1,0 +1,53 @@
+"""Errors of the projections, under the ledger's root error ``LedgerError``.
+
+LedgerError
+ +-- ProjectionError             a view cannot go on
+      +-- UndecodableEvent       a stored event at a position cannot be read
+      +-- UnknownView            a view name that does not exist (ValueError)
+      +-- ViewsNeedDurableStorage  memory:// has no tables to keep views in
+"""
+
+from ledger.errors import LedgerError, shorten
+
+
+class ProjectionError(LedgerError):
+    """A view cannot be processed or read."""
+
+
+class UndecodableEvent(ProjectionError):
+    """The stored event at ``position`` cannot be decoded; processing stopped there."""
+
+    _fields = ("position", "reason")
+
+    def __init__(self, position: int, reason: str) -> None:
+        self.position = position
+        self.reason = reason
+        super().__init__(
+            f"the stored event at position {position} cannot be decoded "
+            f"({shorten(reason)}); processing stopped before it and nothing after it "
+            "was applied. Fix or restore that event, then run the projections again"
+        )
+
+
+class UnknownView(ProjectionError, ValueError):
+    """A view name that is not one of the views."""
+
+    _fields = ("name", "known")
+
+    def __init__(self, name: str, known: tuple[str, ...]) -> None:
+        self.name = name
+        self.known = known
+        super().__init__(f"there is no view {name!r}; the views are {', '.join(known)}")
+
+
+class ViewsNeedDurableStorage(ProjectionError):
+    """Views are tables in the ledger's database; memory:// has none."""
+
+    _fields = ("url",)
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        super().__init__(
+            f"views need SQLite or PostgreSQL storage, not {url!r}: they are tables "
+            "beside the ledger's events"
+        )

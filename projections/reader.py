@@ -1,0 +1,52 @@
+"""Reads the ledger's notification log in batches and decodes each event."""
+
+from collections.abc import Iterator
+from uuid import UUID
+
+from eventsourcing.persistence import ApplicationRecorder, Mapper, Notification
+
+from ledger.events import ContextEvent
+from projections.errors import UndecodableEvent
+from projections.view import Positioned
+
+
+class LogReader:
+    """The ledger's events in order, each with its position (notification id)."""
+
+    def __init__(self, recorder: ApplicationRecorder, mapper: Mapper[UUID]) -> None:
+        self.recorder = recorder
+        self.mapper = mapper
+
+    def head(self) -> int:
+        """The position of the last event stored; 0 for an empty ledger."""
+        return self.recorder.max_notification_id() or 0
+
+    def batch(
+        self, after: int, limit: int, up_to: int | None = None
+    ) -> list[Positioned]:
+        """Up to ``limit`` events after position ``after`` (and at most ``up_to``)."""
+        notifications = self.recorder.select_notifications(
+            start=after, limit=limit, stop=up_to, inclusive_of_start=False
+        )
+        return [self.decode(notification) for notification in notifications]
+
+    def events(self, after: int, up_to: int, limit: int) -> Iterator[Positioned]:
+        """Every event after ``after`` up to ``up_to``, read ``limit`` at a time."""
+        while after < up_to:
+            batch = self.batch(after, limit, up_to)
+            if not batch:
+                return
+            yield from batch
+            after = batch[-1][0]
+
+    def decode(self, notification: Notification) -> Positioned:
+        try:
+            event = self.mapper.to_domain_event(notification)
+        except Exception as error:
+            raise UndecodableEvent(notification.id, str(error)) from error
+        if not isinstance(event, ContextEvent):
+            raise UndecodableEvent(
+                notification.id,
+                f"topic {notification.topic!r} is not an event of a context",
+            )
+        return notification.id, event

@@ -1,0 +1,130 @@
+"""What every view is: tables, how a batch of events changes them, and a check.
+
+A view's live tables are ``ctxl_<table>``. A rebuild fills ``ctxl_<table>__rebuild``
+beside them and renames those into place in one transaction.
+"""
+
+import secrets
+from abc import ABC, abstractmethod
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+from ledger.events import ContextEvent
+from projections.store import Dialect, Tx
+
+Positioned = tuple[int, ContextEvent]
+"""An event with its position: its notification id in the ledger."""
+
+MAX_SHOWN = 20  # differences reported per view
+
+
+@dataclass(frozen=True)
+class Table:
+    """A table of a view: its columns (types in braces) and indexed column lists."""
+
+    name: str
+    columns: str
+    indexes: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class Generation:
+    """The physical tables of a view: the live ones or a rebuild's."""
+
+    view: str
+    rebuild: bool
+
+    @property
+    def key(self) -> str:
+        """Its tracking key, which is also the name of its write lock."""
+        return f"view:{self.view}" + (":rebuild" if self.rebuild else "")
+
+    def physical(self, table: str) -> str:
+        return f"ctxl_{table}" + ("__rebuild" if self.rebuild else "")
+
+
+Names = dict[str, str]
+"""Logical table name to the quoted physical name of one generation."""
+
+
+class View(ABC):
+    """A read model of the ledger, kept in tables beside its events."""
+
+    name: ClassVar[str]
+    tables: ClassVar[tuple[Table, ...]]
+
+    def names(self, dialect: Dialect, generation: Generation) -> Names:
+        return {t.name: dialect.table(generation.physical(t.name)) for t in self.tables}
+
+    @abstractmethod
+    def apply(self, tx: Tx, names: Names, events: Sequence[Positioned]) -> None:
+        """Changes the tables as the events say (the caller records the position)."""
+
+    @abstractmethod
+    def differences(
+        self, tx: Tx, names: Names, events: Iterable[Positioned]
+    ) -> list[str]:
+        """How the tables differ from a replay of ``events`` (all up to the view's
+        position); empty when they are equal."""
+
+
+def create_tables(tx: Tx, view: View, generation: Generation) -> None:
+    """Creates the generation's tables, dropping any left by an earlier attempt."""
+    dialect = tx.dialect
+    for table in view.tables:
+        name = dialect.table(generation.physical(table.name))
+        tx.run(f"DROP TABLE IF EXISTS {name}")
+        tx.run(f"CREATE TABLE {name} ({table.columns.format(**dialect.types)})")
+        for columns in table.indexes:
+            # Index names are unique per schema and survive renames: so each build
+            # gets fresh ones.
+            index = f'"ix_{secrets.token_hex(6)}"'
+            tx.run(f"CREATE INDEX {index} ON {name} ({columns})")
+
+
+def live_tables_exist(tx: Tx, view: View) -> bool:
+    live = Generation(view.name, rebuild=False)
+    found = [tx.dialect.exists(tx.cursor, live.physical(t.name)) for t in view.tables]
+    return all(found)
+
+
+def swap_in_rebuild(tx: Tx, view: View) -> None:
+    """Replaces the live tables with the rebuilt ones (inside the caller's
+    transaction, so readers see either the old view or the new one)."""
+    live = Generation(view.name, rebuild=False)
+    rebuilt = Generation(view.name, rebuild=True)
+    for table in view.tables:
+        tx.run(f"DROP TABLE IF EXISTS {tx.dialect.table(live.physical(table.name))}")
+        tx.run(
+            f"ALTER TABLE {tx.dialect.table(rebuilt.physical(table.name))} "
+            f'RENAME TO "{live.physical(table.name)}"'
+        )
+
+
+def compare_rows(
+    what: str,
+    columns: Sequence[str],
+    expected: dict[Any, tuple[Any, ...]],
+    actual: dict[Any, tuple[Any, ...]],
+) -> list[str]:
+    """Differences between two keyed row sets, worded for an operator."""
+    found: list[str] = []
+    for key in sorted(expected.keys() | actual.keys(), key=repr):
+        want, have = expected.get(key), actual.get(key)
+        if want == have:
+            continue
+        if have is None:
+            found.append(f"{what} {key!r}: missing from the view")
+        elif want is None:
+            found.append(f"{what} {key!r}: in the view, not in the replay")
+        else:
+            changed = [
+                f"{column}: view {h!r}, replay {w!r}"
+                for column, w, h in zip(columns, want, have, strict=True)
+                if w != h
+            ]
+            found.append(f"{what} {key!r}: {'; '.join(changed)}")
+        if len(found) >= MAX_SHOWN:
+            break
+    return found
