@@ -30,7 +30,8 @@ def test_demo_writes_to_the_default_sqlite_file_and_summarises(tmp_path: Path) -
     result = run("demo", "--users", "5", "--messages", "300", cwd=tmp_path)
 
     assert result.returncode == 0, result.stderr
-    assert "events appended: reused" in result.stdout
+    assert "events written: reused" in result.stdout
+    assert "threads with two contexts at once │ 0" in result.stdout
     assert "history demo-user-0000" in result.stdout
     with ContextLedger.open(f"sqlite:///{tmp_path / 'ctxledger.db'}") as ledger:
         kinds = {
@@ -54,7 +55,7 @@ def test_a_second_demo_run_continues_the_histories_and_counts_its_own_events(
         histories = [ledger.history(f"demo-user-{u:04d}") for u in range(3)]
     appended = sum(len(h) for h in histories) - sum(first.values())
     total_line = next(
-        line for line in second.stdout.splitlines() if "appended in total" in line
+        line for line in second.stdout.splitlines() if "written in total" in line
     )
     assert f" {appended} " in total_line
     for history in histories:

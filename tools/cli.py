@@ -3,38 +3,19 @@
 import json
 import os
 import sys
-from collections.abc import Callable
-from functools import wraps
 from pathlib import Path
-from typing import ParamSpec, TypeVar
 
 import click
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
 from rich.table import Table
 
-from ledger import ContextLedger, LedgerError
+from ledger import EVENT_KINDS, ContextLedger
 from ledger.storage import DEFAULT_URL, URL_VARIABLE, resolve_url
+from projections import Projections
 from tools.demo import DemoOptions, run_demo
-
-P = ParamSpec("P")
-R = TypeVar("R")
-
-
-def reports_ledger_errors(command: Callable[P, R]) -> Callable[P, R]:
-    """A LedgerError becomes ``Name: message`` on stderr and exit status 1."""
-
-    @wraps(command)
-    def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
-        try:
-            return command(*args, **kwargs)
-        except LedgerError as error:
-            click.echo(f"{type(error).__name__}: {error}", err=True)
-            for note in getattr(error, "__notes__", ()):
-                click.echo(f"  {note}", err=True)
-            sys.exit(1)
-
-    return wrapper
+from tools.errors import reports_ledger_errors
+from tools.view_commands import caught_up, register
 
 
 @click.group()
@@ -58,7 +39,7 @@ def main(ctx: click.Context, db: str | None) -> None:
 @click.pass_obj
 @reports_ledger_errors
 def demo(url: str, users: int, threads: int, messages: int, seed: int) -> None:
-    """Simulate a chat backend on the ledger and summarise what it recorded."""
+    """Simulate a chat backend on the ledger, run the views, summarise both."""
     options = DemoOptions(users=users, threads=threads, messages=messages, seed=seed)
     console = Console(stderr=True)
     with Progress(
@@ -71,24 +52,38 @@ def demo(url: str, users: int, threads: int, messages: int, seed: int) -> None:
     ) as progress:
         task = progress.add_task("messages", total=messages)
         summary = run_demo(url, options, lambda: progress.advance(task))
-    out = Console()
+    with Projections.open(url) as views:
+        caught_up(views, "projecting")
+        figures = views.continuity()
+        active_now, audit_rows = views.count_active(), views.count_audit()
     table = Table(title=f"ctxledger demo on {url}", show_header=False)
     table.add_row("messages simulated", str(summary.messages))
     table.add_row("simulated time", str(summary.simulated_span).split(".", 1)[0])
-    for kind in ("created", "reused", "updated", "expired", "cleared"):
-        table.add_row(f"events appended: {kind}", str(summary.events[kind]))
-    table.add_row("events appended in total", str(sum(summary.events.values())))
-    created = summary.events["created"] or 1
+    for kind in EVENT_KINDS:
+        table.add_row(f"events written: {kind}", str(summary.events[kind]))
+    table.add_row("events written in total", str(sum(summary.events.values())))
+    table.add_row("active contexts (view)", str(active_now))
+    table.add_row("audit rows (view, all runs)", str(audit_rows))
+    table.add_row("contexts created (all runs)", str(figures.created))
+    table.add_row("reuses per context created", str(figures.reuses_per_created))
+    table.add_row("contexts never reused", str(figures.never_reused))
     table.add_row(
-        "reuses per context created", f"{summary.events['reused'] / created:.1f}"
+        "threads with two contexts at once", str(figures.threads_with_overlap)
     )
-    table.add_row("active contexts now", str(summary.active_contexts))
-    table.add_row("users with active contexts", str(summary.users_with_contexts))
-    out.print(table)
+    Console().print(table)
     command = f"{_invoked_as()} --db {url}" if url != DEFAULT_URL else _invoked_as()
     click.echo("Next, try:")
-    click.echo(f"  {command} history demo-user-0000    # the busiest user's events")
-    click.echo(f"  {command} expire    # record the expiries that are due now")
+    for args, why in (
+        ("history demo-user-0000", "the busiest user's events, from the ledger"),
+        ("status", "each view's position and lag"),
+        ("active --user demo-user-0000", "the busiest user's open contexts"),
+        ("audit demo-user-0000 --kind cleared", "that user's clears, from the view"),
+        ("continuity", "reuse figures of all users"),
+        ("verify", "compare every view with a replay of the ledger"),
+        ("rebuild audit", "rebuild a view from the first event"),
+        ("expire", "record the expiries that are due now"),
+    ):
+        click.echo(f"  {command} {args:<36} # {why}")
 
 
 def _invoked_as() -> str:
@@ -137,3 +132,6 @@ def expire(url: str) -> None:
     with ContextLedger.open(url) as ledger:
         count = ledger.expire_due()
     click.echo(f"expired {count} context(s)")
+
+
+register(main)
