@@ -24,11 +24,23 @@ class LogReader:
     def batch(
         self, after: int, limit: int, up_to: int | None = None
     ) -> list[Positioned]:
-        """Up to ``limit`` events after position ``after`` (and at most ``up_to``)."""
+        """Up to ``limit`` events after position ``after`` (and at most ``up_to``).
+
+        It ends before an event that cannot be decoded, so the events before it
+        are applied; the next batch starts with it and raises UndecodableEvent.
+        """
         notifications = self.recorder.select_notifications(
             start=after, limit=limit, stop=up_to, inclusive_of_start=False
         )
-        return [self.decode(notification) for notification in notifications]
+        decoded: list[Positioned] = []
+        for notification in notifications:
+            try:
+                decoded.append(self.decode(notification))
+            except UndecodableEvent:
+                if not decoded:
+                    raise
+                break
+        return decoded
 
     def events(self, after: int, up_to: int, limit: int) -> Iterator[Positioned]:
         """Every event after ``after`` up to ``up_to``, read ``limit`` at a time."""

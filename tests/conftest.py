@@ -1,6 +1,7 @@
 """Fixtures: one ledger per test on SQLite (a real file), PostgreSQL and memory."""
 
 import os
+import sqlite3
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -97,3 +98,21 @@ def open_ledger(ledger_url: str) -> Iterator[OpenLedger]:
 @pytest.fixture
 def ledger(open_ledger: OpenLedger) -> ContextLedger:
     return open_ledger()
+
+
+def execute_sql(url: str, statement: str) -> None:
+    """Runs SQL on a test database directly, as an operator (or intruder) would.
+
+    ``{events}`` names the ledger's events table on either backend, and ``{c1}``
+    is the byte 0xC1 (never valid msgpack) as a literal.
+    """
+    if url.startswith("sqlite:///"):
+        path = url.removeprefix("sqlite:///")
+        with sqlite3.connect(path) as connection:
+            connection.execute(statement.format(events="stored_events", c1="X'C1'"))
+        return
+    dsn, _, schema = url.partition("?schema=")
+    with psycopg.connect(dsn, autocommit=True) as connection:
+        connection.execute(f'SET search_path TO "{schema}"')
+        literal = "decode('c1', 'hex')"
+        connection.execute(statement.format(events="ctxledger_events", c1=literal))
