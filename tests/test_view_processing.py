@@ -75,7 +75,8 @@ def test_readers_see_the_old_view_until_the_rebuild_is_swapped_in(
             ["audit"], on_batch=lambda _: seen_during.append(reader.count_audit())
         )
 
-    assert seen_during and set(seen_during) == {before}
+    assert seen_during
+    assert set(seen_during) == {before}
 
 
 def test_an_interrupted_rebuild_leaves_the_old_view_and_can_run_again(
@@ -180,7 +181,8 @@ def test_continuity_records_a_second_context_created_on_an_active_thread(
     assert (figures.created, figures.threads_with_overlap) == (2, 1)
     assert views.verify()["continuity"] == []
     overlap = views.audit_rows("alice")[-1]
-    assert overlap.kind == "created" and overlap.context_id != first.context_id
+    assert overlap.kind == "created"
+    assert overlap.context_id != first.context_id
 
 
 def append_raw_creation(url: str, user_id: str, thread_id: str) -> None:

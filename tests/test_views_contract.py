@@ -69,7 +69,8 @@ def test_active_view_finds_contexts_expiring_before_a_time(
     due = views.expiring_before(START + timedelta(minutes=5))
 
     assert [c.context_id for c in due] == [short.context_id]
-    assert due[0].metadata == {} and due[0].reuse_count == 0
+    assert due[0].metadata == {}
+    assert due[0].reuse_count == 0
 
 
 def test_audit_view_has_one_row_per_event_in_ledger_order(
@@ -86,7 +87,8 @@ def test_audit_view_has_one_row_per_event_in_ledger_order(
     ]
     assert [r.details for r in rows] == [e.details for e in history]
     positions = [r.position for r in views.audit_rows()]
-    assert positions == sorted(positions) and len(positions) == views.head()
+    assert positions == sorted(positions)
+    assert len(positions) == views.head()
 
 
 def test_audit_view_filters_by_period_and_kind(
@@ -108,7 +110,7 @@ def test_audit_view_filters_by_period_and_kind(
 
 
 def test_audit_view_refuses_a_naive_time_or_unknown_kind(views: Projections) -> None:
-    with pytest.raises(InvalidContextInput, match="since=.*timezone-aware"):
+    with pytest.raises(InvalidContextInput, match=r"since=.*timezone-aware"):
         views.audit_rows(since=datetime(2026, 1, 1))  # noqa: DTZ001
     with pytest.raises(InvalidContextInput, match="kind='opened'"):
         views.audit_rows(kind="opened")  # type: ignore[arg-type]
