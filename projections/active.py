@@ -92,8 +92,9 @@ class ActiveContextsView(View):
         rows = tx.rows(f"SELECT {_SELECT} FROM {table} {where}", params)
         return [_context(tx, row) for row in rows]
 
-    def by_user(self, tx: Tx, names: Names, user_id: str) -> list[Context]:
-        return self.query(tx, names, f"WHERE user_id = ? {_ORDER}", (user_id,))
+    def by_user(self, tx: Tx, names: Names, user_id: str, limit: int) -> list[Context]:
+        where = f"WHERE user_id = ? {_ORDER} LIMIT ?"
+        return self.query(tx, names, where, (user_id, limit))
 
     def by_context(self, tx: Tx, names: Names, context_id: str) -> Context | None:
         found = self.query(tx, names, "WHERE context_id = ?", (context_id,))

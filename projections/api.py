@@ -149,6 +149,8 @@ class Projections:
     @storage_errors
     def wait(self, position: int, timeout: float = 10.0) -> None:
         """Blocks until every view has applied ``position`` (TimeoutError if not)."""
+        if position <= 0:
+            return
         for view in self.views.values():
             key = Generation(view.name, rebuild=False).key
             self._store.recorder.wait(key, position, timeout=timeout)
@@ -185,9 +187,8 @@ class Projections:
             names = self._names(self._active)
             if user_id is None:
                 return self._active.everyone(tx, names, limit)
-            return self._active.by_user(
-                tx, names, validation.identifier("user_id", user_id)
-            )
+            user = validation.identifier("user_id", user_id)
+            return self._active.by_user(tx, names, user, limit)
 
     @storage_errors
     def active_context(self, context_id: str) -> Context | None:

@@ -130,7 +130,9 @@ class ContinuityView(View):
 
     def figures(self, tx: Tx, names: Names, user_id: str | None) -> ContinuityFigures:
         """One user's figures, or everyone's summed when ``user_id`` is None."""
-        where, params = ("WHERE user_id = ?", (user_id,)) if user_id else ("", ())
+        where, params = (
+            ("WHERE user_id = ?", (user_id,)) if user_id is not None else ("", ())
+        )
         sums = ", ".join(f"COALESCE(SUM({c}), 0) AS {c}" for c in COUNTERS)
         row = tx.rows(
             f"SELECT COUNT(*), {sums} FROM {names['continuity_users']} {where}", params

@@ -119,6 +119,7 @@ class Processor:
         live = Generation(target.view.name, rebuild=False)
         names = target.view.names(self.store.dialect, target.generation)
         with self.store.writing(live.key) as tx:
+            tx.dialect.lock(tx.cursor, target.key)  # always after the live lock
             position = self.store.position(tx, target.key)
             tail = list(
                 self.reader.events(position, self.reader.head(), self.batch_size)
