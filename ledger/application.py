@@ -2,7 +2,8 @@
 
 import logging
 import sqlite3
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from datetime import UTC, datetime
 from functools import wraps
 from typing import Any, Concatenate, ParamSpec, Protocol, TypeVar, cast
@@ -126,31 +127,43 @@ P = ParamSpec("P")
 T = TypeVar("T")
 
 
+@contextmanager
+def storage_failures(storage: Storage) -> Iterator[None]:
+    """A failure of the database inside becomes StorageUnavailable, naming it."""
+    try:
+        yield
+    except IntegrityError:
+        raise  # a conflict, handled where commands are retried
+    except (PersistenceError, psycopg.Error, sqlite3.Error) as error:
+        unavailable = StorageUnavailable(storage.description, error)
+        for note in getattr(error, "__notes__", ()):
+            unavailable.add_note(note)
+        raise unavailable from error
+
+
 def storage_errors(
     method: Callable[Concatenate[S, P], T],
 ) -> Callable[Concatenate[S, P], T]:
-    """A failure of the database becomes StorageUnavailable, naming the storage."""
+    """A method whose database failures become StorageUnavailable."""
 
     def guarded(owner: S, /, *args: P.args, **kwargs: P.kwargs) -> T:
-        try:
+        with storage_failures(owner.storage):
             return method(owner, *args, **kwargs)
-        except IntegrityError:
-            raise  # a conflict, handled where commands are retried
-        except (PersistenceError, psycopg.Error, sqlite3.Error) as error:
-            unavailable = StorageUnavailable(owner.storage.description, error)
-            for note in getattr(error, "__notes__", ()):
-                unavailable.add_note(note)
-            raise unavailable from error
 
     return wraps(method)(guarded)
+
+
+def setup_lock(storage: Storage) -> AbstractContextManager[None]:
+    """Held while creating tables: PostgreSQL's DDL races between processes."""
+    if storage.kind == "postgres":
+        return exclusive_setup(storage.settings)
+    return nullcontext()
 
 
 def open_application(storage: Storage) -> LedgerApplication:
     """The application on ``storage``, its tables created if need be."""
     try:
-        if storage.kind == "postgres":
-            with exclusive_setup(storage.settings):
-                return LedgerApplication(env=storage.settings)
-        return LedgerApplication(env=storage.settings)
+        with setup_lock(storage):
+            return LedgerApplication(env=storage.settings)
     except (OSError, PersistenceError, psycopg.Error, sqlite3.Error) as error:
         raise StorageUnavailable(storage.description, error) from error

@@ -3,7 +3,7 @@
 Open them with ``Projections.open(url)`` on the ledger's own database URL.
 """
 
-from projections.api import Projections
+from projections.api import VIEW_NAMES, Projections
 from projections.errors import (
     ProjectionError,
     UndecodableEvent,
@@ -11,8 +11,6 @@ from projections.errors import (
     ViewsNeedDurableStorage,
 )
 from projections.models import AuditRow, ContinuityFigures, ViewStatus
-
-VIEW_NAMES = ("active", "audit", "continuity")
 
 __all__ = [
     "VIEW_NAMES",

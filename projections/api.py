@@ -11,10 +11,15 @@ from eventsourcing.postgres import PostgresDatastore
 from eventsourcing.sqlite import SQLiteDatastore
 
 from ledger import validation
-from ledger.application import LedgerApplication, open_application, storage_errors
+from ledger.application import (
+    LedgerApplication,
+    open_application,
+    setup_lock,
+    storage_errors,
+    storage_failures,
+)
 from ledger.errors import LedgerConfigError
 from ledger.models import Context, EventKind
-from ledger.postgres import exclusive_setup
 from ledger.storage import Storage, resolve_url, storage_for
 from projections.active import ActiveContextsView
 from projections.audit import AuditView
@@ -28,6 +33,9 @@ from projections.view import Generation, View
 
 DEFAULT_BATCH_SIZE = 1000
 DEFAULT_POLL_SECONDS = 0.2
+VIEW_NAMES = tuple(
+    view.name for view in (ActiveContextsView, AuditView, ContinuityView)
+)
 
 
 class Projections:
@@ -76,24 +84,20 @@ class Projections:
             raise ViewsNeedDurableStorage(resolved)
         application = open_application(storage)
         try:
-            projections = cls._beside(application, storage, batch_size)
+            with storage_failures(storage):
+                return cls._beside(application, storage, batch_size)
         except BaseException:
             application.close()
             raise
-        return projections
 
     @classmethod
-    @storage_errors
     def _beside(
         cls, application: LedgerApplication, storage: Storage, batch_size: int
     ) -> Self:
         datastore = application.recorder.datastore  # type: ignore[attr-defined]
         if not isinstance(datastore, SQLiteDatastore | PostgresDatastore):
             raise ViewsNeedDurableStorage(storage.description)
-        if storage.kind == "postgres":
-            with exclusive_setup(storage.settings):
-                store = ViewStore.beside(datastore)
-        else:
+        with setup_lock(storage):
             store = ViewStore.beside(datastore)
         projections = cls(application, store, storage, batch_size)
         for view in projections.views.values():

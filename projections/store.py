@@ -167,21 +167,12 @@ class Tx:
         return [self.dialect.row(row) for row in self.cursor.fetchall()]
 
 
-class SQLiteViewRecorder(SQLiteTrackingRecorder):
-    """Tracking positions of the views in a SQLite file (its fixed ``tracking``
-    table is shared, so each view tracks under its own key)."""
-
-
-class PostgresViewRecorder(PostgresTrackingRecorder):
-    """Tracking positions of the views in the ledger's PostgreSQL schema."""
-
-
 class ViewStore:
     """Transactions that hold a view's lock, and the views' tracking positions."""
 
     def __init__(
         self,
-        recorder: SQLiteViewRecorder | PostgresViewRecorder,
+        recorder: SQLiteTrackingRecorder | PostgresTrackingRecorder,
         dialect: Dialect,
         tracking_table: str,
     ) -> None:
@@ -193,13 +184,14 @@ class ViewStore:
     def beside(cls, datastore: SQLiteDatastore | PostgresDatastore) -> "ViewStore":
         """A store in the same database (and connection pool) as the ledger."""
         if isinstance(datastore, SQLiteDatastore):
-            recorder: SQLiteViewRecorder | PostgresViewRecorder = SQLiteViewRecorder(
-                datastore
+            # SQLite's tracking table is shared: each view tracks under its own key.
+            recorder: SQLiteTrackingRecorder | PostgresTrackingRecorder = (
+                SQLiteTrackingRecorder(datastore)
             )
             dialect: Dialect = SQLiteDialect()
             tracking = "tracking"
         else:
-            recorder = PostgresViewRecorder(
+            recorder = PostgresTrackingRecorder(
                 datastore, tracking_table_name=TRACKING_TABLE
             )
             dialect = PostgresDialect(datastore.schema or "public")

@@ -3,6 +3,7 @@
 import csv
 import io
 import json
+import sqlite3
 from pathlib import Path
 
 import pytest
@@ -142,4 +143,18 @@ def test_view_commands_report_an_unusable_database_and_exit_1(
 
     assert result.returncode == 1
     assert result.stderr.startswith(expected)
+    assert "Traceback" not in result.stderr
+
+
+def test_a_failure_while_creating_the_view_tables_is_reported_not_raised(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "foreign.db"
+    with sqlite3.connect(path) as connection:
+        connection.execute("CREATE TABLE tracking (something_else INTEGER)")
+
+    result = run("--db", f"sqlite:///{path}", "status", cwd=tmp_path)
+
+    assert result.returncode == 1
+    assert result.stderr.startswith("StorageUnavailable: the ledger's database")
     assert "Traceback" not in result.stderr
