@@ -5,6 +5,7 @@ from collections.abc import Callable, Iterator
 from contextlib import suppress
 from datetime import UTC, datetime
 from itertools import count
+from pathlib import Path
 from types import TracebackType
 from typing import Any, ParamSpec, Self, TypeVar
 
@@ -17,16 +18,22 @@ from ledger.application import (
     LedgerApplication,
     open_application,
     storage_errors,
+    storage_failures,
     utc_now,
 )
+from ledger.chain import ChainReport
 from ledger.errors import (
     ConcurrencyConflict,
+    ContextNotFound,
+    InvalidContextInput,
     LedgerConfigError,
     LedgerError,
 )
 from ledger.expiry import DueIndex
+from ledger.export import ExportManifest, write_export
 from ledger.models import Context, LedgerEvent
 from ledger.storage import Storage, resolve_url, storage_for
+from ledger.verification import ChainVerifier
 
 T = TypeVar("T")
 P = ParamSpec("P")
@@ -233,10 +240,95 @@ class ContextLedger:
         return [_detached(context) for context in ordered]
 
     @storage_errors
-    def history(self, user_id: str) -> list[LedgerEvent]:
-        """Every event of the user, in order."""
+    def history(
+        self,
+        user_id: str,
+        *,
+        since: datetime | None = None,
+        until: datetime | None = None,
+    ) -> list[LedgerEvent]:
+        """The user's events in order; ``since`` inclusive, ``until`` exclusive."""
         user = validation.identifier("user_id", user_id)
-        return [event.to_ledger_event() for event in self._app.stream(user)]
+        start, end = _period(since, until)
+        events = self._app.events_between(user, start, end)
+        return [event.to_ledger_event() for event in events]
+
+    @storage_errors
+    def contexts_as_of(self, user_id: str, as_of: datetime) -> list[Context]:
+        """The user's active contexts as they stood at ``as_of``, oldest first.
+
+        Read from the event store: events at or before ``as_of`` are replayed from
+        the newest usable snapshot before it. A context whose time to live had run
+        out by then is not active, even if its expiry was recorded later.
+        """
+        user = validation.identifier("user_id", user_id)
+        at = validation.aware_time("as_of", as_of)
+        state = self._app.state_as_of(user, at)
+        live = [] if state is None else state.live(at)
+        return sorted(live, key=lambda c: (c.created_at, c.context_id))
+
+    @storage_errors
+    def context_history(self, user_id: str, context_id: str) -> list[LedgerEvent]:
+        """Every event of one of the user's contexts, ended ones included.
+
+        ContextNotFound if the user never had it (another user's id included).
+        """
+        user = validation.identifier("user_id", user_id)
+        context = validation.identifier("context_id", context_id)
+        events = [
+            event.to_ledger_event()
+            for event in self._app.events_after(user, 0)
+            if event.context_id == context
+        ]
+        if not events:
+            raise ContextNotFound(user, context, in_history=True)
+        return events
+
+    @storage_errors
+    def verify_chain(
+        self,
+        user_id: str | None = None,
+        *,
+        on_page: Callable[[int], None] | None = None,
+    ) -> ChainReport:
+        """Recomputes the hash chain of one user, or of all users, from the store.
+
+        ``on_page(n)`` is called as each page of ``n`` events is checked (all users).
+        """
+        verifier = ChainVerifier(self._app)
+        if user_id is None:
+            return verifier.all_users(on_page)
+        return verifier.one_user(validation.identifier("user_id", user_id))
+
+    def chain_size(self) -> int:
+        """How many events ``verify_chain()`` reads at most: the log's last position."""
+        with storage_failures(self.storage):
+            return ChainVerifier(self._app).head()
+
+    @storage_errors
+    def export(
+        self,
+        user_id: str,
+        path: str | Path,
+        *,
+        since: datetime | None = None,
+        until: datetime | None = None,
+    ) -> ExportManifest:
+        """Writes the user's events (in the period) to an export file at ``path``.
+
+        The file is written whole or not at all; check it with ``verify_export``.
+        """
+        user = validation.identifier("user_id", user_id)
+        start, end = _period(since, until)
+        events = self._app.events_between(user, start, end)
+        return write_export(
+            Path(path),
+            (event.to_ledger_event() for event in events),
+            user_id=user,
+            since=start,
+            until=end,
+            exported_at=self._now(),
+        )
 
     def _now(self) -> datetime:
         now = self._clock()
@@ -276,6 +368,18 @@ class ContextLedger:
         result = command(aggregate)
         self._app.record(aggregate)
         return result
+
+
+def _period(
+    since: datetime | None, until: datetime | None
+) -> tuple[datetime | None, datetime | None]:
+    start = None if since is None else validation.aware_time("since", since)
+    end = None if until is None else validation.aware_time("until", until)
+    if start is not None and end is not None and end < start:
+        raise InvalidContextInput(
+            "until", until, f"is before since={start.isoformat()}", "swap them"
+        )
+    return start, end
 
 
 def _detached(context: Context) -> Context:

@@ -11,11 +11,16 @@ from uuid import UUID
 
 import psycopg
 from eventsourcing.application import AggregateNotFoundError, Application
-from eventsourcing.persistence import IntegrityError, PersistenceError
+from eventsourcing.persistence import (
+    IntegrityError,
+    MapperDeserialisationError,
+    PersistenceError,
+)
 from eventsourcing.utils import Environment, get_topic
 
 from ledger.aggregate import UserContexts, UserSnapshot, project_user, user_aggregate_id
 from ledger.cache import AggregateCache
+from ledger.chain import record_hash
 from ledger.errors import StorageUnavailable
 from ledger.events import ContextEvent
 from ledger.postgres import exclusive_setup
@@ -111,6 +116,101 @@ class LedgerApplication(Application[UUID]):
                     aggregate.version,
                     error,
                 )
+
+    def events_after(
+        self, user_id: str, version: int, page_size: int = 1000
+    ) -> Iterator[ContextEvent]:
+        """The user's events after ``version``, in order, read a page at a time."""
+        aggregate_id = user_aggregate_id(user_id)
+        while True:
+            page = list(self.events.get(aggregate_id, gt=version, limit=page_size))
+            for event in page:
+                if isinstance(event, ContextEvent):
+                    yield event
+            if len(page) < page_size:
+                return
+            version = page[-1].originator_version
+
+    def snapshot_before(
+        self, user_id: str, is_early: Callable[[datetime], bool]
+    ) -> UserSnapshot | None:
+        """The newest usable snapshot whose time ``is_early`` accepts.
+
+        A user's event times never go backwards (``UserContexts._trigger``), so
+        snapshot times grow with their versions and bisection over the versions
+        finds it in a few reads. A snapshot is usable when it decodes and its hash
+        is that of the stored event of its version; one that is not is passed over.
+        """
+        if self.snapshots is None:
+            return None
+        aggregate_id = user_aggregate_id(user_id)
+        newest = self._snapshot(aggregate_id, None)
+        if newest is None:
+            return None
+        if is_early(newest.timestamp) and self._usable(newest):
+            return newest
+        best = None
+        low, high = 1, newest.originator_version - 1
+        while low <= high:
+            middle = (low + high) // 2
+            snapshot = self._snapshot(aggregate_id, middle)
+            if snapshot is None:
+                low = middle + 1
+            elif is_early(snapshot.timestamp) and self._usable(snapshot):
+                best, low = snapshot, middle + 1
+            else:
+                high = snapshot.originator_version - 1
+        return best
+
+    def _snapshot(self, aggregate_id: UUID, lte: int | None) -> UserSnapshot | None:
+        """The newest snapshot at or below version ``lte``, if it decodes."""
+        assert self.snapshots is not None  # noqa: S101  (checked by the caller)
+        try:
+            found = list(self.snapshots.get(aggregate_id, lte=lte, desc=True, limit=1))
+        except MapperDeserialisationError as error:
+            _log.warning("snapshot of %s not used: %s", aggregate_id, error)
+            return None
+        return found[0] if found and isinstance(found[0], UserSnapshot) else None
+
+    def _usable(self, snapshot: UserSnapshot) -> bool:
+        version = snapshot.originator_version
+        try:
+            events = list(
+                self.events.get(snapshot.originator_id, gt=version - 1, lte=version)
+            )
+        except MapperDeserialisationError:
+            return False
+        return (
+            len(events) == 1
+            and isinstance(events[0], ContextEvent)
+            and record_hash(events[0].ledger_record()) == snapshot.last_hash
+        )
+
+    def state_as_of(self, user_id: str, as_of: datetime) -> UserContexts | None:
+        """The user's aggregate after every event at or before ``as_of``."""
+        snapshot = self.snapshot_before(user_id, lambda at: at <= as_of)
+        aggregate = None if snapshot is None else UserContexts.from_snapshot(snapshot)
+        after = 0 if snapshot is None else snapshot.originator_version
+        page = 1000 if snapshot is None else SNAPSHOT_INTERVAL + 10
+        for event in self.events_after(user_id, after, page):
+            if event.timestamp > as_of:
+                break
+            aggregate = project_user(aggregate, (event,))
+        return aggregate
+
+    def events_between(
+        self, user_id: str, since: datetime | None, until: datetime | None
+    ) -> Iterator[ContextEvent]:
+        """The user's events with ``since <= occurred_at < until``, in order."""
+        after = 0
+        if since is not None:
+            snapshot = self.snapshot_before(user_id, lambda at: at < since)
+            after = 0 if snapshot is None else snapshot.originator_version
+        for event in self.events_after(user_id, after):
+            if until is not None and event.timestamp >= until:
+                return
+            if since is None or event.timestamp >= since:
+                yield event
 
     def stream(self, user_id: str) -> list[ContextEvent]:
         """Every stored event of the user, in version order."""

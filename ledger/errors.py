@@ -50,16 +50,26 @@ class InvalidContextInput(LedgerError, ValueError):
 class ContextNotFound(LedgerError, LookupError):
     """No active context with this id exists for this user."""
 
-    _fields = ("user_id", "context_id")
+    _fields = ("user_id", "context_id", "in_history")
 
-    def __init__(self, user_id: str, context_id: str) -> None:
+    def __init__(self, user_id: str, context_id: str, in_history: bool = False) -> None:
         self.user_id = user_id
         self.context_id = context_id
-        super().__init__(
-            f"no active context {shorten(context_id)} for user {shorten(user_id)}: "
-            "it was never opened for this user, or it was cleared or has expired; "
-            "call open_context(user_id, thread_id) to get the thread's context"
-        )
+        self.in_history = in_history
+        if in_history:
+            message = (
+                f"user {shorten(user_id)} has no context {shorten(context_id)} in "
+                "its history: it was never opened for this user; list the user's "
+                "events with history(user_id) to find its context ids"
+            )
+        else:
+            message = (
+                f"no active context {shorten(context_id)} for user "
+                f"{shorten(user_id)}: it was never opened for this user, or it was "
+                "cleared or has expired; call open_context(user_id, thread_id) to "
+                "get the thread's context"
+            )
+        super().__init__(message)
 
 
 class ContextLimitExceeded(LedgerError):

@@ -1,0 +1,304 @@
+"""Exports of a user's history that anyone can check offline, without the ledger.
+
+An export is JSON Lines, UTF-8. Each event is one line: its ``LedgerEvent`` record
+in the chain's canonical encoding, so the SHA-256 of a line's bytes is the hash
+that the next event's ``prev_hash`` holds. The last line is the manifest::
+
+    {"manifest":{"count":3,"first_version":1,"format":"ctxledger-export/1",
+     "head_hash":"...","last_version":3,"since":null,"until":null,"user_id":"alice",...}}
+
+``head_hash`` is the hash of the last event line; record it elsewhere and even a
+rewrite of the whole file shows. ``verify_export`` detects an edited, deleted or
+reordered line: every line must be canonical, each event must link to the one
+before, and the manifest must match what the file holds.
+"""
+
+import json
+import os
+import tempfile
+from collections.abc import Iterable
+from datetime import datetime
+from pathlib import Path
+from typing import Any, NoReturn
+
+from pydantic import BaseModel, ConfigDict, ValidationError
+
+from ledger.chain import Fault, Link, canonical_encoding, find_break, record_hash
+from ledger.errors import InvalidContextInput
+from ledger.models import LedgerEvent, UtcDatetime
+
+FORMAT = "ctxledger-export/1"
+
+
+class ExportManifest(BaseModel):
+    """The last line of an export: what the lines before it must be."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    format: str
+    user_id: str
+    count: int
+    first_version: int | None
+    last_version: int | None
+    head_hash: str | None
+    since: UtcDatetime | None
+    until: UtcDatetime | None
+    exported_at: UtcDatetime
+
+
+class ExportFault(BaseModel):
+    """The first problem found in an export."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    line: int
+    version: int | None
+    fault: Fault
+    detail: str
+
+    def __str__(self) -> str:
+        where = f"line {self.line}" + (
+            "" if self.version is None else f" (version {self.version})"
+        )
+        return f"{where}: {self.fault}: {self.detail}"
+
+
+class ExportReport(BaseModel):
+    """What ``verify_export`` found."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    path: str
+    manifest: ExportManifest | None
+    events: int
+    fault: ExportFault | None
+
+    @property
+    def intact(self) -> bool:
+        return self.fault is None
+
+
+def write_export(
+    path: Path,
+    events: Iterable[LedgerEvent],
+    *,
+    user_id: str,
+    since: datetime | None,
+    until: datetime | None,
+    exported_at: datetime,
+) -> ExportManifest:
+    """Writes the export to ``path`` atomically: a complete file or none at all."""
+    target = Path(path)
+    if target.is_dir():
+        raise InvalidContextInput(
+            "out", str(path), "is a folder", "give the path of a file to write"
+        )
+    folder = target.parent if str(target.parent) else Path()
+    if not folder.is_dir():
+        raise InvalidContextInput(
+            "out", str(path), "is in a folder that does not exist", "create it first"
+        )
+    handle = tempfile.NamedTemporaryFile(  # noqa: SIM115  (renamed below)
+        "wb", dir=folder, prefix=f".{target.name}.", suffix=".part", delete=False
+    )
+    try:
+        with handle:
+            count, first, last, head = 0, None, None, None
+            for event in events:
+                line = canonical_encoding(event.model_dump(mode="json"))
+                handle.write(line + b"\n")
+                count += 1
+                first = event.version if first is None else first
+                last, head = event.version, record_hash(event.model_dump(mode="json"))
+            manifest = ExportManifest(
+                format=FORMAT,
+                user_id=user_id,
+                count=count,
+                first_version=first,
+                last_version=last,
+                head_hash=head,
+                since=since,
+                until=until,
+                exported_at=exported_at,
+            )
+            handle.write(_manifest_line(manifest) + b"\n")
+            handle.flush()
+            os.fsync(handle.fileno())
+        Path(handle.name).replace(target)
+    except BaseException:
+        Path(handle.name).unlink(missing_ok=True)
+        raise
+    return manifest
+
+
+def _manifest_line(manifest: ExportManifest) -> bytes:
+    return canonical_encoding({"manifest": manifest.model_dump(mode="json")})
+
+
+def verify_export(path: Path | str) -> ExportReport:
+    """Checks an export file offline; the report says where it first fails."""
+    data = Path(path).read_bytes()
+    checker = _Checker(str(path))
+    return checker.run(data)
+
+
+class _Fault(Exception):
+    def __init__(self, fault: ExportFault) -> None:
+        self.fault = fault
+
+
+class _Checker:
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self.manifest: ExportManifest | None = None
+        self.events = 0
+
+    def run(self, data: bytes) -> ExportReport:
+        try:
+            self._check(data)
+            fault = None
+        except _Fault as found:
+            fault = found.fault
+        return ExportReport(
+            path=self.path, manifest=self.manifest, events=self.events, fault=fault
+        )
+
+    def _check(self, data: bytes) -> None:
+        lines = data.split(b"\n")
+        if lines[-1] != b"":
+            _fail(len(lines), None, "altered", "the file does not end with a newline")
+        lines.pop()
+        if not lines:
+            _fail(1, None, "missing", "the file is empty: no manifest")
+        records = [_parse(number, raw) for number, raw in enumerate(lines, 1)]
+        *event_records, last = records
+        self.manifest = _manifest(len(lines), last)
+        events = [
+            _event(number, record, self.manifest)
+            for number, record in enumerate(event_records, 1)
+        ]
+        self.events = len(events)
+        links = [
+            Link(event.version, record_hash(record), event.prev_hash)
+            for event, record in zip(events, event_records, strict=True)
+        ]
+        first = self.manifest.first_version
+        if links:
+            found = find_break(
+                links, first_version=first or links[0].version, first_prev=None
+            )
+            if found is not None:
+                line = _line_of(links, found.version)
+                _fail(line, found.version, found.fault, found.detail)
+        self._match_manifest(links, len(lines))
+
+    def _match_manifest(self, links: list[Link], manifest_line: int) -> None:
+        manifest = self.manifest
+        assert manifest is not None  # noqa: S101
+        last = links[-1] if links else None
+        if manifest.last_version is not None and (
+            last is None or last.version < manifest.last_version
+        ):
+            start = 1 if last is None else last.version + 1
+            missing = (
+                f"version {start}"
+                if start == manifest.last_version
+                else f"versions {start} to {manifest.last_version}"
+            )
+            _fail(
+                manifest_line,
+                start,
+                "missing",
+                f"the manifest lists up to version {manifest.last_version}; "
+                f"{missing} absent",
+            )
+        if (
+            manifest.count != len(links)
+            or manifest.first_version != (links[0].version if links else None)
+            or manifest.last_version != (last.version if last else None)
+        ):
+            _fail(
+                manifest_line,
+                None,
+                "altered",
+                f"the manifest says {manifest.count} events, versions "
+                f"{manifest.first_version} to {manifest.last_version}; the file "
+                f"holds {len(links)}"
+                + (f", versions {links[0].version} to {last.version}" if last else ""),
+            )
+        if last is not None and manifest.head_hash != last.hash:
+            _fail(
+                manifest_line - 1,
+                last.version,
+                "altered",
+                "the last event's hash differs from the manifest's head_hash",
+            )
+
+
+def _fail(line: int, version: int | None, fault: Fault, detail: str) -> NoReturn:
+    raise _Fault(ExportFault(line=line, version=version, fault=fault, detail=detail))
+
+
+def _parse(number: int, raw: bytes) -> dict[str, Any]:
+    try:
+        record = json.loads(raw.decode("utf-8"), parse_constant=_no_constant)
+    except (UnicodeDecodeError, ValueError) as error:
+        _fail(number, None, "altered", f"the line is not JSON: {error}")
+    if not isinstance(record, dict):
+        _fail(number, None, "altered", "the line is not a JSON object")
+    if canonical_encoding(record) != raw:
+        _fail(number, None, "altered", "the line is not in the canonical encoding")
+    return record
+
+
+def _no_constant(name: str) -> None:
+    msg = f"{name} is not allowed"
+    raise ValueError(msg)
+
+
+def _manifest(number: int, record: dict[str, Any]) -> ExportManifest:
+    body = record.get("manifest")
+    if set(record) != {"manifest"} or not isinstance(body, dict):
+        _fail(number + 1, None, "missing", "the last line is not the manifest")
+    try:
+        manifest = ExportManifest.model_validate(body)
+    except ValidationError as error:
+        _fail(number, None, "altered", f"the manifest is not valid: {error}")
+    if manifest.format != FORMAT:
+        _fail(number, None, "altered", f"unknown format {manifest.format!r}")
+    if _manifest_line(manifest) != canonical_encoding(record):
+        _fail(number, None, "altered", "the manifest's values are not canonical")
+    return manifest
+
+
+def _event(
+    number: int, record: dict[str, Any], manifest: ExportManifest
+) -> LedgerEvent:
+    if "manifest" in record:
+        _fail(number, None, "altered", "a manifest before the last line")
+    try:
+        event = LedgerEvent.model_validate(record)
+    except ValidationError as error:
+        _fail(number, None, "altered", f"the event is not valid: {error}")
+    if event.model_dump(mode="json") != record:
+        _fail(number, event.version, "altered", "the event's values are not canonical")
+    if event.user_id != manifest.user_id:
+        _fail(
+            number,
+            event.version,
+            "altered",
+            f"the event is of user {event.user_id!r}, the export of "
+            f"{manifest.user_id!r}",
+        )
+    if (manifest.since is not None and event.occurred_at < manifest.since) or (
+        manifest.until is not None and event.occurred_at >= manifest.until
+    ):
+        _fail(number, event.version, "altered", "the event is outside the period")
+    return event
+
+
+def _line_of(links: list[Link], version: int) -> int:
+    for number, link in enumerate(links, 1):
+        if link.version == version:
+            return number
+    return len(links) + 1

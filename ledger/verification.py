@@ -1,0 +1,320 @@
+"""Checks the users' hash chains against the events as they are stored.
+
+One pass reads the ledger's log in order. Each event's record is hashed without
+building its pydantic models (the quick path); when a link does not hold, the
+exact path (the mapper and ``ledger_record``) decides, so the quick path can only
+save time, never change a verdict. A stream with a fault is then read again in
+version order to say where it breaks and how (``chain.find_break``). Last, the
+newest snapshot of each user is compared with the events: a snapshot newer than
+the last event shows that events at the end were deleted.
+"""
+
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+from uuid import UUID
+
+from eventsourcing.persistence import Mapper, Notification, StoredEvent
+
+from ledger.aggregate import UserSnapshot, user_aggregate_id
+from ledger.application import LedgerApplication
+from ledger.chain import (
+    GENESIS_HASH,
+    ChainBreak,
+    ChainReport,
+    Link,
+    UserChain,
+    find_break,
+    record_hash,
+)
+from ledger.events import EVENT_CLASSES, ContextEvent
+
+PAGE_SIZE = 10_000
+KIND_BY_TOPIC = {cls.TOPIC: cls.KIND for cls in EVENT_CLASSES}
+Progress = Callable[[int], None]
+
+
+def json_time(at: datetime) -> str:
+    """A UTC time as pydantic writes it in JSON mode (``...Z``)."""
+    text = at.astimezone(UTC).isoformat()
+    return text[:-6] + "Z" if text.endswith("+00:00") else text
+
+
+@dataclass(frozen=True, slots=True)
+class Read:
+    """What the chain needs of one stored event."""
+
+    user_id: str
+    prev_hash: str
+    hash: str
+
+
+def quick_read(stored: StoredEvent, mapper: Mapper[UUID]) -> Read | None:
+    """The event's record hashed straight from its stored state; None if that
+    state is not what the quick path expects (the exact path decides then)."""
+    try:
+        state: dict[str, Any] = mapper.transcoder.decode(stored.state)
+        details = {
+            key: json_time(value) if isinstance(value, datetime) else value
+            for key, value in state.items()
+            if key not in _ENVELOPE
+        }
+        record = {
+            "user_id": state["user_id"],
+            "kind": KIND_BY_TOPIC[stored.topic],
+            "context_id": state["context_id"],
+            "thread_id": state["thread_id"],
+            "run_id": state["run_id"],
+            "occurred_at": json_time(state["timestamp"]),
+            "version": stored.originator_version,
+            "prev_hash": state["prev_hash"],
+            "details": details,
+        }
+        return Read(state["user_id"], state["prev_hash"], record_hash(record))
+    except Exception:  # noqa: BLE001  (anything odd goes to the exact path)
+        return None
+
+
+_ENVELOPE = frozenset(
+    {"user_id", "context_id", "thread_id", "run_id", "timestamp", "prev_hash"}
+)
+
+
+def exact_read(stored: StoredEvent, mapper: Mapper[UUID]) -> Read | str:
+    """The event decoded as the ledger decodes it; a description if it cannot be."""
+    try:
+        event = mapper.to_domain_event(stored)
+    except Exception as error:  # noqa: BLE001  (any decoding failure is a finding)
+        return f"it cannot be decoded: {' '.join(str(error).split())[:300]}"
+    if not isinstance(event, ContextEvent):
+        return f"its topic {stored.topic!r} is not an event of a context"
+    if user_aggregate_id(event.user_id) != _uuid(stored.originator_id):
+        return f"it names user {event.user_id!r}, who owns another stream"
+    return Read(event.user_id, event.prev_hash, record_hash(event.ledger_record()))
+
+
+def _uuid(value: UUID | str) -> UUID:
+    return value if isinstance(value, UUID) else UUID(value)
+
+
+@dataclass(slots=True)
+class _Stream:
+    """One user's stream during the pass over the log."""
+
+    originator_id: UUID
+    user_id: str | None = None
+    events: int = 0
+    version: int = 0
+    last: StoredEvent | None = None
+    last_hash: str = GENESIS_HASH
+    suspect: str | None = None
+    """Why the stream needs a closer look (the first anomaly seen)."""
+    owners: dict[str, None] = field(default_factory=dict)
+
+
+class ChainVerifier:
+    """Recomputes the hash chains of the events stored by one application."""
+
+    def __init__(self, app: LedgerApplication, page_size: int = PAGE_SIZE) -> None:
+        self.recorder = app.recorder
+        self.mapper = app.mapper
+        self.snapshots = app.snapshots
+        self.page_size = page_size
+
+    def head(self) -> int:
+        """The log's last position, for progress reports."""
+        return self.recorder.max_notification_id() or 0
+
+    def all_users(self, on_page: Progress | None = None) -> ChainReport:
+        streams: dict[UUID, _Stream] = {}
+        start = 0
+        while True:
+            page: Iterable[Notification] = self.recorder.select_notifications(
+                start=start, limit=self.page_size, inclusive_of_start=False
+            )
+            count = 0
+            for notification in page:
+                aggregate_id = _uuid(notification.originator_id)
+                stream = streams.get(aggregate_id)
+                if stream is None:
+                    stream = streams[aggregate_id] = _Stream(aggregate_id)
+                self._step(stream, notification)
+                start = notification.id
+                count += 1
+            if on_page is not None and count:
+                on_page(count)
+            if count < self.page_size:
+                break
+        users = [self._finish(stream, in_log_order=True) for stream in streams.values()]
+        return ChainReport(users=tuple(sorted(users, key=lambda u: u.user_id)))
+
+    def one_user(self, user_id: str) -> ChainReport:
+        stream = _Stream(user_aggregate_id(user_id), user_id=user_id)
+        while True:
+            page = self.recorder.select_events(
+                stream.originator_id, gt=stream.version or None, limit=self.page_size
+            )
+            for stored in page:
+                self._step(stream, stored)
+                if stream.suspect is not None:
+                    break
+            if stream.suspect is not None or len(page) < self.page_size:
+                break
+        return ChainReport(users=(self._finish(stream, in_log_order=False),))
+
+    def _step(self, stream: _Stream, stored: StoredEvent) -> None:
+        stream.events += 1
+        if stream.suspect is not None:
+            return
+        version = stored.originator_version
+        if version != stream.version + 1:
+            stream.suspect = f"version {version} follows version {stream.version}"
+            return
+        quick = quick_read(stored, self.mapper)
+        if (
+            quick is None
+            or quick.prev_hash != stream.last_hash
+            or not self._owns(stream, quick.user_id)
+        ):
+            exact = self._exact_link(stream, stored)
+            if isinstance(exact, str):
+                stream.suspect = exact
+                return
+            quick = exact
+        stream.user_id = stream.user_id or quick.user_id
+        stream.version = version
+        stream.last = stored
+        stream.last_hash = quick.hash
+
+    def _owns(self, stream: _Stream, user_id: str) -> bool:
+        if user_id in stream.owners:
+            return True
+        if user_aggregate_id(user_id) != stream.originator_id:
+            return False
+        stream.owners[user_id] = None
+        return True
+
+    def _exact_link(self, stream: _Stream, stored: StoredEvent) -> Read | str:
+        current = exact_read(stored, self.mapper)
+        if isinstance(current, str):
+            return current
+        previous = (
+            GENESIS_HASH
+            if stream.last is None
+            else exact_read(stream.last, self.mapper)
+        )
+        expected = previous.hash if isinstance(previous, Read) else previous
+        if current.prev_hash != expected:
+            return (
+                f"version {stored.originator_version} does not link to the one before"
+            )
+        return current
+
+    def _finish(self, stream: _Stream, *, in_log_order: bool) -> UserChain:
+        if stream.suspect is not None:
+            return self._located(stream, in_log_order=in_log_order)
+        user_id = stream.user_id or f"(stream {stream.originator_id})"
+        if stream.last is None:
+            return UserChain(
+                user_id=user_id,
+                events=0,
+                head_version=0,
+                head_hash=GENESIS_HASH,
+                fault=self._snapshot_fault(stream.originator_id, 0, GENESIS_HASH),
+            )
+        head = exact_read(stream.last, self.mapper)
+        fault: ChainBreak | None
+        if isinstance(head, str):
+            fault = ChainBreak(version=stream.version, fault="altered", detail=head)
+            head_hash = stream.last_hash
+        else:
+            head_hash = head.hash
+            fault = self._snapshot_fault(
+                stream.originator_id, stream.version, head_hash
+            )
+        return UserChain(
+            user_id=user_id,
+            events=stream.events,
+            head_version=stream.version,
+            head_hash=head_hash,
+            fault=fault,
+        )
+
+    def _located(self, stream: _Stream, *, in_log_order: bool) -> UserChain:
+        """Reads a faulty stream again, in version order, to say where it breaks."""
+        stored = list(self.recorder.select_events(stream.originator_id))
+        links: list[Link] = []
+        user_id = stream.user_id
+        for event in stored:
+            read = exact_read(event, self.mapper)
+            if isinstance(read, str):
+                links.append(Link(event.originator_version, None, None, read))
+            else:
+                user_id = user_id or read.user_id
+                links.append(Link(event.originator_version, read.hash, read.prev_hash))
+        fault = find_break(links, first_prev=GENESIS_HASH)
+        if fault is None and in_log_order:
+            # Version order holds, so the log (the order views replay) is wrong.
+            fault = ChainBreak(
+                version=stream.version + 1,
+                fault="reordered",
+                detail=f"in the ledger's log, {stream.suspect}",
+            )
+        last = links[-1] if links else None
+        return UserChain(
+            user_id=user_id or f"(stream {stream.originator_id})",
+            events=len(stored),
+            head_version=last.version if last else 0,
+            head_hash=(last.hash or GENESIS_HASH) if last else GENESIS_HASH,
+            fault=fault,
+        )
+
+    def _snapshot_fault(
+        self, aggregate_id: UUID, head_version: int, head_hash: str
+    ) -> ChainBreak | None:
+        """The newest snapshot must match the event of its version."""
+        stored = (
+            self.snapshots.recorder.select_events(aggregate_id, desc=True, limit=1)
+            if self.snapshots is not None
+            else []
+        )
+        if not stored:
+            return None
+        version = stored[0].originator_version
+        if version > head_version:
+            return ChainBreak(
+                version=head_version + 1,
+                fault="missing",
+                detail=f"a snapshot of version {version} exists, but the last event "
+                f"is version {head_version}: the events after it were deleted",
+            )
+        try:
+            snapshot = self.mapper.to_domain_event(stored[0])
+        except Exception:  # noqa: BLE001
+            snapshot = None
+        if not isinstance(snapshot, UserSnapshot):
+            return ChainBreak(
+                version=version,
+                fault="altered",
+                detail=f"the snapshot of version {version} cannot be decoded",
+            )
+        if version == head_version:
+            expected = head_hash
+        else:
+            event = self.recorder.select_events(
+                aggregate_id, gt=version - 1, lte=version
+            )
+            read = exact_read(event[0], self.mapper) if event else "it is absent"
+            if isinstance(read, str):
+                return ChainBreak(version=version, fault="altered", detail=read)
+            expected = read.hash
+        if snapshot.last_hash != expected:
+            detail = (
+                "its hash differs from the one in the snapshot of its version"
+                if version == head_version
+                else f"the snapshot of version {version} does not match that event, "
+                "which the later events confirm: the snapshot was altered"
+            )
+            return ChainBreak(version=version, fault="altered", detail=detail)
+        return None
