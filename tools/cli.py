@@ -13,6 +13,7 @@ from rich.table import Table
 from ledger import EVENT_KINDS, ContextLedger
 from ledger.storage import DEFAULT_URL, URL_VARIABLE, resolve_url
 from projections import Projections
+from tools import audit_commands
 from tools.demo import DemoOptions, run_demo
 from tools.errors import reports_ledger_errors
 from tools.view_commands import caught_up, register
@@ -135,3 +136,4 @@ def expire(url: str) -> None:
 
 
 register(main)
+audit_commands.register(main)

@@ -7,7 +7,7 @@ import sys
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from datetime import UTC, datetime
+from datetime import datetime
 from types import FrameType
 from typing import Any
 
@@ -26,7 +26,9 @@ from rich.text import Text
 from ledger import EVENT_KINDS
 from projections import VIEW_NAMES, Projections
 from projections.api import DEFAULT_BATCH_SIZE
+from tools.audit_commands import print_contexts_as_of, verify_chains
 from tools.errors import reports_ledger_errors
+from tools.times import utc_time
 
 BATCH_OPTION = click.option(
     "--batch-size",
@@ -35,21 +37,6 @@ BATCH_OPTION = click.option(
     type=click.IntRange(1, 100_000),
     help="Events per view transaction.",
 )
-
-
-def utc_time(
-    ctx: click.Context, param: click.Parameter, value: str | None
-) -> datetime | None:
-    """An ISO 8601 time option; one without a zone is taken as UTC."""
-    if value is None:
-        return None
-    try:
-        parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
-    except ValueError:
-        raise click.BadParameter(
-            f"{value!r} is not an ISO 8601 time such as 2026-11-23T10:00:00Z"
-        ) from None
-    return parsed.replace(tzinfo=UTC) if parsed.tzinfo is None else parsed
 
 
 @contextmanager
@@ -165,6 +152,11 @@ def active(url: str, user_id: str | None, limit: int, as_json: bool) -> None:
 
 @click.command()
 @click.argument("user_id", metavar="USER")
+@click.option(
+    "--as-of",
+    callback=utc_time,
+    help="Instead: the user's contexts as they stood at this time, from the ledger.",
+)
 @click.option("--since", callback=utc_time, help="From this ISO 8601 time (inclusive).")
 @click.option("--until", callback=utc_time, help="Before this time (exclusive).")
 @click.option("--kind", type=click.Choice(EVENT_KINDS))
@@ -177,12 +169,21 @@ def audit(
     url: str,
     *,
     user_id: str,
+    as_of: datetime | None,
     since: datetime | None,
     until: datetime | None,
     kind: Any,
     form: str,
 ) -> None:
-    """A user's events from the compliance audit view, in ledger order."""
+    """A user's events from the compliance audit view, in ledger order; with
+    --as-of, the user's contexts at that time, replayed from the ledger."""
+    if as_of is not None:
+        if since or until or kind:
+            raise click.UsageError(
+                "--as-of does not combine with --since/--until/--kind"
+            )
+        print_contexts_as_of(url, user_id, as_of, form)
+        return
     with Projections.open(url) as views:
         rows = views.audit_rows(user_id, since=since, until=until, kind=kind)
     records = [row.model_dump(mode="json") for row in rows]
@@ -231,10 +232,25 @@ def continuity(url: str, user_id: str | None, as_json: bool) -> None:
 
 
 @click.command()
+@click.option(
+    "--chain", is_flag=True, help="Check the events' hash chains instead of the views."
+)
+@click.option("--user", "user_id", metavar="USER", help="With --chain: one user.")
+@click.option(
+    "--json", "as_json", is_flag=True, help="With --chain: every user's result."
+)
 @click.pass_obj
 @reports_ledger_errors
-def verify(url: str) -> None:
-    """Replay the ledger and compare every view with it; exit 1 on a difference."""
+def verify(url: str, chain: bool, user_id: str | None, as_json: bool) -> None:
+    """Replay the ledger and compare every view with it; exit 1 on a difference.
+
+    With --chain: recompute each user's hash chain from the stored events; exit 1
+    naming the user, the version and the fault (altered, missing, reordered)."""
+    if chain:
+        verify_chains(url, user_id, as_json)
+        return
+    if user_id is not None or as_json:
+        raise click.UsageError("--user and --json go with --chain")
     with Projections.open(url) as views:
         found = views.verify()
     for name, differences in found.items():
