@@ -12,6 +12,7 @@ import psycopg
 import pytest
 
 from ledger import ContextLedger
+from ledger.aggregate import user_aggregate_id
 
 # Database drivers keep real time under freezegun; ledger event times still freeze.
 freezegun.configure(
@@ -100,19 +101,40 @@ def ledger(open_ledger: OpenLedger) -> ContextLedger:
     return open_ledger()
 
 
-def execute_sql(url: str, statement: str) -> None:
+def execute_sql(url: str, statement: str, params: tuple[Any, ...] = ()) -> list[Any]:
     """Runs SQL on a test database directly, as an operator (or intruder) would.
 
-    ``{events}`` names the ledger's events table on either backend, and ``{c1}``
-    is the byte 0xC1 (never valid msgpack) as a literal.
+    ``{events}`` and ``{snapshots}`` name the ledger's tables on either backend,
+    ``{p}`` is a parameter marker, ``{log}`` the events' position column, and
+    ``{c1}`` is the byte 0xC1 (never valid msgpack) as a literal. Returns the rows
+    a query selects.
     """
     if url.startswith("sqlite:///"):
         path = url.removeprefix("sqlite:///")
+        names = {
+            "events": "stored_events",
+            "snapshots": "stored_snapshots",
+            "c1": "X'C1'",
+            "p": "?",
+            "log": "rowid",
+        }
         with sqlite3.connect(path) as connection:
-            connection.execute(statement.format(events="stored_events", c1="X'C1'"))
-        return
+            return connection.execute(statement.format(**names), params).fetchall()
     dsn, _, schema = url.partition("?schema=")
+    names = {
+        "events": "ctxledger_events",
+        "snapshots": "ctxledger_snapshots",
+        "c1": "decode('c1', 'hex')",
+        "p": "%s",
+        "log": "notification_id",
+    }
     with psycopg.connect(dsn, autocommit=True) as connection:
         connection.execute(f'SET search_path TO "{schema}"')
-        literal = "decode('c1', 'hex')"
-        connection.execute(statement.format(events="ctxledger_events", c1=literal))
+        cursor = connection.execute(statement.format(**names), params)
+        return cursor.fetchall() if cursor.description else []
+
+
+def stream_key(url: str, user_id: str) -> Any:
+    """How the user's stream id is stored: hex text on SQLite, a uuid on PostgreSQL."""
+    aggregate_id = user_aggregate_id(user_id)
+    return aggregate_id.hex if url.startswith("sqlite:///") else aggregate_id

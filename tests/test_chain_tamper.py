@@ -1,0 +1,268 @@
+"""verify_chain and `ctxledger verify --chain` against events changed with SQL.
+
+Each test builds a history on a real SQLite file or a real PostgreSQL schema,
+changes the stored events as an intruder with database access would, and checks
+that the fault is found, named (user, version, kind of fault) and confined to the
+user whose events were touched.
+"""
+
+import json
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+from freezegun import freeze_time
+
+from ledger import ContextLedger
+from ledger.application import SNAPSHOT_INTERVAL
+from ledger.serialization import MsgpackTranscoder
+from tests.conftest import execute_sql, stream_key
+from tests.test_cli import run
+
+START = datetime(2026, 3, 1, 9, 0, tzinfo=UTC)
+
+
+def _history(url: str, user: str, events: int) -> None:
+    """About ``events`` events of every kind for ``user``."""
+    with ContextLedger.open(url) as ledger, freeze_time(START) as clock:
+        while len(ledger.history(user)) < events:
+            context = ledger.open_context(user, "t1", run_id="r1", ttl_seconds=30)
+            ledger.open_context(user, "t1", metadata={"turn": 1})
+            ledger.update_context(user, context.context_id, metadata={"n": 2})
+            ledger.open_context(user, "t2")
+            clock.tick(31)
+            ledger.expire_due()
+            ledger.clear_user(user)
+            clock.tick(1)
+
+
+@pytest.fixture
+def url(durable_url: str) -> str:
+    _history(durable_url, "alice", 12)
+    _history(durable_url, "bob", 12)
+    return durable_url
+
+
+def _state(url: str, user: str, version: int) -> bytes:
+    rows = execute_sql(
+        url,
+        "SELECT state FROM {events} WHERE originator_id = {p} "
+        "AND originator_version = {p}",
+        (stream_key(url, user), version),
+    )
+    return bytes(rows[0][0])
+
+
+def _set_state(url: str, user: str, version: int, state: bytes) -> None:
+    execute_sql(
+        url,
+        "UPDATE {events} SET state = {p} WHERE originator_id = {p} "
+        "AND originator_version = {p}",
+        (state, stream_key(url, user), version),
+    )
+
+
+def _edit(url: str, user: str, version: int, **changes: object) -> None:
+    transcoder = MsgpackTranscoder()
+    state = transcoder.decode(_state(url, user, version))
+    state.update(changes)
+    _set_state(url, user, version, transcoder.encode(state))
+
+
+def _delete(url: str, user: str, version: int) -> None:
+    execute_sql(
+        url,
+        "DELETE FROM {events} WHERE originator_id = {p} AND originator_version = {p}",
+        (stream_key(url, user), version),
+    )
+
+
+def _swap_versions(url: str, user: str, one: int, two: int) -> None:
+    key = stream_key(url, user)
+    for old, new in ((one, -1), (two, one), (-1, two)):
+        execute_sql(
+            url,
+            "UPDATE {events} SET originator_version = {p} "
+            "WHERE originator_id = {p} AND originator_version = {p}",
+            (new, key, old),
+        )
+
+
+def _report(url: str, user: str | None = None) -> tuple[str, int, str]:
+    with ContextLedger.open(url) as ledger:
+        report = ledger.verify_chain(user)
+    assert len(report.broken) == 1, report.broken
+    broken = report.broken[0]
+    assert broken.fault is not None
+    others = [u for u in report.users if u.user_id != broken.user_id]
+    assert all(u.holds and u.events == u.head_version for u in others)
+    return broken.user_id, broken.fault.version, broken.fault.fault
+
+
+def test_an_untouched_ledger_holds_and_names_each_head(url: str) -> None:
+    with ContextLedger.open(url) as ledger:
+        report = ledger.verify_chain()
+        alice = ledger.verify_chain("alice")
+        history = ledger.history("alice")
+
+    assert report.holds
+    assert [u.user_id for u in report.users] == ["alice", "bob"]
+    assert report.users[0] == alice.users[0]
+    assert alice.users[0].head_version == history[-1].version == len(history)
+    assert alice.events == len(history)
+
+
+def test_an_altered_event_is_named(url: str) -> None:
+    _edit(url, "alice", 3, metadata={"turn": 99})
+
+    assert _report(url) == ("alice", 3, "altered")
+    assert _report(url, "alice") == ("alice", 3, "altered")
+
+
+def test_an_event_that_no_longer_decodes_is_altered(url: str) -> None:
+    execute_sql(
+        url,
+        "UPDATE {events} SET state = {c1} WHERE originator_id = {p} "
+        "AND originator_version = 5",
+        (stream_key(url, "bob"),),
+    )
+
+    assert _report(url) == ("bob", 5, "altered")
+
+
+def test_an_altered_prev_hash_is_named_at_its_own_version(url: str) -> None:
+    _edit(url, "alice", 4, prev_hash="f" * 64)
+
+    assert _report(url) == ("alice", 4, "altered")
+
+
+def test_an_event_moved_to_another_users_stream_is_altered(url: str) -> None:
+    _edit(url, "alice", 2, user_id="bob")
+
+    assert _report(url)[1:] == (2, "altered")
+
+
+def test_a_deleted_event_is_missing(url: str) -> None:
+    _delete(url, "bob", 6)
+
+    assert _report(url) == ("bob", 6, "missing")
+    assert _report(url, "bob") == ("bob", 6, "missing")
+
+
+def test_a_deleted_first_event_is_missing(url: str) -> None:
+    _delete(url, "alice", 1)
+
+    assert _report(url) == ("alice", 1, "missing")
+
+
+def test_swapped_versions_are_reordered(url: str) -> None:
+    _swap_versions(url, "alice", 3, 4)
+
+    assert _report(url) == ("alice", 3, "reordered")
+    assert _report(url, "alice") == ("alice", 3, "reordered")
+
+
+def test_swapped_contents_are_reordered(url: str) -> None:
+    key = stream_key(url, "bob")
+    rows = execute_sql(
+        url,
+        "SELECT topic, state FROM {events} WHERE originator_id = {p} "
+        "AND originator_version IN (3, 4) ORDER BY originator_version",
+        (key,),
+    )
+    for version, (topic, state) in zip((4, 3), rows, strict=True):
+        execute_sql(
+            url,
+            "UPDATE {events} SET topic = {p}, state = {p} WHERE originator_id = {p} "
+            "AND originator_version = {p}",
+            (topic, bytes(state), key, version),
+        )
+
+    assert _report(url) == ("bob", 3, "reordered")
+
+
+def test_events_swapped_in_the_log_are_reordered(url: str) -> None:
+    key = stream_key(url, "alice")
+    positions = execute_sql(
+        url,
+        "SELECT {log} FROM {events} WHERE originator_id = {p} "
+        "ORDER BY originator_version",
+        (key,),
+    )
+    second, third = positions[1][0], positions[2][0]
+    for old, new in ((second, -5), (third, second), (-5, third)):
+        execute_sql(
+            url, "UPDATE {events} SET {log} = {p} WHERE {log} = {p}", (new, old)
+        )
+
+    user, _, fault = _report(url)
+
+    assert (user, fault) == ("alice", "reordered")
+
+
+def test_deleting_the_newest_events_shows_against_a_newer_snapshot(
+    durable_url: str,
+) -> None:
+    _history(durable_url, "carol", SNAPSHOT_INTERVAL + 5)
+    with ContextLedger.open(durable_url) as ledger:
+        head = ledger.verify_chain("carol").users[0].head_version
+    snapshots = execute_sql(
+        durable_url,
+        "SELECT MAX(originator_version) FROM {snapshots} WHERE originator_id = {p}",
+        (stream_key(durable_url, "carol"),),
+    )
+    newest_snapshot = snapshots[0][0]
+    assert newest_snapshot is not None
+    execute_sql(
+        durable_url,
+        "DELETE FROM {events} WHERE originator_id = {p} AND originator_version >= {p}",
+        (stream_key(durable_url, "carol"), newest_snapshot - 1),
+    )
+
+    assert head >= newest_snapshot
+    assert _report(durable_url, "carol") == ("carol", newest_snapshot - 1, "missing")
+
+
+def test_an_altered_snapshot_is_reported(durable_url: str) -> None:
+    _history(durable_url, "dan", SNAPSHOT_INTERVAL + 5)
+    key = stream_key(durable_url, "dan")
+    execute_sql(
+        durable_url,
+        "UPDATE {snapshots} SET state = {c1} WHERE originator_id = {p}",
+        (key,),
+    )
+
+    user, _, fault = _report(durable_url)
+
+    assert (user, fault) == ("dan", "altered")
+
+
+def test_verify_chain_cli_exits_1_naming_user_version_and_fault(
+    url: str, tmp_path: Path
+) -> None:
+    clean = run("--db", url, "verify", "--chain", cwd=tmp_path)
+    _delete(url, "bob", 7)
+    broken = run("--db", url, "verify", "--chain", cwd=tmp_path)
+    one = run("--db", url, "verify", "--chain", "--user", "alice", cwd=tmp_path)
+
+    assert clean.returncode == 0, clean.stderr
+    assert "chain holds (users: 2" in clean.stdout
+    assert broken.returncode == 1
+    assert "BROKEN user bob: version 7: missing" in broken.stdout
+    assert "alice" not in broken.stdout
+    assert one.returncode == 0
+    assert "user alice:" in one.stdout
+    assert "head hash" in one.stdout
+
+
+def test_verify_chain_json_lists_every_user(url: str, tmp_path: Path) -> None:
+    _swap_versions(url, "alice", 5, 6)
+
+    result = run("--db", url, "verify", "--chain", "--json", cwd=tmp_path)
+
+    assert result.returncode == 1
+
+    listed = {u["user_id"]: u for u in json.loads(result.stdout)}
+    assert listed["alice"]["fault"]["fault"] == "reordered"
+    assert listed["alice"]["fault"]["version"] == 5
+    assert listed["bob"]["fault"] is None
