@@ -1,0 +1,173 @@
+"""Exports: a round trip through the file, and every kind of change to it found."""
+
+import json
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+from freezegun import freeze_time
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from ledger import ContextLedger, InvalidContextInput, verify_export
+from ledger.chain import canonical_encoding, record_hash
+from tests.test_cli import run
+
+T0 = datetime(2026, 6, 1, 8, 0, tzinfo=UTC)
+
+
+def _history(ledger: ContextLedger) -> None:
+    with freeze_time(T0) as clock:
+        first = ledger.open_context("alice", "t1", run_id="r1", ttl_seconds=40)
+        ledger.open_context("bob", "t1")
+        clock.tick(5)
+        ledger.open_context("alice", "t1", metadata={"é": [1, 2.5, None, True]})
+        ledger.update_context("alice", first.context_id, metadata={"x": {"y": "z"}})
+        ledger.open_context("alice", "t2")
+        clock.tick(50)
+        ledger.expire_due()
+        ledger.clear_user("alice", reason="done")
+
+
+@pytest.fixture
+def export(durable_url: str, tmp_path: Path) -> Path:
+    path = tmp_path / "alice.jsonl"
+    with ContextLedger.open(durable_url) as ledger:
+        _history(ledger)
+        ledger.export("alice", path)
+    return path
+
+
+def test_an_export_round_trips_and_verifies(durable_url: str, export: Path) -> None:
+    lines = export.read_bytes().splitlines()
+    records = [json.loads(line) for line in lines]
+    manifest = records[-1]["manifest"]
+    with ContextLedger.open(durable_url) as ledger:
+        history = ledger.history("alice")
+
+    assert records[:-1] == [e.model_dump(mode="json") for e in history]
+    assert manifest["count"] == len(history) == 6
+    assert (manifest["first_version"], manifest["last_version"]) == (1, 6)
+    assert manifest["head_hash"] == record_hash(records[-2])
+    report = verify_export(export)
+    assert report.intact
+    assert report.events == 6
+
+
+def test_a_period_export_verifies_and_holds_only_that_period(
+    durable_url: str, tmp_path: Path
+) -> None:
+    path = tmp_path / "part.jsonl"
+    since, until = T0 + timedelta(seconds=5), T0 + timedelta(seconds=55)
+    with ContextLedger.open(durable_url) as ledger:
+        _history(ledger)
+        manifest = ledger.export("alice", path, since=since, until=until)
+        want = ledger.history("alice", since=since, until=until)
+
+    assert (manifest.first_version, manifest.last_version) == (2, 4)
+    assert [e.version for e in want] == [2, 3, 4]
+    assert verify_export(path).intact
+
+
+def _fault(path: Path, data: bytes) -> tuple[str | None, int | None]:
+    path.write_bytes(data)
+    report = verify_export(path)
+    assert not report.intact
+    assert report.fault is not None
+    return report.fault.fault, report.fault.version
+
+
+def test_a_deleted_line_is_missing(export: Path) -> None:
+    lines = export.read_bytes().splitlines(keepends=True)
+
+    assert _fault(export, b"".join(lines[:2] + lines[3:])) == ("missing", 3)
+    assert _fault(export, b"".join(lines[1:])) == ("missing", 1)
+    assert _fault(export, b"".join(lines[:5] + lines[6:])) == ("missing", 6)
+    assert _fault(export, b"".join(lines[:-1]))[0] == "missing"
+
+
+def test_swapped_lines_are_reordered(export: Path) -> None:
+    lines = export.read_bytes().splitlines(keepends=True)
+    swapped = [lines[0], lines[2], lines[1], *lines[3:]]
+
+    assert _fault(export, b"".join(swapped)) == ("reordered", 2)
+
+
+def test_a_changed_value_is_altered(export: Path) -> None:
+    data = export.read_bytes()
+
+    assert (
+        _fault(export, data.replace(b'"reason":"done"', b'"reason":"gone"', 1))[0]
+        == "altered"
+    )
+    assert _fault(export, data.replace(b'"r1"', b'"r2"', 1)) == ("altered", 1)
+
+
+def test_an_event_rewritten_with_its_manifest_still_breaks_the_chain(
+    export: Path,
+) -> None:
+    records = [json.loads(line) for line in export.read_bytes().splitlines()]
+    records[2]["details"]["metadata"] = {"é": "changed"}
+    data = b"".join(canonical_encoding(r) + b"\n" for r in records)
+
+    assert _fault(export, data) == ("altered", 3)
+
+
+@settings(
+    max_examples=150,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture],
+)
+@given(st.data())
+def test_changing_any_one_byte_is_detected(export: Path, data: st.DataObject) -> None:
+    original = export.read_bytes()
+    position = data.draw(st.integers(0, len(original) - 1), label="position")
+    value = data.draw(
+        st.integers(0, 255).filter(lambda b: b != original[position]), label="byte"
+    )
+    changed = bytearray(original)
+    changed[position] = value
+    try:
+        fault = _fault(export, bytes(changed))
+    finally:
+        export.write_bytes(original)
+
+    assert fault[0] in ("altered", "missing", "reordered")
+
+
+def test_an_export_is_written_whole_or_not_at_all(
+    sqlite_url: str, tmp_path: Path
+) -> None:
+    with ContextLedger.open(sqlite_url) as ledger:
+        _history(ledger)
+        with pytest.raises(InvalidContextInput, match="does not exist"):
+            ledger.export("alice", tmp_path / "no" / "such" / "x.jsonl")
+        with pytest.raises(InvalidContextInput, match="folder"):
+            ledger.export("alice", tmp_path)
+        with pytest.raises(InvalidContextInput):
+            ledger.export("alice", tmp_path / "x.jsonl", since=datetime(2026, 1, 1))  # noqa: DTZ001
+
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ledger.db"]
+
+
+def test_export_and_verify_export_commands(sqlite_url: str, tmp_path: Path) -> None:
+    with ContextLedger.open(sqlite_url) as ledger:
+        _history(ledger)
+    out = tmp_path / "alice.jsonl"
+
+    exported = run(
+        "--db", sqlite_url, "export", "alice", "--out", str(out), cwd=tmp_path
+    )
+    intact = run("verify-export", str(out), cwd=tmp_path)
+    out.write_bytes(out.read_bytes().replace(b'"t2"', b'"t3"', 1))
+    edited = run("verify-export", str(out), cwd=tmp_path)
+    absent = run("verify-export", str(tmp_path / "nope.jsonl"), cwd=tmp_path)
+
+    assert exported.returncode == 0, exported.stderr
+    assert "exported 6 event(s) of alice" in exported.stdout
+    assert intact.returncode == 0, intact.stdout
+    assert "intact: 6 event(s) of user alice, versions 1 to 6" in intact.stdout
+    assert edited.returncode == 1
+    assert "NOT INTACT: line 4 (version 4): altered" in edited.stdout
+    assert absent.returncode == 2
+    assert "does not exist" in absent.stderr
