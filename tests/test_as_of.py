@@ -18,6 +18,7 @@ from ledger.serialization import MsgpackTranscoder
 from tests.conftest import OpenLedger, execute_sql, stream_key
 
 T0 = datetime(2026, 4, 1, 12, 0, tzinfo=UTC)
+Seen = tuple[str, str | None, int, dict[str, int]]
 TINY = timedelta(microseconds=1)
 
 
@@ -53,10 +54,10 @@ def test_as_of_just_before_at_and_after_every_kind_of_event(
         ("cleared", 40 * s),
         ("expired", 140 * s),
     ]
-    t1_r1 = ("t1", "r1", 0, {})
+    t1_r1: Seen = ("t1", "r1", 0, {})
     t1_reused = ("t1", "r1", 1, {"m": 1})
     t1_r2 = ("t1", "r2", 1, {"m": 1})
-    t2 = ("t2", None, 0, {})
+    t2: Seen = ("t2", None, 0, {})
     expected = {
         T0 - TINY: [],
         T0: [t1_r1],
