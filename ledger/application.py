@@ -28,6 +28,8 @@ from ledger.serialization import MsgpackTranscoder, PydanticMapper
 from ledger.storage import Storage
 
 SNAPSHOT_INTERVAL = 50
+FIRST_PAGE = 100
+MAX_PAGE = 2000
 _log = logging.getLogger(__name__)
 AGGREGATE_CACHE_SIZE = 2048
 
@@ -118,18 +120,24 @@ class LedgerApplication(Application[UUID]):
                 )
 
     def events_after(
-        self, user_id: str, version: int, page_size: int = 1000
+        self, user_id: str, version: int, first_page: int = 1000
     ) -> Iterator[ContextEvent]:
-        """The user's events after ``version``, in order, read a page at a time."""
+        """The user's events after ``version``, in order, read a page at a time.
+
+        Pages grow from ``first_page`` to MAX_PAGE, so a reader that stops early
+        (as-of and period queries) decodes few events it does not use.
+        """
         aggregate_id = user_aggregate_id(user_id)
+        size = first_page
         while True:
-            page = list(self.events.get(aggregate_id, gt=version, limit=page_size))
+            page = list(self.events.get(aggregate_id, gt=version, limit=size))
             for event in page:
                 if isinstance(event, ContextEvent):
                     yield event
-            if len(page) < page_size:
+            if len(page) < size:
                 return
             version = page[-1].originator_version
+            size = min(size * 4, MAX_PAGE)
 
     def snapshot_before(
         self, user_id: str, is_early: Callable[[datetime], bool]
@@ -191,8 +199,8 @@ class LedgerApplication(Application[UUID]):
         snapshot = self.snapshot_before(user_id, lambda at: at <= as_of)
         aggregate = None if snapshot is None else UserContexts.from_snapshot(snapshot)
         after = 0 if snapshot is None else snapshot.originator_version
-        page = 1000 if snapshot is None else SNAPSHOT_INTERVAL + 10
-        for event in self.events_after(user_id, after, page):
+        first = FIRST_PAGE if snapshot is None else SNAPSHOT_INTERVAL + 10
+        for event in self.events_after(user_id, after, first):
             if event.timestamp > as_of:
                 break
             aggregate = project_user(aggregate, (event,))
@@ -206,7 +214,7 @@ class LedgerApplication(Application[UUID]):
         if since is not None:
             snapshot = self.snapshot_before(user_id, lambda at: at < since)
             after = 0 if snapshot is None else snapshot.originator_version
-        for event in self.events_after(user_id, after):
+        for event in self.events_after(user_id, after, FIRST_PAGE):
             if until is not None and event.timestamp >= until:
                 return
             if since is None or event.timestamp >= since:
