@@ -9,13 +9,18 @@ from ledger import PLACEHOLDERS
 README = Path(__file__).parent.parent / "README.md"
 
 
-def test_the_quick_start_runs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    code = README.read_text().split("```python\n", 1)[1].split("```", 1)[0]
+def test_the_python_examples_run_in_order(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    blocks = [b.split("```", 1)[0] for b in README.read_text().split("```python\n")[1:]]
     monkeypatch.chdir(tmp_path)
 
-    exec(compile(code, str(README), "exec"), {})  # noqa: S102  (our own README)
+    for code in blocks:  # the quick start, then auditing on the same database
+        exec(compile(code, str(README), "exec"), {})  # noqa: S102  (our own README)
 
+    assert len(blocks) == 2
     assert (tmp_path / "contexts.db").exists()
+    assert (tmp_path / "user-42.jsonl").exists()
 
 
 def test_the_readme_lists_exactly_the_placeholders_the_code_refuses() -> None:
