@@ -26,6 +26,20 @@ def fill(url: str, messages: int) -> None:
                 ledger.clear_context(user, context.context_id)
 
 
+def _wait_for_progress(url: str, before: int, worker: subprocess.Popen[bytes]) -> None:
+    """Until the views' positions add up to more than ``before`` (or the worker
+    ended, or 60 s passed)."""
+    deadline = time.monotonic() + 60
+    with Projections.open(url) as views:
+        while True:
+            total = sum(s.position for s in views.status())
+            if total > before or worker.poll() is not None:
+                return
+            if time.monotonic() > deadline:
+                return
+            time.sleep(0.02)
+
+
 @pytest.mark.slow
 def test_a_worker_killed_many_times_resumes_exactly(
     durable_url: str, tmp_path: Path
@@ -33,16 +47,21 @@ def test_a_worker_killed_many_times_resumes_exactly(
     fill(durable_url, 3000)
     rng = random.Random(11)
     command = [CTXLEDGER, "--db", durable_url, "project", "--batch-size", "1"]
-    positions = []
+    positions, progress = [0], 0
     for _ in range(KILLS):
         worker = subprocess.Popen(
             command, cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
         )
-        time.sleep(rng.uniform(0.35, 0.75))
+        # Kill it at a random instant after it has started applying events, however
+        # long the process takes to start on a loaded machine.
+        _wait_for_progress(durable_url, progress, worker)
+        time.sleep(rng.uniform(0.0, 0.3))
         worker.send_signal(signal.SIGKILL)
         worker.wait(timeout=30)
         with Projections.open(durable_url) as views:
-            positions.append(min(s.position for s in views.status()))
+            after = [s.position for s in views.status()]
+        positions.append(min(after))
+        progress = sum(after)
 
     finished = subprocess.run(command, cwd=tmp_path, capture_output=True, check=False)
 
@@ -52,7 +71,7 @@ def test_a_worker_killed_many_times_resumes_exactly(
         ContextLedger.open(durable_url) as ledger,
     ):
         head = views.head()
-        killed_mid_run = [p for p in positions if 0 < p < head]
+        killed_mid_run = [p for p in positions[1:] if 0 < p < head]
         assert len(set(killed_mid_run)) >= KILLS // 2, positions
         assert views.verify() == {"active": [], "audit": [], "continuity": []}
         assert views.count_audit() == head
