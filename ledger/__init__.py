@@ -11,6 +11,7 @@ from ledger.errors import (
     ContextNotFound,
     InvalidContextInput,
     LedgerConfigError,
+    LedgerCorrupted,
     LedgerError,
     StorageUnavailable,
 )
@@ -34,6 +35,7 @@ __all__ = [
     "ExportReport",
     "InvalidContextInput",
     "LedgerConfigError",
+    "LedgerCorrupted",
     "LedgerError",
     "LedgerEvent",
     "StorageUnavailable",

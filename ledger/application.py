@@ -21,7 +21,7 @@ from eventsourcing.utils import Environment, get_topic
 from ledger.aggregate import UserContexts, UserSnapshot, project_user, user_aggregate_id
 from ledger.cache import AggregateCache
 from ledger.chain import record_hash
-from ledger.errors import StorageUnavailable
+from ledger.errors import LedgerCorrupted, StorageUnavailable
 from ledger.events import ContextEvent
 from ledger.postgres import exclusive_setup
 from ledger.serialization import MsgpackTranscoder, PydanticMapper
@@ -70,12 +70,18 @@ class LedgerApplication(Application[UUID]):
                 )
             except AggregateNotFoundError:
                 return UserContexts.start(user_id, now)
+            except ValueError as error:  # undecodable, or does not replay
+                raise LedgerCorrupted(user_id, str(error)) from error
             self.cache.offer(aggregate.copy())
             return aggregate
         aggregate = cached.copy()
-        newer = list(self.events.get(aggregate_id, gt=aggregate.version))
+        try:
+            newer = list(self.events.get(aggregate_id, gt=aggregate.version))
+            if newer:
+                project_user(aggregate, cast(list[ContextEvent], newer))
+        except ValueError as error:
+            raise LedgerCorrupted(user_id, str(error)) from error
         if newer:
-            project_user(aggregate, cast(list[ContextEvent], newer))
             self.cache.offer(aggregate.copy())
         return aggregate
 
@@ -130,7 +136,10 @@ class LedgerApplication(Application[UUID]):
         aggregate_id = user_aggregate_id(user_id)
         size = first_page
         while True:
-            page = list(self.events.get(aggregate_id, gt=version, limit=size))
+            try:
+                page = list(self.events.get(aggregate_id, gt=version, limit=size))
+            except MapperDeserialisationError as error:
+                raise LedgerCorrupted(user_id, str(error)) from error
             for event in page:
                 if isinstance(event, ContextEvent):
                     yield event
@@ -191,6 +200,8 @@ class LedgerApplication(Application[UUID]):
         return (
             len(events) == 1
             and isinstance(events[0], ContextEvent)
+            and events[0].timestamp == snapshot.timestamp
+            and events[0].user_id == snapshot.user_id
             and record_hash(events[0].ledger_record()) == snapshot.last_hash
         )
 
@@ -203,7 +214,10 @@ class LedgerApplication(Application[UUID]):
         for event in self.events_after(user_id, after, first):
             if event.timestamp > as_of:
                 break
-            aggregate = project_user(aggregate, (event,))
+            try:
+                aggregate = project_user(aggregate, (event,))
+            except ValueError as error:
+                raise LedgerCorrupted(user_id, str(error)) from error
         return aggregate
 
     def events_between(
@@ -222,8 +236,7 @@ class LedgerApplication(Application[UUID]):
 
     def stream(self, user_id: str) -> list[ContextEvent]:
         """Every stored event of the user, in version order."""
-        events = self.events.get(user_aggregate_id(user_id))
-        return [event for event in events if isinstance(event, ContextEvent)]
+        return list(self.events_after(user_id, 0))
 
 
 class HasStorage(Protocol):

@@ -6,6 +6,7 @@
     ├── ContextLimitExceeded                    the user has too many active contexts
     ├── ConcurrencyConflict                     writers kept colliding on one user
     ├── LedgerConfigError (also ValueError)     a database URL or setting is unusable
+    ├── LedgerCorrupted                         stored events cannot be replayed
     └── StorageUnavailable (also ConnectionError)  the database failed
 
 Each error carries the values that explain it and says what to do.
@@ -118,4 +119,20 @@ class StorageUnavailable(LedgerError, ConnectionError):
             f"the ledger's database ({where}) failed: {detail}; the failed write "
             "appended nothing; check that the database is running, reachable and not "
             "locked, and that the URL is right"
+        )
+
+
+class LedgerCorrupted(LedgerError):
+    """A user's stored events cannot be decoded or replayed: the store was changed
+    outside the ledger."""
+
+    _fields = ("user_id", "detail")
+
+    def __init__(self, user_id: str, detail: str) -> None:
+        self.user_id = user_id
+        self.detail = detail
+        super().__init__(
+            f"the stored events of user {shorten(user_id)} cannot be replayed: "
+            f"{' '.join(detail.split())[:300]}; nothing was appended; find the "
+            f"fault with `ctxledger verify --chain --user {user_id}`"
         )

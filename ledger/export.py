@@ -16,14 +16,22 @@ before, and the manifest must match what the file holds.
 import json
 import os
 import tempfile
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from datetime import datetime
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import Any, BinaryIO, NoReturn, cast
 
 from pydantic import BaseModel, ConfigDict, ValidationError
 
-from ledger.chain import Fault, Link, canonical_encoding, find_break, record_hash
+from ledger.chain import (
+    GENESIS_HASH,
+    Fault,
+    Link,
+    canonical_encoding,
+    find_break,
+    record_hash,
+)
 from ledger.errors import InvalidContextInput
 from ledger.models import LedgerEvent, UtcDatetime
 
@@ -44,6 +52,11 @@ class ExportManifest(BaseModel):
     since: UtcDatetime | None
     until: UtcDatetime | None
     exported_at: UtcDatetime
+    digest: str = ""
+    """The hash of the manifest's other fields, so an edit to any of them shows."""
+
+    def expected_digest(self) -> str:
+        return record_hash(self.model_dump(mode="json", exclude={"digest"}))
 
 
 class ExportFault(BaseModel):
@@ -88,6 +101,32 @@ def write_export(
     exported_at: datetime,
 ) -> ExportManifest:
     """Writes the export to ``path`` atomically: a complete file or none at all."""
+    with replaced_whole(path) as handle:
+        count, first, last, head = 0, None, None, None
+        for event in events:
+            record = event.model_dump(mode="json")
+            handle.write(canonical_encoding(record) + b"\n")
+            count += 1
+            first = event.version if first is None else first
+            last, head = event.version, record_hash(record)
+        manifest = ExportManifest(
+            format=FORMAT,
+            user_id=user_id,
+            count=count,
+            first_version=first,
+            last_version=last,
+            head_hash=head,
+            since=since,
+            until=until,
+            exported_at=exported_at,
+        )
+        manifest = manifest.model_copy(update={"digest": manifest.expected_digest()})
+        handle.write(_manifest_line(manifest) + b"\n")
+    return manifest
+
+
+def writable(path: Path | str) -> tuple[Path, Path]:
+    """The file and its folder; InvalidContextInput if it cannot be written there."""
     target = Path(path)
     if target.is_dir():
         raise InvalidContextInput(
@@ -98,37 +137,25 @@ def write_export(
         raise InvalidContextInput(
             "out", str(path), "is in a folder that does not exist", "create it first"
         )
+    return target, folder
+
+
+@contextmanager
+def replaced_whole(path: Path | str) -> Iterator[BinaryIO]:
+    """A file to write that replaces ``path`` only once the body has finished."""
+    target, folder = writable(path)
     handle = tempfile.NamedTemporaryFile(  # noqa: SIM115  (renamed below)
         "wb", dir=folder, prefix=f".{target.name}.", suffix=".part", delete=False
     )
     try:
         with handle:
-            count, first, last, head = 0, None, None, None
-            for event in events:
-                line = canonical_encoding(event.model_dump(mode="json"))
-                handle.write(line + b"\n")
-                count += 1
-                first = event.version if first is None else first
-                last, head = event.version, record_hash(event.model_dump(mode="json"))
-            manifest = ExportManifest(
-                format=FORMAT,
-                user_id=user_id,
-                count=count,
-                first_version=first,
-                last_version=last,
-                head_hash=head,
-                since=since,
-                until=until,
-                exported_at=exported_at,
-            )
-            handle.write(_manifest_line(manifest) + b"\n")
+            yield cast(BinaryIO, handle)
             handle.flush()
             os.fsync(handle.fileno())
         Path(handle.name).replace(target)
     except BaseException:
         Path(handle.name).unlink(missing_ok=True)
         raise
-    return manifest
 
 
 def _manifest_line(manifest: ExportManifest) -> bytes:
@@ -183,9 +210,14 @@ class _Checker:
             for event, record in zip(events, event_records, strict=True)
         ]
         first = self.manifest.first_version
+        whole = self.manifest.since is None  # from the user's first event
+        if whole and first not in (None, 1):
+            _fail(len(lines), None, "altered", "a whole history starts at version 1")
         if links:
             found = find_break(
-                links, first_version=first or links[0].version, first_prev=None
+                links,
+                first_version=1 if whole else first or links[0].version,
+                first_prev=GENESIS_HASH if whole else None,
             )
             if found is not None:
                 line = _line_of(links, found.version)
@@ -242,7 +274,7 @@ def _fail(line: int, version: int | None, fault: Fault, detail: str) -> NoReturn
 def _parse(number: int, raw: bytes) -> dict[str, Any]:
     try:
         record = json.loads(raw.decode("utf-8"), parse_constant=_no_constant)
-    except (UnicodeDecodeError, ValueError) as error:
+    except (UnicodeDecodeError, ValueError, RecursionError) as error:
         _fail(number, None, "altered", f"the line is not JSON: {error}")
     if not isinstance(record, dict):
         _fail(number, None, "altered", "the line is not a JSON object")
@@ -268,6 +300,8 @@ def _manifest(number: int, record: dict[str, Any]) -> ExportManifest:
         _fail(number, None, "altered", f"unknown format {manifest.format!r}")
     if _manifest_line(manifest) != canonical_encoding(record):
         _fail(number, None, "altered", "the manifest's values are not canonical")
+    if manifest.digest != manifest.expected_digest():
+        _fail(number, None, "altered", "the manifest's digest does not match it")
     return manifest
 
 

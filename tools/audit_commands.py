@@ -12,6 +12,7 @@ from rich.table import Table
 from rich.text import Text
 
 from ledger import ContextLedger, verify_export
+from ledger.export import replaced_whole, writable
 from tools.errors import reports_ledger_errors
 from tools.report import render_report
 from tools.times import format_time, utc_time
@@ -19,13 +20,13 @@ from tools.times import format_time, utc_time
 
 def print_contexts_as_of(url: str, user_id: str, as_of: datetime, form: str) -> None:
     """``audit USER --as-of T``: the user's contexts as they stood then."""
+    if form == "csv":
+        raise click.UsageError("--as-of prints a table or json, not csv")
     with ContextLedger.open(url) as ledger:
         contexts = ledger.contexts_as_of(user_id, as_of)
     if form == "json":
         click.echo(json.dumps([c.model_dump(mode="json") for c in contexts], indent=2))
         return
-    if form == "csv":
-        raise click.UsageError("--as-of prints a table or json, not csv")
     table = Table(
         "thread",
         "context",
@@ -35,7 +36,7 @@ def print_contexts_as_of(url: str, user_id: str, as_of: datetime, form: str) -> 
         "expires (UTC)",
         "reuses",
         "metadata",
-        title=f"contexts of {user_id} as of {format_time(as_of)} UTC",
+        title=Text(f"contexts of {user_id} as of {format_time(as_of)} UTC"),
     )
     for c in contexts:
         table.add_row(
@@ -165,13 +166,13 @@ def verify_export_command(path: Path) -> None:
 @reports_ledger_errors
 def report(url: str, user_id: str, out: Path) -> None:
     """Write a self-contained HTML timeline of a user's contexts and events."""
+    writable(out)  # a bad path is refused before the history is read
     with ContextLedger.open(url) as ledger:
         events = ledger.history(user_id)
         now = datetime.now(tz=UTC)
     page = render_report(user_id, events, now)
-    part = out.with_name(f".{out.name}.part")
-    part.write_text(page, encoding="utf-8")
-    part.replace(out)
+    with replaced_whole(out) as handle:
+        handle.write(page.encode("utf-8"))
     click.echo(f"wrote the timeline of {len(events)} event(s) of {user_id} to {out}")
 
 
