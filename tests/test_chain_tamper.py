@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 from freezegun import freeze_time
 
-from ledger import ContextLedger
+from ledger import ContextLedger, LedgerCorrupted
 from ledger.application import SNAPSHOT_INTERVAL
 from ledger.serialization import MsgpackTranscoder
 from tests.conftest import execute_sql, stream_key
@@ -266,3 +266,98 @@ def test_verify_chain_json_lists_every_user(url: str, tmp_path: Path) -> None:
     assert listed["alice"]["fault"]["fault"] == "reordered"
     assert listed["alice"]["fault"]["version"] == 5
     assert listed["bob"]["fault"] is None
+
+
+def _snapshot(url: str, user: str) -> tuple[int, dict[str, object]]:
+    version, state = execute_sql(
+        url,
+        "SELECT originator_version, state FROM {snapshots} WHERE originator_id = {p} "
+        "ORDER BY originator_version DESC",
+        (stream_key(url, user),),
+    )[0]
+    return version, MsgpackTranscoder().decode(bytes(state))
+
+
+def _set_snapshot(url: str, user: str, version: int, state: dict[str, object]) -> None:
+    execute_sql(
+        url,
+        "UPDATE {snapshots} SET state = {p} WHERE originator_id = {p} "
+        "AND originator_version = {p}",
+        (MsgpackTranscoder().encode(state), stream_key(url, user), version),
+    )
+
+
+@pytest.mark.parametrize("field", ["timestamp", "contexts"])
+def test_an_edited_snapshot_is_altered_and_not_used(
+    durable_url: str, field: str
+) -> None:
+    _history(durable_url, "erin", SNAPSHOT_INTERVAL + 5)
+    with ContextLedger.open(durable_url) as ledger:
+        before = ledger.history("erin", since=START)
+    version, state = _snapshot(durable_url, "erin")
+    if field == "timestamp":
+        state["timestamp"] = START
+    else:
+        contexts = state["contexts"]
+        assert isinstance(contexts, list)
+        state["contexts"] = [{**c, "metadata": {"forged": True}} for c in contexts]
+    _set_snapshot(durable_url, "erin", version, state)
+
+    with ContextLedger.open(durable_url) as ledger:
+        after = ledger.history("erin", since=START)
+
+    assert _report(durable_url) == ("erin", version, "altered")
+    assert _report(durable_url, "erin") == ("erin", version, "altered")
+    assert after == before
+
+
+def test_a_user_with_only_snapshots_left_is_missing_everything(
+    durable_url: str,
+) -> None:
+    _history(durable_url, "fay", SNAPSHOT_INTERVAL + 5)
+    _history(durable_url, "gus", 5)
+    execute_sql(
+        durable_url,
+        "DELETE FROM {events} WHERE originator_id = {p}",
+        (stream_key(durable_url, "fay"),),
+    )
+
+    with ContextLedger.open(durable_url) as ledger:
+        report = ledger.verify_chain()
+
+    (broken,) = report.broken
+    assert broken.fault is not None
+    assert (broken.fault.version, broken.fault.fault) == (1, "missing")
+    assert [u.holds for u in report.users].count(True) == 1
+
+
+def test_a_time_stored_where_text_belongs_is_altered(url: str) -> None:
+    with ContextLedger.open(url) as ledger:
+        cleared = [e for e in ledger.history("bob") if e.kind == "cleared"]
+    _edit(url, "bob", cleared[0].version, reason=START)
+
+    assert _report(url)[1:] == (cleared[0].version, "altered")
+
+
+def test_reading_a_corrupted_stream_raises_a_typed_error(
+    url: str, tmp_path: Path
+) -> None:
+    execute_sql(
+        url,
+        "UPDATE {events} SET state = {c1} WHERE originator_id = {p} "
+        "AND originator_version = 2",
+        (stream_key(url, "alice"),),
+    )
+
+    with ContextLedger.open(url) as ledger:
+        for call in (
+            lambda: ledger.history("alice"),
+            lambda: ledger.contexts_as_of("alice", START),
+            lambda: ledger.active_contexts("alice"),
+        ):
+            with pytest.raises(LedgerCorrupted, match="verify --chain --user alice"):
+                call()
+        assert ledger.history("bob")
+    result = run("--db", url, "history", "alice", cwd=tmp_path)
+    assert result.returncode == 1
+    assert result.stderr.startswith("LedgerCorrupted: ")

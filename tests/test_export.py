@@ -171,3 +171,65 @@ def test_export_and_verify_export_commands(sqlite_url: str, tmp_path: Path) -> N
     assert "NOT INTACT: line 4 (version 4): altered" in edited.stdout
     assert absent.returncode == 2
     assert "does not exist" in absent.stderr
+
+
+def test_an_edited_manifest_field_is_altered(export: Path) -> None:
+    data = export.read_bytes()
+    manifest = json.loads(data.splitlines()[-1])["manifest"]
+    stamp = manifest["exported_at"].encode()
+
+    assert _fault(export, data.replace(stamp, stamp.replace(b"20", b"19", 1)))[0] == (
+        "altered"
+    )
+
+
+def test_a_whole_export_missing_its_first_event_fails_even_with_a_fixed_manifest(
+    export: Path,
+) -> None:
+    lines = export.read_bytes().splitlines()
+    manifest = json.loads(lines[-1])["manifest"]
+    records = [json.loads(line) for line in lines[1:-1]]
+    manifest.update(count=len(records), first_version=records[0]["version"])
+    fields = {k: v for k, v in manifest.items() if k != "digest"}
+    manifest["digest"] = record_hash(fields)
+    rewritten = [*records, {"manifest": manifest}]
+
+    fault = _fault(export, b"".join(canonical_encoding(r) + b"\n" for r in rewritten))
+
+    assert fault[0] == "altered"
+
+
+def test_deeply_nested_json_is_a_fault_not_a_crash(export: Path) -> None:
+    assert _fault(export, b"[" * 100_000 + b"\n")[0] == "altered"
+
+
+def test_report_refuses_a_missing_folder(sqlite_url: str, tmp_path: Path) -> None:
+    with ContextLedger.open(sqlite_url) as ledger:
+        _history(ledger)
+
+    result = run(
+        "--db", sqlite_url, "report", "alice", "--out", "no/x.html", cwd=tmp_path
+    )
+
+    assert result.returncode == 1
+    assert result.stderr.startswith("InvalidContextInput: out='no/x.html'")
+
+
+def test_audit_as_of_prints_user_ids_as_text(sqlite_url: str, tmp_path: Path) -> None:
+    with ContextLedger.open(sqlite_url) as ledger, freeze_time(T0):
+        ledger.open_context("x[/y]", "t[red]1")
+
+    result = run(
+        "--db",
+        sqlite_url,
+        "audit",
+        "x[/y]",
+        "--as-of",
+        "2026-06-01T08:00:00Z",
+        cwd=tmp_path,
+    )
+
+    assert result.returncode == 0, result.stderr
+    assert "contexts of x[/y] as of 2026-06-01 08:00:00 UTC" in result.stdout
+    assert "t[red]1" in result.stdout
+    assert "1 active context(s)" in result.stdout
