@@ -28,8 +28,12 @@ import psycopg
 from rich.console import Console
 from rich.table import Table
 
-from ledger.aggregate import UserContexts
-from ledger.application import LedgerApplication, open_application
+from ledger.aggregate import UserContexts, UserSnapshot
+from ledger.application import (
+    SNAPSHOT_INTERVAL,
+    LedgerApplication,
+    open_application,
+)
 from ledger.storage import storage_for
 from projections import Projections
 from tools.bench import POSTGRES_DSN, postgres_schema, rss_mb
@@ -50,14 +54,18 @@ class ViewsResult:
     rebuild_rss_mb_at_end: float
 
 
-def write_events(url: str, events: int, seed: int) -> int:
-    """Appends about ``events`` events of a simulated chat; returns how many."""
+def write_events(url: str, events: int, seed: int, *, snapshots: bool = False) -> int:
+    """Appends about ``events`` events of a simulated chat; returns how many.
+
+    With ``snapshots``, each user's snapshots are stored as the ledger stores them
+    (when a save crosses a multiple of SNAPSHOT_INTERVAL)."""
     rng = random.Random(seed)
     application = open_application(storage_for(url))
     users: dict[str, UserContexts] = {}
     now = datetime(2026, 1, 1, tzinfo=UTC)
     written = 0
     pending: list[Any] = []
+    taken: list[Any] = []
     while written + len(pending) < events:
         user = f"user-{int(rng.paretovariate(1.1)) % 20_000:05d}"
         aggregate = users.get(user) or users.setdefault(
@@ -75,11 +83,19 @@ def write_events(url: str, events: int, seed: int) -> int:
         )
         if rng.random() < 0.1:
             aggregate.clear(context.context_id, reason="closed", now=now)
-        pending.extend(aggregate.collect_events())
+        new = aggregate.collect_events()
+        pending.extend(new)
+        before = aggregate.version - len(new)
+        if snapshots and (
+            aggregate.version // SNAPSHOT_INTERVAL > before // SNAPSHOT_INTERVAL
+        ):
+            taken.append(UserSnapshot.take(aggregate))
         if len(pending) >= WRITE_BATCH:
             written += _put(application, pending)
             pending = []
     written += _put(application, pending)
+    if taken and application.snapshots is not None:
+        application.snapshots.put(taken)
     application.close()
     return written
 
