@@ -146,7 +146,7 @@ class LedgerApplication(Application[UUID]):
             if len(page) < size:
                 return
             version = page[-1].originator_version
-            size = min(size * 4, MAX_PAGE)
+            size = min(size * 2, MAX_PAGE)
 
     def snapshot_before(
         self, user_id: str, is_early: Callable[[datetime], bool]

@@ -320,22 +320,16 @@ class ChainVerifier:
                 detail=f"a snapshot of version {newest} exists, but the last event "
                 f"is version {head_version}: the events after it were deleted",
             )
-        snapshots: dict[int, UserSnapshot | None] = {}
-        for snapshot in stored:
-            try:
-                decoded = self.mapper.to_domain_event(snapshot)
-            except Exception:  # noqa: BLE001  (any decoding failure is a finding)
-                decoded = None
-            snapshots[snapshot.originator_version] = (
-                decoded if isinstance(decoded, UserSnapshot) else None
-            )
+        # Decoded one at a time as the replay reaches it, to keep memory flat.
+        snapshots = {snapshot.originator_version: snapshot for snapshot in stored}
         replayed: UserContexts | None = None
         try:
             for event in self._replay(aggregate_id, newest):
                 replayed = project_user(replayed, (event,))
                 version = event.originator_version
                 if version in snapshots and replayed is not None:
-                    problem = _snapshot_problem(snapshots[version], replayed)
+                    decoded = self._decoded_snapshot(snapshots.pop(version))
+                    problem = _snapshot_problem(decoded, replayed)
                     if problem is not None:
                         return ChainBreak(
                             version=version, fault="altered", detail=problem
@@ -347,6 +341,13 @@ class ChainVerifier:
                 detail=f"the events cannot be replayed: {error}",
             )
         return None
+
+    def _decoded_snapshot(self, stored: StoredEvent) -> UserSnapshot | None:
+        try:
+            decoded = self.mapper.to_domain_event(stored)
+        except Exception:  # noqa: BLE001  (any decoding failure is a finding)
+            return None
+        return decoded if isinstance(decoded, UserSnapshot) else None
 
     def _replay(self, aggregate_id: UUID | str, up_to: int) -> Iterator[ContextEvent]:
         """The stream's events up to ``up_to``, decoded, a page at a time."""

@@ -2,8 +2,10 @@
 
 import json
 import sys
+from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import ParamSpec, TypeVar
 
 import click
 from rich.console import Console
@@ -16,6 +18,19 @@ from ledger.export import replaced_whole, writable
 from tools.errors import reports_ledger_errors
 from tools.report import render_report
 from tools.times import format_time, utc_time
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+
+def out_option(what: str) -> Callable[[Callable[P, R]], Callable[P, R]]:
+    """``--out FILE``: written whole under a temporary name, then renamed."""
+    return click.option(
+        "--out",
+        required=True,
+        type=click.Path(dir_okay=False, path_type=Path),
+        help=f"{what} It replaces FILE whole, or leaves it untouched.",
+    )
 
 
 def print_contexts_as_of(url: str, user_id: str, as_of: datetime, form: str) -> None:
@@ -102,12 +117,7 @@ def verify_chains(url: str, user_id: str | None, as_json: bool) -> None:
 @click.argument("user_id", metavar="USER")
 @click.option("--since", callback=utc_time, help="From this ISO 8601 time (inclusive).")
 @click.option("--until", callback=utc_time, help="Before this time (exclusive).")
-@click.option(
-    "--out",
-    required=True,
-    type=click.Path(dir_okay=False, writable=True, path_type=Path),
-    help="The JSON Lines file to write (replaced whole, or left untouched).",
-)
+@out_option("The JSON Lines file to write.")
 @click.pass_obj
 @reports_ledger_errors
 def export(
@@ -156,12 +166,7 @@ def verify_export_command(path: Path) -> None:
 
 @click.command()
 @click.argument("user_id", metavar="USER")
-@click.option(
-    "--out",
-    required=True,
-    type=click.Path(dir_okay=False, writable=True, path_type=Path),
-    help="The HTML file to write.",
-)
+@out_option("The HTML file to write.")
 @click.pass_obj
 @reports_ledger_errors
 def report(url: str, user_id: str, out: Path) -> None:
