@@ -64,7 +64,8 @@ class ChainFigures:
     floor_s: float
     floor_events_per_s: float
     ratio_to_floor: float
-    rss_mb: float
+    rss_before_verify_mb: float
+    rss_after_verify_mb: float
 
 
 class StepClock:
@@ -191,6 +192,7 @@ def measure_chain(path: str, events: int, seed: int) -> ChainFigures:
     written = write_events(url, events, seed, snapshots=True)
     floor_s, counted = sqlite_read_floor(path)
     with ContextLedger.open(url) as ledger:
+        rss_before = rss_mb()
         start = time.perf_counter()
         report = ledger.verify_chain()
         verify_s = time.perf_counter() - start
@@ -211,7 +213,8 @@ def measure_chain(path: str, events: int, seed: int) -> ChainFigures:
         floor_s=round(floor_s, 2),
         floor_events_per_s=round(written / floor_s),
         ratio_to_floor=round(floor_s / verify_s, 3),
-        rss_mb=round(rss_mb(), 1),
+        rss_before_verify_mb=round(rss_before, 1),
+        rss_after_verify_mb=round(rss_mb(), 1),
     )
 
 
