@@ -285,9 +285,18 @@ class UserContexts:
         self.last_hash = record_hash(event.ledger_record())
 
     def _evolve(self, event: ContextEvent) -> None:
-        context = evolve_context(self.contexts.get(event.context_id), event)
+        current = self.contexts.get(event.context_id)
+        if current is not None and current.thread_id != event.thread_id:
+            msg = (
+                f"event version {event.originator_version} of context "
+                f"{event.context_id!r} names thread {event.thread_id!r}, but the "
+                f"context belongs to thread {current.thread_id!r}"
+            )
+            raise ValueError(msg)
+        context = evolve_context(current, event)
         if context is None:
-            del self._threads[event.thread_id]
+            if self._threads.get(event.thread_id) == event.context_id:
+                del self._threads[event.thread_id]
             del self.contexts[event.context_id]
         else:
             self._put(context)

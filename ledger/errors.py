@@ -12,6 +12,8 @@
 Each error carries the values that explain it and says what to do.
 """
 
+import shlex
+
 _SHOWN_CHARS = 60
 
 
@@ -134,5 +136,5 @@ class LedgerCorrupted(LedgerError):
         super().__init__(
             f"the stored events of user {shorten(user_id)} cannot be replayed: "
             f"{' '.join(detail.split())[:300]}; nothing was appended; find the "
-            f"fault with `ctxledger verify --chain --user {user_id}`"
+            f"fault with `ctxledger verify --chain --user {shlex.quote(user_id)}`"
         )

@@ -94,7 +94,14 @@ class PydanticMapper(Mapper[UUID]):
             state["originator_id"] = _as_uuid(stored_event.originator_id)
             state["originator_version"] = stored_event.originator_version
             event = cls.model_validate(state)
-        except (KeyError, TypeError, ValueError, ValidationError) as error:
+        except (
+            KeyError,
+            TypeError,
+            ValueError,
+            ValidationError,
+            OverflowError,  # a time out of range
+            struct.error,  # an extension value of the wrong length
+        ) as error:
             msg = (
                 f"stored event {stored_event.topic!r} of stream "
                 f"{stored_event.originator_id} version "

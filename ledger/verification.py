@@ -289,6 +289,8 @@ class ChainVerifier:
         if self.snapshots is None:
             return []
         recorder: Any = self.snapshots.recorder
+        if not hasattr(recorder, "events_table_name"):
+            return []  # memory://: nothing outside this process can change it
         table = recorder.events_table_name
         schema = getattr(recorder.datastore, "schema", None)
         name = f'"{schema}"."{table}"' if schema else f'"{table}"'
@@ -334,7 +336,7 @@ class ChainVerifier:
                         return ChainBreak(
                             version=version, fault="altered", detail=problem
                         )
-        except ValueError as error:  # decoding or replay; the chain held, though
+        except (ValueError, KeyError) as error:  # decoding or replay
             return ChainBreak(
                 version=replayed.version + 1 if replayed else 1,
                 fault="altered",

@@ -10,6 +10,7 @@ import json
 from datetime import UTC, datetime
 from pathlib import Path
 
+import msgpack
 import pytest
 from freezegun import freeze_time
 
@@ -361,3 +362,33 @@ def test_reading_a_corrupted_stream_raises_a_typed_error(
     result = run("--db", url, "history", "alice", cwd=tmp_path)
     assert result.returncode == 1
     assert result.stderr.startswith("LedgerCorrupted: ")
+
+
+def test_every_backend_verifies_an_untouched_ledger(ledger: ContextLedger) -> None:
+    with freeze_time(START):
+        for turn in range(SNAPSHOT_INTERVAL + 3):
+            ledger.open_context("hal", f"t{turn % 2}", metadata={"n": turn * 0.5})
+        ledger.clear_user("hal")
+
+    report = ledger.verify_chain()
+
+    assert report.holds
+    assert report.events == SNAPSHOT_INTERVAL + 5
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        {"thread_id": "elsewhere"},  # the context belongs to another thread
+        {"timestamp": msgpack.ExtType(1, b"\x00\x01\x02")},  # a time of 3 bytes
+    ],
+)
+def test_an_event_that_cannot_be_replayed_is_a_typed_error(
+    url: str, change: dict[str, object]
+) -> None:
+    cleared = 6  # alice's first clear_user, in _history
+    _edit(url, "alice", cleared, **change)
+
+    with ContextLedger.open(url) as ledger, pytest.raises(LedgerCorrupted):
+        ledger.active_contexts("alice")
+    assert _report(url)[1:] == (cleared, "altered")
