@@ -6,7 +6,6 @@ from contextlib import suppress
 from datetime import UTC, datetime
 from itertools import count
 from pathlib import Path
-from types import TracebackType
 from typing import Any, ParamSpec, Self, TypeVar
 
 from eventsourcing.persistence import IntegrityError, PersistenceError
@@ -15,6 +14,7 @@ from eventsourcing.utils import retry
 from ledger import validation
 from ledger.aggregate import UserContexts
 from ledger.application import (
+    ClosesApplication,
     LedgerApplication,
     open_application,
     storage_errors,
@@ -43,7 +43,7 @@ MAX_ATTEMPTS = 40
 RETRY_WAIT_SECONDS = 0.01
 
 
-class ContextLedger:
+class ContextLedger(ClosesApplication):
     """Per-user execution contexts, every change an event in the user's stream.
 
     Open one with ``ContextLedger.open(url)``; it is safe to share between threads,
@@ -105,20 +105,6 @@ class ContextLedger:
             default_ttl_seconds=default_ttl,
             clock=clock or utc_now,
         )
-
-    def close(self) -> None:
-        self._app.close()
-
-    def __enter__(self) -> Self:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
 
     # Commands.
 

@@ -6,7 +6,8 @@ from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, contextmanager, nullcontext
 from datetime import UTC, datetime
 from functools import wraps
-from typing import Any, Concatenate, ParamSpec, Protocol, TypeVar, cast
+from types import TracebackType
+from typing import Any, Concatenate, ParamSpec, Protocol, Self, TypeVar, cast
 from uuid import UUID
 
 import psycopg
@@ -65,22 +66,18 @@ class LedgerApplication(Application[UUID]):
         cached = self.cache.get(aggregate_id)
         if cached is None:
             try:
-                aggregate: UserContexts = self.repository.get(
-                    aggregate_id, projector_func=project_user
-                )
+                with replaying(user_id):
+                    aggregate: UserContexts = self.repository.get(
+                        aggregate_id, projector_func=project_user
+                    )
             except AggregateNotFoundError:
                 return UserContexts.start(user_id, now)
-            except ValueError as error:  # undecodable, or does not replay
-                raise LedgerCorrupted(user_id, str(error)) from error
             self.cache.offer(aggregate.copy())
             return aggregate
         aggregate = cached.copy()
-        try:
+        with replaying(user_id):
             newer = list(self.events.get(aggregate_id, gt=aggregate.version))
-            if newer:
-                project_user(aggregate, cast(list[ContextEvent], newer))
-        except ValueError as error:
-            raise LedgerCorrupted(user_id, str(error)) from error
+            project_user(aggregate, cast(list[ContextEvent], newer))
         if newer:
             self.cache.offer(aggregate.copy())
         return aggregate
@@ -136,10 +133,8 @@ class LedgerApplication(Application[UUID]):
         aggregate_id = user_aggregate_id(user_id)
         size = first_page
         while True:
-            try:
+            with replaying(user_id):
                 page = list(self.events.get(aggregate_id, gt=version, limit=size))
-            except MapperDeserialisationError as error:
-                raise LedgerCorrupted(user_id, str(error)) from error
             for event in page:
                 if isinstance(event, ContextEvent):
                     yield event
@@ -214,10 +209,8 @@ class LedgerApplication(Application[UUID]):
         for event in self.events_after(user_id, after, first):
             if event.timestamp > as_of:
                 break
-            try:
+            with replaying(user_id):
                 aggregate = project_user(aggregate, (event,))
-            except ValueError as error:
-                raise LedgerCorrupted(user_id, str(error)) from error
         return aggregate
 
     def events_between(
@@ -234,9 +227,37 @@ class LedgerApplication(Application[UUID]):
             if since is None or event.timestamp >= since:
                 yield event
 
-    def stream(self, user_id: str) -> list[ContextEvent]:
-        """Every stored event of the user, in version order."""
-        return list(self.events_after(user_id, 0))
+
+@contextmanager
+def replaying(user_id: str) -> Iterator[None]:
+    """Stored events of the user that cannot be decoded (MapperDeserialisationError
+    is a ValueError) or do not replay (``UserContexts.apply`` raises ValueError)
+    raise LedgerCorrupted. Only stored data reaches here: arguments are validated
+    before anything is read."""
+    try:
+        yield
+    except ValueError as error:
+        raise LedgerCorrupted(user_id, str(error)) from error
+
+
+class ClosesApplication:
+    """Owns an application: ``close()`` closes it, and so does leaving a ``with``."""
+
+    _app: LedgerApplication
+
+    def close(self) -> None:
+        self._app.close()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
 
 
 class HasStorage(Protocol):

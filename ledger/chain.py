@@ -103,7 +103,7 @@ def find_break(  # noqa: PLR0911  (one return per kind of fault)
     A link that fails because the event it needs is stored at another place is
     reordered; a version that is absent is missing; anything else is altered.
     """
-    by_version = {link.version for link in links}
+    versions = {link.version for link in links}
     by_prev: dict[str, int] = {}
     for index, link in enumerate(links):
         if link.prev_hash is not None:
@@ -111,7 +111,7 @@ def find_break(  # noqa: PLR0911  (one return per kind of fault)
     version, prev = first_version, first_prev
     for index, link in enumerate(links):
         if link.version != version:
-            if version in by_version:
+            if version in versions:
                 return ChainBreak(
                     version=version,
                     fault="reordered",

@@ -10,7 +10,7 @@ the last event shows that events at the end were deleted.
 """
 
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 from uuid import UUID
@@ -55,6 +55,11 @@ class Read:
     hash: str
 
 
+_ENVELOPE = frozenset(
+    {"user_id", "context_id", "thread_id", "run_id", "timestamp", "prev_hash"}
+)
+
+
 def quick_read(stored: StoredEvent, mapper: Mapper[UUID]) -> Read | None:
     """The event's record hashed straight from its stored state; None if that
     state is not what the quick path expects (the exact path decides then)."""
@@ -79,11 +84,6 @@ def quick_read(stored: StoredEvent, mapper: Mapper[UUID]) -> Read | None:
         return Read(state["user_id"], state["prev_hash"], record_hash(record))
     except Exception:  # noqa: BLE001  (anything odd goes to the exact path)
         return None
-
-
-_ENVELOPE = frozenset(
-    {"user_id", "context_id", "thread_id", "run_id", "timestamp", "prev_hash"}
-)
 
 
 def exact_read(stored: StoredEvent, mapper: Mapper[UUID]) -> Read | str:
@@ -121,7 +121,6 @@ class _Stream:
     last_hash: str = GENESIS_HASH
     suspect: str | None = None
     """Why the stream needs a closer look (the first anomaly seen)."""
-    owners: dict[str, None] = field(default_factory=dict)
 
 
 class ChainVerifier:
@@ -189,7 +188,7 @@ class ChainVerifier:
         if (
             quick is None
             or quick.prev_hash != stream.last_hash
-            or not self._owns(stream, quick.user_id)
+            or user_aggregate_id(quick.user_id) != stream.originator_id
         ):
             exact = self._exact_link(stream, stored)
             if isinstance(exact, str):
@@ -200,14 +199,6 @@ class ChainVerifier:
         stream.version = version
         stream.last = stored
         stream.last_hash = quick.hash
-
-    def _owns(self, stream: _Stream, user_id: str) -> bool:
-        if user_id in stream.owners:
-            return True
-        if user_aggregate_id(user_id) != stream.originator_id:
-            return False
-        stream.owners[user_id] = None
-        return True
 
     def _exact_link(self, stream: _Stream, stored: StoredEvent) -> Read | str:
         current = exact_read(stored, self.mapper)

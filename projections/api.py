@@ -4,7 +4,6 @@ import threading
 from collections import Counter
 from collections.abc import Sequence
 from datetime import datetime
-from types import TracebackType
 from typing import Self
 
 from eventsourcing.postgres import PostgresDatastore
@@ -12,6 +11,7 @@ from eventsourcing.sqlite import SQLiteDatastore
 
 from ledger import validation
 from ledger.application import (
+    ClosesApplication,
     LedgerApplication,
     open_application,
     setup_lock,
@@ -38,7 +38,7 @@ VIEW_NAMES = tuple(
 )
 
 
-class Projections:
+class Projections(ClosesApplication):
     """The views of the ledger at one database URL.
 
     Open with ``Projections.open(url)`` (the same URL as the ledger). Views are
@@ -103,20 +103,6 @@ class Projections:
         for view in projections.views.values():
             projections._processor.ensure_live(view)
         return projections
-
-    def close(self) -> None:
-        self._app.close()
-
-    def __enter__(self) -> Self:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
 
     # Processing.
 

@@ -14,6 +14,7 @@ from datetime import UTC, datetime, timedelta
 from html import escape
 
 from ledger import LedgerEvent
+from ledger.aggregate import expiry_time
 
 CHART_LEFT = 260
 CHART_WIDTH = 900
@@ -62,14 +63,10 @@ def spans_of(events: list[LedgerEvent], now: datetime) -> list[Span]:
         elif event.kind == "cleared":
             span.end, span.ending = event.occurred_at, "cleared"
         if event.kind in ("created", "reused", "updated"):
-            # As the ledger computes it: last use plus the time to live.
+            # As the ledger computes it (each of these counts as a use).
             ttl = event.details.get("ttl_seconds", span.ttl_seconds)
             span.ttl_seconds = ttl if isinstance(ttl, int | float) else None
-            span.expires_at = (
-                None
-                if span.ttl_seconds is None
-                else event.occurred_at + timedelta(seconds=span.ttl_seconds)
-            )
+            span.expires_at = expiry_time(event.occurred_at, span.ttl_seconds)
     for span in spans.values():
         if span.end is None:
             due = span.expires_at is not None and span.expires_at <= now
