@@ -4,7 +4,10 @@ Everything a backend needs is importable from here; the rest is internal.
 """
 
 from ledger.api import ContextLedger
-from ledger.chain import ChainBreak, ChainReport, UserChain
+from ledger.audit.chain import ChainBreak, ChainReport, UserChain
+from ledger.audit.export import ExportFault, ExportManifest, ExportReport, verify_export
+from ledger.domain.models import EVENT_KINDS, Context, EventKind, LedgerEvent
+from ledger.domain.validation import PLACEHOLDERS
 from ledger.errors import (
     ConcurrencyConflict,
     ContextLimitExceeded,
@@ -15,9 +18,6 @@ from ledger.errors import (
     LedgerError,
     StorageUnavailable,
 )
-from ledger.export import ExportFault, ExportManifest, ExportReport, verify_export
-from ledger.models import EVENT_KINDS, Context, EventKind, LedgerEvent
-from ledger.validation import PLACEHOLDERS
 
 __all__ = [
     "EVENT_KINDS",

@@ -11,17 +11,12 @@ from typing import Any, ParamSpec, Self, TypeVar
 from eventsourcing.persistence import IntegrityError, PersistenceError
 from eventsourcing.utils import retry
 
-from ledger import validation
-from ledger.aggregate import UserContexts
-from ledger.application import (
-    ClosesApplication,
-    LedgerApplication,
-    open_application,
-    storage_errors,
-    storage_failures,
-    utc_now,
-)
-from ledger.chain import ChainReport
+from ledger.audit.chain import ChainReport
+from ledger.audit.export import ExportManifest, write_export
+from ledger.audit.verification import ChainVerifier
+from ledger.domain import validation
+from ledger.domain.contexts import UserContexts
+from ledger.domain.models import Context, LedgerEvent
 from ledger.errors import (
     ConcurrencyConflict,
     ContextNotFound,
@@ -29,11 +24,16 @@ from ledger.errors import (
     LedgerConfigError,
     LedgerError,
 )
-from ledger.expiry import DueIndex
-from ledger.export import ExportManifest, write_export
-from ledger.models import Context, LedgerEvent
-from ledger.storage import Storage, resolve_url, storage_for
-from ledger.verification import ChainVerifier
+from ledger.store.application import (
+    ClosesApplication,
+    LedgerApplication,
+    open_application,
+    storage_errors,
+    storage_failures,
+    utc_now,
+)
+from ledger.store.due import DueIndex
+from ledger.store.urls import Storage, resolve_url, storage_for
 
 T = TypeVar("T")
 P = ParamSpec("P")

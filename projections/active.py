@@ -8,9 +8,9 @@ from collections.abc import Iterable, Sequence
 from datetime import datetime
 from typing import Any, ClassVar, cast
 
-from ledger.aggregate import evolve_context
-from ledger.events import ContextCreated
-from ledger.models import Context
+from ledger.domain.contexts import evolve_context
+from ledger.domain.events import ContextCreated
+from ledger.domain.models import Context
 from projections.errors import ProjectionError
 from projections.store import Tx
 from projections.view import Names, Positioned, Table, View, compare_rows

@@ -9,8 +9,10 @@ from typing import Self
 from eventsourcing.postgres import PostgresDatastore
 from eventsourcing.sqlite import SQLiteDatastore
 
-from ledger import validation
-from ledger.application import (
+from ledger.domain import validation
+from ledger.domain.models import Context, EventKind
+from ledger.errors import LedgerConfigError
+from ledger.store.application import (
     ClosesApplication,
     LedgerApplication,
     open_application,
@@ -18,9 +20,7 @@ from ledger.application import (
     storage_errors,
     storage_failures,
 )
-from ledger.errors import LedgerConfigError
-from ledger.models import Context, EventKind
-from ledger.storage import Storage, resolve_url, storage_for
+from ledger.store.urls import Storage, resolve_url, storage_for
 from projections.active import ActiveContextsView
 from projections.audit import AuditView
 from projections.continuity import ContinuityView

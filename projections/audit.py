@@ -4,7 +4,7 @@ from collections.abc import Iterable, Iterator, Sequence
 from datetime import datetime
 from typing import Any, ClassVar
 
-from ledger.models import EventKind
+from ledger.domain.models import EventKind
 from projections.models import AuditRow
 from projections.store import Tx
 from projections.view import MAX_SHOWN, Names, Positioned, Table, View

@@ -10,7 +10,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
-from ledger.events import (
+from ledger.domain.events import (
     ContextCleared,
     ContextCreated,
     ContextEvent,

@@ -4,7 +4,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict
 
-from ledger.models import EventKind, UtcDatetime
+from ledger.domain.models import EventKind, UtcDatetime
 
 
 class AuditRow(BaseModel):

@@ -5,7 +5,7 @@ from uuid import UUID
 
 from eventsourcing.persistence import ApplicationRecorder, Mapper, Notification
 
-from ledger.events import ContextEvent
+from ledger.domain.events import ContextEvent
 from projections.errors import UndecodableEvent
 from projections.view import Positioned
 

@@ -10,7 +10,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
-from ledger.events import ContextEvent
+from ledger.domain.events import ContextEvent
 from projections.store import Dialect, Tx
 
 Positioned = tuple[int, ContextEvent]

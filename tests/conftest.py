@@ -12,7 +12,7 @@ import psycopg
 import pytest
 
 from ledger import ContextLedger
-from ledger.aggregate import user_aggregate_id
+from ledger.domain.contexts import user_aggregate_id
 
 # Database drivers keep real time under freezegun; ledger event times still freeze.
 freezegun.configure(

@@ -13,8 +13,8 @@ from ledger import (
     InvalidContextInput,
     LedgerEvent,
 )
-from ledger.application import SNAPSHOT_INTERVAL
-from ledger.serialization import MsgpackTranscoder
+from ledger.store.application import SNAPSHOT_INTERVAL
+from ledger.store.serialization import MsgpackTranscoder
 from tests.conftest import OpenLedger, execute_sql, stream_key
 
 T0 = datetime(2026, 4, 1, 12, 0, tzinfo=UTC)

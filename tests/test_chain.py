@@ -3,7 +3,7 @@
 from freezegun import freeze_time
 
 from ledger import ContextLedger, LedgerEvent
-from ledger.chain import GENESIS_HASH, canonical_encoding, record_hash
+from ledger.domain.hashing import GENESIS_HASH, canonical_encoding, record_hash
 
 
 def _busy_history(ledger: ContextLedger, user: str) -> list[LedgerEvent]:

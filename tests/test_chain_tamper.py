@@ -15,8 +15,8 @@ import pytest
 from freezegun import freeze_time
 
 from ledger import ContextLedger, LedgerCorrupted
-from ledger.application import SNAPSHOT_INTERVAL
-from ledger.serialization import MsgpackTranscoder
+from ledger.store.application import SNAPSHOT_INTERVAL
+from ledger.store.serialization import MsgpackTranscoder
 from tests.conftest import execute_sql, stream_key
 from tests.test_cli import run
 

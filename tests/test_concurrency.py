@@ -7,7 +7,7 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 
 from ledger import ContextLedger, LedgerEvent
-from ledger.chain import GENESIS_HASH, record_hash
+from ledger.domain.hashing import GENESIS_HASH, record_hash
 from tests.workers import USERS, hammer
 
 PROCESSES = 4

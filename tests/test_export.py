@@ -10,7 +10,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from ledger import ContextLedger, InvalidContextInput, verify_export
-from ledger.chain import canonical_encoding, record_hash
+from ledger.domain.hashing import canonical_encoding, record_hash
 from tests.test_cli import run
 
 T0 = datetime(2026, 6, 1, 8, 0, tzinfo=UTC)

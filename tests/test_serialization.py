@@ -11,8 +11,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 from pydantic import BaseModel
 
-from ledger.aggregate import UserSnapshot
-from ledger.events import (
+from ledger.domain.contexts import UserSnapshot
+from ledger.domain.events import (
     ContextCleared,
     ContextCreated,
     ContextEvent,
@@ -20,8 +20,8 @@ from ledger.events import (
     ContextReused,
     ContextUpdated,
 )
-from ledger.models import Context
-from ledger.serialization import MsgpackTranscoder, PydanticMapper
+from ledger.domain.models import Context
+from ledger.store.serialization import MsgpackTranscoder, PydanticMapper
 
 MAPPER = PydanticMapper(transcoder=MsgpackTranscoder())
 

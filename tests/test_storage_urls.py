@@ -7,7 +7,7 @@ import psycopg
 import pytest
 
 from ledger import ContextLedger, LedgerConfigError, StorageUnavailable
-from ledger.storage import DEFAULT_URL, resolve_url, storage_for
+from ledger.store.urls import DEFAULT_URL, resolve_url, storage_for
 
 
 def test_no_url_means_the_environment_variable_then_the_default(

@@ -8,9 +8,9 @@ from uuid import uuid4
 import pytest
 
 from ledger import ContextLedger
-from ledger.application import open_application
-from ledger.events import ContextCreated
-from ledger.storage import storage_for
+from ledger.domain.events import ContextCreated
+from ledger.store.application import open_application
+from ledger.store.urls import storage_for
 from projections import Projections, UndecodableEvent
 from tests.conftest import execute_sql
 

@@ -1,6 +1,6 @@
 """Benchmark of the domain API against the raw cost of the same storage work.
 
-    python -m tools.bench [--backend sqlite|postgres|all] [--json FILE]
+    python -m tools.bench.api [--backend sqlite|postgres|all] [--json FILE]
 
 For each backend, in one run: open_context on the new-context path, on the reuse
 path (warm), get_context, and the floor: a bare single-row INSERT and COMMIT with

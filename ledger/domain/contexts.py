@@ -8,9 +8,7 @@ from uuid import UUID, uuid4, uuid5
 
 from pydantic import BaseModel, ConfigDict
 
-from ledger.chain import GENESIS_HASH, record_hash
-from ledger.errors import ContextLimitExceeded, ContextNotFound
-from ledger.events import (
+from ledger.domain.events import (
     ContextCleared,
     ContextCreated,
     ContextEvent,
@@ -18,8 +16,10 @@ from ledger.events import (
     ContextReused,
     ContextUpdated,
 )
-from ledger.models import Context, UtcDatetime
-from ledger.validation import check_merged_size
+from ledger.domain.hashing import GENESIS_HASH, record_hash
+from ledger.domain.models import Context, UtcDatetime
+from ledger.domain.validation import check_merged_size
+from ledger.errors import ContextLimitExceeded, ContextNotFound
 
 _USER_NAMESPACE = UUID("6f1d4c2e-8a57-4f0b-9c1e-3b2a7d9e5c40")
 

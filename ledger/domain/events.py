@@ -10,7 +10,7 @@ from uuid import UUID
 
 from pydantic import BaseModel, ConfigDict
 
-from ledger.models import EventKind, LedgerEvent, UtcDatetime
+from ledger.domain.models import EventKind, LedgerEvent, UtcDatetime
 
 
 class ContextEvent(BaseModel):

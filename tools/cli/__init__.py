@@ -11,12 +11,12 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemaining
 from rich.table import Table
 
 from ledger import EVENT_KINDS, ContextLedger
-from ledger.storage import DEFAULT_URL, URL_VARIABLE, resolve_url
+from ledger.store.urls import DEFAULT_URL, URL_VARIABLE, resolve_url
 from projections import Projections
-from tools import audit_commands
-from tools.demo import DemoOptions, run_demo
-from tools.errors import reports_ledger_errors
-from tools.view_commands import caught_up, register
+from tools.cli import audit as audit_commands
+from tools.cli.demo import DemoOptions, run_demo
+from tools.cli.errors import reports_ledger_errors
+from tools.cli.views import caught_up, register
 
 
 @click.group()

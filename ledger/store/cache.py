@@ -10,7 +10,7 @@ import threading
 from collections import OrderedDict
 from uuid import UUID
 
-from ledger.aggregate import UserContexts
+from ledger.domain.contexts import UserContexts
 
 
 class AggregateCache:

@@ -14,10 +14,10 @@ from rich.table import Table
 from rich.text import Text
 
 from ledger import ContextLedger, verify_export
-from ledger.export import replaced_whole, writable
-from tools.errors import reports_ledger_errors
-from tools.report import render_report
-from tools.times import format_time, utc_time
+from ledger.audit.export import replaced_whole, writable
+from tools.cli.errors import reports_ledger_errors
+from tools.cli.render import format_time, utc_time
+from tools.cli.report import render_report
 
 P = ParamSpec("P")
 R = TypeVar("R")

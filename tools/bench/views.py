@@ -1,6 +1,6 @@
 """Benchmark of the views: catch-up and rebuild against the raw cost of the work.
 
-    python -m tools.bench_views [--backend sqlite|postgres|all] [--events N]
+    python -m tools.bench.views [--backend sqlite|postgres|all] [--events N]
                                 [--postgres-events N] [--json FILE]
 
 In one run per backend: write N events (a simulated chat, appended in large
@@ -28,15 +28,15 @@ import psycopg
 from rich.console import Console
 from rich.table import Table
 
-from ledger.aggregate import UserContexts, UserSnapshot
-from ledger.application import (
+from ledger.domain.contexts import UserContexts, UserSnapshot
+from ledger.store.application import (
     SNAPSHOT_INTERVAL,
     LedgerApplication,
     open_application,
 )
-from ledger.storage import storage_for
+from ledger.store.urls import storage_for
 from projections import Projections
-from tools.bench import POSTGRES_DSN, postgres_schema, rss_mb
+from tools.bench.api import POSTGRES_DSN, postgres_schema, rss_mb
 
 FLOOR_BATCH = 1000
 WRITE_BATCH = 5000

@@ -14,7 +14,7 @@ from datetime import UTC, datetime, timedelta
 from html import escape
 
 from ledger import LedgerEvent
-from ledger.aggregate import expiry_time
+from ledger.domain.contexts import expiry_time
 
 CHART_LEFT = 260
 CHART_WIDTH = 900

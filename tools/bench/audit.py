@@ -1,6 +1,6 @@
 """Benchmark of the auditor queries on SQLite, beside plain-sqlite3 floors.
 
-    python -m tools.bench_audit [--user-events N] [--chain-events N] [--json FILE]
+    python -m tools.bench.audit [--user-events N] [--chain-events N] [--json FILE]
 
 Part 1, one user with N events (10,000) appended through ContextLedger, so the
 ledger's own snapshots are there: contexts_as_of at 300 random instants (each
@@ -32,9 +32,9 @@ from rich.console import Console
 from rich.table import Table
 
 from ledger import ContextLedger
-from ledger.aggregate import project_user, user_aggregate_id
-from tools.bench import rss_mb
-from tools.bench_views import write_events
+from ledger.domain.contexts import project_user, user_aggregate_id
+from tools.bench.api import rss_mb
+from tools.bench.views import write_events
 
 START = datetime(2026, 1, 1, tzinfo=UTC)
 QUERIES = 300

@@ -10,8 +10,8 @@ from typing import Any
 
 from eventsourcing.persistence import ApplicationRecorder, Mapper
 
-from ledger.aggregate import expiry_time
-from ledger.events import (
+from ledger.domain.contexts import expiry_time
+from ledger.domain.events import (
     EVENT_TOPICS,
     ContextCleared,
     ContextCreated,

@@ -12,8 +12,8 @@ from typing import Annotated, Any
 import msgpack
 from pydantic import AfterValidator, Field, Strict, TypeAdapter, ValidationError
 
+from ledger.domain.models import EVENT_KINDS, EventKind, UtcDatetime
 from ledger.errors import InvalidContextInput
-from ledger.models import EVENT_KINDS, EventKind, UtcDatetime
 
 MAX_ID_CHARS = 256
 MAX_REASON_CHARS = 256

@@ -24,16 +24,14 @@ from typing import Any, BinaryIO, NoReturn, cast
 
 from pydantic import BaseModel, ConfigDict, ValidationError
 
-from ledger.chain import (
-    GENESIS_HASH,
+from ledger.audit.chain import (
     Fault,
     Link,
-    canonical_encoding,
     find_break,
-    record_hash,
 )
+from ledger.domain.hashing import GENESIS_HASH, canonical_encoding, record_hash
+from ledger.domain.models import LedgerEvent, UtcDatetime
 from ledger.errors import InvalidContextInput
-from ledger.models import LedgerEvent, UtcDatetime
 
 FORMAT = "ctxledger-export/1"
 

@@ -19,8 +19,8 @@ from eventsourcing.persistence import (
 )
 from pydantic import BaseModel, ValidationError
 
-from ledger.aggregate import UserSnapshot
-from ledger.events import EVENT_CLASSES
+from ledger.domain.contexts import UserSnapshot
+from ledger.domain.events import EVENT_CLASSES
 
 _DATETIME = 1
 _UUID = 2

@@ -19,14 +19,19 @@ from eventsourcing.persistence import (
 )
 from eventsourcing.utils import Environment, get_topic
 
-from ledger.aggregate import UserContexts, UserSnapshot, project_user, user_aggregate_id
-from ledger.cache import AggregateCache
-from ledger.chain import record_hash
+from ledger.domain.contexts import (
+    UserContexts,
+    UserSnapshot,
+    project_user,
+    user_aggregate_id,
+)
+from ledger.domain.events import ContextEvent
+from ledger.domain.hashing import record_hash
 from ledger.errors import LedgerCorrupted, StorageUnavailable
-from ledger.events import ContextEvent
-from ledger.postgres import exclusive_setup
-from ledger.serialization import MsgpackTranscoder, PydanticMapper
-from ledger.storage import Storage
+from ledger.store.backends import exclusive_setup
+from ledger.store.cache import AggregateCache
+from ledger.store.serialization import MsgpackTranscoder, PydanticMapper
+from ledger.store.urls import Storage
 
 SNAPSHOT_INTERVAL = 50
 FIRST_PAGE = 100

@@ -26,9 +26,9 @@ from rich.text import Text
 from ledger import EVENT_KINDS
 from projections import VIEW_NAMES, Projections
 from projections.api import DEFAULT_BATCH_SIZE
-from tools.audit_commands import print_contexts_as_of, verify_chains
-from tools.errors import reports_ledger_errors
-from tools.times import utc_time
+from tools.cli.audit import print_contexts_as_of, verify_chains
+from tools.cli.errors import reports_ledger_errors
+from tools.cli.render import utc_time
 
 BATCH_OPTION = click.option(
     "--batch-size",

@@ -17,23 +17,22 @@ from uuid import UUID
 
 from eventsourcing.persistence import Mapper, Notification, StoredEvent
 
-from ledger.aggregate import (
-    UserContexts,
-    UserSnapshot,
-    project_user,
-    user_aggregate_id,
-)
-from ledger.application import LedgerApplication
-from ledger.chain import (
-    GENESIS_HASH,
+from ledger.audit.chain import (
     ChainBreak,
     ChainReport,
     Link,
     UserChain,
     find_break,
-    record_hash,
 )
-from ledger.events import EVENT_CLASSES, ContextEvent
+from ledger.domain.contexts import (
+    UserContexts,
+    UserSnapshot,
+    project_user,
+    user_aggregate_id,
+)
+from ledger.domain.events import EVENT_CLASSES, ContextEvent
+from ledger.domain.hashing import GENESIS_HASH, record_hash
+from ledger.store.application import LedgerApplication
 
 PAGE_SIZE = 10_000
 KIND_BY_TOPIC = {cls.TOPIC: cls.KIND for cls in EVENT_CLASSES}

@@ -1,0 +1,2 @@
+"""The auditor's reads: history by period and as of an instant, the chain,
+verification and exports."""

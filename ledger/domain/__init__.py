@@ -1,0 +1,1 @@
+"""The domain: models, events, the per-user aggregate, validation. No I/O."""

@@ -1,0 +1,1 @@
+"""Storage: the eventsourcing application, serialization, URLs and backends."""

@@ -1,0 +1,1 @@
+"""Benchmarks beside same-run floors and peers; not part of the installed package."""
