@@ -10,13 +10,16 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
+from ledger.domain.contexts import user_aggregate_id
 from ledger.domain.events import (
     ContextCleared,
     ContextCreated,
     ContextEvent,
     ContextExpired,
     ContextReused,
+    from_ledger_event,
 )
+from ledger.domain.models import LedgerEvent
 from projections.models import ContinuityFigures
 from projections.store import Tx
 from projections.view import Names, Positioned, Table, View, compare_rows
@@ -143,21 +146,7 @@ class ContinuityView(View):
             f"{names['continuity_overlaps']} {where}) AS threads",
             params,
         )[0][0]
-        created = counts["created"]
-        return ContinuityFigures(
-            user_id=user_id,
-            users=users,
-            created=created,
-            reused=counts["reused"],
-            updated=counts["updated"],
-            expired=counts["expired"],
-            cleared=counts["cleared"],
-            never_reused=created - counts["first_reuses"],
-            reuses_per_created=round(counts["reused"] / created, 4)
-            if created
-            else None,
-            threads_with_overlap=int(overlapping),
-        )
+        return figures_of(user_id, users, counts, int(overlapping))
 
     def _stored(self, tx: Tx, names: Names, users: list[str] | None) -> Continuity:
         """The stored state of ``users`` (of everyone when None)."""
@@ -191,3 +180,39 @@ def _user_filters(users: list[str] | None) -> Iterable[tuple[str, Sequence[Any]]
     for start in range(0, len(users), _CHUNK):
         chunk = users[start : start + _CHUNK]
         yield f"WHERE user_id IN ({', '.join('?' * len(chunk))})", chunk
+
+
+def figures_of(
+    user_id: str | None, users: int, counts: dict[str, int], overlapping: int
+) -> ContinuityFigures:
+    """The figures from the view's counters (summed over ``users`` users)."""
+    created = counts["created"]
+    return ContinuityFigures(
+        user_id=user_id,
+        users=users,
+        created=created,
+        reused=counts["reused"],
+        updated=counts["updated"],
+        expired=counts["expired"],
+        cleared=counts["cleared"],
+        never_reused=created - counts["first_reuses"],
+        reuses_per_created=round(counts["reused"] / created, 4) if created else None,
+        threads_with_overlap=overlapping,
+    )
+
+
+def continuity_of(user_id: str, events: Iterable[LedgerEvent]) -> ContinuityFigures:
+    """One user's figures from the user's history (``ContextLedger.history``),
+    counted by the same rules as the view."""
+    state = Continuity()
+    stream = user_aggregate_id(user_id)
+    for event in events:
+        state.apply(event.version, from_ledger_event(event, stream))
+    counts = state.counts.get(user_id, Counter())
+    overlapping = {(user, thread) for _, (user, thread, *_) in state.overlaps.items()}
+    return figures_of(
+        user_id,
+        int(bool(counts)),
+        {name: counts[name] for name in COUNTERS},
+        len(overlapping),
+    )

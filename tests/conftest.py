@@ -1,9 +1,8 @@
 """Fixtures: one ledger per test on SQLite (a real file), PostgreSQL and memory."""
 
 import os
-import sqlite3
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -12,7 +11,7 @@ import psycopg
 import pytest
 
 from ledger import ContextLedger
-from ledger.domain.contexts import user_aggregate_id
+from tests.helpers import OpenLedger
 
 # Database drivers keep real time under freezegun; ledger event times still freeze.
 freezegun.configure(
@@ -22,7 +21,6 @@ freezegun.configure(
 POSTGRES_DSN = os.environ.get(
     "CTXLEDGER_TEST_POSTGRES", "postgresql://postgres@127.0.0.1:5432/test"
 )
-OpenLedger = Callable[..., ContextLedger]
 
 
 def _postgres_reachable() -> str | None:
@@ -99,42 +97,3 @@ def open_ledger(ledger_url: str) -> Iterator[OpenLedger]:
 @pytest.fixture
 def ledger(open_ledger: OpenLedger) -> ContextLedger:
     return open_ledger()
-
-
-def execute_sql(url: str, statement: str, params: tuple[Any, ...] = ()) -> list[Any]:
-    """Runs SQL on a test database directly, as an operator (or intruder) would.
-
-    ``{events}`` and ``{snapshots}`` name the ledger's tables on either backend,
-    ``{p}`` is a parameter marker, ``{log}`` the events' position column, and
-    ``{c1}`` is the byte 0xC1 (never valid msgpack) as a literal. Returns the rows
-    a query selects.
-    """
-    if url.startswith("sqlite:///"):
-        path = url.removeprefix("sqlite:///")
-        names = {
-            "events": "stored_events",
-            "snapshots": "stored_snapshots",
-            "c1": "X'C1'",
-            "p": "?",
-            "log": "rowid",
-        }
-        with sqlite3.connect(path) as connection:
-            return connection.execute(statement.format(**names), params).fetchall()
-    dsn, _, schema = url.partition("?schema=")
-    names = {
-        "events": "ctxledger_events",
-        "snapshots": "ctxledger_snapshots",
-        "c1": "decode('c1', 'hex')",
-        "p": "%s",
-        "log": "notification_id",
-    }
-    with psycopg.connect(dsn, autocommit=True) as connection:
-        connection.execute(f'SET search_path TO "{schema}"')
-        cursor = connection.execute(statement.format(**names), params)
-        return cursor.fetchall() if cursor.description else []
-
-
-def stream_key(url: str, user_id: str) -> Any:
-    """How the user's stream id is stored: hex text on SQLite, a uuid on PostgreSQL."""
-    aggregate_id = user_aggregate_id(user_id)
-    return aggregate_id.hex if url.startswith("sqlite:///") else aggregate_id

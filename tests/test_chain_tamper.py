@@ -17,8 +17,7 @@ from freezegun import freeze_time
 from ledger import ContextLedger, LedgerCorrupted
 from ledger.store.application import SNAPSHOT_INTERVAL
 from ledger.store.serialization import MsgpackTranscoder
-from tests.conftest import execute_sql, stream_key
-from tests.test_cli import run
+from tests.helpers import execute_sql, run, stream_key
 
 START = datetime(2026, 3, 1, 9, 0, tzinfo=UTC)
 

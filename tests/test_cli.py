@@ -1,29 +1,12 @@
 """The ctxledger command, run through its installed entry point."""
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
 from ledger import ContextLedger
-
-CTXLEDGER = str(Path(sys.executable).with_name("ctxledger"))
-
-
-def run(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
-    environment = {k: v for k, v in os.environ.items() if k != "CTXLEDGER_URL"}
-    return subprocess.run(
-        [CTXLEDGER, *args],
-        cwd=cwd,
-        env=environment,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
+from tests.helpers import run
 
 
 def test_demo_writes_to_the_default_sqlite_file_and_summarises(tmp_path: Path) -> None:

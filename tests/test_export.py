@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 
 from ledger import ContextLedger, InvalidContextInput, verify_export
 from ledger.domain.hashing import canonical_encoding, record_hash
-from tests.test_cli import run
+from tests.helpers import run
 
 T0 = datetime(2026, 6, 1, 8, 0, tzinfo=UTC)
 

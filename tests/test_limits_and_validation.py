@@ -11,7 +11,7 @@ from ledger import (
     InvalidContextInput,
     LedgerConfigError,
 )
-from tests.conftest import OpenLedger
+from tests.helpers import OpenLedger
 
 BAD_IDS: list[tuple[object, str]] = [
     ("", "at least 1 character"),

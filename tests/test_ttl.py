@@ -6,7 +6,7 @@ import pytest
 from freezegun import freeze_time
 
 from ledger import ContextLedger, ContextNotFound, LedgerConfigError
-from tests.conftest import OpenLedger
+from tests.helpers import OpenLedger
 
 START = "2026-03-01 12:00:00"
 

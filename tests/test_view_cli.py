@@ -9,8 +9,7 @@ from pathlib import Path
 import pytest
 
 from ledger import ContextLedger
-from tests.conftest import execute_sql
-from tests.test_cli import run
+from tests.helpers import execute_sql, run
 
 AUDIT_KEYS = [
     "position",

@@ -11,7 +11,7 @@ import pytest
 
 from ledger import ContextLedger
 from projections import Projections
-from tests.test_cli import CTXLEDGER
+from tests.helpers import CTXLEDGER
 
 KILLS = 12
 

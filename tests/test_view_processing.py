@@ -12,7 +12,7 @@ from ledger.domain.events import ContextCreated
 from ledger.store.application import open_application
 from ledger.store.urls import storage_for
 from projections import Projections, UndecodableEvent
-from tests.conftest import execute_sql
+from tests.helpers import execute_sql
 
 
 @pytest.fixture

@@ -1,6 +1,6 @@
 """The per-user aggregate: a user's active contexts, changed only by events."""
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from datetime import datetime, timedelta
 from functools import lru_cache
 from typing import Any, ClassVar, Self
@@ -15,9 +15,10 @@ from ledger.domain.events import (
     ContextExpired,
     ContextReused,
     ContextUpdated,
+    from_ledger_event,
 )
 from ledger.domain.hashing import GENESIS_HASH, record_hash
-from ledger.domain.models import Context, UtcDatetime
+from ledger.domain.models import Context, LedgerEvent, UtcDatetime
 from ledger.domain.validation import check_merged_size
 from ledger.errors import ContextLimitExceeded, ContextNotFound
 
@@ -346,6 +347,19 @@ def evolve_context(context: Context | None, event: ContextEvent) -> Context | No
             return None
     msg = f"{type(event).__name__} of context {event.context_id!r}, which is not active"
     raise ValueError(msg)
+
+
+def contexts_through(
+    events: Iterable[LedgerEvent],
+) -> Iterator[tuple[LedgerEvent, Context | None]]:
+    """Each event of a user's history with its context after it (None once ended),
+    by ``evolve_context``: for readers of histories, such as the report."""
+    contexts: dict[str, Context | None] = {}
+    for event in events:
+        domain_event = from_ledger_event(event, user_aggregate_id(event.user_id))
+        context = evolve_context(contexts.get(event.context_id), domain_event)
+        contexts[event.context_id] = context
+        yield event, context
 
 
 def project_user(

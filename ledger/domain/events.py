@@ -108,3 +108,23 @@ EVENT_CLASSES: tuple[type[ContextEvent], ...] = (
     ContextCleared,
 )
 EVENT_TOPICS: tuple[str, ...] = tuple(cls.TOPIC for cls in EVENT_CLASSES)
+EVENT_CLASS_BY_KIND: dict[EventKind, type[ContextEvent]] = {
+    cls.KIND: cls for cls in EVENT_CLASSES
+}
+
+
+def from_ledger_event(event: LedgerEvent, originator_id: UUID) -> ContextEvent:
+    """The domain event an auditor's ``LedgerEvent`` was made from (its inverse)."""
+    return EVENT_CLASS_BY_KIND[event.kind].model_validate(
+        {
+            **event.details,
+            "originator_id": originator_id,
+            "originator_version": event.version,
+            "timestamp": event.occurred_at,
+            "user_id": event.user_id,
+            "context_id": event.context_id,
+            "thread_id": event.thread_id,
+            "run_id": event.run_id,
+            "prev_hash": event.prev_hash,
+        }
+    )

@@ -1,0 +1,72 @@
+"""Code the tests share: running the CLI, reaching into a test database, workers.
+
+No test module imports another; what two of them need lives here.
+"""
+
+import os
+import sqlite3
+import subprocess
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import psycopg
+
+from ledger import ContextLedger
+from ledger.domain.contexts import user_aggregate_id
+
+OpenLedger = Callable[..., ContextLedger]
+CTXLEDGER = str(Path(sys.executable).with_name("ctxledger"))
+
+
+def run(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
+    environment = {k: v for k, v in os.environ.items() if k != "CTXLEDGER_URL"}
+    return subprocess.run(
+        [CTXLEDGER, *args],
+        cwd=cwd,
+        env=environment,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+
+
+def execute_sql(url: str, statement: str, params: tuple[Any, ...] = ()) -> list[Any]:
+    """Runs SQL on a test database directly, as an operator (or intruder) would.
+
+    ``{events}`` and ``{snapshots}`` name the ledger's tables on either backend,
+    ``{p}`` is a parameter marker, ``{log}`` the events' position column, and
+    ``{c1}`` is the byte 0xC1 (never valid msgpack) as a literal. Returns the rows
+    a query selects.
+    """
+    if url.startswith("sqlite:///"):
+        path = url.removeprefix("sqlite:///")
+        names = {
+            "events": "stored_events",
+            "snapshots": "stored_snapshots",
+            "c1": "X'C1'",
+            "p": "?",
+            "log": "rowid",
+        }
+        with sqlite3.connect(path) as connection:
+            return connection.execute(statement.format(**names), params).fetchall()
+    dsn, _, schema = url.partition("?schema=")
+    names = {
+        "events": "ctxledger_events",
+        "snapshots": "ctxledger_snapshots",
+        "c1": "decode('c1', 'hex')",
+        "p": "%s",
+        "log": "notification_id",
+    }
+    with psycopg.connect(dsn, autocommit=True) as connection:
+        connection.execute(f'SET search_path TO "{schema}"')
+        cursor = connection.execute(statement.format(**names), params)
+        return cursor.fetchall() if cursor.description else []
+
+
+def stream_key(url: str, user_id: str) -> Any:
+    """How the user's stream id is stored: hex text on SQLite, a uuid on PostgreSQL."""
+    aggregate_id = user_aggregate_id(user_id)
+    return aggregate_id.hex if url.startswith("sqlite:///") else aggregate_id
