@@ -16,6 +16,7 @@ from ledger.errors import (
     LedgerConfigError,
     LedgerCorrupted,
     LedgerError,
+    LedgerNotFound,
     StorageUnavailable,
 )
 
@@ -38,6 +39,7 @@ __all__ = [
     "LedgerCorrupted",
     "LedgerError",
     "LedgerEvent",
+    "LedgerNotFound",
     "StorageUnavailable",
     "UserChain",
     "verify_export",

@@ -4,7 +4,7 @@ import threading
 from collections.abc import Callable, Iterator
 from contextlib import suppress
 from datetime import UTC, datetime
-from itertools import count
+from itertools import count, islice
 from pathlib import Path
 from typing import Any, ParamSpec, Self, TypeVar
 
@@ -13,6 +13,7 @@ from eventsourcing.utils import retry
 
 from ledger.audit.chain import ChainReport
 from ledger.audit.export import ExportManifest, write_export
+from ledger.audit.history import History
 from ledger.audit.verification import ChainVerifier
 from ledger.domain import validation
 from ledger.domain.contexts import UserContexts
@@ -20,20 +21,13 @@ from ledger.domain.models import Context, LedgerEvent
 from ledger.errors import (
     ConcurrencyConflict,
     ContextNotFound,
-    InvalidContextInput,
     LedgerConfigError,
     LedgerError,
 )
-from ledger.store.application import (
-    ClosesApplication,
-    LedgerApplication,
-    open_application,
-    storage_errors,
-    storage_failures,
-    utc_now,
-)
+from ledger.store.application import LedgerApplication, open_application, utc_now
 from ledger.store.due import DueIndex
-from ledger.store.urls import Storage, resolve_url, storage_for
+from ledger.store.failures import StorageClient
+from ledger.store.urls import resolve_url, storage_for
 
 T = TypeVar("T")
 P = ParamSpec("P")
@@ -43,7 +37,7 @@ MAX_ATTEMPTS = 40
 RETRY_WAIT_SECONDS = 0.01
 
 
-class ContextLedger(ClosesApplication):
+class ContextLedger(StorageClient):
     """Per-user execution contexts, every change an event in the user's stream.
 
     Open one with ``ContextLedger.open(url)``; it is safe to share between threads,
@@ -53,15 +47,15 @@ class ContextLedger(ClosesApplication):
     def __init__(
         self,
         application: LedgerApplication,
-        storage: Storage,
         *,
         max_contexts_per_user: int,
         default_ttl_seconds: float | None,
         clock: Clock = utc_now,
     ) -> None:
         self._app = application
+        self._history = History(application)
         self._clock = clock
-        self.storage = storage
+        self.storage = application.storage
         self.max_contexts_per_user = max_contexts_per_user
         self.default_ttl_seconds = default_ttl_seconds
         self._due = DueIndex()
@@ -75,20 +69,17 @@ class ContextLedger(ClosesApplication):
         max_contexts_per_user: int = 10,
         default_ttl_seconds: float | None = None,
         clock: Clock | None = None,
+        create: bool = True,
     ) -> Self:
         """Opens the ledger at ``url`` (else CTXLEDGER_URL, else sqlite:///ctxledger.db).
 
         ``clock`` returns the current time (timezone-aware); the system clock if None.
+        With ``create=False`` a URL that holds no ledger raises LedgerNotFound, and
+        nothing is created (for readers).
         """
-        if (
-            isinstance(max_contexts_per_user, bool)
-            or not isinstance(max_contexts_per_user, int)
-            or max_contexts_per_user < 1
-        ):
-            raise LedgerConfigError(
-                f"max_contexts_per_user={max_contexts_per_user!r} must be an int of 1 "
-                "or more"
-            )
+        limit = validation.positive_int(
+            "max_contexts_per_user", max_contexts_per_user, setting=True
+        )
         default_ttl = validation.ttl_seconds(default_ttl_seconds)
         if clock is not None and not callable(clock):
             raise LedgerConfigError(
@@ -99,16 +90,14 @@ class ContextLedger(ClosesApplication):
             raise LedgerConfigError(f"url={url!r} is not a str; pass a database URL")
         storage = storage_for(resolve_url(url))
         return cls(
-            open_application(storage),
-            storage,
-            max_contexts_per_user=max_contexts_per_user,
+            open_application(storage, create=create),
+            max_contexts_per_user=limit,
             default_ttl_seconds=default_ttl,
             clock=clock or utc_now,
         )
 
     # Commands.
 
-    @storage_errors
     def open_context(
         self,
         user_id: str,
@@ -138,7 +127,6 @@ class ContextLedger(ClosesApplication):
         )
         return _detached(opened)
 
-    @storage_errors
     def update_context(
         self,
         user_id: str,
@@ -160,7 +148,6 @@ class ContextLedger(ClosesApplication):
         )
         return _detached(updated)
 
-    @storage_errors
     def clear_context(
         self, user_id: str, context_id: str, *, reason: str = "cleared"
     ) -> None:
@@ -173,7 +160,6 @@ class ContextLedger(ClosesApplication):
             lambda aggregate: aggregate.clear(context, reason=why, now=self._now()),
         )
 
-    @storage_errors
     def clear_user(self, user_id: str, *, reason: str = "cleared") -> int:
         """Ends all of the user's contexts; returns how many were cleared."""
         user = validation.identifier("user_id", user_id)
@@ -182,7 +168,6 @@ class ContextLedger(ClosesApplication):
             user, lambda aggregate: aggregate.clear_all(reason=why, now=self._now())
         )
 
-    @storage_errors
     def expire_due(self) -> int:
         """Records the expiry of every context past its time, for all users."""
         with self._due_lock:
@@ -205,7 +190,6 @@ class ContextLedger(ClosesApplication):
 
     # Queries: they never append.
 
-    @storage_errors
     def get_context(self, user_id: str, thread_id: str) -> Context | None:
         """The thread's active, unexpired context, or None."""
         user = validation.identifier("user_id", user_id)
@@ -216,7 +200,6 @@ class ContextLedger(ClosesApplication):
             return None
         return _detached(context)
 
-    @storage_errors
     def active_contexts(self, user_id: str) -> list[Context]:
         """The user's active, unexpired contexts, oldest first."""
         user = validation.identifier("user_id", user_id)
@@ -225,21 +208,22 @@ class ContextLedger(ClosesApplication):
         ordered = sorted(live, key=lambda c: (c.created_at, c.context_id))
         return [_detached(context) for context in ordered]
 
-    @storage_errors
     def history(
         self,
         user_id: str,
         *,
         since: datetime | None = None,
         until: datetime | None = None,
+        limit: int | None = None,
     ) -> list[LedgerEvent]:
-        """The user's events in order; ``since`` inclusive, ``until`` exclusive."""
+        """The user's events in order; ``since`` inclusive, ``until`` exclusive; the
+        first ``limit`` of them if given."""
         user = validation.identifier("user_id", user_id)
-        start, end = _period(since, until)
-        events = self._app.events_between(user, start, end)
-        return [event.to_ledger_event() for event in events]
+        start, end = validation.period(since, until)
+        most = None if limit is None else validation.positive_int("limit", limit)
+        events = self._history.events_between(user, start, end)
+        return [event.to_ledger_event() for event in islice(events, most)]
 
-    @storage_errors
     def contexts_as_of(self, user_id: str, as_of: datetime) -> list[Context]:
         """The user's active contexts as they stood at ``as_of``, oldest first.
 
@@ -249,11 +233,10 @@ class ContextLedger(ClosesApplication):
         """
         user = validation.identifier("user_id", user_id)
         at = validation.aware_time("as_of", as_of)
-        state = self._app.state_as_of(user, at)
+        state = self._history.state_as_of(user, at)
         live = [] if state is None else state.live(at)
         return sorted(live, key=lambda c: (c.created_at, c.context_id))
 
-    @storage_errors
     def context_history(self, user_id: str, context_id: str) -> list[LedgerEvent]:
         """Every event of one of the user's contexts, ended ones included.
 
@@ -270,7 +253,6 @@ class ContextLedger(ClosesApplication):
             raise ContextNotFound(user, context, in_history=True)
         return events
 
-    @storage_errors
     def verify_chain(
         self,
         user_id: str | None = None,
@@ -288,10 +270,8 @@ class ContextLedger(ClosesApplication):
 
     def chain_size(self) -> int:
         """How many events ``verify_chain()`` reads at most: the log's last position."""
-        with storage_failures(self.storage):
-            return ChainVerifier(self._app).head()
+        return ChainVerifier(self._app).head()
 
-    @storage_errors
     def export(
         self,
         user_id: str,
@@ -305,8 +285,8 @@ class ContextLedger(ClosesApplication):
         The file is written whole or not at all; check it with ``verify_export``.
         """
         user = validation.identifier("user_id", user_id)
-        start, end = _period(since, until)
-        events = self._app.events_between(user, start, end)
+        start, end = validation.period(since, until)
+        events = self._history.events_between(user, start, end)
         return write_export(
             Path(path),
             (event.to_ledger_event() for event in events),
@@ -354,18 +334,6 @@ class ContextLedger(ClosesApplication):
         result = command(aggregate)
         self._app.record(aggregate)
         return result
-
-
-def _period(
-    since: datetime | None, until: datetime | None
-) -> tuple[datetime | None, datetime | None]:
-    start = None if since is None else validation.aware_time("since", since)
-    end = None if until is None else validation.aware_time("until", until)
-    if start is not None and end is not None and end < start:
-        raise InvalidContextInput(
-            "until", until, f"is before since={start.isoformat()}", "swap them"
-        )
-    return start, end
 
 
 def _detached(context: Context) -> Context:

@@ -1,13 +1,20 @@
-"""Errors raised by the ledger.
+"""Every error the ledger and its views raise on purpose, under one root.
 
     LedgerError
-    ├── InvalidContextInput (also ValueError)   bad ids, metadata, ttl or reason
+    ├── InvalidContextInput (also ValueError)   bad ids, metadata, ttl, reason or time
     ├── ContextNotFound (also LookupError)      unknown, ended or another user's id
     ├── ContextLimitExceeded                    the user has too many active contexts
     ├── ConcurrencyConflict                     writers kept colliding on one user
     ├── LedgerConfigError (also ValueError)     a database URL or setting is unusable
+    ├── LedgerNotFound (also LookupError)       no ledger at the URL (create=False)
     ├── LedgerCorrupted                         stored events cannot be replayed
-    └── StorageUnavailable (also ConnectionError)  the database failed
+    ├── StorageUnavailable (also ConnectionError)  the database failed
+    └── ProjectionError                         a view cannot go on
+        ├── UndecodableEvent                    a stored event cannot be decoded
+        ├── UnknownView (also ValueError)       no view of that name
+        └── ViewsNeedDurableStorage             memory:// keeps no tables for views
+
+The projections' branch is defined in ``projections.errors``.
 
 Each error carries the values that explain it and says what to do.
 """
@@ -108,19 +115,34 @@ class LedgerConfigError(LedgerError, ValueError):
     """The ledger cannot be opened with the given URL or settings."""
 
 
+class LedgerNotFound(LedgerError, LookupError):
+    """No ledger is stored at the URL, and the caller asked not to create one."""
+
+    _fields = ("where",)
+
+    def __init__(self, where: str) -> None:
+        self.where = where
+        super().__init__(
+            f"no ledger at {where}: nothing was created; check the URL (--db or "
+            "CTXLEDGER_URL), or write to it first (open_context, or `ctxledger demo`)"
+        )
+
+
 class StorageUnavailable(LedgerError, ConnectionError):
-    """The ledger's database cannot be reached, opened or written."""
+    """The ledger's database cannot be reached, opened, read or written."""
 
-    _fields = ("where", "cause")
+    _fields = ("where", "cause", "writing")
 
-    def __init__(self, where: str, cause: BaseException) -> None:
+    def __init__(self, where: str, cause: BaseException, writing: bool = False) -> None:
         self.where = where
         self.cause = cause
+        self.writing = writing
         detail = " ".join(str(cause).split()) or type(cause).__name__
+        outcome = "the failed write appended nothing; " if writing else ""
         super().__init__(
-            f"the ledger's database ({where}) failed: {detail}; the failed write "
-            "appended nothing; check that the database is running, reachable and not "
-            "locked, and that the URL is right"
+            f"the ledger's database ({where}) failed: {detail}; {outcome}check that "
+            "the database is running, reachable and not locked, and that the URL is "
+            "right"
         )
 
 

@@ -4,6 +4,7 @@ Open them with ``Projections.open(url)`` on the ledger's own database URL.
 """
 
 from projections.api import VIEW_NAMES, Projections
+from projections.continuity import continuity_of
 from projections.errors import (
     ProjectionError,
     UndecodableEvent,
@@ -22,4 +23,5 @@ __all__ = [
     "UnknownView",
     "ViewStatus",
     "ViewsNeedDurableStorage",
+    "continuity_of",
 ]

@@ -6,27 +6,24 @@ to live has run out shows up in ``expiring_before(now)`` until ``expire_due`` ru
 
 from collections.abc import Iterable, Sequence
 from datetime import datetime
-from typing import Any, ClassVar, cast
+from typing import Any, ClassVar
 
 from ledger.domain.contexts import evolve_context
 from ledger.domain.events import ContextCreated
 from ledger.domain.models import Context
 from projections.errors import ProjectionError
 from projections.store import Tx
-from projections.view import Names, Positioned, Table, View, compare_rows
-
-COLUMNS = (
-    "context_id",
-    "user_id",
-    "thread_id",
-    "run_id",
-    "created_at",
-    "last_used_at",
-    "expires_at",
-    "ttl_seconds",
-    "reuse_count",
-    "metadata",
+from projections.view import (
+    ModelColumns,
+    Names,
+    Positioned,
+    Table,
+    View,
+    compare_rows,
 )
+
+ROWS = ModelColumns(Context, key="context_id")
+COLUMNS = ROWS.names
 _SELECT = ", ".join(COLUMNS)
 _ORDER = "ORDER BY created_at, context_id"
 _CHUNK = 500  # ids per IN (...) list
@@ -37,10 +34,7 @@ class ActiveContextsView(View):
     tables: ClassVar[tuple[Table, ...]] = (
         Table(
             "active_contexts",
-            "context_id {text} PRIMARY KEY, user_id {text} NOT NULL, "
-            "thread_id {text} NOT NULL, run_id {text}, created_at {time} NOT NULL, "
-            "last_used_at {time} NOT NULL, expires_at {time}, ttl_seconds {real}, "
-            "reuse_count {int} NOT NULL, metadata {json} NOT NULL",
+            ROWS.ddl(),
             indexes=("user_id, thread_id", "expires_at"),
         ),
     )
@@ -62,7 +56,7 @@ class ActiveContextsView(View):
         ended = [(cid,) for cid, context in contexts.items() if context is None]
         tx.run_many(f"DELETE FROM {table} WHERE context_id = ?", ended)
         live = [_row(tx, c) for c in contexts.values() if c is not None]
-        updates = ", ".join(f"{c} = excluded.{c}" for c in COLUMNS[1:])
+        updates = ", ".join(f"{c} = excluded.{c}" for c in COLUMNS if c != ROWS.key)
         tx.run_many(
             f"INSERT INTO {table} ({_SELECT}) VALUES ({', '.join('?' * len(COLUMNS))}) "
             f"ON CONFLICT (context_id) DO UPDATE SET {updates}",
@@ -146,35 +140,11 @@ def _needed(events: Sequence[Positioned]) -> list[str]:
 
 
 def _row(tx: Tx, context: Context) -> tuple[Any, ...]:
-    d = tx.dialect
-    return (
-        context.context_id,
-        context.user_id,
-        context.thread_id,
-        context.run_id,
-        d.time_param(context.created_at),
-        d.time_param(context.last_used_at),
-        d.time_param(context.expires_at),
-        context.ttl_seconds,
-        context.reuse_count,
-        d.json_param(context.metadata),
-    )
+    return ROWS.params(tx.dialect, context)
 
 
 def _context(tx: Tx, row: tuple[Any, ...]) -> Context:
-    d = tx.dialect
-    return Context.model_construct(
-        context_id=row[0],
-        user_id=row[1],
-        thread_id=row[2],
-        run_id=row[3],
-        created_at=cast(datetime, d.time_value(row[4])),  # NOT NULL column
-        last_used_at=cast(datetime, d.time_value(row[5])),  # NOT NULL column
-        expires_at=d.time_value(row[6]),
-        ttl_seconds=row[7],
-        reuse_count=row[8],
-        metadata=d.json_value(row[9]),
-    )
+    return ROWS.value(tx.dialect, row)
 
 
 def _values(context: Context) -> tuple[object, ...]:

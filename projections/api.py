@@ -6,21 +6,11 @@ from collections.abc import Sequence
 from datetime import datetime
 from typing import Self
 
-from eventsourcing.postgres import PostgresDatastore
-from eventsourcing.sqlite import SQLiteDatastore
-
 from ledger.domain import validation
 from ledger.domain.models import Context, EventKind
-from ledger.errors import LedgerConfigError
-from ledger.store.application import (
-    ClosesApplication,
-    LedgerApplication,
-    open_application,
-    setup_lock,
-    storage_errors,
-    storage_failures,
-)
-from ledger.store.urls import Storage, resolve_url, storage_for
+from ledger.store.application import LedgerApplication, open_application
+from ledger.store.failures import StorageClient, storage_failures
+from ledger.store.urls import resolve_url, storage_for
 from projections.active import ActiveContextsView
 from projections.audit import AuditView
 from projections.continuity import ContinuityView
@@ -38,7 +28,7 @@ VIEW_NAMES = tuple(
 )
 
 
-class Projections(ClosesApplication):
+class Projections(StorageClient):
     """The views of the ledger at one database URL.
 
     Open with ``Projections.open(url)`` (the same URL as the ledger). Views are
@@ -46,15 +36,11 @@ class Projections(ClosesApplication):
     """
 
     def __init__(
-        self,
-        application: LedgerApplication,
-        store: ViewStore,
-        storage: Storage,
-        batch_size: int,
+        self, application: LedgerApplication, store: ViewStore, batch_size: int
     ) -> None:
         self._app = application
         self._store = store
-        self.storage = storage
+        self.storage = application.storage
         self._active = ActiveContextsView()
         self._audit = AuditView()
         self._continuity = ContinuityView()
@@ -62,51 +48,48 @@ class Projections(ClosesApplication):
             view.name: view for view in (self._active, self._audit, self._continuity)
         }
         reader = LogReader(application.recorder, application.mapper)
-        self._processor = Processor(store, reader, batch_size)
+        self._processor = Processor(store, reader, application.backend, batch_size)
         self._reader = reader
 
     @classmethod
     def open(
-        cls, url: str | None = None, *, batch_size: int = DEFAULT_BATCH_SIZE
+        cls,
+        url: str | None = None,
+        *,
+        batch_size: int = DEFAULT_BATCH_SIZE,
+        create: bool = True,
     ) -> Self:
-        """Opens the views of the ledger at ``url``; creates their tables if need be."""
-        if (
-            isinstance(batch_size, bool)
-            or not isinstance(batch_size, int)
-            or batch_size < 1
-        ):
-            raise LedgerConfigError(
-                f"batch_size={batch_size!r} must be an int of 1 or more"
-            )
+        """Opens the views of the ledger at ``url``; creates their tables if need be.
+
+        With ``create=False`` a URL that holds no ledger raises LedgerNotFound and
+        nothing is created.
+        """
+        size = validation.positive_int("batch_size", batch_size, setting=True)
         resolved = resolve_url(url)
         storage = storage_for(resolved)
         if storage.kind == "memory":
             raise ViewsNeedDurableStorage(resolved)
-        application = open_application(storage)
+        application = open_application(storage, create=create)
         try:
             with storage_failures(storage):
-                return cls._beside(application, storage, batch_size)
+                return cls._beside(application, size)
         except BaseException:
             application.close()
             raise
 
     @classmethod
-    def _beside(
-        cls, application: LedgerApplication, storage: Storage, batch_size: int
-    ) -> Self:
+    def _beside(cls, application: LedgerApplication, batch_size: int) -> Self:
+        backend = application.backend
         datastore = application.recorder.datastore  # type: ignore[attr-defined]
-        if not isinstance(datastore, SQLiteDatastore | PostgresDatastore):
-            raise ViewsNeedDurableStorage(storage.description)
-        with setup_lock(storage):
-            store = ViewStore.beside(datastore)
-        projections = cls(application, store, storage, batch_size)
+        with backend.setup_lock():
+            store = ViewStore.beside(backend, datastore)
+        projections = cls(application, store, batch_size)
         for view in projections.views.values():
             projections._processor.ensure_live(view)
         return projections
 
     # Processing.
 
-    @storage_errors
     def catch_up(
         self, names: Sequence[str] | None = None, *, on_batch: OnBatch | None = None
     ) -> dict[str, int]:
@@ -114,7 +97,6 @@ class Projections(ClosesApplication):
         applied = self._processor.run(self._live(names), self.head(), on_batch)
         return {name: applied[name] for name in self._selected(names)}
 
-    @storage_errors
     def follow(
         self,
         stop: threading.Event,
@@ -126,7 +108,6 @@ class Projections(ClosesApplication):
         """Keeps the views up to date as events arrive, until ``stop`` is set."""
         self._processor.follow(self._live(names), stop, poll_seconds, on_batch)
 
-    @storage_errors
     def rebuild(
         self, names: Sequence[str] | None = None, *, on_batch: OnBatch | None = None
     ) -> dict[str, int]:
@@ -136,7 +117,6 @@ class Projections(ClosesApplication):
         applied: Counter[str] = self._processor.rebuild(views, on_batch)
         return {view.name: applied[view.name] for view in views}
 
-    @storage_errors
     def wait(self, position: int, timeout: float = 10.0) -> None:
         """Blocks until every view has applied ``position`` (TimeoutError if not)."""
         if position <= 0:
@@ -147,50 +127,52 @@ class Projections(ClosesApplication):
 
     # State of the processing.
 
-    @storage_errors
     def head(self) -> int:
         """The position of the ledger's last event."""
         return self._reader.head()
 
-    @storage_errors
     def status(self) -> list[ViewStatus]:
+        """Each view's position, the ledger's head position, and how many events
+        are stored after the view's position (positions can skip numbers)."""
         head = self.head()
-        result = []
         with self._store.reading() as tx:
-            for name in self.views:
-                position = self._store.position(tx, Generation(name, rebuild=False).key)
-                result.append(
-                    ViewStatus(
-                        view=name, position=position, head=head, lag=head - position
-                    )
-                )
-        return result
+            positions = {
+                name: self._store.position(tx, Generation(name, rebuild=False).key)
+                for name in self.views
+            }
+        recorder, backend = self._app.recorder, self._app.backend
+        return [
+            ViewStatus(
+                view=name,
+                position=position,
+                head=head,
+                lag=backend.count_after(recorder, position) if position < head else 0,
+            )
+            for name, position in positions.items()
+        ]
 
     # Queries of the active contexts view.
 
-    @storage_errors
     def active_contexts(
         self, user_id: str | None = None, *, limit: int = 1000
     ) -> list[Context]:
         """The user's active contexts (everyone's, up to ``limit``), oldest first."""
+        most = validation.positive_int("limit", limit)
         with self._store.reading() as tx:
             names = self._names(self._active)
             if user_id is None:
-                return self._active.everyone(tx, names, limit)
+                return self._active.everyone(tx, names, most)
             user = validation.identifier("user_id", user_id)
-            return self._active.by_user(tx, names, user, limit)
+            return self._active.by_user(tx, names, user, most)
 
-    @storage_errors
     def active_context(self, context_id: str) -> Context | None:
         with self._store.reading() as tx:
             return self._active.by_context(tx, self._names(self._active), context_id)
 
-    @storage_errors
     def count_active(self, user_id: str | None = None) -> int:
         with self._store.reading() as tx:
             return self._active.count(tx, self._names(self._active), user_id)
 
-    @storage_errors
     def expiring_before(self, at: datetime) -> list[Context]:
         """Active contexts whose expiry time is before ``at``, soonest first."""
         when = validation.aware_time("at", at)
@@ -199,7 +181,6 @@ class Projections(ClosesApplication):
 
     # Queries of the audit view.
 
-    @storage_errors
     def audit_rows(
         self,
         user_id: str | None = None,
@@ -210,8 +191,7 @@ class Projections(ClosesApplication):
     ) -> list[AuditRow]:
         """Events in ledger order, by user, period (since inclusive, until
         exclusive) and kind; each filter is optional."""
-        start = None if since is None else validation.aware_time("since", since)
-        end = None if until is None else validation.aware_time("until", until)
+        start, end = validation.period(since, until)
         chosen = None if kind is None else validation.event_kind(kind)
         with self._store.reading() as tx:
             return self._audit.query(
@@ -223,14 +203,12 @@ class Projections(ClosesApplication):
                 kind=chosen,
             )
 
-    @storage_errors
     def count_audit(self) -> int:
         with self._store.reading() as tx:
             return self._audit.count(tx, self._names(self._audit))
 
     # Queries of the continuity view.
 
-    @storage_errors
     def continuity(self, user_id: str | None = None) -> ContinuityFigures:
         """One user's continuity figures, or the totals over all users."""
         with self._store.reading() as tx:
@@ -239,7 +217,6 @@ class Projections(ClosesApplication):
 
     # Checking.
 
-    @storage_errors
     def verify(self, names: Sequence[str] | None = None) -> dict[str, list[str]]:
         """Compares each view with a replay of the ledger up to the view's position;
         the differences per view (empty lists when all are equal)."""

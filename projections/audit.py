@@ -7,18 +7,10 @@ from typing import Any, ClassVar
 from ledger.domain.models import EventKind
 from projections.models import AuditRow
 from projections.store import Tx
-from projections.view import MAX_SHOWN, Names, Positioned, Table, View
+from projections.view import MAX_SHOWN, ModelColumns, Names, Positioned, Table, View
 
-COLUMNS = (
-    "position",
-    "user_id",
-    "kind",
-    "context_id",
-    "thread_id",
-    "run_id",
-    "occurred_at",
-    "details",
-)
+ROWS = ModelColumns(AuditRow, key="position")
+COLUMNS = ROWS.names
 _SELECT = ", ".join(COLUMNS)
 _PAGE = 2000
 
@@ -28,29 +20,13 @@ class AuditView(View):
     tables: ClassVar[tuple[Table, ...]] = (
         Table(
             "audit",
-            "position {int} PRIMARY KEY, user_id {text} NOT NULL, "
-            "kind {text} NOT NULL, context_id {text} NOT NULL, "
-            "thread_id {text} NOT NULL, run_id {text}, occurred_at {time} NOT NULL, "
-            "details {json} NOT NULL",
+            ROWS.ddl(),
             indexes=("user_id, position", "occurred_at", "kind, position"),
         ),
     )
 
     def apply(self, tx: Tx, names: Names, events: Sequence[Positioned]) -> None:
-        d = tx.dialect
-        rows = [
-            (
-                row.position,
-                row.user_id,
-                row.kind,
-                row.context_id,
-                row.thread_id,
-                row.run_id,
-                d.time_param(row.occurred_at),
-                d.json_param(row.details),
-            )
-            for row in map(audit_row, events)
-        ]
+        rows = [ROWS.params(tx.dialect, row) for row in map(audit_row, events)]
         marks = ", ".join("?" * len(COLUMNS))
         tx.run_many(f"INSERT INTO {names['audit']} ({_SELECT}) VALUES ({marks})", rows)
 
@@ -132,10 +108,7 @@ def audit_row(positioned: Positioned) -> AuditRow:
 
 
 def _audit_row(tx: Tx, row: tuple[Any, ...]) -> AuditRow:
-    values = dict(zip(COLUMNS, row, strict=True))
-    values["occurred_at"] = tx.dialect.time_value(values["occurred_at"])
-    values["details"] = tx.dialect.json_value(values["details"])
-    return AuditRow.model_construct(**values)
+    return ROWS.value(tx.dialect, row)
 
 
 def _changed(want: AuditRow, have: AuditRow) -> str:

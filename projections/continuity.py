@@ -10,15 +10,8 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
-from ledger.domain.contexts import user_aggregate_id
-from ledger.domain.events import (
-    ContextCleared,
-    ContextCreated,
-    ContextEvent,
-    ContextExpired,
-    ContextReused,
-    from_ledger_event,
-)
+from ledger.domain.contexts import ends_context, opens_context, user_aggregate_id
+from ledger.domain.events import ContextEvent, ContextReused, from_ledger_event
 from ledger.domain.models import LedgerEvent
 from projections.models import ContinuityFigures
 from projections.store import Tx
@@ -41,17 +34,16 @@ class Continuity:
         counts = self.counts.setdefault(event.user_id, Counter())
         counts[event.KIND] += 1
         thread = (event.user_id, event.thread_id)
-        match event:
-            case ContextCreated():
-                active = self.open_threads.get(thread)
-                if active is not None:
-                    self.overlaps[position] = (*thread, active, event.context_id)
-                self.open_threads[thread] = event.context_id
-            case ContextReused() if event.reuse_count == 1:
-                counts["first_reuses"] += 1
-            case ContextExpired() | ContextCleared():
-                if self.open_threads.get(thread) == event.context_id:
-                    self.open_threads[thread] = None
+        if opens_context(event):
+            active = self.open_threads.get(thread)
+            if active is not None:
+                self.overlaps[position] = (*thread, active, event.context_id)
+            self.open_threads[thread] = event.context_id
+        elif ends_context(event):
+            if self.open_threads.get(thread) == event.context_id:
+                self.open_threads[thread] = None
+        elif isinstance(event, ContextReused) and event.reuse_count == 1:
+            counts["first_reuses"] += 1
 
 
 class ContinuityView(View):

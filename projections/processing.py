@@ -8,12 +8,10 @@ rebuild swapped in under a running worker never lose or repeat an event.
 
 import threading
 from collections import Counter
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-from eventsourcing.postgres import PostgresApplicationRecorder
-
+from ledger.store.backends import Backend
 from projections.reader import LogReader
 from projections.store import ViewStore
 from projections.view import (
@@ -44,8 +42,11 @@ class Target:
 class Processor:
     """Applies the ledger's events to views, a batch per transaction."""
 
-    def __init__(self, store: ViewStore, reader: LogReader, batch_size: int) -> None:
+    def __init__(
+        self, store: ViewStore, reader: LogReader, backend: Backend, batch_size: int
+    ) -> None:
         self.store = store
+        self.backend = backend
         self.reader = reader
         self.batch_size = batch_size
 
@@ -141,49 +142,11 @@ class Processor:
     ) -> None:
         """Keeps the targets up to date until ``stop`` is set (seen within
         ``poll_seconds``)."""
-        with self._arrivals() as (arrived, failures):
+        arrivals = self.backend.arrivals(self.reader.recorder, self.reader.head())
+        with arrivals as (arrived, failures):
             while not stop.is_set():
                 arrived.clear()
                 self.run(targets, self.reader.head(), on_batch)
                 arrived.wait(poll_seconds)
                 if failures:
                     raise failures[0]
-
-    @contextmanager
-    def _arrivals(
-        self,
-    ) -> Iterator[tuple[threading.Event, list[BaseException]]]:
-        """An event set when new events may have arrived, and the listener's errors.
-
-        On PostgreSQL the library's subscription (LISTEN/NOTIFY) sets it; SQLite has
-        none, so the follower wakes every ``poll_seconds`` and looks.
-        """
-        arrived = threading.Event()
-        failures: list[BaseException] = []
-        recorder = self.reader.recorder
-        if not isinstance(recorder, PostgresApplicationRecorder):
-            yield arrived, failures
-            return
-        with recorder.subscribe(gt=self.reader.head()) as subscription:
-            listener = threading.Thread(
-                target=_listen, args=(subscription, arrived, failures), daemon=True
-            )
-            listener.start()
-            try:
-                yield arrived, failures
-            finally:
-                subscription.stop()
-                listener.join()
-
-
-def _listen(
-    subscription: Iterator[object],
-    arrived: threading.Event,
-    failures: list[BaseException],
-) -> None:
-    try:
-        for _ in subscription:
-            arrived.set()
-    except BaseException as error:  # noqa: BLE001  (handed to the follower's thread)
-        failures.append(error)
-        arrived.set()

@@ -4,19 +4,103 @@ A view's live tables are ``ctxl_<table>``. A rebuild fills ``ctxl_<table>__rebui
 beside them and renames those into place in one transaction.
 """
 
+import functools
 import secrets
+import types
+import typing
 from abc import ABC, abstractmethod
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from datetime import datetime
+from typing import Any, ClassVar, Generic, TypeVar
+
+from pydantic import AwareDatetime, BaseModel
 
 from ledger.domain.events import ContextEvent
-from projections.store import Dialect, Tx
+from ledger.store.backends import Dialect
+from projections.store import Tx
 
 Positioned = tuple[int, ContextEvent]
 """An event with its position: its notification id in the ledger."""
 
 MAX_SHOWN = 20  # differences reported per view
+M = TypeVar("M", bound=BaseModel)
+
+
+def _sql_kind(annotation: Any) -> tuple[str, bool]:
+    """The column kind (a key of ``Dialect.types``) of a field, and if it is
+    nullable."""
+    nullable = False
+    if typing.get_origin(annotation) in (typing.Union, types.UnionType):
+        members = [a for a in typing.get_args(annotation) if a is not type(None)]
+        nullable, annotation = (
+            len(members) < len(typing.get_args(annotation)),
+            members[0],
+        )
+    if typing.get_origin(annotation) is typing.Annotated:
+        annotation = typing.get_args(annotation)[0]
+    origin = typing.get_origin(annotation) or annotation
+    if origin is typing.Literal:
+        return "text", nullable
+    if origin is AwareDatetime:
+        return "time", nullable
+    kinds = ((dict, "json"), (str, "text"), (int, "int"), (float, "real"))
+    for base, kind in (*kinds, (datetime, "time")):
+        if isinstance(origin, type) and issubclass(origin, base):
+            return kind, nullable
+    msg = f"no column kind for a field of type {annotation!r}"
+    raise TypeError(msg)
+
+
+@dataclass(frozen=True)
+class ModelColumns(Generic[M]):
+    """A table whose columns mirror a model's fields, in the model's order."""
+
+    model: type[M]
+    key: str
+
+    @property
+    def names(self) -> tuple[str, ...]:
+        return tuple(self.model.model_fields)
+
+    @functools.cached_property
+    def _kinds(self) -> list[tuple[str, bool]]:
+        return [_sql_kind(f.annotation) for f in self.model.model_fields.values()]
+
+    def ddl(self) -> str:
+        """The column definitions, types in braces for the dialect."""
+        return ", ".join(
+            f"{name} {{{kind}}}"
+            + (" PRIMARY KEY" if name == self.key else "" if nullable else " NOT NULL")
+            for name, (kind, nullable) in zip(self.names, self._kinds, strict=True)
+        )
+
+    def params(self, dialect: Dialect, value: M) -> tuple[Any, ...]:
+        """The row of ``value`` as parameters of an INSERT."""
+        return tuple(
+            _param(dialect, kind, getattr(value, name))
+            for name, (kind, _) in zip(self.names, self._kinds, strict=True)
+        )
+
+    def value(self, dialect: Dialect, row: Sequence[Any]) -> M:
+        """The model a stored row holds (built without validating it again)."""
+        fields = {
+            name: _stored(dialect, kind, cell)
+            for name, (kind, _), cell in zip(self.names, self._kinds, row, strict=True)
+        }
+        return self.model.model_construct(**fields)
+
+
+def _param(dialect: Dialect, kind: str, value: Any) -> Any:
+    if kind == "time":
+        return dialect.time_param(value)
+    return dialect.json_param(value) if kind == "json" else value
+
+
+def _stored(dialect: Dialect, kind: str, value: Any) -> Any:
+    if kind == "time":
+        return dialect.time_value(value)
+    return dialect.json_value(value) if kind == "json" else value
 
 
 @dataclass(frozen=True)

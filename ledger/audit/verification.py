@@ -33,6 +33,7 @@ from ledger.domain.contexts import (
 from ledger.domain.events import EVENT_CLASSES, ContextEvent
 from ledger.domain.hashing import GENESIS_HASH, record_hash
 from ledger.store.application import LedgerApplication
+from ledger.store.backends import as_stream_id
 
 PAGE_SIZE = 10_000
 KIND_BY_TOPIC = {cls.TOPIC: cls.KIND for cls in EVENT_CLASSES}
@@ -93,19 +94,9 @@ def exact_read(stored: StoredEvent, mapper: Mapper[UUID]) -> Read | str:
         return f"it cannot be decoded: {' '.join(str(error).split())[:300]}"
     if not isinstance(event, ContextEvent):
         return f"its topic {stored.topic!r} is not an event of a context"
-    if user_aggregate_id(event.user_id) != _uuid(stored.originator_id):
+    if user_aggregate_id(event.user_id) != as_stream_id(stored.originator_id):
         return f"it names user {event.user_id!r}, who owns another stream"
     return Read(event.user_id, event.prev_hash, record_hash(event.ledger_record()))
-
-
-def _uuid(value: UUID | str) -> UUID | str:
-    """The stream id as a UUID; a stored id that is not one is kept as it is."""
-    if isinstance(value, UUID):
-        return value
-    try:
-        return UUID(value)
-    except ValueError:
-        return value
 
 
 @dataclass(slots=True)
@@ -129,6 +120,7 @@ class ChainVerifier:
         self.recorder = app.recorder
         self.mapper = app.mapper
         self.snapshots = app.snapshots
+        self.backend = app.backend
         self.page_size = page_size
 
     def head(self) -> int:
@@ -144,7 +136,7 @@ class ChainVerifier:
             )
             count = 0
             for notification in page:
-                aggregate_id = _uuid(notification.originator_id)
+                aggregate_id = as_stream_id(notification.originator_id)
                 stream = streams.get(aggregate_id)
                 if stream is None:
                     stream = streams[aggregate_id] = _Stream(aggregate_id)
@@ -275,18 +267,9 @@ class ChainVerifier:
         )
 
     def _snapshot_streams(self) -> list[UUID | str]:
-        """The streams that have snapshots (the library has no call for this)."""
         if self.snapshots is None:
             return []
-        recorder: Any = self.snapshots.recorder
-        if not hasattr(recorder, "events_table_name"):
-            return []  # memory://: nothing outside this process can change it
-        table = recorder.events_table_name
-        schema = getattr(recorder.datastore, "schema", None)
-        name = f'"{schema}"."{table}"' if schema else f'"{table}"'
-        with recorder.datastore.transaction(commit=False) as cursor:
-            cursor.execute(f"SELECT DISTINCT originator_id AS id FROM {name}")  # noqa: S608  (names from the library)
-            return [_uuid(row["id"]) for row in cursor.fetchall()]
+        return self.backend.snapshot_streams(self.snapshots.recorder)
 
     def _snapshot_fault(
         self, aggregate_id: UUID | str, head_version: int, head_hash: str

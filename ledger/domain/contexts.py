@@ -307,46 +307,58 @@ class UserContexts:
         self._threads[context.thread_id] = context.context_id
 
 
+ENDING: tuple[type[ContextEvent], ...] = (ContextExpired, ContextCleared)
+"""The events after which a context is no longer active."""
+
+
+def opens_context(event: ContextEvent) -> bool:
+    """Whether ``event`` starts a new context (``evolve_context``'s first rule)."""
+    return isinstance(event, ContextCreated)
+
+
+def ends_context(event: ContextEvent) -> bool:
+    """Whether ``event`` ends its context (``evolve_context`` returns None)."""
+    return isinstance(event, ENDING)
+
+
 def evolve_context(context: Context | None, event: ContextEvent) -> Context | None:
     """The context after ``event``: None once it is expired or cleared.
 
-    The one place that says how events change a context; the aggregate and the
-    active contexts view both use it.
+    The one place that says how events change a context and when it expires: the
+    aggregate, the views, the expiry index and the report all use it.
     """
     at = event.timestamp
-    match event:
-        case ContextCreated():
-            return Context(
-                context_id=event.context_id,
-                user_id=event.user_id,
-                thread_id=event.thread_id,
-                run_id=event.run_id,
-                metadata=event.metadata,
-                created_at=at,
-                last_used_at=at,
-                expires_at=expiry_time(at, event.ttl_seconds),
-                ttl_seconds=event.ttl_seconds,
-            )
-        case ContextReused() | ContextUpdated() if context is not None:
-            ttl = (
-                event.ttl_seconds
-                if isinstance(event, ContextReused)
-                else context.ttl_seconds
-            )
-            changes: dict[str, Any] = {
-                "run_id": event.run_id,
-                "metadata": merge_metadata(context.metadata, event.metadata),
-                "last_used_at": at,
-                "expires_at": expiry_time(at, ttl),
-                "ttl_seconds": ttl,
-            }
-            if isinstance(event, ContextReused):
-                changes["reuse_count"] = event.reuse_count
-            return context.model_copy(update=changes)
-        case ContextExpired() | ContextCleared() if context is not None:
-            return None
-    msg = f"{type(event).__name__} of context {event.context_id!r}, which is not active"
-    raise ValueError(msg)
+    if isinstance(event, ContextCreated):
+        return Context(
+            context_id=event.context_id,
+            user_id=event.user_id,
+            thread_id=event.thread_id,
+            run_id=event.run_id,
+            metadata=event.metadata,
+            created_at=at,
+            last_used_at=at,
+            expires_at=expiry_time(at, event.ttl_seconds),
+            ttl_seconds=event.ttl_seconds,
+        )
+    if context is None:
+        msg = (
+            f"{type(event).__name__} of context {event.context_id!r}, which is not "
+            "active"
+        )
+        raise ValueError(msg)
+    if ends_context(event):
+        return None
+    ttl = event.ttl_seconds if isinstance(event, ContextReused) else context.ttl_seconds
+    changes: dict[str, Any] = {
+        "run_id": event.run_id,
+        "metadata": merge_metadata(context.metadata, getattr(event, "metadata", {})),
+        "last_used_at": at,
+        "expires_at": expiry_time(at, ttl),
+        "ttl_seconds": ttl,
+    }
+    if isinstance(event, ContextReused):
+        changes["reuse_count"] = event.reuse_count
+    return context.model_copy(update=changes)
 
 
 def contexts_through(

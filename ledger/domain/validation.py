@@ -13,7 +13,7 @@ import msgpack
 from pydantic import AfterValidator, Field, Strict, TypeAdapter, ValidationError
 
 from ledger.domain.models import EVENT_KINDS, EventKind, UtcDatetime
-from ledger.errors import InvalidContextInput
+from ledger.errors import InvalidContextInput, LedgerConfigError
 
 MAX_ID_CHARS = 256
 MAX_REASON_CHARS = 256
@@ -181,6 +181,7 @@ _FIXES = {
     "reason": f"pass a non-empty reason of at most {MAX_REASON_CHARS} characters",
     "time": "pass a timezone-aware datetime, e.g. datetime(2026, 1, 1, tzinfo=UTC)",
     "kind": f"pass one of {', '.join(EVENT_KINDS)}",
+    "int": "pass a whole number of 1 or more, or None for no limit",
 }
 
 
@@ -242,3 +243,24 @@ def event_kind(value: object) -> EventKind:
     """One of the event kinds."""
     result: EventKind = _validate(_KIND, "kind", "kind", value)
     return result
+
+
+def period(since: object, until: object) -> tuple[datetime | None, datetime | None]:
+    """A period of time: each end optional, ``until`` not before ``since``."""
+    start = None if since is None else aware_time("since", since)
+    end = None if until is None else aware_time("until", until)
+    if start is not None and end is not None and end < start:
+        raise InvalidContextInput(
+            "until", until, f"is before since={start.isoformat()}", "swap them"
+        )
+    return start, end
+
+
+def positive_int(field: str, value: object, *, setting: bool = False) -> int:
+    """A whole number of 1 or more (not a bool). A ``setting`` of the ledger or its
+    views is refused with LedgerConfigError, an argument with InvalidContextInput."""
+    if isinstance(value, int) and not isinstance(value, bool) and value >= 1:
+        return value
+    if setting:
+        raise LedgerConfigError(f"{field}={value!r} must be an int of 1 or more")
+    raise InvalidContextInput(field, value, "is not an int of 1 or more", _FIXES["int"])

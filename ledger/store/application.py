@@ -1,22 +1,15 @@
-"""The ``eventsourcing`` application that stores the users' context streams."""
+"""The ``eventsourcing`` application that stores the users' context streams:
+the write path, the cache of aggregates, snapshots and reading a user's events."""
 
 import logging
-import sqlite3
-from collections.abc import Callable, Iterator
-from contextlib import AbstractContextManager, contextmanager, nullcontext
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime
-from functools import wraps
-from types import TracebackType
-from typing import Any, Concatenate, ParamSpec, Protocol, Self, TypeVar, cast
+from typing import Any, cast
 from uuid import UUID
 
-import psycopg
 from eventsourcing.application import AggregateNotFoundError, Application
-from eventsourcing.persistence import (
-    IntegrityError,
-    MapperDeserialisationError,
-    PersistenceError,
-)
+from eventsourcing.persistence import PersistenceError
 from eventsourcing.utils import Environment, get_topic
 
 from ledger.domain.contexts import (
@@ -26,10 +19,10 @@ from ledger.domain.contexts import (
     user_aggregate_id,
 )
 from ledger.domain.events import ContextEvent
-from ledger.domain.hashing import record_hash
-from ledger.errors import LedgerCorrupted, StorageUnavailable
-from ledger.store.backends import exclusive_setup
+from ledger.errors import LedgerCorrupted, LedgerNotFound, StorageUnavailable
+from ledger.store.backends import backend_for
 from ledger.store.cache import AggregateCache
+from ledger.store.failures import DATABASE_ERRORS, storage_failures
 from ledger.store.serialization import MsgpackTranscoder, PydanticMapper
 from ledger.store.urls import Storage
 
@@ -61,26 +54,27 @@ class LedgerApplication(Application[UUID]):
         }
         return Environment(name, settings)
 
-    def __init__(self, env: Any = None) -> None:
-        super().__init__(env)
+    def __init__(self, storage: Storage) -> None:
+        super().__init__(storage.settings)
+        self.storage = storage
+        self.backend = backend_for(storage)
         self.cache = AggregateCache(AGGREGATE_CACHE_SIZE)
 
     def load(self, user_id: str, now: datetime) -> UserContexts:
         """The user's aggregate as stored now; an empty one for a new user."""
         aggregate_id = user_aggregate_id(user_id)
         cached = self.cache.get(aggregate_id)
-        if cached is None:
-            try:
-                with replaying(user_id):
-                    aggregate: UserContexts = self.repository.get(
+        with replaying(user_id):
+            if cached is None:
+                try:
+                    stored: UserContexts = self.repository.get(
                         aggregate_id, projector_func=project_user
                     )
-            except AggregateNotFoundError:
-                return UserContexts.start(user_id, now)
-            self.cache.offer(aggregate.copy())
-            return aggregate
-        aggregate = cached.copy()
-        with replaying(user_id):
+                except AggregateNotFoundError:
+                    return UserContexts.start(user_id, now)
+                self.cache.offer(stored.copy())
+                return stored
+            aggregate = cached.copy()
             newer = list(self.events.get(aggregate_id, gt=aggregate.version))
             project_user(aggregate, cast(list[ContextEvent], newer))
         if newer:
@@ -110,7 +104,8 @@ class LedgerApplication(Application[UUID]):
         before = aggregate.version - len(events)
         # The event store's put is what save() does for us; save() would first run
         # runtime Protocol checks that cost more than the rest of the Python work.
-        self.events.put(events)
+        with storage_failures(self.storage, writing=True):
+            self.events.put(events)
         self.cache.offer(aggregate)
         if self.snapshots is not None and (
             aggregate.version // SNAPSHOT_INTERVAL > before // SNAPSHOT_INTERVAL
@@ -148,89 +143,15 @@ class LedgerApplication(Application[UUID]):
             version = page[-1].originator_version
             size = min(size * 2, MAX_PAGE)
 
-    def snapshot_before(
-        self, user_id: str, is_early: Callable[[datetime], bool]
-    ) -> UserSnapshot | None:
-        """The newest usable snapshot whose time ``is_early`` accepts.
-
-        A user's event times never go backwards (``UserContexts._trigger``), so
-        snapshot times grow with their versions and bisection over the versions
-        finds it in a few reads. A snapshot is usable when it decodes and its hash
-        is that of the stored event of its version; one that is not is passed over.
-        """
-        if self.snapshots is None:
-            return None
-        aggregate_id = user_aggregate_id(user_id)
-        newest = self._snapshot(aggregate_id, None)
-        if newest is None:
-            return None
-        if is_early(newest.timestamp) and self._usable(newest):
-            return newest
-        best = None
-        low, high = 1, newest.originator_version - 1
-        while low <= high:
-            middle = (low + high) // 2
-            snapshot = self._snapshot(aggregate_id, middle)
-            if snapshot is None:
-                low = middle + 1
-            elif is_early(snapshot.timestamp) and self._usable(snapshot):
-                best, low = snapshot, middle + 1
-            else:
-                high = snapshot.originator_version - 1
-        return best
-
-    def _snapshot(self, aggregate_id: UUID, lte: int | None) -> UserSnapshot | None:
-        """The newest snapshot at or below version ``lte``, if it decodes."""
-        assert self.snapshots is not None  # noqa: S101  (checked by the caller)
-        try:
-            found = list(self.snapshots.get(aggregate_id, lte=lte, desc=True, limit=1))
-        except MapperDeserialisationError as error:
-            _log.warning("snapshot of %s not used: %s", aggregate_id, error)
-            return None
-        return found[0] if found and isinstance(found[0], UserSnapshot) else None
-
-    def _usable(self, snapshot: UserSnapshot) -> bool:
-        version = snapshot.originator_version
-        try:
-            events = list(
-                self.events.get(snapshot.originator_id, gt=version - 1, lte=version)
-            )
-        except MapperDeserialisationError:
-            return False
-        return (
-            len(events) == 1
-            and isinstance(events[0], ContextEvent)
-            and events[0].timestamp == snapshot.timestamp
-            and events[0].user_id == snapshot.user_id
-            and record_hash(events[0].ledger_record()) == snapshot.last_hash
-        )
-
-    def state_as_of(self, user_id: str, as_of: datetime) -> UserContexts | None:
-        """The user's aggregate after every event at or before ``as_of``."""
-        snapshot = self.snapshot_before(user_id, lambda at: at <= as_of)
-        aggregate = None if snapshot is None else UserContexts.from_snapshot(snapshot)
-        after = 0 if snapshot is None else snapshot.originator_version
-        first = FIRST_PAGE if snapshot is None else SNAPSHOT_INTERVAL + 10
-        for event in self.events_after(user_id, after, first):
-            if event.timestamp > as_of:
-                break
-            with replaying(user_id):
-                aggregate = project_user(aggregate, (event,))
-        return aggregate
-
-    def events_between(
-        self, user_id: str, since: datetime | None, until: datetime | None
-    ) -> Iterator[ContextEvent]:
-        """The user's events with ``since <= occurred_at < until``, in order."""
-        after = 0
-        if since is not None:
-            snapshot = self.snapshot_before(user_id, lambda at: at < since)
-            after = 0 if snapshot is None else snapshot.originator_version
-        for event in self.events_after(user_id, after, FIRST_PAGE):
-            if until is not None and event.timestamp >= until:
-                return
-            if since is None or event.timestamp >= since:
-                yield event
+    def replay(
+        self,
+        user_id: str,
+        aggregate: UserContexts | None,
+        events: Iterable[ContextEvent],
+    ) -> UserContexts | None:
+        """``aggregate`` (None: no state yet) after ``events`` of the user."""
+        with replaying(user_id):
+            return project_user(aggregate, events)
 
 
 @contextmanager
@@ -245,72 +166,17 @@ def replaying(user_id: str) -> Iterator[None]:
         raise LedgerCorrupted(user_id, str(error)) from error
 
 
-class ClosesApplication:
-    """Owns an application: ``close()`` closes it, and so does leaving a ``with``."""
+def open_application(storage: Storage, *, create: bool = True) -> LedgerApplication:
+    """The application on ``storage``, its tables created if need be.
 
-    _app: LedgerApplication
-
-    def close(self) -> None:
-        self._app.close()
-
-    def __enter__(self) -> Self:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
-
-
-class HasStorage(Protocol):
-    storage: Storage
-
-
-S = TypeVar("S", bound=HasStorage)
-P = ParamSpec("P")
-T = TypeVar("T")
-
-
-@contextmanager
-def storage_failures(storage: Storage) -> Iterator[None]:
-    """A failure of the database inside becomes StorageUnavailable, naming it."""
+    With ``create=False`` a storage that holds no ledger raises LedgerNotFound and
+    nothing is created.
+    """
+    backend = backend_for(storage)
     try:
-        yield
-    except IntegrityError:
-        raise  # a conflict, handled where commands are retried
-    except (PersistenceError, psycopg.Error, sqlite3.Error) as error:
-        unavailable = StorageUnavailable(storage.description, error)
-        for note in getattr(error, "__notes__", ()):
-            unavailable.add_note(note)
-        raise unavailable from error
-
-
-def storage_errors(
-    method: Callable[Concatenate[S, P], T],
-) -> Callable[Concatenate[S, P], T]:
-    """A method whose database failures become StorageUnavailable."""
-
-    def guarded(owner: S, /, *args: P.args, **kwargs: P.kwargs) -> T:
-        with storage_failures(owner.storage):
-            return method(owner, *args, **kwargs)
-
-    return wraps(method)(guarded)
-
-
-def setup_lock(storage: Storage) -> AbstractContextManager[None]:
-    """Held while creating tables: PostgreSQL's DDL races between processes."""
-    if storage.kind == "postgres":
-        return exclusive_setup(storage.settings)
-    return nullcontext()
-
-
-def open_application(storage: Storage) -> LedgerApplication:
-    """The application on ``storage``, its tables created if need be."""
-    try:
-        with setup_lock(storage):
-            return LedgerApplication(env=storage.settings)
-    except (OSError, PersistenceError, psycopg.Error, sqlite3.Error) as error:
+        if not create and not backend.exists():
+            raise LedgerNotFound(storage.description)
+        with backend.setup_lock():
+            return LedgerApplication(storage)
+    except (OSError, *DATABASE_ERRORS) as error:
         raise StorageUnavailable(storage.description, error) from error

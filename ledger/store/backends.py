@@ -1,35 +1,363 @@
-"""PostgreSQL set-up that the library leaves to its users.
+"""The one place that knows each backend: SQLite, PostgreSQL and memory.
 
-Processes that open one ledger at the same moment would race on creating the
-schema, tables and types (PostgreSQL answers "tuple concurrently updated"), so
-set-up runs under an advisory lock per schema.
+What differs between them and the library leaves to its users lives here: whether a
+ledger already exists at a URL, the set-up lock, the SQL dialect of the tables kept
+beside the events, the tracking table, how new events are noticed, and the few
+queries the library has no call for.
 """
 
+import json
+import re
+import sqlite3
+import threading
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager, nullcontext
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, ClassVar, Protocol
+from uuid import UUID
 
 import psycopg
+from eventsourcing.persistence import ApplicationRecorder, TrackingRecorder
+from eventsourcing.postgres import PostgresApplicationRecorder, PostgresTrackingRecorder
+from eventsourcing.sqlite import SQLiteTrackingRecorder
 from psycopg import sql
+from psycopg.types.json import Jsonb
+
+from ledger.store.urls import Storage
+
+EVENTS_TABLE = {"sqlite": "stored_events", "postgres": "ctxledger_events"}
+SNAPSHOTS_TABLE = {"sqlite": "stored_snapshots", "postgres": "ctxledger_snapshots"}
+VIEW_TRACKING_TABLE = "ctxledger_view_tracking"  # PostgreSQL; SQLite's is "tracking"
+_IDENTIFIER = re.compile(r"[a-z_][a-z0-9_]*")
+
+Arrivals = tuple[threading.Event, list[BaseException]]
+"""An event set when new events may have arrived, and the listener's errors."""
 
 
-@contextmanager
-def exclusive_setup(settings: dict[str, str]) -> Iterator[None]:
-    """Holds the schema's set-up lock, with the schema created, while the body runs."""
-    schema = settings["POSTGRES_SCHEMA"]
-    with psycopg.connect(
-        dbname=settings["POSTGRES_DBNAME"],
-        host=settings["POSTGRES_HOST"],
-        port=settings["POSTGRES_PORT"],
-        user=settings["POSTGRES_USER"],
-        password=settings["POSTGRES_PASSWORD"],
-        connect_timeout=int(settings["POSTGRES_CONNECT_TIMEOUT"]),
-        autocommit=True,
-    ) as connection:
-        connection.execute(
-            "SELECT pg_advisory_lock(hashtext(%s))", (f"ctxledger setup {schema}",)
+class Dialect(Protocol):
+    """What differs between SQLite and PostgreSQL for tables beside the events."""
+
+    @property
+    def types(self) -> dict[str, str]: ...
+
+    def table(self, name: str) -> str: ...
+    def statement(self, text: str) -> str: ...
+    def time_param(self, at: datetime | None) -> Any: ...
+    def time_value(self, stored: Any) -> datetime | None: ...
+    def json_param(self, value: Any) -> Any: ...
+    def json_value(self, stored: Any) -> Any: ...
+    def lock(self, cursor: Any, key: str) -> None: ...
+    def snapshot(self, cursor: Any) -> None: ...
+    def row(self, stored: Any) -> tuple[Any, ...]: ...
+    def exists(self, cursor: Any, name: str) -> bool: ...
+
+
+def checked_identifier(name: str) -> str:
+    if not _IDENTIFIER.fullmatch(name):
+        msg = f"table name {name!r} is not a plain identifier"
+        raise ValueError(msg)
+    return name
+
+
+def json_text(value: Any) -> str:
+    """The compact, key-sorted JSON text of a value."""
+    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+
+
+class SQLiteDialect:
+    # Times are ISO 8601 text in UTC with microseconds, so they sort as text.
+    types: ClassVar[dict[str, str]] = {
+        "text": "TEXT",
+        "int": "INTEGER",
+        "real": "REAL",
+        "json": "TEXT",
+        "time": "TEXT",
+    }
+
+    def table(self, name: str) -> str:
+        return f'"{checked_identifier(name)}"'
+
+    def statement(self, text: str) -> str:
+        return text
+
+    def time_param(self, at: datetime | None) -> str | None:
+        return None if at is None else at.astimezone(UTC).isoformat("T", "microseconds")
+
+    def time_value(self, stored: Any) -> datetime | None:
+        return None if stored is None else datetime.fromisoformat(stored)
+
+    def json_param(self, value: Any) -> str:
+        return json_text(value)
+
+    def json_value(self, stored: Any) -> Any:
+        return json.loads(stored)
+
+    def lock(self, cursor: Any, key: str) -> None:
+        # A write as the transaction's first statement takes SQLite's write lock
+        # now, waiting for other writers, instead of failing later on upgrade.
+        cursor.execute(
+            "UPDATE tracking SET notification_id = notification_id "
+            "WHERE application_name = ?",
+            (key,),
         )
-        connection.execute(
-            sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(sql.Identifier(schema))
+
+    def snapshot(self, cursor: Any) -> None:
+        """Nothing to do: a deferred SQLite transaction reads one snapshot."""
+
+    def exists(self, cursor: Any, name: str) -> bool:
+        cursor.execute(
+            "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?", (name,)
         )
-        yield
-        # Closing the connection releases the advisory lock.
+        return cursor.fetchone() is not None
+
+    def row(self, stored: Any) -> tuple[Any, ...]:
+        return tuple(stored)
+
+
+class PostgresDialect:
+    types: ClassVar[dict[str, str]] = {
+        "text": "TEXT",
+        "int": "BIGINT",
+        "real": "DOUBLE PRECISION",
+        "json": "JSONB",
+        "time": "TIMESTAMPTZ",
+    }
+
+    def __init__(self, schema: str) -> None:
+        self.schema = checked_identifier(schema)
+
+    def table(self, name: str) -> str:
+        return f'"{self.schema}"."{checked_identifier(name)}"'
+
+    def statement(self, text: str) -> str:
+        return text.replace("?", "%s")
+
+    def time_param(self, at: datetime | None) -> datetime | None:
+        return at
+
+    def time_value(self, stored: Any) -> datetime | None:
+        return None if stored is None else stored.astimezone(UTC)
+
+    def json_param(self, value: Any) -> Jsonb:
+        return Jsonb(value)
+
+    def json_value(self, stored: Any) -> Any:
+        return stored
+
+    def lock(self, cursor: Any, key: str) -> None:
+        cursor.execute(
+            "SELECT pg_advisory_xact_lock(hashtext(%s))", (f"ctxledger view {key}",)
+        )
+
+    def snapshot(self, cursor: Any) -> None:
+        cursor.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
+
+    def row(self, stored: Any) -> tuple[Any, ...]:
+        return tuple(stored.values())
+
+    def exists(self, cursor: Any, name: str) -> bool:
+        cursor.execute("SELECT to_regclass(%s) AS found", (self.table(name),))
+        return cursor.fetchone()["found"] is not None
+
+
+class Backend:
+    """What a ledger's storage can do beyond the library's common interface."""
+
+    durable: ClassVar[bool] = True
+
+    def __init__(self, storage: Storage) -> None:
+        self.storage = storage
+        self.kind = storage.kind
+
+    def exists(self) -> bool:
+        """Whether a ledger is stored there already (nothing is created to find out)."""
+        raise NotImplementedError
+
+    def setup_lock(self) -> AbstractContextManager[None]:
+        """Held while creating tables."""
+        return nullcontext()
+
+    def dialect(self) -> Dialect:
+        raise NotImplementedError
+
+    def tracking(self, datastore: Any) -> tuple[TrackingRecorder, str]:
+        """A tracking recorder beside the events and its table's quoted name."""
+        raise NotImplementedError
+
+    @contextmanager
+    def arrivals(self, recorder: ApplicationRecorder, after: int) -> Iterator[Arrivals]:
+        """How new events are noticed: polling by default (the event is never set,
+        so a follower wakes at its poll interval and looks)."""
+        yield threading.Event(), []
+
+    def count_after(self, recorder: ApplicationRecorder, position: int) -> int:
+        """How many events are stored after ``position`` (positions can skip)."""
+        table = self._table(EVENTS_TABLE[self.kind])
+        column = self._position_column
+        with recorder.datastore.transaction(commit=False) as cursor:  # type: ignore[attr-defined]
+            cursor.execute(
+                f"SELECT COUNT(*) AS n FROM {table} WHERE {column} > {self._marker}",  # noqa: S608  (our table names)
+                (position,),
+            )
+            return int(self.dialect().row(cursor.fetchone())[0])
+
+    def snapshot_streams(self, recorder: Any) -> list[UUID | str]:
+        """The streams that have snapshots (the library has no call for this)."""
+        return _distinct_streams(recorder, self._table(SNAPSHOTS_TABLE[self.kind]))
+
+    _position_column = "notification_id"
+    _marker = "%s"
+
+    def _table(self, name: str) -> str:
+        return self.dialect().table(name)
+
+
+class SQLiteBackend(Backend):
+    _position_column = "rowid"
+    _marker = "?"
+
+    @property
+    def path(self) -> Path:
+        return Path(self.storage.settings["SQLITE_DBNAME"])
+
+    def exists(self) -> bool:
+        if not self.path.is_file():
+            return False
+        uri = f"{self.path.resolve().as_uri()}?mode=ro"
+        with sqlite3.connect(uri, uri=True) as connection:
+            found = connection.execute(
+                "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?",
+                (EVENTS_TABLE["sqlite"],),
+            ).fetchone()
+        connection.close()
+        return found is not None
+
+    def dialect(self) -> Dialect:
+        return SQLiteDialect()
+
+    def tracking(self, datastore: Any) -> tuple[TrackingRecorder, str]:
+        # SQLite's tracking table is shared: each view tracks under its own key.
+        return SQLiteTrackingRecorder(datastore), self._table("tracking")
+
+
+class PostgresBackend(Backend):
+    @property
+    def schema(self) -> str:
+        return self.storage.settings["POSTGRES_SCHEMA"]
+
+    def _connect(self) -> psycopg.Connection[Any]:
+        settings = self.storage.settings
+        return psycopg.connect(
+            dbname=settings["POSTGRES_DBNAME"],
+            host=settings["POSTGRES_HOST"],
+            port=settings["POSTGRES_PORT"],
+            user=settings["POSTGRES_USER"],
+            password=settings["POSTGRES_PASSWORD"],
+            connect_timeout=int(settings["POSTGRES_CONNECT_TIMEOUT"]),
+            autocommit=True,
+        )
+
+    def exists(self) -> bool:
+        with self._connect() as connection:
+            row = connection.execute(
+                "SELECT to_regclass(%s) IS NOT NULL",
+                (self._table(EVENTS_TABLE["postgres"]),),
+            ).fetchone()
+        return bool(row and row[0])
+
+    @contextmanager
+    def setup_lock(self) -> Iterator[None]:
+        """Processes that open one ledger at the same moment would race on creating
+        the schema, tables and types (PostgreSQL answers "tuple concurrently
+        updated"), so set-up runs under an advisory lock per schema."""
+        with self._connect() as connection:
+            connection.execute(
+                "SELECT pg_advisory_lock(hashtext(%s))",
+                (f"ctxledger setup {self.schema}",),
+            )
+            connection.execute(
+                sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(
+                    sql.Identifier(self.schema)
+                )
+            )
+            yield
+            # Closing the connection releases the advisory lock.
+
+    def dialect(self) -> Dialect:
+        return PostgresDialect(self.schema)
+
+    def tracking(self, datastore: Any) -> tuple[TrackingRecorder, str]:
+        recorder = PostgresTrackingRecorder(
+            datastore, tracking_table_name=VIEW_TRACKING_TABLE
+        )
+        return recorder, self._table(VIEW_TRACKING_TABLE)
+
+    @contextmanager
+    def arrivals(self, recorder: ApplicationRecorder, after: int) -> Iterator[Arrivals]:
+        """The library's subscription (LISTEN/NOTIFY) sets the event."""
+        arrived = threading.Event()
+        failures: list[BaseException] = []
+        if not isinstance(recorder, PostgresApplicationRecorder):
+            yield arrived, failures
+            return
+        with recorder.subscribe(gt=after) as subscription:
+            listener = threading.Thread(
+                target=_listen, args=(subscription, arrived, failures), daemon=True
+            )
+            listener.start()
+            try:
+                yield arrived, failures
+            finally:
+                subscription.stop()
+                listener.join()
+
+
+class MemoryBackend(Backend):
+    """memory://: one process, nothing outside it can change or keep it."""
+
+    durable = False
+
+    def exists(self) -> bool:
+        return False
+
+    def snapshot_streams(self, recorder: Any) -> list[UUID | str]:
+        return []
+
+
+def backend_for(storage: Storage) -> Backend:
+    backends: dict[str, type[Backend]] = {
+        "sqlite": SQLiteBackend,
+        "postgres": PostgresBackend,
+        "memory": MemoryBackend,
+    }
+    return backends[storage.kind](storage)
+
+
+def _distinct_streams(recorder: Any, table: str) -> list[UUID | str]:
+    with recorder.datastore.transaction(commit=False) as cursor:
+        cursor.execute(f"SELECT DISTINCT originator_id AS id FROM {table}")  # noqa: S608  (our table names)
+        return [as_stream_id(row["id"]) for row in cursor.fetchall()]
+
+
+def as_stream_id(value: UUID | str) -> UUID | str:
+    """The stream id as a UUID; a stored id that is not one is kept as it is."""
+    if isinstance(value, UUID):
+        return value
+    try:
+        return UUID(value)
+    except ValueError:
+        return value
+
+
+def _listen(
+    subscription: Iterator[object],
+    arrived: threading.Event,
+    failures: list[BaseException],
+) -> None:
+    try:
+        for _ in subscription:
+            arrived.set()
+    except BaseException as error:  # noqa: BLE001  (handed to the follower's thread)
+        failures.append(error)
+        arrived.set()

@@ -10,26 +10,23 @@ from typing import Any
 
 from eventsourcing.persistence import ApplicationRecorder, Mapper
 
-from ledger.domain.contexts import expiry_time
-from ledger.domain.events import (
-    EVENT_TOPICS,
-    ContextCleared,
-    ContextCreated,
-    ContextEvent,
-    ContextExpired,
-    ContextReused,
-    ContextUpdated,
-)
+from ledger.domain.contexts import evolve_context
+from ledger.domain.events import EVENT_TOPICS, ContextEvent
+from ledger.domain.models import Context
 
 _PAGE = 1000
 
 
 class DueIndex:
-    """Time to live and expiry time of each context that has one, by user and id."""
+    """Time to live and expiry time of each context that has one, by user and id.
+
+    Each event changes the entry as ``evolve_context`` says; a context with no
+    entry has no time to live (metadata is not kept: expiry does not depend on it).
+    """
 
     def __init__(self) -> None:
         self._position = 0
-        self._due: dict[tuple[str, str], tuple[float, datetime]] = {}
+        self._due: dict[tuple[str, str], tuple[float | None, datetime]] = {}
 
     def catch_up(self, recorder: ApplicationRecorder, mapper: Mapper[Any]) -> None:
         while True:
@@ -40,7 +37,9 @@ class DueIndex:
                 inclusive_of_start=False,
             )
             for notification in page:
-                self._apply(mapper.to_domain_event(notification))
+                event = mapper.to_domain_event(notification)
+                if isinstance(event, ContextEvent):
+                    self._apply(event)
                 self._position = notification.id
             if len(page) < _PAGE:
                 return
@@ -48,20 +47,26 @@ class DueIndex:
     def users_due(self, now: datetime) -> list[str]:
         return sorted({user for (user, _), (_, at) in self._due.items() if at <= now})
 
-    def _apply(self, event: object) -> None:
-        match event:
-            case ContextCreated() | ContextReused():
-                self._set(event, event.ttl_seconds)
-            case ContextUpdated():
-                known = self._due.get((event.user_id, event.context_id))
-                self._set(event, None if known is None else known[0])
-            case ContextExpired() | ContextCleared():
-                self._due.pop((event.user_id, event.context_id), None)
-
-    def _set(self, event: ContextEvent, ttl: float | None) -> None:
+    def _apply(self, event: ContextEvent) -> None:
         key = (event.user_id, event.context_id)
-        expires_at = expiry_time(event.timestamp, ttl)
-        if ttl is None or expires_at is None:  # None together: no expiry
+        after = evolve_context(self._known(key, event), event)
+        if after is None or after.expires_at is None:
             self._due.pop(key, None)
         else:
-            self._due[key] = (ttl, expires_at)
+            self._due[key] = (after.ttl_seconds, after.expires_at)
+
+    def _known(self, key: tuple[str, str], event: ContextEvent) -> Context:
+        """The context as far as expiry goes: its time to live and expiry."""
+        ttl, expires_at = self._due.get(key, (None, None))
+        return Context.model_construct(
+            context_id=event.context_id,
+            user_id=event.user_id,
+            thread_id=event.thread_id,
+            run_id=event.run_id,
+            metadata={},
+            created_at=event.timestamp,
+            last_used_at=event.timestamp,
+            expires_at=expires_at,
+            ttl_seconds=ttl,
+            reuse_count=0,
+        )

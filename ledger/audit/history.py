@@ -1,0 +1,109 @@
+"""A user's history by period and as of an instant, read from the event store.
+
+Both start from the newest usable snapshot before the period or the instant: a
+user's event times never go backwards (``UserContexts._trigger``), so snapshot
+times grow with their versions and bisection over the versions finds it in a few
+reads.
+"""
+
+import logging
+from collections.abc import Callable, Iterator
+from datetime import datetime
+from itertools import takewhile
+from uuid import UUID
+
+from eventsourcing.persistence import MapperDeserialisationError
+
+from ledger.domain.contexts import UserContexts, UserSnapshot, user_aggregate_id
+from ledger.domain.events import ContextEvent
+from ledger.domain.hashing import record_hash
+from ledger.store.application import FIRST_PAGE, SNAPSHOT_INTERVAL, LedgerApplication
+
+_log = logging.getLogger(__name__)
+
+
+class History:
+    """The auditor's reads of one application's users."""
+
+    def __init__(self, app: LedgerApplication) -> None:
+        self.app = app
+
+    def state_as_of(self, user_id: str, as_of: datetime) -> UserContexts | None:
+        """The user's aggregate after every event at or before ``as_of``."""
+        snapshot = self.snapshot_before(user_id, lambda at: at <= as_of)
+        start = None if snapshot is None else UserContexts.from_snapshot(snapshot)
+        after = 0 if snapshot is None else snapshot.originator_version
+        first = FIRST_PAGE if snapshot is None else SNAPSHOT_INTERVAL + 10
+        events = self.app.events_after(user_id, after, first)
+        in_time = takewhile(lambda event: event.timestamp <= as_of, events)
+        return self.app.replay(user_id, start, in_time)
+
+    def events_between(
+        self, user_id: str, since: datetime | None, until: datetime | None
+    ) -> Iterator[ContextEvent]:
+        """The user's events with ``since <= occurred_at < until``, in order."""
+        after = 0
+        if since is not None:
+            snapshot = self.snapshot_before(user_id, lambda at: at < since)
+            after = 0 if snapshot is None else snapshot.originator_version
+        for event in self.app.events_after(user_id, after, FIRST_PAGE):
+            if until is not None and event.timestamp >= until:
+                return
+            if since is None or event.timestamp >= since:
+                yield event
+
+    def snapshot_before(
+        self, user_id: str, is_early: Callable[[datetime], bool]
+    ) -> UserSnapshot | None:
+        """The newest usable snapshot whose time ``is_early`` accepts.
+
+        A snapshot is usable when it decodes and its hash is that of the stored
+        event of its version; one that is not is passed over.
+        """
+        aggregate_id = user_aggregate_id(user_id)
+        newest = self._snapshot(aggregate_id, None)
+        if newest is None:
+            return None
+        if is_early(newest.timestamp) and self._usable(newest):
+            return newest
+        best = None
+        low, high = 1, newest.originator_version - 1
+        while low <= high:
+            middle = (low + high) // 2
+            snapshot = self._snapshot(aggregate_id, middle)
+            if snapshot is None:
+                low = middle + 1
+            elif is_early(snapshot.timestamp) and self._usable(snapshot):
+                best, low = snapshot, middle + 1
+            else:
+                high = snapshot.originator_version - 1
+        return best
+
+    def _snapshot(self, aggregate_id: UUID, lte: int | None) -> UserSnapshot | None:
+        """The newest snapshot at or below version ``lte``, if it decodes."""
+        if self.app.snapshots is None:
+            return None
+        try:
+            found = list(
+                self.app.snapshots.get(aggregate_id, lte=lte, desc=True, limit=1)
+            )
+        except MapperDeserialisationError as error:
+            _log.warning("snapshot of %s not used: %s", aggregate_id, error)
+            return None
+        return found[0] if found and isinstance(found[0], UserSnapshot) else None
+
+    def _usable(self, snapshot: UserSnapshot) -> bool:
+        version = snapshot.originator_version
+        try:
+            events = list(
+                self.app.events.get(snapshot.originator_id, gt=version - 1, lte=version)
+            )
+        except MapperDeserialisationError:
+            return False
+        return (
+            len(events) == 1
+            and isinstance(events[0], ContextEvent)
+            and events[0].timestamp == snapshot.timestamp
+            and events[0].user_id == snapshot.user_id
+            and record_hash(events[0].ledger_record()) == snapshot.last_hash
+        )
