@@ -244,11 +244,7 @@ class ContextLedger(StorageClient):
         """
         user = validation.identifier("user_id", user_id)
         context = validation.identifier("context_id", context_id)
-        events = [
-            event.to_ledger_event()
-            for event in self._app.events_after(user, 0)
-            if event.context_id == context
-        ]
+        events = [e.to_ledger_event() for e in self._history.of_context(user, context)]
         if not events:
             raise ContextNotFound(user, context, in_history=True)
         return events

@@ -9,6 +9,7 @@ from typing import Self
 from ledger.domain import validation
 from ledger.domain.models import Context, EventKind
 from ledger.store.application import LedgerApplication, open_application
+from ledger.store.backends import backend_for
 from ledger.store.failures import StorageClient, storage_failures
 from ledger.store.urls import resolve_url, storage_for
 from projections.active import ActiveContextsView
@@ -67,7 +68,7 @@ class Projections(StorageClient):
         size = validation.positive_int("batch_size", batch_size, setting=True)
         resolved = resolve_url(url)
         storage = storage_for(resolved)
-        if storage.kind == "memory":
+        if not backend_for(storage).durable:
             raise ViewsNeedDurableStorage(resolved)
         application = open_application(storage, create=create)
         try:

@@ -52,6 +52,12 @@ class History:
             if since is None or event.timestamp >= since:
                 yield event
 
+    def of_context(self, user_id: str, context_id: str) -> Iterator[ContextEvent]:
+        """Every event of one of the user's contexts, in order."""
+        for event in self.app.events_after(user_id, 0):
+            if event.context_id == context_id:
+                yield event
+
     def snapshot_before(
         self, user_id: str, is_early: Callable[[datetime], bool]
     ) -> UserSnapshot | None:
