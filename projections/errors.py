@@ -1,11 +1,5 @@
-"""Errors of the projections, under the ledger's root error ``LedgerError``.
-
-LedgerError
- +-- ProjectionError             a view cannot go on
-      +-- UndecodableEvent       a stored event at a position cannot be read
-      +-- UnknownView            a view name that does not exist (ValueError)
-      +-- ViewsNeedDurableStorage  memory:// has no tables to keep views in
-"""
+"""Errors of the projections: the ``ProjectionError`` branch under the ledger's root
+error ``LedgerError``. The whole tree is drawn once, in ``ledger.errors``."""
 
 from ledger.errors import LedgerError, shorten
 

@@ -8,7 +8,7 @@ import pytest
 
 from ledger import ContextLedger, LedgerEvent
 from ledger.domain.hashing import GENESIS_HASH, record_hash
-from tests.workers import USERS, hammer
+from tests.helpers import USERS, hammer
 
 PROCESSES = 4
 CALLS_PER_PROCESS = 150
