@@ -1,6 +1,8 @@
 """Exports: a round trip through the file, and every kind of change to it found."""
 
 import json
+import stat
+import subprocess
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -11,7 +13,7 @@ from hypothesis import strategies as st
 
 from ledger import ContextLedger, InvalidContextInput, verify_export
 from ledger.domain.hashing import canonical_encoding, record_hash
-from tests.helpers import run
+from tests.helpers import CTXLEDGER, run
 
 T0 = datetime(2026, 6, 1, 8, 0, tzinfo=UTC)
 
@@ -171,6 +173,66 @@ def test_export_and_verify_export_commands(sqlite_url: str, tmp_path: Path) -> N
     assert "NOT INTACT: line 4 (version 4): altered" in edited.stdout
     assert absent.returncode == 2
     assert "does not exist" in absent.stderr
+
+
+@pytest.mark.parametrize(
+    ("deleted", "expected"),
+    [
+        (3, "line 3 (version 3): missing: version 3 absent"),
+        (1, "line 1 (version 1): missing: version 1 absent"),
+        (6, "line 6 (version 6): missing: the manifest lists up to version 6"),
+    ],
+)
+def test_verify_export_names_the_line_where_a_deleted_event_is_missing(
+    export: Path, tmp_path: Path, deleted: int, expected: str
+) -> None:
+    lines = export.read_bytes().splitlines(keepends=True)
+    del lines[deleted - 1]
+    export.write_bytes(b"".join(lines))
+
+    result = run("verify-export", str(export), cwd=tmp_path)
+
+    assert result.returncode == 1
+    assert f"NOT INTACT: {expected}" in result.stdout
+
+
+@pytest.mark.parametrize(("umask", "mode"), [(0o022, 0o644), (0o077, 0o600)])
+def test_an_export_is_created_with_the_mode_the_umask_leaves(
+    durable_url: str, tmp_path: Path, umask: int, mode: int
+) -> None:
+    with ContextLedger.open(durable_url) as ledger:
+        _history(ledger)
+    out = tmp_path / "alice.jsonl"
+
+    result = subprocess.run(
+        [
+            *("/bin/sh", "-c", f'umask {umask:03o} && exec "$0" "$@"', CTXLEDGER),
+            *("--db", durable_url, "export", "alice", "--out", str(out)),
+        ],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+
+    assert result.returncode == 0, result.stderr
+    assert stat.S_IMODE(out.stat().st_mode) == mode
+
+
+def test_an_export_that_replaces_a_file_keeps_that_files_mode(
+    sqlite_url: str, tmp_path: Path
+) -> None:
+    out = tmp_path / "alice.jsonl"
+    out.write_text("an earlier export")
+    out.chmod(0o640)
+
+    with ContextLedger.open(sqlite_url) as ledger:
+        _history(ledger)
+        ledger.export("alice", out)
+
+    assert stat.S_IMODE(out.stat().st_mode) == 0o640
+    assert verify_export(out).intact
 
 
 def test_an_edited_manifest_field_is_altered(export: Path) -> None:

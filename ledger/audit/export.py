@@ -15,12 +15,13 @@ before, and the manifest must match what the file holds.
 
 import json
 import os
-import tempfile
+import secrets
+import stat
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from datetime import datetime
 from pathlib import Path
-from typing import Any, BinaryIO, NoReturn, cast
+from typing import Any, BinaryIO, NoReturn
 
 from pydantic import BaseModel, ConfigDict, ValidationError
 
@@ -140,20 +141,33 @@ def writable(path: Path | str) -> tuple[Path, Path]:
 
 @contextmanager
 def replaced_whole(path: Path | str) -> Iterator[BinaryIO]:
-    """A file to write that replaces ``path`` only once the body has finished."""
+    """A file to write that replaces ``path`` only once the body has finished.
+
+    A new file gets the mode any new file gets (0666 less the umask); a file
+    replaced keeps its mode.
+    """
     target, folder = writable(path)
-    handle = tempfile.NamedTemporaryFile(  # noqa: SIM115  (renamed below)
-        "wb", dir=folder, prefix=f".{target.name}.", suffix=".part", delete=False
-    )
+    temporary = folder / f".{target.name}.{secrets.token_hex(8)}.part"
+    descriptor = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
     try:
-        with handle:
-            yield cast(BinaryIO, handle)
+        with os.fdopen(descriptor, "wb") as handle:
+            _keep_mode_of(target, descriptor)
+            yield handle
             handle.flush()
-            os.fsync(handle.fileno())
-        Path(handle.name).replace(target)
+            os.fsync(descriptor)
+        temporary.replace(target)
     except BaseException:
-        Path(handle.name).unlink(missing_ok=True)
+        temporary.unlink(missing_ok=True)
         raise
+
+
+def _keep_mode_of(target: Path, descriptor: int) -> None:
+    try:
+        mode = target.stat().st_mode
+    except FileNotFoundError:
+        return
+    if stat.S_ISREG(mode):
+        os.fchmod(descriptor, stat.S_IMODE(mode))
 
 
 def _manifest_line(manifest: ExportManifest) -> bytes:
@@ -212,13 +226,14 @@ class _Checker:
         if whole and first not in (None, 1):
             _fail(len(lines), None, "altered", "a whole history starts at version 1")
         if links:
+            start = 1 if whole else first or links[0].version
             found = find_break(
                 links,
-                first_version=1 if whole else first or links[0].version,
+                first_version=start,
                 first_prev=GENESIS_HASH if whole else None,
             )
             if found is not None:
-                line = _line_of(links, found.version)
+                line = _line_of(links, found.version, start)
                 _fail(line, found.version, found.fault, found.detail)
         self._match_manifest(links, len(lines))
 
@@ -329,8 +344,11 @@ def _event(
     return event
 
 
-def _line_of(links: list[Link], version: int) -> int:
+def _line_of(links: list[Link], version: int, first_version: int) -> int:
+    """The line of a break at ``version``: the line that holds it, or where the
+    versions first leave their sequence (the gap of a missing version, or a
+    version out of place) if that comes first."""
     for number, link in enumerate(links, 1):
-        if link.version == version:
+        if link.version == version or link.version != first_version + number - 1:
             return number
     return len(links) + 1
