@@ -47,6 +47,49 @@ def test_project_then_status_shows_no_lag(url: str, tmp_path: Path) -> None:
     ]
 
 
+def test_status_shows_positions_and_how_many_events_each_view_is_behind(
+    url: str, tmp_path: Path
+) -> None:
+    run("--db", url, "project", cwd=tmp_path)
+    with ContextLedger.open(url) as ledger:
+        ledger.open_context("carol", "t1")
+
+    result = run("--db", url, "status", cwd=tmp_path)
+
+    assert result.returncode == 0, result.stderr
+    assert _cells(result.stdout)[:2] == [
+        ["view", "position", "head position", "events behind"],
+        ["active", "4", "5", "1"],
+    ]
+
+
+@pytest.mark.postgres
+def test_events_behind_and_rebuild_count_events_where_positions_skip_numbers(
+    postgres_url: str, tmp_path: Path
+) -> None:
+    with ContextLedger.open(postgres_url) as ledger:
+        ledger.open_context("alice", "t1")
+    run("--db", postgres_url, "project", cwd=tmp_path)
+    for _ in range(3):  # as rolled-back writes do, positions 2 to 4 go unused
+        execute_sql(
+            postgres_url,
+            "SELECT nextval(pg_get_serial_sequence('{events}', 'notification_id'))",
+        )
+    with ContextLedger.open(postgres_url) as ledger:
+        ledger.open_context("alice", "t2")
+
+    status = run("--db", postgres_url, "status", "--json", cwd=tmp_path)
+    rebuilt = run("--db", postgres_url, "rebuild", "audit", cwd=tmp_path)
+
+    assert json.loads(status.stdout)[1] == {
+        "view": "audit",
+        "position": 1,
+        "head": 5,
+        "lag": 1,
+    }
+    assert rebuilt.stdout == "rebuilt audit: 2 event(s) applied\n"
+
+
 def test_audit_json_has_the_documented_keys_in_utc(url: str, tmp_path: Path) -> None:
     run("--db", url, "project", cwd=tmp_path)
 
@@ -78,6 +121,83 @@ def test_audit_csv_and_kind_filter(url: str, tmp_path: Path) -> None:
     assert [(row["kind"], row["run_id"]) for row in rows] == [("reused", "r2")]
 
 
+def test_audit_csv_prints_the_header_when_no_rows_match(
+    url: str, tmp_path: Path
+) -> None:
+    run("--db", url, "project", cwd=tmp_path)
+
+    result = run(
+        "--db",
+        url,
+        "audit",
+        "alice",
+        "--kind",
+        "expired",
+        "--format",
+        "csv",
+        cwd=tmp_path,
+    )
+
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines() == [",".join(AUDIT_KEYS)]
+
+
+@pytest.mark.parametrize(
+    ("args", "view"),
+    [
+        (("audit", "alice"), "audit"),
+        (("active",), "active"),
+        (("continuity", "--user", "alice"), "continuity"),
+    ],
+)
+def test_a_view_read_while_behind_the_ledger_warns_on_stderr(
+    url: str, tmp_path: Path, args: tuple[str, ...], view: str
+) -> None:
+    run("--db", url, "project", cwd=tmp_path)
+    current = run("--db", url, *args, cwd=tmp_path)
+    with ContextLedger.open(url) as ledger:
+        ledger.open_context("carol", "t1")
+        ledger.open_context("carol", "t2")
+
+    behind = run("--db", url, *args, cwd=tmp_path)
+
+    assert (current.returncode, current.stderr) == (0, "")
+    assert behind.returncode == 0
+    assert behind.stderr == (
+        f"the {view} view is 2 event(s) behind the ledger: run `ctxledger project` "
+        "to bring it up to date\n"
+    )
+
+
+@pytest.mark.parametrize(
+    ("args", "expected"),
+    [
+        (("audit", "dave"), "user 'dave' has no events in the audit view"),
+        (
+            ("audit", "dave", "--kind", "cleared"),
+            "user 'dave' has no events in the audit view",
+        ),
+        (
+            ("audit", "alice", "--kind", "expired", "--since", "2000-01-01"),
+            "no events of user 'alice' match --since, --kind",
+        ),
+        (
+            ("continuity", "--user", "dave"),
+            "user 'dave' has no events in the continuity view",
+        ),
+    ],
+)
+def test_an_empty_answer_says_why_on_stderr_and_exits_0(
+    url: str, tmp_path: Path, args: tuple[str, ...], expected: str
+) -> None:
+    run("--db", url, "project", cwd=tmp_path)
+
+    result = run("--db", url, *args, cwd=tmp_path)
+
+    assert result.returncode == 0
+    assert result.stderr == expected + "\n"
+
+
 def test_active_and_continuity_as_json(url: str, tmp_path: Path) -> None:
     run("--db", url, "project", cwd=tmp_path)
 
@@ -104,7 +224,7 @@ def test_verify_exits_1_naming_a_row_altered_in_the_database(
     assert altered.returncode == 1
     assert "audit: DIFFERS" in altered.stdout
     assert "audit position 2: user_id: view 'mallory', replay 'alice'" in altered.stdout
-    assert rebuilt.stdout.strip() == "rebuilt audit from 4 event(s)"
+    assert rebuilt.stdout == "rebuilt audit: 4 event(s) applied\n"
     assert again.returncode == 0
 
 
@@ -152,8 +272,17 @@ def test_a_failure_while_creating_the_view_tables_is_reported_not_raised(
     with sqlite3.connect(path) as connection:
         connection.execute("CREATE TABLE tracking (something_else INTEGER)")
 
-    result = run("--db", f"sqlite:///{path}", "status", cwd=tmp_path)
+    result = run("--db", f"sqlite:///{path}", "project", cwd=tmp_path)
 
     assert result.returncode == 1
     assert result.stderr.startswith("StorageUnavailable: the ledger's database")
     assert "Traceback" not in result.stderr
+
+
+def _cells(table: str) -> list[list[str]]:
+    """The header and rows of a table printed to a pipe, as lists of cells."""
+    return [
+        [cell.strip() for cell in line.strip("┃│").split(line[0])]
+        for line in table.splitlines()
+        if line[:1] in ("┃", "│")
+    ]

@@ -1,25 +1,35 @@
 """The ``ctxledger`` command: parses arguments, calls the ledger, renders values."""
 
-import json
 import os
 import sys
+from datetime import datetime
 from pathlib import Path
 
 import click
-from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
-from rich.table import Table
 
 from ledger import EVENT_KINDS, ContextLedger
 from ledger.store.urls import DEFAULT_URL, URL_VARIABLE, resolve_url
 from projections import Projections
 from tools.cli import audit as audit_commands
-from tools.cli.demo import DemoOptions, run_demo
+from tools.cli import render
+from tools.cli.demo import DemoOptions, DemoSummary, run_demo
 from tools.cli.errors import reports_ledger_errors
+from tools.cli.render import Column, utc_time
 from tools.cli.views import caught_up, register
+
+HISTORY_COLUMNS = (
+    Column("version", "number"),
+    Column("at (UTC)", "time"),
+    Column("kind"),
+    Column("thread"),
+    Column("context", "context"),
+    Column("run"),
+    Column("details", "details"),
+)
 
 
 @click.group()
+@click.version_option(package_name="ctxledger", message="%(prog)s %(version)s")
 @click.option(
     "--db",
     metavar="URL",
@@ -42,41 +52,16 @@ def main(ctx: click.Context, db: str | None) -> None:
 def demo(url: str, users: int, threads: int, messages: int, seed: int) -> None:
     """Simulate a chat backend on the ledger, run the views, summarise both."""
     options = DemoOptions(users=users, threads=threads, messages=messages, seed=seed)
-    console = Console(stderr=True)
-    with Progress(
-        "[progress.description]{task.description}",
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeRemainingColumn(),
-        console=console,
-        transient=True,
-    ) as progress:
-        task = progress.add_task("messages", total=messages)
-        summary = run_demo(url, options, lambda: progress.advance(task))
+    with render.progress("messages", messages, unit="messages") as advance:
+        summary = run_demo(url, options, lambda: advance(1))
     with Projections.open(url) as views:
         caught_up(views, "projecting")
-        figures = views.continuity()
-        active_now, audit_rows = views.count_active(), views.count_audit()
-    table = Table(title=f"ctxledger demo on {url}", show_header=False)
-    table.add_row("messages simulated", str(summary.messages))
-    table.add_row("simulated time", str(summary.simulated_span).split(".", 1)[0])
-    for kind in EVENT_KINDS:
-        table.add_row(f"events written: {kind}", str(summary.events[kind]))
-    table.add_row("events written in total", str(sum(summary.events.values())))
-    table.add_row("active contexts (view)", str(active_now))
-    table.add_row("audit rows (view, all runs)", str(audit_rows))
-    table.add_row("contexts created (all runs)", str(figures.created))
-    table.add_row("reuses per context created", str(figures.reuses_per_created))
-    table.add_row("contexts never reused", str(figures.never_reused))
-    table.add_row(
-        "threads with two contexts at once", str(figures.threads_with_overlap)
-    )
-    Console().print(table)
+        render.print_pairs(f"ctxledger demo on {url}", _demo_figures(summary, views))
     command = f"{_invoked_as()} --db {url}" if url != DEFAULT_URL else _invoked_as()
-    click.echo("Next, try:")
+    render.line("Next, try:")
     for args, why in (
         ("history demo-user-0000", "the busiest user's events, from the ledger"),
-        ("status", "each view's position and lag"),
+        ("status", "how many events each view is behind"),
         ("active --user demo-user-0000", "the busiest user's open contexts"),
         ("audit demo-user-0000 --kind cleared", "that user's clears, from the view"),
         ("continuity", "reuse figures of all users"),
@@ -84,7 +69,25 @@ def demo(url: str, users: int, threads: int, messages: int, seed: int) -> None:
         ("rebuild audit", "rebuild a view from the first event"),
         ("expire", "record the expiries that are due now"),
     ):
-        click.echo(f"  {command} {args:<36} # {why}")
+        render.line(f"  {command} {args:<36} # {why}")
+
+
+def _demo_figures(
+    summary: DemoSummary, views: Projections
+) -> list[tuple[str, render.Value]]:
+    figures = views.continuity()
+    return [
+        ("messages simulated", summary.messages),
+        ("simulated time", str(summary.simulated_span).split(".", 1)[0]),
+        *((f"events written: {kind}", summary.events[kind]) for kind in EVENT_KINDS),
+        ("events written in total", sum(summary.events.values())),
+        ("active contexts (view)", views.count_active()),
+        ("audit rows (view, all runs)", views.count_audit()),
+        ("contexts created (all runs)", figures.created),
+        ("reuses per context created", figures.reuses_per_created),
+        ("contexts never reused", figures.never_reused),
+        ("threads with two contexts at once", figures.threads_with_overlap),
+    ]
 
 
 def _invoked_as() -> str:
@@ -95,34 +98,49 @@ def _invoked_as() -> str:
 
 
 @main.command()
-@click.argument("user_id")
+@click.argument("user_id", metavar="USER")
+@click.option("--since", callback=utc_time, help="From this ISO 8601 time (inclusive).")
+@click.option("--until", callback=utc_time, help="Before this time (exclusive).")
+@click.option(
+    "--limit", type=click.IntRange(1), help="Only the first N events of the period."
+)
 @click.option("--json", "as_json", is_flag=True, help="One JSON array of events.")
 @click.pass_obj
 @reports_ledger_errors
-def history(url: str, user_id: str, as_json: bool) -> None:
-    """Print every event of one user, replayed from the ledger."""
-    with ContextLedger.open(url) as ledger:
-        events = ledger.history(user_id)
+def history(
+    url: str,
+    *,
+    user_id: str,
+    since: datetime | None,
+    until: datetime | None,
+    limit: int | None,
+    as_json: bool,
+) -> None:
+    """Print a user's events, replayed from the ledger itself."""
+    with ContextLedger.open(url, create=False) as ledger:
+        events = ledger.history(user_id, since=since, until=until, limit=limit)
+        if not events:
+            period = [name for name, v in (("--since", since), ("--until", until)) if v]
+            some = bool(period) and bool(ledger.history(user_id, limit=1))
+            render.no_events(user_id, period if some else ())
     if as_json:
-        click.echo(
-            json.dumps([event.model_dump(mode="json") for event in events], indent=2)
-        )
+        render.print_json([event.model_dump(mode="json") for event in events])
         return
-    table = Table("version", "at (UTC)", "kind", "thread", "context", "run")
-    table.add_column("details", overflow="ellipsis", no_wrap=True, max_width=60)
-    for column in table.columns[:-1]:
-        column.no_wrap = True
-    for event in events:
-        table.add_row(
-            str(event.version),
-            event.occurred_at.strftime("%Y-%m-%d %H:%M:%S"),
-            event.kind,
-            event.thread_id,
-            event.context_id[:8],
-            event.run_id or "",
-            json.dumps(event.details, ensure_ascii=False, sort_keys=True),
-        )
-    Console(width=max(Console().width, 140)).print(table)
+    render.print_table(
+        HISTORY_COLUMNS,
+        (
+            (
+                e.version,
+                e.occurred_at,
+                e.kind,
+                e.thread_id,
+                e.context_id,
+                e.run_id,
+                e.details,
+            )
+            for e in events
+        ),
+    )
 
 
 @main.command()
@@ -132,7 +150,7 @@ def expire(url: str) -> None:
     """Record the expiry of every context past its time to live."""
     with ContextLedger.open(url) as ledger:
         count = ledger.expire_due()
-    click.echo(f"expired {count} context(s)")
+    render.line(f"expired {count} context(s)")
 
 
 register(main)

@@ -5,10 +5,12 @@ from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from itertools import accumulate
 
 from ledger import ContextLedger
 
 DEMO_TTL_SECONDS = 30 * 60
+MEAN_GAP_SECONDS = 45
 EXPIRE_EVERY_MESSAGES = 100
 
 
@@ -32,7 +34,7 @@ class DemoSummary:
 
 
 class SimulatedClock:
-    """Time that moves only when told, ending near the real present."""
+    """Time that moves only when told."""
 
     def __init__(self, start: datetime) -> None:
         self.now = start
@@ -40,17 +42,24 @@ class SimulatedClock:
     def __call__(self) -> datetime:
         return self.now
 
-    def advance(self, seconds: float) -> None:
-        self.now += timedelta(seconds=seconds)
 
-
-def simulated_start(options: DemoOptions, last_event: datetime | None) -> datetime:
-    """About as far in the past as the simulated traffic lasts, so it ends near the
-    present; after the last event of an earlier run if that is later."""
-    start = datetime.now(tz=UTC) - timedelta(seconds=45 * options.messages)
-    if last_event is not None and last_event >= start:
-        return last_event + timedelta(seconds=1)
-    return start
+def message_times(
+    rng: random.Random, messages: int, last_event: datetime | None, now: datetime
+) -> list[datetime]:
+    """When each simulated message is sent: about 45 s apart, the last one at
+    ``now``, and none before an earlier run's ``last_event``: if that leaves too
+    little time, the gaps shrink to fit. No time is after ``now``."""
+    gaps = [rng.expovariate(1 / MEAN_GAP_SECONDS) for _ in range(messages - 1)]
+    span = sum(gaps)
+    start = now - timedelta(seconds=span)
+    if last_event is not None and last_event > start:
+        start = min(last_event, now)
+        room = (now - start).total_seconds()
+        gaps = [gap * room / span for gap in gaps] if span > room else gaps
+    return [
+        min(start + timedelta(seconds=offset), now)
+        for offset in accumulate(gaps, initial=0.0)
+    ]
 
 
 def run_demo(
@@ -70,8 +79,9 @@ def run_demo(
     ) as ledger:
         earlier = {user: ledger.history(user) for user in users}
         last = max((h[-1].occurred_at for h in earlier.values() if h), default=None)
-        clock.now = start = simulated_start(options, last)
-        for message in range(1, options.messages + 1):
+        times = message_times(rng, options.messages, last, datetime.now(tz=UTC))
+        for message, sent_at in enumerate(times, 1):
+            clock.now = sent_at
             _one_message(
                 ledger,
                 rng,
@@ -79,13 +89,12 @@ def run_demo(
                 threads=options.threads,
                 message=message,
             )
-            clock.advance(rng.expovariate(1 / 45))
             if message % EXPIRE_EVERY_MESSAGES == 0:
                 ledger.expire_due()
             summary.messages = message
             on_message()
         _collect(ledger, {user: len(h) for user, h in earlier.items()}, summary)
-    summary.simulated_span = clock.now - start
+    summary.simulated_span = times[-1] - times[0]
     return summary
 
 

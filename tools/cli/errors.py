@@ -5,9 +5,8 @@ from collections.abc import Callable
 from functools import wraps
 from typing import ParamSpec, TypeVar
 
-import click
-
 from ledger import LedgerError
+from tools.cli import render
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -21,9 +20,9 @@ def reports_ledger_errors(command: Callable[P, R]) -> Callable[P, R]:
         try:
             return command(*args, **kwargs)
         except LedgerError as error:
-            click.echo(f"{type(error).__name__}: {error}", err=True)
+            render.note(f"{type(error).__name__}: {error}")
             for note in getattr(error, "__notes__", ()):
-                click.echo(f"  {note}", err=True)
+                render.note(f"  {note}")
             sys.exit(1)
 
     return wrapper

@@ -1,34 +1,24 @@
 """``ctxledger`` commands that run, rebuild, check and read the views."""
 
-import csv
-import json
 import signal
 import sys
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import datetime
 from types import FrameType
 from typing import Any
 
 import click
-from rich.console import Console
-from rich.progress import (
-    BarColumn,
-    Progress,
-    TaskProgressColumn,
-    TextColumn,
-    TimeRemainingColumn,
-)
-from rich.table import Table
-from rich.text import Text
 
 from ledger import EVENT_KINDS
 from projections import VIEW_NAMES, Projections
 from projections.api import DEFAULT_BATCH_SIZE
+from projections.models import AuditRow
+from tools.cli import render
 from tools.cli.audit import print_contexts_as_of, verify_chains
 from tools.cli.errors import reports_ledger_errors
-from tools.cli.render import utc_time
+from tools.cli.render import Column, utc_time
 
 BATCH_OPTION = click.option(
     "--batch-size",
@@ -37,28 +27,31 @@ BATCH_OPTION = click.option(
     type=click.IntRange(1, 100_000),
     help="Events per view transaction.",
 )
-
-
-@contextmanager
-def progress_bar(label: str, console: Console) -> Iterator[Callable[[int, int], None]]:
-    """A bar with events/s and time left; yields ``advance(done, total)``."""
-    with Progress(
-        TextColumn("[progress.description]{task.description}"),
-        BarColumn(),
-        TaskProgressColumn(),
-        TextColumn("{task.fields[rate]} events/s"),
-        TimeRemainingColumn(),
-        console=console,
-        transient=True,
-    ) as progress:
-        task = progress.add_task(label, total=None, rate="-")
-
-        def advance(step: int, total: int) -> None:
-            progress.update(task, total=total, advance=step)
-            speed = progress.tasks[task].speed
-            progress.update(task, rate=f"{speed:,.0f}" if speed else "-")
-
-        yield advance
+AUDIT_FIELDS = tuple(AuditRow.model_fields)
+STATUS_COLUMNS = (
+    Column("view"),
+    Column("position", "number"),
+    Column("head position", "number"),
+    Column("events behind", "number"),
+)
+ACTIVE_COLUMNS = (
+    Column("user"),
+    Column("thread"),
+    Column("context", "context"),
+    Column("run"),
+    Column("last used (UTC)", "time"),
+    Column("expires (UTC)", "time"),
+    Column("reuses", "number"),
+)
+AUDIT_COLUMNS = (
+    Column("position", "number"),
+    Column("at (UTC)", "time"),
+    Column("kind"),
+    Column("thread"),
+    Column("context", "context"),
+    Column("run"),
+    Column("details", "details"),
+)
 
 
 def register(main: click.Group) -> None:
@@ -78,13 +71,13 @@ def project(url: str, follow: bool, batch_size: int) -> None:
     with Projections.open(url, batch_size=batch_size) as views:
         if not follow:
             applied = caught_up(views, "catching up")
-            click.echo(_applied_line(applied))
+            render.line(_applied_line(applied))
             return
         stop = threading.Event()
         with _stopping_on_signals(stop):
-            click.echo(f"following {url}; Ctrl-C or SIGTERM stops", err=True)
+            render.note(f"following {url}; Ctrl-C or SIGTERM stops")
             views.follow(stop)
-        click.echo(f"stopped at position {min(s.position for s in views.status())}")
+        render.line(f"stopped at position {min(s.position for s in views.status())}")
 
 
 @click.command()
@@ -94,11 +87,13 @@ def project(url: str, follow: bool, batch_size: int) -> None:
 @reports_ledger_errors
 def rebuild(url: str, names: tuple[str, ...], batch_size: int) -> None:
     """Rebuild views from the first event (all when none named), then swap them in."""
-    with Projections.open(url, batch_size=batch_size) as views:
-        head = views.head()
-        with progress_bar("rebuilding", Console(stderr=True)) as advance:
-            applied = views.rebuild(list(names), on_batch=lambda n: advance(n, head))
-    click.echo(f"rebuilt {', '.join(applied)} from {head} event(s)")
+    with (
+        Projections.open(url, batch_size=batch_size) as views,
+        render.progress("rebuilding", views.head()) as advance,
+    ):
+        applied = views.rebuild(list(names), on_batch=advance)
+    for name, count in applied.items():
+        render.line(f"rebuilt {name}: {count} event(s) applied")
 
 
 @click.command()
@@ -106,16 +101,16 @@ def rebuild(url: str, names: tuple[str, ...], batch_size: int) -> None:
 @click.pass_obj
 @reports_ledger_errors
 def status(url: str, as_json: bool) -> None:
-    """For each view: its position, the ledger's head and the lag."""
-    with Projections.open(url) as views:
+    """For each view: its position, the ledger's head and how many events it is
+    behind."""
+    with Projections.open(url, create=False) as views:
         rows = views.status()
     if as_json:
-        click.echo(json.dumps([row.model_dump() for row in rows], indent=2))
+        render.print_json([row.model_dump() for row in rows])
         return
-    table = Table("view", "position", "head", "lag")
-    for row in rows:
-        table.add_row(row.view, str(row.position), str(row.head), str(row.lag))
-    Console().print(table)
+    render.print_table(
+        STATUS_COLUMNS, ((row.view, row.position, row.head, row.lag) for row in rows)
+    )
 
 
 @click.command()
@@ -126,28 +121,29 @@ def status(url: str, as_json: bool) -> None:
 @reports_ledger_errors
 def active(url: str, user_id: str | None, limit: int, as_json: bool) -> None:
     """Active contexts from the view (run `project` first to bring it up to date)."""
-    with Projections.open(url) as views:
+    with Projections.open(url, create=False) as views:
         contexts = views.active_contexts(user_id, limit=limit)
         total = views.count_active(user_id)
+        _warn_if_behind(views, "active")
     if as_json:
-        click.echo(json.dumps([c.model_dump(mode="json") for c in contexts], indent=2))
+        render.print_json([c.model_dump(mode="json") for c in contexts])
         return
-    table = Table(
-        "user", "thread", "context", "run", "last used (UTC)", "expires (UTC)"
+    render.print_table(
+        ACTIVE_COLUMNS,
+        (
+            (
+                c.user_id,
+                c.thread_id,
+                c.context_id,
+                c.run_id,
+                c.last_used_at,
+                c.expires_at,
+                c.reuse_count,
+            )
+            for c in contexts
+        ),
     )
-    table.add_column("reuses", justify="right")
-    for c in contexts:
-        table.add_row(
-            c.user_id,
-            c.thread_id,
-            c.context_id[:8],
-            c.run_id or "",
-            _time(c.last_used_at),
-            _time(c.expires_at),
-            str(c.reuse_count),
-        )
-    Console().print(table)
-    click.echo(f"{len(contexts)} of {total} active context(s) shown")
+    render.line(f"{len(contexts)} of {total} active context(s) shown")
 
 
 @click.command()
@@ -184,33 +180,34 @@ def audit(
             )
         print_contexts_as_of(url, user_id, as_of, form)
         return
-    with Projections.open(url) as views:
+    with Projections.open(url, create=False) as views:
         rows = views.audit_rows(user_id, since=since, until=until, kind=kind)
-    records = [row.model_dump(mode="json") for row in rows]
+        if not rows:
+            filters = [n for n, v in (("--since", since), ("--until", until)) if v]
+            filters += ["--kind"] if kind else []
+            some = bool(filters) and bool(views.audit_rows(user_id))
+            render.no_events(user_id, filters if some else (), "in the audit view")
+        _warn_if_behind(views, "audit")
     if form == "json":
-        click.echo(json.dumps(records, indent=2, ensure_ascii=False))
+        render.print_json([row.model_dump(mode="json") for row in rows])
     elif form == "csv":
-        writer = csv.DictWriter(
-            sys.stdout, fieldnames=list(records[0]) if records else []
-        )
-        writer.writeheader()
-        for record in records:
-            writer.writerow({**record, "details": json.dumps(record["details"])})
+        render.print_csv(AUDIT_FIELDS, (row.model_dump(mode="json") for row in rows))
     else:
-        table = Table(
-            "position", "at (UTC)", "kind", "thread", "context", "run", "details"
+        render.print_table(
+            AUDIT_COLUMNS,
+            (
+                (
+                    row.position,
+                    row.occurred_at,
+                    row.kind,
+                    row.thread_id,
+                    row.context_id,
+                    row.run_id,
+                    row.details,
+                )
+                for row in rows
+            ),
         )
-        for row in rows:
-            table.add_row(
-                str(row.position),
-                _time(row.occurred_at),
-                row.kind,
-                row.thread_id,
-                row.context_id[:8],
-                row.run_id or "",
-                Text(json.dumps(row.details, ensure_ascii=False, sort_keys=True)),
-            )
-        Console(width=max(Console().width, 140)).print(table)
 
 
 @click.command()
@@ -220,15 +217,21 @@ def audit(
 @reports_ledger_errors
 def continuity(url: str, user_id: str | None, as_json: bool) -> None:
     """Created, reused and ended contexts, and threads that had two at once."""
-    with Projections.open(url) as views:
+    with Projections.open(url, create=False) as views:
         figures = views.continuity(user_id)
+        if user_id is not None and not figures.users:
+            render.no_events(user_id, where="in the continuity view")
+        _warn_if_behind(views, "continuity")
     if as_json:
-        click.echo(json.dumps(figures.model_dump(), indent=2))
+        render.print_json(figures.model_dump())
         return
-    table = Table(title=f"continuity of {user_id or 'all users'}", show_header=False)
-    for name, value in figures.model_dump(exclude={"user_id"}).items():
-        table.add_row(name.replace("_", " "), "-" if value is None else str(value))
-    Console().print(table)
+    render.print_pairs(
+        f"continuity of {user_id or 'all users'}",
+        (
+            (name.replace("_", " "), value)
+            for name, value in figures.model_dump(exclude={"user_id"}).items()
+        ),
+    )
 
 
 @click.command()
@@ -251,30 +254,39 @@ def verify(url: str, chain: bool, user_id: str | None, as_json: bool) -> None:
         return
     if user_id is not None or as_json:
         raise click.UsageError("--user and --json go with --chain")
-    with Projections.open(url) as views:
+    with Projections.open(url, create=False) as views:
         found = views.verify()
     for name, differences in found.items():
-        click.echo(f"{name}: {'equal to the replay' if not differences else 'DIFFERS'}")
+        render.line(
+            f"{name}: {'equal to the replay' if not differences else 'DIFFERS'}"
+        )
         for difference in differences:
-            click.echo(f"  {difference}")
+            render.line(f"  {difference}")
     if any(found.values()):
-        click.echo("Rebuild the differing views: ctxledger rebuild VIEW", err=True)
+        render.note("Rebuild the differing views: ctxledger rebuild VIEW")
         sys.exit(1)
 
 
 def caught_up(views: Projections, label: str) -> dict[str, int]:
-    lag = max((s.lag for s in views.status()), default=0)
-    with progress_bar(label, Console(stderr=True)) as advance:
-        return views.catch_up(on_batch=lambda n: advance(n, lag))
+    """Catches up every view, with a progress bar over the positions to apply."""
+    behind = max((s.head - s.position for s in views.status()), default=0)
+    with render.progress(label, behind) as advance:
+        return views.catch_up(on_batch=advance)
+
+
+def _warn_if_behind(views: Projections, name: str) -> None:
+    """A view read while behind the ledger misses its newest events: say so."""
+    for row in views.status():
+        if row.view == name and row.lag:
+            render.note(
+                f"the {name} view is {row.lag} event(s) behind the ledger: "
+                "run `ctxledger project` to bring it up to date"
+            )
 
 
 def _applied_line(applied: dict[str, int]) -> str:
     parts = [f"{name} +{count}" for name, count in applied.items()]
     return f"events applied: {', '.join(parts)}"
-
-
-def _time(at: datetime | None) -> str:
-    return "" if at is None else at.strftime("%Y-%m-%d %H:%M:%S")
 
 
 @contextmanager

@@ -1,0 +1,115 @@
+"""Commands that only read never create a ledger, and never speak of writes."""
+
+from pathlib import Path
+
+import psycopg
+import pytest
+
+from ledger import ContextLedger
+from tests.helpers import run
+
+READ_ONLY_COMMANDS = [
+    ("status",),
+    ("status", "--json"),
+    ("history", "alice"),
+    ("audit", "alice"),
+    ("audit", "alice", "--as-of", "2026-06-01T08:00:00Z"),
+    ("active",),
+    ("continuity",),
+    ("verify",),
+    ("verify", "--chain"),
+    ("export", "alice", "--out", "alice.jsonl"),
+    ("report", "alice", "--out", "alice.html"),
+]
+WRITING_COMMANDS = [
+    ("expire",),
+    ("project",),
+    ("rebuild",),
+    ("demo", "--users", "1", "--messages", "1"),
+]
+
+
+def _schema_exists(url: str) -> bool:
+    dsn, _, schema = url.partition("?schema=")
+    with psycopg.connect(dsn) as connection:
+        row = connection.execute(
+            "SELECT 1 FROM information_schema.schemata WHERE schema_name = %s",
+            (schema,),
+        ).fetchone()
+    return row is not None
+
+
+@pytest.mark.parametrize("command", READ_ONLY_COMMANDS)
+def test_a_read_only_command_on_a_missing_sqlite_ledger_exits_1_creating_nothing(
+    tmp_path: Path, command: tuple[str, ...]
+) -> None:
+    path = tmp_path / "absent.db"
+
+    result = run("--db", f"sqlite:///{path}", *command, cwd=tmp_path)
+
+    assert result.returncode == 1
+    assert result.stderr.startswith(f"LedgerNotFound: no ledger at sqlite file {path}")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_read_only_command_without_db_does_not_create_the_default_file(
+    tmp_path: Path,
+) -> None:
+    result = run("status", cwd=tmp_path)
+
+    assert result.returncode == 1
+    assert result.stderr.startswith("LedgerNotFound: no ledger at ")
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.postgres
+@pytest.mark.parametrize("command", READ_ONLY_COMMANDS)
+def test_a_read_only_command_on_a_missing_postgres_ledger_exits_1_creating_nothing(
+    postgres_url: str, tmp_path: Path, command: tuple[str, ...]
+) -> None:
+    result = run("--db", postgres_url, *command, cwd=tmp_path)
+
+    assert result.returncode == 1
+    assert result.stderr.startswith("LedgerNotFound: no ledger at ")
+    assert not _schema_exists(postgres_url)
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("command", WRITING_COMMANDS)
+def test_a_writing_command_creates_the_ledger(
+    durable_url: str, tmp_path: Path, command: tuple[str, ...]
+) -> None:
+    result = run("--db", durable_url, *command, cwd=tmp_path)
+    status = run("--db", durable_url, "status", cwd=tmp_path)
+
+    assert result.returncode == 0, result.stderr
+    assert status.returncode == 0, status.stderr
+
+
+def test_read_only_commands_read_a_ledger_that_exists(
+    durable_url: str, tmp_path: Path
+) -> None:
+    with ContextLedger.open(durable_url) as ledger:
+        ledger.open_context("alice", "t1")
+
+    results = [run("--db", durable_url, *c, cwd=tmp_path) for c in READ_ONLY_COMMANDS]
+
+    assert [r.returncode for r in results] == [0] * len(READ_ONLY_COMMANDS), [
+        r.stderr for r in results
+    ]
+
+
+@pytest.mark.parametrize("command", [("status",), ("history", "alice")])
+def test_a_read_that_cannot_connect_exits_1_without_mentioning_writes(
+    tmp_path: Path, command: tuple[str, ...]
+) -> None:
+    url = "postgresql://postgres@127.0.0.1:1/test"
+
+    result = run("--db", url, *command, cwd=tmp_path)
+
+    assert result.returncode == 1
+    assert result.stderr.startswith(
+        "StorageUnavailable: the ledger's database (postgresql 127.0.0.1:1/test"
+    )
+    assert "writ" not in result.stderr
+    assert "append" not in result.stderr
