@@ -1,13 +1,14 @@
 """The HTML report, opened in Debian's headless chromium (through chromedriver).
 
 Under CI=true a missing browser fails these tests; elsewhere they skip. Each run
-saves a screenshot of the page in build/test-artifacts/ (or $CTXLEDGER_ARTIFACTS)
-so that a person can look at it.
+saves screenshots of the pages in build/test-artifacts/ (or $CTXLEDGER_ARTIFACTS)
+so that a person can look at them.
 """
 
 import os
 from collections.abc import Iterator
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
+from itertools import pairwise
 from pathlib import Path
 
 import pytest
@@ -18,8 +19,11 @@ from selenium.webdriver.common.by import By
 from selenium.webdriver.remote.webdriver import WebDriver
 from selenium.webdriver.remote.webelement import WebElement
 
-from ledger import ContextLedger
-from tests.helpers import run
+from ledger import ContextLedger, LedgerEvent, UserChain
+from ledger.store.serialization import MsgpackTranscoder
+from projections.continuity import continuity_of
+from tests.helpers import execute_sql, run, stream_key
+from tools.cli.report import render_report
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMEDRIVER = Path("/usr/bin/chromedriver")
@@ -30,6 +34,8 @@ ARTIFACTS = Path(
 )
 T0 = datetime(2026, 7, 1, 9, 0, tzinfo=UTC)
 ODD_THREAD = "<b>x</b>&amp;"
+ROUND_STEPS = {1, 2, 5, 10, 15, 30, 60, 120, 300, 600, 900, 1800, 3600, 7200}
+ROUND_STEPS |= {10800, 21600, 43200, 86400, 172800, 604800, 1209600}
 
 pytestmark = pytest.mark.browser
 
@@ -85,6 +91,7 @@ def page(browser: WebDriver, sqlite_url: str, tmp_path: Path) -> WebDriver:
         clock.tick(60)
         assert ledger.expire_due() == 1
         ledger.open_context("alice", ODD_THREAD, ttl_seconds=60)
+        ledger.open_context("alice", "support", run_id="r-3", ttl_seconds=45)
         ledger.open_context("bob", "support")
     out = tmp_path / "alice.html"
 
@@ -93,7 +100,30 @@ def page(browser: WebDriver, sqlite_url: str, tmp_path: Path) -> WebDriver:
     )
 
     assert written.returncode == 0, written.stderr
-    assert "wrote the timeline of 10 event(s) of alice" in written.stdout
+    assert "wrote the timeline of 11 event(s) of alice" in written.stdout
+    browser.get(out.as_uri())
+    return browser
+
+
+@pytest.fixture
+def busy_page(browser: WebDriver, tmp_path: Path) -> WebDriver:
+    """Three hundred reuses of an open context in ten minutes, then half an hour
+    idle, beside a context reused 120 times and cleared."""
+    with ContextLedger.open("memory://") as ledger, freeze_time(T0) as clock:
+        ledger.open_context("carol", "chat", ttl_seconds=3600)
+        side = ledger.open_context("carol", "side", ttl_seconds=3600)
+        for n in range(300):
+            clock.tick(2)
+            ledger.open_context("carol", "chat", run_id=f"r-{n}")
+            if n < 120:
+                ledger.open_context("carol", "side")
+        ledger.clear_context("carol", side.context_id)
+        history = ledger.history("carol")
+        chain = ledger.verify_chain("carol").users[0]
+    out = tmp_path / "carol.html"
+    now = T0 + timedelta(minutes=40)
+    page = render_report("carol", history, now, continuity_of("carol", history), chain)
+    out.write_text(page, encoding="utf-8")
     browser.get(out.as_uri())
     return browser
 
@@ -104,58 +134,264 @@ def _box(element: WebElement) -> tuple[float, float]:
     return box["x"], box["width"]
 
 
-def test_the_timeline_shows_one_bar_per_context_with_its_reuses(
-    page: WebDriver,
+def _bars(page: WebDriver) -> list[WebElement]:
+    return page.find_elements(By.CSS_SELECTOR, "#chart g.context rect.bar")
+
+
+def _threads_and_contexts(url: str, user: str) -> dict[str, list[str]]:
+    """Each thread of the user's history, with its context ids in creation order."""
+    with ContextLedger.open(url) as ledger:
+        history = ledger.history(user)
+    threads: dict[str, list[str]] = {}
+    for event in history:
+        if event.kind == "created":
+            threads.setdefault(event.thread_id, []).append(event.context_id)
+    return threads
+
+
+def test_each_thread_is_one_lane_with_its_contexts_in_order(
+    page: WebDriver, sqlite_url: str
 ) -> None:
-    contexts = page.find_elements(By.CSS_SELECTOR, "#chart g.context")
-    described = [
-        (
-            c.get_attribute("data-thread"),
-            c.get_attribute("data-run"),
-            c.get_attribute("data-ending"),
-            len(c.find_elements(By.CSS_SELECTOR, "line.tick")),
-            len(c.find_elements(By.CSS_SELECTOR, "circle.update")),
-        )
-        for c in contexts
-    ]
+    lanes = page.find_elements(By.CSS_SELECTOR, "#chart g.lane")
+    drawn = {
+        lane.get_attribute("data-thread"): [
+            c.get_attribute("data-context")
+            for c in lane.find_elements(By.CSS_SELECTOR, "g.context")
+        ]
+        for lane in lanes
+    }
 
     assert page.find_element(By.ID, "user").text == "alice"
-    assert described == [
-        ("support", "r-1", "cleared", 3, 1),
-        ("billing", "r-2", "expired", 1, 0),
-        (ODD_THREAD, "", "expired (not yet recorded)", 0, 0),
+    assert len(lanes) == 3
+    assert drawn == _threads_and_contexts(sqlite_url, "alice")
+    assert list(drawn) == ["support", "billing", ODD_THREAD]
+
+
+def test_a_lanes_bars_are_consecutive_and_coloured_by_how_they_ended(
+    page: WebDriver,
+) -> None:
+    support = page.find_element(By.CSS_SELECTOR, "#chart g.lane")
+    first, second = support.find_elements(By.CSS_SELECTOR, "rect.bar")
+    endings = [
+        c.get_attribute("data-ending")
+        for c in page.find_elements(By.CSS_SELECTOR, "#chart g.context")
     ]
-    bars = [c.find_element(By.CSS_SELECTOR, "rect.bar") for c in contexts]
-    assert all(bar.is_displayed() for bar in bars)
-    (s_left, s_width), (b_left, b_width), (o_left, _) = map(_box, bars)
-    # support: 0 s to 300 s (cleared); billing: 30 s to 220 s (its ttl ran out
-    # 100 s after its reuse at 120 s); the last starts at 360 s, and its time to
-    # live ran out long before the report was made, though no expiry is recorded.
-    assert s_left < b_left < b_left + b_width < s_left + s_width < o_left
-    assert b_width / s_width == pytest.approx(190 / 300, abs=0.02)
-    for context, (left, width) in zip(contexts, map(_box, bars), strict=True):
-        for tick in context.find_elements(By.CSS_SELECTOR, "line.tick"):
-            assert left <= tick.rect["x"] <= left + width
+
+    assert endings == [
+        "cleared",
+        "expired (not yet recorded)",
+        "expired",
+        "expired (not yet recorded)",
+    ]
+    assert first.rect["y"] == second.rect["y"]
+    assert first.rect["x"] + first.rect["width"] < second.rect["x"]
+    assert [_fill(bar) for bar in (first, second)] == [
+        _swatch(page, "cleared"),
+        _swatch(page, "pending"),
+    ]
+    assert _swatch(page, "cleared") != _swatch(page, "pending")
 
 
-def test_thread_and_run_are_beside_each_bar_and_on_hover(page: WebDriver) -> None:
-    labels = [e.text for e in page.find_elements(By.CSS_SELECTOR, "#chart .label")]
+def test_bars_run_from_creation_to_the_end_the_domain_gives(page: WebDriver) -> None:
+    support, support_again, billing, odd = map(_box, _bars(page))
+
+    # support: 0 s to 300 s (cleared); billing: 30 s to 220 s (its time to live
+    # ran out 100 s after its reuse at 120 s, though recorded at 360 s); the next
+    # support context and the odd thread start at 360 s and their time to live
+    # (45 s, 60 s) ran out long before the report was made, unrecorded.
+    assert support[0] < billing[0] < sum(billing) < sum(support) < support_again[0]
+    assert support_again[0] == pytest.approx(odd[0], abs=0.5)
+    assert billing[1] / support[1] == pytest.approx(190 / 300, abs=0.01)
+    assert support_again[1] / odd[1] == pytest.approx(45 / 60, abs=0.02)
+    assert (sum(odd) - support[0]) / support[1] == pytest.approx(420 / 300, abs=0.01)
+
+
+def test_each_bar_shows_its_context_id_and_counts_its_reuses(
+    page: WebDriver, sqlite_url: str
+) -> None:
+    contexts = page.find_elements(By.CSS_SELECTOR, "#chart g.context")
+    ids = [c.get_attribute("data-context") or "" for c in contexts]
+    labels = [c.find_element(By.CSS_SELECTOR, "text.cid") for c in contexts]
+    marks = [
+        [
+            int(m.get_attribute("data-count") or 0)
+            for m in c.find_elements(By.CSS_SELECTOR, "rect.reuse")
+        ]
+        for c in contexts
+    ]
+    updates = [len(c.find_elements(By.CSS_SELECTOR, "rect.update")) for c in contexts]
+
+    assert ids == [
+        i for ids in _threads_and_contexts(sqlite_url, "alice").values() for i in ids
+    ]
+    assert all(label.is_displayed() for label in labels)
+    assert [label.text.split(" ")[0] for label in labels] == [i[:8] for i in ids]
+    assert labels[0].text == f"{ids[0][:8]} · 3 reuses"
+    assert [sum(m) for m in marks] == [3, 0, 1, 0]
+    assert [c.get_attribute("data-reuses") for c in contexts] == ["3", "0", "1", "0"]
+    assert updates == [1, 0, 0, 0]
+
+
+def test_reuse_marks_lie_under_their_bar(page: WebDriver) -> None:
+    for context in page.find_elements(By.CSS_SELECTOR, "#chart g.context"):
+        bar = context.find_element(By.CSS_SELECTOR, "rect.bar").rect
+        for mark in context.find_elements(By.CSS_SELECTOR, "rect.reuse"):
+            assert bar["x"] <= mark.rect["x"] <= bar["x"] + bar["width"]
+            assert mark.rect["y"] >= bar["y"] + bar["height"]
+
+
+def test_the_full_id_thread_and_run_are_on_hover_and_escaped(page: WebDriver) -> None:
+    threads = [e.text for e in page.find_elements(By.CSS_SELECTOR, "#chart .thread")]
+    counts = [e.text for e in page.find_elements(By.CSS_SELECTOR, "#chart .counts")]
     first = page.find_element(By.CSS_SELECTOR, "#chart g.context")
     tip = first.find_element(By.TAG_NAME, "title").get_attribute("textContent") or ""
 
-    assert labels == ["support · r-1", "billing · r-2", ODD_THREAD]
-    assert "thread support" in tip
-    assert "run r-1" in tip
+    assert threads == ["support", "billing", ODD_THREAD]
+    assert counts == [
+        "2 contexts, 3 reuses",
+        "1 context, 1 reuse",
+        "1 context, 0 reuses",
+    ]
+    assert f"context {first.get_attribute('data-context')}\n" in tip
+    assert "thread support\nrun r-1\n" in tip
     assert "cleared 2026-07-01 09:05:00 UTC" in tip
     # The odd thread id is text, never markup.
     assert page.find_elements(By.CSS_SELECTOR, "#chart b, #events b") == []
+
+
+def test_the_header_shows_the_continuity_figures_and_the_chain(
+    page: WebDriver, sqlite_url: str
+) -> None:
+    figures = {
+        item.get_attribute("data-figure"): item.find_element(By.TAG_NAME, "dd").text
+        for item in page.find_elements(By.CSS_SELECTOR, "#figures [data-figure]")
+    }
+    chain = page.find_element(By.ID, "chain")
+    with ContextLedger.open(sqlite_url) as ledger:
+        head = ledger.verify_chain("alice").users[0]
+
+    assert figures == {
+        "created": "4",
+        "reused": "4",
+        "updated": "1",
+        "cleared": "1",
+        "expired": "1",
+        "never_reused": "2",
+        "reuses_per_created": "1.00",
+        "threads_with_overlap": "0",
+    }
+    assert chain.get_attribute("class") == "holds"
+    assert "Hash chain holds. Head version 11" in chain.text
+    assert page.find_element(By.ID, "head-hash").text == head.head_hash
+    assert len(head.head_hash) == 64
+
+
+def test_a_tampered_chain_is_reported_broken(
+    browser: WebDriver, sqlite_url: str, tmp_path: Path
+) -> None:
+    with ContextLedger.open(sqlite_url) as ledger:
+        context = ledger.open_context("dave", "t", ttl_seconds=600)
+        ledger.update_context("dave", context.context_id, metadata={"n": 1})
+        ledger.open_context("dave", "t")
+    _edit_metadata(sqlite_url, "dave", 2, {"n": 99})
+    out = tmp_path / "dave.html"
+
+    written = run("--db", sqlite_url, "report", "dave", "--out", str(out), cwd=tmp_path)
+    browser.get(out.as_uri())
+    chain = browser.find_element(By.ID, "chain")
+
+    assert written.returncode == 0, written.stderr
+    assert "hash chain of dave is broken at version 2 (altered)" in written.stderr
+    assert chain.get_attribute("class") == "broken"
+    assert chain.text.startswith("Hash chain broken at version 2 (altered: ")
+
+
+def test_axis_labels_fall_on_round_instants(page: WebDriver) -> None:
+    chart = page.find_element(By.ID, "chart")
+    labels = page.find_elements(By.CSS_SELECTOR, "#chart text.axis")
+    dates = [e.text for e in page.find_elements(By.CSS_SELECTOR, "#chart text.date")]
+    support = _bars(page)[0].rect
+
+    assert chart.get_attribute("data-step") == "60"
+    assert [e.text for e in labels] == [f"09:0{minute}" for minute in range(8)]
+    assert dates == ["2026-07-01"] + [""] * 7
+    _assert_round_and_evenly_spaced(labels, 60)
+    # The first tick is the instant the first context was created.
+    centre = labels[0].rect["x"] + labels[0].rect["width"] / 2
+    assert centre == pytest.approx(support["x"], abs=1.0)
+
+
+def test_hundreds_of_reuses_leave_each_bar_its_colour(busy_page: WebDriver) -> None:
+    contexts = busy_page.find_elements(By.CSS_SELECTOR, "#chart g.context")
+    bars = [c.find_element(By.CSS_SELECTOR, "rect.bar") for c in contexts]
+    marks = [c.find_elements(By.CSS_SELECTOR, "rect.reuse") for c in contexts]
+    labels = [c.find_element(By.CSS_SELECTOR, "text.cid") for c in contexts]
+
+    assert [c.get_attribute("data-ending") for c in contexts] == ["open", "cleared"]
+    assert [_fill(bar) for bar in bars] == [
+        _swatch(busy_page, "open"),
+        _swatch(busy_page, "cleared"),
+    ]
+    assert [
+        sum(int(m.get_attribute("data-count") or 0) for m in ms) for ms in marks
+    ] == [
+        300,
+        120,
+    ]
+    assert [label.text.split(" · ")[1] for label in labels] == [
+        "300 reuses",
+        "120 reuses",
+    ]
+    for bar, label in zip(bars, labels, strict=True):
+        # Whatever the browser paints along the bar is the bar, or its id.
+        assert set(_painted_along(busy_page, bar)) <= {bar, label}
+    # Shading, not a solid block: a bin with fewer reuses is lighter.
+    opacities = {float(m.get_attribute("fill-opacity") or 0) for m in marks[0]}
+    assert len(opacities) > 1
+    assert min(opacities) < 1.0
+
+
+def test_a_busy_timeline_keeps_round_ticks(busy_page: WebDriver) -> None:
+    step = int(busy_page.find_element(By.ID, "chart").get_attribute("data-step") or 0)
+    labels = busy_page.find_elements(By.CSS_SELECTOR, "#chart text.axis")
+
+    assert step == 300
+    assert labels[0].text == "09:00"
+    assert labels[-1].text == "09:40"
+    _assert_round_and_evenly_spaced(labels, step)
+    _save(busy_page, "report-timeline-busy.png")
+
+
+def test_a_thread_with_two_contexts_at_once_shows_both(
+    browser: WebDriver, tmp_path: Path
+) -> None:
+    events = [
+        _created("c-1", T0, version=1),
+        _created("c-2", T0 + timedelta(seconds=60), version=2),
+    ]
+    chain = UserChain(user_id="u", events=2, head_version=2, head_hash="ab" * 32)
+    figures = continuity_of("u", events)
+    out = tmp_path / "u.html"
+    now = T0 + timedelta(seconds=120)
+    out.write_text(render_report("u", events, now, figures, chain), encoding="utf-8")
+
+    browser.get(out.as_uri())
+    lanes = browser.find_elements(By.CSS_SELECTOR, "#chart g.lane")
+    first, second = (bar.rect for bar in _bars(browser))
+    overlap = browser.find_element(
+        By.CSS_SELECTOR, '[data-figure="threads_with_overlap"]'
+    )
+
+    assert len(lanes) == 1
+    assert second["y"] > first["y"] + first["height"]
+    assert overlap.find_element(By.TAG_NAME, "dd").text == "1"
 
 
 def test_the_events_table_lists_the_history(page: WebDriver) -> None:
     rows = page.find_elements(By.CSS_SELECTOR, "#events tbody tr")
     cells = [[td.text for td in row.find_elements(By.TAG_NAME, "td")] for row in rows]
 
-    assert [c[0] for c in cells] == [str(v) for v in range(1, 11)]
+    assert [c[0] for c in cells] == [str(v) for v in range(1, 12)]
     assert [c[2] for c in cells] == [
         "created",
         "created",
@@ -167,9 +403,10 @@ def test_the_events_table_lists_the_history(page: WebDriver) -> None:
         "cleared",
         "expired",
         "created",
+        "created",
     ]
     assert cells[0][1] == "2026-07-01 09:00:00"
-    assert cells[-1][3] == ODD_THREAD
+    assert cells[-2][3] == ODD_THREAD
 
 
 def test_the_page_needs_no_network_and_is_saved_as_a_screenshot(
@@ -178,9 +415,92 @@ def test_the_page_needs_no_network_and_is_saved_as_a_screenshot(
     loaded = page.execute_script(
         "return performance.getEntriesByType('resource').map(e => e.name)"
     )
-    ARTIFACTS.mkdir(parents=True, exist_ok=True)
-    shot = ARTIFACTS / "report-timeline.png"
 
     assert loaded == []
+    _save(page, "report-timeline.png")
+
+
+def _fill(element: WebElement) -> str:
+    fill: str = element.value_of_css_property("fill")
+    return fill
+
+
+def _swatch(page: WebDriver, ending: str) -> str:
+    """The colour the legend gives for an ending."""
+    swatch = page.find_element(By.CSS_SELECTOR, f".legend i.{ending}")
+    colour: str = swatch.value_of_css_property("background-color")
+    return colour.replace("rgba(", "rgb(").replace(", 1)", ")")
+
+
+def _painted_along(page: WebDriver, bar: WebElement) -> list[WebElement]:
+    """The topmost element at points along a bar, near its top and bottom edges."""
+    found: list[WebElement] = page.execute_script(
+        """
+        const box = arguments[0].getBoundingClientRect();
+        const hits = [];
+        for (let i = 1; i < 40; i++) {
+          const x = box.left + box.width * i / 40;
+          for (const y of [box.top + 2, box.bottom - 2]) {
+            hits.push(document.elementFromPoint(x, y));
+          }
+        }
+        return hits;
+        """,
+        bar,
+    )
+    return found
+
+
+def _assert_round_and_evenly_spaced(labels: list[WebElement], step: int) -> None:
+    instants = [
+        datetime.fromisoformat(e.get_attribute("data-at") or "") for e in labels
+    ]
+    centres = [e.rect["x"] + e.rect["width"] / 2 for e in labels]
+    midnight = instants[0].replace(hour=0, minute=0, second=0, microsecond=0)
+
+    assert step in ROUND_STEPS
+    assert all((at - midnight).total_seconds() % step == 0 for at in instants)
+    assert all(b - a == timedelta(seconds=step) for a, b in pairwise(instants))
+    gaps = [b - a for a, b in pairwise(centres)]
+    assert max(gaps) - min(gaps) < 1.5
+
+
+def _save(page: WebDriver, name: str) -> None:
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    shot = ARTIFACTS / name
     assert page.save_screenshot(str(shot))
     assert shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def _edit_metadata(url: str, user: str, version: int, metadata: dict[str, int]) -> None:
+    """Changes a stored event's metadata with SQL, as an intruder would."""
+    transcoder = MsgpackTranscoder()
+    key = stream_key(url, user)
+    (row,) = execute_sql(
+        url,
+        "SELECT state FROM {events} WHERE originator_id = {p} "
+        "AND originator_version = {p}",
+        (key, version),
+    )
+    state = transcoder.decode(bytes(row[0]))
+    state["metadata"] = metadata
+    execute_sql(
+        url,
+        "UPDATE {events} SET state = {p} WHERE originator_id = {p} "
+        "AND originator_version = {p}",
+        (transcoder.encode(state), key, version),
+    )
+
+
+def _created(context_id: str, at: datetime, version: int) -> LedgerEvent:
+    return LedgerEvent(
+        user_id="u",
+        kind="created",
+        context_id=context_id,
+        thread_id="t",
+        run_id=None,
+        occurred_at=at,
+        version=version,
+        details={"metadata": {}, "ttl_seconds": None},
+        prev_hash="0" * 64,
+    )

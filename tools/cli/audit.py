@@ -1,6 +1,5 @@
 """``ctxledger`` commands for auditors: answers from the event store itself."""
 
-import json
 import sys
 from collections.abc import Callable
 from datetime import UTC, datetime
@@ -8,19 +7,27 @@ from pathlib import Path
 from typing import ParamSpec, TypeVar
 
 import click
-from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
-from rich.table import Table
-from rich.text import Text
 
 from ledger import ContextLedger, verify_export
 from ledger.audit.export import replaced_whole, writable
+from projections.continuity import continuity_of
+from tools.cli import render
 from tools.cli.errors import reports_ledger_errors
-from tools.cli.render import format_time, utc_time
+from tools.cli.render import Column, format_time, utc_time
 from tools.cli.report import render_report
 
 P = ParamSpec("P")
 R = TypeVar("R")
+CONTEXT_COLUMNS = (
+    Column("thread"),
+    Column("context", "context"),
+    Column("run"),
+    Column("created (UTC)", "time"),
+    Column("last used (UTC)", "time"),
+    Column("expires (UTC)", "time"),
+    Column("reuses", "number"),
+    Column("metadata", "details"),
+)
 
 
 def out_option(what: str) -> Callable[[Callable[P, R]], Callable[P, R]]:
@@ -37,76 +44,57 @@ def print_contexts_as_of(url: str, user_id: str, as_of: datetime, form: str) -> 
     """``audit USER --as-of T``: the user's contexts as they stood then."""
     if form == "csv":
         raise click.UsageError("--as-of prints a table or json, not csv")
-    with ContextLedger.open(url) as ledger:
+    with ContextLedger.open(url, create=False) as ledger:
         contexts = ledger.contexts_as_of(user_id, as_of)
     if form == "json":
-        click.echo(json.dumps([c.model_dump(mode="json") for c in contexts], indent=2))
+        render.print_json([c.model_dump(mode="json") for c in contexts])
         return
-    table = Table(
-        "thread",
-        "context",
-        "run",
-        "created (UTC)",
-        "last used (UTC)",
-        "expires (UTC)",
-        "reuses",
-        "metadata",
-        title=Text(f"contexts of {user_id} as of {format_time(as_of)} UTC"),
+    render.print_table(
+        CONTEXT_COLUMNS,
+        (
+            (
+                c.thread_id,
+                c.context_id,
+                c.run_id,
+                c.created_at,
+                c.last_used_at,
+                c.expires_at,
+                c.reuse_count,
+                c.metadata,
+            )
+            for c in contexts
+        ),
+        title=f"contexts of {user_id} as of {format_time(as_of)} UTC",
     )
-    for c in contexts:
-        table.add_row(
-            Text(c.thread_id),
-            c.context_id[:8],
-            Text(c.run_id or ""),
-            format_time(c.created_at),
-            format_time(c.last_used_at),
-            format_time(c.expires_at),
-            str(c.reuse_count),
-            Text(json.dumps(c.metadata, ensure_ascii=False, sort_keys=True)),
-        )
-    Console(width=max(Console().width, 140)).print(table)
-    click.echo(f"{len(contexts)} active context(s) at {as_of.astimezone(UTC)}")
+    render.line(f"{len(contexts)} active context(s) at {as_of.astimezone(UTC)}")
 
 
 def verify_chains(url: str, user_id: str | None, as_json: bool) -> None:
     """``verify --chain``: recompute the hash chains; exit 1 on a fault."""
-    with ContextLedger.open(url) as ledger:
+    with ContextLedger.open(url, create=False) as ledger:
         if user_id is None:
-            with Progress(
-                TextColumn("verifying the chains"),
-                BarColumn(),
-                MofNCompleteColumn(),
-                console=Console(stderr=True),
-                transient=True,
-            ) as progress:
-                task = progress.add_task("events", total=ledger.chain_size())
-                report = ledger.verify_chain(
-                    on_page=lambda n: progress.advance(task, n)
-                )
+            with render.progress("verifying the chains", ledger.chain_size()) as step:
+                report = ledger.verify_chain(on_page=step)
         else:
             report = ledger.verify_chain(user_id)
     if as_json:
-        click.echo(
-            json.dumps(
-                [user.model_dump(mode="json") for user in report.users], indent=2
-            )
-        )
+        render.print_json([user.model_dump(mode="json") for user in report.users])
     else:
         for user in report.broken:
             fault = user.fault
             assert fault is not None  # noqa: S101  (broken users have one)
-            click.echo(
+            render.line(
                 f"BROKEN user {user.user_id}: version {fault.version}: "
                 f"{fault.fault}: {fault.detail}"
             )
         if user_id is not None:
             user = report.users[0]
-            click.echo(
+            render.line(
                 f"user {user.user_id}: {user.events} event(s), head version "
                 f"{user.head_version}, head hash {user.head_hash}"
             )
         state = "holds" if report.holds else f"is broken for {len(report.broken)}"
-        click.echo(
+        render.line(
             f"chain {state} (users: {len(report.users)}, events: {report.events})"
         )
     if not report.holds:
@@ -128,15 +116,17 @@ def export(
     out: Path,
 ) -> None:
     """Write a user's events and a manifest to a file that verify-export checks."""
-    with ContextLedger.open(url) as ledger:
+    with ContextLedger.open(url, create=False) as ledger:
         manifest = ledger.export(user_id, out, since=since, until=until)
     versions = (
         f"versions {manifest.first_version} to {manifest.last_version}"
         if manifest.count
         else "no events"
     )
-    click.echo(f"exported {manifest.count} event(s) of {user_id} to {out} ({versions})")
-    click.echo(
+    render.line(
+        f"exported {manifest.count} event(s) of {user_id} to {out} ({versions})"
+    )
+    render.line(
         f"head hash {manifest.head_hash or '-'}: keep it to check the file later"
     )
 
@@ -150,14 +140,14 @@ def verify_export_command(path: Path) -> None:
     try:
         report = verify_export(path)
     except OSError as error:
-        click.echo(f"cannot read {path}: {error.strerror or error}", err=True)
+        render.note(f"cannot read {path}: {error.strerror or error}")
         sys.exit(1)
     if report.fault is not None:
-        click.echo(f"{path}: NOT INTACT: {report.fault}")
+        render.line(f"{path}: NOT INTACT: {report.fault}")
         sys.exit(1)
     manifest = report.manifest
     assert manifest is not None  # noqa: S101  (an intact export has one)
-    click.echo(
+    render.line(
         f"{path}: intact: {manifest.count} event(s) of user {manifest.user_id}, "
         f"versions {manifest.first_version} to {manifest.last_version}, head hash "
         f"{manifest.head_hash or '-'}"
@@ -172,13 +162,22 @@ def verify_export_command(path: Path) -> None:
 def report(url: str, user_id: str, out: Path) -> None:
     """Write a self-contained HTML timeline of a user's contexts and events."""
     writable(out)  # a bad path is refused before the history is read
-    with ContextLedger.open(url) as ledger:
+    with ContextLedger.open(url, create=False) as ledger:
         events = ledger.history(user_id)
+        chain = ledger.verify_chain(user_id).users[0]
         now = datetime.now(tz=UTC)
-    page = render_report(user_id, events, now)
+    if not events:
+        render.no_events(user_id)
+    figures = continuity_of(user_id, events)
+    page = render_report(user_id, events, now, figures, chain)
     with replaced_whole(out) as handle:
         handle.write(page.encode("utf-8"))
-    click.echo(f"wrote the timeline of {len(events)} event(s) of {user_id} to {out}")
+    render.line(f"wrote the timeline of {len(events)} event(s) of {user_id} to {out}")
+    if chain.fault is not None:
+        render.note(
+            f"the hash chain of {user_id} is broken at version {chain.fault.version} "
+            f"({chain.fault.fault}); the report says so"
+        )
 
 
 def register(main: click.Group) -> None:

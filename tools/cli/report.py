@@ -1,155 +1,339 @@
-"""A user's history as one self-contained HTML page: a timeline and an events table.
+"""A user's history as one self-contained HTML page, made to be printed and filed.
 
-No script and no external resource: the page is HTML with inline CSS and SVG, so
-it opens offline and in an archive years later. Every value from the ledger is
-escaped. Each context is one bar, from its creation to its expiry (the time its
-time to live ran out) or its clear; a context still open runs to the report's
-time, or to its expiry if that has passed. Reuses are ticks on the bar, updates
-dots. Thread and run are written beside the bar and shown on hover.
+No script and no external resource: HTML with inline CSS and SVG, so it opens
+offline and in an archive years later. Every value from the ledger is escaped.
+The header gives the user's continuity figures and the state of the hash chain.
+The timeline has one lane per thread, its contexts as consecutive bars coloured
+by how they ended. Reuses and updates are strips beside each bar, binned per few
+pixels and shaded by count, so that hundreds stay readable and the bar's colour
+stays visible. When a context ends is the domain's answer (``contexts_through``).
 """
 
 import json
-from dataclasses import dataclass, field
+from collections import Counter
+from collections.abc import Iterable
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from html import escape
+from itertools import accumulate, pairwise
+from math import ceil
 
-from ledger import LedgerEvent
-from ledger.domain.contexts import expiry_time
+from ledger import LedgerEvent, UserChain
+from ledger.domain.contexts import contexts_through
+from projections import ContinuityFigures
 
-CHART_LEFT = 260
-CHART_WIDTH = 900
-ROW_HEIGHT = 26
-BAR_HEIGHT = 14
-TOP = 30
-MIN_BAR = 2.0
-AXIS_TICKS = 6
+LEFT, WIDTH, RIGHT = 220, 960, 40  # label column, time axis, margin (px)
+FULL = LEFT + WIDTH + RIGHT
+TOP, ROW, BAR = 40, 42, 20  # px: axis, a lane's row, a bar
+UPDATES, REUSES = 4, 8  # px: the strips of updates above a bar and reuses below
+BIN = 3  # px of time axis per bin of reuses or updates
+MONO = 6.7  # px per character of the 11 px monospace context ids
+NICE_STEPS = (  # seconds: 1 s to 30 s, 1 min to 30 min, 1 h to 12 h, 1 day to 2 weeks
+    *(1, 2, 5, 10, 15, 30),
+    *(60, 120, 300, 600, 900, 1800),
+    *(3600, 7200, 10800, 21600, 43200),
+    *(86400, 172800, 604800, 1209600),
+)
+MAX_TICKS = 8
+ORIGIN = datetime(1970, 1, 5, tzinfo=UTC)  # a Monday, 00:00: steps count from it
+PENDING = "expired (not yet recorded)"
+FIGURES = (
+    ("created", "contexts created"),
+    ("reused", "reuses"),
+    ("updated", "updates"),
+    ("cleared", "cleared"),
+    ("expired", "expired"),
+    ("never_reused", "never reused"),
+    ("reuses_per_created", "reuses per context"),
+    ("threads_with_overlap", "threads with two contexts at once"),
+)
 
 
 @dataclass
-class Span:
-    """One context as the timeline draws it."""
+class Bar:
+    """One context as its lane draws it: from its creation to its end."""
 
     context_id: str
     thread_id: str
     run_id: str | None
     start: datetime
-    end: datetime | None = None
+    end: datetime
     ending: str = "open"
-    expires_at: datetime | None = None
-    ttl_seconds: float | None = None
     reuses: list[datetime] = field(default_factory=list)
     updates: list[datetime] = field(default_factory=list)
 
 
-def spans_of(events: list[LedgerEvent], now: datetime) -> list[Span]:
-    """The contexts in ``events``, in order of creation, each with its end."""
-    spans: dict[str, Span] = {}
-    for event in events:
-        span = spans.get(event.context_id)
-        if event.kind == "created" or span is None:
-            span = spans[event.context_id] = Span(
-                event.context_id, event.thread_id, event.run_id, event.occurred_at
-            )
-        span.run_id = event.run_id
+def bars_of(events: Iterable[LedgerEvent], now: datetime) -> list[Bar]:
+    """The contexts of a history, in order of creation, each with its end.
+
+    An expiry ends a bar when the time to live ran out, not when it was recorded;
+    an open context whose expiry has passed ends there, else at ``now``.
+    """
+    bars: dict[str, Bar] = {}
+    expires: dict[str, datetime | None] = {}
+    for event, context in contexts_through(events):
+        at = event.occurred_at
+        bar = bars.setdefault(
+            event.context_id,
+            Bar(event.context_id, event.thread_id, event.run_id, at, at),
+        )
+        bar.run_id = event.run_id
+        expires[bar.context_id] = context.expires_at if context else None
         if event.kind == "reused":
-            span.reuses.append(event.occurred_at)
+            bar.reuses.append(at)
         elif event.kind == "updated":
-            span.updates.append(event.occurred_at)
-        elif event.kind == "expired":
-            at = event.details.get("expires_at")
-            span.end = datetime.fromisoformat(at) if isinstance(at, str) else None
-            span.end = span.end or event.occurred_at
-            span.ending = "expired"
-        elif event.kind == "cleared":
-            span.end, span.ending = event.occurred_at, "cleared"
-        if event.kind in ("created", "reused", "updated"):
-            # As the ledger computes it (each of these counts as a use).
-            ttl = event.details.get("ttl_seconds", span.ttl_seconds)
-            span.ttl_seconds = ttl if isinstance(ttl, int | float) else None
-            span.expires_at = expiry_time(event.occurred_at, span.ttl_seconds)
-    for span in spans.values():
-        if span.end is None:
-            due = span.expires_at is not None and span.expires_at <= now
-            span.end = span.expires_at if due else now
-            span.ending = "expired (not yet recorded)" if due else "open"
-    return list(spans.values())
+            bar.updates.append(at)
+        elif event.kind in ("cleared", "expired"):
+            bar.end, bar.ending = _ended_at(event), event.kind
+    for bar in bars.values():
+        due = expires[bar.context_id]
+        if bar.ending == "open":
+            bar.end, bar.ending = (
+                (due, PENDING) if due and due <= now else (now, "open")
+            )
+    return list(bars.values())
 
 
-def render_report(user_id: str, events: list[LedgerEvent], now: datetime) -> str:
+def _ended_at(event: LedgerEvent) -> datetime:
+    at = event.details.get("expires_at") if event.kind == "expired" else None
+    return datetime.fromisoformat(at) if isinstance(at, str) else event.occurred_at
+
+
+def render_report(
+    user_id: str,
+    events: list[LedgerEvent],
+    now: datetime,
+    figures: ContinuityFigures,
+    chain: UserChain,
+) -> str:
     """The page for ``user_id``'s ``events`` (oldest first), made at ``now``."""
     now = now.astimezone(UTC)
-    spans = spans_of(events, now)
+    bars = bars_of(events, now)
     return _PAGE.format(
         user=escape(user_id),
-        summary=escape(_summary(events, spans, now)),
-        timeline=_timeline(spans) if spans else '<p id="empty">No contexts.</p>',
+        summary=escape(_summary(events, bars, now)),
+        figures=_figures(figures),
+        chain=_chain(chain),
+        timeline=_timeline(bars) if bars else '<p id="empty">No contexts.</p>',
         rows="\n".join(_row(event) for event in events),
     )
 
 
-def _summary(events: list[LedgerEvent], spans: list[Span], now: datetime) -> str:
+def _summary(events: list[LedgerEvent], bars: list[Bar], now: datetime) -> str:
+    made = f"Report made at {_t(now)} UTC."
     if not events:
-        return f"No events. Report made at {_t(now)} UTC."
+        return f"No events. {made}"
+    threads = _n(len({bar.thread_id for bar in bars}), "thread")
     return (
-        f"{len(events)} event(s), {len(spans)} context(s), from "
-        f"{_t(events[0].occurred_at)} to {_t(events[-1].occurred_at)} UTC. "
-        f"Report made at {_t(now)} UTC."
+        f"{_n(len(events), 'event')}, {_n(len(bars), 'context')} in {threads}, "
+        f"from {_t(events[0].occurred_at)} to {_t(events[-1].occurred_at)} UTC. {made}"
     )
 
 
-def _timeline(spans: list[Span]) -> str:
-    first = min(span.start for span in spans)
-    last = max(span.end or span.start for span in spans)
-    seconds = max((last - first).total_seconds(), 1.0)
+def _figures(figures: ContinuityFigures) -> str:
+    values = figures.model_dump()
+    return "".join(
+        f'<div data-figure="{name}"><dt>{label}</dt>'
+        f"<dd>{_figure(values[name])}</dd></div>"
+        for name, label in FIGURES
+    )
 
-    def x(at: datetime) -> float:
-        return CHART_LEFT + (at - first).total_seconds() / seconds * CHART_WIDTH
 
-    height = TOP + ROW_HEIGHT * len(spans) + 10
+def _figure(value: float | None) -> str:
+    return (
+        "-"
+        if value is None
+        else f"{value:.2f}"
+        if isinstance(value, float)
+        else str(value)
+    )
+
+
+def _chain(chain: UserChain) -> str:
+    fault, state = chain.fault, "holds" if chain.holds else "broken"
+    where = (
+        f" at version {fault.version} ({fault.fault}: {fault.detail})" if fault else ""
+    )
+    return (
+        f'<p id="chain" class="{state}">Hash chain <strong>{state}</strong>'
+        f"{escape(where)}. Head version {chain.head_version}, head hash "
+        f'<code id="head-hash">{escape(chain.head_hash)}</code></p>'
+    )
+
+
+def nice_step(seconds: float) -> int:
+    """The smallest round step, in seconds, that cuts ``seconds`` in few ticks."""
+    for step in NICE_STEPS:
+        if seconds / step <= MAX_TICKS:
+            return step
+    weeks = NICE_STEPS[-1]
+    return weeks * ceil(seconds / (MAX_TICKS * weeks))
+
+
+def ticks(first: datetime, last: datetime, step: int) -> list[datetime]:
+    """The round instants, multiples of ``step`` since ORIGIN, from first to last."""
+    index = ceil((first - ORIGIN).total_seconds() / step)
+    found = []
+    while (at := ORIGIN + timedelta(seconds=index * step)) <= last:
+        found.append(at)
+        index += 1
+    return found
+
+
+@dataclass(frozen=True)
+class Scale:
+    """Where instants fall on the time axis, and the counts of the busiest bins."""
+
+    first: datetime
+    seconds: float
+    peaks: dict[str, int] = field(default_factory=dict)
+
+    @classmethod
+    def of(cls, bars: list[Bar]) -> "Scale":
+        first = min(bar.start for bar in bars)
+        last = max(bar.end for bar in bars)
+        scale = cls(first, max((last - first).total_seconds(), 1.0))
+        return replace(
+            scale,
+            peaks={
+                "reuse": max(scale.peak(bar.reuses) for bar in bars),
+                "update": max(scale.peak(bar.updates) for bar in bars),
+            },
+        )
+
+    def x(self, at: datetime) -> float:
+        return LEFT + (at - self.first).total_seconds() / self.seconds * WIDTH
+
+    def bins(self, times: list[datetime]) -> Counter[int]:
+        return Counter(int((self.x(at) - LEFT) // BIN) for at in times)
+
+    def peak(self, times: list[datetime]) -> int:
+        return max(self.bins(times).values(), default=0)
+
+
+def _timeline(bars: list[Bar]) -> str:
+    scale = Scale.of(bars)
+    lanes = _lanes(bars)
+    tops = list(accumulate((ROW * len(rows) for rows in lanes.values()), initial=TOP))
+    step = nice_step(scale.seconds)
+    instants = ticks(scale.first, max(bar.end for bar in bars), step)
+    bands = (
+        f'<rect class="band{i % 2}" x="0" y="{top}" width="{FULL}" '
+        f'height="{below - top}"/>'
+        for i, (top, below) in enumerate(pairwise(tops))
+    )
+    return (
+        f'<svg id="chart" xmlns="http://www.w3.org/2000/svg" data-step="{step}" '
+        f'viewBox="0 0 {FULL} {tops[-1] + 8}" width="{FULL}" height="{tops[-1] + 8}">'
+        + "".join(bands)
+        + "".join(_tick(at, step, scale, tops[-1], i) for i, at in enumerate(instants))
+        + "".join(
+            _lane(t, rows, top, scale)
+            for (t, rows), top in zip(lanes.items(), tops, strict=False)
+        )
+        + "</svg>"
+    )
+
+
+def _lanes(bars: list[Bar]) -> dict[str, list[list[Bar]]]:
+    """Per thread, rows of bars that do not overlap: one row unless the thread
+    ever had two contexts at once, which the chart must show, not hide."""
+    lanes: dict[str, list[list[Bar]]] = {}
+    for bar in bars:
+        rows = lanes.setdefault(bar.thread_id, [])
+        row = next((row for row in rows if row[-1].end <= bar.start), None)
+        if row is None:
+            rows.append(row := [])
+        row.append(bar)
+    return lanes
+
+
+def _tick(at: datetime, step: int, scale: Scale, bottom: int, index: int) -> str:
+    """A grid line and its label; the date above the first tick of each day."""
+    left = scale.x(at)
+    label = at.strftime(
+        "%Y-%m-%d" if step >= 86400 else "%H:%M" if step >= 60 else "%H:%M:%S"
+    )
+    new_day = step < 86400 and (index == 0 or at.time() == datetime.min.time())
+    date = at.strftime("%Y-%m-%d") if new_day else ""
+    return (
+        f'<line class="grid" x1="{left:.1f}" y1="{TOP - 4}" x2="{left:.1f}" '
+        f'y2="{bottom}"/><text class="date" x="{left:.1f}" y="{TOP - 22}">{date}'
+        f'</text><text class="axis" data-at="{at.isoformat()}" x="{left:.1f}" '
+        f'y="{TOP - 8}">{label}</text>'
+    )
+
+
+def _lane(thread: str, rows: list[list[Bar]], top: int, scale: Scale) -> str:
+    bars = [bar for row in rows for bar in row]
+    reuses = sum(len(bar.reuses) for bar in bars)
     parts = [
-        f'<svg id="chart" xmlns="http://www.w3.org/2000/svg" '
-        f'width="{CHART_LEFT + CHART_WIDTH + 90}" height="{height}">'
+        f'<g class="lane" data-thread="{escape(thread)}"><text class="thread" x="8" '
+        f'y="{top + 17}">{escape(_cut(thread))}</text><text class="counts" x="8" '
+        f'y="{top + 32}">{_n(len(bars), "context")}, {_n(reuses, "reuse")}</text>'
     ]
-    for index in range(AXIS_TICKS + 1):
-        at = first + timedelta(seconds=seconds * index / AXIS_TICKS)
-        left = x(at)
+    for number, row in enumerate(rows):
+        rooms = [scale.x(bar.start) for bar in row[1:]] + [FULL]
+        for bar, room in zip(row, rooms, strict=True):
+            parts.append(_bar(bar, top + number * ROW + 4, scale, room))
+    parts.append("</g>")
+    return "".join(parts)
+
+
+def _bar(bar: Bar, top: int, scale: Scale, room: float) -> str:
+    """A context's bar, its short id, updates above and reuses below it."""
+    span = scale.x(bar.start), max(scale.x(bar.end), scale.x(bar.start) + 2)
+    bar_top = top + UPDATES + 1
+    reuses = _n(len(bar.reuses), "reuse")
+    tip = (
+        f"context {bar.context_id}\nthread {bar.thread_id}\nrun {bar.run_id or '-'}\n"
+        f"created {_t(bar.start)} UTC\n{bar.ending} {_t(bar.end)} UTC\n{reuses}, "
+        f"{_n(len(bar.updates), 'update')}"
+    )
+    return (
+        f'<g class="context" data-context="{escape(bar.context_id)}" '
+        f'data-thread="{escape(bar.thread_id)}" data-run="{escape(bar.run_id or "")}" '
+        f'data-ending="{escape(bar.ending)}" data-reuses="{len(bar.reuses)}">'
+        f"<title>{escape(tip)}</title>"
+        f'<rect class="bar {_css(bar.ending)}" x="{span[0]:.1f}" y="{bar_top}" '
+        f'width="{span[1] - span[0]:.1f}" height="{BAR}" rx="2"/>'
+        f"{_label(bar.context_id[:8], reuses, span, room, bar_top + 4 + BAR // 2)}"
+        f"{_marks(scale, bar.updates, span, top, 'update')}"
+        f"{_marks(scale, bar.reuses, span, bar_top + BAR + 1, 'reuse')}"
+        "</g>"
+    )
+
+
+def _label(
+    cid: str, reuses: str, span: tuple[float, float], room: float, y: int
+) -> str:
+    """The short context id in its bar, else after it, when there is room."""
+    left, right = span
+    short, full = len(cid) * MONO + 8, (len(cid) + len(reuses) + 3) * MONO + 8
+    count = f'<tspan class="count"> · {reuses}</tspan>' if right - left >= full else ""
+    if right - left >= short:
+        return (
+            f'<text class="cid" x="{left + 4:.1f}" y="{y}">{escape(cid)}{count}</text>'
+        )
+    if room - right >= short:
+        return f'<text class="cid" x="{right + 3:.1f}" y="{y}">{escape(cid)}</text>'
+    return ""
+
+
+def _marks(
+    scale: Scale, times: list[datetime], span: tuple[float, float], top: int, kind: str
+) -> str:
+    """One cell per bin of ``times`` within the bar, darker the more it holds."""
+    height, peak = (REUSES if kind == "reuse" else UPDATES), scale.peaks[kind]
+    parts = []
+    for column, count in sorted(scale.bins(times).items()):
+        left = max(LEFT + column * BIN, span[0])
+        width = max(min(LEFT + (column + 1) * BIN, span[1]) - left, 1.0)
         parts.append(
-            f'<line class="grid" x1="{left:.1f}" y1="{TOP - 6}" x2="{left:.1f}" '
-            f'y2="{height - 10}"/><text class="axis" x="{left:.1f}" y="{TOP - 12}" '
-            f'text-anchor="middle">{_t(at)}</text>'
+            f'<rect class="{kind}" data-count="{count}" x="{left:.1f}" y="{top}" '
+            f'width="{width:.1f}" height="{height}" '
+            f'fill-opacity="{0.25 + 0.75 * count / peak:.2f}"/>'
         )
-    for row, span in enumerate(spans):
-        top = TOP + row * ROW_HEIGHT + (ROW_HEIGHT - BAR_HEIGHT) / 2
-        start = x(span.start)
-        width = max(x(span.end or span.start) - start, MIN_BAR)
-        label = span.thread_id + (f" · {span.run_id}" if span.run_id else "")
-        tip = (
-            f"thread {span.thread_id}\nrun {span.run_id or '-'}\n"
-            f"context {span.context_id}\ncreated {_t(span.start)} UTC\n"
-            f"{span.ending} {_t(span.end)} UTC\nreuses {len(span.reuses)}"
-        )
-        ticks = "".join(
-            f'<line class="tick" x1="{x(at):.1f}" y1="{top - 3:.1f}" '
-            f'x2="{x(at):.1f}" y2="{top + BAR_HEIGHT + 3:.1f}"/>'
-            for at in span.reuses
-        )
-        dots = "".join(
-            f'<circle class="update" cx="{x(at):.1f}" '
-            f'cy="{top + BAR_HEIGHT / 2:.1f}" r="3"/>'
-            for at in span.updates
-        )
-        parts.append(
-            f'<g class="context" data-context="{escape(span.context_id)}" '
-            f'data-thread="{escape(span.thread_id)}" '
-            f'data-run="{escape(span.run_id or "")}" '
-            f'data-ending="{escape(span.ending)}" data-reuses="{len(span.reuses)}">'
-            f"<title>{escape(tip)}</title>"
-            f'<text class="label" x="{CHART_LEFT - 8}" y="{top + BAR_HEIGHT - 3:.1f}" '
-            f'text-anchor="end">{escape(_cut(label))}</text>'
-            f'<rect class="bar {_css(span.ending)}" x="{start:.1f}" y="{top:.1f}" '
-            f'width="{width:.1f}" height="{BAR_HEIGHT}" rx="3"/>{ticks}{dots}</g>'
-        )
-    parts.append("</svg>")
     return "".join(parts)
 
 
@@ -167,16 +351,20 @@ def _row(event: LedgerEvent) -> str:
     return f'<tr class="{event.kind}" data-version="{event.version}">{body}</tr>'
 
 
-def _t(at: datetime | None) -> str:
-    return "" if at is None else at.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S")
+def _t(at: datetime) -> str:
+    return at.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S")
 
 
-def _cut(text: str, limit: int = 36) -> str:
+def _n(count: int, thing: str) -> str:
+    return f"{count} {thing}{'' if count == 1 else 's'}"
+
+
+def _cut(text: str, limit: int = 28) -> str:
     return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
 def _css(ending: str) -> str:
-    return ending.split(" ", 1)[0]
+    return "pending" if ending == PENDING else ending
 
 
 _PAGE = """<!doctype html>
@@ -185,31 +373,50 @@ _PAGE = """<!doctype html>
 <meta charset="utf-8">
 <title>ctxledger: contexts of {user}</title>
 <style>
-body {{ font: 14px system-ui, sans-serif; margin: 24px; color: #222; }}
-h1 {{ font-size: 20px; }}
-.legend span {{ display: inline-block; margin-right: 16px; }}
-.legend i {{ display: inline-block; width: 14px; height: 10px; margin-right: 4px; }}
-.bar.open, .legend .open {{ fill: #3a7bd5; background: #3a7bd5; }}
-.bar.cleared, .legend .cleared {{ fill: #8a8f98; background: #8a8f98; }}
-.bar.expired, .legend .expired {{ fill: #d58a3a; background: #d58a3a; }}
-.tick {{ stroke: #111; stroke-width: 2; }}
-.update {{ fill: #fff; stroke: #111; }}
-.grid {{ stroke: #e3e3e3; }}
-.axis {{ font-size: 11px; fill: #666; }}
-.label {{ font-size: 12px; }}
-.context:hover .bar {{ stroke: #111; }}
+@page {{ size: A4 landscape; margin: 12mm; }}
+body {{ font: 14px system-ui, sans-serif; margin: 24px; color: #1d2430; }}
+h1 {{ font-size: 20px; margin-bottom: 4px; }}
+#figures {{ display: flex; flex-wrap: wrap; gap: 6px 22px; margin: 10px 0; }}
+#figures div {{ display: flex; flex-direction: column-reverse; }}
+#figures dt {{ font-size: 11px; color: #5a6270; }}
+#figures dd {{ margin: 0; font-size: 18px; font-weight: 600; }}
+#chain {{ padding: 6px 10px; border-left: 4px solid; }}
+#chain.holds {{ border-color: #2e8540; background: #eef7ef; }}
+#chain.broken {{ border-color: #c0392b; background: #fbeceb; }}
+code {{ font: 12px ui-monospace, monospace; word-break: break-all; }}
+.legend span {{ display: inline-block; margin-right: 16px; font-size: 12px; }}
+.legend i {{ display: inline-block; width: 16px; height: 10px; margin-right: 4px; }}
+svg {{ max-width: 100%; height: auto; }}
+.bar {{ stroke: #fff; stroke-width: 1; }}
+.bar.open, .legend .open {{ fill: #5b9bd5; background: #5b9bd5; }}
+.bar.cleared, .legend .cleared {{ fill: #aab2bc; background: #aab2bc; }}
+.bar.expired, .legend .expired {{ fill: #eba55a; background: #eba55a; }}
+.bar.pending, .legend .pending {{ fill: #f6d3ab; background: #f6d3ab; }}
+.bar.pending {{ stroke: #c9782a; stroke-dasharray: 3 2; }}
+.reuse, .legend .reuse {{ fill: #1f3a5f; background: #1f3a5f; }}
+.update, .legend .update {{ fill: #8e44ad; background: #8e44ad; }}
+.band0 {{ fill: #f4f5f7; }} .band1 {{ fill: #fff; }}
+.grid {{ stroke: #d9dde3; }}
+.axis, .date {{ font-size: 11px; fill: #5a6270; text-anchor: middle; }}
+.thread {{ font-size: 13px; font-weight: 600; }}
+.counts {{ font-size: 11px; fill: #5a6270; }}
+.cid {{ font: 11px ui-monospace, monospace; fill: #101820; }}
+.context:hover .bar {{ stroke: #101820; stroke-width: 1.5; }}
 table {{ border-collapse: collapse; margin-top: 12px; }}
 th, td {{ border-bottom: 1px solid #ddd; padding: 3px 8px; text-align: left;
   font-size: 12px; vertical-align: top; }}
-td:last-child {{ font-family: monospace; }}
+td:nth-child(5), td:last-child {{ font-family: ui-monospace, monospace; }}
 </style>
 </head>
 <body>
 <h1>Contexts of <span id="user">{user}</span></h1>
 <p id="summary">{summary}</p>
+<dl id="figures">{figures}</dl>
+{chain}
 <p class="legend"><span><i class="open"></i>open</span><span><i class="cleared"></i>
-cleared</span><span><i class="expired"></i>expired</span><span>| tick: reuse</span>
-<span>○ update</span></p>
+cleared</span><span><i class="expired"></i>expired</span><span><i class="pending"></i>
+expired, not yet recorded</span><span><i class="reuse"></i>reuses (darker: more at
+that time)</span><span><i class="update"></i>updates</span></p>
 <section id="timeline">{timeline}</section>
 <h2>Events</h2>
 <table id="events">
