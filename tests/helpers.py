@@ -68,6 +68,17 @@ def execute_sql(url: str, statement: str, params: tuple[Any, ...] = ()) -> list[
         return cursor.fetchall() if cursor.description else []
 
 
+def schema_exists(url: str) -> bool:
+    """Whether the schema of a PostgreSQL test URL (``...?schema=NAME``) exists."""
+    dsn, _, schema = url.partition("?schema=")
+    with psycopg.connect(dsn) as connection:
+        row = connection.execute(
+            "SELECT 1 FROM information_schema.schemata WHERE schema_name = %s",
+            (schema,),
+        ).fetchone()
+    return row is not None
+
+
 def stream_key(url: str, user_id: str) -> Any:
     """How the user's stream id is stored: hex text on SQLite, a uuid on PostgreSQL."""
     aggregate_id = user_aggregate_id(user_id)

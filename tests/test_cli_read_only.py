@@ -2,11 +2,10 @@
 
 from pathlib import Path
 
-import psycopg
 import pytest
 
 from ledger import ContextLedger
-from tests.helpers import run
+from tests.helpers import run, schema_exists
 
 READ_ONLY_COMMANDS = [
     ("status",),
@@ -27,16 +26,6 @@ WRITING_COMMANDS = [
     ("rebuild",),
     ("demo", "--users", "1", "--messages", "1"),
 ]
-
-
-def _schema_exists(url: str) -> bool:
-    dsn, _, schema = url.partition("?schema=")
-    with psycopg.connect(dsn) as connection:
-        row = connection.execute(
-            "SELECT 1 FROM information_schema.schemata WHERE schema_name = %s",
-            (schema,),
-        ).fetchone()
-    return row is not None
 
 
 @pytest.mark.parametrize("command", READ_ONLY_COMMANDS)
@@ -71,7 +60,7 @@ def test_a_read_only_command_on_a_missing_postgres_ledger_exits_1_creating_nothi
 
     assert result.returncode == 1
     assert result.stderr.startswith("LedgerNotFound: no ledger at ")
-    assert not _schema_exists(postgres_url)
+    assert not schema_exists(postgres_url)
     assert list(tmp_path.iterdir()) == []
 
 

@@ -3,20 +3,11 @@ is created to find that out."""
 
 from pathlib import Path
 
-import psycopg
 import pytest
 
 from ledger import ContextLedger, LedgerNotFound, StorageUnavailable
 from projections import Projections
-
-
-def _schema_exists(dsn: str, schema: str) -> bool:
-    with psycopg.connect(dsn) as connection:
-        row = connection.execute(
-            "SELECT 1 FROM information_schema.schemata WHERE schema_name = %s",
-            (schema,),
-        ).fetchone()
-    return row is not None
+from tests.helpers import schema_exists
 
 
 @pytest.mark.parametrize("opener", [ContextLedger.open, Projections.open])
@@ -51,7 +42,7 @@ def test_a_missing_postgres_schema_is_not_found_and_not_created(
     with pytest.raises(LedgerNotFound, match=rf"^no ledger at postgresql .*{schema}"):
         opener(postgres_url, create=False)  # type: ignore[operator]
 
-    assert not _schema_exists(postgres_dsn, schema)
+    assert not schema_exists(postgres_url)
 
 
 def test_memory_never_holds_a_ledger_to_open_without_creating() -> None:
