@@ -13,14 +13,14 @@ import json
 from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass, field, replace
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from html import escape
 from itertools import accumulate, pairwise
-from math import ceil
 
 from ledger import LedgerEvent, UserChain
 from ledger.domain.contexts import contexts_through
 from projections import ContinuityFigures
+from tools.cli.report_axis import nice_step, ticks
 
 LEFT, WIDTH, RIGHT = 220, 960, 40  # label column, time axis, margin (px)
 FULL = LEFT + WIDTH + RIGHT
@@ -28,14 +28,6 @@ TOP, ROW, BAR = 40, 42, 20  # px: axis, a lane's row, a bar
 UPDATES, REUSES = 4, 8  # px: the strips of updates above a bar and reuses below
 BIN = 3  # px of time axis per bin of reuses or updates
 MONO = 6.7  # px per character of the 11 px monospace context ids
-NICE_STEPS = (  # seconds: 1 s to 30 s, 1 min to 30 min, 1 h to 12 h, 1 day to 2 weeks
-    *(1, 2, 5, 10, 15, 30),
-    *(60, 120, 300, 600, 900, 1800),
-    *(3600, 7200, 10800, 21600, 43200),
-    *(86400, 172800, 604800, 1209600),
-)
-MAX_TICKS = 8
-ORIGIN = datetime(1970, 1, 5, tzinfo=UTC)  # a Monday, 00:00: steps count from it
 PENDING = "expired (not yet recorded)"
 FIGURES = (
     ("created", "contexts created"),
@@ -159,25 +151,6 @@ def _chain(chain: UserChain) -> str:
         f"{escape(where)}. Head version {chain.head_version}, head hash "
         f'<code id="head-hash">{escape(chain.head_hash)}</code></p>'
     )
-
-
-def nice_step(seconds: float) -> int:
-    """The smallest round step, in seconds, that cuts ``seconds`` in few ticks."""
-    for step in NICE_STEPS:
-        if seconds / step <= MAX_TICKS:
-            return step
-    weeks = NICE_STEPS[-1]
-    return weeks * ceil(seconds / (MAX_TICKS * weeks))
-
-
-def ticks(first: datetime, last: datetime, step: int) -> list[datetime]:
-    """The round instants, multiples of ``step`` since ORIGIN, from first to last."""
-    index = ceil((first - ORIGIN).total_seconds() / step)
-    found = []
-    while (at := ORIGIN + timedelta(seconds=index * step)) <= last:
-        found.append(at)
-        index += 1
-    return found
 
 
 @dataclass(frozen=True)
