@@ -306,6 +306,34 @@ def test_a_tampered_chain_is_reported_broken(
     assert chain.text.startswith("Hash chain broken at version 2 (altered: ")
 
 
+@pytest.mark.parametrize(
+    "store", ["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)]
+)
+def test_a_history_with_a_deleted_event_still_gets_its_page(
+    browser: WebDriver, store: str, request: pytest.FixtureRequest, tmp_path: Path
+) -> None:
+    url: str = request.getfixturevalue(f"{store}_url")
+    with ContextLedger.open(url) as ledger:
+        for _ in range(3):
+            ledger.open_context("erin", "t")
+    execute_sql(
+        url,
+        "DELETE FROM {events} WHERE originator_id = {p} AND originator_version = 1",
+        (stream_key(url, "erin"),),
+    )
+    out = tmp_path / "erin.html"
+
+    written = run("--db", url, "report", "erin", "--out", str(out), cwd=tmp_path)
+    browser.get(out.as_uri())
+    stops = browser.find_element(By.ID, "replay-stops")
+    rows = browser.find_elements(By.CSS_SELECTOR, "#events tbody tr")
+
+    assert written.returncode == 0, written.stderr
+    assert "hash chain of erin is broken at version 1 (missing)" in written.stderr
+    assert "no longer replays" in stops.text
+    assert [row.get_attribute("data-version") for row in rows] == ["2", "3"]
+
+
 def test_axis_labels_fall_on_round_instants(page: WebDriver) -> None:
     chart = page.find_element(By.ID, "chart")
     labels = page.find_elements(By.CSS_SELECTOR, "#chart text.axis")

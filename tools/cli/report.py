@@ -17,7 +17,7 @@ from datetime import UTC, datetime
 from html import escape
 from itertools import accumulate, pairwise
 
-from ledger import LedgerEvent, UserChain
+from ledger import Context, LedgerEvent, UserChain
 from ledger.domain.contexts import contexts_through
 from projections import ContinuityFigures
 from tools.cli.report_axis import nice_step, ticks
@@ -55,22 +55,32 @@ class Bar:
     updates: list[datetime] = field(default_factory=list)
 
 
-def bars_of(events: Iterable[LedgerEvent], now: datetime) -> list[Bar]:
-    """The contexts of a history, in order of creation, each with its end.
+def bars_of(events: Iterable[LedgerEvent], now: datetime) -> tuple[list[Bar], str]:
+    """The contexts of a history, in order of creation, each with its end; and why
+    the bars stop early ("" when they do not): a changed history may not replay.
 
     An expiry ends a bar when the time to live ran out, not when it was recorded;
-    an open context whose expiry has passed ends there, else at ``now``.
+    an open context whose time has run out by ``now`` ends there, else at ``now``.
     """
     bars: dict[str, Bar] = {}
-    expires: dict[str, datetime | None] = {}
-    for event, context in contexts_through(events):
+    last: dict[str, Context | None] = {}
+    steps = contexts_through(events)
+    problem = ""
+    while True:
+        try:
+            event, context = next(steps)
+        except StopIteration:
+            break
+        except ValueError as error:  # the chain check in the header says where
+            problem = str(error)
+            break
         at = event.occurred_at
         bar = bars.setdefault(
             event.context_id,
             Bar(event.context_id, event.thread_id, event.run_id, at, at),
         )
         bar.run_id = event.run_id
-        expires[bar.context_id] = context.expires_at if context else None
+        last[bar.context_id] = context
         if event.kind == "reused":
             bar.reuses.append(at)
         elif event.kind == "updated":
@@ -78,12 +88,14 @@ def bars_of(events: Iterable[LedgerEvent], now: datetime) -> list[Bar]:
         elif event.kind in ("cleared", "expired"):
             bar.end, bar.ending = _ended_at(event), event.kind
     for bar in bars.values():
-        due = expires[bar.context_id]
-        if bar.ending == "open":
-            bar.end, bar.ending = (
-                (due, PENDING) if due and due <= now else (now, "open")
-            )
-    return list(bars.values())
+        context = last[bar.context_id]
+        if bar.ending != "open":
+            continue
+        if context is not None and context.expires_at and context.is_due(now):
+            bar.end, bar.ending = context.expires_at, PENDING
+        else:
+            bar.end = now
+    return list(bars.values()), problem
 
 
 def _ended_at(event: LedgerEvent) -> datetime:
@@ -100,14 +112,25 @@ def render_report(
 ) -> str:
     """The page for ``user_id``'s ``events`` (oldest first), made at ``now``."""
     now = now.astimezone(UTC)
-    bars = bars_of(events, now)
+    bars, problem = bars_of(events, now)
     return _PAGE.format(
         user=escape(user_id),
         summary=escape(_summary(events, bars, now)),
         figures=_figures(figures),
         chain=_chain(chain),
-        timeline=_timeline(bars) if bars else '<p id="empty">No contexts.</p>',
+        timeline=(_timeline(bars) if bars else '<p id="empty">No contexts.</p>')
+        + _stops(problem),
         rows="\n".join(_row(event) for event in events),
+    )
+
+
+def _stops(problem: str) -> str:
+    if not problem:
+        return ""
+    return (
+        '<p id="replay-stops">The timeline stops where the stored history no '
+        f"longer replays: {escape(problem)}. The events table lists every stored "
+        "event.</p>"
     )
 
 
