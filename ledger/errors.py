@@ -12,6 +12,7 @@
     └── ProjectionError                         a view cannot go on
         ├── UndecodableEvent                    a stored event cannot be decoded
         ├── UnknownView (also ValueError)       no view of that name
+        ├── ViewNotBuilt                        a reader asked a view never built
         └── ViewsNeedDurableStorage             memory:// keeps no tables for views
 
 The projections' branch is defined in ``projections.errors``.

@@ -9,6 +9,7 @@ from projections.errors import (
     ProjectionError,
     UndecodableEvent,
     UnknownView,
+    ViewNotBuilt,
     ViewsNeedDurableStorage,
 )
 from projections.models import AuditRow, ContinuityFigures, ViewStatus
@@ -21,6 +22,7 @@ __all__ = [
     "Projections",
     "UndecodableEvent",
     "UnknownView",
+    "ViewNotBuilt",
     "ViewStatus",
     "ViewsNeedDurableStorage",
     "continuity_of",

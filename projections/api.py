@@ -15,12 +15,12 @@ from ledger.store.urls import resolve_url, storage_for
 from projections.active import ActiveContextsView
 from projections.audit import AuditView
 from projections.continuity import ContinuityView
-from projections.errors import UnknownView, ViewsNeedDurableStorage
+from projections.errors import UnknownView, ViewNotBuilt, ViewsNeedDurableStorage
 from projections.models import AuditRow, ContinuityFigures, ViewStatus
 from projections.processing import OnBatch, Processor, Target
 from projections.reader import LogReader
 from projections.store import ViewStore
-from projections.view import Generation, View
+from projections.view import Generation, View, live_tables_exist
 
 DEFAULT_BATCH_SIZE = 1000
 DEFAULT_POLL_SECONDS = 0.2
@@ -37,7 +37,11 @@ class Projections(StorageClient):
     """
 
     def __init__(
-        self, application: LedgerApplication, store: ViewStore, batch_size: int
+        self,
+        application: LedgerApplication,
+        store: ViewStore,
+        batch_size: int,
+        built: Sequence[str] = VIEW_NAMES,
     ) -> None:
         self._app = application
         self._store = store
@@ -51,6 +55,7 @@ class Projections(StorageClient):
         reader = LogReader(application.recorder, application.mapper)
         self._processor = Processor(store, reader, application.backend, batch_size)
         self._reader = reader
+        self._built = frozenset(built)
 
     @classmethod
     def open(
@@ -62,8 +67,9 @@ class Projections(StorageClient):
     ) -> Self:
         """Opens the views of the ledger at ``url``; creates their tables if need be.
 
-        With ``create=False`` a URL that holds no ledger raises LedgerNotFound and
-        nothing is created.
+        With ``create=False`` nothing is created or changed: a URL that holds no
+        ledger raises LedgerNotFound, and a view whose tables were never built
+        raises ViewNotBuilt when it is read (``status`` shows it at position 0).
         """
         size = validation.positive_int("batch_size", batch_size, setting=True)
         resolved = resolve_url(url)
@@ -73,15 +79,28 @@ class Projections(StorageClient):
         application = open_application(storage, create=create)
         try:
             with storage_failures(storage):
-                return cls._beside(application, size)
+                return cls._beside(application, size, create)
         except BaseException:
             application.close()
             raise
 
     @classmethod
-    def _beside(cls, application: LedgerApplication, batch_size: int) -> Self:
+    def _beside(
+        cls, application: LedgerApplication, batch_size: int, create: bool
+    ) -> Self:
         backend = application.backend
         datastore = application.recorder.datastore  # type: ignore[attr-defined]
+        if not create:
+            store = ViewStore.beside(backend, datastore, create=False)
+            reader = cls(application, store, batch_size, built=())
+            with store.reading() as tx:
+                if tx.dialect.exists(tx.cursor, backend.tracking_table):
+                    reader._built = frozenset(
+                        view.name
+                        for view in reader.views.values()
+                        if live_tables_exist(tx, view)
+                    )
+            return reader
         with backend.setup_lock():
             store = ViewStore.beside(backend, datastore)
         projections = cls(application, store, batch_size)
@@ -116,6 +135,7 @@ class Projections(StorageClient):
         see the old views until then. How many events each applied."""
         views = [self.views[name] for name in self._selected(names)]
         applied: Counter[str] = self._processor.rebuild(views, on_batch)
+        self._built |= {view.name for view in views}
         return {view.name: applied[view.name] for view in views}
 
     def wait(self, position: int, timeout: float = 10.0) -> None:
@@ -123,6 +143,7 @@ class Projections(StorageClient):
         if position <= 0:
             return
         for view in self.views.values():
+            self._names(view)
             key = Generation(view.name, rebuild=False).key
             self._store.recorder.wait(key, position, timeout=timeout)
 
@@ -139,6 +160,8 @@ class Projections(StorageClient):
         with self._store.reading() as tx:
             positions = {
                 name: self._store.position(tx, Generation(name, rebuild=False).key)
+                if name in self._built
+                else 0
                 for name in self.views
             }
         recorder, backend = self._app.recorder, self._app.backend
@@ -224,6 +247,9 @@ class Projections(StorageClient):
         found: dict[str, list[str]] = {}
         for name in self._selected(names):
             view = self.views[name]
+            if name not in self._built:
+                found[name] = [str(ViewNotBuilt(name))]
+                continue
             with self._store.reading() as tx:
                 position = self._store.position(tx, Generation(name, rebuild=False).key)
                 events = self._reader.events(0, position, self._processor.batch_size)
@@ -231,6 +257,9 @@ class Projections(StorageClient):
         return found
 
     def _names(self, view: View) -> dict[str, str]:
+        """The view's live tables; ViewNotBuilt for a reader's view never built."""
+        if view.name not in self._built:
+            raise ViewNotBuilt(view.name)
         return view.names(self._store.dialect, Generation(view.name, rebuild=False))
 
     def _selected(self, names: Sequence[str] | None) -> list[str]:
@@ -243,6 +272,8 @@ class Projections(StorageClient):
         return list(dict.fromkeys(names))
 
     def _live(self, names: Sequence[str] | None) -> list[Target]:
+        for name in self._selected(names):
+            self._names(self.views[name])
         return [
             Target(self.views[name], Generation(name, rebuild=False))
             for name in self._selected(names)

@@ -45,3 +45,16 @@ class ViewsNeedDurableStorage(ProjectionError):
             f"views need SQLite or PostgreSQL storage, not {url!r}: they are tables "
             "beside the ledger's events"
         )
+
+
+class ViewNotBuilt(ProjectionError):
+    """A reader (``create=False``) asked a view whose tables were never built."""
+
+    _fields = ("view",)
+
+    def __init__(self, view: str) -> None:
+        self.view = view
+        super().__init__(
+            f"the {view} view has not been built in this ledger; run `ctxledger "
+            "project` (or Projections.open(url).catch_up()) to build it"
+        )

@@ -45,10 +45,14 @@ class ViewStore:
         self.tracking_table = tracking_table
 
     @classmethod
-    def beside(cls, backend: Backend, datastore: Any) -> "ViewStore":
-        """A store in the same database (and connection pool) as the ledger."""
+    def beside(
+        cls, backend: Backend, datastore: Any, *, create: bool = True
+    ) -> "ViewStore":
+        """A store in the same database (and connection pool) as the ledger; its
+        tracking table is created if ``create``."""
         recorder, tracking_table = backend.tracking(datastore)
-        recorder.create_table()  # type: ignore[attr-defined]
+        if create:
+            recorder.create_table()  # type: ignore[attr-defined]
         return cls(recorder, backend.dialect(), tracking_table)
 
     @contextmanager

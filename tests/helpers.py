@@ -79,6 +79,19 @@ def schema_exists(url: str) -> bool:
     return row is not None
 
 
+def table_names(url: str) -> set[str]:
+    """The tables in a test database (its schema on PostgreSQL)."""
+    if url.startswith("sqlite:///"):
+        rows = execute_sql(url, "SELECT name FROM sqlite_master WHERE type = 'table'")
+    else:
+        rows = execute_sql(
+            url,
+            "SELECT table_name FROM information_schema.tables WHERE table_schema = {p}",
+            (url.rpartition("schema=")[2],),
+        )
+    return {row[0] for row in rows}
+
+
 def stream_key(url: str, user_id: str) -> Any:
     """How the user's stream id is stored: hex text on SQLite, a uuid on PostgreSQL."""
     aggregate_id = user_aggregate_id(user_id)

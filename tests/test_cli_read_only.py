@@ -1,11 +1,12 @@
 """Commands that only read never create a ledger, and never speak of writes."""
 
+import json
 from pathlib import Path
 
 import pytest
 
 from ledger import ContextLedger
-from tests.helpers import run, schema_exists
+from tests.helpers import run, schema_exists, table_names
 
 READ_ONLY_COMMANDS = [
     ("status",),
@@ -80,12 +81,35 @@ def test_read_only_commands_read_a_ledger_that_exists(
 ) -> None:
     with ContextLedger.open(durable_url) as ledger:
         ledger.open_context("alice", "t1")
+    assert run("--db", durable_url, "project", cwd=tmp_path).returncode == 0
+    before = table_names(durable_url)
 
     results = [run("--db", durable_url, *c, cwd=tmp_path) for c in READ_ONLY_COMMANDS]
 
     assert [r.returncode for r in results] == [0] * len(READ_ONLY_COMMANDS), [
         r.stderr for r in results
     ]
+    assert table_names(durable_url) == before
+
+
+def test_view_commands_on_views_never_built_say_to_project_and_create_nothing(
+    durable_url: str, tmp_path: Path
+) -> None:
+    with ContextLedger.open(durable_url) as ledger:
+        ledger.open_context("alice", "t1")
+    before = table_names(durable_url)
+
+    status = run("--db", durable_url, "status", "--json", cwd=tmp_path)
+    audit = run("--db", durable_url, "audit", "alice", cwd=tmp_path)
+    verify = run("--db", durable_url, "verify", cwd=tmp_path)
+
+    assert status.returncode == 0, status.stderr
+    assert [row["position"] for row in json.loads(status.stdout)] == [0, 0, 0]
+    assert audit.returncode == 1
+    assert audit.stderr.startswith("ViewNotBuilt: the audit view has not been built")
+    assert verify.returncode == 1
+    assert "has not been built" in verify.stdout
+    assert table_names(durable_url) == before
 
 
 @pytest.mark.parametrize("command", [("status",), ("history", "alice")])

@@ -42,6 +42,7 @@ PROJECTIONS_NAMES = {
     "UndecodableEvent",
     "UnknownView",
     "ViewStatus",
+    "ViewNotBuilt",
     "ViewsNeedDurableStorage",
     "continuity_of",
 }

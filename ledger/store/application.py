@@ -54,8 +54,8 @@ class LedgerApplication(Application[UUID]):
         }
         return Environment(name, settings)
 
-    def __init__(self, storage: Storage) -> None:
-        super().__init__(storage.settings)
+    def __init__(self, storage: Storage, *, create: bool = True) -> None:
+        super().__init__({**storage.settings, "CREATE_TABLE": "y" if create else "n"})
         self.storage = storage
         self.backend = backend_for(storage)
         self.cache = AggregateCache(AGGREGATE_CACHE_SIZE)
@@ -169,13 +169,15 @@ def replaying(user_id: str) -> Iterator[None]:
 def open_application(storage: Storage, *, create: bool = True) -> LedgerApplication:
     """The application on ``storage``, its tables created if need be.
 
-    With ``create=False`` a storage that holds no ledger raises LedgerNotFound and
-    nothing is created.
+    With ``create=False`` a storage that holds no ledger raises LedgerNotFound, and
+    nothing is created or changed (no DDL): a reader may have read-only rights.
     """
     backend = backend_for(storage)
     try:
-        if not create and not backend.exists():
-            raise LedgerNotFound(storage.description)
+        if not create:
+            if not backend.exists():
+                raise LedgerNotFound(storage.description)
+            return LedgerApplication(storage, create=False)
         with backend.setup_lock():
             return LedgerApplication(storage)
     except (OSError, *DATABASE_ERRORS) as error:

@@ -181,6 +181,9 @@ class Backend:
     def dialect(self) -> Dialect:
         raise NotImplementedError
 
+    tracking_table: ClassVar[str] = VIEW_TRACKING_TABLE
+    """The views' tracking table (unquoted)."""
+
     def tracking(self, datastore: Any) -> tuple[TrackingRecorder, str]:
         """A tracking recorder beside the events and its table's quoted name."""
         raise NotImplementedError
@@ -214,6 +217,7 @@ class Backend:
 
 
 class SQLiteBackend(Backend):
+    tracking_table = "tracking"  # the library's fixed name, shared by key
     _position_column = "rowid"
     _marker = "?"
 
@@ -238,7 +242,7 @@ class SQLiteBackend(Backend):
 
     def tracking(self, datastore: Any) -> tuple[TrackingRecorder, str]:
         # SQLite's tracking table is shared: each view tracks under its own key.
-        return SQLiteTrackingRecorder(datastore), self._table("tracking")
+        return SQLiteTrackingRecorder(datastore), self._table(self.tracking_table)
 
 
 class PostgresBackend(Backend):
@@ -291,7 +295,7 @@ class PostgresBackend(Backend):
         recorder = PostgresTrackingRecorder(
             datastore, tracking_table_name=VIEW_TRACKING_TABLE
         )
-        return recorder, self._table(VIEW_TRACKING_TABLE)
+        return recorder, self._table(self.tracking_table)
 
     @contextmanager
     def arrivals(self, recorder: ApplicationRecorder, after: int) -> Iterator[Arrivals]:
