@@ -14,6 +14,7 @@ before, and the manifest must match what the file holds.
 """
 
 import json
+import math
 import os
 import secrets
 import stat
@@ -148,7 +149,10 @@ def replaced_whole(path: Path | str) -> Iterator[BinaryIO]:
     """
     target, folder = writable(path)
     temporary = folder / f".{target.name}.{secrets.token_hex(8)}.part"
-    descriptor = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+    try:
+        descriptor = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+    except OSError as error:
+        raise _unwritable(path, error) from error
     try:
         with os.fdopen(descriptor, "wb") as handle:
             _keep_mode_of(target, descriptor)
@@ -156,9 +160,21 @@ def replaced_whole(path: Path | str) -> Iterator[BinaryIO]:
             handle.flush()
             os.fsync(descriptor)
         temporary.replace(target)
-    except BaseException:
+    except BaseException as error:
         temporary.unlink(missing_ok=True)
+        if isinstance(error, OSError):
+            raise _unwritable(path, error) from error
         raise
+
+
+def _unwritable(path: Path | str, error: OSError) -> InvalidContextInput:
+    return InvalidContextInput(
+        "out",
+        str(path),
+        f"cannot be written: {error.strerror or error}",
+        "choose a file in a folder you may write to, on a disk with room; "
+        "nothing was written",
+    )
 
 
 def _keep_mode_of(target: Path, descriptor: int) -> None:
@@ -286,7 +302,9 @@ def _fail(line: int, version: int | None, fault: Fault, detail: str) -> NoReturn
 
 def _parse(number: int, raw: bytes) -> dict[str, Any]:
     try:
-        record = json.loads(raw.decode("utf-8"), parse_constant=_no_constant)
+        record = json.loads(
+            raw.decode("utf-8"), parse_constant=_no_constant, parse_float=_finite
+        )
     except (UnicodeDecodeError, ValueError, RecursionError) as error:
         _fail(number, None, "altered", f"the line is not JSON: {error}")
     if not isinstance(record, dict):
@@ -294,6 +312,14 @@ def _parse(number: int, raw: bytes) -> dict[str, Any]:
     if canonical_encoding(record) != raw:
         _fail(number, None, "altered", "the line is not in the canonical encoding")
     return record
+
+
+def _finite(text: str) -> float:
+    number = float(text)
+    if not math.isfinite(number):
+        msg = f"{text} is out of range"
+        raise ValueError(msg)
+    return number
 
 
 def _no_constant(name: str) -> None:

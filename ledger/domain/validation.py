@@ -194,6 +194,13 @@ def _validate(adapter: TypeAdapter[Any], field: str, fix: str, value: object) ->
         if first["loc"]:
             problem = f"at {list(first['loc'])}: {problem}"
         raise InvalidContextInput(field, value, problem, _FIXES[fix]) from None
+    except OverflowError:  # a time near the limits, moved to UTC
+        raise InvalidContextInput(
+            field,
+            value.isoformat() if isinstance(value, datetime) else value,
+            "is out of range once converted to UTC",
+            "pass a time that stays within the years 1 to 9999 in UTC",
+        ) from None
 
 
 def identifier(field: str, value: object) -> str:
@@ -251,7 +258,10 @@ def period(since: object, until: object) -> tuple[datetime | None, datetime | No
     end = None if until is None else aware_time("until", until)
     if start is not None and end is not None and end < start:
         raise InvalidContextInput(
-            "until", until, f"is before since={start.isoformat()}", "swap them"
+            "until",
+            end.isoformat(),
+            f"is before since={start.isoformat()}",
+            "swap them",
         )
     return start, end
 
