@@ -194,8 +194,9 @@ class Projections(StorageClient):
             return self._active.by_context(tx, self._names(self._active), context_id)
 
     def count_active(self, user_id: str | None = None) -> int:
+        user = _optional_user(user_id)
         with self._store.reading() as tx:
-            return self._active.count(tx, self._names(self._active), user_id)
+            return self._active.count(tx, self._names(self._active), user)
 
     def expiring_before(self, at: datetime) -> list[Context]:
         """Active contexts whose expiry time is before ``at``, soonest first."""
@@ -221,7 +222,7 @@ class Projections(StorageClient):
             return self._audit.query(
                 tx,
                 self._names(self._audit),
-                user_id=user_id,
+                user_id=_optional_user(user_id),
                 since=start,
                 until=end,
                 kind=chosen,
@@ -235,9 +236,10 @@ class Projections(StorageClient):
 
     def continuity(self, user_id: str | None = None) -> ContinuityFigures:
         """One user's continuity figures, or the totals over all users."""
+        user = _optional_user(user_id)
         with self._store.reading() as tx:
             names = self._names(self._continuity)
-            return self._continuity.figures(tx, names, user_id)
+            return self._continuity.figures(tx, names, user)
 
     # Checking.
 
@@ -278,3 +280,8 @@ class Projections(StorageClient):
             Target(self.views[name], Generation(name, rebuild=False))
             for name in self._selected(names)
         ]
+
+
+def _optional_user(user_id: str | None) -> str | None:
+    """A user id to filter by, checked as the ledger checks it; None for all."""
+    return None if user_id is None else validation.identifier("user_id", user_id)

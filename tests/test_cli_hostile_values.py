@@ -62,3 +62,24 @@ def test_an_export_line_with_a_number_out_of_range_is_not_intact(
     assert result.returncode == 1
     assert "NOT INTACT: line 1: altered: the line is not JSON" in result.stdout
     assert "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ("audit", ""),
+        ("audit", "undefined"),
+        ("active", "--user", " alice"),
+        ("continuity", "--user", "x" * 3000),
+    ],
+)
+def test_the_views_refuse_a_bad_user_id_as_the_ledger_does(
+    url: str, tmp_path: Path, args: tuple[str, ...]
+) -> None:
+    assert run("--db", url, "project", cwd=tmp_path).returncode == 0
+
+    result = run("--db", url, *args, cwd=tmp_path)
+
+    assert result.returncode == 1
+    assert result.stderr.startswith("InvalidContextInput: user_id=")
+    assert len(result.stderr) < 600

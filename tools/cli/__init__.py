@@ -1,6 +1,7 @@
 """The ``ctxledger`` command: parses arguments, calls the ledger, renders values."""
 
 import os
+import shlex
 import sys
 from datetime import datetime
 from pathlib import Path
@@ -57,7 +58,11 @@ def demo(url: str, users: int, threads: int, messages: int, seed: int) -> None:
     with Projections.open(url) as views:
         caught_up(views, "projecting")
         render.print_pairs(f"ctxledger demo on {url}", _demo_figures(summary, views))
-    command = f"{_invoked_as()} --db {url}" if url != DEFAULT_URL else _invoked_as()
+    command = (
+        f"{_invoked_as()} --db {shlex.quote(url)}"
+        if url != DEFAULT_URL
+        else _invoked_as()
+    )
     render.line("Next, try:")
     for args, why in (
         ("history demo-user-0000", "the busiest user's events, from the ledger"),

@@ -28,6 +28,8 @@ from rich.progress import (
 from rich.table import Table
 from rich.text import Text
 
+from ledger.errors import shorten
+
 # Characters that would break a row over lines, reorder it on screen or not encode:
 # controls, line and paragraph separators, bidirectional marks, lone surrogates.
 # JSON text escapes C0 controls itself; its line breaks are its layout.
@@ -117,9 +119,9 @@ def no_events(user_id: str, unmatched: Sequence[str] = (), where: str = "") -> N
     """Says on stderr why an answer is empty: the user has no events (``where``,
     such as "in the audit view"), or has some but none match ``unmatched`` options."""
     if unmatched:
-        note(f"no events of user {user_id!r} match {', '.join(unmatched)}")
+        note(f"no events of user {shorten(user_id)} match {', '.join(unmatched)}")
     else:
-        note(f"user {user_id!r} has no events{' ' + where if where else ''}")
+        note(f"user {shorten(user_id)} has no events{' ' + where if where else ''}")
 
 
 def print_table(
