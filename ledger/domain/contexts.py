@@ -348,10 +348,13 @@ def evolve_context(context: Context | None, event: ContextEvent) -> Context | No
         raise ValueError(msg)
     if ends_context(event):
         return None
+    if not isinstance(event, ContextReused | ContextUpdated):
+        msg = f"{type(event).__name__} is not an event that changes a context"
+        raise TypeError(msg)
     ttl = event.ttl_seconds if isinstance(event, ContextReused) else context.ttl_seconds
     changes: dict[str, Any] = {
         "run_id": event.run_id,
-        "metadata": merge_metadata(context.metadata, getattr(event, "metadata", {})),
+        "metadata": merge_metadata(context.metadata, event.metadata),
         "last_used_at": at,
         "expires_at": expiry_time(at, ttl),
         "ttl_seconds": ttl,
