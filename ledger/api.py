@@ -1,30 +1,28 @@
 """``ContextLedger``: the domain API that backends call."""
 
 import threading
-from collections.abc import Callable, Iterator
-from contextlib import suppress
+from collections.abc import Callable
 from datetime import UTC, datetime
-from itertools import count, islice
+from itertools import islice
 from pathlib import Path
 from typing import Any, ParamSpec, Self, TypeVar
 
-from eventsourcing.persistence import IntegrityError, PersistenceError
-from eventsourcing.utils import retry
+from eventsourcing.persistence import PersistenceError
 
 from ledger.audit.chain import ChainReport
 from ledger.audit.export import ExportManifest, write_export
 from ledger.audit.history import History
 from ledger.audit.verification import ChainVerifier
 from ledger.domain import validation
-from ledger.domain.contexts import UserContexts
 from ledger.domain.models import Context, LedgerEvent
 from ledger.errors import (
-    ConcurrencyConflict,
     ContextNotFound,
+    InvalidContextInput,
     LedgerConfigError,
     LedgerError,
 )
 from ledger.store.application import LedgerApplication, open_application, utc_now
+from ledger.store.commands import CommandRunner, FirstCall
 from ledger.store.due import DueIndex
 from ledger.store.failures import StorageClient
 from ledger.store.urls import resolve_url, storage_for
@@ -32,9 +30,6 @@ from ledger.store.urls import resolve_url, storage_for
 T = TypeVar("T")
 P = ParamSpec("P")
 Clock = Callable[[], datetime]
-
-MAX_ATTEMPTS = 40
-RETRY_WAIT_SECONDS = 0.01
 
 
 class ContextLedger(StorageClient):
@@ -59,6 +54,7 @@ class ContextLedger(StorageClient):
         self.max_contexts_per_user = max_contexts_per_user
         self.default_ttl_seconds = default_ttl_seconds
         self._due = DueIndex()
+        self._commands = CommandRunner(application, self._now)
         self._due_lock = threading.Lock()
 
     @classmethod
@@ -106,14 +102,20 @@ class ContextLedger(StorageClient):
         run_id: str | None = None,
         metadata: dict[str, Any] | None = None,
         ttl_seconds: float | None = None,
+        request_id: str | None = None,
     ) -> Context:
-        """The thread's active context, reused; a new one if it has none."""
+        """The thread's active context, reused; a new one if it has none.
+
+        A ``request_id`` already applied for this user returns the first call's
+        result and appends nothing (as do those of the other commands).
+        """
         user = validation.identifier("user_id", user_id)
         thread = validation.identifier("thread_id", thread_id)
         run = validation.optional_identifier("run_id", run_id)
         patch = validation.metadata(metadata)
         ttl = validation.ttl_seconds(ttl_seconds)
-        opened = self._change(
+        request = validation.optional_identifier("request_id", request_id)
+        opened = self._commands.run(
             user,
             lambda aggregate: aggregate.open(
                 thread,
@@ -123,6 +125,10 @@ class ContextLedger(StorageClient):
                 default_ttl_seconds=self.default_ttl_seconds,
                 now=self._now(),
                 limit=self.max_contexts_per_user,
+            ),
+            request_id=request,
+            repeat=lambda first: _context_of(
+                first, ("created", "reused"), thread=thread
             ),
         )
         return _detached(opened)
@@ -134,39 +140,62 @@ class ContextLedger(StorageClient):
         *,
         run_id: str | None = None,
         metadata: dict[str, Any] | None = None,
+        request_id: str | None = None,
     ) -> Context:
         """Merges ``metadata`` (None removes a key) and may set a new run id."""
         user = validation.identifier("user_id", user_id)
         context = validation.identifier("context_id", context_id)
         run = validation.optional_identifier("run_id", run_id)
         patch = validation.metadata(metadata)
-        updated = self._change(
+        request = validation.optional_identifier("request_id", request_id)
+        updated = self._commands.run(
             user,
             lambda aggregate: aggregate.update(
                 context, run_id=run, metadata=patch, now=self._now()
             ),
+            request_id=request,
+            repeat=lambda first: _context_of(first, ("updated",), context_id=context),
         )
         return _detached(updated)
 
     def clear_context(
-        self, user_id: str, context_id: str, *, reason: str = "cleared"
+        self,
+        user_id: str,
+        context_id: str,
+        *,
+        reason: str = "cleared",
+        request_id: str | None = None,
     ) -> None:
         """Ends one of the user's contexts."""
         user = validation.identifier("user_id", user_id)
         context = validation.identifier("context_id", context_id)
         why = validation.reason(reason)
-        self._change(
+        request = validation.optional_identifier("request_id", request_id)
+        self._commands.run(
             user,
             lambda aggregate: aggregate.clear(context, reason=why, now=self._now()),
+            request_id=request,
+            repeat=lambda first: _ended(first, context_id=context),
         )
 
-    def clear_user(self, user_id: str, *, reason: str = "cleared") -> int:
+    def clear_user(
+        self,
+        user_id: str,
+        *,
+        reason: str = "cleared",
+        request_id: str | None = None,
+    ) -> int:
         """Ends all of the user's contexts; returns how many were cleared."""
         user = validation.identifier("user_id", user_id)
         why = validation.reason(reason)
-        return self._change(
-            user, lambda aggregate: aggregate.clear_all(reason=why, now=self._now())
+        request = validation.optional_identifier("request_id", request_id)
+        cleared: int = self._commands.run(
+            user,
+            lambda aggregate: aggregate.clear_all(reason=why, now=self._now()),
+            request_id=request,
+            repeat=_ended,
         )
+        return cleared
 
     def expire_due(self) -> int:
         """Records the expiry of every context past its time, for all users."""
@@ -176,7 +205,7 @@ class ContextLedger(StorageClient):
         expired = 0
         for user in users:
             try:
-                expired += self._change(
+                expired += self._commands.run(
                     user, lambda aggregate: aggregate.expire_due(self._now())
                 )
             except (LedgerError, PersistenceError) as error:
@@ -301,36 +330,6 @@ class ContextLedger(StorageClient):
             )
         return now.astimezone(UTC)
 
-    def _change(self, user_id: str, command: Callable[[UserContexts], T]) -> T:
-        """Runs a command on the user's aggregate and stores its events.
-
-        The first try decides on this process's cached aggregate and skips reading
-        the store: if another process wrote since, the save conflicts and the retry
-        reloads. An answer that appends nothing (a refusal, a count of 0) is never
-        given from the cache; it is decided again on the stored state.
-        """
-        try:
-            result: T = self._attempt(user_id, command, count())
-        except IntegrityError:
-            raise ConcurrencyConflict(user_id, MAX_ATTEMPTS) from None
-        return result
-
-    @retry(IntegrityError, max_attempts=MAX_ATTEMPTS, wait=RETRY_WAIT_SECONDS)
-    def _attempt(
-        self, user_id: str, command: Callable[[UserContexts], T], tries: Iterator[int]
-    ) -> T:
-        if next(tries) == 0:
-            cached = self._app.load_cached(user_id, self._now())
-            with suppress(LedgerError):
-                result = command(cached)
-                if cached.pending:
-                    self._app.record(cached)
-                    return result
-        aggregate = self._app.load(user_id, self._now())
-        result = command(aggregate)
-        self._app.record(aggregate)
-        return result
-
 
 def _detached(context: Context) -> Context:
     """A copy the caller may change without touching the ledger's cached state.
@@ -347,3 +346,47 @@ def _copy_tree(value: Any) -> Any:
     if isinstance(value, list):
         return [_copy_tree(item) for item in value]
     return value
+
+
+_OPENED = ("created", "reused")
+
+
+def _context_of(
+    first: FirstCall[Context],
+    kinds: tuple[str, ...],
+    *,
+    thread: str | None = None,
+    context_id: str | None = None,
+) -> Context:
+    """The context a repeated open or update returned the first time."""
+    last = first.events[-1] if first.events else None
+    if (
+        last is None
+        or last.KIND not in kinds
+        or thread not in (None, last.thread_id)
+        or context_id not in (None, last.context_id)
+    ):
+        raise _reused_for_another_call(first)
+    return first.state().contexts[last.context_id]
+
+
+def _ended(first: FirstCall[Any], context_id: str | None = None) -> int:
+    """How many contexts a repeated clear ended the first time by clearing."""
+    if not first.events or any(
+        event.KIND not in ("cleared", "expired")
+        or context_id not in (None, event.context_id)
+        for event in first.events
+    ):
+        raise _reused_for_another_call(first)
+    return sum(event.KIND == "cleared" for event in first.events)
+
+
+def _reused_for_another_call(first: FirstCall[Any]) -> InvalidContextInput:
+    event = first.events[-1] if first.events else None
+    return InvalidContextInput(
+        "request_id",
+        None if event is None else event.request_id,
+        "was already used by another kind of call of this user"
+        + ("" if event is None else f" (version {event.originator_version})"),
+        "give each call its own request_id, and the same one only to a repeat",
+    )

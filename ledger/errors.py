@@ -130,16 +130,36 @@ class LedgerNotFound(LedgerError, LookupError):
 
 
 class StorageUnavailable(LedgerError, ConnectionError):
-    """The ledger's database cannot be reached, opened, read or written."""
+    """The ledger's database cannot be reached, opened, read or written.
 
-    _fields = ("where", "cause", "writing")
+    ``writing``: a write failed; ``unknown``: whether it was stored could not be
+    found out (the reply was lost and the store could not be read after).
+    """
 
-    def __init__(self, where: str, cause: BaseException, writing: bool = False) -> None:
+    _fields = ("where", "cause", "writing", "unknown")
+
+    def __init__(
+        self,
+        where: str,
+        cause: BaseException,
+        writing: bool = False,
+        unknown: bool = False,
+    ) -> None:
         self.where = where
         self.cause = cause
         self.writing = writing
+        self.unknown = unknown
         detail = " ".join(str(cause).split()) or type(cause).__name__
-        outcome = "the failed write appended nothing; " if writing else ""
+        if unknown:
+            outcome = (
+                "it is unknown whether the write was stored; repeat the call with "
+                "the same request_id (the ledger applies it once) when the "
+                "database is back; "
+            )
+        elif writing:
+            outcome = "the failed write appended nothing; "
+        else:
+            outcome = ""
         super().__init__(
             f"the ledger's database ({where}) failed: {detail}; {outcome}check that "
             "the database is running, reachable and not locked, and that the URL is "

@@ -3,11 +3,15 @@
 No test module imports another; what two of them need lives here.
 """
 
+import contextlib
 import os
 import random
+import socket
 import sqlite3
 import subprocess
 import sys
+import threading
+import time
 from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
@@ -131,3 +135,68 @@ def hammer(url: str, seed: int, calls: int) -> dict[str, int]:
             except ConcurrencyConflict:
                 done["conflicts"] += 1
     return dict(done)
+
+
+class CuttingProxy:
+    """A TCP proxy in front of a real server that can lose a reply: armed, it
+    forwards the next client message holding COMMIT, lets the server answer it,
+    then closes both sides without passing the answer on. ``stay_down`` makes
+    that cut close every connection and turn new ones away, as a database that
+    stays unreachable, until ``refuse`` is cleared."""
+
+    def __init__(self, target: tuple[str, int]) -> None:
+        self.target = target
+        self.armed = threading.Event()
+        self.cuts = 0
+        self.refuse = False
+        self.stay_down = False
+        self._open: set[socket.socket] = set()
+        self._server = socket.create_server(("127.0.0.1", 0))
+        self.port: int = self._server.getsockname()[1]
+        self._closing = False
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def close(self) -> None:
+        self._closing = True
+        self._server.close()
+
+    def _accept(self) -> None:
+        while not self._closing:
+            try:
+                client, _ = self._server.accept()
+            except OSError:
+                return
+            if self.refuse:
+                client.close()
+                continue
+            upstream = socket.create_connection(self.target)
+            self._open |= {client, upstream}
+            threading.Thread(
+                target=self._pipe, args=(client, upstream, True), daemon=True
+            ).start()
+            threading.Thread(
+                target=self._pipe, args=(upstream, client, False), daemon=True
+            ).start()
+
+    def _pipe(self, source: socket.socket, sink: socket.socket, upward: bool) -> None:
+        # A socket error is how a pipe ends once either side (or a cut) closes.
+        with contextlib.suppress(OSError):
+            while chunk := source.recv(65536):
+                sink.sendall(chunk)
+                if upward and b"COMMIT" in chunk and self.armed.is_set():
+                    self.armed.clear()
+                    self.cuts += 1
+                    time.sleep(0.2)  # the server commits and answers; nobody reads it
+                    if self.stay_down:
+                        self.refuse = True
+                        self._cut_all()
+                    break
+        for end in (source, sink):
+            with contextlib.suppress(OSError):
+                end.shutdown(socket.SHUT_RDWR)
+            end.close()
+
+    def _cut_all(self) -> None:
+        for end in list(self._open):
+            with contextlib.suppress(OSError):
+                end.shutdown(socket.SHUT_RDWR)

@@ -1,12 +1,13 @@
 """The per-user aggregate: a user's active contexts, changed only by events."""
 
+from collections import OrderedDict
 from collections.abc import Iterable, Iterator
 from datetime import datetime, timedelta
 from functools import lru_cache
 from typing import Any, ClassVar, Self
 from uuid import UUID, uuid4, uuid5
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, Field
 
 from ledger.domain.events import (
     ContextCleared,
@@ -22,6 +23,8 @@ from ledger.domain.models import Context, LedgerEvent, UtcDatetime
 from ledger.domain.validation import check_merged_size
 from ledger.errors import ContextLimitExceeded, ContextNotFound
 
+REQUEST_WINDOW = 1000
+"""How many of a user's latest request ids are remembered (a repeat is not applied)."""
 _USER_NAMESPACE = UUID("6f1d4c2e-8a57-4f0b-9c1e-3b2a7d9e5c40")
 
 
@@ -58,6 +61,8 @@ class UserSnapshot(BaseModel):
     modified_on: UtcDatetime
     last_hash: str
     contexts: list[Context]
+    requests: list[tuple[str, int, int]] = Field(default_factory=list)
+    """The request window: (request id, first version, last version), oldest first."""
 
     @classmethod
     def take(cls, aggregate: "UserContexts") -> Self:
@@ -71,6 +76,7 @@ class UserSnapshot(BaseModel):
             modified_on=aggregate.modified_on,
             last_hash=aggregate.last_hash,
             contexts=list(aggregate.contexts.values()),
+            requests=[(rid, *versions) for rid, versions in aggregate.requests.items()],
         )
 
 
@@ -87,6 +93,10 @@ class UserContexts:
         self.contexts: dict[str, Context] = {}
         self._threads: dict[str, str] = {}
         self._pending: list[ContextEvent] = []
+        self.requests: OrderedDict[str, tuple[int, int]] = OrderedDict()
+        """The last REQUEST_WINDOW request ids: the first and last versions of the
+        events of each."""
+        self._call: dict[str, Any] = {}
 
     @classmethod
     def start(cls, user_id: str, now: datetime) -> Self:
@@ -101,6 +111,8 @@ class UserContexts:
         aggregate.last_hash = snapshot.last_hash
         for context in snapshot.contexts:
             aggregate._put(context)
+        for request_id, first, last in snapshot.requests:
+            aggregate.requests[request_id] = (first, last)
         return aggregate
 
     @property
@@ -115,7 +127,12 @@ class UserContexts:
         copy.contexts = dict(self.contexts)
         copy._threads = dict(self._threads)
         copy._pending = list(self._pending)
+        copy.requests = OrderedDict(self.requests)
         return copy
+
+    def attribute_to(self, command_id: str, request_id: str | None) -> None:
+        """Stamps the events triggered from now on with the call's ids."""
+        self._call = {"command_id": command_id, "request_id": request_id}
 
     @property
     def pending(self) -> list[ContextEvent]:
@@ -266,6 +283,7 @@ class UserContexts:
             timestamp=max(now, self.modified_on) if self.version else now,
             user_id=self.user_id,
             prev_hash=self.last_hash,
+            **self._call,
             **fields,
         )
         self.apply(event)
@@ -281,9 +299,19 @@ class UserContexts:
             )
             raise ValueError(msg)
         self._evolve(event)
+        if event.request_id is not None:
+            self._remember(event.request_id, event.originator_version)
         self.version = event.originator_version
         self.modified_on = event.timestamp
         self.last_hash = record_hash(event.ledger_record())
+
+    def _remember(self, request_id: str, version: int) -> None:
+        known = self.requests.get(request_id)
+        first = known[0] if known is not None and known[1] == version - 1 else version
+        self.requests[request_id] = (first, version)
+        self.requests.move_to_end(request_id)
+        if len(self.requests) > REQUEST_WINDOW:
+            self.requests.popitem(last=False)
 
     def _evolve(self, event: ContextEvent) -> None:
         current = self.contexts.get(event.context_id)

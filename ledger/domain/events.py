@@ -29,6 +29,10 @@ class ContextEvent(BaseModel):
     thread_id: str
     run_id: str | None
     prev_hash: str
+    command_id: str | None = None
+    """The call that appended the event (older events have none)."""
+    request_id: str | None = None
+    """The caller's request id, if it gave one: a repeat of it is not applied."""
 
     def to_ledger_event(self) -> LedgerEvent:
         """The auditor's view of this event."""
@@ -37,7 +41,7 @@ class ContextEvent(BaseModel):
     def ledger_record(self) -> dict[str, Any]:
         """``to_ledger_event().model_dump(mode="json")``, built directly: the chain
         hashes this on every append and replay."""
-        data = self.model_dump(mode="json", exclude={"originator_id"})
+        data = self.model_dump(mode="json", exclude=self.unset_ids())
         return {
             "user_id": data.pop("user_id"),
             "kind": self.KIND,
@@ -49,6 +53,16 @@ class ContextEvent(BaseModel):
             "prev_hash": data.pop("prev_hash"),
             "details": data,  # what is left: the fields of this kind of event
         }
+
+    def unset_ids(self) -> set[str]:
+        """The stream id, and the call ids the event does not have: neither is
+        stored in its state nor shown in its details."""
+        unset = {"originator_id"}
+        if self.command_id is None:
+            unset.add("command_id")
+        if self.request_id is None:
+            unset.add("request_id")
+        return unset
 
 
 class ContextCreated(ContextEvent):

@@ -9,7 +9,7 @@ from typing import Any, cast
 from uuid import UUID
 
 from eventsourcing.application import AggregateNotFoundError, Application
-from eventsourcing.persistence import PersistenceError
+from eventsourcing.persistence import IntegrityError, PersistenceError
 from eventsourcing.utils import Environment, get_topic
 
 from ledger.domain.contexts import (
@@ -104,8 +104,13 @@ class LedgerApplication(Application[UUID]):
         before = aggregate.version - len(events)
         # The event store's put is what save() does for us; save() would first run
         # runtime Protocol checks that cost more than the rest of the Python work.
-        with storage_failures(self.storage, writing=True):
-            self.events.put(events)
+        try:
+            with storage_failures(self.storage, writing=True):
+                self.events.put(events)
+        except (IntegrityError, StorageUnavailable) as failure:
+            # A conflict, or a write whose reply was lost: the store says which.
+            if not self._landed(events[0], failure):
+                raise
         self.cache.offer(aggregate)
         if self.snapshots is not None and (
             aggregate.version // SNAPSHOT_INTERVAL > before // SNAPSHOT_INTERVAL
@@ -121,6 +126,52 @@ class LedgerApplication(Application[UUID]):
                     aggregate.version,
                     error,
                 )
+
+    def _landed(self, first: ContextEvent, failure: Exception) -> bool:
+        """Whether ``first`` (and so its whole batch) is stored, its call's own.
+
+        StorageUnavailable (unknown outcome) if the store cannot be read to tell.
+        """
+        version = first.originator_version
+        try:
+            with storage_failures(self.storage):
+                stored = list(
+                    self.events.get(first.originator_id, gt=version - 1, lte=version)
+                )
+        except StorageUnavailable as unreadable:
+            raise StorageUnavailable(
+                self.storage.description, unreadable.cause, writing=True, unknown=True
+            ) from failure
+        return bool(stored) and getattr(stored[0], "command_id", None) == (
+            first.command_id
+        )
+
+    def state_at(self, user_id: str, version: int) -> UserContexts:
+        """The user's aggregate right after ``version`` (from a snapshot at or
+        before it, if one decodes)."""
+        aggregate_id = user_aggregate_id(user_id)
+        start: UserContexts | None = None
+        if self.snapshots is not None:
+            with replaying(user_id):
+                found = list(
+                    self.snapshots.get(aggregate_id, lte=version, desc=True, limit=1)
+                )
+            if found and isinstance(found[0], UserSnapshot):
+                start = UserContexts.from_snapshot(found[0])
+        after = 0 if start is None else start.version
+        events = self.events_between_versions(user_id, after + 1, version)
+        state = self.replay(user_id, start, events)
+        if state is None:
+            raise LedgerCorrupted(user_id, f"no events up to version {version}")
+        return state
+
+    def events_between_versions(
+        self, user_id: str, first: int, last: int
+    ) -> list[ContextEvent]:
+        """The user's events from version ``first`` to ``last``."""
+        with replaying(user_id):
+            events = self.events.get(user_aggregate_id(user_id), gt=first - 1, lte=last)
+            return [event for event in events if isinstance(event, ContextEvent)]
 
     def events_after(
         self, user_id: str, version: int, first_page: int = 1000

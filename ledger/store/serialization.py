@@ -20,7 +20,7 @@ from eventsourcing.persistence import (
 from pydantic import BaseModel, ValidationError
 
 from ledger.domain.contexts import UserSnapshot
-from ledger.domain.events import EVENT_CLASSES
+from ledger.domain.events import EVENT_CLASSES, ContextEvent
 
 _DATETIME = 1
 _UUID = 2
@@ -69,7 +69,10 @@ class PydanticMapper(Mapper[UUID]):
     def to_stored_event(self, domain_event: DomainEventProtocol[UUID]) -> StoredEvent:
         model = cast(BaseModel, domain_event)
         topic: str = getattr(type(model), "TOPIC")  # noqa: B009  (ClassVar on each model)
-        state = model.model_dump(exclude={"originator_id", "originator_version"})
+        unset = (
+            model.unset_ids() if isinstance(model, ContextEvent) else {"originator_id"}
+        )
+        state = model.model_dump(exclude=unset | {"originator_version"})
         stored = self.transcoder.encode(state)
         if self.compressor:
             stored = self.compressor.compress(stored)

@@ -1,0 +1,135 @@
+"""Runs commands on a user's aggregate: once each, in turn within a process, and
+retried on conflicts with other processes.
+
+- Commands of one user take turns in a process (striped locks), so optimistic
+  conflicts happen only between processes.
+- A conflict is retried on reloaded state with jittered exponential backoff, for
+  at most CONFLICT_SECONDS, then ConcurrencyConflict.
+- Every call stamps its events with a fresh command id, and with the caller's
+  request id if given. A request id the user's aggregate remembers (its last
+  REQUEST_WINDOW) is not applied again: ``repeat`` rebuilds the first call's result
+  from the events it stored.
+- A write whose outcome is unknown (a lost reply) is settled by the store in
+  ``LedgerApplication.record``, so a retry never applies a call twice.
+"""
+
+import random
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Generic, TypeVar
+from uuid import uuid4
+
+from eventsourcing.persistence import IntegrityError
+
+from ledger.domain.contexts import UserContexts
+from ledger.domain.events import ContextEvent
+from ledger.errors import ConcurrencyConflict, LedgerError
+from ledger.store.application import LedgerApplication
+
+T = TypeVar("T")
+CONFLICT_SECONDS = 10.0
+FIRST_BACKOFF_SECONDS = 0.002
+MAX_BACKOFF_SECONDS = 0.2
+LOCK_STRIPES = 256
+
+
+@dataclass(frozen=True)
+class FirstCall(Generic[T]):
+    """What a repeated request id finds: the first call's events, and the user's
+    state right after them."""
+
+    events: list[ContextEvent]
+    state: Callable[[], UserContexts]
+
+
+class CommandRunner:
+    """Applies commands to users' aggregates through one application."""
+
+    def __init__(self, app: LedgerApplication, now: Callable[[], datetime]) -> None:
+        self._app = app
+        self._now = now
+        self._locks = [threading.Lock() for _ in range(LOCK_STRIPES)]
+
+    def run(
+        self,
+        user_id: str,
+        command: Callable[[UserContexts], T],
+        *,
+        request_id: str | None = None,
+        repeat: Callable[[FirstCall[T]], T] | None = None,
+    ) -> T:
+        """The command's result, its events stored; or the first call's result when
+        ``request_id`` was applied before."""
+        command_id = uuid4().hex
+        with self._locks[hash(user_id) % LOCK_STRIPES]:
+            deadline = time.monotonic() + CONFLICT_SECONDS
+            backoff, attempts = FIRST_BACKOFF_SECONDS, 0
+            while True:
+                attempts += 1
+                try:
+                    return self._attempt(
+                        user_id,
+                        command,
+                        command_id=command_id,
+                        request_id=request_id,
+                        repeat=repeat,
+                        attempt=attempts,
+                    )
+                except IntegrityError:
+                    pause = random.uniform(0, backoff)  # noqa: S311  (jitter)
+                    if time.monotonic() + pause > deadline:
+                        raise ConcurrencyConflict(user_id, attempts) from None
+                    time.sleep(pause)
+                    backoff = min(backoff * 2, MAX_BACKOFF_SECONDS)
+
+    def _attempt(
+        self,
+        user_id: str,
+        command: Callable[[UserContexts], T],
+        *,
+        command_id: str,
+        request_id: str | None,
+        repeat: Callable[[FirstCall[T]], T] | None,
+        attempt: int,
+    ) -> T:
+        now = self._now
+        if attempt == 1:
+            # Decided on this process's cached aggregate without reading the store:
+            # if another process wrote since, the save conflicts and the retry
+            # reloads. An answer that appends nothing (a refusal, a repeat, a count
+            # of 0) is never given from the cache; it is decided on stored state.
+            cached = self._app.load_cached(user_id, now())
+            if request_id is None or request_id not in cached.requests:
+                cached.attribute_to(command_id, request_id)
+                try:
+                    result = command(cached)
+                    appends = bool(cached.pending)
+                except LedgerError:  # a refusal is decided again on stored state
+                    appends = False
+                if appends:
+                    self._app.record(cached)
+                    return result
+        aggregate = self._app.load(user_id, now())
+        if request_id is not None and request_id in aggregate.requests:
+            if repeat is None:
+                msg = "a command with a request id needs a repeat"
+                raise TypeError(msg)
+            return repeat(self._first_call(user_id, aggregate, request_id))
+        aggregate.attribute_to(command_id, request_id)
+        result = command(aggregate)
+        self._app.record(aggregate)
+        return result
+
+    def _first_call(
+        self, user_id: str, aggregate: UserContexts, request_id: str
+    ) -> FirstCall[T]:
+        first, last = aggregate.requests[request_id]
+        events = [
+            event
+            for event in self._app.events_between_versions(user_id, first, last)
+            if event.request_id == request_id
+        ]
+        return FirstCall(events, lambda: self._app.state_at(user_id, last))

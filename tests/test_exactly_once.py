@@ -1,0 +1,221 @@
+"""Every call takes effect once: a repeated request id returns the first result,
+and a write whose reply is lost is settled from the store, never applied twice."""
+
+import time
+from collections.abc import Callable, Iterator
+from urllib.parse import urlsplit
+
+import pytest
+
+from ledger import (
+    ContextLedger,
+    ContextNotFound,
+    InvalidContextInput,
+    StorageUnavailable,
+)
+from ledger.domain import contexts as domain_contexts
+from tests.helpers import CuttingProxy
+
+
+def _when_back(call: Callable[[], object], seconds: float = 60.0) -> None:
+    """Repeats ``call`` while the database's connection pool is still reconnecting."""
+    deadline = time.monotonic() + seconds
+    while True:
+        try:
+            call()
+        except StorageUnavailable:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.5)
+        else:
+            return
+
+
+def _kinds(ledger: ContextLedger, user: str) -> list[str]:
+    return [event.kind for event in ledger.history(user)]
+
+
+def test_a_repeated_open_returns_the_first_context_and_appends_nothing(
+    ledger: ContextLedger,
+) -> None:
+    first = ledger.open_context("alice", "t1", metadata={"a": 1}, request_id="m-1")
+    ledger.update_context("alice", first.context_id, metadata={"b": 2})
+
+    again = ledger.open_context("alice", "t1", metadata={"a": 9}, request_id="m-1")
+
+    assert again == first
+    assert _kinds(ledger, "alice") == ["created", "updated"]
+
+
+def test_a_repeated_update_clear_and_clear_user_append_nothing(
+    ledger: ContextLedger,
+) -> None:
+    one = ledger.open_context("alice", "t1")
+    two = ledger.open_context("alice", "t2")
+    updated = ledger.update_context(
+        "alice", one.context_id, metadata={"n": 1}, request_id="u"
+    )
+    ledger.clear_context("alice", two.context_id, request_id="c")
+    cleared = ledger.clear_user("alice", request_id="all")
+
+    assert (
+        ledger.update_context(
+            "alice", one.context_id, metadata={"n": 2}, request_id="u"
+        )
+        == updated
+    )
+    ledger.clear_context("alice", two.context_id, request_id="c")
+    assert ledger.clear_user("alice", request_id="all") == cleared == 1
+    assert _kinds(ledger, "alice") == [
+        "created",
+        "created",
+        "updated",
+        "cleared",
+        "cleared",
+    ]
+
+
+def test_request_ids_are_per_user(ledger: ContextLedger) -> None:
+    alice = ledger.open_context("alice", "t1", request_id="same")
+    bob = ledger.open_context("bob", "t1", request_id="same")
+
+    assert alice.context_id != bob.context_id
+    assert _kinds(ledger, "bob") == ["created"]
+
+
+def test_a_request_id_reused_for_another_kind_of_call_is_refused(
+    ledger: ContextLedger,
+) -> None:
+    context = ledger.open_context("alice", "t1", request_id="r1")
+
+    with pytest.raises(InvalidContextInput, match=r"request_id=.* another kind"):
+        ledger.update_context("alice", context.context_id, request_id="r1")
+    with pytest.raises(InvalidContextInput, match=r"request_id=.* another kind"):
+        ledger.open_context("alice", "t2", request_id="r1")
+    assert _kinds(ledger, "alice") == ["created"]
+
+
+def test_request_ids_are_remembered_across_restarts_and_snapshots(
+    durable_url: str,
+) -> None:
+    with ContextLedger.open(durable_url) as writer:
+        first = writer.open_context("alice", "t1", request_id="early")
+        for n in range(120):  # past two snapshots
+            writer.open_context("alice", "t1", request_id=f"n{n}")
+
+    with ContextLedger.open(durable_url) as reader:
+        again = reader.open_context("alice", "t1", request_id="early")
+        history = reader.history("alice")
+
+    assert again == first
+    assert len(history) == 121
+
+
+def test_only_the_last_request_ids_of_a_user_are_remembered(
+    ledger: ContextLedger, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(domain_contexts, "REQUEST_WINDOW", 3)
+    ledger.open_context("alice", "t1", request_id="r0")
+    for n in range(1, 4):
+        ledger.open_context("alice", "t1", request_id=f"r{n}")
+
+    ledger.open_context("alice", "t1", request_id="r0")  # forgotten: applied
+    ledger.open_context("alice", "t1", request_id="r3")  # remembered: not
+
+    assert len(ledger.history("alice")) == 5
+
+
+def test_a_bad_request_id_is_refused(ledger: ContextLedger) -> None:
+    with pytest.raises(InvalidContextInput, match="request_id="):
+        ledger.open_context("alice", "t1", request_id="  ")
+    assert ledger.history("alice") == []
+
+
+# Lost replies, through a real proxy in front of the real server.
+
+
+@pytest.fixture
+def proxy(postgres_dsn: str) -> Iterator[CuttingProxy]:
+    parts = urlsplit(postgres_dsn)
+    cutter = CuttingProxy((parts.hostname or "127.0.0.1", parts.port or 5432))
+    yield cutter
+    cutter.close()
+
+
+@pytest.fixture
+def proxied(postgres_url: str, proxy: CuttingProxy) -> Iterator[ContextLedger]:
+    parts = urlsplit(postgres_url)
+    url = postgres_url.replace(
+        f"@{parts.netloc.split('@')[1]}", f"@127.0.0.1:{proxy.port}"
+    )
+    with ContextLedger.open(url) as opened:
+        yield opened
+
+
+@pytest.mark.postgres
+def test_an_open_whose_commit_reply_is_lost_is_applied_once(
+    proxied: ContextLedger, proxy: CuttingProxy
+) -> None:
+    proxy.armed.set()
+
+    context = proxied.open_context("alice", "t1")
+
+    assert proxy.cuts == 1
+    assert _kinds(proxied, "alice") == ["created"]
+    assert proxied.get_context("alice", "t1") == context
+
+
+@pytest.mark.postgres
+def test_an_update_and_clears_whose_replies_are_lost_are_applied_once(
+    proxied: ContextLedger, proxy: CuttingProxy
+) -> None:
+    one = proxied.open_context("alice", "t1")
+    two = proxied.open_context("alice", "t2")
+    three = proxied.open_context("alice", "t3")
+
+    proxy.armed.set()
+    updated = proxied.update_context("alice", one.context_id, metadata={"n": 1})
+    proxy.armed.set()
+    proxied.clear_context("alice", two.context_id)
+    proxy.armed.set()
+    cleared = proxied.clear_user("alice")
+
+    assert proxy.cuts == 3
+    assert updated.metadata == {"n": 1}
+    assert cleared == 2
+    assert _kinds(proxied, "alice") == [
+        "created",
+        "created",
+        "created",
+        "updated",
+        "cleared",
+        "cleared",
+        "cleared",
+    ]
+    assert {e.context_id for e in proxied.history("alice")[-2:]} == {
+        one.context_id,
+        three.context_id,
+    }
+
+
+@pytest.mark.postgres
+def test_a_lost_reply_with_the_database_gone_is_unknown_then_settled_by_a_repeat(
+    proxied: ContextLedger, proxy: CuttingProxy
+) -> None:
+    context = proxied.open_context("alice", "t1")
+    proxy.stay_down = True
+    proxy.armed.set()
+
+    with pytest.raises(StorageUnavailable) as caught:
+        proxied.clear_context("alice", context.context_id, request_id="bye")
+    proxy.stay_down = proxy.refuse = False
+    _when_back(
+        lambda: proxied.clear_context("alice", context.context_id, request_id="bye")
+    )
+
+    assert caught.value.unknown
+    assert "unknown whether the write was stored" in str(caught.value)
+    assert "appended nothing" not in str(caught.value)
+    assert _kinds(proxied, "alice") == ["created", "cleared"]
+    with pytest.raises(ContextNotFound):
+        proxied.clear_context("alice", context.context_id, request_id="other")
