@@ -20,6 +20,7 @@ from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from functools import partial
 from pathlib import Path
+from typing import Any
 
 import click
 import psycopg
@@ -28,6 +29,7 @@ from rich.console import Console
 from rich.table import Table
 
 from ledger import ContextLedger
+from ledger.store.urls import SQLITE_LOCK_TIMEOUT_SECONDS
 
 POSTGRES_DSN = "postgresql://postgres@127.0.0.1:5432/test"
 PAYLOAD = b"x" * 200  # about the size of an encoded reuse event
@@ -81,45 +83,69 @@ def rss_mb() -> float:
     return pages * 4096 / 2**20
 
 
+def sqlite_floor_connection(path: Path) -> sqlite3.Connection:
+    """A connection to the floor's WAL file, with its table, set up as the recorder's.
+
+    eventsourcing's SQLite recorder sets journal_mode=WAL and leaves synchronous at
+    SQLite's default (FULL); it waits on a busy file up to the ledger's lock timeout.
+    """
+    db = sqlite3.connect(
+        path, isolation_level=None, timeout=SQLITE_LOCK_TIMEOUT_SECONDS
+    )
+    db.execute("PRAGMA journal_mode=WAL")
+    db.execute(
+        "CREATE TABLE IF NOT EXISTS rows "
+        "(id TEXT, version INTEGER, topic TEXT, state BLOB)"
+    )
+    return db
+
+
+def sqlite_insert(db: sqlite3.Connection, n: int) -> None:
+    """The floor's call: a single-row INSERT and COMMIT."""
+    db.execute("BEGIN")
+    db.execute("INSERT INTO rows VALUES (?, ?, ?, ?)", (str(n), n, "t", PAYLOAD))
+    db.execute("COMMIT")
+
+
 def sqlite_floor(folder: Path, samples: int) -> list[int]:
     """Single-row INSERT and COMMIT on a WAL file, as the ledger's SQLite store does."""
-    db = sqlite3.connect(folder / "floor.db", isolation_level=None)
-    db.execute("PRAGMA journal_mode=WAL")
-    db.execute("CREATE TABLE rows (id TEXT, version INTEGER, topic TEXT, state BLOB)")
-
-    def insert(n: int) -> Callable[[], object]:
-        def run() -> None:
-            db.execute("BEGIN")
-            db.execute(
-                "INSERT INTO rows VALUES (?, ?, ?, ?)", (str(n), n, "t", PAYLOAD)
-            )
-            db.execute("COMMIT")
-
-        return run
-
+    db = sqlite_floor_connection(folder / "floor.db")
     try:
-        return timed(insert(n) for n in range(samples))
+        return timed(partial(sqlite_insert, db, n) for n in range(samples))
     finally:
         db.close()
 
 
+def create_postgres_floor(db: psycopg.Connection[Any], schema: str) -> sql.Composed:
+    """Creates the floor's table in ``schema``; returns its INSERT statement."""
+    create = (
+        "CREATE TABLE IF NOT EXISTS {} (id text, version int, topic text, state bytea)"
+    )
+    db.execute(sql.SQL(create).format(sql.Identifier(schema, "rows")))
+    db.commit()
+    return postgres_floor_statement(schema)
+
+
+def postgres_floor_statement(schema: str) -> sql.Composed:
+    """The floor's INSERT into its table in ``schema``."""
+    return sql.SQL("INSERT INTO {} VALUES (%s, %s, %s, %s)").format(
+        sql.Identifier(schema, "rows")
+    )
+
+
+def postgres_insert(
+    db: psycopg.Connection[Any], statement: sql.Composed, n: int
+) -> None:
+    """The floor's call: a single-row INSERT and COMMIT."""
+    db.execute(statement, (str(n), n, "t", PAYLOAD))
+    db.commit()
+
+
 def postgres_floor(dsn: str, schema: str, samples: int) -> list[int]:
     """Single-row INSERT and COMMIT with psycopg on the same server."""
-    table = sql.Identifier(schema, "rows")
-    create = "CREATE TABLE {} (id text, version int, topic text, state bytea)"
-    statement = sql.SQL("INSERT INTO {} VALUES (%s, %s, %s, %s)").format(table)
     with psycopg.connect(dsn) as db:
-        db.execute(sql.SQL(create).format(table))
-        db.commit()
-
-        def insert(n: int) -> Callable[[], object]:
-            def run() -> None:
-                db.execute(statement, (str(n), n, "t", PAYLOAD))
-                db.commit()
-
-            return run
-
-        return timed(insert(n) for n in range(samples))
+        statement = create_postgres_floor(db, schema)
+        return timed(partial(postgres_insert, db, statement, n) for n in range(samples))
 
 
 def measure_api(
