@@ -99,7 +99,9 @@ def test_update_merges_metadata_and_none_removes_a_key(ledger: ContextLedger) ->
     assert updated.metadata == {"keep": 1, "new": 3}
     assert updated.run_id == "run-9"
     assert ledger.history("alice")[-1].kind == "updated"
-    assert ledger.history("alice")[-1].details == {"metadata": {"drop": None, "new": 3}}
+    details = ledger.history("alice")[-1].details
+    assert details.pop("command_id")  # the call that appended it
+    assert details == {"metadata": {"drop": None, "new": 3}}
 
 
 def test_clear_context_ends_it_and_the_thread_then_gets_a_new_one(
@@ -112,7 +114,9 @@ def test_clear_context_ends_it_and_the_thread_then_gets_a_new_one(
 
     assert second.context_id != first.context_id
     cleared = ledger.history("alice")[1]
-    assert (cleared.kind, cleared.details) == ("cleared", {"reason": "user logged out"})
+    assert cleared.kind == "cleared"
+    assert cleared.details["reason"] == "user logged out"
+    assert set(cleared.details) == {"reason", "command_id"}
 
 
 def test_clear_user_ends_every_context_and_counts_them(ledger: ContextLedger) -> None:
