@@ -119,12 +119,13 @@ class Processor:
         while holding the live view's lock, so no live write falls in between."""
         live = Generation(target.view.name, rebuild=False)
         names = target.view.names(self.store.dialect, target.generation)
+        # Read before the transaction: on PostgreSQL the head waits for every
+        # older transaction, and this one may take a transaction id.
+        head = self.reader.head()
         with self.store.writing(live.key) as tx:
             tx.dialect.lock(tx.cursor, target.key)  # always after the live lock
             position = self.store.position(tx, target.key)
-            tail = list(
-                self.reader.events(position, self.reader.head(), self.batch_size)
-            )
+            tail = list(self.reader.events(position, head, self.batch_size))
             for start in range(0, len(tail), self.batch_size):
                 target.view.apply(tx, names, tail[start : start + self.batch_size])
             if tail:
@@ -140,13 +141,12 @@ class Processor:
         poll_seconds: float,
         on_batch: OnBatch | None = None,
     ) -> None:
-        """Keeps the targets up to date until ``stop`` is set (seen within
-        ``poll_seconds``)."""
-        arrivals = self.backend.arrivals(self.reader.recorder, self.reader.head())
-        with arrivals as (arrived, failures):
-            while not stop.is_set():
-                arrived.clear()
-                self.run(targets, self.reader.head(), on_batch)
-                arrived.wait(poll_seconds)
-                if failures:
-                    raise failures[0]
+        """Keeps the targets up to date until ``stop`` is set, looking for new
+        events every ``poll_seconds``.
+
+        It polls on every backend: PostgreSQL appends send no NOTIFY, which would
+        make writers commit one at a time.
+        """
+        while not stop.is_set():
+            self.run(targets, self.reader.head(), on_batch)
+            stop.wait(poll_seconds)

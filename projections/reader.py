@@ -6,6 +6,7 @@ from uuid import UUID
 from eventsourcing.persistence import ApplicationRecorder, Mapper, Notification
 
 from ledger.domain.events import ContextEvent
+from ledger.store.backends import safe_head
 from projections.errors import UndecodableEvent
 from projections.view import Positioned
 
@@ -18,8 +19,9 @@ class LogReader:
         self.mapper = mapper
 
     def head(self) -> int:
-        """The position of the last event stored; 0 for an empty ledger."""
-        return self.recorder.max_notification_id() or 0
+        """The log's safe head (``safe_head``): no event can still appear at or
+        before it, so reading up to it skips nothing; 0 for an empty ledger."""
+        return safe_head(self.recorder)
 
     def batch(
         self, after: int, limit: int, up_to: int | None = None

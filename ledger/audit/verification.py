@@ -33,7 +33,7 @@ from ledger.domain.contexts import (
 from ledger.domain.events import EVENT_CLASSES, ContextEvent
 from ledger.domain.hashing import GENESIS_HASH, record_hash
 from ledger.store.application import LedgerApplication
-from ledger.store.backends import as_stream_id
+from ledger.store.backends import as_stream_id, safe_head
 
 PAGE_SIZE = 10_000
 KIND_BY_TOPIC = {cls.TOPIC: cls.KIND for cls in EVENT_CLASSES}
@@ -124,15 +124,17 @@ class ChainVerifier:
         self.page_size = page_size
 
     def head(self) -> int:
-        """The log's last position, for progress reports."""
-        return self.recorder.max_notification_id() or 0
+        """The log's safe head: the last position ``all_users`` reads now."""
+        return safe_head(self.recorder)
 
     def all_users(self, on_page: Progress | None = None) -> ChainReport:
+        """Every stream in the log up to its safe head when the pass begins (an
+        event committed later is left to the next pass, never half-seen)."""
         streams: dict[UUID | str, _Stream] = {}
-        start = 0
+        start, head = 0, self.head()
         while True:
             page: Iterable[Notification] = self.recorder.select_notifications(
-                start=start, limit=self.page_size, inclusive_of_start=False
+                start=start, limit=self.page_size, stop=head, inclusive_of_start=False
             )
             count = 0
             for notification in page:
@@ -148,7 +150,11 @@ class ChainVerifier:
             if count < self.page_size:
                 break
         for aggregate_id in self._snapshot_streams():
-            if aggregate_id not in streams:  # every event deleted, snapshots left
+            # Snapshots left of a stream whose every event was deleted; a stream
+            # begun after the head is not part of this pass.
+            if aggregate_id not in streams and not self._has_events_after(
+                aggregate_id, 0
+            ):
                 streams[aggregate_id] = _Stream(aggregate_id)
         users = [self._finish(stream, in_log_order=True) for stream in streams.values()]
         return ChainReport(users=tuple(sorted(users, key=lambda u: u.user_id)))
@@ -266,6 +272,9 @@ class ChainVerifier:
             fault=fault,
         )
 
+    def _has_events_after(self, aggregate_id: UUID | str, version: int) -> bool:
+        return bool(self.recorder.select_events(aggregate_id, gt=version, limit=1))
+
     def _snapshot_streams(self) -> list[UUID | str]:
         if self.snapshots is None:
             return []
@@ -278,13 +287,20 @@ class ChainVerifier:
 
         The chain vouches for the events; a snapshot is checked against them, so
         one that was edited (its contents, time or hash) is found, and a snapshot
-        newer than the last event shows that the events after it were deleted.
+        newer than the last event shows that the events after it were deleted,
+        unless they were appended after the pass read the log (they are stored).
         """
         stored = (
             list(self.snapshots.recorder.select_events(aggregate_id))
             if self.snapshots is not None
             else []
         )
+        if (
+            stored
+            and stored[-1].originator_version > head_version
+            and self._has_events_after(aggregate_id, head_version)
+        ):
+            stored = [s for s in stored if s.originator_version <= head_version]
         if not stored:
             return None
         newest = stored[-1].originator_version

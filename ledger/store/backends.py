@@ -2,14 +2,13 @@
 
 What differs between them and the library leaves to its users lives here: whether a
 ledger already exists at a URL, the set-up lock, the SQL dialect of the tables kept
-beside the events, the tracking table, how new events are noticed, and the few
-queries the library has no call for.
+beside the events, the tracking table, how far the log may be read (its safe head),
+and the few queries the library has no call for.
 """
 
 import json
 import re
 import sqlite3
-import threading
 from collections.abc import Iterator
 from contextlib import AbstractContextManager, contextmanager, nullcontext
 from datetime import UTC, datetime
@@ -19,20 +18,22 @@ from uuid import UUID
 
 import psycopg
 from eventsourcing.persistence import ApplicationRecorder, TrackingRecorder
-from eventsourcing.postgres import PostgresApplicationRecorder, PostgresTrackingRecorder
+from eventsourcing.postgres import PostgresTrackingRecorder
 from eventsourcing.sqlite import SQLiteTrackingRecorder
 from psycopg import sql
 from psycopg.types.json import Jsonb
 
+from ledger.store.postgres_log import (
+    CONNECT_TIMEOUT_SETTING,
+    SAFE_HEAD_TIMEOUT_SECONDS,
+    ParallelPostgresRecorder,
+)
 from ledger.store.urls import Storage
 
 EVENTS_TABLE = {"sqlite": "stored_events", "postgres": "ctxledger_events"}
 SNAPSHOTS_TABLE = {"sqlite": "stored_snapshots", "postgres": "ctxledger_snapshots"}
 VIEW_TRACKING_TABLE = "ctxledger_view_tracking"  # PostgreSQL; SQLite's is "tracking"
 _IDENTIFIER = re.compile(r"[a-z_][a-z0-9_]*")
-
-Arrivals = tuple[threading.Event, list[BaseException]]
-"""An event set when new events may have arrived, and the listener's errors."""
 
 
 class Dialect(Protocol):
@@ -188,12 +189,6 @@ class Backend:
         """A tracking recorder beside the events and its table's quoted name."""
         raise NotImplementedError
 
-    @contextmanager
-    def arrivals(self, recorder: ApplicationRecorder, after: int) -> Iterator[Arrivals]:
-        """How new events are noticed: polling by default (the event is never set,
-        so a follower wakes at its poll interval and looks)."""
-        yield threading.Event(), []
-
     def count_after(self, recorder: ApplicationRecorder, position: int) -> int:
         """How many events are stored after ``position`` (positions can skip)."""
         table = self._table(EVENTS_TABLE[self.kind])
@@ -258,7 +253,7 @@ class PostgresBackend(Backend):
             port=settings["POSTGRES_PORT"],
             user=settings["POSTGRES_USER"],
             password=settings["POSTGRES_PASSWORD"],
-            connect_timeout=int(settings["POSTGRES_CONNECT_TIMEOUT"]),
+            connect_timeout=int(settings[CONNECT_TIMEOUT_SETTING]),
             autocommit=True,
         )
 
@@ -297,25 +292,6 @@ class PostgresBackend(Backend):
         )
         return recorder, self._table(self.tracking_table)
 
-    @contextmanager
-    def arrivals(self, recorder: ApplicationRecorder, after: int) -> Iterator[Arrivals]:
-        """The library's subscription (LISTEN/NOTIFY) sets the event."""
-        arrived = threading.Event()
-        failures: list[BaseException] = []
-        if not isinstance(recorder, PostgresApplicationRecorder):
-            yield arrived, failures
-            return
-        with recorder.subscribe(gt=after) as subscription:
-            listener = threading.Thread(
-                target=_listen, args=(subscription, arrived, failures), daemon=True
-            )
-            listener.start()
-            try:
-                yield arrived, failures
-            finally:
-                subscription.stop()
-                listener.join()
-
 
 class MemoryBackend(Backend):
     """memory://: one process, nothing outside it can change or keep it."""
@@ -327,6 +303,24 @@ class MemoryBackend(Backend):
 
     def snapshot_streams(self, recorder: Any) -> list[UUID | str]:
         return []
+
+
+def safe_head(
+    recorder: ApplicationRecorder, timeout: float = SAFE_HEAD_TIMEOUT_SECONDS
+) -> int:
+    """The last position a reader of the log may read up to: no event can still
+    appear at or before it (an event that commits late has a lower position).
+
+    Every reader of the log stops there (views, the expiry index, verification).
+    PostgreSQL appends in parallel, so ids can commit out of order: the recorder
+    waits up to ``timeout`` seconds for older transactions to end. Where one writer
+    appends at a time (SQLite, memory, the library's own PostgreSQL recorder with
+    its table lock) it is the last event stored.
+    """
+    if isinstance(recorder, ParallelPostgresRecorder):
+        head: int = recorder.safe_head(timeout)
+        return head
+    return recorder.max_notification_id() or 0
 
 
 def backend_for(storage: Storage) -> Backend:
@@ -352,16 +346,3 @@ def as_stream_id(value: UUID | str) -> UUID | str:
         return UUID(value)
     except ValueError:
         return value
-
-
-def _listen(
-    subscription: Iterator[object],
-    arrived: threading.Event,
-    failures: list[BaseException],
-) -> None:
-    try:
-        for _ in subscription:
-            arrived.set()
-    except BaseException as error:  # noqa: BLE001  (handed to the follower's thread)
-        failures.append(error)
-        arrived.set()

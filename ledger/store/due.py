@@ -13,6 +13,7 @@ from eventsourcing.persistence import ApplicationRecorder, Mapper
 from ledger.domain.contexts import evolve_context
 from ledger.domain.events import EVENT_TOPICS, ContextEvent
 from ledger.domain.models import Context
+from ledger.store.backends import safe_head
 
 _PAGE = 1000
 
@@ -29,10 +30,14 @@ class DueIndex:
         self._due: dict[tuple[str, str], tuple[float | None, datetime]] = {}
 
     def catch_up(self, recorder: ApplicationRecorder, mapper: Mapper[Any]) -> None:
-        while True:
+        """Reads the log from where it stopped up to its safe head, so never past
+        an event that may still commit before it."""
+        stop = safe_head(recorder)
+        while self._position < stop:
             page = recorder.select_notifications(
                 start=self._position,
                 limit=_PAGE,
+                stop=stop,
                 topics=EVENT_TOPICS,
                 inclusive_of_start=False,
             )
@@ -42,7 +47,7 @@ class DueIndex:
                     self._apply(event)
                 self._position = notification.id
             if len(page) < _PAGE:
-                return
+                self._position = stop  # every event up to it has been read
 
     def users_due(self, now: datetime) -> list[str]:
         return sorted({user for (user, _), (_, at) in self._due.items() if at <= now})

@@ -2,7 +2,9 @@
 
 - ``sqlite:///relative/path.db`` or ``sqlite:////absolute/path.db``, in WAL mode;
   ``?timeout=SECONDS`` is how long to wait for another writer's lock.
-- ``postgresql://user[:password]@host[:port]/dbname[?schema=NAME&host=SOCKET_DIR]``
+- ``postgresql://user[:password]@host[:port]/dbname[?schema=NAME&host=SOCKET_DIR]``;
+  the pool takes ``pool_size``, ``max_overflow``, ``pool_timeout`` and
+  ``connect_timeout`` (``POSTGRES_POOL``).
 - ``memory://``, in this process only and gone on close.
 """
 
@@ -12,14 +14,33 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import parse_qs, unquote, urlsplit
 
+from eventsourcing.utils import get_topic
+
 from ledger.errors import LedgerConfigError
+from ledger.store.postgres_log import (
+    CONNECT_TIMEOUT_SETTING,
+    ParallelPostgresRecorder,
+    PostgresLogFactory,
+)
 
 DEFAULT_URL = "sqlite:///ctxledger.db"
 URL_VARIABLE = "CTXLEDGER_URL"
 SQLITE_LOCK_TIMEOUT_SECONDS = 30
 POSTGRES_CONNECT_TIMEOUT_SECONDS = 5
+POSTGRES_POOL = {
+    # URL option: (default, least value, what it is); the sizes are the library's
+    "pool_size": (5, 1, "connections the pool keeps open"),
+    "max_overflow": (10, 0, "connections the pool may open beyond pool_size"),
+    "pool_timeout": (5, 1, "seconds a call waits for a free connection"),
+    # libpq treats a connect_timeout of 1 as 2.
+    "connect_timeout": (
+        POSTGRES_CONNECT_TIMEOUT_SECONDS,
+        2,
+        "seconds a new connection waits for the server",
+    ),
+}
 _SCHEMA_NAME = re.compile(r"[a-z_][a-z0-9_]{0,62}")
-_POSTGRES_OPTIONS = frozenset({"schema", "host"})
+_POSTGRES_OPTIONS = frozenset({"schema", "host", *POSTGRES_POOL})
 _URL_FORMS = (
     "use sqlite:///path.db, postgresql://user[:password]@host[:port]/dbname"
     "[?schema=NAME], or memory://"
@@ -91,11 +112,15 @@ def _sqlite(url: str) -> Storage:
 
 def _postgres(url: str) -> Storage:
     parts = urlsplit(url)
-    options = {key: values[-1] for key, values in parse_qs(parts.query).items()}
+    options = {
+        key: values[-1]
+        for key, values in parse_qs(parts.query, keep_blank_values=True).items()
+    }
     unknown = sorted(set(options) - _POSTGRES_OPTIONS)
     if unknown:
         raise LedgerConfigError(
-            f"unknown PostgreSQL URL option(s) {unknown}; only schema and host are read"
+            f"unknown PostgreSQL URL option(s) {unknown}; the options are "
+            f"{', '.join(sorted(_POSTGRES_OPTIONS))}"
         )
     dbname = unquote(parts.path.lstrip("/"))
     if not dbname or not parts.username:
@@ -117,7 +142,9 @@ def _postgres(url: str) -> Storage:
         ) from None
     host = options.get("host") or unquote(parts.hostname or "")
     settings = {
-        "PERSISTENCE_MODULE": "eventsourcing.postgres",
+        # The library's, with a recorder that appends without a table lock.
+        "PERSISTENCE_MODULE": get_topic(PostgresLogFactory),
+        "APPLICATION_RECORDER_TOPIC": get_topic(ParallelPostgresRecorder),
         "POSTGRES_DBNAME": dbname,
         "POSTGRES_HOST": host,
         "POSTGRES_PORT": str(port),
@@ -130,10 +157,39 @@ def _postgres(url: str) -> Storage:
             else os.environ.get("PGPASSWORD", "")
         ),
         "POSTGRES_SCHEMA": schema,
-        "POSTGRES_CONNECT_TIMEOUT": str(POSTGRES_CONNECT_TIMEOUT_SECONDS),
+        **_pool_settings(options),
     }
     where = f"postgresql {host or 'local socket'}:{port}/{dbname} schema {schema}"
     return Storage("postgres", settings, where)
+
+
+def _pool_settings(options: dict[str, str]) -> dict[str, str]:
+    """The connection pool's settings, from the URL's options or the defaults."""
+    chosen = {name: _whole_number(name, options) for name in POSTGRES_POOL}
+    return {
+        "POSTGRES_POOL_SIZE": chosen["pool_size"],
+        "POSTGRES_MAX_OVERFLOW": chosen["max_overflow"],
+        # The library hands this one to the pool as the wait for a free connection.
+        "POSTGRES_CONNECT_TIMEOUT": chosen["pool_timeout"],
+        CONNECT_TIMEOUT_SETTING: chosen["connect_timeout"],
+        # No pre-ping: the pool backs off a second, then two, ... after each
+        # closed connection it finds, so once the server has closed them all (a
+        # restart) the first calls would wait out pool_timeout. A closed connection
+        # fails at once instead; reads retry, and so do appends that had not sent
+        # their COMMIT (ParallelPostgresRecorder).
+        "POSTGRES_PRE_PING": "n",
+    }
+
+
+def _whole_number(name: str, options: dict[str, str]) -> str:
+    default, least, meaning = POSTGRES_POOL[name]
+    value = options.get(name, str(default))
+    if not (value.isascii() and value.isdigit()) or int(value) < least:
+        raise LedgerConfigError(
+            f"PostgreSQL URL option {name}={value!r} must be a whole number, "
+            f"{least} or more: the {meaning}"
+        )
+    return str(int(value))
 
 
 def _hide_password(url: str) -> str:

@@ -1,0 +1,250 @@
+"""The ledger's log on PostgreSQL: writers append in parallel, readers stay gap-free.
+
+The library's recorder takes an exclusive table lock and sends a NOTIFY on every
+append, so that notification ids commit in the order they are drawn; that serialises
+every writer of the database. ``ParallelPostgresRecorder`` does neither. Instead,
+each append takes its transaction id before it draws notification ids, and readers
+of the log stop at ``safe_head()``: a position below which every id drawn belongs to
+a transaction that has ended, so no event at or below it can still appear.
+
+Why it holds: the sequence hands out ids in time order (CACHE 1). The head H was
+stored before the reader took its own transaction id R, so every id below H was
+drawn earlier still, by a transaction whose id (taken first) is older than R; and
+the reader waits until no transaction older than R is running.
+"""
+
+import time
+from collections.abc import Sequence
+from typing import Any
+
+from eventsourcing.persistence import (
+    ApplicationRecorder,
+    InterfaceError,
+    OperationalError,
+    PersistenceError,
+    ProgrammingError,
+    StoredEvent,
+    Subscription,
+)
+from eventsourcing.postgres import (
+    PostgresApplicationRecorder,
+    PostgresDatastore,
+    PostgresFactory,
+)
+from eventsourcing.utils import Environment, EnvType, retry
+from psycopg import Connection, Cursor
+from psycopg.rows import DictRow
+from psycopg.sql import SQL, Composed, Identifier
+from psycopg_pool import PoolClosed, PoolTimeout, TooManyRequests
+
+SAFE_HEAD_TIMEOUT_SECONDS = 30.0
+"""How long a reader waits for transactions older than its read to end."""
+
+CONNECT_TIMEOUT_SETTING = "POSTGRES_LIBPQ_CONNECT_TIMEOUT"
+"""Seconds a new connection waits for the server (libpq's ``connect_timeout``)."""
+
+APPEND_ATTEMPTS = 3
+"""Tries of an append that fails before its COMMIT is sent (a closed connection)."""
+
+_FIRST_PAUSE, _LONGEST_PAUSE = 0.001, 0.005
+_POOL_REFUSALS = (PoolTimeout, PoolClosed, TooManyRequests)  # no connection given
+_TAKE_XID = SQL("SELECT pg_current_xact_id() AS xid")
+_SEQUENCE_CACHE = SQL(
+    "SELECT pg_get_serial_sequence(%s, 'notification_id') AS name, s.seqcache AS cache "
+    "FROM pg_sequence s "
+    "WHERE s.seqrelid = pg_get_serial_sequence(%s, 'notification_id')::regclass"
+)
+_OLDER_ENDED = SQL(
+    "SELECT pg_snapshot_xmin(pg_current_snapshot()) >= %s::xid8 AS ended"
+)
+_OLDER_TRANSACTIONS = SQL(
+    "SELECT pid, datname, application_name, state, "
+    "round(extract(epoch FROM now() - xact_start)::numeric, 1) AS seconds "
+    "FROM pg_stat_activity WHERE backend_xid IS NOT NULL "
+    "AND age(backend_xid) >= age(%s::xid8::xid) AND pid <> pg_backend_pid() "
+    "ORDER BY xact_start LIMIT 3"
+)
+_PREPARED = SQL(
+    "SELECT gid, database FROM pg_prepared_xacts "
+    "WHERE age(transaction) >= age(%s::xid8::xid) ORDER BY prepared LIMIT 3"
+)
+# The library's insert as written, without the retry decorator around it (which
+# keeps the undecorated function as ``__wrapped__``).
+_insert_without_retries = PostgresApplicationRecorder.insert_events.__wrapped__
+
+
+class SafeHeadTimeout(PersistenceError):
+    """Transactions that began before a read of the log stayed open too long."""
+
+
+class AppendNotCommitted(OperationalError):
+    """An append failed before its COMMIT was sent, so nothing of it is stored."""
+
+
+class _Progress:
+    """How far one append got: once its ids are read, the COMMIT follows."""
+
+    def __init__(self) -> None:
+        self.committing = False
+
+
+class ParallelPostgresRecorder(PostgresApplicationRecorder):
+    """The library's recorder, without its table lock and NOTIFY on append.
+
+    Notification ids stay integers from the table's bigserial (whose sequence keeps
+    CACHE 1, so its last value is the last id handed out), so views track as before.
+    """
+
+    def __init__(
+        self, datastore: PostgresDatastore, *, events_table_name: str = "stored_events"
+    ) -> None:
+        super().__init__(datastore, events_table_name=events_table_name)
+        self._checked_sequence = False
+        self._table = Identifier(self.datastore.schema, self.events_table_name)
+
+    def insert_events(
+        self, stored_events: Sequence[StoredEvent], **kwargs: Any
+    ) -> Sequence[int] | None:
+        """Appends in one transaction.
+
+        The library retries any connection error, but after a lost COMMIT reply a
+        retry stores the events again or fails as a conflict. Here only a failure
+        before the COMMIT was sent is retried (the server stored nothing: a
+        transaction ends only by COMMIT); later ones are raised as they are, and
+        the ledger finds out from the store whether the events were stored.
+        """
+        ids: Sequence[int] | None = self._append(stored_events, **kwargs)
+        return ids
+
+    @retry(AppendNotCommitted, max_attempts=APPEND_ATTEMPTS, wait=0.05)
+    def _append(
+        self, stored_events: Sequence[StoredEvent], **kwargs: Any
+    ) -> Sequence[int] | None:
+        progress = _Progress()
+        try:
+            ids: Sequence[int] | None = _insert_without_retries(
+                self, stored_events, progress=progress, **kwargs
+            )
+        except (InterfaceError, OperationalError) as error:
+            if progress.committing or isinstance(error.__cause__, _POOL_REFUSALS):
+                raise  # the outcome is unknown, or the pool gave no connection
+            # A connection the server closed (a restart, a terminated backend):
+            # replace every broken one in the pool before trying again.
+            self.datastore.pool.check()
+            raise AppendNotCommitted(str(error)) from error
+        return ids
+
+    def _fetch_ids_after_insert_events(
+        self, curs: Cursor[DictRow], stored_events: Sequence[StoredEvent], **kwargs: Any
+    ) -> Sequence[int] | None:
+        ids = super()._fetch_ids_after_insert_events(curs, stored_events, **kwargs)
+        progress = kwargs.get("progress")
+        if isinstance(progress, _Progress):
+            progress.committing = True
+        return ids
+
+    def _insert_events(
+        self, curs: Cursor[DictRow], stored_events: Sequence[StoredEvent], **kwargs: Any
+    ) -> None:
+        # The transaction id first, before any notification id is drawn: a reader
+        # that sees an id drawn then also waits for this transaction to end.
+        curs.execute(_TAKE_XID)
+        super()._insert_events(curs, stored_events, **kwargs)
+
+    def _lock_table(self, curs: Cursor[DictRow]) -> None:
+        """No table lock: readers stop at ``safe_head()`` instead."""
+
+    def _notify_channel(self, curs: Cursor[DictRow]) -> None:
+        """No NOTIFY: it takes a server-wide lock until commit."""
+
+    def subscribe(
+        self, gt: int | None = None, topics: Sequence[str] = ()
+    ) -> Subscription[ApplicationRecorder]:
+        msg = (
+            "appends send no NOTIFY; poll select_notifications(stop=safe_head()) "
+            "instead of subscribing"
+        )
+        raise NotImplementedError(msg)
+
+    @retry((InterfaceError, OperationalError), max_attempts=10, wait=0.2)
+    def safe_head(self, timeout: float = SAFE_HEAD_TIMEOUT_SECONDS) -> int:
+        """The largest notification id a reader may read up to: every id at or
+        below it is stored for good or will never be. 0 for an empty log.
+
+        The last event stored now, once every transaction that began before this
+        call has ended (SafeHeadTimeout after ``timeout`` seconds).
+        """
+        with self.datastore.get_connection() as conn:  # autocommit
+            self._check_sequence(conn)
+            head = _fetch(conn, self.max_notification_id_statement)["max"]
+            if head is None:
+                return 0
+            own = _fetch(conn, _TAKE_XID)["xid"]  # committed at once
+            deadline = time.monotonic() + timeout
+            pause = _FIRST_PAUSE
+            while not _fetch(conn, _OLDER_ENDED, own)["ended"]:
+                if time.monotonic() >= deadline:
+                    raise SafeHeadTimeout(_waited_for(conn, own, timeout))
+                time.sleep(pause)
+                pause = min(pause * 2, _LONGEST_PAUSE)
+            return int(head)
+
+    def _check_sequence(self, conn: Connection[DictRow]) -> None:
+        """Refuses a notification id sequence that caches ids: a session's cached
+        ids are handed out after later ones, so they would not be in time order."""
+        if self._checked_sequence:
+            return
+        table = self._table.as_string(conn)
+        found = _fetch(conn, _SEQUENCE_CACHE, table, table)
+        if found["cache"] != 1:
+            msg = (
+                f"the notification id sequence {found['name']} has CACHE "
+                f"{found['cache']}; readers of the log need CACHE 1: ALTER SEQUENCE "
+                f"{found['name']} CACHE 1"
+            )
+            raise ProgrammingError(msg)
+        self._checked_sequence = True
+
+
+class PostgresLogFactory(PostgresFactory):
+    """The library's PostgreSQL factory, whose pooled connections also stop waiting
+    for the server after ``CONNECT_TIMEOUT_SETTING`` seconds. (The library hands its
+    own POSTGRES_CONNECT_TIMEOUT to the pool as the wait for a free connection.)"""
+
+    def __init__(self, env: Environment | EnvType | None) -> None:
+        super().__init__(env)
+        seconds = self.env.get(CONNECT_TIMEOUT_SETTING)
+        connection_options = self.datastore.pool.kwargs
+        if seconds and isinstance(connection_options, dict):
+            connection_options["connect_timeout"] = int(seconds)
+
+
+def _fetch(
+    conn: Connection[DictRow], statement: SQL | Composed, *params: Any
+) -> DictRow:
+    row = conn.execute(statement, params or None).fetchone()
+    if row is None:  # the events table has no notification_id sequence
+        msg = f"no row from {statement.as_string(conn)!r}"
+        raise ProgrammingError(msg)
+    return row
+
+
+def _waited_for(conn: Connection[DictRow], own: str, timeout: float) -> str:
+    """What a reader of the log waited for, for an operator to act on."""
+    running = [
+        f"pid {row['pid']} (database {row['datname']!r}, application "
+        f"{row['application_name']!r}, {row['state']}, open {row['seconds']} s)"
+        for row in conn.execute(_OLDER_TRANSACTIONS, (own,)).fetchall()
+    ]
+    prepared = [
+        f"prepared transaction {row['gid']!r} (database {row['database']!r})"
+        for row in conn.execute(_PREPARED, (own,)).fetchall()
+    ]
+    blocking = "; ".join(running + prepared) or "none is visible to this role"
+    return (
+        f"reading the ledger's log waited {timeout:g} s for transactions that began "
+        f"before the read to end, and they are still open: {blocking}. Readers of "
+        "the log wait for every transaction that took a transaction id before them, "
+        "since it may still append an event; have that transaction commit or end "
+        "(pg_terminate_backend), then read again"
+    )

@@ -1,0 +1,449 @@
+"""On PostgreSQL writers append in parallel (no table lock), and every reader of the
+log stops at its safe head: an event that commits late is neither skipped nor read
+twice, whether its writer commits, is killed or has its backend terminated."""
+
+import multiprocessing
+import os
+import signal
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import Any, Literal
+
+import psycopg
+import pytest
+from eventsourcing.persistence import OperationalError, StoredEvent
+
+from ledger import ContextLedger, StorageUnavailable
+from ledger.domain.contexts import user_aggregate_id
+from ledger.store.application import open_application
+from ledger.store.backends import safe_head
+from ledger.store.postgres_log import ParallelPostgresRecorder, SafeHeadTimeout
+from ledger.store.urls import storage_for
+from projections import Projections
+from tests.helpers import execute_sql
+
+pytestmark = pytest.mark.postgres
+
+EVENTS = "ctxledger_events"
+WORKERS = 4
+APPENDS_PER_WORKER = 120
+WAIT_SECONDS = 60
+
+
+def _dsn_and_schema(url: str) -> tuple[str, str]:
+    dsn, _, schema = url.partition("?schema=")
+    return dsn, schema
+
+
+@contextmanager
+def _raw(url: str) -> Iterator[psycopg.Connection]:
+    """A connection of the test's own, outside the ledger's pool."""
+    dsn, _ = _dsn_and_schema(url)
+    with psycopg.connect(
+        dsn, autocommit=True, application_name="ctxledger-test-raw"
+    ) as connection:
+        yield connection
+
+
+def _stored_ids(url: str) -> list[int]:
+    return [row[0] for row in execute_sql(url, "SELECT {log} FROM {events} ORDER BY 1")]
+
+
+def _until(condition: Callable[[], Any], what: str) -> Any:
+    deadline = time.monotonic() + WAIT_SECONDS
+    while not (found := condition()):
+        if time.monotonic() > deadline:
+            pytest.fail(f"gave up waiting for {what}")
+        time.sleep(0.01)
+    return found
+
+
+@contextmanager
+def _appends_held(
+    url: str, user_id: str, *, stage: Literal["inserting", "committing"] = "inserting"
+) -> Iterator[None]:
+    """Appends for ``user_id`` stop inside their transaction, after drawing their
+    notification ids (as they insert, or in their COMMIT), until the block ends: a
+    trigger waits on a lock the test holds."""
+    _, schema = _dsn_and_schema(url)
+    key = f"hashtext('{schema} hold')"
+    kind = "CONSTRAINT TRIGGER" if stage == "committing" else "TRIGGER"
+    deferred = "DEFERRABLE INITIALLY DEFERRED" if stage == "committing" else ""
+    with _raw(url) as holder:
+        holder.execute(
+            f'CREATE OR REPLACE FUNCTION "{schema}".hold() RETURNS trigger '
+            "LANGUAGE plpgsql AS $$ BEGIN "
+            f"PERFORM pg_advisory_xact_lock_shared({key}); RETURN NULL; END $$"
+        )
+        holder.execute(
+            f'CREATE {kind} hold_{stage} AFTER INSERT ON "{schema}".{EVENTS} '
+            f"{deferred} FOR EACH ROW "
+            f"WHEN (NEW.originator_id = '{user_aggregate_id(user_id)}') "
+            f'EXECUTE FUNCTION "{schema}".hold()'
+        )
+        holder.execute(f"SELECT pg_advisory_lock({key})")
+        try:
+            yield
+        finally:
+            holder.execute(f"SELECT pg_advisory_unlock({key})")
+            holder.execute(f'DROP TRIGGER hold_{stage} ON "{schema}".{EVENTS}')
+
+
+def _held_backend(url: str, application_name: str) -> int:
+    """The pid of our own connection that waits inside a held append."""
+
+    def find() -> int | None:
+        with _raw(url) as connection:
+            row = connection.execute(
+                "SELECT pid FROM pg_stat_activity WHERE application_name = %s "
+                "AND wait_event_type = 'Lock' AND wait_event = 'advisory'",
+                (application_name,),
+            ).fetchone()
+        return None if row is None else int(row[0])
+
+    pid: int = _until(find, f"a held append of {application_name}")
+    return pid
+
+
+def _delay_every_append(url: str, most_ms: int) -> None:
+    """Each append waits up to ``most_ms`` between drawing its ids and committing,
+    as an application's own work would; so commits come out of id order."""
+    _, schema = _dsn_and_schema(url)
+    with _raw(url) as connection:
+        connection.execute(
+            f'CREATE OR REPLACE FUNCTION "{schema}".dawdle() RETURNS trigger '
+            "LANGUAGE plpgsql AS $$ BEGIN "
+            f"PERFORM pg_sleep(random() * {most_ms / 1000}); RETURN NULL; END $$"
+        )
+        connection.execute(
+            f'CREATE OR REPLACE TRIGGER dawdle AFTER INSERT ON "{schema}".{EVENTS} '
+            f'FOR EACH STATEMENT EXECUTE FUNCTION "{schema}".dawdle()'
+        )
+
+
+class _Background(threading.Thread):
+    """Runs a call in a thread and keeps its result or its error."""
+
+    def __init__(self, call: Callable[[], Any]) -> None:
+        super().__init__(daemon=True)
+        self._call = call
+        self.result: Any = None
+        self.error: BaseException | None = None
+
+    def run(self) -> None:
+        try:
+            self.result = self._call()
+        except BaseException as error:  # noqa: BLE001  (asserted by the test)
+            self.error = error
+
+    def outcome(self) -> Any:
+        self.join(WAIT_SECONDS)
+        assert not self.is_alive(), "the call did not end"
+        if self.error is not None:
+            raise self.error
+        return self.result
+
+
+def _assert_views_equal_the_log(url: str) -> None:
+    with Projections.open(url) as views:
+        views.catch_up()
+        assert views.verify() == {"active": [], "audit": [], "continuity": []}
+        assert [row.position for row in views.audit_rows()] == _stored_ids(url)
+
+
+@pytest.fixture
+def application_name(monkeypatch: pytest.MonkeyPatch) -> str:
+    """Names every connection this test's ledgers open (libpq reads PGAPPNAME), so
+    the test touches only backends of its own."""
+    name = f"ctxledger-test-{uuid.uuid4().hex[:10]}"
+    monkeypatch.setenv("PGAPPNAME", name)
+    return name
+
+
+def test_postgres_urls_choose_the_recorder_without_a_table_lock(
+    postgres_url: str,
+) -> None:
+    with ContextLedger.open(postgres_url) as ledger:
+        recorder = ledger._app.recorder
+
+    assert isinstance(recorder, ParallelPostgresRecorder)
+
+
+def test_an_empty_log_has_a_safe_head_of_zero(postgres_url: str) -> None:
+    with open_application(storage_for(postgres_url)) as app:
+        assert safe_head(app.recorder) == 0
+
+
+def test_the_safe_head_is_the_last_event_stored_when_no_writer_is_open(
+    postgres_url: str,
+) -> None:
+    with ContextLedger.open(postgres_url) as ledger:
+        ledger.open_context("alice", "t")
+        ledger.open_context("bob", "t")
+        execute_sql(  # ids drawn and never used, as by rolled-back writes
+            postgres_url,
+            "SELECT nextval(pg_get_serial_sequence('{events}', 'notification_id')) "
+            "FROM generate_series(1, 3)",
+        )
+
+        assert safe_head(ledger._app.recorder) == 2
+
+
+def test_readers_refuse_a_notification_sequence_that_caches_ids(
+    postgres_url: str,
+) -> None:
+    with ContextLedger.open(postgres_url) as ledger:
+        ledger.open_context("alice", "t")
+    execute_sql(postgres_url, "ALTER SEQUENCE {events}_notification_id_seq CACHE 5")
+
+    with (
+        Projections.open(postgres_url) as views,
+        pytest.raises(StorageUnavailable, match="has CACHE 5; readers of the log need"),
+    ):
+        views.catch_up()
+
+
+def test_the_safe_head_stops_short_of_a_writer_that_has_not_committed(
+    postgres_url: str, application_name: str
+) -> None:
+    with (
+        ContextLedger.open(postgres_url) as ledger,
+        ContextLedger.open(postgres_url) as late,
+    ):
+        ledger.open_context("alice", "t")
+        with _appends_held(postgres_url, "zed"):
+            held = _Background(lambda: late.open_context("zed", "t"))
+            held.start()
+            pid = _held_backend(postgres_url, application_name)
+            ledger.open_context("bob", "t")  # a later id, committed first
+
+            with pytest.raises(
+                SafeHeadTimeout, match=f"pid {pid} .*{application_name}"
+            ):
+                safe_head(ledger._app.recorder, timeout=0.2)
+        held.outcome()
+
+        assert safe_head(ledger._app.recorder) == 3
+
+
+@pytest.mark.parametrize(
+    ("stage", "ending"),
+    [
+        ("inserting", "commits"),
+        ("inserting", "is terminated"),  # the append is tried again
+        ("committing", "is terminated"),  # the append's id is never used
+    ],
+)
+def test_views_wait_for_a_writer_that_commits_late_and_apply_each_event_once(
+    postgres_url: str,
+    application_name: str,
+    stage: Literal["inserting", "committing"],
+    ending: str,
+) -> None:
+    with (
+        ContextLedger.open(postgres_url) as ledger,
+        ContextLedger.open(postgres_url) as late,
+        Projections.open(postgres_url) as views,
+    ):
+        ledger.open_context("alice", "t")
+        views.catch_up()
+        with _appends_held(postgres_url, "zed", stage=stage):
+            held = _Background(lambda: late.open_context("zed", "t"))
+            held.start()
+            pid = _held_backend(postgres_url, application_name)
+            ledger.open_context("bob", "t")
+            catching_up = _Background(views.catch_up)
+            catching_up.start()
+            catching_up.join(0.3)
+
+            assert catching_up.is_alive()  # waiting, not passing the held id
+            assert views.count_audit() == 1
+            if ending == "is terminated":
+                with _raw(postgres_url) as admin:
+                    admin.execute("SELECT pg_terminate_backend(%s, 5000)", (pid,))
+        catching_up.outcome()
+        try:
+            held.outcome()
+        except StorageUnavailable:
+            assert stage == "committing"  # its outcome was unknown to the writer
+
+    _assert_views_equal_the_log(postgres_url)
+
+
+def test_an_append_commits_while_another_is_held_open_and_takes_no_table_lock(
+    postgres_url: str, application_name: str
+) -> None:
+    _, schema = _dsn_and_schema(postgres_url)
+    with (
+        ContextLedger.open(postgres_url) as ledger,
+        ContextLedger.open(postgres_url) as late,
+    ):
+        ledger.open_context("alice", "t")
+        with _appends_held(postgres_url, "zed"):
+            held = _Background(lambda: late.open_context("zed", "t"))
+            held.start()
+            pid = _held_backend(postgres_url, application_name)
+            with _raw(postgres_url) as admin:
+                modes = admin.execute(
+                    "SELECT mode FROM pg_locks "
+                    "WHERE pid = %s AND relation = %s::regclass",
+                    (pid, f'"{schema}".{EVENTS}'),
+                ).fetchall()
+            free = _Background(lambda: ledger.open_context("bob", "t"))
+            free.start()
+
+            free.outcome()  # committed while the held append is still open
+            assert held.is_alive()
+        held.outcome()
+
+    assert modes == [("RowExclusiveLock",)]
+
+
+def test_an_append_whose_connection_dies_before_its_commit_is_tried_again(
+    postgres_url: str, application_name: str
+) -> None:
+    stream = user_aggregate_id("zed")
+    event = StoredEvent(stream, 1, "ctxledger.test:Anything", b"\x80")
+    with open_application(storage_for(postgres_url)) as app:
+        with _appends_held(postgres_url, "zed", stage="inserting"):
+            insert = _Background(lambda: app.recorder.insert_events([event]))
+            insert.start()
+            pid = _held_backend(postgres_url, application_name)
+            with _raw(postgres_url) as admin:
+                admin.execute("SELECT pg_terminate_backend(%s, 5000)", (pid,))
+            second = _held_backend(postgres_url, application_name)
+        insert.outcome()
+
+        assert second != pid
+        assert app.recorder.select_events(stream) == [event]
+
+
+def test_an_append_whose_connection_dies_in_its_commit_is_not_tried_again(
+    postgres_url: str, application_name: str
+) -> None:
+    stream = user_aggregate_id("zed")
+    event = StoredEvent(stream, 1, "ctxledger.test:Anything", b"\x80")
+    with open_application(storage_for(postgres_url)) as app:
+        with _appends_held(postgres_url, "zed", stage="committing"):
+            insert = _Background(lambda: app.recorder.insert_events([event]))
+            insert.start()
+            pid = _held_backend(postgres_url, application_name)
+            with _raw(postgres_url) as admin:
+                admin.execute("SELECT pg_terminate_backend(%s, 5000)", (pid,))
+            insert.join(10)
+
+            assert not insert.is_alive()  # a second try would wait on the lock again
+        with pytest.raises(OperationalError, match="terminat"):
+            insert.outcome()
+
+        assert app.recorder.select_events(stream) == []
+
+
+def test_a_write_after_the_server_closed_the_pooled_connections_succeeds(
+    postgres_url: str, application_name: str
+) -> None:
+    with ContextLedger.open(postgres_url) as ledger:
+        ledger.open_context("alice", "t")
+        with _raw(postgres_url) as admin:
+            closed = admin.execute(
+                "SELECT pg_terminate_backend(pid, 5000) FROM pg_stat_activity "
+                "WHERE application_name = %s AND pid <> pg_backend_pid()",
+                (application_name,),
+            ).fetchall()
+
+        reused = ledger.open_context("alice", "t")
+
+    assert closed
+    assert reused.reuse_count == 1
+
+
+def _append_many(url: str, worker: int, appends: int, start: Any) -> int:
+    """A writer process: opens and reuses contexts of users of its own, once every
+    writer is ready (``start`` is a barrier)."""
+    with ContextLedger.open(url) as ledger:
+        start.wait(WAIT_SECONDS)
+        for n in range(appends):
+            ledger.open_context(f"w{worker}-u{n % 7}", f"t{n % 3}", run_id=f"r{n}")
+    return appends
+
+
+@pytest.mark.slow
+def test_writer_processes_in_parallel_and_a_follower_see_every_event_once(
+    postgres_url: str,
+) -> None:
+    with ContextLedger.open(postgres_url):
+        pass  # the tables exist before the writers race
+    _delay_every_append(postgres_url, most_ms=20)
+    heads: list[int] = []
+    stop = threading.Event()
+    with Projections.open(postgres_url) as views:
+        follower = _Background(
+            lambda: views.follow(
+                stop, poll_seconds=0.005, on_batch=lambda _: heads.append(views.head())
+            )
+        )
+        follower.start()
+        context = multiprocessing.get_context("spawn")
+        with context.Manager() as manager, context.Pool(WORKERS) as pool:
+            start = manager.Barrier(WORKERS + 1)
+            writing = pool.starmap_async(
+                _append_many,
+                [(postgres_url, w, APPENDS_PER_WORKER, start) for w in range(WORKERS)],
+            )
+            start.wait(WAIT_SECONDS)  # all writers append at once from here
+            done = writing.get(timeout=300)
+        time.sleep(0.1)
+        stop.set()
+        follower.outcome()
+
+    assert sum(done) == len(_stored_ids(postgres_url)) == WORKERS * APPENDS_PER_WORKER
+    assert len(heads) > WORKERS  # it caught up many times during the run
+    assert heads == sorted(heads)  # the head never went back
+    _assert_views_equal_the_log(postgres_url)
+
+
+def _append_until_killed(url: str, writer: int, start: Any) -> None:
+    with ContextLedger.open(url) as ledger:
+        start.wait(WAIT_SECONDS)
+        for n in range(1_000_000):
+            ledger.open_context(f"k{writer}-u{n % 11}", f"t{n % 2}")
+
+
+@pytest.mark.slow
+def test_writers_killed_mid_run_leave_views_equal_to_a_replay(
+    postgres_url: str,
+) -> None:
+    with ContextLedger.open(postgres_url) as ledger:
+        ledger.open_context("alice", "t")
+    _delay_every_append(postgres_url, most_ms=20)
+    context = multiprocessing.get_context("spawn")
+    with context.Manager() as manager, Projections.open(postgres_url) as views:
+        start = manager.Barrier(3)
+        writers = [
+            context.Process(target=_append_until_killed, args=(postgres_url, w, start))
+            for w in range(2)
+        ]
+        for writer in writers:
+            writer.start()
+        try:
+            start.wait(WAIT_SECONDS)
+            for writer in writers:  # each killed while the other goes on writing
+                _progress(views, by=250)
+                os.kill(writer.pid or 0, signal.SIGKILL)
+                writer.join(WAIT_SECONDS)
+            views.catch_up()
+        finally:
+            for writer in writers:
+                writer.kill()
+
+    assert [writer.exitcode for writer in writers] == [-signal.SIGKILL] * 2
+    _assert_views_equal_the_log(postgres_url)
+
+
+def _progress(views: Projections, by: int) -> None:
+    """Catches up until the log's head has moved ``by`` positions."""
+    target = views.head() + by
+    _until(lambda: views.catch_up() and views.head() > target, "writes")
