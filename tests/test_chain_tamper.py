@@ -391,3 +391,29 @@ def test_an_event_that_cannot_be_replayed_is_a_typed_error(
     with ContextLedger.open(url) as ledger, pytest.raises(LedgerCorrupted):
         ledger.active_contexts("alice")
     assert _report(url)[1:] == (cleared, "altered")
+
+
+def test_a_snapshot_with_an_edited_request_window_is_altered(durable_url: str) -> None:
+    with ContextLedger.open(durable_url) as ledger:
+        for n in range(SNAPSHOT_INTERVAL + 2):
+            ledger.open_context("erin", "t", request_id=f"req-{n}")
+    key = stream_key(durable_url, "erin")
+    (state,) = execute_sql(
+        durable_url, "SELECT state FROM {snapshots} WHERE originator_id = {p}", (key,)
+    )[0]
+    transcoder = MsgpackTranscoder()
+    snapshot = transcoder.decode(bytes(state))
+    snapshot["requests"][0][0] = "forged"
+    execute_sql(
+        durable_url,
+        "UPDATE {snapshots} SET state = {p} WHERE originator_id = {p}",
+        (transcoder.encode(snapshot), key),
+    )
+
+    with ContextLedger.open(durable_url) as ledger:
+        report = ledger.verify_chain("erin")
+
+    assert not report.holds
+    fault = report.users[0].fault
+    assert fault is not None
+    assert (fault.version, fault.fault) == (SNAPSHOT_INTERVAL, "altered")

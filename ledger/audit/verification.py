@@ -371,6 +371,7 @@ def _snapshot_problem(
         snapshot.timestamp != replayed.modified_on
         or snapshot.user_id != replayed.user_id
         or {c.context_id: c for c in snapshot.contexts} != replayed.contexts
+        or snapshot.requests != UserSnapshot.take(replayed).requests
     ):
         return (
             f"the snapshot of version {version} differs from a replay of the events "
