@@ -107,7 +107,8 @@ class ContextLedger(StorageClient):
         """The thread's active context, reused; a new one if it has none.
 
         A ``request_id`` already applied for this user returns the first call's
-        result and appends nothing (as do those of the other commands).
+        result and appends nothing (as do those of the other commands). A call
+        that appended nothing (a refusal) leaves no trace: its repeat runs anew.
         """
         user = validation.identifier("user_id", user_id)
         thread = validation.identifier("thread_id", thread_id)

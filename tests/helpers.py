@@ -150,6 +150,8 @@ class CuttingProxy:
         self.cuts = 0
         self.refuse = False
         self.stay_down = False
+        self.linger = 0.2
+        """Seconds between forwarding the COMMIT and cutting: time to commit."""
         self._open: set[socket.socket] = set()
         self._server = socket.create_server(("127.0.0.1", 0))
         self.port: int = self._server.getsockname()[1]
@@ -186,7 +188,7 @@ class CuttingProxy:
                 if upward and b"COMMIT" in chunk and self.armed.is_set():
                     self.armed.clear()
                     self.cuts += 1
-                    time.sleep(0.2)  # the server commits and answers; nobody reads it
+                    time.sleep(self.linger)  # the server commits; nobody reads it
                     if self.stay_down:
                         self.refuse = True
                         self._cut_all()

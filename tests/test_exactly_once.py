@@ -14,7 +14,7 @@ from ledger import (
     StorageUnavailable,
 )
 from ledger.domain import contexts as domain_contexts
-from tests.helpers import CuttingProxy
+from tests.helpers import CuttingProxy, execute_sql
 
 
 def _when_back(call: Callable[[], object], seconds: float = 60.0) -> None:
@@ -219,3 +219,32 @@ def test_a_lost_reply_with_the_database_gone_is_unknown_then_settled_by_a_repeat
     assert _kinds(proxied, "alice") == ["created", "cleared"]
     with pytest.raises(ContextNotFound):
         proxied.clear_context("alice", context.context_id, request_id="other")
+
+
+@pytest.mark.postgres
+def test_a_lost_reply_to_a_commit_still_running_is_settled_not_called_nothing(
+    proxied: ContextLedger, proxy: CuttingProxy, postgres_url: str
+) -> None:
+    proxied.open_context("alice", "t1")
+    schema = postgres_url.rpartition("schema=")[2]
+    # Commits of this schema's events take a second: the reply is lost while the
+    # first try is still committing, so a read at once would not see its event.
+    execute_sql(
+        postgres_url,
+        f'CREATE FUNCTION "{schema}".slow_commit() RETURNS trigger LANGUAGE plpgsql '
+        "AS $$ BEGIN PERFORM pg_sleep(1); RETURN NULL; END $$",
+    )
+    execute_sql(
+        postgres_url,
+        f'CREATE CONSTRAINT TRIGGER slow AFTER INSERT ON "{schema}".ctxledger_events '
+        "DEFERRABLE INITIALLY DEFERRED FOR EACH ROW EXECUTE FUNCTION "
+        f'"{schema}".slow_commit()',
+    )
+    proxy.linger = 0.0
+    proxy.armed.set()
+
+    context = proxied.open_context("alice", "t2")
+
+    assert proxy.cuts == 1
+    assert _kinds(proxied, "alice") == ["created", "created"]
+    assert proxied.get_context("alice", "t2") == context

@@ -142,6 +142,7 @@ class UserContexts:
     def collect_events(self) -> list[ContextEvent]:
         """Hands the new events over for storing and forgets them."""
         events, self._pending = self._pending, []
+        self._call = {}  # the next call stamps its own ids
         return events
 
     # Queries.

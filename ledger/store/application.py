@@ -105,12 +105,12 @@ class LedgerApplication(Application[UUID]):
         # The event store's put is what save() does for us; save() would first run
         # runtime Protocol checks that cost more than the rest of the Python work.
         try:
-            with storage_failures(self.storage, writing=True):
-                self.events.put(events)
-        except (IntegrityError, StorageUnavailable) as failure:
-            # A conflict, or a write whose reply was lost: the store says which.
-            if not self._landed(events[0], failure):
+            self._put(events)
+        except IntegrityError:
+            # Another writer's events, or ours from a try whose reply was lost.
+            if not self._ours(events[0]):
                 raise
+        self.cache.offer(aggregate)
         self.cache.offer(aggregate)
         if self.snapshots is not None and (
             aggregate.version // SNAPSHOT_INTERVAL > before // SNAPSHOT_INTERVAL
@@ -127,21 +127,42 @@ class LedgerApplication(Application[UUID]):
                     error,
                 )
 
-    def _landed(self, first: ContextEvent, failure: Exception) -> bool:
-        """Whether ``first`` (and so its whole batch) is stored, its call's own.
+    def _put(self, events: list[ContextEvent]) -> None:
+        """Stores the events; a failure whose outcome is unknown is settled.
 
-        StorageUnavailable (unknown outcome) if the store cannot be read to tell.
+        Where a failed write may still be stored (PostgreSQL: the reply to COMMIT
+        was lost), the same events are written again: the unique key waits for the
+        first try to end, then stores them once or refuses them (IntegrityError).
+        If that fails too, the outcome stays unknown and the error says so.
         """
+        try:
+            with storage_failures(self.storage, writing=True):
+                self.events.put(events)
+        except StorageUnavailable as failure:
+            if self.backend.failed_writes_rolled_back:
+                raise
+            try:
+                with storage_failures(self.storage, writing=True):
+                    self.events.put(events)
+            except StorageUnavailable as again:
+                raise StorageUnavailable(
+                    self.storage.description, again.cause, writing=True, unknown=True
+                ) from failure
+
+    def _ours(self, first: ContextEvent) -> bool:
+        """Whether the stored event at ``first``'s version is ``first``'s call's."""
+        if first.command_id is None:
+            return False
         version = first.originator_version
         try:
-            with storage_failures(self.storage):
+            with replaying(first.user_id), storage_failures(self.storage):
                 stored = list(
                     self.events.get(first.originator_id, gt=version - 1, lte=version)
                 )
         except StorageUnavailable as unreadable:
             raise StorageUnavailable(
                 self.storage.description, unreadable.cause, writing=True, unknown=True
-            ) from failure
+            ) from unreadable
         return bool(stored) and getattr(stored[0], "command_id", None) == (
             first.command_id
         )

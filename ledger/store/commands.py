@@ -64,8 +64,8 @@ class CommandRunner:
         """The command's result, its events stored; or the first call's result when
         ``request_id`` was applied before."""
         command_id = uuid4().hex
+        deadline = time.monotonic() + CONFLICT_SECONDS  # waiting for the turn counts
         with self._locks[hash(user_id) % LOCK_STRIPES]:
-            deadline = time.monotonic() + CONFLICT_SECONDS
             backoff, attempts = FIRST_BACKOFF_SECONDS, 0
             while True:
                 attempts += 1
