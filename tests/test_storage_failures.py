@@ -11,7 +11,7 @@ from ledger import ContextLedger, StorageUnavailable
 from projections import Projections
 
 
-def test_a_write_that_waits_out_a_lock_says_it_appended_nothing(
+def test_a_locked_sqlite_file_is_unavailable_and_the_write_appended_nothing(
     tmp_path: Path,
 ) -> None:
     url = f"sqlite:///{tmp_path / 'locked.db'}?timeout=1"
@@ -28,6 +28,7 @@ def test_a_write_that_waits_out_a_lock_says_it_appended_nothing(
             blocker.close()
 
     assert caught.value.writing
+    assert "database is locked" in str(caught.value)
     assert "the failed write appended nothing" in str(caught.value)
     assert [event.kind for event in history] == ["created"]
 

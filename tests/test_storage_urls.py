@@ -133,24 +133,6 @@ def test_a_url_that_is_not_a_string_is_a_configuration_error(bad: object) -> Non
         ContextLedger.open(bad)  # type: ignore[arg-type]
 
 
-def test_a_locked_sqlite_file_is_storage_unavailable_and_appends_nothing(
-    tmp_path: Path,
-) -> None:
-    url = f"sqlite:///{tmp_path / 'locked.db'}?timeout=1"
-    with ContextLedger.open(url) as ledger:
-        ledger.open_context("alice", "t")
-        blocker = sqlite3.connect(tmp_path / "locked.db", isolation_level=None)
-        blocker.execute("BEGIN EXCLUSIVE")
-        try:
-            with pytest.raises(StorageUnavailable, match="database is locked"):
-                ledger.open_context("alice", "t")
-        finally:
-            blocker.execute("ROLLBACK")
-            blocker.close()
-
-        assert [event.kind for event in ledger.history("alice")] == ["created"]
-
-
 @pytest.mark.postgres
 def test_a_schema_dropped_under_an_open_ledger_is_storage_unavailable(
     postgres_url: str, postgres_dsn: str
