@@ -5,7 +5,7 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 from itertools import islice
 from pathlib import Path
-from typing import Any, ParamSpec, Self, TypeVar
+from typing import Any, Self
 
 from eventsourcing.persistence import PersistenceError
 
@@ -27,8 +27,6 @@ from ledger.store.due import DueIndex
 from ledger.store.failures import StorageClient
 from ledger.store.urls import resolve_url, storage_for
 
-T = TypeVar("T")
-P = ParamSpec("P")
 Clock = Callable[[], datetime]
 
 
@@ -353,7 +351,7 @@ _OPENED = ("created", "reused")
 
 
 def _context_of(
-    first: FirstCall[Context],
+    first: FirstCall,
     kinds: tuple[str, ...],
     *,
     thread: str | None = None,
@@ -371,7 +369,7 @@ def _context_of(
     return first.state().contexts[last.context_id]
 
 
-def _ended(first: FirstCall[Any], context_id: str | None = None) -> int:
+def _ended(first: FirstCall, context_id: str | None = None) -> int:
     """How many contexts a repeated clear ended the first time by clearing."""
     if not first.events or any(
         event.KIND not in ("cleared", "expired")
@@ -382,7 +380,7 @@ def _ended(first: FirstCall[Any], context_id: str | None = None) -> int:
     return sum(event.KIND == "cleared" for event in first.events)
 
 
-def _reused_for_another_call(first: FirstCall[Any]) -> InvalidContextInput:
+def _reused_for_another_call(first: FirstCall) -> InvalidContextInput:
     event = first.events[-1] if first.events else None
     return InvalidContextInput(
         "request_id",

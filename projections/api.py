@@ -53,7 +53,7 @@ class Projections(StorageClient):
             view.name: view for view in (self._active, self._audit, self._continuity)
         }
         reader = LogReader(application.recorder, application.mapper)
-        self._processor = Processor(store, reader, application.backend, batch_size)
+        self._processor = Processor(store, reader, batch_size)
         self._reader = reader
         self._built = frozenset(built)
 

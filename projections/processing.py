@@ -11,7 +11,6 @@ from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-from ledger.store.backends import Backend
 from projections.reader import LogReader
 from projections.store import ViewStore
 from projections.view import (
@@ -42,11 +41,8 @@ class Target:
 class Processor:
     """Applies the ledger's events to views, a batch per transaction."""
 
-    def __init__(
-        self, store: ViewStore, reader: LogReader, backend: Backend, batch_size: int
-    ) -> None:
+    def __init__(self, store: ViewStore, reader: LogReader, batch_size: int) -> None:
         self.store = store
-        self.backend = backend
         self.reader = reader
         self.batch_size = batch_size
 

@@ -196,11 +196,9 @@ class Backend:
         """How many events are stored after ``position`` (positions can skip)."""
         table = self._table(EVENTS_TABLE[self.kind])
         column = self._position_column
+        query = f"SELECT COUNT(*) AS n FROM {table} WHERE {column} > ?"  # noqa: S608  (our table names)
         with recorder.datastore.transaction(commit=False) as cursor:  # type: ignore[attr-defined]
-            cursor.execute(
-                f"SELECT COUNT(*) AS n FROM {table} WHERE {column} > {self._marker}",  # noqa: S608  (our table names)
-                (position,),
-            )
+            cursor.execute(self.dialect().statement(query), (position,))
             return int(self.dialect().row(cursor.fetchone())[0])
 
     def snapshot_streams(self, recorder: Any) -> list[UUID | str]:
@@ -208,7 +206,6 @@ class Backend:
         return _distinct_streams(recorder, self._table(SNAPSHOTS_TABLE[self.kind]))
 
     _position_column = "notification_id"
-    _marker = "%s"
 
     def _table(self, name: str) -> str:
         return self.dialect().table(name)
@@ -217,7 +214,6 @@ class Backend:
 class SQLiteBackend(Backend):
     tracking_table = "tracking"  # the library's fixed name, shared by key
     _position_column = "rowid"
-    _marker = "?"
 
     @property
     def path(self) -> Path:

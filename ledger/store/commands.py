@@ -19,7 +19,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Generic, TypeVar
+from typing import TypeVar
 from uuid import uuid4
 
 from eventsourcing.persistence import IntegrityError
@@ -37,7 +37,7 @@ LOCK_STRIPES = 256
 
 
 @dataclass(frozen=True)
-class FirstCall(Generic[T]):
+class FirstCall:
     """What a repeated request id finds: the first call's events, and the user's
     state right after them."""
 
@@ -59,7 +59,7 @@ class CommandRunner:
         command: Callable[[UserContexts], T],
         *,
         request_id: str | None = None,
-        repeat: Callable[[FirstCall[T]], T] | None = None,
+        repeat: Callable[[FirstCall], T] | None = None,
     ) -> T:
         """The command's result, its events stored; or the first call's result when
         ``request_id`` was applied before."""
@@ -92,7 +92,7 @@ class CommandRunner:
         *,
         command_id: str,
         request_id: str | None,
-        repeat: Callable[[FirstCall[T]], T] | None,
+        repeat: Callable[[FirstCall], T] | None,
         attempt: int,
     ) -> T:
         now = self._now
@@ -125,7 +125,7 @@ class CommandRunner:
 
     def _first_call(
         self, user_id: str, aggregate: UserContexts, request_id: str
-    ) -> FirstCall[T]:
+    ) -> FirstCall:
         first, last = aggregate.requests[request_id]
         events = [
             event
