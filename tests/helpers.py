@@ -139,8 +139,9 @@ def hammer(url: str, seed: int, calls: int) -> dict[str, int]:
 
 class CuttingProxy:
     """A TCP proxy in front of a real server that can lose a reply: armed, it
-    forwards the next client message holding COMMIT, lets the server answer it,
-    then closes both sides without passing the answer on. ``stay_down`` makes
+    forwards the next client message holding ``marker`` (by default an event's
+    topic, so the message that appends events), lets the server answer it, then
+    closes both sides without passing the answer on. ``stay_down`` makes
     that cut close every connection and turn new ones away, as a database that
     stays unreachable, until ``refuse`` is cleared."""
 
@@ -150,8 +151,9 @@ class CuttingProxy:
         self.cuts = 0
         self.refuse = False
         self.stay_down = False
+        self.marker = b"ctxledger:Context"
         self.linger = 0.2
-        """Seconds between forwarding the COMMIT and cutting: time to commit."""
+        """Seconds between forwarding the append and cutting: time to commit."""
         self._open: set[socket.socket] = set()
         self._server = socket.create_server(("127.0.0.1", 0))
         self.port: int = self._server.getsockname()[1]
@@ -173,20 +175,32 @@ class CuttingProxy:
                 continue
             upstream = socket.create_connection(self.target)
             self._open |= {client, upstream}
+            lost = threading.Event()  # the server's answers on this pair are lost
             threading.Thread(
-                target=self._pipe, args=(client, upstream, True), daemon=True
+                target=self._pipe, args=(client, upstream, True, lost), daemon=True
             ).start()
             threading.Thread(
-                target=self._pipe, args=(upstream, client, False), daemon=True
+                target=self._pipe, args=(upstream, client, False, lost), daemon=True
             ).start()
 
-    def _pipe(self, source: socket.socket, sink: socket.socket, upward: bool) -> None:
+    def _pipe(
+        self,
+        source: socket.socket,
+        sink: socket.socket,
+        upward: bool,
+        lost: threading.Event,
+    ) -> None:
         # A socket error is how a pipe ends once either side (or a cut) closes.
         with contextlib.suppress(OSError):
             while chunk := source.recv(65536):
-                sink.sendall(chunk)
-                if upward and b"COMMIT" in chunk and self.armed.is_set():
+                cutting = upward and self.marker in chunk and self.armed.is_set()
+                if cutting:
                     self.armed.clear()
+                    lost.set()  # before the server can answer
+                if not upward and lost.is_set():
+                    continue  # the answer is dropped
+                sink.sendall(chunk)
+                if cutting:
                     self.cuts += 1
                     time.sleep(self.linger)  # the server commits; nobody reads it
                     if self.stay_down:

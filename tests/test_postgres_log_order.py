@@ -14,13 +14,17 @@ from typing import Any, Literal
 
 import psycopg
 import pytest
-from eventsourcing.persistence import OperationalError, StoredEvent
+from eventsourcing.persistence import StoredEvent
 
 from ledger import ContextLedger, StorageUnavailable
 from ledger.domain.contexts import user_aggregate_id
 from ledger.store.application import open_application
 from ledger.store.backends import safe_head
-from ledger.store.postgres_log import ParallelPostgresRecorder, SafeHeadTimeout
+from ledger.store.postgres_log import (
+    AppendOutcomeUnknown,
+    ParallelPostgresRecorder,
+    SafeHeadTimeout,
+)
 from ledger.store.urls import storage_for
 from projections import Projections
 from tests.helpers import execute_sql
@@ -302,32 +306,14 @@ def test_an_append_commits_while_another_is_held_open_and_takes_no_table_lock(
     assert modes == [("RowExclusiveLock",)]
 
 
-def test_an_append_whose_connection_dies_before_its_commit_is_tried_again(
-    postgres_url: str, application_name: str
+@pytest.mark.parametrize("stage", ["inserting", "committing"])
+def test_an_append_whose_backend_dies_reports_an_unknown_outcome(
+    postgres_url: str, application_name: str, stage: Literal["inserting", "committing"]
 ) -> None:
     stream = user_aggregate_id("zed")
     event = StoredEvent(stream, 1, "ctxledger.test:Anything", b"\x80")
     with open_application(storage_for(postgres_url)) as app:
-        with _appends_held(postgres_url, "zed", stage="inserting"):
-            insert = _Background(lambda: app.recorder.insert_events([event]))
-            insert.start()
-            pid = _held_backend(postgres_url, application_name)
-            with _raw(postgres_url) as admin:
-                admin.execute("SELECT pg_terminate_backend(%s, 5000)", (pid,))
-            second = _held_backend(postgres_url, application_name)
-        insert.outcome()
-
-        assert second != pid
-        assert app.recorder.select_events(stream) == [event]
-
-
-def test_an_append_whose_connection_dies_in_its_commit_is_not_tried_again(
-    postgres_url: str, application_name: str
-) -> None:
-    stream = user_aggregate_id("zed")
-    event = StoredEvent(stream, 1, "ctxledger.test:Anything", b"\x80")
-    with open_application(storage_for(postgres_url)) as app:
-        with _appends_held(postgres_url, "zed", stage="committing"):
+        with _appends_held(postgres_url, "zed", stage=stage):
             insert = _Background(lambda: app.recorder.insert_events([event]))
             insert.start()
             pid = _held_backend(postgres_url, application_name)
@@ -335,11 +321,33 @@ def test_an_append_whose_connection_dies_in_its_commit_is_not_tried_again(
                 admin.execute("SELECT pg_terminate_backend(%s, 5000)", (pid,))
             insert.join(10)
 
-            assert not insert.is_alive()  # a second try would wait on the lock again
-        with pytest.raises(OperationalError, match="terminat"):
+            assert not insert.is_alive()  # not tried again: that would wait again
+        with pytest.raises(AppendOutcomeUnknown, match="terminat"):
             insert.outcome()
 
-        assert app.recorder.select_events(stream) == []
+        assert app.recorder.select_events(stream) == []  # read on a new connection
+
+
+@pytest.mark.parametrize("stage", ["inserting", "committing"])
+def test_a_call_whose_backend_dies_mid_append_is_applied_once(
+    postgres_url: str, application_name: str, stage: Literal["inserting", "committing"]
+) -> None:
+    with ContextLedger.open(postgres_url) as ledger:
+        ledger.open_context("zed", "t1")
+        with _appends_held(postgres_url, "zed", stage=stage):
+            call = _Background(lambda: ledger.open_context("zed", "t2"))
+            call.start()
+            first = _held_backend(postgres_url, application_name)
+            with _raw(postgres_url) as admin:
+                admin.execute("SELECT pg_terminate_backend(%s, 5000)", (first,))
+            second = _held_backend(postgres_url, application_name)  # the settling put
+        context = call.outcome()
+        kinds = [event.kind for event in ledger.history("zed")]
+        found = ledger.get_context("zed", "t2")
+
+    assert second != first
+    assert kinds == ["created", "created"]
+    assert found == context
 
 
 def test_a_write_after_the_server_closed_the_pooled_connections_succeeds(

@@ -9,6 +9,7 @@ import pytest
 
 from ledger import ContextLedger, StorageUnavailable
 from projections import Projections
+from tests.helpers import execute_sql
 
 
 def test_a_locked_sqlite_file_is_unavailable_and_the_write_appended_nothing(
@@ -74,3 +75,22 @@ def test_a_failed_view_read_is_unavailable(
 
         with pytest.raises(StorageUnavailable, match="does not exist"):
             views.status()
+
+
+@pytest.mark.postgres
+def test_a_store_without_the_append_function_says_how_to_install_it(
+    postgres_url: str,
+) -> None:
+    schema = postgres_url.rsplit("schema=", 1)[1]
+    with ContextLedger.open(postgres_url) as ledger:
+        ledger.open_context("alice", "t")
+    execute_sql(postgres_url, f'DROP FUNCTION "{schema}".ctxledger_events_append')
+
+    with ContextLedger.open(postgres_url, create=False) as reader:
+        with pytest.raises(StorageUnavailable, match="open it once with create=True"):
+            reader.open_context("alice", "u")
+    with ContextLedger.open(postgres_url) as ledger:  # installs it again
+        ledger.open_context("alice", "u")
+        history = ledger.history("alice")
+
+    assert [event.thread_id for event in history] == ["t", "u"]

@@ -23,6 +23,7 @@ from ledger.errors import LedgerCorrupted, LedgerNotFound, StorageUnavailable
 from ledger.store.backends import backend_for
 from ledger.store.cache import AggregateCache
 from ledger.store.failures import DATABASE_ERRORS, storage_failures
+from ledger.store.postgres_log import AppendOutcomeUnknown
 from ledger.store.serialization import MsgpackTranscoder, PydanticMapper
 from ledger.store.urls import Storage
 
@@ -111,7 +112,6 @@ class LedgerApplication(Application[UUID]):
             if not self._ours(events[0]):
                 raise
         self.cache.offer(aggregate)
-        self.cache.offer(aggregate)
         if self.snapshots is not None and (
             aggregate.version // SNAPSHOT_INTERVAL > before // SNAPSHOT_INTERVAL
         ):
@@ -130,16 +130,17 @@ class LedgerApplication(Application[UUID]):
     def _put(self, events: list[ContextEvent]) -> None:
         """Stores the events; a failure whose outcome is unknown is settled.
 
-        Where a failed write may still be stored (PostgreSQL: the reply to COMMIT
-        was lost), the same events are written again: the unique key waits for the
-        first try to end, then stores them once or refuses them (IntegrityError).
-        If that fails too, the outcome stays unknown and the error says so.
+        Where a failed write may still be stored (PostgreSQL: the connection failed
+        while the append ran, AppendOutcomeUnknown), the same events are written
+        again: the unique key waits for the first try to end, then stores them once
+        or refuses them (IntegrityError). If that fails too, the outcome stays
+        unknown and the error says so. Every other failure appended nothing.
         """
         try:
             with storage_failures(self.storage, writing=True):
                 self.events.put(events)
         except StorageUnavailable as failure:
-            if self.backend.failed_writes_rolled_back:
+            if not isinstance(failure.cause, AppendOutcomeUnknown):
                 raise
             try:
                 with storage_failures(self.storage, writing=True):

@@ -166,9 +166,6 @@ class Backend:
     """What a ledger's storage can do beyond the library's common interface."""
 
     durable: ClassVar[bool] = True
-    failed_writes_rolled_back: ClassVar[bool] = True
-    """Whether a write that raised is known to have stored nothing. Not so on a
-    server whose reply to COMMIT can be lost after it committed."""
 
     def __init__(self, storage: Storage) -> None:
         self.storage = storage
@@ -240,8 +237,6 @@ class SQLiteBackend(Backend):
 
 
 class PostgresBackend(Backend):
-    failed_writes_rolled_back = False
-
     @property
     def schema(self) -> str:
         return self.storage.settings["POSTGRES_SCHEMA"]

@@ -32,7 +32,8 @@ from eventsourcing.postgres import (
     PostgresFactory,
 )
 from eventsourcing.utils import Environment, EnvType, retry
-from psycopg import Connection, Cursor
+from psycopg import Connection
+from psycopg.errors import UndefinedFunction
 from psycopg.rows import DictRow
 from psycopg.sql import SQL, Composed, Identifier
 from psycopg_pool import PoolClosed, PoolTimeout, TooManyRequests
@@ -42,9 +43,6 @@ SAFE_HEAD_TIMEOUT_SECONDS = 30.0
 
 CONNECT_TIMEOUT_SETTING = "POSTGRES_LIBPQ_CONNECT_TIMEOUT"
 """Seconds a new connection waits for the server (libpq's ``connect_timeout``)."""
-
-APPEND_ATTEMPTS = 3
-"""Tries of an append that fails before its COMMIT is sent (a closed connection)."""
 
 _FIRST_PAUSE, _LONGEST_PAUSE = 0.001, 0.005
 _POOL_REFUSALS = (PoolTimeout, PoolClosed, TooManyRequests)  # no connection given
@@ -68,24 +66,37 @@ _PREPARED = SQL(
     "SELECT gid, database FROM pg_prepared_xacts "
     "WHERE age(transaction) >= age(%s::xid8::xid) ORDER BY prepared LIMIT 3"
 )
-# The library's insert as written, without the retry decorator around it (which
-# keeps the undecorated function as ``__wrapped__``).
-_insert_without_retries = PostgresApplicationRecorder.insert_events.__wrapped__
+# One statement per append, in its own (implicit) transaction: the transaction id
+# first, then the rows with their notification ids. One round trip, and no Python
+# composite values to dump (four arrays, sent in binary).
+_CREATE_APPEND = SQL(
+    "CREATE OR REPLACE FUNCTION {function}("
+    "ids {id_type}[], versions bigint[], topics text[], states bytea[]) "
+    "RETURNS SETOF bigint LANGUAGE plpgsql AS $body$ "
+    "BEGIN "
+    "PERFORM pg_current_xact_id(); "
+    "RETURN QUERY INSERT INTO {table} "
+    "(originator_id, originator_version, topic, state) "
+    "SELECT * FROM unnest(ids, versions, topics, states) "
+    "RETURNING notification_id; "
+    "END $body$"
+)
+_APPEND = SQL(
+    "SELECT * FROM {function}(%s::{id_type}[], %s::bigint[], %s::text[], "
+    "%s::bytea[]) AS ids(id)"
+)
 
 
 class SafeHeadTimeout(PersistenceError):
     """Transactions that began before a read of the log stayed open too long."""
 
 
-class AppendNotCommitted(OperationalError):
-    """An append failed before its COMMIT was sent, so nothing of it is stored."""
+class AppendNotSent(OperationalError):
+    """The pool gave no connection, so nothing of the append reached the server."""
 
 
-class _Progress:
-    """How far one append got: once its ids are read, the COMMIT follows."""
-
-    def __init__(self) -> None:
-        self.committing = False
+class AppendOutcomeUnknown(OperationalError):
+    """The connection failed while the append ran: it may have committed."""
 
 
 class ParallelPostgresRecorder(PostgresApplicationRecorder):
@@ -93,6 +104,8 @@ class ParallelPostgresRecorder(PostgresApplicationRecorder):
 
     Notification ids stay integers from the table's bigserial (whose sequence keeps
     CACHE 1, so its last value is the last id handed out), so views track as before.
+    An append is one call of a function the recorder creates with its table (the
+    library's own ``es_insert_events`` function takes the lock and notifies).
     """
 
     def __init__(
@@ -101,61 +114,61 @@ class ParallelPostgresRecorder(PostgresApplicationRecorder):
         super().__init__(datastore, events_table_name=events_table_name)
         self._checked_sequence = False
         self._table = Identifier(self.datastore.schema, self.events_table_name)
+        self._append_function = Identifier(
+            self.datastore.schema, f"{self.events_table_name}_append"
+        )
+        self.sql_create_statements[self.create_insert_function_statement_index] = (
+            _CREATE_APPEND.format(
+                function=self._append_function,
+                id_type=Identifier(self.datastore.originator_id_type),
+                table=self._table,
+            )
+        )
+        self._append_statement = _APPEND.format(
+            function=self._append_function,
+            id_type=Identifier(self.datastore.originator_id_type),
+        )
 
     def insert_events(
         self, stored_events: Sequence[StoredEvent], **kwargs: Any
     ) -> Sequence[int] | None:
-        """Appends in one transaction.
+        """Appends in one statement, its own transaction, tried once.
 
-        The library retries any connection error, but after a lost COMMIT reply a
-        retry stores the events again or fails as a conflict. Here only a failure
-        before the COMMIT was sent is retried (the server stored nothing: a
-        transaction ends only by COMMIT); later ones are raised as they are, and
-        the ledger finds out from the store whether the events were stored.
+        The library retries any connection error, but after a lost reply a retry
+        stores the events again or fails as a conflict. Here a connection that
+        fails while the append runs raises AppendOutcomeUnknown (broken pooled
+        connections are replaced first), and the ledger finds out from the store
+        whether the events were stored; AppendNotSent when no connection was given.
         """
-        ids: Sequence[int] | None = self._append(stored_events, **kwargs)
-        return ids
-
-    @retry(AppendNotCommitted, max_attempts=APPEND_ATTEMPTS, wait=0.05)
-    def _append(
-        self, stored_events: Sequence[StoredEvent], **kwargs: Any
-    ) -> Sequence[int] | None:
-        progress = _Progress()
+        if not stored_events:
+            return []
+        params = (
+            [event.originator_id for event in stored_events],
+            [event.originator_version for event in stored_events],
+            [event.topic for event in stored_events],
+            [event.state for event in stored_events],
+        )
         try:
-            ids: Sequence[int] | None = _insert_without_retries(
-                self, stored_events, progress=progress, **kwargs
-            )
+            with self.datastore.get_connection() as conn, conn.cursor() as curs:
+                curs.execute(self._append_statement, params, prepare=True, binary=True)
+                return [row["id"] for row in curs.fetchall()]
+        except ProgrammingError as error:
+            if isinstance(error.__cause__, UndefinedFunction):
+                msg = (
+                    f"{error}; the ledger's append function is missing (a store set "
+                    "up by an older release, opened with create=False): open it "
+                    "once with create=True to install it"
+                )
+                raise ProgrammingError(msg) from error
+            raise
         except (InterfaceError, OperationalError) as error:
-            if progress.committing or isinstance(error.__cause__, _POOL_REFUSALS):
-                raise  # the outcome is unknown, or the pool gave no connection
+            if isinstance(error.__cause__, _POOL_REFUSALS):
+                raise AppendNotSent(str(error)) from error
             # A connection the server closed (a restart, a terminated backend):
-            # replace every broken one in the pool before trying again.
+            # replace every broken one in the pool before the ledger reads or
+            # writes again.
             self.datastore.pool.check()
-            raise AppendNotCommitted(str(error)) from error
-        return ids
-
-    def _fetch_ids_after_insert_events(
-        self, curs: Cursor[DictRow], stored_events: Sequence[StoredEvent], **kwargs: Any
-    ) -> Sequence[int] | None:
-        ids = super()._fetch_ids_after_insert_events(curs, stored_events, **kwargs)
-        progress = kwargs.get("progress")
-        if isinstance(progress, _Progress):
-            progress.committing = True
-        return ids
-
-    def _insert_events(
-        self, curs: Cursor[DictRow], stored_events: Sequence[StoredEvent], **kwargs: Any
-    ) -> None:
-        # The transaction id first, before any notification id is drawn: a reader
-        # that sees an id drawn then also waits for this transaction to end.
-        curs.execute(_TAKE_XID)
-        super()._insert_events(curs, stored_events, **kwargs)
-
-    def _lock_table(self, curs: Cursor[DictRow]) -> None:
-        """No table lock: readers stop at ``safe_head()`` instead."""
-
-    def _notify_channel(self, curs: Cursor[DictRow]) -> None:
-        """No NOTIFY: it takes a server-wide lock until commit."""
+            raise AppendOutcomeUnknown(str(error)) from error
 
     def subscribe(
         self, gt: int | None = None, topics: Sequence[str] = ()

@@ -175,8 +175,8 @@ def _pool_settings(options: dict[str, str]) -> dict[str, str]:
         # No pre-ping: the pool backs off a second, then two, ... after each
         # closed connection it finds, so once the server has closed them all (a
         # restart) the first calls would wait out pool_timeout. A closed connection
-        # fails at once instead; reads retry, and so do appends that had not sent
-        # their COMMIT (ParallelPostgresRecorder).
+        # fails at once instead: reads retry, and an append's outcome is settled
+        # from the store (LedgerApplication._put).
         "POSTGRES_PRE_PING": "n",
     }
 
