@@ -86,9 +86,11 @@ def test_a_store_without_the_append_function_says_how_to_install_it(
         ledger.open_context("alice", "t")
     execute_sql(postgres_url, f'DROP FUNCTION "{schema}".ctxledger_events_append')
 
-    with ContextLedger.open(postgres_url, create=False) as reader:
-        with pytest.raises(StorageUnavailable, match="open it once with create=True"):
-            reader.open_context("alice", "u")
+    with (
+        ContextLedger.open(postgres_url, create=False) as reader,
+        pytest.raises(StorageUnavailable, match="open it once with create=True"),
+    ):
+        reader.open_context("alice", "u")
     with ContextLedger.open(postgres_url) as ledger:  # installs it again
         ledger.open_context("alice", "u")
         history = ledger.history("alice")
