@@ -14,11 +14,13 @@ from ledger.audit.export import ExportManifest, write_export
 from ledger.audit.history import History
 from ledger.audit.verification import ChainVerifier
 from ledger.domain import validation
+from ledger.domain.contexts import user_aggregate_id
 from ledger.domain.models import Context, LedgerEvent
 from ledger.errors import (
     ContextNotFound,
     InvalidContextInput,
     LedgerConfigError,
+    LedgerCorrupted,
     LedgerError,
 )
 from ledger.store.application import LedgerApplication, open_application, utc_now
@@ -197,16 +199,27 @@ class ContextLedger(StorageClient):
         return cleared
 
     def expire_due(self) -> int:
-        """Records the expiry of every context past its time, for all users."""
+        """Records the expiry of every context past its time, for all users.
+
+        A user whose stored events cannot be decoded or replayed does not stop the
+        others: their expiries are recorded, then LedgerCorrupted names the first
+        damaged user (and a note how many there were and what was recorded).
+        """
         with self._due_lock:
             self._due.catch_up(self._app.recorder, self._app.mapper)
             users = self._due.users_due(self._now())
+            damaged = {
+                stream: LedgerCorrupted(user, why)
+                for stream, (user, why) in self._due.damaged.items()
+            }
         expired = 0
         for user in users:
             try:
                 expired += self._commands.run(
                     user, lambda aggregate: aggregate.expire_due(self._now())
                 )
+            except LedgerCorrupted as corrupted:
+                damaged[user_aggregate_id(user)] = corrupted
             except (LedgerError, PersistenceError) as error:
                 if expired:
                     error.add_note(
@@ -214,6 +227,14 @@ class ContextLedger(StorageClient):
                         "other users; run it again to record the rest"
                     )
                 raise
+        if damaged:
+            first = next(iter(damaged.values()))
+            first.add_note(
+                f"expire_due recorded {expired} expiries of other users; "
+                f"{len(damaged)} user(s) with damaged events were skipped: "
+                + ", ".join(sorted(error.user_id for error in damaged.values())[:10])
+            )
+            raise first
         return expired
 
     # Queries: they never append.
@@ -223,7 +244,9 @@ class ContextLedger(StorageClient):
         user = validation.identifier("user_id", user_id)
         thread = validation.identifier("thread_id", thread_id)
         now = self._now()
-        context = self._app.load(user, now).for_thread(thread)
+        aggregate = self._app.load(user, now)
+        now = aggregate.time_of(now)
+        context = aggregate.for_thread(thread)
         if context is None or context.is_due(now):
             return None
         return _detached(context)
@@ -232,7 +255,8 @@ class ContextLedger(StorageClient):
         """The user's active, unexpired contexts, oldest first."""
         user = validation.identifier("user_id", user_id)
         now = self._now()
-        live = self._app.load(user, now).live(now)
+        aggregate = self._app.load(user, now)
+        live = aggregate.live(aggregate.time_of(now))
         ordered = sorted(live, key=lambda c: (c.created_at, c.context_id))
         return [_detached(context) for context in ordered]
 

@@ -93,7 +93,10 @@ BAD_METADATA: list[tuple[object, str]] = [
     ({"big": 2**64}, "64-bit"),
     ({"deep": {"a": {"b": {"c": {"d": {"e": {"f": {"g": {"h": 1}}}}}}}}}, "deeper"),
     ({"big": "x" * 70_000}, "over the 65536 limit"),
-    ({"s": "\ud800"}, "cannot be encoded"),
+    ({"s": "\ud800"}, "lone surrogate"),
+    ({"\ud800": 1}, "lone surrogate"),
+    ({"s": "a\x00b"}, "NUL character"),
+    ({"nested": [{"a\x00": 1}]}, "NUL character"),
 ]
 
 

@@ -2,7 +2,7 @@
 
 from collections import OrderedDict
 from collections.abc import Iterable, Iterator
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from functools import lru_cache
 from typing import Any, ClassVar, Self
 from uuid import UUID, uuid4, uuid5
@@ -40,11 +40,17 @@ def merge_metadata(current: dict[str, Any], patch: dict[str, Any]) -> dict[str, 
     return {key: value for key, value in merged.items() if value is not None}
 
 
+LAST_TIME = datetime.max.replace(tzinfo=UTC)
+"""The latest time a datetime holds: an expiry later than it is kept as it."""
+
+
 def expiry_time(last_used_at: datetime, ttl_seconds: float | None) -> datetime | None:
-    """When a context used at ``last_used_at`` expires; None for no expiry."""
-    return (
-        None if ttl_seconds is None else last_used_at + timedelta(seconds=ttl_seconds)
-    )
+    """When a context used at ``last_used_at`` expires; None for no expiry. An
+    expiry past the end of the year 9999 is LAST_TIME."""
+    if ttl_seconds is None:
+        return None
+    ttl = timedelta(seconds=ttl_seconds)
+    return LAST_TIME if LAST_TIME - last_used_at <= ttl else last_used_at + ttl
 
 
 class UserSnapshot(BaseModel):
@@ -161,6 +167,13 @@ class UserContexts:
     def live(self, now: datetime) -> list[Context]:
         return [c for c in self.contexts.values() if not c.is_due(now)]
 
+    def time_of(self, now: datetime) -> datetime:
+        """The time a command given the clock's ``now`` decides with and stamps its
+        events with: never before the user's last event, so a host whose clock is
+        behind neither writes times that go backwards nor revives a context whose
+        time to live ran out by the stream's time. Queries decide with it too."""
+        return max(now, self.modified_on) if self.version else now
+
     # Commands: each decides, then triggers events that change the state.
 
     def open(
@@ -175,6 +188,7 @@ class UserContexts:
         limit: int,
     ) -> Context:
         """Reuses the thread's live context, else creates one (within ``limit``)."""
+        now = self.time_of(now)
         current = self.for_thread(thread_id)
         if current is not None and not current.is_due(now):
             return self._reuse(current, run_id, metadata, ttl_seconds, now)
@@ -222,6 +236,7 @@ class UserContexts:
         metadata: dict[str, Any],
         now: datetime,
     ) -> Context:
+        now = self.time_of(now)
         context = self.owned(context_id)
         if context.is_due(now):
             raise ContextNotFound(self.user_id, context_id)
@@ -237,6 +252,7 @@ class UserContexts:
         return self.contexts[context_id]
 
     def clear(self, context_id: str, *, reason: str, now: datetime) -> None:
+        now = self.time_of(now)
         context = self.owned(context_id)
         if context.is_due(now):
             self._expire(context, now)
@@ -245,6 +261,7 @@ class UserContexts:
 
     def clear_all(self, *, reason: str, now: datetime) -> int:
         """Clears every live context (due ones expire instead); returns how many."""
+        now = self.time_of(now)
         self.expire_due(now)
         cleared = list(self.contexts.values())
         for context in cleared:
@@ -252,6 +269,7 @@ class UserContexts:
         return len(cleared)
 
     def expire_due(self, now: datetime) -> int:
+        now = self.time_of(now)
         due = [c for c in self.contexts.values() if c.is_due(now)]
         for context in due:
             self._expire(context, now)
@@ -280,8 +298,7 @@ class UserContexts:
         event = cls.model_construct(
             originator_id=self.id,
             originator_version=self.version + 1,
-            # A user's event times never go backwards, even when hosts' clocks differ.
-            timestamp=max(now, self.modified_on) if self.version else now,
+            timestamp=now,  # every command takes it from time_of
             user_id=self.user_id,
             prev_hash=self.last_hash,
             **self._call,

@@ -81,26 +81,31 @@ def _normalized(value: object, path: str, depth: int) -> Any:
     """A plain-JSON copy of a metadata value, or ValueError.
 
     Tuples become lists and subclasses of str, int and float (enums, say) their
-    plain values, so what is returned is what a replay will read back. ``depth``
-    counts the containers around ``value``; metadata itself is the first.
+    plain values, keys included, so what is returned is what a replay will read
+    back and what the chain hashes. ``depth`` counts the containers around
+    ``value``; metadata itself is the first.
     """
     if isinstance(value, Mapping | list | tuple) and depth > MAX_METADATA_DEPTH:
         raise ValueError(f"{path} nests deeper than {MAX_METADATA_DEPTH} levels")
     if isinstance(value, Mapping):
         result = {}
-        for key, item in value.items():
+        for key, item in _contents(value, path):
             if not isinstance(key, str):
                 raise ValueError(f"{path} has a key {key!r} that is not a str")
-            result[key] = _normalized(item, f"{path}[{key!r}]", depth + 1)
+            plain = _text(key, f"{path} key")
+            if plain in result:
+                raise ValueError(f"{path} has the key {plain!r} twice")
+            result[plain] = _normalized(item, f"{path}[{plain!r}]", depth + 1)
         return result
     if isinstance(value, list | tuple):
         return [
-            _normalized(item, f"{path}[{i}]", depth + 1) for i, item in enumerate(value)
+            _normalized(item, f"{path}[{i}]", depth + 1)
+            for i, item in enumerate(_items(value, path))
         ]
     if value is None or isinstance(value, bool):
         return value
     if isinstance(value, str):
-        return value if type(value) is str else str.__str__(value)
+        return _text(value, path)
     # Subclasses become plain values first, so the checks see what will be stored.
     if isinstance(value, float):
         number = value if type(value) is float else float.__float__(value)
@@ -113,6 +118,39 @@ def _normalized(value: object, path: str, depth: int) -> Any:
             raise ValueError(f"{path} is an integer outside the signed 64-bit range")
         return integer
     raise ValueError(f"{path} is of type {type(value).__name__}, which is not stored")
+
+
+def _text(value: str, path: str) -> str:
+    """A plain str of the same characters; NUL and lone surrogates are refused
+    (PostgreSQL's text and jsonb cannot hold the first, UTF-8 the second)."""
+    plain = value if type(value) is str else str.__str__(value)
+    if "\x00" in plain:
+        raise ValueError(
+            f"{path} contains a NUL character (\\x00), which is not stored"
+        )
+    try:
+        plain.encode("utf-8")
+    except UnicodeEncodeError:
+        raise ValueError(
+            f"{path} contains a lone surrogate, which is not valid UTF-8"
+        ) from None
+    return plain
+
+
+def _contents(value: Mapping[Any, Any], path: str) -> list[tuple[Any, Any]]:
+    """The mapping's items, read once; a mapping that fails to give them is
+    refused with ValueError instead of letting its own error through."""
+    try:
+        return list(value.items())
+    except Exception as error:  # noqa: BLE001  (any error of the caller's type)
+        raise ValueError(f"{path} could not be read: {error!r}") from None
+
+
+def _items(value: list[Any] | tuple[Any, ...], path: str) -> list[Any]:
+    try:
+        return list(value)
+    except Exception as error:  # noqa: BLE001  (any error of the caller's type)
+        raise ValueError(f"{path} could not be read: {error!r}") from None
 
 
 def _check_metadata(value: dict[str, Any]) -> dict[str, Any]:
@@ -155,7 +193,12 @@ Metadata = Annotated[dict[str, Any], Strict(), AfterValidator(_check_metadata)]
 TtlSeconds = Annotated[
     float, Strict(), Field(gt=0, le=MAX_TTL_SECONDS, allow_inf_nan=False)
 ]
-Reason = Annotated[str, Strict(), Field(min_length=1, max_length=MAX_REASON_CHARS)]
+Reason = Annotated[
+    str,
+    Strict(),
+    Field(min_length=1, max_length=MAX_REASON_CHARS),
+    AfterValidator(lambda text: _text(text, "reason")),
+]
 
 _IDENTIFIER: TypeAdapter[str] = TypeAdapter(Identifier)
 _METADATA: TypeAdapter[dict[str, Any]] = TypeAdapter(Metadata)
@@ -171,14 +214,17 @@ _FIXES = {
     ),
     "metadata": (
         "pass a dict with str keys and values that are None, bool, int, finite float, "
-        f"str, or lists and dicts of these, at most {MAX_METADATA_DEPTH} levels deep "
-        f"and {MAX_METADATA_BYTES // 1024} KiB encoded"
+        "str (no NUL characters), or lists and dicts of these, at most "
+        f"{MAX_METADATA_DEPTH} levels deep and {MAX_METADATA_BYTES // 1024} KiB encoded"
     ),
     "ttl": (
         "pass a number of seconds greater than 0 and at most 100 years, "
         "or None for the default (no expiry unless a default is set)"
     ),
-    "reason": f"pass a non-empty reason of at most {MAX_REASON_CHARS} characters",
+    "reason": (
+        f"pass a non-empty reason of at most {MAX_REASON_CHARS} characters, "
+        "without NUL characters"
+    ),
     "time": "pass a timezone-aware datetime, e.g. datetime(2026, 1, 1, tzinfo=UTC)",
     "kind": f"pass one of {', '.join(EVENT_KINDS)}",
     "int": "pass a whole number of 1 or more, or None for no limit",
@@ -190,7 +236,8 @@ def _validate(adapter: TypeAdapter[Any], field: str, fix: str, value: object) ->
         return adapter.validate_python(value)
     except ValidationError as error:
         first = error.errors()[0]
-        problem = first["msg"].removeprefix("Value error, ").lower()
+        problem = first["msg"].removeprefix("Value error, ")
+        problem = problem[:1].lower() + problem[1:]
         if first["loc"]:
             problem = f"at {list(first['loc'])}: {problem}"
         raise InvalidContextInput(field, value, problem, _FIXES[fix]) from None
@@ -218,8 +265,25 @@ def metadata(value: object) -> dict[str, Any]:
     """Context metadata, checked; None means no metadata."""
     if value is None:
         return {}
-    if isinstance(value, Mapping) and not isinstance(value, dict):
-        value = dict(value)
+    if isinstance(value, Mapping):
+        # Read once, as a plain dict; keys that are the same string twice (a str
+        # subclass beside its plain value) are refused, not silently merged.
+        try:
+            items = _contents(value, "metadata")
+        except ValueError as error:
+            raise InvalidContextInput(
+                "metadata", type(value).__name__, str(error), _FIXES["metadata"]
+            ) from None
+        plain = [str.__str__(key) for key, _ in items if isinstance(key, str)]
+        if len(set(plain)) < len(plain):
+            twice = next(key for key in plain if plain.count(key) > 1)
+            raise InvalidContextInput(
+                "metadata",
+                value,
+                f"has the key {twice!r} twice",
+                "give each key once",
+            )
+        value = dict(items)
     result: dict[str, Any] = _validate(_METADATA, "metadata", "metadata", value)
     return result
 
@@ -269,8 +333,10 @@ def period(since: object, until: object) -> tuple[datetime | None, datetime | No
 def positive_int(field: str, value: object, *, setting: bool = False) -> int:
     """A whole number of 1 or more (not a bool). A ``setting`` of the ledger or its
     views is refused with LedgerConfigError, an argument with InvalidContextInput."""
-    if isinstance(value, int) and not isinstance(value, bool) and value >= 1:
-        return value
+    if isinstance(value, int) and not isinstance(value, bool):
+        plain = int.__index__(value)
+        if plain >= 1:
+            return plain
     if setting:
         raise LedgerConfigError(f"{field}={value!r} must be an int of 1 or more")
     raise InvalidContextInput(field, value, "is not an int of 1 or more", _FIXES["int"])

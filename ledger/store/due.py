@@ -7,8 +7,10 @@ decides what is actually due.
 
 from datetime import datetime
 from typing import Any
+from uuid import UUID
 
-from eventsourcing.persistence import ApplicationRecorder, Mapper
+import msgpack
+from eventsourcing.persistence import ApplicationRecorder, Mapper, StoredEvent
 
 from ledger.domain.contexts import evolve_context
 from ledger.domain.events import EVENT_TOPICS, ContextEvent
@@ -28,6 +30,9 @@ class DueIndex:
     def __init__(self) -> None:
         self._position = 0
         self._due: dict[tuple[str, str], tuple[float | None, datetime]] = {}
+        self.damaged: dict[UUID, tuple[str, str]] = {}
+        """Streams with an event the index could not decode: the user (the stream,
+        when not even the user id can be read) and why."""
 
     def catch_up(self, recorder: ApplicationRecorder, mapper: Mapper[Any]) -> None:
         """Reads the log from where it stopped up to its safe head, so never past
@@ -42,9 +47,17 @@ class DueIndex:
                 inclusive_of_start=False,
             )
             for notification in page:
-                event = mapper.to_domain_event(notification)
-                if isinstance(event, ContextEvent):
-                    self._apply(event)
+                try:
+                    event = mapper.to_domain_event(notification)
+                except ValueError as error:  # MapperDeserialisationError
+                    self.damaged[UUID(str(notification.originator_id))] = (
+                        _user_of(notification),
+                        f"event at position {notification.id} (version "
+                        f"{notification.originator_version}) cannot be decoded: {error}",
+                    )
+                else:
+                    if isinstance(event, ContextEvent):
+                        self._apply(event)
                 self._position = notification.id
             if len(page) < _PAGE:
                 self._position = stop  # every event up to it has been read
@@ -75,3 +88,14 @@ class DueIndex:
             ttl_seconds=ttl,
             reuse_count=0,
         )
+
+
+def _user_of(stored: StoredEvent) -> str:
+    """The user id in an event that does not decode, if msgpack can still read it;
+    else the stream's id."""
+    try:
+        fields = msgpack.unpackb(stored.state, strict_map_key=False)
+    except (ValueError, msgpack.ExtraData, msgpack.FormatError, msgpack.StackError):
+        fields = None
+    user = fields.get("user_id") if isinstance(fields, dict) else None
+    return user if isinstance(user, str) else f"stream {stored.originator_id}"
