@@ -107,7 +107,8 @@ class _Stream:
     user_id: str | None = None
     events: int = 0
     version: int = 0
-    last: StoredEvent | None = None
+    """The last version read; its event is read again from the store when needed
+    (the exact path, and the head), so the pass keeps no event per user."""
     last_hash: str = GENESIS_HASH
     suspect: str | None = None
     """Why the stream needs a closer look (the first anomaly seen)."""
@@ -194,18 +195,14 @@ class ChainVerifier:
             quick = exact
         stream.user_id = stream.user_id or quick.user_id
         stream.version = version
-        stream.last = stored
         stream.last_hash = quick.hash
 
     def _exact_link(self, stream: _Stream, stored: StoredEvent) -> Read | str:
         current = exact_read(stored, self.mapper)
         if isinstance(current, str):
             return current
-        previous = (
-            GENESIS_HASH
-            if stream.last is None
-            else exact_read(stream.last, self.mapper)
-        )
+        last = self._stored(stream)
+        previous = GENESIS_HASH if last is None else exact_read(last, self.mapper)
         expected = previous.hash if isinstance(previous, Read) else previous
         if current.prev_hash != expected:
             return (
@@ -217,7 +214,8 @@ class ChainVerifier:
         if stream.suspect is not None:
             return self._located(stream, in_log_order=in_log_order)
         user_id = stream.user_id or f"(stream {stream.originator_id})"
-        if stream.last is None:
+        last = self._stored(stream)
+        if last is None:
             return UserChain(
                 user_id=user_id,
                 events=0,
@@ -225,7 +223,7 @@ class ChainVerifier:
                 head_hash=GENESIS_HASH,
                 fault=self._snapshot_fault(stream.originator_id, 0, GENESIS_HASH),
             )
-        head = exact_read(stream.last, self.mapper)
+        head = exact_read(last, self.mapper)
         fault: ChainBreak | None
         if isinstance(head, str):
             fault = ChainBreak(version=stream.version, fault="altered", detail=head)
@@ -271,6 +269,15 @@ class ChainVerifier:
             head_hash=(last.hash or GENESIS_HASH) if last else GENESIS_HASH,
             fault=fault,
         )
+
+    def _stored(self, stream: _Stream) -> StoredEvent | None:
+        """The stream's event at its last version read, as stored."""
+        if stream.version == 0:
+            return None
+        found = self.recorder.select_events(
+            stream.originator_id, gt=stream.version - 1, lte=stream.version
+        )
+        return found[0] if found else None
 
     def _has_events_after(self, aggregate_id: UUID | str, version: int) -> bool:
         return bool(self.recorder.select_events(aggregate_id, gt=version, limit=1))

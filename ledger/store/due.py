@@ -5,7 +5,8 @@ log from where it last stopped. It only proposes users; each user's aggregate
 decides what is actually due.
 """
 
-from datetime import datetime
+import struct
+from datetime import UTC, datetime, timedelta
 from typing import Any
 from uuid import UUID
 
@@ -20,16 +21,27 @@ from ledger.store.backends import safe_head
 _PAGE = 1000
 
 
+_RECORD = struct.Struct("<qd")
+"""A context's entry: its expiry (microseconds since 1970, UTC) and time to live
+in seconds; 16 bytes."""
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_MICROSECOND = timedelta(microseconds=1)
+
+
 class DueIndex:
     """Time to live and expiry time of each context that has one, by user and id.
 
     Each event changes the entry as ``evolve_context`` says; a context with no
     entry has no time to live (metadata is not kept: expiry does not depend on it).
+    An entry is a small fixed-size record (about 180 bytes with its key), so the
+    index of a large ledger stays small: each user id is kept once, numbered.
     """
 
     def __init__(self) -> None:
         self._position = 0
-        self._due: dict[tuple[str, str], tuple[float | None, datetime]] = {}
+        self._due: dict[str, bytes] = {}  # "user number/context id" -> _RECORD
+        self._numbers: dict[str, int] = {}
+        self._users: list[str] = []
         self.damaged: dict[UUID, tuple[str, str]] = {}
         """Streams with an event the index could not decode: the user (the stream,
         when not even the user id can be read) and why."""
@@ -53,7 +65,8 @@ class DueIndex:
                     self.damaged[UUID(str(notification.originator_id))] = (
                         _user_of(notification),
                         f"event at position {notification.id} (version "
-                        f"{notification.originator_version}) cannot be decoded: {error}",
+                        f"{notification.originator_version}) cannot be decoded: "
+                        f"{error}",
                     )
                 else:
                     if isinstance(event, ContextEvent):
@@ -63,19 +76,38 @@ class DueIndex:
                 self._position = stop  # every event up to it has been read
 
     def users_due(self, now: datetime) -> list[str]:
-        return sorted({user for (user, _), (_, at) in self._due.items() if at <= now})
+        limit = (now - _EPOCH) // _MICROSECOND
+        numbers = {
+            key.partition("/")[0]
+            for key, record in self._due.items()
+            if _RECORD.unpack(record)[0] <= limit
+        }
+        return sorted(self._users[int(number)] for number in numbers)
 
     def _apply(self, event: ContextEvent) -> None:
-        key = (event.user_id, event.context_id)
+        key = f"{self._number(event.user_id)}/{event.context_id}"
         after = evolve_context(self._known(key, event), event)
-        if after is None or after.expires_at is None:
+        if after is None or after.expires_at is None or after.ttl_seconds is None:
             self._due.pop(key, None)
         else:
-            self._due[key] = (after.ttl_seconds, after.expires_at)
+            micros = (after.expires_at - _EPOCH) // _MICROSECOND
+            self._due[key] = _RECORD.pack(micros, after.ttl_seconds)
 
-    def _known(self, key: tuple[str, str], event: ContextEvent) -> Context:
+    def _number(self, user_id: str) -> int:
+        number = self._numbers.get(user_id)
+        if number is None:
+            number = self._numbers[user_id] = len(self._users)
+            self._users.append(user_id)
+        return number
+
+    def _known(self, key: str, event: ContextEvent) -> Context:
         """The context as far as expiry goes: its time to live and expiry."""
-        ttl, expires_at = self._due.get(key, (None, None))
+        record = self._due.get(key)
+        ttl: float | None = None
+        expires_at: datetime | None = None
+        if record is not None:
+            micros, ttl = _RECORD.unpack(record)
+            expires_at = _EPOCH + micros * _MICROSECOND
         return Context.model_construct(
             context_id=event.context_id,
             user_id=event.user_id,
