@@ -3,6 +3,7 @@
 Everything a backend needs is importable from here; the rest is internal.
 """
 
+from ledger.aio import AsyncContextLedger
 from ledger.api import ContextLedger
 from ledger.audit.chain import ChainBreak, ChainReport, UserChain
 from ledger.audit.export import ExportFault, ExportManifest, ExportReport, verify_export
@@ -19,12 +20,15 @@ from ledger.errors import (
     LedgerNotFound,
     StorageUnavailable,
 )
+from ledger.store.feed import ChangeFeed
 
 __all__ = [
     "EVENT_KINDS",
     "PLACEHOLDERS",
+    "AsyncContextLedger",
     "ChainBreak",
     "ChainReport",
+    "ChangeFeed",
     "ConcurrencyConflict",
     "Context",
     "ContextLedger",

@@ -27,6 +27,7 @@ from ledger.store.application import LedgerApplication, open_application, utc_no
 from ledger.store.commands import CommandRunner, FirstCall
 from ledger.store.due import DueIndex
 from ledger.store.failures import StorageClient
+from ledger.store.feed import POLL_SECONDS, ChangeFeed, HeadWatcher
 from ledger.store.urls import resolve_url, storage_for
 
 Clock = Callable[[], datetime]
@@ -56,6 +57,7 @@ class ContextLedger(StorageClient):
         self._due = DueIndex()
         self._commands = CommandRunner(application, self._now)
         self._due_lock = threading.Lock()
+        self._head = HeadWatcher(application.recorder, POLL_SECONDS)
 
     @classmethod
     def open(
@@ -319,6 +321,31 @@ class ContextLedger(StorageClient):
     def chain_size(self) -> int:
         """How many events ``verify_chain()`` reads at most: the log's last position."""
         return ChainVerifier(self._app).head()
+
+    def changes(
+        self, user_id: str | None = None, *, after: int | None = None
+    ) -> ChangeFeed:
+        """Every event stored after position ``after`` (the log's head now when
+        None), by any process, in log order, each once, as ``(position, event)``;
+        only ``user_id``'s when given. Iterating blocks until the next event;
+        ``close()`` the feed (or leave its ``with`` block) to stop.
+        """
+        user = validation.optional_identifier("user_id", user_id)
+        start = None if after is None else validation.log_position("after", after)
+        return ChangeFeed(
+            recorder=self._app.recorder,
+            mapper=self._app.mapper,
+            backend=self._app.backend,
+            watcher=self._head,
+            storage=self.storage,
+            user_id=user,
+            after=start,
+        )
+
+    def close(self) -> None:
+        """Closes the ledger: its feeds end and its connections close."""
+        self._head.close()
+        super().close()
 
     def export(
         self,

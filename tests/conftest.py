@@ -97,3 +97,12 @@ def open_ledger(ledger_url: str) -> Iterator[OpenLedger]:
 @pytest.fixture
 def ledger(open_ledger: OpenLedger) -> ContextLedger:
     return open_ledger()
+
+
+@pytest.fixture
+def application_name(monkeypatch: pytest.MonkeyPatch) -> str:
+    """Names every connection this test's ledgers open (libpq reads PGAPPNAME), so
+    the test touches only backends of its own."""
+    name = f"ctxledger-test-{uuid.uuid4().hex[:10]}"
+    monkeypatch.setenv("PGAPPNAME", name)
+    return name

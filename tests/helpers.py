@@ -13,11 +13,13 @@ import sys
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import psycopg
+import pytest
 
 from ledger import ConcurrencyConflict, ContextLedger, ContextNotFound
 from ledger.domain.contexts import user_aggregate_id
@@ -216,3 +218,79 @@ class CuttingProxy:
         for end in list(self._open):
             with contextlib.suppress(OSError):
                 end.shutdown(socket.SHUT_RDWR)
+
+
+# PostgreSQL: connections of a test's own, and appends held open on purpose.
+
+HELD_WAIT_SECONDS = 60
+
+
+def dsn_and_schema(url: str) -> tuple[str, str]:
+    dsn, _, schema = url.partition("?schema=")
+    return dsn, schema
+
+
+@contextmanager
+def raw_connection(url: str) -> Iterator[psycopg.Connection]:
+    """A connection of the test's own, outside the ledger's pool."""
+    dsn, _ = dsn_and_schema(url)
+    with psycopg.connect(
+        dsn, autocommit=True, application_name="ctxledger-test-raw"
+    ) as connection:
+        yield connection
+
+
+def wait_until(condition: Callable[[], Any], what: str) -> Any:
+    deadline = time.monotonic() + HELD_WAIT_SECONDS
+    while not (found := condition()):
+        if time.monotonic() > deadline:
+            pytest.fail(f"gave up waiting for {what}")
+        time.sleep(0.01)
+    return found
+
+
+@contextmanager
+def appends_held(
+    url: str, user_id: str, *, stage: Literal["inserting", "committing"] = "inserting"
+) -> Iterator[None]:
+    """Appends for ``user_id`` stop inside their transaction, after drawing their
+    notification ids (as they insert, or in their COMMIT), until the block ends: a
+    trigger waits on a lock the test holds."""
+    _, schema = dsn_and_schema(url)
+    key = f"hashtext('{schema} hold')"
+    kind = "CONSTRAINT TRIGGER" if stage == "committing" else "TRIGGER"
+    deferred = "DEFERRABLE INITIALLY DEFERRED" if stage == "committing" else ""
+    with raw_connection(url) as holder:
+        holder.execute(
+            f'CREATE OR REPLACE FUNCTION "{schema}".hold() RETURNS trigger '
+            "LANGUAGE plpgsql AS $$ BEGIN "
+            f"PERFORM pg_advisory_xact_lock_shared({key}); RETURN NULL; END $$"
+        )
+        holder.execute(
+            f'CREATE {kind} hold_{stage} AFTER INSERT ON "{schema}".ctxledger_events '
+            f"{deferred} FOR EACH ROW "
+            f"WHEN (NEW.originator_id = '{user_aggregate_id(user_id)}') "
+            f'EXECUTE FUNCTION "{schema}".hold()'
+        )
+        holder.execute(f"SELECT pg_advisory_lock({key})")
+        try:
+            yield
+        finally:
+            holder.execute(f"SELECT pg_advisory_unlock({key})")
+            holder.execute(f'DROP TRIGGER hold_{stage} ON "{schema}".ctxledger_events')
+
+
+def held_backend(url: str, application_name: str) -> int:
+    """The pid of our own connection that waits inside a held append."""
+
+    def find() -> int | None:
+        with raw_connection(url) as connection:
+            row = connection.execute(
+                "SELECT pid FROM pg_stat_activity WHERE application_name = %s "
+                "AND wait_event_type = 'Lock' AND wait_event = 'advisory'",
+                (application_name,),
+            ).fetchone()
+        return None if row is None else int(row[0])
+
+    pid: int = wait_until(find, f"a held append of {application_name}")
+    return pid

@@ -7,12 +7,9 @@ import os
 import signal
 import threading
 import time
-import uuid
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from typing import Any, Literal
 
-import psycopg
 import pytest
 from eventsourcing.persistence import StoredEvent
 
@@ -27,7 +24,14 @@ from ledger.store.postgres_log import (
 )
 from ledger.store.urls import storage_for
 from projections import Projections
-from tests.helpers import execute_sql
+from tests.helpers import (
+    appends_held,
+    dsn_and_schema,
+    execute_sql,
+    held_backend,
+    raw_connection,
+    wait_until,
+)
 
 pytestmark = pytest.mark.postgres
 
@@ -37,86 +41,15 @@ APPENDS_PER_WORKER = 120
 WAIT_SECONDS = 60
 
 
-def _dsn_and_schema(url: str) -> tuple[str, str]:
-    dsn, _, schema = url.partition("?schema=")
-    return dsn, schema
-
-
-@contextmanager
-def _raw(url: str) -> Iterator[psycopg.Connection]:
-    """A connection of the test's own, outside the ledger's pool."""
-    dsn, _ = _dsn_and_schema(url)
-    with psycopg.connect(
-        dsn, autocommit=True, application_name="ctxledger-test-raw"
-    ) as connection:
-        yield connection
-
-
 def _stored_ids(url: str) -> list[int]:
     return [row[0] for row in execute_sql(url, "SELECT {log} FROM {events} ORDER BY 1")]
-
-
-def _until(condition: Callable[[], Any], what: str) -> Any:
-    deadline = time.monotonic() + WAIT_SECONDS
-    while not (found := condition()):
-        if time.monotonic() > deadline:
-            pytest.fail(f"gave up waiting for {what}")
-        time.sleep(0.01)
-    return found
-
-
-@contextmanager
-def _appends_held(
-    url: str, user_id: str, *, stage: Literal["inserting", "committing"] = "inserting"
-) -> Iterator[None]:
-    """Appends for ``user_id`` stop inside their transaction, after drawing their
-    notification ids (as they insert, or in their COMMIT), until the block ends: a
-    trigger waits on a lock the test holds."""
-    _, schema = _dsn_and_schema(url)
-    key = f"hashtext('{schema} hold')"
-    kind = "CONSTRAINT TRIGGER" if stage == "committing" else "TRIGGER"
-    deferred = "DEFERRABLE INITIALLY DEFERRED" if stage == "committing" else ""
-    with _raw(url) as holder:
-        holder.execute(
-            f'CREATE OR REPLACE FUNCTION "{schema}".hold() RETURNS trigger '
-            "LANGUAGE plpgsql AS $$ BEGIN "
-            f"PERFORM pg_advisory_xact_lock_shared({key}); RETURN NULL; END $$"
-        )
-        holder.execute(
-            f'CREATE {kind} hold_{stage} AFTER INSERT ON "{schema}".{EVENTS} '
-            f"{deferred} FOR EACH ROW "
-            f"WHEN (NEW.originator_id = '{user_aggregate_id(user_id)}') "
-            f'EXECUTE FUNCTION "{schema}".hold()'
-        )
-        holder.execute(f"SELECT pg_advisory_lock({key})")
-        try:
-            yield
-        finally:
-            holder.execute(f"SELECT pg_advisory_unlock({key})")
-            holder.execute(f'DROP TRIGGER hold_{stage} ON "{schema}".{EVENTS}')
-
-
-def _held_backend(url: str, application_name: str) -> int:
-    """The pid of our own connection that waits inside a held append."""
-
-    def find() -> int | None:
-        with _raw(url) as connection:
-            row = connection.execute(
-                "SELECT pid FROM pg_stat_activity WHERE application_name = %s "
-                "AND wait_event_type = 'Lock' AND wait_event = 'advisory'",
-                (application_name,),
-            ).fetchone()
-        return None if row is None else int(row[0])
-
-    pid: int = _until(find, f"a held append of {application_name}")
-    return pid
 
 
 def _delay_every_append(url: str, most_ms: int) -> None:
     """Each append waits up to ``most_ms`` between drawing its ids and committing,
     as an application's own work would; so commits come out of id order."""
-    _, schema = _dsn_and_schema(url)
-    with _raw(url) as connection:
+    _, schema = dsn_and_schema(url)
+    with raw_connection(url) as connection:
         connection.execute(
             f'CREATE OR REPLACE FUNCTION "{schema}".dawdle() RETURNS trigger '
             "LANGUAGE plpgsql AS $$ BEGIN "
@@ -156,15 +89,6 @@ def _assert_views_equal_the_log(url: str) -> None:
         views.catch_up()
         assert views.verify() == {"active": [], "audit": [], "continuity": []}
         assert [row.position for row in views.audit_rows()] == _stored_ids(url)
-
-
-@pytest.fixture
-def application_name(monkeypatch: pytest.MonkeyPatch) -> str:
-    """Names every connection this test's ledgers open (libpq reads PGAPPNAME), so
-    the test touches only backends of its own."""
-    name = f"ctxledger-test-{uuid.uuid4().hex[:10]}"
-    monkeypatch.setenv("PGAPPNAME", name)
-    return name
 
 
 def test_postgres_urls_choose_the_recorder_without_a_table_lock(
@@ -218,10 +142,10 @@ def test_the_safe_head_stops_short_of_a_writer_that_has_not_committed(
         ContextLedger.open(postgres_url) as late,
     ):
         ledger.open_context("alice", "t")
-        with _appends_held(postgres_url, "zed"):
+        with appends_held(postgres_url, "zed"):
             held = _Background(lambda: late.open_context("zed", "t"))
             held.start()
-            pid = _held_backend(postgres_url, application_name)
+            pid = held_backend(postgres_url, application_name)
             ledger.open_context("bob", "t")  # a later id, committed first
 
             with pytest.raises(
@@ -254,10 +178,10 @@ def test_views_wait_for_a_writer_that_commits_late_and_apply_each_event_once(
     ):
         ledger.open_context("alice", "t")
         views.catch_up()
-        with _appends_held(postgres_url, "zed", stage=stage):
+        with appends_held(postgres_url, "zed", stage=stage):
             held = _Background(lambda: late.open_context("zed", "t"))
             held.start()
-            pid = _held_backend(postgres_url, application_name)
+            pid = held_backend(postgres_url, application_name)
             ledger.open_context("bob", "t")
             catching_up = _Background(views.catch_up)
             catching_up.start()
@@ -266,7 +190,7 @@ def test_views_wait_for_a_writer_that_commits_late_and_apply_each_event_once(
             assert catching_up.is_alive()  # waiting, not passing the held id
             assert views.count_audit() == 1
             if ending == "is terminated":
-                with _raw(postgres_url) as admin:
+                with raw_connection(postgres_url) as admin:
                     admin.execute("SELECT pg_terminate_backend(%s, 5000)", (pid,))
         catching_up.outcome()
         try:
@@ -280,17 +204,17 @@ def test_views_wait_for_a_writer_that_commits_late_and_apply_each_event_once(
 def test_an_append_commits_while_another_is_held_open_and_takes_no_table_lock(
     postgres_url: str, application_name: str
 ) -> None:
-    _, schema = _dsn_and_schema(postgres_url)
+    _, schema = dsn_and_schema(postgres_url)
     with (
         ContextLedger.open(postgres_url) as ledger,
         ContextLedger.open(postgres_url) as late,
     ):
         ledger.open_context("alice", "t")
-        with _appends_held(postgres_url, "zed"):
+        with appends_held(postgres_url, "zed"):
             held = _Background(lambda: late.open_context("zed", "t"))
             held.start()
-            pid = _held_backend(postgres_url, application_name)
-            with _raw(postgres_url) as admin:
+            pid = held_backend(postgres_url, application_name)
+            with raw_connection(postgres_url) as admin:
                 modes = admin.execute(
                     "SELECT mode FROM pg_locks "
                     "WHERE pid = %s AND relation = %s::regclass",
@@ -313,11 +237,11 @@ def test_an_append_whose_backend_dies_reports_an_unknown_outcome(
     stream = user_aggregate_id("zed")
     event = StoredEvent(stream, 1, "ctxledger.test:Anything", b"\x80")
     with open_application(storage_for(postgres_url)) as app:
-        with _appends_held(postgres_url, "zed", stage=stage):
+        with appends_held(postgres_url, "zed", stage=stage):
             insert = _Background(lambda: app.recorder.insert_events([event]))
             insert.start()
-            pid = _held_backend(postgres_url, application_name)
-            with _raw(postgres_url) as admin:
+            pid = held_backend(postgres_url, application_name)
+            with raw_connection(postgres_url) as admin:
                 admin.execute("SELECT pg_terminate_backend(%s, 5000)", (pid,))
             insert.join(10)
 
@@ -334,13 +258,13 @@ def test_a_call_whose_backend_dies_mid_append_is_applied_once(
 ) -> None:
     with ContextLedger.open(postgres_url) as ledger:
         ledger.open_context("zed", "t1")
-        with _appends_held(postgres_url, "zed", stage=stage):
+        with appends_held(postgres_url, "zed", stage=stage):
             call = _Background(lambda: ledger.open_context("zed", "t2"))
             call.start()
-            first = _held_backend(postgres_url, application_name)
-            with _raw(postgres_url) as admin:
+            first = held_backend(postgres_url, application_name)
+            with raw_connection(postgres_url) as admin:
                 admin.execute("SELECT pg_terminate_backend(%s, 5000)", (first,))
-            second = _held_backend(postgres_url, application_name)  # the settling put
+            second = held_backend(postgres_url, application_name)  # the settling put
         context = call.outcome()
         kinds = [event.kind for event in ledger.history("zed")]
         found = ledger.get_context("zed", "t2")
@@ -355,7 +279,7 @@ def test_a_write_after_the_server_closed_the_pooled_connections_succeeds(
 ) -> None:
     with ContextLedger.open(postgres_url) as ledger:
         ledger.open_context("alice", "t")
-        with _raw(postgres_url) as admin:
+        with raw_connection(postgres_url) as admin:
             closed = admin.execute(
                 "SELECT pg_terminate_backend(pid, 5000) FROM pg_stat_activity "
                 "WHERE application_name = %s AND pid <> pg_backend_pid()",
@@ -454,4 +378,4 @@ def test_writers_killed_mid_run_leave_views_equal_to_a_replay(
 def _progress(views: Projections, by: int) -> None:
     """Catches up until the log's head has moved ``by`` positions."""
     target = views.head() + by
-    _until(lambda: views.catch_up() and views.head() > target, "writes")
+    wait_until(lambda: views.catch_up() and views.head() > target, "writes")

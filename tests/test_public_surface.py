@@ -12,8 +12,10 @@ import projections
 LEDGER_NAMES = {
     "EVENT_KINDS",
     "PLACEHOLDERS",
+    "AsyncContextLedger",
     "ChainBreak",
     "ChainReport",
+    "ChangeFeed",
     "ConcurrencyConflict",
     "Context",
     "ContextLedger",

@@ -330,6 +330,17 @@ def period(since: object, until: object) -> tuple[datetime | None, datetime | No
     return start, end
 
 
+def log_position(field: str, value: object) -> int:
+    """A position in the ledger's log: a whole number of 0 or more (not a bool)."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        plain = int.__index__(value)
+        if plain >= 0:
+            return plain
+    raise InvalidContextInput(
+        field, value, "is not an int of 0 or more", "pass a position from the log"
+    )
+
+
 def positive_int(field: str, value: object, *, setting: bool = False) -> int:
     """A whole number of 1 or more (not a bool). A ``setting`` of the ledger or its
     views is refused with LedgerConfigError, an argument with InvalidContextInput."""

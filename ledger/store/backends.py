@@ -17,7 +17,11 @@ from typing import Any, ClassVar, Protocol
 from uuid import UUID
 
 import psycopg
-from eventsourcing.persistence import ApplicationRecorder, TrackingRecorder
+from eventsourcing.persistence import (
+    ApplicationRecorder,
+    Notification,
+    TrackingRecorder,
+)
 from eventsourcing.postgres import PostgresTrackingRecorder
 from eventsourcing.sqlite import SQLiteTrackingRecorder
 from psycopg import sql
@@ -198,6 +202,62 @@ class Backend:
             cursor.execute(self.dialect().statement(query), (position,))
             return int(self.dialect().row(cursor.fetchone())[0])
 
+    def stream_version_at(
+        self, recorder: ApplicationRecorder, stream: UUID, position: int
+    ) -> int:
+        """The stream's last version stored at or before ``position`` (0: none)."""
+        query = (
+            f"SELECT MAX(originator_version) AS v FROM {self._events} "  # noqa: S608  (our table names)
+            f"WHERE originator_id = ? AND {self._position_column} <= ?"
+        )
+        with recorder.datastore.transaction(commit=False) as cursor:  # type: ignore[attr-defined]
+            cursor.execute(
+                self.dialect().statement(query), (self._stream_key(stream), position)
+            )
+            found = self.dialect().row(cursor.fetchone())[0]
+        return int(found or 0)
+
+    def stream_after(
+        self,
+        recorder: ApplicationRecorder,
+        stream: UUID,
+        version: int,
+        up_to: int,
+        limit: int,
+    ) -> list[Notification]:
+        """The stream's events after ``version`` stored at positions up to
+        ``up_to``, in order, at most ``limit`` (read by the primary key)."""
+        column = self._position_column
+        query = (
+            f"SELECT {column} AS position, originator_id, originator_version, "  # noqa: S608  (our table names)
+            f"topic, state FROM {self._events} WHERE originator_id = ? "
+            f"AND originator_version > ? AND {column} <= ? "
+            "ORDER BY originator_version LIMIT ?"
+        )
+        with recorder.datastore.transaction(commit=False) as cursor:  # type: ignore[attr-defined]
+            cursor.execute(
+                self.dialect().statement(query),
+                (self._stream_key(stream), version, up_to, limit),
+            )
+            rows = [self.dialect().row(row) for row in cursor.fetchall()]
+        return [
+            Notification(
+                id=position,
+                originator_id=as_stream_id(originator_id),
+                originator_version=found_version,
+                topic=topic,
+                state=bytes(state),
+            )
+            for position, originator_id, found_version, topic, state in rows
+        ]
+
+    @property
+    def _events(self) -> str:
+        return self._table(EVENTS_TABLE[self.kind])
+
+    def _stream_key(self, stream: UUID) -> Any:
+        return stream
+
     def snapshot_streams(self, recorder: Any) -> list[UUID | str]:
         """The streams that have snapshots (the library has no call for this)."""
         return _distinct_streams(recorder, self._table(SNAPSHOTS_TABLE[self.kind]))
@@ -211,6 +271,9 @@ class Backend:
 class SQLiteBackend(Backend):
     tracking_table = "tracking"  # the library's fixed name, shared by key
     _position_column = "rowid"
+
+    def _stream_key(self, stream: UUID) -> Any:
+        return stream.hex  # how the library's SQLite recorder stores the id
 
     @property
     def path(self) -> Path:
@@ -299,6 +362,41 @@ class MemoryBackend(Backend):
 
     def snapshot_streams(self, recorder: Any) -> list[UUID | str]:
         return []
+
+    def stream_version_at(
+        self, recorder: ApplicationRecorder, stream: UUID, position: int
+    ) -> int:
+        versions = [
+            n.originator_version
+            for n in self._stream(recorder, stream, 0, position, None)
+        ]
+        return max(versions, default=0)
+
+    def stream_after(
+        self,
+        recorder: ApplicationRecorder,
+        stream: UUID,
+        version: int,
+        up_to: int,
+        limit: int,
+    ) -> list[Notification]:
+        return self._stream(recorder, stream, version, up_to, limit)
+
+    @staticmethod
+    def _stream(
+        recorder: ApplicationRecorder,
+        stream: UUID,
+        version: int,
+        up_to: int,
+        limit: int | None,
+    ) -> list[Notification]:
+        found = [
+            n
+            for n in recorder.select_notifications(start=1, limit=up_to, stop=up_to)
+            if as_stream_id(n.originator_id) == stream
+            and n.originator_version > version
+        ]
+        return found[:limit] if limit is not None else found
 
 
 def safe_head(

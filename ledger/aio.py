@@ -1,0 +1,221 @@
+"""``AsyncContextLedger``: the domain API for asyncio servers.
+
+Each call runs the synchronous ledger's method in a thread of the ledger's own
+bounded pool, so the event loop never waits on the database or the hash chain:
+
+- At most ``max_threads`` calls run at once (default DEFAULT_MAX_THREADS); the
+  others wait on the loop, so a burst of 10,000 calls starts no more threads.
+- Calls for one user run one at a time in the order they were made (a fair
+  asyncio lock per user, held until the call's thread is done).
+- A cancelled call either ran to the end in its thread (it took effect
+  completely) or had not started (it appended nothing): a command is one
+  transaction, and a thread is never interrupted. The user's turn is held until
+  the thread ends, so the next call of that user sees its outcome.
+
+Why threads rather than native async drivers: the library (``eventsourcing``
+9.5) has no asyncio recorders, and the hash chain, validation and replay are CPU
+work that would block the loop in any case; one bounded pool keeps both off it.
+"""
+
+import asyncio
+import functools
+import inspect
+from collections.abc import AsyncIterator, Callable, Coroutine
+from concurrent.futures import ThreadPoolExecutor
+from types import TracebackType
+from typing import Any, Concatenate, ParamSpec, Self, TypeVar
+
+from ledger.api import ContextLedger
+from ledger.domain import validation
+from ledger.store.feed import POLL_SECONDS, Change
+
+P = ParamSpec("P")
+T = TypeVar("T")
+
+DEFAULT_MAX_THREADS = 8
+"""Calls of one AsyncContextLedger that run at once, each in a thread."""
+
+
+def _in_thread(
+    method: Callable[Concatenate[ContextLedger, P], T],
+) -> Callable[Concatenate["AsyncContextLedger", P], Coroutine[Any, Any, T]]:
+    """The ledger's method as a coroutine that runs it in the pool, in the user's
+    turn (the ``user_id`` argument, first or by name, when it has one)."""
+
+    async def call(
+        owner: "AsyncContextLedger", /, *args: P.args, **kwargs: P.kwargs
+    ) -> T:
+        user = kwargs.get("user_id", args[0] if args else None)
+        ledger = await owner.opened()
+        bound = functools.partial(method, ledger, *args, **kwargs)
+        return await owner.run(bound, user if isinstance(user, str) else None)
+
+    call.__name__ = call.__qualname__ = method.__name__
+    call.__doc__ = method.__doc__
+    # What introspection (help(), IDEs) shows: the method's own parameters.
+    sync = inspect.signature(inspect.unwrap(method))
+    returns = sync.return_annotation
+    shown = sync.replace(return_annotation=f"Coroutine[{returns}]")
+    call.__signature__ = shown  # type: ignore[attr-defined]
+    return call
+
+
+class AsyncContextLedger:
+    """Every ``ContextLedger`` method as a coroutine of the same name, arguments
+    and result, plus ``changes()`` as an async iterator.
+
+    ``async with AsyncContextLedger.open(url) as ledger: ...`` (or ``await
+    ledger.aclose()``). Opening connects in a thread on first use.
+    """
+
+    def __init__(
+        self,
+        opener: Callable[[], ContextLedger],
+        *,
+        max_threads: int = DEFAULT_MAX_THREADS,
+    ) -> None:
+        self.max_threads = validation.positive_int(
+            "max_threads", max_threads, setting=True
+        )
+        self._opener = opener
+        self._ledger: ContextLedger | None = None
+        self._pool = ThreadPoolExecutor(
+            max_workers=self.max_threads, thread_name_prefix="ctxledger"
+        )
+        self._slots: asyncio.Semaphore | None = None
+        self._opening: asyncio.Lock | None = None
+        self._turns: dict[str, tuple[asyncio.Lock, int]] = {}
+
+    @classmethod
+    def open(
+        cls,
+        url: str | None = None,
+        *,
+        max_threads: int = DEFAULT_MAX_THREADS,
+        **options: Any,
+    ) -> Self:
+        """The ledger at ``url``, with the same options as ``ContextLedger.open``;
+        ``max_threads`` bounds the calls that run at once."""
+        return cls(
+            functools.partial(ContextLedger.open, url, **options),
+            max_threads=max_threads,
+        )
+
+    async def opened(self) -> ContextLedger:
+        """The synchronous ledger underneath, opened (in a thread) on first use."""
+        if self._ledger is not None:
+            return self._ledger
+        if self._opening is None:
+            self._opening = asyncio.Lock()
+        async with self._opening:
+            if self._ledger is None:
+                loop = asyncio.get_running_loop()
+                self._ledger = await loop.run_in_executor(self._pool, self._opener)
+        return self._ledger
+
+    async def run(self, call: Callable[[], T], user_id: str | None = None) -> T:
+        """Runs ``call`` in the pool, in ``user_id``'s turn if given."""
+        loop = asyncio.get_running_loop()
+        if self._slots is None:
+            self._slots = asyncio.Semaphore(self.max_threads)
+        slots = self._slots
+        turn = self._join(user_id)
+        try:
+            if turn is not None:
+                await turn.acquire()
+        except BaseException:  # cancelled while waiting: nothing ran
+            self._leave(user_id)
+            raise
+
+        def release(_: object = None) -> None:
+            if turn is not None:
+                turn.release()
+                self._leave(user_id)
+
+        try:
+            await slots.acquire()
+        except BaseException:  # cancelled while waiting: nothing ran
+            release()
+            raise
+        try:
+            future = loop.run_in_executor(self._pool, call)
+        except BaseException:
+            slots.release()
+            release()
+            raise
+        future.add_done_callback(lambda _: slots.release())
+        future.add_done_callback(release)
+        # Shielded: cancelling the caller does not stop the thread, and the turn
+        # and the slot are given back only when it is done.
+        return await asyncio.shield(future)
+
+    def _join(self, user_id: str | None) -> asyncio.Lock | None:
+        """The user's turn (a fair lock), counting one more call waiting for it."""
+        if user_id is None:
+            return None
+        lock, calls = self._turns.get(user_id, (asyncio.Lock(), 0))
+        self._turns[user_id] = (lock, calls + 1)
+        return lock
+
+    def _leave(self, user_id: str | None) -> None:
+        if user_id is None:
+            return
+        lock, calls = self._turns[user_id]
+        if calls <= 1:
+            del self._turns[user_id]
+        else:
+            self._turns[user_id] = (lock, calls - 1)
+
+    async def changes(
+        self, user_id: str | None = None, *, after: int | None = None
+    ) -> AsyncIterator[Change]:
+        """``(position, event)`` of every event stored after ``after`` (the head
+        when the iteration starts, if None), by any process, in log order, each
+        once; only ``user_id``'s when given. It waits on the loop between reads;
+        each read runs in the pool."""
+        ledger = await self.opened()
+        feed = await self.run(functools.partial(ledger.changes, user_id, after=after))
+        try:
+            while True:
+                head = feed.known_head()
+                if head > feed.position:
+                    for change in await self.run(functools.partial(feed.poll, head)):
+                        yield change
+                else:
+                    await asyncio.sleep(POLL_SECONDS)
+        finally:
+            feed.close()
+
+    async def aclose(self) -> None:
+        """Closes the ledger; calls still running in threads finish first."""
+        ledger, self._ledger = self._ledger, None
+        if ledger is not None:
+            loop = asyncio.get_running_loop()
+            await loop.run_in_executor(self._pool, ledger.close)
+        self._pool.shutdown(wait=False)
+
+    async def __aenter__(self) -> Self:
+        await self.opened()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.aclose()
+
+    open_context = _in_thread(ContextLedger.open_context)
+    update_context = _in_thread(ContextLedger.update_context)
+    clear_context = _in_thread(ContextLedger.clear_context)
+    clear_user = _in_thread(ContextLedger.clear_user)
+    expire_due = _in_thread(ContextLedger.expire_due)
+    get_context = _in_thread(ContextLedger.get_context)
+    active_contexts = _in_thread(ContextLedger.active_contexts)
+    history = _in_thread(ContextLedger.history)
+    contexts_as_of = _in_thread(ContextLedger.contexts_as_of)
+    context_history = _in_thread(ContextLedger.context_history)
+    verify_chain = _in_thread(ContextLedger.verify_chain)
+    chain_size = _in_thread(ContextLedger.chain_size)
+    export = _in_thread(ContextLedger.export)

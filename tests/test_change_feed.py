@@ -1,0 +1,196 @@
+"""The change feed: every event stored by any process, in log order, each once,
+from a position or from the head; one user's only when asked; it waits for an
+event that commits late instead of passing it; close() ends it."""
+
+import asyncio
+import multiprocessing
+import threading
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from ledger import (
+    AsyncContextLedger,
+    ChangeFeed,
+    ContextLedger,
+    InvalidContextInput,
+    LedgerEvent,
+)
+from tests.helpers import appends_held, held_backend
+
+Change = tuple[int, LedgerEvent]
+
+
+def _write(url: str, prefix: str, count: int) -> None:
+    with ContextLedger.open(url) as ledger:
+        for n in range(count):
+            ledger.open_context(f"{prefix}-{n % 3}", f"t{n % 2}")
+
+
+class _Collector(threading.Thread):
+    """Reads a feed in a thread until it ends."""
+
+    def __init__(self, feed: ChangeFeed) -> None:
+        super().__init__(daemon=True)
+        self.feed = feed
+        self.changes: list[Change] = []
+
+    def run(self) -> None:
+        for change in self.feed:
+            self.changes.append(change)
+
+    def wait_for(self, count: int, seconds: float = 30) -> list[Change]:
+        deadline = time.monotonic() + seconds
+        while len(self.changes) < count and time.monotonic() < deadline:
+            time.sleep(0.01)
+        return list(self.changes)
+
+
+@pytest.fixture
+def ledger(durable_url: str) -> Iterator[ContextLedger]:
+    with ContextLedger.open(durable_url) as opened:
+        yield opened
+
+
+def test_a_feed_gives_every_event_of_other_processes_in_log_order_once(
+    durable_url: str, ledger: ContextLedger
+) -> None:
+    ledger.open_context("before", "t")  # before the feed: not in it
+    with ledger.changes() as feed:
+        reader = _Collector(feed)
+        reader.start()
+        writers = [
+            multiprocessing.get_context("spawn").Process(
+                target=_write, args=(durable_url, f"p{i}", 30)
+            )
+            for i in range(3)
+        ]
+        for writer in writers:
+            writer.start()
+        for writer in writers:
+            writer.join(60)
+        seen = reader.wait_for(90)
+    reader.join(5)
+
+    assert not reader.is_alive()  # close() ended the iteration
+    positions = [position for position, _ in seen]
+    assert positions == sorted(set(positions))
+    assert len(seen) == 90
+    stored = [
+        (event.user_id, event.version)
+        for user in {event.user_id for _, event in seen}
+        for event in ledger.history(user)
+    ]
+    assert sorted((e.user_id, e.version) for _, e in seen) == sorted(stored)
+
+
+def test_a_users_feed_gives_only_that_users_events(ledger: ContextLedger) -> None:
+    with ledger.changes("alice") as feed:
+        for n in range(5):
+            ledger.open_context("alice", f"t{n}")
+            ledger.open_context("bob", f"t{n}")
+        ledger.clear_user("alice")
+        reader = _Collector(feed)
+        reader.start()
+        seen = reader.wait_for(10)
+
+    assert [event.kind for _, event in seen] == ["created"] * 5 + ["cleared"] * 5
+    assert {event.user_id for _, event in seen} == {"alice"}
+    assert [e.version for _, e in seen] == list(range(1, 11))
+
+
+def test_a_feed_starts_after_a_given_position(ledger: ContextLedger) -> None:
+    for n in range(6):
+        ledger.open_context("alice", f"t{n}")
+    all_of_it = ledger.changes(after=0).poll()
+    middle = all_of_it[2][0]
+
+    rest = ledger.changes(after=middle).poll()
+    alices = ledger.changes("alice", after=middle).poll()
+
+    assert [p for p, _ in rest] == [p for p, _ in all_of_it[3:]]
+    assert [p for p, _ in alices] == [p for p, _ in all_of_it[3:]]
+    assert [e.version for _, e in rest] == [4, 5, 6]
+
+
+def test_close_ends_a_waiting_feed(ledger: ContextLedger) -> None:
+    feed = ledger.changes()
+    reader = _Collector(feed)
+    reader.start()
+    time.sleep(0.2)
+
+    feed.close()
+    reader.join(2)
+
+    assert not reader.is_alive()
+    assert reader.changes == []
+
+
+@pytest.mark.parametrize("after", [-1, True, "0", 1.5])
+def test_a_bad_position_or_user_is_refused(ledger: ContextLedger, after: Any) -> None:
+    with pytest.raises(InvalidContextInput):
+        ledger.changes(after=after)
+    with pytest.raises(InvalidContextInput):
+        ledger.changes("none")
+
+
+@pytest.mark.postgres
+def test_a_feed_waits_for_an_event_that_commits_late(
+    postgres_url: str, application_name: str
+) -> None:
+    with (
+        ContextLedger.open(postgres_url) as writer,
+        ContextLedger.open(postgres_url) as reader,
+    ):
+        writer.open_context("zed", "t0")
+        with reader.changes() as feed:
+            collector = _Collector(feed)
+            collector.start()
+            with appends_held(postgres_url, "zed"):
+                held = threading.Thread(
+                    target=lambda: writer.open_context("zed", "late"), daemon=True
+                )
+                held.start()
+                held_backend(postgres_url, application_name)
+                writer.open_context("amy", "early")  # a later position, committed
+                time.sleep(0.5)
+                before_release = list(collector.changes)
+            held.join(30)
+            seen = collector.wait_for(2)
+
+    assert before_release == []  # it did not pass the held event
+    assert [(e.user_id, e.thread_id) for _, e in seen] == [
+        ("zed", "late"),
+        ("amy", "early"),
+    ]
+    assert seen[0][0] < seen[1][0]
+
+
+def test_the_async_feed_gives_a_users_events(durable_url: str) -> None:
+    async def scenario() -> list[Change]:
+        async with AsyncContextLedger.open(durable_url) as ledger:
+            seen: list[Change] = []
+
+            async def read() -> None:
+                async for change in ledger.changes("alice"):
+                    seen.append(change)
+                    if len(seen) == 3:
+                        return
+
+            reading = asyncio.create_task(read())
+            await asyncio.sleep(0.3)
+            for n in range(3):
+                await ledger.open_context("bob", f"t{n}")
+                await ledger.open_context("alice", f"t{n}")
+            await asyncio.wait_for(reading, 30)
+            return seen
+
+    seen = asyncio.run(scenario())
+
+    assert [(e.user_id, e.thread_id) for _, e in seen] == [
+        ("alice", "t0"),
+        ("alice", "t1"),
+        ("alice", "t2"),
+    ]
