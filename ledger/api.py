@@ -9,6 +9,7 @@ from typing import Any, Self
 
 from eventsourcing.persistence import PersistenceError
 
+from ledger import metrics
 from ledger.audit.chain import ChainReport
 from ledger.audit.export import ExportManifest, write_export
 from ledger.audit.history import History
@@ -96,6 +97,7 @@ class ContextLedger(StorageClient):
 
     # Commands.
 
+    @metrics.metered("open_context")
     def open_context(
         self,
         user_id: str,
@@ -136,6 +138,7 @@ class ContextLedger(StorageClient):
         )
         return _detached(opened)
 
+    @metrics.metered("update_context")
     def update_context(
         self,
         user_id: str,
@@ -161,6 +164,7 @@ class ContextLedger(StorageClient):
         )
         return _detached(updated)
 
+    @metrics.metered("clear_context")
     def clear_context(
         self,
         user_id: str,
@@ -181,6 +185,7 @@ class ContextLedger(StorageClient):
             repeat=lambda first: _ended(first, context_id=context),
         )
 
+    @metrics.metered("clear_user")
     def clear_user(
         self,
         user_id: str,
@@ -200,6 +205,7 @@ class ContextLedger(StorageClient):
         )
         return cleared
 
+    @metrics.metered("expire_due")
     def expire_due(self) -> int:
         """Records the expiry of every context past its time, for all users.
 

@@ -12,6 +12,7 @@ from eventsourcing.application import AggregateNotFoundError, Application
 from eventsourcing.persistence import IntegrityError, PersistenceError
 from eventsourcing.utils import Environment, get_topic
 
+from ledger import metrics
 from ledger.domain.contexts import (
     UserContexts,
     UserSnapshot,
@@ -111,6 +112,7 @@ class LedgerApplication(Application[UUID]):
             # Another writer's events, or ours from a try whose reply was lost.
             if not self._ours(events[0]):
                 raise
+        metrics.count_events(event.KIND for event in events)
         self.cache.offer(aggregate)
         if self.snapshots is not None and (
             aggregate.version // SNAPSHOT_INTERVAL > before // SNAPSHOT_INTERVAL

@@ -24,6 +24,7 @@ from uuid import uuid4
 
 from eventsourcing.persistence import IntegrityError
 
+from ledger import metrics
 from ledger.domain.contexts import UserContexts
 from ledger.domain.events import ContextEvent
 from ledger.errors import ConcurrencyConflict, LedgerError
@@ -79,6 +80,7 @@ class CommandRunner:
                         attempt=attempts,
                     )
                 except IntegrityError:
+                    metrics.count_retry()
                     pause = random.uniform(0, backoff)  # noqa: S311  (jitter)
                     if time.monotonic() + pause > deadline:
                         raise ConcurrencyConflict(user_id, attempts) from None

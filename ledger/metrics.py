@@ -1,0 +1,155 @@
+"""Prometheus figures of the ledger and its views, when ``prometheus-client`` is
+installed (``pip install 'ctxledger[metrics]'``); without it every function here
+does nothing.
+
+Recorded in the default registry (names as Prometheus exposes them):
+
+- ``ctxledger_commands_total{command, outcome}``: commands by name (open_context,
+  update_context, clear_context, clear_user, expire_due) and outcome: ``ok``,
+  ``refused`` (a LedgerError: bad input, not found, limit, conflict, corrupted)
+  or ``error`` (anything else, such as the database);
+- ``ctxledger_refusals_total{error}``: refused commands by error type;
+- ``ctxledger_events_appended_total{kind}``: events stored, by kind;
+- ``ctxledger_conflict_retries_total``: saves retried after another process won;
+- ``ctxledger_command_duration_seconds{command}``: a latency histogram;
+- ``ctxledger_view_position{view}``, ``ctxledger_view_head`` and
+  ``ctxledger_view_lag_events{view}``: where each view is, the log's head, and how
+  many events are stored after the view's position (set by ``record_views``).
+"""
+
+import functools
+import time
+from collections.abc import Callable, Iterable
+from typing import Any, ParamSpec, Protocol, TypeVar
+
+from ledger.errors import LedgerConfigError, LedgerError
+
+P = ParamSpec("P")
+T = TypeVar("T")
+
+prometheus_client: Any
+try:
+    import prometheus_client
+except ImportError:  # the metrics extra is not installed
+    prometheus_client = None
+
+LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0)
+
+
+class ViewFigures(Protocol):
+    """What ``record_views`` reads of a view's status."""
+
+    @property
+    def view(self) -> str: ...
+    @property
+    def position(self) -> int: ...
+    @property
+    def head(self) -> int: ...
+    @property
+    def lag(self) -> int: ...
+
+
+class _Figures:
+    def __init__(self, client: Any) -> None:
+        self.commands = client.Counter(
+            "ctxledger_commands",
+            "Commands of the ledger, by name and outcome.",
+            ["command", "outcome"],
+        )
+        self.refusals = client.Counter(
+            "ctxledger_refusals", "Refused commands, by error type.", ["error"]
+        )
+        self.events = client.Counter(
+            "ctxledger_events_appended", "Events stored, by kind.", ["kind"]
+        )
+        self.retries = client.Counter(
+            "ctxledger_conflict_retries",
+            "Saves retried because another process changed the user first.",
+        )
+        self.latency = client.Histogram(
+            "ctxledger_command_duration_seconds",
+            "How long commands take, by name.",
+            ["command"],
+            buckets=LATENCY_BUCKETS,
+        )
+        self.view_position = client.Gauge(
+            "ctxledger_view_position", "The last position each view applied.", ["view"]
+        )
+        self.view_head = client.Gauge(
+            "ctxledger_view_head", "The ledger log's head position."
+        )
+        self.view_lag = client.Gauge(
+            "ctxledger_view_lag_events",
+            "Events stored after each view's position.",
+            ["view"],
+        )
+
+
+_FIGURES = None if prometheus_client is None else _Figures(prometheus_client)
+
+
+def enabled() -> bool:
+    """Whether figures are recorded (prometheus-client is installed)."""
+    return _FIGURES is not None
+
+
+def metered(command: str) -> Callable[[Callable[P, T]], Callable[P, T]]:
+    """Counts and times each call of a command method."""
+
+    def decorate(method: Callable[P, T]) -> Callable[P, T]:
+        if _FIGURES is None:
+            return method
+        figures = _FIGURES
+
+        @functools.wraps(method)
+        def call(*args: P.args, **kwargs: P.kwargs) -> T:
+            started = time.perf_counter()
+            outcome = "error"
+            try:
+                result = method(*args, **kwargs)
+            except LedgerError as refused:
+                outcome = "refused"
+                figures.refusals.labels(type(refused).__name__).inc()
+                raise
+            else:
+                outcome = "ok"
+                return result
+            finally:
+                figures.commands.labels(command, outcome).inc()
+                figures.latency.labels(command).observe(time.perf_counter() - started)
+
+        return call
+
+    return decorate
+
+
+def count_events(kinds: Iterable[str]) -> None:
+    if _FIGURES is not None:
+        for kind in kinds:
+            _FIGURES.events.labels(kind).inc()
+
+
+def count_retry() -> None:
+    if _FIGURES is not None:
+        _FIGURES.retries.inc()
+
+
+def record_views(statuses: Iterable[ViewFigures]) -> None:
+    """Sets the views' gauges from ``Projections.status()``."""
+    if _FIGURES is None:
+        return
+    for status in statuses:
+        _FIGURES.view_position.labels(status.view).set(status.position)
+        _FIGURES.view_lag.labels(status.view).set(status.lag)
+        _FIGURES.view_head.set(status.head)
+
+
+def serve(port: int) -> None:
+    """Serves ``/metrics`` on ``port`` from a daemon thread; LedgerConfigError if
+    the metrics extra is not installed."""
+    if prometheus_client is None:
+        msg = (
+            "serving metrics needs prometheus-client: pip install 'ctxledger[metrics]'"
+        )
+        raise LedgerConfigError(msg)
+    prometheus_client.start_http_server(port)
