@@ -14,7 +14,6 @@ from prometheus_client import REGISTRY
 from ledger import ContextLedger, InvalidContextInput
 
 
-
 def _value(name: str, **labels: str) -> float:
     return REGISTRY.get_sample_value(name, labels) or 0.0
 
