@@ -3,7 +3,7 @@
 Everything a backend needs is importable from here; the rest is internal.
 """
 
-from ledger.aio import AsyncContextLedger
+from ledger.aio import AsyncChangeFeed, AsyncContextLedger
 from ledger.api import ContextLedger
 from ledger.audit.chain import ChainBreak, ChainReport, UserChain
 from ledger.audit.export import ExportFault, ExportManifest, ExportReport, verify_export
@@ -25,6 +25,7 @@ from ledger.store.feed import ChangeFeed
 __all__ = [
     "EVENT_KINDS",
     "PLACEHOLDERS",
+    "AsyncChangeFeed",
     "AsyncContextLedger",
     "ChainBreak",
     "ChainReport",

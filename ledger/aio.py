@@ -20,14 +20,15 @@ work that would block the loop in any case; one bounded pool keeps both off it.
 import asyncio
 import functools
 import inspect
-from collections.abc import AsyncIterator, Callable, Coroutine
+from collections import deque
+from collections.abc import Callable, Coroutine
 from concurrent.futures import ThreadPoolExecutor
 from types import TracebackType
 from typing import Any, Concatenate, ParamSpec, Self, TypeVar
 
 from ledger.api import ContextLedger
 from ledger.domain import validation
-from ledger.store.feed import POLL_SECONDS, Change
+from ledger.store.feed import POLL_SECONDS, Change, ChangeFeed
 
 P = ParamSpec("P")
 T = TypeVar("T")
@@ -166,25 +167,14 @@ class AsyncContextLedger:
         else:
             self._turns[user_id] = (lock, calls - 1)
 
-    async def changes(
+    def changes(
         self, user_id: str | None = None, *, after: int | None = None
-    ) -> AsyncIterator[Change]:
-        """``(position, event)`` of every event stored after ``after`` (the head
-        when the iteration starts, if None), by any process, in log order, each
-        once; only ``user_id``'s when given. It waits on the loop between reads;
-        each read runs in the pool."""
-        ledger = await self.opened()
-        feed = await self.run(functools.partial(ledger.changes, user_id, after=after))
-        try:
-            while True:
-                head = feed.known_head()
-                if head > feed.position:
-                    for change in await self.run(functools.partial(feed.poll, head)):
-                        yield change
-                else:
-                    await asyncio.sleep(POLL_SECONDS)
-        finally:
-            feed.close()
+    ) -> "AsyncChangeFeed":
+        """``(position, event)`` of every event stored after ``after``, by any
+        process, in log order, each once; only ``user_id``'s when given. With
+        ``after=None`` it starts at the log's head when ``async with`` is entered
+        (or the iteration starts)."""
+        return AsyncChangeFeed(self, user_id, after)
 
     async def aclose(self) -> None:
         """Closes the ledger; calls still running in threads finish first."""
@@ -219,3 +209,60 @@ class AsyncContextLedger:
     verify_chain = _in_thread(ContextLedger.verify_chain)
     chain_size = _in_thread(ContextLedger.chain_size)
     export = _in_thread(ContextLedger.export)
+
+
+class AsyncChangeFeed:
+    """The change feed on the event loop: it waits on the loop between reads, and
+    each read runs in the ledger's pool. ``async with`` starts it (reading the
+    head) and closes it; ``async for`` starts it if need be."""
+
+    def __init__(
+        self, ledger: AsyncContextLedger, user_id: str | None, after: int | None
+    ) -> None:
+        self._ledger = ledger
+        self._user_id = user_id
+        self._after = after
+        self._feed: ChangeFeed | None = None
+        self._ready: deque[Change] = deque()
+
+    async def start(self) -> None:
+        """Fixes where the feed starts (the head now, if ``after`` is None)."""
+        if self._feed is None:
+            ledger = await self._ledger.opened()
+            self._feed = await self._ledger.run(
+                functools.partial(ledger.changes, self._user_id, after=self._after)
+            )
+
+    def __aiter__(self) -> Self:
+        return self
+
+    async def __anext__(self) -> Change:
+        await self.start()
+        feed = self._feed
+        assert feed is not None  # noqa: S101  (start() set it)
+        while not self._ready:
+            if feed.closed:
+                raise StopAsyncIteration
+            head = feed.known_head()
+            if head > feed.position:
+                changes = await self._ledger.run(functools.partial(feed.poll, head))
+                self._ready.extend(changes)
+            else:
+                await asyncio.sleep(POLL_SECONDS)
+        return self._ready.popleft()
+
+    async def aclose(self) -> None:
+        if self._feed is not None:
+            self._feed.close()
+
+    async def __aenter__(self) -> Self:
+        await self.start()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.aclose()

@@ -12,6 +12,7 @@ import projections
 LEDGER_NAMES = {
     "EVENT_KINDS",
     "PLACEHOLDERS",
+    "AsyncChangeFeed",
     "AsyncContextLedger",
     "ChainBreak",
     "ChainReport",

@@ -15,10 +15,10 @@ def test_the_python_examples_run_in_order(
     blocks = [b.split("```", 1)[0] for b in README.read_text().split("```python\n")[1:]]
     monkeypatch.chdir(tmp_path)
 
-    for code in blocks:  # the quick start, then auditing on the same database
+    for code in blocks:  # in order: auditing reads the quick start's database
         exec(compile(code, str(README), "exec"), {})  # noqa: S102  (our own README)
 
-    assert len(blocks) == 2
+    assert len(blocks) == 4  # quick start, asyncio, the FastAPI app, auditing
     assert (tmp_path / "contexts.db").exists()
     assert (tmp_path / "user-42.jsonl").exists()
 
