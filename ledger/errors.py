@@ -11,6 +11,7 @@
     ├── StorageUnavailable (also ConnectionError)  the database failed
     └── ProjectionError                         a view cannot go on
         ├── UndecodableEvent                    a stored event cannot be decoded
+        ├── ViewCannotApply                     a view cannot apply an event
         ├── UnknownView (also ValueError)       no view of that name
         ├── ViewNotBuilt                        a reader asked a view never built
         └── ViewsNeedDurableStorage             memory:// keeps no tables for views

@@ -9,6 +9,7 @@ from projections.errors import (
     ProjectionError,
     UndecodableEvent,
     UnknownView,
+    ViewCannotApply,
     ViewNotBuilt,
     ViewsNeedDurableStorage,
 )
@@ -22,6 +23,7 @@ __all__ = [
     "Projections",
     "UndecodableEvent",
     "UnknownView",
+    "ViewCannotApply",
     "ViewNotBuilt",
     "ViewStatus",
     "ViewsNeedDurableStorage",

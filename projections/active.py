@@ -11,7 +11,7 @@ from typing import Any, ClassVar
 from ledger.domain.contexts import evolve_context
 from ledger.domain.events import ContextCreated
 from ledger.domain.models import Context
-from projections.errors import ProjectionError
+from ledger.errors import LedgerCorrupted
 from projections.store import Tx
 from projections.view import (
     ModelColumns,
@@ -41,17 +41,12 @@ class ActiveContextsView(View):
 
     def apply(self, tx: Tx, names: Names, events: Sequence[Positioned]) -> None:
         contexts = self._stored(tx, names, _needed(events))
-        for position, event in events:
-            try:
-                contexts[event.context_id] = evolve_context(
-                    contexts.get(event.context_id), event
-                )
-            except ValueError as error:
-                raise ProjectionError(
-                    f"the active contexts view cannot apply the event at position "
-                    f"{position}: {error}. The view no longer matches the ledger; "
-                    "run `ctxledger verify`, then `ctxledger rebuild active`"
-                ) from None
+        for _, event in events:
+            # A ValueError (an event that does not follow the stored row) stops
+            # the view with ViewCannotApply, naming the event (processing.py).
+            contexts[event.context_id] = evolve_context(
+                contexts.get(event.context_id), event
+            )
         table = names["active_contexts"]
         ended = [(cid,) for cid, context in contexts.items() if context is None]
         tx.run_many(f"DELETE FROM {table} WHERE context_id = ?", ended)
@@ -67,10 +62,15 @@ class ActiveContextsView(View):
         self, tx: Tx, names: Names, events: Iterable[Positioned]
     ) -> list[str]:
         expected: dict[str, Context | None] = {}
-        for _, event in events:
-            expected[event.context_id] = evolve_context(
-                expected.get(event.context_id), event
-            )
+        for position, event in events:
+            try:
+                expected[event.context_id] = evolve_context(
+                    expected.get(event.context_id), event
+                )
+            except ValueError as error:  # the ledger's own events do not replay
+                raise LedgerCorrupted(
+                    event.user_id, f"the event at position {position}: {error}"
+                ) from error
         actual = self.query(tx, names, "")
         return compare_rows(
             "context",

@@ -1,13 +1,15 @@
 """``Projections``: run, rebuild, check and query the views of one ledger."""
 
+import logging
 import threading
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import datetime
 from typing import Self
 
 from ledger.domain import validation
 from ledger.domain.models import Context, EventKind
+from ledger.errors import StorageUnavailable
 from ledger.store.application import LedgerApplication, open_application
 from ledger.store.backends import backend_for
 from ledger.store.failures import StorageClient, storage_failures
@@ -24,6 +26,12 @@ from projections.view import Generation, View, live_tables_exist
 
 DEFAULT_BATCH_SIZE = 1000
 DEFAULT_POLL_SECONDS = 0.2
+FIRST_RETRY_SECONDS = 0.5
+LONGEST_RETRY_SECONDS = 30.0
+MAX_ROWS = 2**63 - 1
+OnFailure = Callable[[StorageUnavailable, float], None]
+"""Called by ``follow`` with a database failure and the seconds until it retries."""
+_log = logging.getLogger(__name__)
 VIEW_NAMES = tuple(
     view.name for view in (ActiveContextsView, AuditView, ContinuityView)
 )
@@ -124,9 +132,35 @@ class Projections(StorageClient):
         *,
         poll_seconds: float = DEFAULT_POLL_SECONDS,
         on_batch: OnBatch | None = None,
-    ) -> None:
-        """Keeps the views up to date as events arrive, until ``stop`` is set."""
-        self._processor.follow(self._live(names), stop, poll_seconds, on_batch)
+        on_failure: OnFailure | None = None,
+    ) -> dict[str, int]:
+        """Keeps the views up to date as events arrive, until ``stop`` is set;
+        then each view's position as of the last poll that succeeded (none: {}).
+
+        It looks for new events every ``poll_seconds``, on every backend
+        (PostgreSQL appends send no NOTIFY). A failure of the database does not
+        end it: it is reported (``on_failure(error, pause)``, else a warning
+        logged) and processing goes on from the views' tracked positions after a
+        pause that doubles from 0.5 s up to 30 s while the failures go on. A data
+        problem ends it: UndecodableEvent, ViewCannotApply, LedgerCorrupted.
+        """
+        targets = self._live(names)
+        report = on_failure or _log_failure
+        pause = FIRST_RETRY_SECONDS
+        reached: dict[str, int] = {}
+        while not stop.is_set():
+            try:
+                with storage_failures(self.storage):
+                    head = self._reader.head()
+                    _, reached = self._processor.advance(targets, head, on_batch)
+            except StorageUnavailable as failure:
+                report(failure, pause)
+                stop.wait(pause)
+                pause = min(pause * 2, LONGEST_RETRY_SECONDS)
+                continue
+            pause = FIRST_RETRY_SECONDS
+            stop.wait(poll_seconds)
+        return reached
 
     def rebuild(
         self, names: Sequence[str] | None = None, *, on_batch: OnBatch | None = None
@@ -181,7 +215,8 @@ class Projections(StorageClient):
         self, user_id: str | None = None, *, limit: int = 1000
     ) -> list[Context]:
         """The user's active contexts (everyone's, up to ``limit``), oldest first."""
-        most = validation.positive_int("limit", limit)
+        # More rows than a 64-bit LIMIT can count is no limit at all.
+        most = min(validation.positive_int("limit", limit), MAX_ROWS)
         with self._store.reading() as tx:
             names = self._names(self._active)
             if user_id is None:
@@ -190,8 +225,10 @@ class Projections(StorageClient):
             return self._active.by_user(tx, names, user, most)
 
     def active_context(self, context_id: str) -> Context | None:
+        """The active context with this id (of any user), or None."""
+        checked = validation.identifier("context_id", context_id)
         with self._store.reading() as tx:
-            return self._active.by_context(tx, self._names(self._active), context_id)
+            return self._active.by_context(tx, self._names(self._active), checked)
 
     def count_active(self, user_id: str | None = None) -> int:
         user = _optional_user(user_id)
@@ -244,8 +281,14 @@ class Projections(StorageClient):
     # Checking.
 
     def verify(self, names: Sequence[str] | None = None) -> dict[str, list[str]]:
-        """Compares each view with a replay of the ledger up to the view's position;
-        the differences per view (empty lists when all are equal)."""
+        """Compares each view with a replay of the ledger; the differences per view
+        (empty lists when all are equal).
+
+        Rows are compared up to the view's position. A view whose position is
+        below the log's head (read first) is not equal to the ledger: its first
+        difference says how many events it is behind.
+        """
+        head = self.head()
         found: dict[str, list[str]] = {}
         for name in self._selected(names):
             view = self.views[name]
@@ -255,8 +298,19 @@ class Projections(StorageClient):
             with self._store.reading() as tx:
                 position = self._store.position(tx, Generation(name, rebuild=False).key)
                 events = self._reader.events(0, position, self._processor.batch_size)
-                found[name] = view.differences(tx, self._names(view), events)
+                rows = view.differences(tx, self._names(view), events)
+            found[name] = [*self._behind(position, head), *rows]
         return found
+
+    def _behind(self, position: int, head: int) -> list[str]:
+        if position >= head:
+            return []
+        lag = self._app.backend.count_after(self._app.recorder, position)
+        return [
+            f"behind the ledger by {lag} event(s): at position {position}, the head "
+            f"is {head}; run `ctxledger project` (if it stops, its error names the "
+            "event)"
+        ]
 
     def _names(self, view: View) -> dict[str, str]:
         """The view's live tables; ViewNotBuilt for a reader's view never built."""
@@ -267,11 +321,12 @@ class Projections(StorageClient):
     def _selected(self, names: Sequence[str] | None) -> list[str]:
         if not names:
             return list(self.views)
+        chosen = [names] if isinstance(names, str) else list(names)
         known = tuple(self.views)
-        for name in names:
-            if name not in self.views:
+        for name in chosen:
+            if not isinstance(name, str) or name not in self.views:
                 raise UnknownView(name, known)
-        return list(dict.fromkeys(names))
+        return list(dict.fromkeys(chosen))
 
     def _live(self, names: Sequence[str] | None) -> list[Target]:
         for name in self._selected(names):
@@ -285,3 +340,7 @@ class Projections(StorageClient):
 def _optional_user(user_id: str | None) -> str | None:
     """A user id to filter by, checked as the ledger checks it; None for all."""
     return None if user_id is None else validation.identifier("user_id", user_id)
+
+
+def _log_failure(failure: StorageUnavailable, pause: float) -> None:
+    _log.warning("%s; trying again in %g s", failure, pause)

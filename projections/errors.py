@@ -23,6 +23,28 @@ class UndecodableEvent(ProjectionError):
         )
 
 
+class ViewCannotApply(ProjectionError):
+    """The ``view`` cannot apply the stored event at ``position`` (of ``user_id``)
+    for a reason in the event's values or the view's rows, not an unreachable
+    database; the view stopped before it."""
+
+    _fields = ("view", "position", "user_id", "cause")
+
+    def __init__(self, view: str, position: int, user_id: str, cause: str) -> None:
+        self.view = view
+        self.position = position
+        self.user_id = user_id
+        self.cause = cause
+        super().__init__(
+            f"the {view} view cannot apply the event at position {position} (user "
+            f"{shorten(user_id)}): {' '.join(cause.split())[:300]}; the view stopped "
+            "before it, with the events before it applied and none after it. Run "
+            f"`ctxledger verify`, then `ctxledger rebuild {view}`; if the rebuild "
+            "stops at this event too, the view cannot keep its values: report the "
+            "position and this message"
+        )
+
+
 class UnknownView(ProjectionError, ValueError):
     """A view name that is not one of the views."""
 

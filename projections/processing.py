@@ -6,15 +6,20 @@ one's position. So a worker killed at any instant, two workers on one view, or a
 rebuild swapped in under a running worker never lose or repeat an event.
 """
 
-import threading
+import sqlite3
 from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
+import psycopg
+from eventsourcing.persistence import DataError, IntegrityError
+
+from projections.errors import ViewCannotApply
 from projections.reader import LogReader
-from projections.store import ViewStore
+from projections.store import Tx, ViewStore
 from projections.view import (
     Generation,
+    Names,
     Positioned,
     View,
     create_tables,
@@ -24,6 +29,29 @@ from projections.view import (
 
 OnBatch = Callable[[int], None]
 """Called after each batch with how far (in positions) the batch advanced."""
+
+DATA_ERRORS = (
+    DataError,  # the library's names for the drivers' errors below
+    IntegrityError,
+    psycopg.DataError,
+    psycopg.IntegrityError,
+    sqlite3.DataError,
+    sqlite3.IntegrityError,
+    ValueError,  # raised before the database: a value that does not convert
+    TypeError,
+    OverflowError,
+)
+"""Failures of a view's write that come from the values written (a value the column
+cannot hold, a row that contradicts the view), not from an unreachable database:
+trying again cannot help, so they stop the view with ViewCannotApply."""
+
+
+class _Unappliable(Exception):
+    """A batch failed with one of DATA_ERRORS; the event is found by ``_write``."""
+
+    def __init__(self, cause: BaseException) -> None:
+        super().__init__(f"{type(cause).__name__}: {cause}")
+        self.cause = cause
 
 
 @dataclass(frozen=True)
@@ -61,29 +89,76 @@ class Processor:
     def run(
         self, targets: Sequence[Target], up_to: int, on_batch: OnBatch | None = None
     ) -> Counter[str]:
-        """Brings every target up to position ``up_to``; counts events applied."""
+        """Brings every target up to position ``up_to``; counts events applied.
+
+        A target that cannot apply an event (ViewCannotApply) stops there; the
+        others go on to ``up_to``, then the first such error is raised (with the
+        others as notes).
+        """
+        return self.advance(targets, up_to, on_batch)[0]
+
+    def advance(
+        self, targets: Sequence[Target], up_to: int, on_batch: OnBatch | None = None
+    ) -> tuple[Counter[str], dict[str, int]]:
+        """``run``; also each target's position at the end, by view name."""
         positions = {target.key: self.position(target.key) for target in targets}
+        going = list(targets)
+        stopped: list[ViewCannotApply] = []
         applied: Counter[str] = Counter()
-        while (start := min(positions.values(), default=up_to)) < up_to:
+        while going and (start := min(positions[t.key] for t in going)) < up_to:
             batch = self.reader.batch(start, self.batch_size, up_to)
             if not batch:
                 break
-            for target in targets:
+            for target in list(going):
                 todo = [event for event in batch if event[0] > positions[target.key]]
-                if todo:
+                if not todo:
+                    continue
+                try:
                     positions[target.key], count = self._write(
                         target, todo, positions[target.key]
                     )
-                    applied[target.view.name] += count
+                except ViewCannotApply as error:
+                    stopped.append(error)
+                    going.remove(target)
+                    continue
+                applied[target.view.name] += count
             if on_batch is not None:
                 on_batch(batch[-1][0] - start)
-        return applied
+        if stopped:
+            for other in stopped[1:]:
+                stopped[0].add_note(str(other))
+            raise stopped[0]
+        return applied, {t.view.name: positions[t.key] for t in targets}
 
     def _write(
         self, target: Target, events: Sequence[Positioned], expected: int
     ) -> tuple[int, int]:
         """Applies the events the view has not applied yet; its new position and
-        how many were applied."""
+        how many were applied.
+
+        If the batch fails for its values, its events are applied again one per
+        transaction, so the ones before the culprit are kept, and the culprit
+        raises ViewCannotApply naming its position and user.
+        """
+        try:
+            return self._transaction(target, events, expected)
+        except _Unappliable as failure:
+            if len(events) == 1:
+                at, culprit = events[0]
+                raise ViewCannotApply(
+                    target.view.name, at, culprit.user_id, str(failure)
+                ) from failure.cause
+        position, count = expected, 0
+        for event in events:
+            reached, done = self._write(target, [event], position)
+            if reached < position:  # the view went back (reset): reread from there
+                return reached, count
+            position, count = reached, count + done
+        return position, count
+
+    def _transaction(
+        self, target: Target, events: Sequence[Positioned], expected: int
+    ) -> tuple[int, int]:
         with self.store.writing(target.key) as tx:
             stored = self.store.position(tx, target.key)
             if stored < expected:  # the view went back (reset): reread from there
@@ -92,7 +167,7 @@ class Processor:
             if not todo:
                 return stored, 0
             names = target.view.names(tx.dialect, target.generation)
-            target.view.apply(tx, names, todo)
+            _apply(target.view, tx, names, todo)
             self.store.track(tx, target.key, todo[-1][0])
             return todo[-1][0], len(todo)
 
@@ -113,36 +188,38 @@ class Processor:
     def _swap(self, target: Target) -> int:
         """Applies the last events to the rebuild and renames it into place, all
         while holding the live view's lock, so no live write falls in between."""
-        live = Generation(target.view.name, rebuild=False)
-        names = target.view.names(self.store.dialect, target.generation)
         # Read before the transaction: on PostgreSQL the head waits for every
         # older transaction, and this one may take a transaction id.
         head = self.reader.head()
+        try:
+            return self._swap_at(target, head)
+        except _Unappliable:
+            # The last events, one per transaction: ViewCannotApply names the
+            # culprit; if none fails alone, the tail is applied and the swap is
+            # tried once more, with nothing left to apply.
+            applied = self.run([target], head)[target.view.name]
+            return applied + self._swap_at(target, head)
+
+    def _swap_at(self, target: Target, head: int) -> int:
+        live = Generation(target.view.name, rebuild=False)
+        names = target.view.names(self.store.dialect, target.generation)
         with self.store.writing(live.key) as tx:
             tx.dialect.lock(tx.cursor, target.key)  # always after the live lock
             position = self.store.position(tx, target.key)
             tail = list(self.reader.events(position, head, self.batch_size))
             for start in range(0, len(tail), self.batch_size):
-                target.view.apply(tx, names, tail[start : start + self.batch_size])
+                _apply(target.view, tx, names, tail[start : start + self.batch_size])
             if tail:
                 self.store.track(tx, target.key, tail[-1][0])
             swap_in_rebuild(tx, target.view)
             self.store.move_tracking(tx, target.key, live.key)
         return len(tail)
 
-    def follow(
-        self,
-        targets: Sequence[Target],
-        stop: threading.Event,
-        poll_seconds: float,
-        on_batch: OnBatch | None = None,
-    ) -> None:
-        """Keeps the targets up to date until ``stop`` is set, looking for new
-        events every ``poll_seconds``.
 
-        It polls on every backend: PostgreSQL appends send no NOTIFY, which would
-        make writers commit one at a time.
-        """
-        while not stop.is_set():
-            self.run(targets, self.reader.head(), on_batch)
-            stop.wait(poll_seconds)
+def _apply(view: View, tx: Tx, names: Names, events: Sequence[Positioned]) -> None:
+    """``view.apply``; a failure for the values written becomes _Unappliable (the
+    transaction it leaves is rolled back)."""
+    try:
+        view.apply(tx, names, events)
+    except DATA_ERRORS as error:
+        raise _Unappliable(error) from error

@@ -5,6 +5,7 @@ beside them and renames those into place in one transaction.
 """
 
 import functools
+import json
 import secrets
 import types
 import typing
@@ -68,9 +69,10 @@ class ModelColumns(Generic[M]):
         return [_sql_kind(f.annotation) for f in self.model.model_fields.values()]
 
     def ddl(self) -> str:
-        """The column definitions, types in braces for the dialect."""
+        """The column definitions, types in braces for the dialect (JSON values
+        are kept as text: see ``_param``)."""
         return ", ".join(
-            f"{name} {{{kind}}}"
+            f"{name} {{{'text' if kind == 'json' else kind}}}"
             + (" PRIMARY KEY" if name == self.key else "" if nullable else " NOT NULL")
             for name, (kind, nullable) in zip(self.names, self._kinds, strict=True)
         )
@@ -92,15 +94,27 @@ class ModelColumns(Generic[M]):
 
 
 def _param(dialect: Dialect, kind: str, value: Any) -> Any:
+    """A value as a view stores it.
+
+    A JSON value (metadata, an event's details) is stored as the JSON text Python
+    writes, in a text column on every backend: that text escapes NUL as \\u0000
+    and keeps each number and key order as written, so it reads back equal to
+    what the ledger holds. PostgreSQL's jsonb would not: it refuses \\u0000 and
+    turns 1e308 into a 309-digit integer.
+    """
     if kind == "time":
         return dialect.time_param(value)
-    return dialect.json_param(value) if kind == "json" else value
+    return json.dumps(value, ensure_ascii=False) if kind == "json" else value
 
 
 def _stored(dialect: Dialect, kind: str, value: Any) -> Any:
     if kind == "time":
         return dialect.time_value(value)
-    return dialect.json_value(value) if kind == "json" else value
+    if kind == "json":
+        # Text; a jsonb column of a view built by an older release reads as a
+        # dict already (its ``ctxledger rebuild`` makes it text).
+        return json.loads(value) if isinstance(value, str) else value
+    return value
 
 
 @dataclass(frozen=True)

@@ -44,6 +44,7 @@ PROJECTIONS_NAMES = {
     "Projections",
     "UndecodableEvent",
     "UnknownView",
+    "ViewCannotApply",
     "ViewStatus",
     "ViewNotBuilt",
     "ViewsNeedDurableStorage",

@@ -6,7 +6,6 @@ beside the events, the tracking table, how far the log may be read (its safe hea
 and the few queries the library has no call for.
 """
 
-import json
 import re
 import sqlite3
 from collections.abc import Iterator
@@ -25,7 +24,6 @@ from eventsourcing.persistence import (
 from eventsourcing.postgres import PostgresTrackingRecorder
 from eventsourcing.sqlite import SQLiteTrackingRecorder
 from psycopg import sql
-from psycopg.types.json import Jsonb
 
 from ledger.store.postgres_log import (
     CONNECT_TIMEOUT_SETTING,
@@ -50,8 +48,6 @@ class Dialect(Protocol):
     def statement(self, text: str) -> str: ...
     def time_param(self, at: datetime | None) -> Any: ...
     def time_value(self, stored: Any) -> datetime | None: ...
-    def json_param(self, value: Any) -> Any: ...
-    def json_value(self, stored: Any) -> Any: ...
     def lock(self, cursor: Any, key: str) -> None: ...
     def snapshot(self, cursor: Any) -> None: ...
     def row(self, stored: Any) -> tuple[Any, ...]: ...
@@ -65,18 +61,12 @@ def checked_identifier(name: str) -> str:
     return name
 
 
-def json_text(value: Any) -> str:
-    """The compact, key-sorted JSON text of a value."""
-    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
-
-
 class SQLiteDialect:
     # Times are ISO 8601 text in UTC with microseconds, so they sort as text.
     types: ClassVar[dict[str, str]] = {
         "text": "TEXT",
         "int": "INTEGER",
         "real": "REAL",
-        "json": "TEXT",
         "time": "TEXT",
     }
 
@@ -91,12 +81,6 @@ class SQLiteDialect:
 
     def time_value(self, stored: Any) -> datetime | None:
         return None if stored is None else datetime.fromisoformat(stored)
-
-    def json_param(self, value: Any) -> str:
-        return json_text(value)
-
-    def json_value(self, stored: Any) -> Any:
-        return json.loads(stored)
 
     def lock(self, cursor: Any, key: str) -> None:
         # A write as the transaction's first statement takes SQLite's write lock
@@ -125,7 +109,6 @@ class PostgresDialect:
         "text": "TEXT",
         "int": "BIGINT",
         "real": "DOUBLE PRECISION",
-        "json": "JSONB",
         "time": "TIMESTAMPTZ",
     }
 
@@ -143,12 +126,6 @@ class PostgresDialect:
 
     def time_value(self, stored: Any) -> datetime | None:
         return None if stored is None else stored.astimezone(UTC)
-
-    def json_param(self, value: Any) -> Jsonb:
-        return Jsonb(value)
-
-    def json_value(self, stored: Any) -> Any:
-        return stored
 
     def lock(self, cursor: Any, key: str) -> None:
         cursor.execute(

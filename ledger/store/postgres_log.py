@@ -91,6 +91,10 @@ class SafeHeadTimeout(PersistenceError):
     """Transactions that began before a read of the log stayed open too long."""
 
 
+class NoConnection(PersistenceError):
+    """The pool gave no connection within its timeout (not tried again)."""
+
+
 class AppendNotSent(OperationalError):
     """The pool gave no connection, so nothing of the append reached the server."""
 
@@ -185,22 +189,32 @@ class ParallelPostgresRecorder(PostgresApplicationRecorder):
         below it is stored for good or will never be. 0 for an empty log.
 
         The last event stored now, once every transaction that began before this
-        call has ended (SafeHeadTimeout after ``timeout`` seconds).
+        call has ended (SafeHeadTimeout after ``timeout`` seconds). A closed
+        connection is tried again; a pool that gives no connection (it already
+        waited ``pool_timeout``) is not (NoConnection).
         """
-        with self.datastore.get_connection() as conn:  # autocommit
-            self._check_sequence(conn)
-            head = _fetch(conn, self.max_notification_id_statement)["max"]
-            if head is None:
-                return 0
-            own = _fetch(conn, _TAKE_XID)["xid"]  # committed at once
-            deadline = time.monotonic() + timeout
-            pause = _FIRST_PAUSE
-            while not _fetch(conn, _OLDER_ENDED, own)["ended"]:
-                if time.monotonic() >= deadline:
-                    raise SafeHeadTimeout(_waited_for(conn, own, timeout))
-                time.sleep(pause)
-                pause = min(pause * 2, _LONGEST_PAUSE)
-            return int(head)
+        try:
+            with self.datastore.get_connection() as conn:  # autocommit
+                return self._safe_head(conn, timeout)
+        except (InterfaceError, OperationalError) as error:
+            if isinstance(error.__cause__, _POOL_REFUSALS):
+                raise NoConnection(str(error)) from error
+            raise
+
+    def _safe_head(self, conn: Connection[DictRow], timeout: float) -> int:
+        self._check_sequence(conn)
+        head = _fetch(conn, self.max_notification_id_statement)["max"]
+        if head is None:
+            return 0
+        own = _fetch(conn, _TAKE_XID)["xid"]  # committed at once
+        deadline = time.monotonic() + timeout
+        pause = _FIRST_PAUSE
+        while not _fetch(conn, _OLDER_ENDED, own)["ended"]:
+            if time.monotonic() >= deadline:
+                raise SafeHeadTimeout(_waited_for(conn, own, timeout))
+            time.sleep(pause)
+            pause = min(pause * 2, _LONGEST_PAUSE)
+        return int(head)
 
     def _check_sequence(self, conn: Connection[DictRow]) -> None:
         """Refuses a notification id sequence that caches ids: a session's cached

@@ -11,7 +11,7 @@ from typing import Any
 
 import click
 
-from ledger import EVENT_KINDS
+from ledger import EVENT_KINDS, StorageUnavailable
 from projections import VIEW_NAMES, Projections
 from projections.api import DEFAULT_BATCH_SIZE
 from projections.models import AuditRow
@@ -76,8 +76,12 @@ def project(url: str, follow: bool, batch_size: int) -> None:
         stop = threading.Event()
         with _stopping_on_signals(stop):
             render.note(f"following {url}; Ctrl-C or SIGTERM stops")
-            views.follow(stop)
-        render.line(f"stopped at position {min(s.position for s in views.status())}")
+            reached = views.follow(stop, on_failure=_report_failure)
+        # Not read again: the database may be the reason it was stopped.
+        if reached:
+            render.line(f"stopped at position {min(reached.values())}")
+        else:
+            render.line("stopped before the views could be read")
 
 
 @click.command()
@@ -263,7 +267,10 @@ def verify(url: str, chain: bool, user_id: str | None, as_json: bool) -> None:
         for difference in differences:
             render.line(f"  {difference}")
     if any(found.values()):
-        render.note("Rebuild the differing views: ctxledger rebuild VIEW")
+        render.note(
+            "Bring views that are behind up to date with `ctxledger project`; "
+            "rebuild views whose rows differ: ctxledger rebuild VIEW"
+        )
         sys.exit(1)
 
 
@@ -282,6 +289,11 @@ def _warn_if_behind(views: Projections, name: str) -> None:
                 f"the {name} view is {row.lag} event(s) behind the ledger: "
                 "run `ctxledger project` to bring it up to date"
             )
+
+
+def _report_failure(failure: StorageUnavailable, pause: float) -> None:
+    """One line on stderr per database failure while following."""
+    render.note(f"{type(failure).__name__}: {failure}; trying again in {pause:g} s")
 
 
 def _applied_line(applied: dict[str, int]) -> str:
