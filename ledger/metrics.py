@@ -152,4 +152,8 @@ def serve(port: int) -> None:
             "serving metrics needs prometheus-client: pip install 'ctxledger[metrics]'"
         )
         raise LedgerConfigError(msg)
-    prometheus_client.start_http_server(port)
+    try:
+        prometheus_client.start_http_server(port)
+    except OSError as error:
+        msg = f"cannot serve metrics on port {port}: {error}; choose a free port"
+        raise LedgerConfigError(msg) from error

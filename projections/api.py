@@ -2,11 +2,13 @@
 
 import logging
 import threading
+import time
 from collections import Counter
 from collections.abc import Callable, Sequence
 from datetime import datetime
 from typing import Self
 
+from ledger import metrics
 from ledger.domain import validation
 from ledger.domain.models import Context, EventKind
 from ledger.errors import StorageUnavailable
@@ -28,6 +30,8 @@ DEFAULT_BATCH_SIZE = 1000
 DEFAULT_POLL_SECONDS = 0.2
 FIRST_RETRY_SECONDS = 0.5
 LONGEST_RETRY_SECONDS = 30.0
+FIGURES_SECONDS = 1.0
+"""How often ``follow`` sets the views' metrics (status() counts the lag)."""
 MAX_ROWS = 2**63 - 1
 OnFailure = Callable[[StorageUnavailable, float], None]
 """Called by ``follow`` with a database failure and the seconds until it retries."""
@@ -123,6 +127,8 @@ class Projections(StorageClient):
     ) -> dict[str, int]:
         """Applies every event stored now to the views; how many each applied."""
         applied = self._processor.run(self._live(names), self.head(), on_batch)
+        if metrics.enabled():
+            metrics.record_views(self.status())
         return {name: applied[name] for name in self._selected(names)}
 
     def follow(
@@ -148,11 +154,15 @@ class Projections(StorageClient):
         report = on_failure or _log_failure
         pause = FIRST_RETRY_SECONDS
         reached: dict[str, int] = {}
+        figures_due = 0.0
         while not stop.is_set():
             try:
                 with storage_failures(self.storage):
                     head = self._reader.head()
                     _, reached = self._processor.advance(targets, head, on_batch)
+                    if metrics.enabled() and time.monotonic() >= figures_due:
+                        metrics.record_views(self.status())
+                        figures_due = time.monotonic() + FIGURES_SECONDS
             except StorageUnavailable as failure:
                 report(failure, pause)
                 stop.wait(pause)

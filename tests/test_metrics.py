@@ -3,8 +3,12 @@ conflict retries and latency; the views' position, head and lag; /metrics from
 ``ctxledger project --follow --metrics-port``. Without prometheus-client nothing
 changes and nothing fails."""
 
+import signal
+import socket
 import subprocess
 import sys
+import time
+import urllib.request
 from collections.abc import Callable
 from pathlib import Path
 
@@ -12,6 +16,8 @@ import pytest
 from prometheus_client import REGISTRY
 
 from ledger import ContextLedger, InvalidContextInput
+from projections import Projections
+from tests.helpers import CTXLEDGER, run
 
 
 def _value(name: str, **labels: str) -> float:
@@ -102,3 +108,87 @@ except LedgerConfigError as error:
 
     assert done.returncode == 0, done.stderr
     assert "pip install 'ctxledger[metrics]'" in done.stdout
+
+
+def test_the_views_record_position_head_and_lag(durable_url: str) -> None:
+    with ContextLedger.open(durable_url) as ledger:
+        for n in range(5):
+            ledger.open_context("alice", f"t{n}")
+        with Projections.open(durable_url) as views:
+            views.catch_up()
+            head = views.head()
+            ledger.open_context("alice", "later")
+            views.catch_up(["audit"])
+
+    assert _value("ctxledger_view_position", view="audit") == views_head(durable_url)
+    assert _value("ctxledger_view_position", view="active") == head
+    assert _value("ctxledger_view_lag_events", view="active") == 1
+    assert _value("ctxledger_view_lag_events", view="audit") == 0
+    assert _value("ctxledger_view_head") == views_head(durable_url)
+
+
+def views_head(url: str) -> float:
+    with Projections.open(url) as views:
+        return float(views.head())
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port: int = probe.getsockname()[1]
+        return port
+
+
+def test_project_follow_serves_metrics(sqlite_url: str, tmp_path: Path) -> None:
+    with ContextLedger.open(sqlite_url) as ledger:
+        ledger.open_context("alice", "t")
+    port = _free_port()
+    worker = subprocess.Popen(
+        [
+            CTXLEDGER,
+            "--db",
+            sqlite_url,
+            "project",
+            "--follow",
+            "--metrics-port",
+            str(port),
+        ],
+        cwd=tmp_path,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        page = ""
+        deadline = time.monotonic() + 30
+        while "ctxledger_view_position" not in page and time.monotonic() < deadline:
+            try:
+                with urllib.request.urlopen(
+                    f"http://127.0.0.1:{port}/metrics", timeout=1
+                ) as answer:
+                    page = answer.read().decode()
+            except OSError:
+                time.sleep(0.2)
+    finally:
+        worker.send_signal(signal.SIGTERM)
+        _, err = worker.communicate(timeout=20)
+
+    assert 'ctxledger_view_position{view="audit"} 1.0' in page, page
+    assert 'ctxledger_view_lag_events{view="active"} 0.0' in page
+    assert worker.returncode == 0, err
+
+
+def test_metrics_on_a_port_in_use_is_a_clear_error(
+    sqlite_url: str, tmp_path: Path
+) -> None:
+    with socket.socket() as taken:
+        taken.bind(("0.0.0.0", 0))  # noqa: S104  (the port the server would bind)
+        taken.listen()
+        port = taken.getsockname()[1]
+        done = run(
+            "--db", sqlite_url, "project", "--metrics-port", str(port), cwd=tmp_path
+        )
+
+    assert done.returncode == 1
+    assert "cannot serve metrics on port" in done.stderr
+    assert "Traceback" not in done.stderr

@@ -11,7 +11,7 @@ from typing import Any
 
 import click
 
-from ledger import EVENT_KINDS, StorageUnavailable
+from ledger import EVENT_KINDS, StorageUnavailable, metrics
 from projections import VIEW_NAMES, Projections
 from projections.api import DEFAULT_BATCH_SIZE
 from projections.models import AuditRow
@@ -63,11 +63,20 @@ def register(main: click.Group) -> None:
 @click.option(
     "--follow", is_flag=True, help="Keep going as events arrive (Ctrl-C stops)."
 )
+@click.option(
+    "--metrics-port",
+    type=click.IntRange(1, 65535),
+    metavar="PORT",
+    help="Serve Prometheus metrics at /metrics on PORT (needs ctxledger[metrics]).",
+)
 @BATCH_OPTION
 @click.pass_obj
 @reports_ledger_errors
-def project(url: str, follow: bool, batch_size: int) -> None:
+def project(url: str, follow: bool, metrics_port: int | None, batch_size: int) -> None:
     """Apply the ledger's new events to all views (catch up, or follow)."""
+    if metrics_port is not None:
+        metrics.serve(metrics_port)
+        render.note(f"serving metrics at http://0.0.0.0:{metrics_port}/metrics")
     with Projections.open(url, batch_size=batch_size) as views:
         if not follow:
             applied = caught_up(views, "catching up")
