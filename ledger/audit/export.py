@@ -10,7 +10,9 @@ that the next event's ``prev_hash`` holds. The last line is the manifest::
 ``head_hash`` is the hash of the last event line; record it elsewhere and even a
 rewrite of the whole file shows. ``verify_export`` detects an edited, deleted or
 reordered line: every line must be canonical, each event must link to the one
-before, and the manifest must match what the file holds.
+before, and the manifest must match what the file holds. Whatever bytes the
+file holds, the answer is a report; only a path that names no readable regular
+file raises (InvalidContextInput).
 """
 
 import json
@@ -33,9 +35,14 @@ from ledger.audit.chain import (
 )
 from ledger.domain.hashing import GENESIS_HASH, canonical_encoding, record_hash
 from ledger.domain.models import LedgerEvent, UtcDatetime
-from ledger.errors import InvalidContextInput
+from ledger.errors import InvalidContextInput, shorten
 
 FORMAT = "ctxledger-export/1"
+MAX_DEPTH = 64
+"""Deepest nesting of a line's containers; an event's is about 11 (its metadata
+at most 8), and deeper ones would exhaust the recursion limit in encoders."""
+_INT64 = 2**63
+_INT64_DIGITS = len(str(-_INT64))
 
 
 class ExportManifest(BaseModel):
@@ -92,7 +99,7 @@ class ExportReport(BaseModel):
 
 
 def write_export(
-    path: Path,
+    path: str | os.PathLike[str],
     events: Iterable[LedgerEvent],
     *,
     user_id: str,
@@ -125,34 +132,79 @@ def write_export(
     return manifest
 
 
-def writable(path: Path | str) -> tuple[Path, Path]:
-    """The file and its folder; InvalidContextInput if it cannot be written there."""
-    target = Path(path)
-    if target.is_dir():
+def file_path(path: object, field: str = "path") -> Path:
+    """``path`` (a str or path-like of str) as a Path; InvalidContextInput if it is
+    of another type, empty, or holds a NUL character (no file can be named so)."""
+    text = os.fspath(path) if isinstance(path, str | os.PathLike) else None
+    if not isinstance(text, str):
         raise InvalidContextInput(
-            "out", str(path), "is a folder", "give the path of a file to write"
+            field, path, "is not a path", "pass the file's path as a str or a Path"
         )
-    folder = target.parent if str(target.parent) else Path()
-    if not folder.is_dir():
+    if not text:
+        raise InvalidContextInput(field, text, "is empty", "give the path of a file")
+    if "\x00" in text:
         raise InvalidContextInput(
-            "out", str(path), "is in a folder that does not exist", "create it first"
+            field, text, "holds a NUL character", "remove it from the file's path"
+        )
+    return Path(text)
+
+
+def writable(path: object, field: str = "path") -> tuple[Path, Path]:
+    """The file and its folder; InvalidContextInput if it cannot be written there."""
+    target = file_path(path, field)
+    folder = target.parent
+    folder_mode = _mode(folder, target, field)
+    if folder_mode is None:
+        raise InvalidContextInput(
+            field, str(target), "is in a folder that does not exist", "create it first"
+        )
+    if not stat.S_ISDIR(folder_mode):
+        raise InvalidContextInput(
+            field,
+            str(target),
+            f"is in {shorten(str(folder))}, which is not a folder",
+            "choose a file in a folder",
+        )
+    mode = _mode(target, target, field)
+    if mode is not None and stat.S_ISDIR(mode):
+        raise InvalidContextInput(
+            field, str(target), "is a folder", "give the path of a file to write"
+        )
+    if mode is not None and not stat.S_ISREG(mode):
+        # Renaming over it would replace a device, a pipe or a socket with a file.
+        raise InvalidContextInput(
+            field,
+            str(target),
+            "is not a regular file (a device, pipe or socket)",
+            "give the path of a regular file to write or replace",
         )
     return target, folder
 
 
+def _mode(path: Path, target: Path, field: str) -> int | None:
+    """The mode of ``path`` (symbolic links followed); None if there is none."""
+    try:
+        return path.stat().st_mode
+    except (FileNotFoundError, NotADirectoryError):
+        return None
+    except OSError as error:
+        raise _unwritable(target, error, field) from None
+
+
 @contextmanager
-def replaced_whole(path: Path | str) -> Iterator[BinaryIO]:
+def replaced_whole(path: object, field: str = "path") -> Iterator[BinaryIO]:
     """A file to write that replaces ``path`` only once the body has finished.
 
-    A new file gets the mode any new file gets (0666 less the umask); a file
-    replaced keeps its mode.
+    On any failure the temporary file is removed and the target left as it was;
+    an OSError becomes InvalidContextInput. A new file gets the mode any new
+    file gets (0666 less the umask); a file replaced keeps its mode.
     """
-    target, folder = writable(path)
+    target, folder = writable(path, field)
     temporary = folder / f".{target.name}.{secrets.token_hex(8)}.part"
     try:
         descriptor = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
     except OSError as error:
-        raise _unwritable(path, error) from error
+        raise _unwritable(target, error, field, creating_in=folder) from None
     try:
         with os.fdopen(descriptor, "wb") as handle:
             _keep_mode_of(target, descriptor)
@@ -163,15 +215,18 @@ def replaced_whole(path: Path | str) -> Iterator[BinaryIO]:
     except BaseException as error:
         temporary.unlink(missing_ok=True)
         if isinstance(error, OSError):
-            raise _unwritable(path, error) from error
+            raise _unwritable(target, error, field) from error
         raise
 
 
-def _unwritable(path: Path | str, error: OSError) -> InvalidContextInput:
+def _unwritable(
+    target: Path, error: OSError, field: str, creating_in: Path | None = None
+) -> InvalidContextInput:
+    where = "" if creating_in is None else f" (no file can be created in {creating_in})"
     return InvalidContextInput(
-        "out",
-        str(path),
-        f"cannot be written: {error.strerror or error}",
+        field,
+        str(target),
+        f"cannot be written: {error.strerror or error}{where}",
         "choose a file in a folder you may write to, on a disk with room; "
         "nothing was written",
     )
@@ -190,11 +245,47 @@ def _manifest_line(manifest: ExportManifest) -> bytes:
     return canonical_encoding({"manifest": manifest.model_dump(mode="json")})
 
 
-def verify_export(path: Path | str) -> ExportReport:
-    """Checks an export file offline; the report says where it first fails."""
-    data = Path(path).read_bytes()
-    checker = _Checker(str(path))
-    return checker.run(data)
+def verify_export(path: str | os.PathLike[str]) -> ExportReport:
+    """Checks an export file offline; the report says where it first fails.
+
+    Whatever the file holds, the answer is a report; a path that names no
+    readable file raises InvalidContextInput.
+    """
+    source = file_path(path)
+    checker = _Checker(str(source))
+    return checker.run(_read(source))
+
+
+def _read(path: Path) -> bytes:
+    try:
+        # Non-blocking, so that a pipe put at the path cannot stall the check.
+        descriptor = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+    except FileNotFoundError:
+        raise _unreadable(path, "does not exist") from None
+    except OSError as error:
+        raise _unreadable(path, f"cannot be read: {error.strerror or error}") from None
+    try:
+        mode = os.fstat(descriptor).st_mode
+        if stat.S_ISDIR(mode):
+            raise _unreadable(path, "is a folder")
+        if not stat.S_ISREG(mode):
+            raise _unreadable(path, "is not a regular file (a device, pipe or socket)")
+        with os.fdopen(descriptor, "rb", closefd=False) as handle:
+            return handle.read()
+    except OSError as error:
+        raise _unreadable(path, f"cannot be read: {error.strerror or error}") from None
+    finally:
+        os.close(descriptor)
+
+
+def _unreadable(path: Path, problem: str) -> InvalidContextInput:
+    return InvalidContextInput(
+        "path",
+        str(path),
+        problem,
+        "give the path of an export file that you may read (ctxledger export "
+        "writes one)",
+    )
 
 
 class _Fault(Exception):
@@ -303,13 +394,22 @@ def _fail(line: int, version: int | None, fault: Fault, detail: str) -> NoReturn
 def _parse(number: int, raw: bytes) -> dict[str, Any]:
     try:
         record = json.loads(
-            raw.decode("utf-8"), parse_constant=_no_constant, parse_float=_finite
+            raw.decode("utf-8"),
+            parse_constant=_no_constant,
+            parse_float=_finite,
+            parse_int=_int64,
         )
-    except (UnicodeDecodeError, ValueError, RecursionError) as error:
+    except (ValueError, RecursionError) as error:  # UnicodeDecodeError included
         _fail(number, None, "altered", f"the line is not JSON: {error}")
     if not isinstance(record, dict):
         _fail(number, None, "altered", "the line is not a JSON object")
-    if canonical_encoding(record) != raw:
+    if _depth(record) > MAX_DEPTH:
+        _fail(number, None, "altered", f"the line nests deeper than {MAX_DEPTH}")
+    try:
+        canonical = canonical_encoding(record)
+    except ValueError as error:  # a lone surrogate, such as "\\ud800"
+        _fail(number, None, "altered", f"the line cannot be encoded: {error}")
+    if canonical != raw:
         _fail(number, None, "altered", "the line is not in the canonical encoding")
     return record
 
@@ -317,7 +417,16 @@ def _parse(number: int, raw: bytes) -> dict[str, Any]:
 def _finite(text: str) -> float:
     number = float(text)
     if not math.isfinite(number):
-        msg = f"{text} is out of range"
+        msg = f"{shorten(text)} is out of range"
+        raise ValueError(msg)
+    return number
+
+
+def _int64(text: str) -> int:
+    # Checked by length first: int() of thousands of digits is slow, then refused.
+    number = int(text) if len(text) <= _INT64_DIGITS else None
+    if number is None or not -_INT64 <= number < _INT64:
+        msg = f"{shorten(text)} is out of the signed 64-bit range"
         raise ValueError(msg)
     return number
 
@@ -327,16 +436,30 @@ def _no_constant(name: str) -> None:
     raise ValueError(msg)
 
 
+def _depth(record: dict[str, Any]) -> int:
+    """How deep containers nest in ``record`` (itself 1), counted without
+    recursion; stops counting past MAX_DEPTH."""
+    deepest = 0
+    stack: list[tuple[object, int]] = [(record, 1)]
+    while stack and deepest <= MAX_DEPTH:
+        value, depth = stack.pop()
+        if isinstance(value, dict | list):
+            deepest = max(deepest, depth)
+            items = value.values() if isinstance(value, dict) else value
+            stack.extend((item, depth + 1) for item in items)
+    return deepest
+
+
 def _manifest(number: int, record: dict[str, Any]) -> ExportManifest:
     body = record.get("manifest")
     if set(record) != {"manifest"} or not isinstance(body, dict):
         _fail(number + 1, None, "missing", "the last line is not the manifest")
     try:
         manifest = ExportManifest.model_validate(body)
-    except ValidationError as error:
+    except (ValidationError, OverflowError) as error:  # a time beyond UTC's years
         _fail(number, None, "altered", f"the manifest is not valid: {error}")
     if manifest.format != FORMAT:
-        _fail(number, None, "altered", f"unknown format {manifest.format!r}")
+        _fail(number, None, "altered", f"unknown format {shorten(manifest.format)}")
     if _manifest_line(manifest) != canonical_encoding(record):
         _fail(number, None, "altered", "the manifest's values are not canonical")
     if manifest.digest != manifest.expected_digest():
@@ -351,7 +474,7 @@ def _event(
         _fail(number, None, "altered", "a manifest before the last line")
     try:
         event = LedgerEvent.model_validate(record)
-    except ValidationError as error:
+    except (ValidationError, OverflowError) as error:  # a time beyond UTC's years
         _fail(number, None, "altered", f"the event is not valid: {error}")
     if event.model_dump(mode="json") != record:
         _fail(number, event.version, "altered", "the event's values are not canonical")
@@ -360,8 +483,8 @@ def _event(
             number,
             event.version,
             "altered",
-            f"the event is of user {event.user_id!r}, the export of "
-            f"{manifest.user_id!r}",
+            f"the event is of user {shorten(event.user_id)}, the export of "
+            f"{shorten(manifest.user_id)}",
         )
     if (manifest.since is not None and event.occurred_at < manifest.since) or (
         manifest.until is not None and event.occurred_at >= manifest.until

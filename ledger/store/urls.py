@@ -6,17 +6,23 @@
   the pool takes ``pool_size``, ``max_overflow``, ``pool_timeout`` and
   ``connect_timeout`` (``POSTGRES_POOL``).
 - ``memory://``, in this process only and gone on close.
+
+Anything else is a LedgerConfigError that names the problem and never shows a
+password: a URL that is not a str, a NUL character (``%00`` too), a PostgreSQL URL
+with no host (a socket folder is given as ``?host=``), a port outside 1-65535, or
+a pool option or timeout outside its range.
 """
 
 import os
 import re
+import stat
 from dataclasses import dataclass
 from pathlib import Path
-from urllib.parse import parse_qs, unquote, urlsplit
+from urllib.parse import SplitResult, parse_qs, unquote, urlsplit
 
 from eventsourcing.utils import get_topic
 
-from ledger.errors import LedgerConfigError
+from ledger.errors import LedgerConfigError, shorten
 from ledger.store.postgres_log import (
     CONNECT_TIMEOUT_SETTING,
     ParallelPostgresRecorder,
@@ -27,18 +33,29 @@ DEFAULT_URL = "sqlite:///ctxledger.db"
 URL_VARIABLE = "CTXLEDGER_URL"
 SQLITE_LOCK_TIMEOUT_SECONDS = 30
 POSTGRES_CONNECT_TIMEOUT_SECONDS = 5
+# Upper bounds: larger values only hang (a pool opens pool_size connections at once)
+# or overflow the platform's time_t.
+MOST_SECONDS = 86_400
+MOST_CONNECTIONS = 1_000
 POSTGRES_POOL = {
-    # URL option: (default, least value, what it is); the sizes are the library's
-    "pool_size": (5, 1, "connections the pool keeps open"),
-    "max_overflow": (10, 0, "connections the pool may open beyond pool_size"),
-    "pool_timeout": (5, 1, "seconds a call waits for a free connection"),
+    # URL option: (default, least value, most, what it is); the sizes are the library's
+    "pool_size": (5, 1, MOST_CONNECTIONS, "connections the pool keeps open"),
+    "max_overflow": (
+        10,
+        0,
+        MOST_CONNECTIONS,
+        "connections the pool may open beyond pool_size",
+    ),
+    "pool_timeout": (5, 1, MOST_SECONDS, "seconds a call waits for a free connection"),
     # libpq treats a connect_timeout of 1 as 2.
     "connect_timeout": (
         POSTGRES_CONNECT_TIMEOUT_SECONDS,
         2,
+        MOST_SECONDS,
         "seconds a new connection waits for the server",
     ),
 }
+_SHOWN_CHARS = 200
 _SCHEMA_NAME = re.compile(r"[a-z_][a-z0-9_]{0,62}")
 _POSTGRES_OPTIONS = frozenset({"schema", "host", *POSTGRES_POOL})
 _URL_FORMS = (
@@ -56,15 +73,20 @@ class Storage:
     description: str
 
 
-def resolve_url(url: str | None) -> str:
+def resolve_url(url: object) -> str:
     """The given URL, else the CTXLEDGER_URL environment variable, else the default."""
-    if url is not None:
-        return url
-    return os.environ.get(URL_VARIABLE) or DEFAULT_URL
+    if url is None:
+        return os.environ.get(URL_VARIABLE) or DEFAULT_URL
+    return _text(url)
 
 
 def storage_for(url: str) -> Storage:
     """Parses a database URL; LedgerConfigError says what is wrong with it."""
+    url = _text(url)
+    if "\x00" in url:
+        raise LedgerConfigError(
+            f"database URL {_shown(url)} holds a NUL character; remove it"
+        )
     scheme = url.split(":", 1)[0].lower() if ":" in url else ""
     if scheme == "sqlite":
         return _sqlite(url)
@@ -72,13 +94,19 @@ def storage_for(url: str) -> Storage:
         return _postgres(url)
     if url.lower().rstrip("/") == "memory:":
         return Storage("memory", {"PERSISTENCE_MODULE": "eventsourcing.popo"}, "memory")
-    raise LedgerConfigError(
-        f"unsupported database URL {_hide_password(url)!r}; {_URL_FORMS}"
-    )
+    raise LedgerConfigError(f"unsupported database URL {_shown(url)}; {_URL_FORMS}")
+
+
+def _text(url: object) -> str:
+    if not isinstance(url, str):
+        raise LedgerConfigError(
+            f"url={shorten(url)} is not a str; pass a database URL such as "
+            f"{DEFAULT_URL}"
+        )
+    return url
 
 
 def _sqlite(url: str) -> Storage:
-    prefix = "sqlite:///"
     url, _, query = url.partition("?")
     options = {key: values[-1] for key, values in parse_qs(query).items()}
     if set(options) - {"timeout"}:
@@ -87,31 +115,50 @@ def _sqlite(url: str) -> Storage:
             "only timeout (seconds to wait for a lock) is read"
         )
     timeout = options.get("timeout", str(SQLITE_LOCK_TIMEOUT_SECONDS))
-    if not timeout.isdigit() or int(timeout) < 1:
+    if not _in_range(timeout, 1, MOST_SECONDS):
         raise LedgerConfigError(
-            f"SQLite timeout={timeout!r} must be a whole number of seconds, 1 or more"
+            f"SQLite timeout={shorten(timeout)} must be a whole number of seconds, "
+            f"1 or more (at most {MOST_SECONDS})"
         )
-    if not url.startswith(prefix) or len(url) == len(prefix):
+    rest = url[len("sqlite:") :]
+    if not rest.startswith("///") or rest == "///":
         raise LedgerConfigError(
-            f"SQLite URL {url!r} has no file path; use sqlite:///relative/path.db "
-            "or sqlite:////absolute/path.db"
+            f"SQLite URL {_shown(url)} has no file path; use "
+            "sqlite:///relative/path.db or sqlite:////absolute/path.db"
         )
-    path = Path(unquote(url[len(prefix) :]))
-    if not path.parent.is_dir():
-        raise LedgerConfigError(
-            f"the folder {str(path.parent)!r} of SQLite file {str(path)!r} does not "
-            "exist; create it first or choose another path"
-        )
+    path = Path(unquote(rest[len("///") :]))
+    _check_sqlite_folder(path)
     settings = {
         "PERSISTENCE_MODULE": "eventsourcing.sqlite",
         "SQLITE_DBNAME": str(path),
-        "SQLITE_LOCK_TIMEOUT": timeout,
+        "SQLITE_LOCK_TIMEOUT": str(int(timeout)),
     }
     return Storage("sqlite", settings, f"sqlite file {path}")
 
 
+def _check_sqlite_folder(path: Path) -> None:
+    where = f"the folder {_shown(str(path.parent))} of SQLite file {_shown(str(path))}"
+    if "\x00" in str(path):
+        raise LedgerConfigError(
+            f"SQLite file {_shown(str(path))} holds a NUL character (%00 in the URL); "
+            "remove it"
+        )
+    try:
+        mode = path.parent.stat().st_mode
+    except (FileNotFoundError, NotADirectoryError):
+        raise LedgerConfigError(
+            f"{where} does not exist; create it first or choose another path"
+        ) from None
+    except OSError as error:
+        raise LedgerConfigError(
+            f"{where} cannot be used: {error.strerror or error}; choose another path"
+        ) from None
+    if not stat.S_ISDIR(mode):
+        raise LedgerConfigError(f"{where} is not a folder; choose another path")
+
+
 def _postgres(url: str) -> Storage:
-    parts = urlsplit(url)
+    parts = _split(url)
     options = {
         key: values[-1]
         for key, values in parse_qs(parts.query, keep_blank_values=True).items()
@@ -125,22 +172,31 @@ def _postgres(url: str) -> Storage:
     dbname = unquote(parts.path.lstrip("/"))
     if not dbname or not parts.username:
         raise LedgerConfigError(
-            f"PostgreSQL URL {_hide_password(url)!r} needs a user and a database "
+            f"PostgreSQL URL {_shown(url)} needs a user and a database "
             "name: postgresql://user[:password]@host[:port]/dbname"
         )
     schema = options.get("schema", "public")
     if not _SCHEMA_NAME.fullmatch(schema):
         raise LedgerConfigError(
-            f"schema name {schema!r} is not a plain lower-case SQL identifier; use "
-            "a-z, 0-9 and _, starting with a letter or _, at most 63 characters"
+            f"schema name {shorten(schema)} is not a plain lower-case SQL "
+            "identifier; use a-z, 0-9 and _, starting with a letter or _, at most 63 "
+            "characters"
         )
-    try:
-        port = parts.port or 5432
-    except ValueError:
-        raise LedgerConfigError(
-            f"the port in {_hide_password(url)!r} is not a number"
-        ) from None
+    port = _port(parts, url)
     host = options.get("host") or unquote(parts.hostname or "")
+    if not host:
+        raise LedgerConfigError(
+            f"PostgreSQL URL {_shown(url)} has no host; name one "
+            "(postgresql://user@HOST/dbname), or a Unix socket folder with "
+            "?host=/var/run/postgresql"
+        )
+    user = unquote(parts.username)
+    password = (
+        unquote(parts.password)
+        if parts.password is not None
+        else os.environ.get("PGPASSWORD", "")
+    )
+    _no_nul(url, database_name=dbname, host=host, user=user, password=password)
     settings = {
         # The library's, with a recorder that appends without a table lock.
         "PERSISTENCE_MODULE": get_topic(PostgresLogFactory),
@@ -148,19 +204,66 @@ def _postgres(url: str) -> Storage:
         "POSTGRES_DBNAME": dbname,
         "POSTGRES_HOST": host,
         "POSTGRES_PORT": str(port),
-        "POSTGRES_USER": unquote(parts.username),
+        "POSTGRES_USER": user,
         # The library always passes a password, which stops libpq from reading
         # PGPASSWORD itself: so read it here when the URL has none.
-        "POSTGRES_PASSWORD": (
-            unquote(parts.password)
-            if parts.password is not None
-            else os.environ.get("PGPASSWORD", "")
-        ),
+        "POSTGRES_PASSWORD": password,
         "POSTGRES_SCHEMA": schema,
         **_pool_settings(options),
     }
-    where = f"postgresql {host or 'local socket'}:{port}/{dbname} schema {schema}"
+    where = f"postgresql {host}:{port}/{dbname} schema {schema}"
     return Storage("postgres", settings, where)
+
+
+def _split(url: str) -> SplitResult:
+    """The URL's parts; LedgerConfigError (its password hidden) if they are unclear."""
+    try:
+        parts = urlsplit(url)
+    except ValueError as error:
+        # urlsplit's own message would show the password: say what is wrong here.
+        problem = (
+            "its IPv6 host needs both brackets, as in [::1]"
+            if "IPv6" in str(error)
+            else "its host part holds characters that Unicode normalization "
+            "changes (full-width letters, for one); use plain ASCII or percent-encode"
+        )
+        raise LedgerConfigError(
+            f"PostgreSQL URL {_shown(url)} cannot be parsed: {problem}"
+        ) from None
+    # A '/', '?' or '#' in a password ends the host part early: the rest of the
+    # password would be read as the path, the options or a fragment.
+    if "@" in parts.path or "@" in parts.query or parts.fragment:
+        raise LedgerConfigError(
+            f"PostgreSQL URL {_shown(url)} has a '@' after its host, or "
+            "a '#': percent-encode '/', '?', '#' and '@' in the user and password "
+            "(%2F, %3F, %23, %40)"
+        )
+    return parts
+
+
+def _port(parts: SplitResult, url: str) -> int:
+    try:
+        port = parts.port
+    except ValueError:
+        port = 0
+    if port is None and not parts.netloc.endswith(":"):
+        return 5432
+    if not port:
+        raise LedgerConfigError(
+            f"the port in {_shown(url)} is not a number from 1 to 65535; "
+            "give one (5432 is PostgreSQL's), or leave the port out"
+        )
+    return port
+
+
+def _no_nul(url: str, **parts: str) -> None:
+    """libpq takes C strings: a NUL would cut a part short without a word."""
+    for name, value in parts.items():
+        if "\x00" in value:
+            raise LedgerConfigError(
+                f"the {name.replace('_', ' ')} of PostgreSQL URL {_shown(url)} holds "
+                "a NUL character (%00); remove it"
+            )
 
 
 def _pool_settings(options: dict[str, str]) -> dict[str, str]:
@@ -182,18 +285,46 @@ def _pool_settings(options: dict[str, str]) -> dict[str, str]:
 
 
 def _whole_number(name: str, options: dict[str, str]) -> str:
-    default, least, meaning = POSTGRES_POOL[name]
+    default, least, most, meaning = POSTGRES_POOL[name]
     value = options.get(name, str(default))
-    if not (value.isascii() and value.isdigit()) or int(value) < least:
+    if not _in_range(value, least, most):
         raise LedgerConfigError(
-            f"PostgreSQL URL option {name}={value!r} must be a whole number, "
-            f"{least} or more: the {meaning}"
+            f"PostgreSQL URL option {name}={shorten(value)} must be a whole number, "
+            f"{least} or more (at most {most}): the {meaning}"
         )
     return str(int(value))
 
 
-def _hide_password(url: str) -> str:
-    parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    return url.replace(f":{parts.password}@", ":***@", 1)
+def _in_range(text: str, least: int, most: int) -> bool:
+    """Whether ``text`` is a whole number in digits 0-9, from least to most."""
+    return (
+        text.isascii()
+        and text.isdigit()
+        and len(text) <= len(str(most)) + 1
+        and least <= int(text) <= most
+    )
+
+
+def _shown(text: str) -> str:
+    """``text`` as a message shows it: quoted, any password hidden, cut if long."""
+    shown = repr(_hide_password(text))
+    if len(shown) <= _SHOWN_CHARS:
+        return shown
+    return f"{shown[: _SHOWN_CHARS - 4]}...{shown[0]} ({len(shown)} chars)"
+
+
+def _hide_password(text: str) -> str:
+    """``text`` with the password of any URL in it replaced by ``***``.
+
+    Parsed by hand, not by ``urlsplit``: this must work on URLs that it refuses.
+    Everything from the first ':' after '//' to the last '@' is hidden, so a
+    password holding '/', '?', '#' or '@' does not show either.
+    """
+    start = text.find("//")
+    if start < 0:
+        return text
+    at = text.rfind("@")
+    colon = text.find(":", start + 2, max(at, 0))
+    if at < 0 or colon < 0:
+        return text
+    return f"{text[: colon + 1]}***{text[at:]}"

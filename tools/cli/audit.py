@@ -1,14 +1,15 @@
 """``ctxledger`` commands for auditors: answers from the event store itself."""
 
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import ParamSpec, TypeVar
 
 import click
 
-from ledger import ContextLedger, verify_export
+from ledger import ContextLedger, InvalidContextInput, verify_export
 from ledger.audit.export import replaced_whole, writable
 from projections.continuity import continuity_of
 from tools.cli import render
@@ -38,6 +39,19 @@ def out_option(what: str) -> Callable[[Callable[P, R]], Callable[P, R]]:
         type=click.Path(dir_okay=False, path_type=Path),
         help=f"{what} It replaces FILE whole, or leaves it untouched.",
     )
+
+
+@contextmanager
+def out_named() -> Iterator[None]:
+    """A refused file path is named as the user gave it: ``--out``, not ``path``."""
+    try:
+        yield
+    except InvalidContextInput as error:
+        if error.field != "path":
+            raise
+        raise InvalidContextInput(
+            "out", error.value, error.problem, error.fix
+        ) from None
 
 
 def print_contexts_as_of(url: str, user_id: str, as_of: datetime, form: str) -> None:
@@ -116,7 +130,8 @@ def export(
     out: Path,
 ) -> None:
     """Write a user's events and a manifest to a file that verify-export checks."""
-    with ContextLedger.open(url, create=False) as ledger:
+    writable(out, "out")  # a bad path is refused before the history is read
+    with ContextLedger.open(url, create=False) as ledger, out_named():
         manifest = ledger.export(user_id, out, since=since, until=until)
     versions = (
         f"versions {manifest.first_version} to {manifest.last_version}"
@@ -135,13 +150,10 @@ def export(
 @click.argument(
     "path", metavar="FILE", type=click.Path(exists=True, dir_okay=False, path_type=Path)
 )
+@reports_ledger_errors
 def verify_export_command(path: Path) -> None:
     """Check an export offline: exit 1 if a line was edited, deleted or moved."""
-    try:
-        report = verify_export(path)
-    except OSError as error:
-        render.note(f"cannot read {path}: {error.strerror or error}")
-        sys.exit(1)
+    report = verify_export(path)
     if report.fault is not None:
         render.line(f"{path}: NOT INTACT: {report.fault}")
         sys.exit(1)
@@ -161,7 +173,7 @@ def verify_export_command(path: Path) -> None:
 @reports_ledger_errors
 def report(url: str, user_id: str, out: Path) -> None:
     """Write a self-contained HTML timeline of a user's contexts and events."""
-    writable(out)  # a bad path is refused before the history is read
+    writable(out, "out")  # a bad path is refused before the history is read
     with ContextLedger.open(url, create=False) as ledger:
         events = ledger.history(user_id)
         chain = ledger.verify_chain(user_id).users[0]
@@ -170,7 +182,7 @@ def report(url: str, user_id: str, out: Path) -> None:
         render.no_events(user_id)
     figures = continuity_of(user_id, events)
     page = render_report(user_id, events, now, figures, chain)
-    with replaced_whole(out) as handle:
+    with replaced_whole(out, "out") as handle:
         handle.write(page.encode("utf-8"))
     render.line(f"wrote the timeline of {len(events)} event(s) of {user_id} to {out}")
     if chain.fault is not None:

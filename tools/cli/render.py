@@ -67,7 +67,7 @@ def utc_time(
         parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
     except ValueError:
         raise click.BadParameter(
-            f"{value!r} is not an ISO 8601 time such as 2026-11-23T10:00:00Z"
+            f"{shorten(value)} is not an ISO 8601 time such as 2026-11-23T10:00:00Z"
         ) from None
     return parsed.replace(tzinfo=UTC) if parsed.tzinfo is None else parsed
 
