@@ -20,7 +20,6 @@ work that would block the loop in any case; one bounded pool keeps both off it.
 import asyncio
 import functools
 import inspect
-from collections import deque
 from collections.abc import Callable, Coroutine
 from concurrent.futures import ThreadPoolExecutor
 from types import TracebackType
@@ -28,6 +27,7 @@ from typing import Any, Concatenate, ParamSpec, Self, TypeVar
 
 from ledger.api import ContextLedger
 from ledger.domain import validation
+from ledger.errors import LedgerClosed, LedgerError
 from ledger.store.feed import POLL_SECONDS, Change, ChangeFeed
 
 P = ParamSpec("P")
@@ -46,10 +46,13 @@ def _in_thread(
     async def call(
         owner: "AsyncContextLedger", /, *args: P.args, **kwargs: P.kwargs
     ) -> T:
-        user = kwargs.get("user_id", args[0] if args else None)
+        given = kwargs.get("user_id", args[0] if args else None)
+        # The user's turn is keyed by the id as the ledger checks it (a str
+        # subclass with an odd hash cannot split or break the turns).
+        user = validation.optional_identifier("user_id", given)
         ledger = await owner.opened()
         bound = functools.partial(method, ledger, *args, **kwargs)
-        return await owner.run(bound, user if isinstance(user, str) else None)
+        return await owner.run(bound, user)
 
     call.__name__ = call.__qualname__ = method.__name__
     call.__doc__ = method.__doc__
@@ -79,13 +82,14 @@ class AsyncContextLedger:
             "max_threads", max_threads, setting=True
         )
         self._opener = opener
-        self._ledger: ContextLedger | None = None
+        self._opening: asyncio.Future[ContextLedger] | None = None
         self._pool = ThreadPoolExecutor(
             max_workers=self.max_threads, thread_name_prefix="ctxledger"
         )
         self._slots: asyncio.Semaphore | None = None
-        self._opening: asyncio.Lock | None = None
         self._turns: dict[str, tuple[asyncio.Lock, int]] = {}
+        self._running: set[asyncio.Future[Any]] = set()
+        self._closing = False
 
     @classmethod
     def open(
@@ -103,19 +107,26 @@ class AsyncContextLedger:
         )
 
     async def opened(self) -> ContextLedger:
-        """The synchronous ledger underneath, opened (in a thread) on first use."""
-        if self._ledger is not None:
-            return self._ledger
+        """The synchronous ledger underneath, opened (in a thread) on first use.
+        A failed opening is tried again by the next call."""
+        if self._closing:
+            raise LedgerClosed
         if self._opening is None:
-            self._opening = asyncio.Lock()
-        async with self._opening:
-            if self._ledger is None:
-                loop = asyncio.get_running_loop()
-                self._ledger = await loop.run_in_executor(self._pool, self._opener)
-        return self._ledger
+            loop = asyncio.get_running_loop()
+            self._opening = loop.run_in_executor(self._pool, self._opener)
+        opening = self._opening
+        try:
+            # Shielded: a cancelled first call does not drop the ledger it opens.
+            return await asyncio.shield(opening)
+        except LedgerError:
+            if self._opening is opening:
+                self._opening = None
+            raise
 
     async def run(self, call: Callable[[], T], user_id: str | None = None) -> T:
         """Runs ``call`` in the pool, in ``user_id``'s turn if given."""
+        if self._closing:
+            raise LedgerClosed
         loop = asyncio.get_running_loop()
         if self._slots is None:
             self._slots = asyncio.Semaphore(self.max_threads)
@@ -138,12 +149,13 @@ class AsyncContextLedger:
         except BaseException:  # cancelled while waiting: nothing ran
             release()
             raise
-        try:
-            future = loop.run_in_executor(self._pool, call)
-        except BaseException:
+        if self._closing:  # closed while this call waited: it does not start
             slots.release()
             release()
-            raise
+            raise LedgerClosed
+        future = loop.run_in_executor(self._pool, call)
+        self._running.add(future)
+        future.add_done_callback(self._running.discard)
         future.add_done_callback(lambda _: slots.release())
         future.add_done_callback(release)
         # Shielded: cancelling the caller does not stop the thread, and the turn
@@ -177,11 +189,23 @@ class AsyncContextLedger:
         return AsyncChangeFeed(self, user_id, after)
 
     async def aclose(self) -> None:
-        """Closes the ledger; calls still running in threads finish first."""
-        ledger, self._ledger = self._ledger, None
-        if ledger is not None:
-            loop = asyncio.get_running_loop()
-            await loop.run_in_executor(self._pool, ledger.close)
+        """Closes the ledger: calls running in threads finish first, calls still
+        waiting (and any made later) raise LedgerClosed, and the ledger's feeds
+        end."""
+        if self._closing:
+            return
+        self._closing = True
+        while self._running:
+            await asyncio.wait(set(self._running))
+        opening, self._opening = self._opening, None
+        if opening is not None:
+            try:
+                ledger = await asyncio.shield(opening)
+            except LedgerError:
+                ledger = None  # it never opened
+            if ledger is not None:
+                loop = asyncio.get_running_loop()
+                await loop.run_in_executor(self._pool, ledger.close)
         self._pool.shutdown(wait=False)
 
     async def __aenter__(self) -> Self:
@@ -223,7 +247,7 @@ class AsyncChangeFeed:
         self._user_id = user_id
         self._after = after
         self._feed: ChangeFeed | None = None
-        self._ready: deque[Change] = deque()
+        self._reading: asyncio.Future[None] | None = None
 
     async def start(self) -> None:
         """Fixes where the feed starts (the head now, if ``after`` is None)."""
@@ -240,16 +264,26 @@ class AsyncChangeFeed:
         await self.start()
         feed = self._feed
         assert feed is not None  # noqa: S101  (start() set it)
-        while not self._ready:
+        while True:
+            # Events are read into the synchronous feed and taken from it here, so
+            # a read whose caller was cancelled loses nothing: the next call
+            # finds them (or waits for that read to end).
+            change = feed.take()
+            if change is not None:
+                return change
             if feed.closed:
                 raise StopAsyncIteration
+            if self._reading is not None and not self._reading.done():
+                await asyncio.shield(self._reading)
+                continue
             head = feed.known_head()
             if head > feed.position:
-                changes = await self._ledger.run(functools.partial(feed.poll, head))
-                self._ready.extend(changes)
+                self._reading = asyncio.ensure_future(
+                    self._ledger.run(functools.partial(feed.fill, head))
+                )
+                await asyncio.shield(self._reading)
             else:
                 await asyncio.sleep(POLL_SECONDS)
-        return self._ready.popleft()
 
     async def aclose(self) -> None:
         if self._feed is not None:

@@ -369,7 +369,7 @@ class ContextLedger(StorageClient):
         start, end = validation.period(since, until)
         events = self._history.events_between(user, start, end)
         return write_export(
-            Path(path),
+            path,
             (event.to_ledger_event() for event in events),
             user_id=user,
             since=start,

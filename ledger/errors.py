@@ -7,6 +7,7 @@
     ├── ConcurrencyConflict                     writers kept colliding on one user
     ├── LedgerConfigError (also ValueError)     a database URL or setting is unusable
     ├── LedgerNotFound (also LookupError)       no ledger at the URL (create=False)
+    ├── LedgerClosed (also RuntimeError)        a call on an AsyncContextLedger closed
     ├── LedgerCorrupted                         stored events cannot be replayed
     ├── StorageUnavailable (also ConnectionError)  the database failed
     └── ProjectionError                         a view cannot go on
@@ -127,6 +128,16 @@ class LedgerNotFound(LedgerError, LookupError):
         super().__init__(
             f"no ledger at {where}: nothing was created; check the URL (--db or "
             "CTXLEDGER_URL), or write to it first (open_context, or `ctxledger demo`)"
+        )
+
+
+class LedgerClosed(LedgerError, RuntimeError):
+    """A call was made on an AsyncContextLedger that is closed (or closing)."""
+
+    def __init__(self) -> None:
+        super().__init__(
+            "the ledger is closed: nothing was done; open it again "
+            "(AsyncContextLedger.open) to go on"
         )
 
 

@@ -7,7 +7,7 @@ Recorded in the default registry (names as Prometheus exposes them):
 - ``ctxledger_commands_total{command, outcome}``: commands by name (open_context,
   update_context, clear_context, clear_user, expire_due) and outcome: ``ok``,
   ``refused`` (a LedgerError: bad input, not found, limit, conflict, corrupted)
-  or ``error`` (anything else, such as the database);
+  or ``error`` (the database failed: StorageUnavailable, or anything else);
 - ``ctxledger_refusals_total{error}``: refused commands by error type;
 - ``ctxledger_events_appended_total{kind}``: events stored, by kind;
 - ``ctxledger_conflict_retries_total``: saves retried after another process won;
@@ -22,7 +22,7 @@ import time
 from collections.abc import Callable, Iterable
 from typing import Any, ParamSpec, Protocol, TypeVar
 
-from ledger.errors import LedgerConfigError, LedgerError
+from ledger.errors import LedgerConfigError, LedgerError, StorageUnavailable
 
 P = ParamSpec("P")
 T = TypeVar("T")
@@ -107,6 +107,8 @@ def metered(command: str) -> Callable[[Callable[P, T]], Callable[P, T]]:
             outcome = "error"
             try:
                 result = method(*args, **kwargs)
+            except StorageUnavailable:
+                raise  # the database: outcome "error"
             except LedgerError as refused:
                 outcome = "refused"
                 figures.refusals.labels(type(refused).__name__).inc()

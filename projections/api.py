@@ -329,10 +329,15 @@ class Projections(StorageClient):
         return view.names(self._store.dialect, Generation(view.name, rebuild=False))
 
     def _selected(self, names: Sequence[str] | None) -> list[str]:
-        if not names:
-            return list(self.views)
-        chosen = [names] if isinstance(names, str) else list(names)
         known = tuple(self.views)
+        if names is None or (isinstance(names, Sequence) and not names):
+            return list(self.views)
+        if isinstance(names, str):
+            chosen = [names]
+        elif isinstance(names, Sequence):
+            chosen = list(names)
+        else:  # a number, a set, a generator: not a list of names
+            raise UnknownView(repr(names), known)
         for name in chosen:
             if not isinstance(name, str) or name not in self.views:
                 raise UnknownView(name, known)

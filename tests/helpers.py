@@ -207,14 +207,15 @@ class CuttingProxy:
                     time.sleep(self.linger)  # the server commits; nobody reads it
                     if self.stay_down:
                         self.refuse = True
-                        self._cut_all()
+                        self.cut_all()
                     break
         for end in (source, sink):
             with contextlib.suppress(OSError):
                 end.shutdown(socket.SHUT_RDWR)
             end.close()
 
-    def _cut_all(self) -> None:
+    def cut_all(self) -> None:
+        """Closes every connection through the proxy."""
         for end in list(self._open):
             with contextlib.suppress(OSError):
                 end.shutdown(socket.SHUT_RDWR)

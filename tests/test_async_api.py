@@ -13,7 +13,13 @@ from typing import Any
 
 import pytest
 
-from ledger import AsyncContextLedger, ContextLedger, InvalidContextInput, LedgerError
+from ledger import (
+    AsyncContextLedger,
+    ContextLedger,
+    InvalidContextInput,
+    LedgerClosed,
+    LedgerError,
+)
 from ledger.aio import DEFAULT_MAX_THREADS
 
 PUBLIC = sorted(
@@ -196,3 +202,91 @@ def test_a_bad_url_fails_when_the_ledger_is_first_used() -> None:
 def test_max_threads_must_be_a_whole_number() -> None:
     with pytest.raises(LedgerError):
         AsyncContextLedger.open("memory://", max_threads=0)
+
+
+def test_closing_lets_running_calls_finish_and_refuses_the_others(
+    durable_url: str,
+) -> None:
+    async def scenario() -> tuple[Counter[str], Any]:
+        ledger = AsyncContextLedger.open(durable_url, max_threads=4)
+        await ledger.open_context("warm", "t")
+        calls = [
+            asyncio.create_task(ledger.open_context(f"user-{n % 7}", f"t{n}"))
+            for n in range(60)
+        ]
+        await asyncio.sleep(0.01)
+        await ledger.aclose()
+        outcomes: Counter[str] = Counter()
+        for call in calls:
+            try:
+                await call
+                outcomes["done"] += 1
+            except LedgerClosed:
+                outcomes["refused"] += 1
+        try:
+            await ledger.get_context("warm", "t")
+        except LedgerClosed:
+            outcomes["after close"] += 1
+        async with AsyncContextLedger.open(durable_url) as again:
+            stored = [await again.history(f"user-{n}") for n in range(7)]
+        return outcomes, stored
+
+    outcomes, stored = _run(scenario())
+
+    assert outcomes["done"] + outcomes["refused"] == 60
+    assert outcomes["after close"] == 1
+    assert sum(len(events) for events in stored) == outcomes["done"]
+
+
+class Unhashable(str):
+    __hash__ = None  # type: ignore[assignment]
+
+
+def test_a_str_subclass_user_id_is_keyed_as_the_ledger_checks_it(
+    sqlite_url: str,
+) -> None:
+    async def scenario() -> Any:
+        async with AsyncContextLedger.open(sqlite_url) as ledger:
+            await asyncio.gather(
+                *[ledger.open_context(Unhashable("alice"), f"t{n}") for n in range(3)]
+            )
+            return await ledger.active_contexts("alice")
+
+    assert [c.thread_id for c in _run(scenario())] == ["t0", "t1", "t2"]
+
+
+def test_a_cancelled_call_of_several_events_is_all_or_nothing(
+    durable_url: str,
+) -> None:
+    rng = random.Random(11)
+
+    async def scenario() -> tuple[Counter[str | None], set[str]]:
+        async with AsyncContextLedger.open(durable_url, max_threads=3) as ledger:
+            users = [f"user-{n}" for n in range(30)]
+            for user in users:
+                for thread in range(3):
+                    await ledger.open_context(user, f"t{thread}")
+            clears = {
+                user: asyncio.create_task(ledger.clear_user(user, request_id=user))
+                for user in users
+            }
+            for task in rng.sample(list(clears.values()), 15):
+                await asyncio.sleep(rng.uniform(0, 0.004))
+                task.cancel()
+            cleared = set()
+            for user, task in clears.items():
+                try:
+                    assert await task == 3
+                    cleared.add(user)
+                except asyncio.CancelledError:
+                    pass
+            events = [e for user in users for e in await ledger.history(user)]
+        ends = Counter(
+            e.details.get("request_id") for e in events if e.kind == "cleared"
+        )
+        return ends, cleared
+
+    ends, cleared = _run(scenario())
+
+    assert set(ends.values()) <= {3}  # each clear_user ended all three or none
+    assert cleared <= set(ends)

@@ -8,6 +8,7 @@ import threading
 import time
 from collections.abc import Iterator
 from typing import Any
+from urllib.parse import urlsplit
 
 import pytest
 
@@ -17,8 +18,9 @@ from ledger import (
     ContextLedger,
     InvalidContextInput,
     LedgerEvent,
+    StorageUnavailable,
 )
-from tests.helpers import appends_held, held_backend
+from tests.helpers import CuttingProxy, appends_held, held_backend
 
 Change = tuple[int, LedgerEvent]
 
@@ -194,3 +196,98 @@ def test_the_async_feed_gives_a_users_events(durable_url: str) -> None:
         ("alice", "t1"),
         ("alice", "t2"),
     ]
+
+
+def test_closing_the_ledger_ends_its_feeds(durable_url: str) -> None:
+    ledger = ContextLedger.open(durable_url)
+    reader = _Collector(ledger.changes())
+    reader.start()
+    time.sleep(0.2)
+
+    ledger.close()
+    reader.join(2)
+
+    assert not reader.is_alive()
+
+    async def closing_async() -> bool:
+        ledger = AsyncContextLedger.open(durable_url)
+        feed = ledger.changes()
+        waiting = asyncio.create_task(anext(feed, None))
+        await asyncio.sleep(0.3)
+        await ledger.aclose()
+        return await asyncio.wait_for(waiting, 5) is None
+
+    assert asyncio.run(closing_async())
+
+
+def test_an_async_feed_whose_reads_are_cancelled_loses_nothing(
+    durable_url: str,
+) -> None:
+    async def scenario() -> list[int]:
+        async with AsyncContextLedger.open(durable_url) as ledger:
+            async with ledger.changes() as feed:
+                for n in range(60):
+                    await ledger.open_context(f"user-{n % 9}", f"t{n}")
+                seen: list[int] = []
+                deadline = time.monotonic() + 30
+                while len(seen) < 60 and time.monotonic() < deadline:
+                    try:  # a consumer that gives up on each wait very early
+                        position, _ = await asyncio.wait_for(anext(feed), 0.002)
+                        seen.append(position)
+                    except TimeoutError:
+                        continue
+            return seen
+
+    seen = asyncio.run(scenario())
+    with ContextLedger.open(durable_url) as ledger:
+        stored = [position for position, _ in ledger.changes(after=0).poll()]
+
+    assert seen == stored[-60:]
+
+
+@pytest.mark.postgres
+def test_a_feed_raises_while_the_database_is_away_then_goes_on(
+    postgres_url: str, postgres_dsn: str
+) -> None:
+    parts = urlsplit(postgres_dsn)
+    proxy = CuttingProxy((parts.hostname or "127.0.0.1", parts.port or 5432))
+    proxied = postgres_url.replace(
+        f"@{urlsplit(postgres_url).netloc.split('@')[1]}", f"@127.0.0.1:{proxy.port}"
+    )
+    try:
+        with (
+            ContextLedger.open(postgres_url) as writer,
+            ContextLedger.open(proxied) as reader,
+            reader.changes() as feed,
+        ):
+            writer.open_context("alice", "before")
+            first = next(feed)
+            proxy.refuse = True
+            proxy.cut_all()
+            writer.open_context("alice", "during")
+            failure = _first_failure(feed)
+            proxy.refuse = False
+            writer.open_context("alice", "after")
+            rest: list[Change] = []
+            deadline = time.monotonic() + 60
+            while len(rest) < 2 and time.monotonic() < deadline:
+                try:
+                    rest.append(next(feed))
+                except StorageUnavailable:
+                    time.sleep(0.2)  # the pool reconnects
+    finally:
+        proxy.close()
+
+    assert isinstance(failure, StorageUnavailable)
+    assert [e.thread_id for _, e in [first, *rest]] == ["before", "during", "after"]
+
+
+def _first_failure(feed: ChangeFeed, seconds: float = 30) -> BaseException | None:
+    """What iterating the feed raises first (None: nothing within ``seconds``)."""
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        try:
+            next(feed)
+        except StorageUnavailable as failure:
+            return failure
+    return None

@@ -2,6 +2,8 @@
 processes on PostgreSQL, driven by real WebSocket clients."""
 
 import asyncio
+import hashlib
+import hmac
 import json
 import os
 import signal
@@ -25,6 +27,12 @@ pytestmark = pytest.mark.postgres
 README = Path(__file__).parent.parent / "README.md"
 USERS, THREADS, MESSAGES = 20, 3, 20
 RESENT = {4, 9, 15}  # these messages of each thread are sent twice
+SECRET = "test-secret"
+
+
+def _token(user: str) -> str:
+    signature = hmac.new(SECRET.encode(), user.encode(), hashlib.sha256).hexdigest()
+    return f"{user}.{signature}"
 
 
 def _recipe() -> str:
@@ -61,7 +69,7 @@ def server(postgres_url: str, tmp_path: Path) -> Iterator[str]:
             "--log-level",
             "warning",
         ],
-        env={**os.environ, "CTXLEDGER_URL": postgres_url},
+        env={**os.environ, "CTXLEDGER_URL": postgres_url, "APP_SECRET": SECRET},
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
@@ -97,7 +105,7 @@ async def _converse(
     and every change the socket was pushed."""
     acks: list[dict[str, Any]] = []
     changes: list[dict[str, Any]] = []
-    async with websockets.connect(f"ws://{address}/ws/{user}") as ws:
+    async with websockets.connect(f"ws://{address}/ws?token={_token(user)}") as ws:
 
         async def answer() -> dict[str, Any]:
             while True:
@@ -141,7 +149,6 @@ def test_the_readme_app_applies_each_message_once_and_pushes_only_the_users_own(
     with urllib.request.urlopen(f"http://{server}/metrics", timeout=5) as answer:
         metrics = answer.read().decode()
 
-    pushed: dict[str, list[dict[str, Any]]] = defaultdict(list)
     for index, (acks, changes) in enumerate(results):
         user, thread = f"user-{index // THREADS}", f"thread-{index % THREADS}"
         assert all(a["type"] == "ack" for a in acks), acks
@@ -151,9 +158,13 @@ def test_the_readme_app_applies_each_message_once_and_pushes_only_the_users_own(
             by_message[ack["message_id"]].add(ack["reuse_count"])
         assert all(len(counts) == 1 for counts in by_message.values())  # repeats
         assert sorted(c for (c,) in by_message.values()) == list(range(MESSAGES))
-        assert {c["user_id"] for c in changes} <= {user}  # only the user's own
-        pushed[user] += changes
-        assert thread
+        # The socket's feed: only its user's events, in order, each once, and
+        # every event of its own thread (all written after it connected).
+        assert {c["user_id"] for c in changes} == {user}
+        positions = [c["position"] for c in changes]
+        assert positions == sorted(set(positions))
+        own = [c["kind"] for c in changes if c["thread_id"] == thread]
+        assert own == ["created"] + ["reused"] * (MESSAGES - 1)
 
     with ContextLedger.open(postgres_url) as ledger:
         for u in range(USERS):
@@ -164,5 +175,21 @@ def test_the_readme_app_applies_each_message_once_and_pushes_only_the_users_own(
             assert len(kinds) == THREADS * MESSAGES  # duplicates appended nothing
             live = ledger.active_contexts(user)
             assert sorted(c.reuse_count for c in live) == [MESSAGES - 1] * THREADS
-            assert {c["position"] for c in pushed[user]}  # the feed reached them
     assert "ctxledger_commands_total" in metrics
+
+
+def test_the_readme_app_refuses_a_socket_without_a_valid_token(server: str) -> None:
+    async def attempt(token: str) -> int | None:
+        try:
+            async with websockets.connect(f"ws://{server}/ws?token={token}") as ws:
+                await ws.recv()
+        except websockets.exceptions.InvalidStatus as refused:
+            return refused.response.status_code
+        except websockets.exceptions.ConnectionClosed as closed:
+            return closed.rcvd.code if closed.rcvd else None
+        return None
+
+    forged = _token("alice").replace("alice.", "mallory.")
+
+    assert asyncio.run(attempt(forged)) in (403, 1008)
+    assert asyncio.run(attempt("")) in (403, 1008)

@@ -15,7 +15,7 @@ import string
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import pytest
 from hypothesis import HealthCheck, event, given, settings
@@ -148,7 +148,9 @@ metadata = st.one_of(
 )
 
 
-def _call(ledger: ContextLedger, data: st.DataObject) -> Callable[[], object]:
+def _call(
+    ledger: ContextLedger, data: st.DataObject, folder: Path
+) -> Callable[[], object]:
     """One public call of the ledger with values that may be hostile."""
     user = data.draw(ids)
     known = [c.context_id for u in ("alice", "bob") for c in ledger.active_contexts(u)]
@@ -187,6 +189,25 @@ def _call(ledger: ContextLedger, data: st.DataObject) -> Callable[[], object]:
         "as_of": lambda: ledger.contexts_as_of(user, data.draw(times)),
         "verify": lambda: ledger.verify_chain(data.draw(st.one_of(st.none(), ids))),
         "chain_size": ledger.chain_size,
+        "expire_due": ledger.expire_due,
+        "export": lambda: ledger.export(
+            user,
+            cast(
+                Any,
+                data.draw(
+                    st.one_of(
+                        st.just(str(folder / "export.jsonl")),
+                        st.just(folder / "no-such-folder" / "x.jsonl"),
+                        st.sampled_from([None, 3, b"x.jsonl", "", str(folder)]),
+                    )
+                ),
+            ),
+            since=data.draw(st.one_of(st.none(), times)),
+        ),
+        "changes": lambda: ledger.changes(
+            data.draw(st.one_of(st.none(), ids)),
+            after=data.draw(st.one_of(st.none(), numbers)),
+        ).poll(),
     }
     return calls[data.draw(st.sampled_from(sorted(calls)))]
 
@@ -202,9 +223,9 @@ def opened(durable_url: str) -> Iterator[ContextLedger]:
 @FUZZ
 @given(data=st.data())
 def test_every_ledger_call_fails_typed_appends_nothing_when_refused_and_keeps_the_chain(
-    opened: ContextLedger, data: st.DataObject
+    opened: ContextLedger, data: st.DataObject, tmp_path: Path
 ) -> None:
-    call = _call(opened, data)
+    call = _call(opened, data, tmp_path)
     before = opened.chain_size()
 
     try:
@@ -216,6 +237,14 @@ def test_every_ledger_call_fails_typed_appends_nothing_when_refused_and_keeps_th
         event("accepted")
         report = opened.verify_chain()
         assert report.holds, report.broken
+
+
+view_names: st.SearchStrategy[Any] = st.one_of(
+    st.none(),
+    st.lists(st.sampled_from(["active", "audit", "continuity"]), max_size=3),
+    st.lists(ids, max_size=2),
+    ids,
+)
 
 
 @FUZZ
@@ -234,6 +263,9 @@ def test_every_view_query_fails_typed(
                     "expiring_before",
                     "audit_rows",
                     "continuity",
+                    "catch_up",
+                    "verify",
+                    "status",
                 ]
             )
         )
@@ -254,6 +286,9 @@ def test_every_view_query_fails_typed(
             "continuity": lambda: views.continuity(
                 data.draw(st.one_of(st.none(), ids))
             ),
+            "catch_up": lambda: views.catch_up(data.draw(view_names)),
+            "verify": lambda: views.verify(data.draw(view_names)),
+            "status": views.status,
         }
         with contextlib.suppress(LedgerError):  # any other error fails the test
             calls[which]()

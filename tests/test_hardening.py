@@ -195,7 +195,7 @@ def test_keys_that_become_the_same_string_are_refused(ledger: ContextLedger) -> 
 # 4. One user's damaged event does not stop the others' expiries.
 
 
-@pytest.mark.parametrize("damage", ["undecodable", "invalid"])
+@pytest.mark.parametrize("damage", ["undecodable", "invalid", "unhashable key"])
 def test_expire_due_records_the_others_and_names_the_damaged_user(
     durable_url: str, tmp_path: Path, damage: str
 ) -> None:
@@ -208,6 +208,8 @@ def test_expire_due_records_the_others_and_names_the_damaged_user(
     params: tuple[Any, ...] = (stream_key(durable_url, "bob"),)
     if damage == "invalid":  # msgpack, but not an event
         params = (msgpack.packb({"user_id": "bob", "kind": "?"}), *params)
+    if damage == "unhashable key":  # a map whose key is a list
+        params = (b"\x81\x91\x01\x01", *params)
     execute_sql(
         durable_url,
         f"UPDATE {{events}} SET state = {state} "  # noqa: S608  (a literal)

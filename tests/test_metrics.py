@@ -5,6 +5,7 @@ changes and nothing fails."""
 
 import signal
 import socket
+import sqlite3
 import subprocess
 import sys
 import time
@@ -15,7 +16,7 @@ from pathlib import Path
 import pytest
 from prometheus_client import REGISTRY
 
-from ledger import ContextLedger, InvalidContextInput
+from ledger import ContextLedger, InvalidContextInput, StorageUnavailable
 from projections import Projections
 from tests.helpers import CTXLEDGER, run
 
@@ -30,38 +31,71 @@ def _change(read: Callable[[], float], act: Callable[[], object]) -> float:
     return read() - before
 
 
+def _figures() -> dict[str, float]:
+    return {
+        "open ok": _value(
+            "ctxledger_commands_total", command="open_context", outcome="ok"
+        ),
+        "open refused": _value(
+            "ctxledger_commands_total", command="open_context", outcome="refused"
+        ),
+        "clear_user ok": _value(
+            "ctxledger_commands_total", command="clear_user", outcome="ok"
+        ),
+        "created": _value("ctxledger_events_appended_total", kind="created"),
+        "reused": _value("ctxledger_events_appended_total", kind="reused"),
+        "cleared": _value("ctxledger_events_appended_total", kind="cleared"),
+        "invalid": _value("ctxledger_refusals_total", error="InvalidContextInput"),
+        "timed": _value(
+            "ctxledger_command_duration_seconds_count", command="open_context"
+        ),
+    }
+
+
 def test_commands_are_counted_by_name_and_outcome(durable_url: str) -> None:
     with ContextLedger.open(durable_url) as ledger:
-        opened = _change(
-            lambda: _value(
-                "ctxledger_commands_total", command="open_context", outcome="ok"
-            ),
-            lambda: [ledger.open_context("alice", f"t{n % 2}") for n in range(3)],
-        )
-        created = _value("ctxledger_events_appended_total", kind="created")
-        reused = _value("ctxledger_events_appended_total", kind="reused")
-        timed = _value(
-            "ctxledger_command_duration_seconds_count", command="open_context"
-        )
-        refused = _value("ctxledger_refusals_total", error="InvalidContextInput")
+        before = _figures()
+        for n in range(3):
+            ledger.open_context("alice", f"t{n % 2}")
         with pytest.raises(InvalidContextInput):
             ledger.open_context("none", "t")
         ledger.clear_user("alice")
+        after = _figures()
 
-        assert opened == 3
-        assert _value("ctxledger_refusals_total", error="InvalidContextInput") == (
-            refused + 1
+    assert {name: after[name] - before[name] for name in after} == {
+        "open ok": 3,
+        "open refused": 1,
+        "clear_user ok": 1,
+        "created": 2,
+        "reused": 1,
+        "cleared": 2,
+        "invalid": 1,
+        "timed": 4,
+    }
+
+
+def test_a_database_failure_is_an_error_not_a_refusal(tmp_path: Path) -> None:
+    path = tmp_path / "locked.db"
+    with ContextLedger.open(f"sqlite:///{path}?timeout=1") as ledger:
+        ledger.open_context("alice", "t")
+        blocker = sqlite3.connect(path, isolation_level=None)
+        blocker.execute("BEGIN IMMEDIATE")
+        before = _value(
+            "ctxledger_commands_total", command="open_context", outcome="error"
         )
-        assert (
-            _value("ctxledger_commands_total", command="clear_user", outcome="ok") >= 1
+        try:
+            with pytest.raises(StorageUnavailable):
+                ledger.open_context("alice", "u")
+        finally:
+            blocker.execute("ROLLBACK")
+            blocker.close()
+        errors = (
+            _value("ctxledger_commands_total", command="open_context", outcome="error")
+            - before
         )
-        assert _value("ctxledger_events_appended_total", kind="cleared") >= 2
-        assert created >= 2
-        assert reused >= 1
-        assert (
-            _value("ctxledger_command_duration_seconds_count", command="open_context")
-            == timed + 1
-        )
+
+    assert errors == 1
+    assert _value("ctxledger_refusals_total", error="StorageUnavailable") == 0
 
 
 def test_a_conflict_with_another_process_is_counted_as_a_retry(

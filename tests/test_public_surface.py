@@ -27,6 +27,7 @@ LEDGER_NAMES = {
     "ExportManifest",
     "ExportReport",
     "InvalidContextInput",
+    "LedgerClosed",
     "LedgerConfigError",
     "LedgerCorrupted",
     "LedgerError",

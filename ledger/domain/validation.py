@@ -283,7 +283,12 @@ def metadata(value: object) -> dict[str, Any]:
                 f"has the key {twice!r} twice",
                 "give each key once",
             )
-        value = dict(items)
+        try:
+            value = dict(items)
+        except TypeError as error:  # a key that cannot be hashed
+            raise InvalidContextInput(
+                "metadata", type(value).__name__, str(error), _FIXES["metadata"]
+            ) from None
     result: dict[str, Any] = _validate(_METADATA, "metadata", "metadata", value)
     return result
 

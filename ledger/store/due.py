@@ -127,7 +127,7 @@ def _user_of(stored: StoredEvent) -> str:
     else the stream's id."""
     try:
         fields = msgpack.unpackb(stored.state, strict_map_key=False)
-    except (ValueError, msgpack.ExtraData, msgpack.FormatError, msgpack.StackError):
+    except Exception:  # noqa: BLE001  (any bytes at all: an unhashable key too)
         fields = None
     user = fields.get("user_id") if isinstance(fields, dict) else None
     return user if isinstance(user, str) else f"stream {stored.originator_id}"

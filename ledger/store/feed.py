@@ -58,13 +58,16 @@ class HeadWatcher:
 
     @property
     def last_head(self) -> int:
-        """The safe head as last read by the watching thread (-1: not yet);
-        raises what made the last reading fail, once."""
+        """The safe head as last read by the watching thread (-1: not yet); while
+        its readings fail, what made the last one fail is raised."""
         with self._moved:
             if self._failure is not None:
-                failure, self._failure = self._failure, None
-                raise failure
+                raise self._failure
             return self._head
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
 
     def join(self) -> None:
         with self._moved:
@@ -90,9 +93,8 @@ class HeadWatcher:
         deadline = time.monotonic() + timeout
         with self._moved:
             while self._head <= position and not self._closed:
-                if self._failure is not None:
-                    failure, self._failure = self._failure, None
-                    raise failure
+                if self._failure is not None:  # until a reading succeeds again
+                    raise self._failure
                 left = deadline - time.monotonic()
                 if left <= 0:
                     break
@@ -113,6 +115,7 @@ class HeadWatcher:
                     self._moved.notify_all()
             else:
                 with self._moved:
+                    self._failure = None
                     if head != self._head:
                         self._head = head
                         self._moved.notify_all()
@@ -122,8 +125,10 @@ class HeadWatcher:
 class ChangeFeed(Iterator[Change]):
     """``(position, event)`` of each event stored after ``after``, in log order.
 
-    Iterating blocks until the next event; ``close()`` (from any thread) ends the
-    iteration within one poll. ``poll()`` returns what is there now without
+    Iterating blocks until the next event; ``close()`` (from any thread), or
+    closing the ledger, ends the iteration within one poll. While the database
+    cannot be read, iterating raises StorageUnavailable and the feed keeps its
+    position: iterate again to go on. ``poll()`` returns what is there now without
     waiting. Use it as a context manager to close it.
     """
 
@@ -159,7 +164,7 @@ class ChangeFeed(Iterator[Change]):
     def __next__(self) -> Change:
         with storage_failures(self._storage):
             while not self._ready:
-                if self._closed.is_set():
+                if self.closed:
                     raise StopIteration
                 head = self._watcher.wait_beyond(self.position, POLL_SECONDS * 4)
                 if head > self.position:
@@ -170,14 +175,22 @@ class ChangeFeed(Iterator[Change]):
         """What is stored after the feed's position up to ``head`` (the safe head
         read now when None), at most a page, without waiting; the position moves
         past it."""
-        if not self._ready and not self._closed.is_set():
-            with storage_failures(self._storage):
-                up_to = self._watcher.head_now() if head is None else head
-                if up_to > self.position:
-                    self._read(up_to)
+        with storage_failures(self._storage):
+            self.fill(self._watcher.head_now() if head is None else head)
         changes = list(self._ready)
         self._ready.clear()
         return changes
+
+    def fill(self, head: int) -> None:
+        """Reads a page of what lies after the position, up to ``head``, unless
+        read events are still waiting to be taken (``take``)."""
+        if not self._ready and not self.closed and head > self.position:
+            with storage_failures(self._storage):
+                self._read(head)
+
+    def take(self) -> Change | None:
+        """The next event read, or None."""
+        return self._ready.popleft() if self._ready else None
 
     def known_head(self) -> int:
         """The safe head as the ledger's watching thread last read it (no I/O)."""
@@ -191,7 +204,8 @@ class ChangeFeed(Iterator[Change]):
 
     @property
     def closed(self) -> bool:
-        return self._closed.is_set()
+        """Closed itself, or its ledger was closed."""
+        return self._closed.is_set() or self._watcher.closed
 
     def __enter__(self) -> Self:
         return self
