@@ -27,7 +27,7 @@ from typing import Any, Concatenate, ParamSpec, Self, TypeVar
 
 from ledger.api import ContextLedger
 from ledger.domain import validation
-from ledger.errors import LedgerClosed, LedgerError
+from ledger.errors import InvalidContextInput, LedgerClosed, LedgerError
 from ledger.store.feed import POLL_SECONDS, Change, ChangeFeed
 
 P = ParamSpec("P")
@@ -48,8 +48,12 @@ def _in_thread(
     ) -> T:
         given = kwargs.get("user_id", args[0] if args else None)
         # The user's turn is keyed by the id as the ledger checks it (a str
-        # subclass with an odd hash cannot split or break the turns).
-        user = validation.optional_identifier("user_id", given)
+        # subclass with an odd hash cannot split or break the turns); a bad id
+        # takes no turn and the method itself refuses it (and counts it).
+        try:
+            user = validation.optional_identifier("user_id", given)
+        except InvalidContextInput:
+            user = None
         ledger = await owner.opened()
         bound = functools.partial(method, ledger, *args, **kwargs)
         return await owner.run(bound, user)
@@ -90,6 +94,7 @@ class AsyncContextLedger:
         self._turns: dict[str, tuple[asyncio.Lock, int]] = {}
         self._running: set[asyncio.Future[Any]] = set()
         self._closing = False
+        self._closed: asyncio.Future[None] | None = None
 
     @classmethod
     def open(
@@ -188,13 +193,22 @@ class AsyncContextLedger:
         (or the iteration starts)."""
         return AsyncChangeFeed(self, user_id, after)
 
+    @property
+    def closing(self) -> bool:
+        """Whether ``aclose()`` was called."""
+        return self._closing
+
     async def aclose(self) -> None:
         """Closes the ledger: calls running in threads finish first, calls still
         waiting (and any made later) raise LedgerClosed, and the ledger's feeds
-        end."""
-        if self._closing:
-            return
+        end. Cancelling it does not stop the closing; calling it again waits for
+        it."""
         self._closing = True
+        if self._closed is None:
+            self._closed = asyncio.ensure_future(self._close())
+        await asyncio.shield(self._closed)
+
+    async def _close(self) -> None:
         while self._running:
             await asyncio.wait(set(self._running))
         opening, self._opening = self._opening, None
@@ -261,29 +275,35 @@ class AsyncChangeFeed:
         return self
 
     async def __anext__(self) -> Change:
-        await self.start()
+        try:
+            await self.start()
+        except LedgerClosed:
+            raise StopAsyncIteration from None
         feed = self._feed
         assert feed is not None  # noqa: S101  (start() set it)
         while True:
             # Events are read into the synchronous feed and taken from it here, so
             # a read whose caller was cancelled loses nothing: the next call
-            # finds them (or waits for that read to end).
+            # waits for that read and finds its events (or its error).
             change = feed.take()
             if change is not None:
                 return change
-            if feed.closed:
+            if feed.closed or self._ledger.closing:
                 raise StopAsyncIteration
-            if self._reading is not None and not self._reading.done():
-                await asyncio.shield(self._reading)
-                continue
-            head = feed.known_head()
-            if head > feed.position:
+            if self._reading is None:
+                head = feed.known_head()
+                if head <= feed.position:
+                    await asyncio.sleep(POLL_SECONDS)
+                    continue
                 self._reading = asyncio.ensure_future(
                     self._ledger.run(functools.partial(feed.fill, head))
                 )
-                await asyncio.shield(self._reading)
-            else:
-                await asyncio.sleep(POLL_SECONDS)
+            await asyncio.wait([self._reading])  # a cancel here leaves it running
+            reading, self._reading = self._reading, None
+            try:
+                reading.result()  # its error, raised once
+            except LedgerClosed:
+                raise StopAsyncIteration from None
 
     async def aclose(self) -> None:
         if self._feed is not None:

@@ -20,6 +20,7 @@ from ledger.domain.models import Context, LedgerEvent
 from ledger.errors import (
     ContextNotFound,
     InvalidContextInput,
+    LedgerClosed,
     LedgerConfigError,
     LedgerCorrupted,
     LedgerError,
@@ -338,6 +339,8 @@ class ContextLedger(StorageClient):
         """
         user = validation.optional_identifier("user_id", user_id)
         start = None if after is None else validation.log_position("after", after)
+        if self._head.closed:
+            raise LedgerClosed
         return ChangeFeed(
             recorder=self._app.recorder,
             mapper=self._app.mapper,
@@ -349,7 +352,8 @@ class ContextLedger(StorageClient):
         )
 
     def close(self) -> None:
-        """Closes the ledger: its feeds end and its connections close."""
+        """Closes the ledger: its feeds end (reads under way finish first) and its
+        connections close; later calls raise LedgerClosed."""
         self._head.close()
         super().close()
 

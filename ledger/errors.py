@@ -7,7 +7,7 @@
     ├── ConcurrencyConflict                     writers kept colliding on one user
     ├── LedgerConfigError (also ValueError)     a database URL or setting is unusable
     ├── LedgerNotFound (also LookupError)       no ledger at the URL (create=False)
-    ├── LedgerClosed (also RuntimeError)        a call on an AsyncContextLedger closed
+    ├── LedgerClosed (also RuntimeError)        a call on a ledger already closed
     ├── LedgerCorrupted                         stored events cannot be replayed
     ├── StorageUnavailable (also ConnectionError)  the database failed
     └── ProjectionError                         a view cannot go on
@@ -132,13 +132,15 @@ class LedgerNotFound(LedgerError, LookupError):
 
 
 class LedgerClosed(LedgerError, RuntimeError):
-    """A call was made on an AsyncContextLedger that is closed (or closing)."""
+    """A call was made on a ledger (or its views) that is closed or closing."""
 
     def __init__(self) -> None:
         super().__init__(
-            "the ledger is closed: nothing was done; open it again "
-            "(AsyncContextLedger.open) to go on"
+            "the ledger is closed: nothing was done; open it again to go on"
         )
+
+    def __reduce__(self) -> tuple[type["LedgerError"], tuple[object, ...]]:
+        return type(self), ()
 
 
 class StorageUnavailable(LedgerError, ConnectionError):

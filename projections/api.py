@@ -159,7 +159,7 @@ class Projections(StorageClient):
             try:
                 with storage_failures(self.storage):
                     head = self._reader.head()
-                    _, reached = self._processor.advance(targets, head, on_batch)
+                    _, reached = self._processor.advance(targets, head, on_batch, stop)
                     if metrics.enabled() and time.monotonic() >= figures_due:
                         metrics.record_views(self.status())
                         figures_due = time.monotonic() + FIGURES_SECONDS

@@ -7,6 +7,7 @@ rebuild swapped in under a running worker never lose or repeat an event.
 """
 
 import sqlite3
+import threading
 from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -98,9 +99,14 @@ class Processor:
         return self.advance(targets, up_to, on_batch)[0]
 
     def advance(
-        self, targets: Sequence[Target], up_to: int, on_batch: OnBatch | None = None
+        self,
+        targets: Sequence[Target],
+        up_to: int,
+        on_batch: OnBatch | None = None,
+        stop: threading.Event | None = None,
     ) -> tuple[Counter[str], dict[str, int]]:
-        """``run``; also each target's position at the end, by view name."""
+        """``run``; also each target's position at the end, by view name. With
+        ``stop``, it ends after the batch during which ``stop`` was set."""
         positions = {target.key: self.position(target.key) for target in targets}
         going = list(targets)
         stopped: list[ViewCannotApply] = []
@@ -124,6 +130,8 @@ class Processor:
                 applied[target.view.name] += count
             if on_batch is not None:
                 on_batch(batch[-1][0] - start)
+            if stop is not None and stop.is_set():
+                break
         if stopped:
             for other in stopped[1:]:
                 stopped[0].add_note(str(other))
@@ -180,7 +188,16 @@ class Processor:
             with self.store.writing(target.key) as tx:
                 create_tables(tx, target.view, target.generation)
                 self.store.forget(tx, target.key)
-        applied = self.run(targets, self.reader.head(), on_batch)
+        head = self.reader.head()
+        try:
+            applied = self.run(targets, head, on_batch)
+        except ViewCannotApply:
+            # The views that reached the head are swapped in; one that could not
+            # apply an event keeps its live view, and the error is raised.
+            for target in targets:
+                if self.position(target.key) >= head:
+                    self._swap(target)
+            raise
         for target in targets:
             applied[target.view.name] += self._swap(target)
         return applied

@@ -4,9 +4,12 @@ event that commits late instead of passing it; close() ends it."""
 
 import asyncio
 import multiprocessing
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -17,6 +20,7 @@ from ledger import (
     ChangeFeed,
     ContextLedger,
     InvalidContextInput,
+    LedgerClosed,
     LedgerEvent,
     StorageUnavailable,
 )
@@ -291,3 +295,50 @@ def _first_failure(feed: ChangeFeed, seconds: float = 30) -> BaseException | Non
         except StorageUnavailable as failure:
             return failure
     return None
+
+
+CLOSE_RACE = """
+import sys, threading, time, random
+from ledger import ContextLedger
+url = sys.argv[1]
+with ContextLedger.open(url) as first:
+    first.open_context("alice", "t")
+for n in range(150):
+    ledger = ContextLedger.open(url)
+    feed = ledger.changes(after=0)
+    reader = threading.Thread(target=lambda: [None for _ in feed], daemon=True)
+    reader.start()
+    time.sleep(random.uniform(0, 0.03))
+    ledger.close()
+    reader.join(5)
+    assert not reader.is_alive()
+print("ok")
+"""
+
+
+def test_closing_a_ledger_while_its_feed_reads_is_clean(tmp_path: Path) -> None:
+    # In a process of its own: closing SQLite under a running read can crash it.
+    done = subprocess.run(
+        [sys.executable, "-c", CLOSE_RACE, f"sqlite:///{tmp_path / 'race.db'}"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.strip() == "ok"
+
+
+def test_a_closed_ledger_refuses_calls_with_ledger_closed(durable_url: str) -> None:
+    ledger = ContextLedger.open(durable_url)
+    ledger.open_context("alice", "t")
+    ledger.close()
+
+    for call in (
+        lambda: ledger.open_context("alice", "t"),
+        lambda: ledger.history("alice"),
+        ledger.changes,
+    ):
+        with pytest.raises(LedgerClosed):
+            call()

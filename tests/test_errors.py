@@ -9,7 +9,9 @@ from ledger import (
     ContextLimitExceeded,
     ContextNotFound,
     InvalidContextInput,
+    LedgerClosed,
     LedgerConfigError,
+    LedgerCorrupted,
     LedgerError,
     StorageUnavailable,
 )
@@ -21,6 +23,8 @@ ERRORS: list[LedgerError] = [
     ConcurrencyConflict("alice", 25),
     LedgerConfigError("bad URL"),
     StorageUnavailable("sqlite file x.db", OSError("disk I/O error")),
+    LedgerClosed(),
+    LedgerCorrupted("alice", "version 3 does not follow version 1"),
 ]
 
 
@@ -40,3 +44,4 @@ def test_builtin_bases_match_the_meaning() -> None:
     assert isinstance(ERRORS[1], LookupError)
     assert isinstance(ERRORS[4], ValueError)
     assert isinstance(ERRORS[5], ConnectionError)
+    assert isinstance(ERRORS[6], RuntimeError)

@@ -310,10 +310,8 @@ def test_verify_export_reports_on_any_bytes(tmp_path: Path, content: bytes) -> N
     path = tmp_path / "export.jsonl"
     path.write_bytes(content)
 
-    try:
-        report = verify_export(path)
-    except LedgerError:
-        return
+    report = verify_export(path)  # any bytes in a regular file: a report
+
     assert not report.intact
 
 

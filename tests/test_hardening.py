@@ -3,6 +3,7 @@ builtin subclasses in metadata, one damaged user during expire_due, and times at
 the ends of the calendar."""
 
 import enum
+import os
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -256,3 +257,23 @@ def test_a_time_to_live_past_the_year_9999_ends_at_the_last_time(
     assert expired == 1
     assert _kinds(ledger, "alice") == ["created", "reused", "expired"]
     assert ledger.verify_chain().holds
+
+
+class BrokenPath(os.PathLike[str]):
+    def __fspath__(self) -> str:
+        raise RuntimeError("no path")
+
+
+@pytest.mark.parametrize("where", ["broken", "missing folder/", "folder/"])
+def test_an_export_to_a_path_that_is_no_file_is_refused(
+    sqlite_url: str, tmp_path: Path, where: str
+) -> None:
+    (tmp_path / "folder").mkdir()
+    path: Any = BrokenPath() if where == "broken" else f"{tmp_path}/{where}"
+    with ContextLedger.open(sqlite_url) as ledger:
+        ledger.open_context("alice", "t")
+        with pytest.raises(InvalidContextInput):
+            ledger.export("alice", path)
+
+    assert not (tmp_path / "missing folder").exists()
+    assert list((tmp_path / "folder").iterdir()) == []

@@ -1,13 +1,17 @@
 """Database URLs: what each one configures, and clear errors for bad ones."""
 
+import signal
 import sqlite3
+import subprocess
+import time
 from pathlib import Path
 
 import psycopg
 import pytest
 
-from ledger import ContextLedger, LedgerConfigError, StorageUnavailable
+from ledger import ContextLedger, LedgerConfigError, LedgerError, StorageUnavailable
 from ledger.store.urls import DEFAULT_URL, resolve_url, storage_for
+from tests.helpers import CTXLEDGER
 
 
 def test_no_url_means_the_environment_variable_then_the_default(
@@ -145,3 +149,39 @@ def test_a_schema_dropped_under_an_open_ledger_is_storage_unavailable(
 
         with pytest.raises(StorageUnavailable, match="does not exist"):
             ledger.open_context("alice", "u")
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "postgresql:/postgres:S3cretPW@127.0.0.1/test",
+        "postgresql:postgres:S3cretPW@127.0.0.1/test",
+        "postgresql://postgres:S3cretPW/test",
+        "postgresql://postgres:S3cretPW@127.0.0.1:99999/test",
+    ],
+)
+def test_a_password_never_shows_in_the_error_of_a_malformed_url(url: str) -> None:
+    with pytest.raises(LedgerError) as caught:
+        ContextLedger.open(url)
+
+    assert "S3cretPW" not in str(caught.value)
+
+
+@pytest.mark.postgres
+def test_project_follow_does_not_print_the_password(
+    postgres_url: str, tmp_path: Path
+) -> None:
+    with_password = postgres_url.replace("postgres@", "postgres:S3cretPW@", 1)
+    worker = subprocess.Popen(
+        [CTXLEDGER, "--db", with_password, "project", "--follow"],
+        cwd=tmp_path,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    time.sleep(2)
+    worker.send_signal(signal.SIGTERM)
+    out, err = worker.communicate(timeout=30)
+
+    assert "following postgresql://postgres:***@" in err
+    assert "S3cretPW" not in out + err

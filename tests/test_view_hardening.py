@@ -552,3 +552,34 @@ def test_a_follower_goes_on_after_its_sqlite_file_was_locked(tmp_path: Path) -> 
 
     assert "database is locked" in failure
     assert (status, stdout) == (0, "stopped at position 2\n")
+
+
+def test_a_rebuild_swaps_in_the_views_that_reached_the_head(
+    durable_url: str, ledger: ContextLedger, views: Projections
+) -> None:
+    ledger.open_context("alice", "t1")
+    ledger.open_context("bob", "t1")
+    views.catch_up()
+    execute_sql(durable_url, "DELETE FROM ctxl_audit WHERE user_id = 'bob'")
+    append_update_of_a_context_never_opened(durable_url, "mallory")  # not for active
+
+    with pytest.raises(ViewCannotApply) as raised:
+        views.rebuild()
+
+    assert raised.value.view == "active"
+    assert views.verify(["audit", "continuity"]) == {"audit": [], "continuity": []}
+
+
+def test_follow_stops_between_batches_while_catching_up(durable_url: str) -> None:
+    with ContextLedger.open(durable_url) as ledger:
+        for n in range(400):
+            ledger.open_context(f"user-{n % 40}", f"t{n % 7}")
+    stop = threading.Event()
+    with Projections.open(durable_url, batch_size=1) as views:
+        head = views.head()
+        stopper = threading.Timer(0.2, stop.set)
+        stopper.start()
+        reached = views.follow(stop)
+        stopper.join()
+
+    assert 0 < min(reached.values()) < head  # it did not apply the whole backlog

@@ -135,13 +135,20 @@ def write_export(
 def file_path(path: object, field: str = "path") -> Path:
     """``path`` (a str or path-like of str) as a Path; InvalidContextInput if it is
     of another type, empty, or holds a NUL character (no file can be named so)."""
-    text = os.fspath(path) if isinstance(path, str | os.PathLike) else None
+    try:
+        text = os.fspath(path) if isinstance(path, str | os.PathLike) else None
+    except Exception:  # noqa: BLE001  (a path-like whose __fspath__ fails)
+        text = None
     if not isinstance(text, str):
         raise InvalidContextInput(
             field, path, "is not a path", "pass the file's path as a str or a Path"
         )
     if not text:
         raise InvalidContextInput(field, text, "is empty", "give the path of a file")
+    if text.endswith(("/", os.sep)):
+        raise InvalidContextInput(
+            field, text, "ends with a slash", "give the path of a file, not a folder"
+        )
     if "\x00" in text:
         raise InvalidContextInput(
             field, text, "holds a NUL character", "remove it from the file's path"

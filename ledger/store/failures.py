@@ -15,9 +15,14 @@ from types import TracebackType
 from typing import Any, Self
 
 import psycopg
-from eventsourcing.persistence import IntegrityError, PersistenceError
+from eventsourcing.persistence import (
+    ConnectionPoolClosedError,
+    IntegrityError,
+    PersistenceError,
+)
+from psycopg_pool import PoolClosed
 
-from ledger.errors import StorageUnavailable
+from ledger.errors import LedgerClosed, StorageUnavailable
 from ledger.store.urls import Storage
 
 DATABASE_ERRORS = (PersistenceError, psycopg.Error, sqlite3.Error)
@@ -33,11 +38,25 @@ def storage_failures(storage: Storage, *, writing: bool = False) -> Iterator[Non
         yield
     except IntegrityError:
         raise
+    except ConnectionPoolClosedError as closed:  # SQLite's, once closed
+        raise LedgerClosed from closed
     except DATABASE_ERRORS as error:
+        if _pool_closed(error):  # PostgreSQL's, once closed
+            raise LedgerClosed from error
         unavailable = StorageUnavailable(storage.description, error, writing=writing)
         for note in getattr(error, "__notes__", ()):
             unavailable.add_note(note)
         raise unavailable from error
+
+
+def _pool_closed(error: BaseException) -> bool:
+    """Whether the error comes from a connection pool that was closed."""
+    cause: BaseException | None = error
+    while cause is not None:
+        if isinstance(cause, PoolClosed):
+            return True
+        cause = cause.__cause__
+    return False
 
 
 def _guarded(method: Callable[..., Any]) -> Callable[..., Any]:

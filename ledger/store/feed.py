@@ -16,6 +16,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Iterator
+from contextlib import contextmanager
 from types import TracebackType
 from typing import Any, Self
 from uuid import UUID
@@ -40,7 +41,12 @@ Change = tuple[int, LedgerEvent]
 
 class HeadWatcher:
     """Reads the safe head every ``poll_seconds`` while feeds are open, in one
-    daemon thread per ledger, and wakes the feeds waiting for it to move."""
+    daemon thread per ledger, and wakes the feeds waiting for it to move.
+
+    Every read of the store by a feed (and by the watching thread) runs inside
+    ``reading()``; ``close()`` waits for those to end, so the ledger's connections
+    are never closed under a read.
+    """
 
     def __init__(self, recorder: ApplicationRecorder, poll_seconds: float) -> None:
         self._recorder = recorder
@@ -51,10 +57,27 @@ class HeadWatcher:
         self._failure: BaseException | None = None
         self._thread: threading.Thread | None = None
         self._closed = False
+        self._reads = 0
+
+    @contextmanager
+    def reading(self) -> Iterator[bool]:
+        """Marks a read of the store; yields False (read nothing) once closed."""
+        with self._moved:
+            if self._closed:
+                yield False
+                return
+            self._reads += 1
+        try:
+            yield True
+        finally:
+            with self._moved:
+                self._reads -= 1
+                self._moved.notify_all()
 
     def head_now(self) -> int:
-        """The safe head, read now."""
-        return safe_head(self._recorder)
+        """The safe head, read now (-1 once closed)."""
+        with self.reading() as open_:
+            return safe_head(self._recorder) if open_ else -1
 
     @property
     def last_head(self) -> int:
@@ -73,6 +96,7 @@ class HeadWatcher:
         with self._moved:
             self._users += 1
             if self._thread is None or not self._thread.is_alive():
+                self._failure = None  # of an earlier watch: read afresh
                 self._thread = threading.Thread(
                     target=self._watch, name="ctxledger-head", daemon=True
                 )
@@ -84,9 +108,15 @@ class HeadWatcher:
             self._moved.notify_all()
 
     def close(self) -> None:
+        """Ends the watch and waits for every read of the store to end."""
         with self._moved:
             self._closed = True
             self._moved.notify_all()
+            thread = self._thread
+            while self._reads:
+                self._moved.wait()
+        if thread is not None and thread is not threading.current_thread():
+            thread.join()
 
     def wait_beyond(self, position: int, timeout: float) -> int:
         """The head once it is past ``position``, or as it is after ``timeout``."""
@@ -109,6 +139,8 @@ class HeadWatcher:
                     return
             try:
                 head = self.head_now()
+                if head < 0:
+                    continue  # closed: the loop ends at its top
             except Exception as error:  # noqa: BLE001  (handed to the feeds waiting)
                 with self._moved:
                     self._failure = error
@@ -219,7 +251,13 @@ class ChangeFeed(Iterator[Change]):
         self.close()
 
     def _read(self, head: int) -> None:
-        """Reads a page of what lies after the position, up to ``head``."""
+        """Reads a page of what lies after the position, up to ``head`` (nothing
+        once the ledger is closed)."""
+        with self._watcher.reading() as open_:
+            if open_:
+                self._read_page(head)
+
+    def _read_page(self, head: int) -> None:
         if self._stream is None:
             page = list(
                 self._recorder.select_notifications(

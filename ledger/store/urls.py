@@ -313,18 +313,33 @@ def _shown(text: str) -> str:
     return f"{shown[: _SHOWN_CHARS - 4]}...{shown[0]} ({len(shown)} chars)"
 
 
+def shown_url(url: str) -> str:
+    """The URL as messages and the CLI show it: any password hidden."""
+    return _hide_password(url)
+
+
 def _hide_password(text: str) -> str:
     """``text`` with the password of any URL in it replaced by ``***``.
 
     Parsed by hand, not by ``urlsplit``: this must work on URLs that it refuses.
-    Everything from the first ':' after '//' to the last '@' is hidden, so a
-    password holding '/', '?', '#' or '@' does not show either.
+    With an '@', everything from the first ':' after the scheme (and its slashes,
+    however many) to the last '@' is hidden, so a password holding '/', '?', '#'
+    or '@' does not show either. With none (a forgotten '@host'), a "port" that is
+    not a number is hidden: it may be the password.
     """
-    start = text.find("//")
-    if start < 0:
+    scheme = text.find(":")
+    if scheme < 0 or text.startswith("sqlite"):
         return text
+    start = scheme + 1
+    while start < len(text) and text[start] == "/":
+        start += 1
     at = text.rfind("@")
-    colon = text.find(":", start + 2, max(at, 0))
-    if at < 0 or colon < 0:
-        return text
-    return f"{text[: colon + 1]}***{text[at:]}"
+    if at >= start:
+        colon = text.find(":", start, at)
+        return text if colon < 0 else f"{text[: colon + 1]}***{text[at:]}"
+    ends = [i for i in (text.find(c, start) for c in "/?#") if i >= 0]
+    end = min(ends, default=len(text))
+    colon = text.find(":", start, end)
+    if colon >= 0 and not text[colon + 1 : end].isdigit():
+        return f"{text[: colon + 1]}***{text[end:]}"
+    return text

@@ -9,7 +9,7 @@ from pathlib import Path
 import click
 
 from ledger import EVENT_KINDS, ContextLedger
-from ledger.store.urls import DEFAULT_URL, URL_VARIABLE, resolve_url
+from ledger.store.urls import DEFAULT_URL, URL_VARIABLE, resolve_url, shown_url
 from projections import Projections
 from tools.cli import audit as audit_commands
 from tools.cli import render
@@ -57,7 +57,9 @@ def demo(url: str, users: int, threads: int, messages: int, seed: int) -> None:
         summary = run_demo(url, options, lambda: advance(1))
     with Projections.open(url) as views:
         caught_up(views, "projecting")
-        render.print_pairs(f"ctxledger demo on {url}", _demo_figures(summary, views))
+        render.print_pairs(
+            f"ctxledger demo on {shown_url(url)}", _demo_figures(summary, views)
+        )
     command = (
         f"{_invoked_as()} --db {shlex.quote(url)}"
         if url != DEFAULT_URL

@@ -12,6 +12,7 @@ from typing import Any
 import click
 
 from ledger import EVENT_KINDS, StorageUnavailable, metrics
+from ledger.store.urls import shown_url
 from projections import VIEW_NAMES, Projections
 from projections.api import DEFAULT_BATCH_SIZE
 from projections.models import AuditRow
@@ -84,7 +85,7 @@ def project(url: str, follow: bool, metrics_port: int | None, batch_size: int) -
             return
         stop = threading.Event()
         with _stopping_on_signals(stop):
-            render.note(f"following {url}; Ctrl-C or SIGTERM stops")
+            render.note(f"following {shown_url(url)}; Ctrl-C or SIGTERM stops")
             reached = views.follow(stop, on_failure=_report_failure)
         # Not read again: the database may be the reason it was stopped.
         if reached:
