@@ -12,9 +12,11 @@ import subprocess
 import sys
 import threading
 import time
+import uuid
 from collections import Counter
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Literal
 
@@ -23,6 +25,9 @@ import pytest
 
 from ledger import ConcurrencyConflict, ContextLedger, ContextNotFound
 from ledger.domain.contexts import user_aggregate_id
+from ledger.domain.events import ContextCreated, ContextEvent, ContextUpdated
+from ledger.store.application import open_application
+from ledger.store.urls import storage_for
 
 OpenLedger = Callable[..., ContextLedger]
 CTXLEDGER = str(Path(sys.executable).with_name("ctxledger"))
@@ -295,3 +300,42 @@ def held_backend(url: str, application_name: str) -> int:
 
     pid: int = wait_until(find, f"a held append of {application_name}")
     return pid
+
+
+def append_raw_event(
+    url: str, user_id: str, event_class: type[ContextEvent], **fields: Any
+) -> None:
+    """Writes an event the aggregate would never decide, as a defect (or an older
+    release) might have stored it: version, time, user and chain are right."""
+    application = open_application(storage_for(url))
+    now = datetime.now(tz=UTC)
+    aggregate = application.load(user_id, now)
+    values: dict[str, Any] = {
+        "context_id": str(uuid.uuid4()),
+        "run_id": None,
+        "metadata": {},
+        **fields,
+    }
+    event = event_class.model_construct(
+        originator_id=aggregate.id,
+        originator_version=aggregate.version + 1,
+        timestamp=now,
+        user_id=user_id,
+        prev_hash=aggregate.last_hash,
+        **values,
+    )
+    application.events.put([event])
+    application.close()
+
+
+def append_update_of_a_context_never_opened(url: str, user_id: str) -> None:
+    """An update of a context never opened: no view can apply it."""
+    append_raw_event(url, user_id, ContextUpdated, thread_id="t1")
+
+
+def append_raw_creation(url: str, user_id: str, thread_id: str) -> None:
+    """A second creation on a thread with an active context: the defect the
+    continuity view exists to expose."""
+    append_raw_event(
+        url, user_id, ContextCreated, thread_id=thread_id, ttl_seconds=None
+    )

@@ -20,11 +20,15 @@ import psycopg
 import pytest
 
 from ledger import ContextLedger
-from ledger.domain.events import ContextUpdated
 from ledger.store.application import open_application
 from ledger.store.urls import storage_for
 from projections import Projections, UnknownView, ViewCannotApply
-from tests.helpers import CTXLEDGER, execute_sql, run
+from tests.helpers import (
+    CTXLEDGER,
+    append_update_of_a_context_never_opened,
+    execute_sql,
+    run,
+)
 
 EQUAL: dict[str, list[str]] = {"active": [], "audit": [], "continuity": []}
 NUL_METADATA = {"note": "before\x00after", "key\x00": 1, "list": ["\x00"]}
@@ -224,26 +228,6 @@ def test_a_rebuild_names_an_event_it_cannot_apply_among_the_last_ones(
     assert (raised.value.view, raised.value.position) == ("active", appended[0])
     assert raised.value.user_id == "mallory"
     assert views.status()[0].position == 2
-
-
-def append_update_of_a_context_never_opened(url: str, user_id: str) -> None:
-    """An event the aggregate would never decide: no view can apply it."""
-    application = open_application(storage_for(url))
-    now = datetime.now(tz=UTC)
-    aggregate = application.load(user_id, now)
-    event = ContextUpdated.model_construct(
-        originator_id=aggregate.id,
-        originator_version=aggregate.version + 1,
-        timestamp=now,
-        user_id=user_id,
-        prev_hash=aggregate.last_hash,
-        context_id=str(uuid.uuid4()),
-        thread_id="t1",
-        run_id=None,
-        metadata={},
-    )
-    application.events.put([event])
-    application.close()
 
 
 def test_project_prints_the_event_a_view_cannot_apply_and_exits_1(

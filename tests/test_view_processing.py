@@ -2,17 +2,12 @@
 
 import threading
 from collections.abc import Iterator
-from datetime import UTC, datetime
-from uuid import uuid4
 
 import pytest
 
 from ledger import ContextLedger
-from ledger.domain.events import ContextCreated
-from ledger.store.application import open_application
-from ledger.store.urls import storage_for
 from projections import Projections, UndecodableEvent
-from tests.helpers import execute_sql
+from tests.helpers import append_raw_creation, execute_sql
 
 
 @pytest.fixture
@@ -183,28 +178,6 @@ def test_continuity_records_a_second_context_created_on_an_active_thread(
     overlap = views.audit_rows("alice")[-1]
     assert overlap.kind == "created"
     assert overlap.context_id != first.context_id
-
-
-def append_raw_creation(url: str, user_id: str, thread_id: str) -> None:
-    """Writes a creation the aggregate would never decide: the defect the view
-    exists to expose."""
-    application = open_application(storage_for(url))
-    now = datetime.now(tz=UTC)
-    aggregate = application.load(user_id, now)
-    event = ContextCreated.model_construct(
-        originator_id=aggregate.id,
-        originator_version=aggregate.version + 1,
-        timestamp=now,
-        user_id=user_id,
-        prev_hash=aggregate.last_hash,
-        context_id=str(uuid4()),
-        thread_id=thread_id,
-        run_id=None,
-        metadata={},
-        ttl_seconds=None,
-    )
-    application.events.put([event])
-    application.close()
 
 
 def test_follow_applies_events_as_they_arrive_until_stopped(
