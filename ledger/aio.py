@@ -262,6 +262,7 @@ class AsyncChangeFeed:
         self._after = after
         self._feed: ChangeFeed | None = None
         self._reading: asyncio.Future[None] | None = None
+        self._taking = asyncio.Lock()
 
     async def start(self) -> None:
         """Fixes where the feed starts (the head now, if ``after`` is None)."""
@@ -275,6 +276,10 @@ class AsyncChangeFeed:
         return self
 
     async def __anext__(self) -> Change:
+        async with self._taking:  # one taker at a time, in the order they came
+            return await self._next()
+
+    async def _next(self) -> Change:
         try:
             await self.start()
         except LedgerClosed:

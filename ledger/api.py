@@ -351,11 +351,9 @@ class ContextLedger(StorageClient):
             after=start,
         )
 
-    def close(self) -> None:
-        """Closes the ledger: its feeds end (reads under way finish first) and its
-        connections close; later calls raise LedgerClosed."""
+    def _before_close(self) -> None:
+        # Its feeds end (reads under way finish first), then the connections close.
         self._head.close()
-        super().close()
 
     def export(
         self,

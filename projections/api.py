@@ -178,8 +178,11 @@ class Projections(StorageClient):
         """Builds the views anew from the first event and swaps them in; readers
         see the old views until then. How many events each applied."""
         views = [self.views[name] for name in self._selected(names)]
-        applied: Counter[str] = self._processor.rebuild(views, on_batch)
-        self._built |= {view.name for view in views}
+        try:
+            applied: Counter[str] = self._processor.rebuild(views, on_batch)
+        finally:  # the views swapped in, even if another could not be rebuilt
+            with self._store.reading() as tx:
+                self._built |= {v.name for v in views if live_tables_exist(tx, v)}
         return {view.name: applied[view.name] for view in views}
 
     def wait(self, position: int, timeout: float = 10.0) -> None:

@@ -191,12 +191,16 @@ class Processor:
         head = self.reader.head()
         try:
             applied = self.run(targets, head, on_batch)
-        except ViewCannotApply:
+        except ViewCannotApply as failure:
             # The views that reached the head are swapped in; one that could not
-            # apply an event keeps its live view, and the error is raised.
+            # apply an event keeps its live view, and the error is raised (with
+            # any error of a swap as a note).
             for target in targets:
                 if self.position(target.key) >= head:
-                    self._swap(target)
+                    try:
+                        self._swap(target)
+                    except ViewCannotApply as other:
+                        failure.add_note(str(other))
             raise
         for target in targets:
             applied[target.view.name] += self._swap(target)

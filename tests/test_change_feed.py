@@ -298,26 +298,43 @@ def _first_failure(feed: ChangeFeed, seconds: float = 30) -> BaseException | Non
 
 
 CLOSE_RACE = """
-import sys, threading, time, random
-from ledger import ContextLedger
+import random, sys, threading, time
+from ledger import ContextLedger, LedgerClosed
 url = sys.argv[1]
 with ContextLedger.open(url) as first:
-    first.open_context("alice", "t")
-for n in range(150):
+    for n in range(2000):
+        first.open_context(f"user-{n % 50}", f"t{n % 7}")
+
+def read_feed(ledger):
+    for _ in ledger.changes(after=0):
+        pass
+
+def call_api(ledger):
+    try:
+        while True:
+            ledger.history(f"user-{random.randrange(50)}")
+    except LedgerClosed:
+        pass
+
+for _ in range(40):
     ledger = ContextLedger.open(url)
-    feed = ledger.changes(after=0)
-    reader = threading.Thread(target=lambda: [None for _ in feed], daemon=True)
-    reader.start()
-    time.sleep(random.uniform(0, 0.03))
+    workers = [
+        threading.Thread(target=work, args=(ledger,), daemon=True)
+        for work in (read_feed, read_feed, read_feed, call_api, call_api)
+    ]
+    for worker in workers:
+        worker.start()
+    time.sleep(random.uniform(0, 0.05))
     ledger.close()
-    reader.join(5)
-    assert not reader.is_alive()
+    for worker in workers:
+        worker.join(10)
+        assert not worker.is_alive()
 print("ok")
 """
 
 
-def test_closing_a_ledger_while_its_feed_reads_is_clean(tmp_path: Path) -> None:
-    # In a process of its own: closing SQLite under a running read can crash it.
+def test_closing_a_ledger_while_feeds_and_calls_read_is_clean(tmp_path: Path) -> None:
+    # In a process of its own: closing SQLite under a running read crashed it.
     done = subprocess.run(
         [sys.executable, "-c", CLOSE_RACE, f"sqlite:///{tmp_path / 'race.db'}"],
         capture_output=True,
@@ -330,8 +347,8 @@ def test_closing_a_ledger_while_its_feed_reads_is_clean(tmp_path: Path) -> None:
     assert done.stdout.strip() == "ok"
 
 
-def test_a_closed_ledger_refuses_calls_with_ledger_closed(durable_url: str) -> None:
-    ledger = ContextLedger.open(durable_url)
+def test_a_closed_ledger_refuses_calls_with_ledger_closed(ledger_url: str) -> None:
+    ledger = ContextLedger.open(ledger_url)
     ledger.open_context("alice", "t")
     ledger.close()
 
@@ -342,3 +359,22 @@ def test_a_closed_ledger_refuses_calls_with_ledger_closed(durable_url: str) -> N
     ):
         with pytest.raises(LedgerClosed):
             call()
+
+
+def test_several_takers_of_one_async_feed_each_get_another_event(
+    durable_url: str,
+) -> None:
+    async def scenario() -> list[int]:
+        async with (
+            AsyncContextLedger.open(durable_url) as ledger,
+            ledger.changes() as feed,
+        ):
+            for n in range(10):
+                await ledger.open_context(f"user-{n}", "t")
+            taken = await asyncio.gather(*[anext(feed) for _ in range(10)])
+        return [position for position, _ in taken]
+
+    positions = asyncio.run(scenario())
+
+    assert positions == sorted(set(positions))
+    assert len(positions) == 10

@@ -3,7 +3,6 @@
 import signal
 import sqlite3
 import subprocess
-import time
 from pathlib import Path
 
 import psycopg
@@ -11,7 +10,7 @@ import pytest
 
 from ledger import ContextLedger, LedgerConfigError, LedgerError, StorageUnavailable
 from ledger.store.urls import DEFAULT_URL, resolve_url, storage_for
-from tests.helpers import CTXLEDGER
+from tests.helpers import CTXLEDGER, run
 
 
 def test_no_url_means_the_environment_variable_then_the_default(
@@ -179,9 +178,49 @@ def test_project_follow_does_not_print_the_password(
         stderr=subprocess.PIPE,
         text=True,
     )
-    time.sleep(2)
+    assert worker.stderr is not None
+    first = worker.stderr.readline()  # "following ...": the handler is set by now
     worker.send_signal(signal.SIGTERM)
-    out, err = worker.communicate(timeout=30)
+    out, rest = worker.communicate(timeout=30)
+    err = first + rest
 
     assert "following postgresql://postgres:***@" in err
     assert "S3cretPW" not in out + err
+
+
+@pytest.mark.postgres
+def test_demo_does_not_print_the_password(postgres_url: str, tmp_path: Path) -> None:
+    with_password = postgres_url.replace("postgres@", "postgres:S3cretPW@", 1)
+
+    done = run(
+        "--db",
+        with_password,
+        "demo",
+        "--users",
+        "2",
+        "--threads",
+        "1",
+        "--messages",
+        "6",
+        cwd=tmp_path,
+    )
+
+    assert done.returncode == 0, done.stderr
+    assert "S3cretPW" not in done.stdout + done.stderr
+    assert "postgres:***@" in done.stdout
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "postgresql://postgres:123456/db",
+        "sqlite://user:S3cretPW@host/db",
+        "postgresql://host/db?password=S3cretPW",
+    ],
+)
+def test_more_malformed_urls_keep_the_password_hidden(url: str) -> None:
+    with pytest.raises(LedgerError) as caught:
+        ContextLedger.open(url)
+
+    assert "S3cretPW" not in str(caught.value)
+    assert "123456" not in str(caught.value)

@@ -9,6 +9,9 @@ its own failures as writes (``LedgerApplication.record``).
 import functools
 import inspect
 import sqlite3
+import threading
+import time
+from collections import Counter
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from types import TracebackType
@@ -59,6 +62,52 @@ def _pool_closed(error: BaseException) -> bool:
     return False
 
 
+class ActiveCalls:
+    """The calls under way on an object, by thread. ``close()`` refuses new ones
+    and waits for those of other threads (the closing thread's own, say a signal
+    handler's, are not waited for: that would never end)."""
+
+    def __init__(self) -> None:
+        self._changed = threading.Condition()
+        self._by_thread: Counter[int] = Counter()
+        self.closed = False
+
+    @contextmanager
+    def running(self) -> Iterator[bool]:
+        """Counts a call; yields False (the caller does nothing) once closed."""
+        me = threading.get_ident()
+        with self._changed:
+            if self.closed:
+                opened = False
+            else:
+                opened = True
+                self._by_thread[me] += 1
+        if not opened:
+            yield False
+            return
+        try:
+            yield True
+        finally:
+            with self._changed:
+                self._by_thread[me] -= 1
+                if not self._by_thread[me]:
+                    del self._by_thread[me]
+                self._changed.notify_all()
+
+    def close(self, timeout: float | None = None) -> None:
+        """Refuses new calls; waits for the other threads' calls (at most
+        ``timeout`` seconds, if given)."""
+        me = threading.get_ident()
+        deadline = None if timeout is None else time.monotonic() + timeout
+        with self._changed:
+            self.closed = True
+            while any(thread != me for thread in self._by_thread):
+                left = None if deadline is None else deadline - time.monotonic()
+                if left is not None and left <= 0:
+                    return
+                self._changed.wait(left)
+
+
 def _guarded(method: Callable[..., Any]) -> Callable[..., Any]:
     if inspect.isgeneratorfunction(method):
 
@@ -71,8 +120,11 @@ def _guarded(method: Callable[..., Any]) -> Callable[..., Any]:
 
     @functools.wraps(method)
     def guarded(owner: StorageClient, /, *args: Any, **kwargs: Any) -> Any:
-        with storage_failures(owner.storage):
-            return method(owner, *args, **kwargs)
+        with owner.calls.running() as opened:
+            if not opened:
+                raise LedgerClosed
+            with storage_failures(owner.storage):
+                return method(owner, *args, **kwargs)
 
     return guarded
 
@@ -80,19 +132,40 @@ def _guarded(method: Callable[..., Any]) -> Callable[..., Any]:
 class StorageClient:
     """Owns an application on a storage: ``close()`` closes it, and so does leaving
     a ``with`` block. Database failures of public methods become
-    StorageUnavailable."""
+    StorageUnavailable; once closed they raise LedgerClosed, and closing waits for
+    the calls under way in other threads (closing SQLite under a running call
+    would crash the process)."""
 
     storage: Storage
+    calls: ActiveCalls
     _app: Any
+
+    def __new__(cls, *args: Any, **kwargs: Any) -> Self:
+        client = super().__new__(cls)
+        client.calls = ActiveCalls()
+        return client
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
         for name, value in list(vars(cls).items()):
-            if not name.startswith("_") and inspect.isfunction(value):
+            if (
+                not name.startswith("_")
+                and name != "close"
+                and inspect.isfunction(value)
+            ):
                 setattr(cls, name, _guarded(value))
 
     def close(self) -> None:
+        """Closes it: new calls raise LedgerClosed; calls under way in other
+        threads finish first. Closing again does nothing."""
+        if self.calls.closed:
+            return
+        self.calls.close()
+        self._before_close()
         self._app.close()
+
+    def _before_close(self) -> None:
+        """What a subclass closes first (after the calls under way ended)."""
 
     def __enter__(self) -> Self:
         return self

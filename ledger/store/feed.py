@@ -16,7 +16,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager
 from types import TracebackType
 from typing import Any, Self
 from uuid import UUID
@@ -28,11 +28,13 @@ from ledger.domain.events import EVENT_TOPICS, ContextEvent
 from ledger.domain.models import LedgerEvent
 from ledger.errors import LedgerCorrupted
 from ledger.store.backends import Backend, as_stream_id, safe_head
-from ledger.store.failures import storage_failures
+from ledger.store.failures import ActiveCalls, storage_failures
 from ledger.store.urls import Storage
 
 POLL_SECONDS = 0.05
 """How often a ledger with open feeds reads its log's safe head."""
+CLOSE_WAIT_SECONDS = 5.0
+"""How long closing a ledger waits for its feeds' reads under way."""
 PAGE = 500
 """Events a feed reads from the store at a time (all it holds in memory)."""
 
@@ -57,22 +59,11 @@ class HeadWatcher:
         self._failure: BaseException | None = None
         self._thread: threading.Thread | None = None
         self._closed = False
-        self._reads = 0
+        self._reads = ActiveCalls()
 
-    @contextmanager
-    def reading(self) -> Iterator[bool]:
+    def reading(self) -> AbstractContextManager[bool]:
         """Marks a read of the store; yields False (read nothing) once closed."""
-        with self._moved:
-            if self._closed:
-                yield False
-                return
-            self._reads += 1
-        try:
-            yield True
-        finally:
-            with self._moved:
-                self._reads -= 1
-                self._moved.notify_all()
+        return self._reads.running()
 
     def head_now(self) -> int:
         """The safe head, read now (-1 once closed)."""
@@ -108,15 +99,16 @@ class HeadWatcher:
             self._moved.notify_all()
 
     def close(self) -> None:
-        """Ends the watch and waits for every read of the store to end."""
+        """Ends the watch and waits for the reads of the store under way (at most
+        CLOSE_WAIT_SECONDS: a PostgreSQL safe head may wait long for another
+        session's transaction, and closing under it is safe there)."""
         with self._moved:
             self._closed = True
             self._moved.notify_all()
             thread = self._thread
-            while self._reads:
-                self._moved.wait()
+        self._reads.close(timeout=CLOSE_WAIT_SECONDS)
         if thread is not None and thread is not threading.current_thread():
-            thread.join()
+            thread.join(CLOSE_WAIT_SECONDS)
 
     def wait_beyond(self, position: int, timeout: float) -> int:
         """The head once it is past ``position``, or as it is after ``timeout``."""

@@ -313,6 +313,10 @@ def _shown(text: str) -> str:
     return f"{shown[: _SHOWN_CHARS - 4]}...{shown[0]} ({len(shown)} chars)"
 
 
+_LAST_PORT = 65535
+_PASSWORD_OPTION = re.compile(r"([?&]password=)[^&#]*", re.IGNORECASE)
+
+
 def shown_url(url: str) -> str:
     """The URL as messages and the CLI show it: any password hidden."""
     return _hide_password(url)
@@ -324,22 +328,29 @@ def _hide_password(text: str) -> str:
     Parsed by hand, not by ``urlsplit``: this must work on URLs that it refuses.
     With an '@', everything from the first ':' after the scheme (and its slashes,
     however many) to the last '@' is hidden, so a password holding '/', '?', '#'
-    or '@' does not show either. With none (a forgotten '@host'), a "port" that is
-    not a number is hidden: it may be the password.
+    or '@' does not show either. With none (a forgotten '@host'), what follows a
+    ':' in the authority is hidden unless it is a port (1 to 65535). A
+    ``password=`` in the query is hidden too. A ``sqlite:///`` URL is shown as it
+    is (a file path may hold ':' and '@').
     """
-    scheme = text.find(":")
-    if scheme < 0 or text.startswith("sqlite"):
+    scheme, colon_found, _ = text.partition(":")
+    path_only = (scheme == "sqlite" and not text.startswith("sqlite://")) or (
+        text.startswith("sqlite:///")
+    )
+    if not colon_found or path_only:
         return text
-    start = scheme + 1
+    start = len(scheme) + 1
     while start < len(text) and text[start] == "/":
         start += 1
     at = text.rfind("@")
     if at >= start:
         colon = text.find(":", start, at)
-        return text if colon < 0 else f"{text[: colon + 1]}***{text[at:]}"
-    ends = [i for i in (text.find(c, start) for c in "/?#") if i >= 0]
-    end = min(ends, default=len(text))
-    colon = text.find(":", start, end)
-    if colon >= 0 and not text[colon + 1 : end].isdigit():
-        return f"{text[: colon + 1]}***{text[end:]}"
-    return text
+        shown = text if colon < 0 else f"{text[: colon + 1]}***{text[at:]}"
+    else:
+        ends = [i for i in (text.find(c, start) for c in "/?#") if i >= 0]
+        end = min(ends, default=len(text))
+        colon = text.find(":", start, end)
+        port = text[colon + 1 : end]
+        is_port = port.isascii() and port.isdigit() and 1 <= int(port) <= _LAST_PORT
+        shown = text if colon < 0 or is_port else f"{text[: colon + 1]}***{text[end:]}"
+    return _PASSWORD_OPTION.sub(r"\1***", shown)

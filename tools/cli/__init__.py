@@ -60,11 +60,15 @@ def demo(url: str, users: int, threads: int, messages: int, seed: int) -> None:
         render.print_pairs(
             f"ctxledger demo on {shown_url(url)}", _demo_figures(summary, views)
         )
+    # A URL with a password is not repeated: the commands read $CTXLEDGER_URL.
+    shown = shown_url(url)
     command = (
         f"{_invoked_as()} --db {shlex.quote(url)}"
-        if url != DEFAULT_URL
+        if url not in (DEFAULT_URL, os.environ.get("CTXLEDGER_URL")) and shown == url
         else _invoked_as()
     )
+    if shown != url and os.environ.get("CTXLEDGER_URL") != url:
+        render.line(f"(set CTXLEDGER_URL to {shown}, its password included)")
     render.line("Next, try:")
     for args, why in (
         ("history demo-user-0000", "the busiest user's events, from the ledger"),
