@@ -84,7 +84,8 @@ def test_a_store_without_the_append_function_says_how_to_install_it(
     schema = postgres_url.rsplit("schema=", 1)[1]
     with ContextLedger.open(postgres_url) as ledger:
         ledger.open_context("alice", "t")
-    execute_sql(postgres_url, f'DROP FUNCTION "{schema}".ctxledger_events_append')
+    for function in ("ctxledger_events_append", "ctxledger_events_append_one"):
+        execute_sql(postgres_url, f'DROP FUNCTION "{schema}".{function}')
 
     with (
         ContextLedger.open(postgres_url, create=False) as reader,

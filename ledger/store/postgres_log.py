@@ -68,7 +68,24 @@ _PREPARED = SQL(
 )
 # One statement per append, in its own (implicit) transaction: the transaction id
 # first, then the rows with their notification ids. One round trip, and no Python
-# composite values to dump (four arrays, sent in binary).
+# composite values to dump: four arrays, sent in binary, or for the usual append
+# of one event its four values (dumping arrays costs the writer about 35 us more).
+_CREATE_APPEND_ONE = SQL(
+    "CREATE OR REPLACE FUNCTION {function}("
+    "id {id_type}, version bigint, topic text, state bytea) "
+    "RETURNS SETOF bigint LANGUAGE plpgsql AS $body$ "
+    "BEGIN "
+    "PERFORM pg_current_xact_id(); "
+    "RETURN QUERY INSERT INTO {table} "
+    "(originator_id, originator_version, topic, state) "
+    "VALUES (id, version, topic, state) "
+    "RETURNING notification_id; "
+    "END $body$"
+)
+_APPEND_ONE = SQL(
+    "SELECT * FROM {function}(%s::{id_type}, %s::bigint, %s::text, %s::bytea) "
+    "AS ids(id)"
+)
 _CREATE_APPEND = SQL(
     "CREATE OR REPLACE FUNCTION {function}("
     "ids {id_type}[], versions bigint[], topics text[], states bytea[]) "
@@ -132,6 +149,20 @@ class ParallelPostgresRecorder(PostgresApplicationRecorder):
             function=self._append_function,
             id_type=Identifier(self.datastore.originator_id_type),
         )
+        append_one = Identifier(
+            self.datastore.schema, f"{self.events_table_name}_append_one"
+        )
+        self.sql_create_statements.append(
+            _CREATE_APPEND_ONE.format(
+                function=append_one,
+                id_type=Identifier(self.datastore.originator_id_type),
+                table=self._table,
+            )
+        )
+        self._append_one_statement = _APPEND_ONE.format(
+            function=append_one,
+            id_type=Identifier(self.datastore.originator_id_type),
+        )
 
     def insert_events(
         self, stored_events: Sequence[StoredEvent], **kwargs: Any
@@ -146,15 +177,21 @@ class ParallelPostgresRecorder(PostgresApplicationRecorder):
         """
         if not stored_events:
             return []
-        params = (
+        statement = self._append_statement
+        params: tuple[Any, ...] = (
             [event.originator_id for event in stored_events],
             [event.originator_version for event in stored_events],
             [event.topic for event in stored_events],
             [event.state for event in stored_events],
         )
+        if len(stored_events) == 1:
+            statement, params = (
+                self._append_one_statement,
+                tuple(values[0] for values in params),
+            )
         try:
             with self.datastore.get_connection() as conn, conn.cursor() as curs:
-                curs.execute(self._append_statement, params, prepare=True, binary=True)
+                curs.execute(statement, params, prepare=True, binary=True)
                 return [row["id"] for row in curs.fetchall()]
         except ProgrammingError as error:
             if isinstance(error.__cause__, UndefinedFunction):
