@@ -157,6 +157,9 @@ def test_a_schema_dropped_under_an_open_ledger_is_storage_unavailable(
         "postgresql:postgres:S3cretPW@127.0.0.1/test",
         "postgresql://postgres:S3cretPW/test",
         "postgresql://postgres:S3cretPW@127.0.0.1:99999/test",
+        "postgresql://postgres:123456/db",
+        "sqlite://user:S3cretPW@host/db",
+        "postgresql://host/db?password=S3cretPW",
     ],
 )
 def test_a_password_never_shows_in_the_error_of_a_malformed_url(url: str) -> None:
@@ -164,6 +167,7 @@ def test_a_password_never_shows_in_the_error_of_a_malformed_url(url: str) -> Non
         ContextLedger.open(url)
 
     assert "S3cretPW" not in str(caught.value)
+    assert "123456" not in str(caught.value)
 
 
 @pytest.mark.postgres
@@ -208,19 +212,3 @@ def test_demo_does_not_print_the_password(postgres_url: str, tmp_path: Path) -> 
     assert done.returncode == 0, done.stderr
     assert "S3cretPW" not in done.stdout + done.stderr
     assert "postgres:***@" in done.stdout
-
-
-@pytest.mark.parametrize(
-    "url",
-    [
-        "postgresql://postgres:123456/db",
-        "sqlite://user:S3cretPW@host/db",
-        "postgresql://host/db?password=S3cretPW",
-    ],
-)
-def test_more_malformed_urls_keep_the_password_hidden(url: str) -> None:
-    with pytest.raises(LedgerError) as caught:
-        ContextLedger.open(url)
-
-    assert "S3cretPW" not in str(caught.value)
-    assert "123456" not in str(caught.value)
