@@ -20,7 +20,6 @@ from ledger.domain.models import Context, LedgerEvent
 from ledger.errors import (
     ContextNotFound,
     InvalidContextInput,
-    LedgerClosed,
     LedgerConfigError,
     LedgerCorrupted,
     LedgerError,
@@ -339,8 +338,6 @@ class ContextLedger(StorageClient):
         """
         user = validation.optional_identifier("user_id", user_id)
         start = None if after is None else validation.log_position("after", after)
-        if self._head.closed:
-            raise LedgerClosed
         return ChangeFeed(
             recorder=self._app.recorder,
             mapper=self._app.mapper,

@@ -94,13 +94,13 @@ def test_the_event_loop_is_not_blocked_by_500_concurrent_calls(
 
 
 def test_a_burst_of_10000_calls_runs_on_a_bounded_number_of_threads(
-    sqlite_url: str,
+    durable_url: str,
 ) -> None:
     peak = 0
 
     async def scenario() -> list[Any]:
         nonlocal peak
-        async with AsyncContextLedger.open(sqlite_url) as ledger:
+        async with AsyncContextLedger.open(durable_url) as ledger:
             await ledger.open_context("alice", "t")
             before = threading.active_count()
             calls = [ledger.get_context("alice", "t") for _ in range(10_000)]
@@ -181,9 +181,9 @@ def test_a_cancelled_call_took_effect_completely_or_not_at_all(
     assert report.holds
 
 
-def test_errors_are_the_ledgers_own_and_the_ledger_goes_on(sqlite_url: str) -> None:
+def test_errors_are_the_ledgers_own_and_the_ledger_goes_on(durable_url: str) -> None:
     async def scenario() -> Any:
-        async with AsyncContextLedger.open(sqlite_url) as ledger:
+        async with AsyncContextLedger.open(durable_url) as ledger:
             with pytest.raises(InvalidContextInput):
                 await ledger.open_context("", "t")
             with pytest.raises(LedgerError):
@@ -246,10 +246,10 @@ class Unhashable(str):
 
 
 def test_a_str_subclass_user_id_is_keyed_as_the_ledger_checks_it(
-    sqlite_url: str,
+    durable_url: str,
 ) -> None:
     async def scenario() -> Any:
-        async with AsyncContextLedger.open(sqlite_url) as ledger:
+        async with AsyncContextLedger.open(durable_url) as ledger:
             await asyncio.gather(
                 *[ledger.open_context(Unhashable("alice"), f"t{n}") for n in range(3)]
             )
@@ -296,10 +296,10 @@ def test_a_cancelled_call_of_several_events_is_all_or_nothing(
 
 
 def test_a_cancelled_aclose_still_closes_and_a_second_waits_for_it(
-    sqlite_url: str,
+    durable_url: str,
 ) -> None:
     async def scenario() -> ContextLedger:
-        ledger = AsyncContextLedger.open(sqlite_url, max_threads=2)
+        ledger = AsyncContextLedger.open(durable_url, max_threads=2)
         sync = await ledger.opened()
         slow = asyncio.create_task(ledger.run(lambda: time.sleep(0.3)))
         await asyncio.sleep(0.05)

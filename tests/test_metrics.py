@@ -99,11 +99,11 @@ def test_a_database_failure_is_an_error_not_a_refusal(tmp_path: Path) -> None:
 
 
 def test_a_conflict_with_another_process_is_counted_as_a_retry(
-    sqlite_url: str,
+    durable_url: str,
 ) -> None:
     with (
-        ContextLedger.open(sqlite_url) as first,
-        ContextLedger.open(sqlite_url) as second,
+        ContextLedger.open(durable_url) as first,
+        ContextLedger.open(durable_url) as second,
     ):
         first.open_context("alice", "t")  # first caches alice
         second.open_context("alice", "u")  # and is stale from here
@@ -173,15 +173,15 @@ def _free_port() -> int:
         return port
 
 
-def test_project_follow_serves_metrics(sqlite_url: str, tmp_path: Path) -> None:
-    with ContextLedger.open(sqlite_url) as ledger:
+def test_project_follow_serves_metrics(durable_url: str, tmp_path: Path) -> None:
+    with ContextLedger.open(durable_url) as ledger:
         ledger.open_context("alice", "t")
     port = _free_port()
     worker = subprocess.Popen(
         [
             CTXLEDGER,
             "--db",
-            sqlite_url,
+            durable_url,
             "project",
             "--follow",
             "--metrics-port",

@@ -186,21 +186,22 @@ class ChangeFeed(Iterator[Change]):
         return self
 
     def __next__(self) -> Change:
-        with storage_failures(self._storage):
-            while not self._ready:
-                if self.closed:
-                    raise StopIteration
+        while not self._ready:
+            if self.closed:
+                raise StopIteration
+            with storage_failures(self._storage):
                 head = self._watcher.wait_beyond(self.position, POLL_SECONDS * 4)
-                if head > self.position:
-                    self._read(head)
+            self.fill(head)
         return self._ready.popleft()
 
     def poll(self, head: int | None = None) -> list[Change]:
         """What is stored after the feed's position up to ``head`` (the safe head
         read now when None), at most a page, without waiting; the position moves
         past it."""
-        with storage_failures(self._storage):
-            self.fill(self._watcher.head_now() if head is None else head)
+        if head is None:
+            with storage_failures(self._storage):
+                head = self._watcher.head_now()
+        self.fill(head)
         changes = list(self._ready)
         self._ready.clear()
         return changes
