@@ -247,6 +247,9 @@ class AsyncContextLedger:
     verify_chain = _in_thread(ContextLedger.verify_chain)
     chain_size = _in_thread(ContextLedger.chain_size)
     export = _in_thread(ContextLedger.export)
+    forget_user = _in_thread(ContextLedger.forget_user)
+    forget_inactive = _in_thread(ContextLedger.forget_inactive)
+    inactive_users = _in_thread(ContextLedger.inactive_users)
 
 
 class AsyncChangeFeed:

@@ -15,7 +15,7 @@ from ledger.audit.export import ExportManifest, write_export
 from ledger.audit.history import History
 from ledger.audit.verification import ChainVerifier
 from ledger.domain import validation
-from ledger.domain.contexts import user_aggregate_id
+from ledger.domain.contexts import UserContexts, user_aggregate_id
 from ledger.domain.models import Context, LedgerEvent
 from ledger.errors import (
     ContextNotFound,
@@ -29,6 +29,7 @@ from ledger.store.commands import CommandRunner, FirstCall
 from ledger.store.due import DueIndex
 from ledger.store.failures import StorageClient
 from ledger.store.feed import POLL_SECONDS, ChangeFeed, HeadWatcher
+from ledger.store.keys import resolve_master_key
 from ledger.store.urls import resolve_url, storage_for
 
 Clock = Callable[[], datetime]
@@ -69,12 +70,15 @@ class ContextLedger(StorageClient):
         default_ttl_seconds: float | None = None,
         clock: Clock | None = None,
         create: bool = True,
+        master_key: bytes | str | None = None,
     ) -> Self:
         """Opens the ledger at ``url`` (else CTXLEDGER_URL, else sqlite:///ctxledger.db).
 
         ``clock`` returns the current time (timezone-aware); the system clock if None.
         With ``create=False`` a URL that holds no ledger raises LedgerNotFound, and
-        nothing is created (for readers).
+        nothing is created (for readers). ``master_key`` (else CTXLEDGER_MASTER_KEY,
+        else none) wraps the users' data keys: 32 bytes, or 64 hex digits, or
+        URL-safe base64.
         """
         limit = validation.positive_int(
             "max_contexts_per_user", max_contexts_per_user, setting=True
@@ -89,7 +93,9 @@ class ContextLedger(StorageClient):
             raise LedgerConfigError(f"url={url!r} is not a str; pass a database URL")
         storage = storage_for(resolve_url(url))
         return cls(
-            open_application(storage, create=create),
+            open_application(
+                storage, create=create, master_key=resolve_master_key(master_key)
+            ),
             max_contexts_per_user=limit,
             default_ttl_seconds=default_ttl,
             clock=clock or utc_now,
@@ -245,6 +251,54 @@ class ContextLedger(StorageClient):
             raise first
         return expired
 
+    @metrics.metered("forget_user")
+    def forget_user(self, user_id: str, *, reason: str = "erasure request") -> int:
+        """Erases the user's personal data (the metadata of every event and
+        snapshot) and returns how many events' personal data became unreadable.
+
+        It appends a ``forgotten`` event with ``reason``, which ends the user's
+        active contexts, then destroys the user's data key. The events stay, with
+        their metadata shown as erased, and every hash chain still verifies. New
+        activity of the user starts under a new key. Calling it again erases
+        nothing more and appends nothing (it returns 0).
+        """
+        user = validation.identifier("user_id", user_id)
+        why = validation.reason(reason)
+
+        def forget(aggregate: UserContexts) -> int:
+            aggregate.forget(reason=why, now=self._now())
+            return aggregate.key_generation
+
+        generation: int = self._commands.run(user, forget)
+        erased: int = self._app.destroy_keys(user, generation)
+        return erased
+
+    @metrics.metered("forget_inactive")
+    def forget_inactive(
+        self, inactive_since: datetime, *, reason: str | None = None
+    ) -> dict[str, int]:
+        """Retention: forgets every user whose last event is before
+        ``inactive_since`` (users already forgotten since are left alone).
+        Returns, per user forgotten, how many events' personal data was erased.
+        """
+        since = validation.aware_time("inactive_since", inactive_since)
+        why = validation.reason(
+            reason
+            if reason is not None
+            else f"retention: no activity since {since.isoformat()}"
+        )
+        forgotten: dict[str, int] = {}
+        for user in self._app.inactive_users(since):
+            forgotten[user] = self.forget_user(user, reason=why)
+        return forgotten
+
+    def inactive_users(self, inactive_since: datetime) -> list[str]:
+        """The users ``forget_inactive(inactive_since)`` would forget: whose last
+        event is before it and is not their erasure."""
+        since = validation.aware_time("inactive_since", inactive_since)
+        users: list[str] = self._app.inactive_users(since)
+        return users
+
     # Queries: they never append.
 
     def get_context(self, user_id: str, thread_id: str) -> Context | None:
@@ -369,7 +423,9 @@ class ContextLedger(StorageClient):
         events = self._history.events_between(user, start, end)
         return write_export(
             path,
-            (event.to_ledger_event() for event in events),
+            # As written: an event upcast to a newer class exports its stored form,
+            # which its chain hash covers.
+            (LedgerEvent.model_validate(event.written_record()) for event in events),
             user_id=user,
             since=start,
             until=end,

@@ -6,12 +6,13 @@ to live has run out shows up in ``expiring_before(now)`` until ``expire_due`` ru
 
 from collections.abc import Iterable, Sequence
 from datetime import datetime
-from typing import Any, ClassVar
+from typing import Any, ClassVar, cast
 
-from ledger.domain.contexts import evolve_context
-from ledger.domain.events import ContextCreated
+from ledger.domain.contexts import evolve_context, forgets_user
+from ledger.domain.events import CarriesMetadata, ContextCreated
 from ledger.domain.models import Context
 from ledger.errors import LedgerCorrupted
+from projections.sealing import ERASED, is_sealed, open_json, seal_json
 from projections.store import Tx
 from projections.view import (
     ModelColumns,
@@ -22,7 +23,7 @@ from projections.view import (
     compare_rows,
 )
 
-ROWS = ModelColumns(Context, key="context_id")
+ROWS = ModelColumns(Context, key="context_id", computed=("erased",))
 COLUMNS = ROWS.names
 _SELECT = ", ".join(COLUMNS)
 _ORDER = "ORDER BY created_at, context_id"
@@ -40,17 +41,31 @@ class ActiveContextsView(View):
     )
 
     def apply(self, tx: Tx, names: Names, events: Sequence[Positioned]) -> None:
+        table = names["active_contexts"]
         contexts = self._stored(tx, names, _needed(events))
+        sealing: dict[str, int | None] = {}  # context -> its key generation
         for _, event in events:
+            if forgets_user(event):
+                _forget(tx, table, event.user_id, contexts)
+                continue
             # A ValueError (an event that does not follow the stored row) stops
             # the view with ViewCannotApply, naming the event (processing.py).
             contexts[event.context_id] = evolve_context(
                 contexts.get(event.context_id), event
             )
-        table = names["active_contexts"]
+            sealing[event.context_id] = (
+                event.key_generation
+                if isinstance(event, CarriesMetadata)
+                and event.metadata_commitment is not None
+                else None
+            )
         ended = [(cid,) for cid, context in contexts.items() if context is None]
         tx.run_many(f"DELETE FROM {table} WHERE context_id = ?", ended)
-        live = [_row(tx, c) for c in contexts.values() if c is not None]
+        live = [
+            _row(tx, c, sealing.get(c.context_id))
+            for c in contexts.values()
+            if c is not None
+        ]
         updates = ", ".join(f"{c} = excluded.{c}" for c in COLUMNS if c != ROWS.key)
         tx.run_many(
             f"INSERT INTO {table} ({_SELECT}) VALUES ({', '.join('?' * len(COLUMNS))}) "
@@ -63,6 +78,11 @@ class ActiveContextsView(View):
     ) -> list[str]:
         expected: dict[str, Context | None] = {}
         for position, event in events:
+            if forgets_user(event):
+                for cid, context in expected.items():
+                    if context is not None and context.user_id == event.user_id:
+                        expected[cid] = None
+                continue
             try:
                 expected[event.context_id] = evolve_context(
                     expected.get(event.context_id), event
@@ -134,17 +154,45 @@ def _needed(events: Sequence[Positioned]) -> list[str]:
     for _, event in events:
         if isinstance(event, ContextCreated):
             created.add(event.context_id)
-        elif event.context_id not in created:
+        elif not forgets_user(event) and event.context_id not in created:
             needed.add(event.context_id)
     return sorted(needed)
 
 
-def _row(tx: Tx, context: Context) -> tuple[Any, ...]:
-    return ROWS.params(tx.dialect, context)
+def _forget(
+    tx: Tx, table: str, user_id: str, contexts: dict[str, Context | None]
+) -> None:
+    """The user's erasure ended all of the user's contexts."""
+    for cid, context in contexts.items():
+        if context is not None and context.user_id == user_id:
+            contexts[cid] = None
+    for (cid,) in tx.rows(
+        f"SELECT context_id FROM {table} WHERE user_id = ?", (user_id,)
+    ):
+        contexts[cid] = None
+
+
+_METADATA = COLUMNS.index("metadata")
+
+
+def _row(tx: Tx, context: Context, generation: int | None) -> tuple[Any, ...]:
+    """The row of a context; its metadata sealed when its events are (format 2)."""
+    row = ROWS.params(tx.dialect, context)
+    if generation is None:
+        return row
+    sealed = seal_json(tx.keys, context.user_id, generation, context.metadata)
+    cell = sealed if sealed is not None else ERASED
+    return (*row[:_METADATA], cell, *row[_METADATA + 1 :])
 
 
 def _context(tx: Tx, row: tuple[Any, ...]) -> Context:
-    return ROWS.value(tx.dialect, row)
+    context = ROWS.value(tx.dialect, row)
+    if not is_sealed(context.metadata):
+        return context
+    opened, metadata = open_json(tx.keys, context.user_id, cast(str, context.metadata))
+    if not opened:
+        return context.model_copy(update={"metadata": {}, "erased": True})
+    return context.model_copy(update={"metadata": metadata})
 
 
 def _values(context: Context) -> tuple[object, ...]:

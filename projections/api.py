@@ -15,6 +15,7 @@ from ledger.errors import StorageUnavailable
 from ledger.store.application import LedgerApplication, open_application
 from ledger.store.backends import backend_for
 from ledger.store.failures import StorageClient, storage_failures
+from ledger.store.keys import resolve_master_key
 from ledger.store.urls import resolve_url, storage_for
 from projections.active import ActiveContextsView
 from projections.audit import AuditView
@@ -64,7 +65,7 @@ class Projections(StorageClient):
         self.views: dict[str, View] = {
             view.name: view for view in (self._active, self._audit, self._continuity)
         }
-        reader = LogReader(application.recorder, application.mapper)
+        reader = LogReader(application.recorder, application.mapper, application.keys)
         self._processor = Processor(store, reader, batch_size)
         self._reader = reader
         self._built = frozenset(built)
@@ -76,19 +77,24 @@ class Projections(StorageClient):
         *,
         batch_size: int = DEFAULT_BATCH_SIZE,
         create: bool = True,
+        master_key: bytes | str | None = None,
     ) -> Self:
         """Opens the views of the ledger at ``url``; creates their tables if need be.
 
         With ``create=False`` nothing is created or changed: a URL that holds no
         ledger raises LedgerNotFound, and a view whose tables were never built
         raises ViewNotBuilt when it is read (``status`` shows it at position 0).
+        ``master_key`` (else CTXLEDGER_MASTER_KEY) opens the data keys, as for
+        ``ContextLedger.open``: the views seal personal data with them.
         """
         size = validation.positive_int("batch_size", batch_size, setting=True)
         resolved = resolve_url(url)
         storage = storage_for(resolved)
         if not backend_for(storage).durable:
             raise ViewsNeedDurableStorage(resolved)
-        application = open_application(storage, create=create)
+        application = open_application(
+            storage, create=create, master_key=resolve_master_key(master_key)
+        )
         try:
             with storage_failures(storage):
                 return cls._beside(application, size, create)
@@ -103,7 +109,7 @@ class Projections(StorageClient):
         backend = application.backend
         datastore = application.recorder.datastore  # type: ignore[attr-defined]
         if not create:
-            store = ViewStore.beside(backend, datastore, create=False)
+            store = ViewStore.beside(backend, datastore, application.keys, create=False)
             reader = cls(application, store, batch_size, built=())
             with store.reading() as tx:
                 if tx.dialect.exists(tx.cursor, backend.tracking_table):
@@ -114,7 +120,7 @@ class Projections(StorageClient):
                     )
             return reader
         with backend.setup_lock():
-            store = ViewStore.beside(backend, datastore)
+            store = ViewStore.beside(backend, datastore, application.keys)
         projections = cls(application, store, batch_size)
         for view in projections.views.values():
             projections._processor.ensure_live(view)

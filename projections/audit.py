@@ -2,10 +2,12 @@
 
 from collections.abc import Iterable, Iterator, Sequence
 from datetime import datetime
-from typing import Any, ClassVar
+from typing import Any, ClassVar, cast
 
+from ledger.domain.events import CarriesMetadata, ContextEvent
 from ledger.domain.models import EventKind
 from projections.models import AuditRow
+from projections.sealing import ERASED, is_sealed, open_json, seal_json
 from projections.store import Tx
 from projections.view import MAX_SHOWN, ModelColumns, Names, Positioned, Table, View
 
@@ -13,6 +15,9 @@ ROWS = ModelColumns(AuditRow, key="position")
 COLUMNS = ROWS.names
 _SELECT = ", ".join(COLUMNS)
 _PAGE = 2000
+SEALED = "sealed"
+"""The key of a row's details that holds its sealed personal data."""
+_PERSONAL = ("metadata", "metadata_salt")
 
 
 class AuditView(View):
@@ -26,7 +31,10 @@ class AuditView(View):
     )
 
     def apply(self, tx: Tx, names: Names, events: Sequence[Positioned]) -> None:
-        rows = [ROWS.params(tx.dialect, row) for row in map(audit_row, events)]
+        rows = [
+            ROWS.params(tx.dialect, _sealed(tx, event, audit_row((position, event))))
+            for position, event in events
+        ]
         marks = ", ".join("?" * len(COLUMNS))
         tx.run_many(f"INSERT INTO {names['audit']} ({_SELECT}) VALUES ({marks})", rows)
 
@@ -107,8 +115,36 @@ def audit_row(positioned: Positioned) -> AuditRow:
     )
 
 
+def _sealed(tx: Tx, event: ContextEvent, row: AuditRow) -> AuditRow:
+    """The row with its personal data (metadata and the salt that opens its
+    commitment) sealed under the user's key, as the ledger stores them."""
+    if not isinstance(event, CarriesMetadata) or event.metadata_commitment is None:
+        return row
+    if event.metadata is None:
+        return row  # erased already: nothing personal is left
+    details = {k: v for k, v in row.details.items() if k not in _PERSONAL}
+    sealed = seal_json(
+        tx.keys,
+        event.user_id,
+        event.key_generation,
+        [event.metadata, event.metadata_salt],
+    )
+    details[SEALED] = sealed if sealed is not None else ERASED
+    return row.model_copy(update={"details": details})
+
+
 def _audit_row(tx: Tx, row: tuple[Any, ...]) -> AuditRow:
-    return ROWS.value(tx.dialect, row)
+    stored = ROWS.value(tx.dialect, row)
+    cell = stored.details.get(SEALED)
+    if not is_sealed(cell):
+        return stored
+    details = {k: v for k, v in stored.details.items() if k != SEALED}
+    opened, value = open_json(tx.keys, stored.user_id, cast(str, cell))
+    if opened:
+        details["metadata"], details["metadata_salt"] = value
+    else:
+        details["metadata"], details["erased"] = None, True
+    return stored.model_copy(update={"details": details})
 
 
 def _changed(want: AuditRow, have: AuditRow) -> str:

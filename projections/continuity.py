@@ -10,7 +10,12 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
-from ledger.domain.contexts import ends_context, opens_context, user_aggregate_id
+from ledger.domain.contexts import (
+    ends_context,
+    forgets_user,
+    opens_context,
+    user_aggregate_id,
+)
 from ledger.domain.events import ContextEvent, ContextReused, from_ledger_event
 from ledger.domain.models import LedgerEvent
 from projections.models import ContinuityFigures
@@ -32,6 +37,11 @@ class Continuity:
 
     def apply(self, position: int, event: ContextEvent) -> None:
         counts = self.counts.setdefault(event.user_id, Counter())
+        if forgets_user(event):  # no counter: the figures stay as they were
+            for thread, context in self.open_threads.items():
+                if thread[0] == event.user_id and context is not None:
+                    self.open_threads[thread] = None
+            return
         counts[event.KIND] += 1
         thread = (event.user_id, event.thread_id)
         if opens_context(event):

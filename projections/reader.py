@@ -7,6 +7,7 @@ from eventsourcing.persistence import ApplicationRecorder, Mapper, Notification
 
 from ledger.domain.events import ContextEvent
 from ledger.store.backends import safe_head
+from ledger.store.keys import KeyStore
 from projections.errors import UndecodableEvent
 from projections.view import Positioned
 
@@ -14,9 +15,12 @@ from projections.view import Positioned
 class LogReader:
     """The ledger's events in order, each with its position (notification id)."""
 
-    def __init__(self, recorder: ApplicationRecorder, mapper: Mapper[UUID]) -> None:
+    def __init__(
+        self, recorder: ApplicationRecorder, mapper: Mapper[UUID], keys: KeyStore
+    ) -> None:
         self.recorder = recorder
         self.mapper = mapper
+        self.keys = keys
 
     def head(self) -> int:
         """The log's safe head (``safe_head``): no event can still appear at or
@@ -35,13 +39,14 @@ class LogReader:
             start=after, limit=limit, stop=up_to, inclusive_of_start=False
         )
         decoded: list[Positioned] = []
-        for notification in notifications:
-            try:
-                decoded.append(self.decode(notification))
-            except UndecodableEvent:
-                if not decoded:
-                    raise
-                break
+        with self.keys.reading():  # each user's key is looked up once a batch
+            for notification in notifications:
+                try:
+                    decoded.append(self.decode(notification))
+                except UndecodableEvent:
+                    if not decoded:
+                        raise
+                    break
         return decoded
 
     def events(self, after: int, up_to: int, limit: int) -> Iterator[Positioned]:

@@ -13,14 +13,17 @@ from typing import Any
 from eventsourcing.persistence import Tracking, TrackingRecorder
 
 from ledger.store.backends import Backend, Dialect
+from ledger.store.keys import KeyStore
 
 
 class Tx:
     """One transaction on the views' database, in the dialect's terms."""
 
-    def __init__(self, cursor: Any, dialect: Dialect) -> None:
+    def __init__(self, cursor: Any, dialect: Dialect, keys: KeyStore) -> None:
         self.cursor = cursor
         self.dialect = dialect
+        self.keys = keys
+        """The ledger's data keys: the views seal personal data with them."""
 
     def run(self, text: str, params: Sequence[Any] = ()) -> None:
         self.cursor.execute(self.dialect.statement(text), tuple(params))
@@ -38,36 +41,47 @@ class ViewStore:
     """Transactions that hold a view's lock, and the views' tracking positions."""
 
     def __init__(
-        self, recorder: TrackingRecorder, dialect: Dialect, tracking_table: str
+        self,
+        recorder: TrackingRecorder,
+        dialect: Dialect,
+        tracking_table: str,
+        keys: KeyStore,
     ) -> None:
         self.recorder: Any = recorder  # the SQL recorders' private helpers are used
         self.dialect = dialect
         self.tracking_table = tracking_table
+        self.keys = keys
 
     @classmethod
     def beside(
-        cls, backend: Backend, datastore: Any, *, create: bool = True
+        cls, backend: Backend, datastore: Any, keys: KeyStore, *, create: bool = True
     ) -> "ViewStore":
         """A store in the same database (and connection pool) as the ledger; its
         tracking table is created if ``create``."""
         recorder, tracking_table = backend.tracking(datastore)
         if create:
             recorder.create_table()  # type: ignore[attr-defined]
-        return cls(recorder, backend.dialect(), tracking_table)
+        return cls(recorder, backend.dialect(), tracking_table, keys)
 
     @contextmanager
     def writing(self, lock: str) -> Iterator[Tx]:
         """A transaction holding ``lock`` from its start; commits if the body ends."""
-        with self.recorder.datastore.transaction(commit=True) as cursor:
+        with (
+            self.keys.reading(),
+            self.recorder.datastore.transaction(commit=True) as cursor,
+        ):
             self.dialect.lock(cursor, lock)
-            yield Tx(cursor, self.dialect)
+            yield Tx(cursor, self.dialect, self.keys)
 
     @contextmanager
     def reading(self) -> Iterator[Tx]:
         """A read-only transaction that sees one snapshot throughout."""
-        with self.recorder.datastore.transaction(commit=False) as cursor:
+        with (
+            self.keys.reading(),
+            self.recorder.datastore.transaction(commit=False) as cursor,
+        ):
             self.dialect.snapshot(cursor)
-            yield Tx(cursor, self.dialect)
+            yield Tx(cursor, self.dialect, self.keys)
 
     def position(self, tx: Tx, key: str) -> int:
         """The last notification id applied under ``key``; 0 for none."""

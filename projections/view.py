@@ -19,6 +19,7 @@ from pydantic import AwareDatetime, BaseModel
 
 from ledger.domain.events import ContextEvent
 from ledger.store.backends import Dialect
+from projections.sealing import is_sealed
 from projections.store import Tx
 
 Positioned = tuple[int, ContextEvent]
@@ -59,14 +60,17 @@ class ModelColumns(Generic[M]):
 
     model: type[M]
     key: str
+    computed: tuple[str, ...] = ()
+    """Fields not stored: the view works them out when it reads a row."""
 
     @property
     def names(self) -> tuple[str, ...]:
-        return tuple(self.model.model_fields)
+        return tuple(f for f in self.model.model_fields if f not in self.computed)
 
     @functools.cached_property
     def _kinds(self) -> list[tuple[str, bool]]:
-        return [_sql_kind(f.annotation) for f in self.model.model_fields.values()]
+        fields = self.model.model_fields
+        return [_sql_kind(fields[name].annotation) for name in self.names]
 
     def ddl(self) -> str:
         """The column definitions, types in braces for the dialect (JSON values
@@ -94,6 +98,12 @@ class ModelColumns(Generic[M]):
 
 
 def _param(dialect: Dialect, kind: str, value: Any) -> Any:
+    if kind == "json" and is_sealed(value):
+        return value  # sealed already (projections/sealing.py)
+    return _plain_param(dialect, kind, value)
+
+
+def _plain_param(dialect: Dialect, kind: str, value: Any) -> Any:
     """A value as a view stores it.
 
     A JSON value (metadata, an event's details) is stored as the JSON text Python
@@ -112,8 +122,11 @@ def _stored(dialect: Dialect, kind: str, value: Any) -> Any:
         return dialect.time_value(value)
     if kind == "json":
         # Text; a jsonb column of a view built by an older release reads as a
-        # dict already (its ``ctxledger rebuild`` makes it text).
-        return json.loads(value) if isinstance(value, str) else value
+        # dict already (its ``ctxledger rebuild`` makes it text). A sealed value
+        # stays text: the view opens it (projections/sealing.py).
+        if isinstance(value, str) and not is_sealed(value):
+            return json.loads(value)
+        return value
     return value
 
 

@@ -21,7 +21,7 @@ from ledger.domain.events import (
     ContextReused,
     ContextUpdated,
 )
-from ledger.domain.hashing import GENESIS_HASH, record_hash
+from ledger.domain.hashing import GENESIS_HASH, chain_hash
 from ledger.domain.models import Context
 
 T0 = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
@@ -526,7 +526,7 @@ def test_each_event_links_to_the_hash_of_the_event_before_it() -> None:
     events = _busy().pending
 
     links = [
-        (later.prev_hash, record_hash(earlier.ledger_record()))
+        (later.prev_hash, chain_hash(earlier.ledger_record()))
         for earlier, later in pairwise(events)
     ]
 
@@ -539,7 +539,7 @@ def test_last_hash_is_the_hash_of_the_newest_event() -> None:
 
     newest = aggregate.pending[-1]
 
-    assert aggregate.last_hash == record_hash(newest.ledger_record())
+    assert aggregate.last_hash == chain_hash(newest.ledger_record())
 
 
 def test_collect_events_hands_over_the_pending_events_once() -> None:

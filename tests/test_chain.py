@@ -3,7 +3,12 @@
 from freezegun import freeze_time
 
 from ledger import ContextLedger, LedgerEvent
-from ledger.domain.hashing import GENESIS_HASH, canonical_encoding, record_hash
+from ledger.domain.hashing import (
+    GENESIS_HASH,
+    canonical_encoding,
+    chain_hash,
+    record_hash,
+)
 
 
 def _busy_history(ledger: ContextLedger, user: str) -> list[LedgerEvent]:
@@ -20,7 +25,7 @@ def _busy_history(ledger: ContextLedger, user: str) -> list[LedgerEvent]:
 
 def _links(history: list[LedgerEvent]) -> list[bool]:
     expected = [GENESIS_HASH] + [
-        record_hash(event.model_dump(mode="json")) for event in history[:-1]
+        chain_hash(event.model_dump(mode="json")) for event in history[:-1]
     ]
     return [
         event.prev_hash == want for event, want in zip(history, expected, strict=True)

@@ -9,7 +9,7 @@ from hypothesis import strategies as st
 
 from ledger import LedgerEvent
 from ledger.audit.chain import ChainBreak, Link, find_break
-from ledger.domain.hashing import GENESIS_HASH, record_hash
+from ledger.domain.hashing import GENESIS_HASH, chain_hash
 
 T0 = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
 SOME_HASH = "ab" * 32
@@ -37,7 +37,7 @@ def _history(length: int, *, first_version: int = 1) -> list[LedgerEvent]:
 
 
 def _hash(event: LedgerEvent) -> str:
-    return record_hash(event.model_dump(mode="json"))
+    return chain_hash(event.model_dump(mode="json"))
 
 
 def _links(events: Sequence[LedgerEvent]) -> list[Link]:

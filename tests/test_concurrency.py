@@ -7,7 +7,7 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 
 from ledger import ContextLedger, LedgerEvent
-from ledger.domain.hashing import GENESIS_HASH, record_hash
+from ledger.domain.hashing import GENESIS_HASH, chain_hash
 from tests.helpers import USERS, hammer
 
 PROCESSES = 4
@@ -25,7 +25,7 @@ def _violations(history: list[LedgerEvent]) -> list[str]:
             problems.append(f"version {event.version}, expected {expected_version}")
         if event.prev_hash != previous:
             problems.append(f"chain broken at version {event.version}")
-        previous = record_hash(event.model_dump(mode="json"))
+        previous = chain_hash(event.model_dump(mode="json"))
         if event.kind == "created":
             if event.thread_id in active:
                 problems.append(f"second active context for {event.thread_id}")

@@ -101,6 +101,8 @@ def test_update_merges_metadata_and_none_removes_a_key(ledger: ContextLedger) ->
     assert ledger.history("alice")[-1].kind == "updated"
     details = ledger.history("alice")[-1].details
     assert details.pop("command_id")  # the call that appended it
+    assert details.pop("metadata_commitment")  # what the chain covers
+    assert details.pop("metadata_salt")  # what opens it
     assert details == {"metadata": {"drop": None, "new": 3}}
 
 

@@ -12,7 +12,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from ledger import ContextLedger, InvalidContextInput, verify_export
-from ledger.domain.hashing import canonical_encoding, record_hash
+from ledger.domain.hashing import canonical_encoding, chain_hash, record_hash
 from tests.helpers import CTXLEDGER, run
 
 T0 = datetime(2026, 6, 1, 8, 0, tzinfo=UTC)
@@ -50,7 +50,7 @@ def test_an_export_round_trips_and_verifies(durable_url: str, export: Path) -> N
     assert records[:-1] == [e.model_dump(mode="json") for e in history]
     assert manifest["count"] == len(history) == 6
     assert (manifest["first_version"], manifest["last_version"]) == (1, 6)
-    assert manifest["head_hash"] == record_hash(records[-2])
+    assert manifest["head_hash"] == chain_hash(records[-2])
     report = verify_export(export)
     assert report.intact
     assert report.events == 6

@@ -195,7 +195,8 @@ def test_project_follow_serves_metrics(durable_url: str, tmp_path: Path) -> None
     try:
         page = ""
         deadline = time.monotonic() + 30
-        while "ctxledger_view_position" not in page and time.monotonic() < deadline:
+        applied = 'ctxledger_view_position{view="audit"} 1.0'
+        while applied not in page and time.monotonic() < deadline:
             try:
                 with urllib.request.urlopen(
                     f"http://127.0.0.1:{port}/metrics", timeout=1

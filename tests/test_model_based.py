@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
 from ledger import ContextLedger, ContextLimitExceeded, ContextNotFound
-from ledger.domain.hashing import GENESIS_HASH, record_hash
+from ledger.domain.hashing import GENESIS_HASH, chain_hash
 
 USERS = st.sampled_from(["ann", "ben", "cat"])
 THREADS = st.sampled_from(["t1", "t2", "t3", "t4"])
@@ -196,7 +196,7 @@ class LedgerMachine(RuleBasedStateMachine):
             previous = GENESIS_HASH
             for event in history:
                 assert event.prev_hash == previous
-                previous = record_hash(event.model_dump(mode="json"))
+                previous = chain_hash(event.model_dump(mode="json"))
 
 
 class SQLiteLedgerMachine(LedgerMachine):

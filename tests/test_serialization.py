@@ -13,17 +13,28 @@ from pydantic import BaseModel
 
 from ledger.domain.contexts import UserSnapshot
 from ledger.domain.events import (
+    CarriesMetadata,
     ContextCleared,
     ContextCreated,
     ContextEvent,
     ContextExpired,
     ContextReused,
     ContextUpdated,
+    UserForgotten,
+    written_record,
+)
+from ledger.domain.hashing import (
+    canonical_encoding,
+    chain_hash,
+    metadata_commitment,
+    record_hash,
 )
 from ledger.domain.models import Context
+from ledger.store.keys import MemoryKeyStore
 from ledger.store.serialization import MsgpackTranscoder, PydanticMapper
 
 MAPPER = PydanticMapper(transcoder=MsgpackTranscoder())
+MAPPER.keys = MemoryKeyStore(None)
 
 leaves = (
     st.none()
@@ -69,6 +80,12 @@ events = st.one_of(
     st.builds(ContextUpdated, metadata=metadata, **envelope),
     st.builds(ContextExpired, reason=st.text(min_size=1), expires_at=times, **envelope),
     st.builds(ContextCleared, reason=st.text(min_size=1), **envelope),
+    st.builds(
+        UserForgotten,
+        reason=st.text(min_size=1),
+        key_generation=st.integers(0, 100),
+        **{**envelope, "context_id": st.just(""), "thread_id": st.just("")},
+    ),
 )
 
 
@@ -110,6 +127,48 @@ def test_freezegun_datetimes_are_encoded() -> None:
         assert type(now).__name__ == "FakeDatetime"
 
         assert _round_trip(event) == event
+
+
+@given(events, st.binary(min_size=32, max_size=32))
+def test_sealed_events_round_trip_and_store_no_plain_metadata(
+    event: ContextEvent, salt: bytes
+) -> None:
+    """Format 2: the metadata and its salt are sealed; the rest reads back equal."""
+    if not isinstance(event, CarriesMetadata):
+        return
+    assert event.metadata is not None
+    sealed = event.model_copy(
+        update={
+            "metadata_salt": salt.hex(),
+            "metadata_commitment": metadata_commitment(salt.hex(), event.metadata),
+        }
+    )
+    stored = MAPPER.to_stored_event(sealed)
+    state = MsgpackTranscoder().decode(stored.state)
+
+    assert "metadata" not in state
+    assert "metadata_salt" not in state
+    assert salt not in stored.state
+    decoded = _round_trip(sealed)
+    assert decoded == sealed
+    assert isinstance(decoded, ContextEvent)
+    assert decoded.chain_record() == sealed.chain_record()
+    assert chain_hash(decoded.ledger_record()) == record_hash(sealed.chain_record())
+
+
+@given(events)
+def test_the_written_form_is_the_json_form_when_nothing_was_upcast(
+    event: ContextEvent,
+) -> None:
+    """``written_record`` (from a stored state, as the mapper builds it for an
+    upcast event) and ``ledger_record`` (from the model) agree byte for byte."""
+    state = MsgpackTranscoder().decode(MAPPER.to_stored_event(event).state)
+    state["originator_id"] = event.originator_id
+    state["originator_version"] = event.originator_version
+
+    written = written_record(event.KIND, state)
+
+    assert canonical_encoding(written) == canonical_encoding(event.ledger_record())
 
 
 def test_snapshots_round_trip() -> None:

@@ -140,10 +140,12 @@ def test_an_older_jsonb_view_names_what_it_cannot_hold_and_a_rebuild_repairs_it(
         carol = [row.details for row in views.audit_rows("carol")]
         views.rebuild(["audit"])
 
-        assert (raised.value.view, raised.value.position) == ("audit", 3)
+        # Metadata is sealed in the view (no NUL reaches jsonb); the clear's
+        # reason, at position 5, is not.
+        assert (raised.value.view, raised.value.position) == ("audit", 5)
         assert raised.value.user_id == "alice"
         assert "\\u0000" in raised.value.cause
-        assert positions == [5, 2, 5]
+        assert positions == [5, 4, 5]
         assert carol == [event.details for event in ledger.history("carol")]
         assert views.verify() == EQUAL
 

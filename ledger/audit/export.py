@@ -1,10 +1,15 @@
 """Exports of a user's history that anyone can check offline, without the ledger.
 
 An export is JSON Lines, UTF-8. Each event is one line: its ``LedgerEvent`` record
-in the chain's canonical encoding, so the SHA-256 of a line's bytes is the hash
-that the next event's ``prev_hash`` holds. The last line is the manifest::
+as it was written, in the chain's canonical encoding. The hash that the next
+event's ``prev_hash`` holds is the SHA-256 of the line's ``chain_form``: in
+format 1 (``ctxledger-export/1``) that is the line itself; in format 2
+(``ctxledger-export/2``, events with sealed personal data) it leaves out the
+metadata and its salt, which the line's ``metadata_commitment`` stands for (the
+check recomputes that commitment from them, or accepts it alone once the
+metadata is erased). The last line is the manifest::
 
-    {"manifest":{"count":3,"first_version":1,"format":"ctxledger-export/1",
+    {"manifest":{"count":3,"first_version":1,"format":"ctxledger-export/2",
      "head_hash":"...","last_version":3,"since":null,"until":null,"user_id":"alice",...}}
 
 ``head_hash`` is the hash of the last event line; record it elsewhere and even a
@@ -33,14 +38,23 @@ from ledger.audit.chain import (
     Link,
     find_break,
 )
-from ledger.domain.hashing import GENESIS_HASH, canonical_encoding, record_hash
+from ledger.domain.hashing import (
+    GENESIS_HASH,
+    canonical_encoding,
+    chain_hash,
+    metadata_commitment,
+    record_hash,
+)
 from ledger.domain.models import LedgerEvent, UtcDatetime
 from ledger.errors import InvalidContextInput, shorten
 
-FORMAT = "ctxledger-export/1"
+FORMAT = "ctxledger-export/2"
+FORMATS = ("ctxledger-export/1", FORMAT)
+"""The formats ``verify_export`` reads: exports of every release."""
 MAX_DEPTH = 64
 """Deepest nesting of a line's containers; an event's is about 11 (its metadata
 at most 8), and deeper ones would exhaust the recursion limit in encoders."""
+SEALED_DETAILS_SHOWN = frozenset({"metadata_salt", "erased"})
 _INT64 = 2**63
 _INT64_DIGITS = len(str(-_INT64))
 
@@ -115,7 +129,7 @@ def write_export(
             handle.write(canonical_encoding(record) + b"\n")
             count += 1
             first = event.version if first is None else first
-            last, head = event.version, record_hash(record)
+            last, head = event.version, chain_hash(record)
         manifest = ExportManifest(
             format=FORMAT,
             user_id=user_id,
@@ -332,7 +346,7 @@ class _Checker:
         ]
         self.events = len(events)
         links = [
-            Link(event.version, record_hash(record), event.prev_hash)
+            Link(event.version, chain_hash(record), event.prev_hash)
             for event, record in zip(events, event_records, strict=True)
         ]
         first = self.manifest.first_version
@@ -465,7 +479,7 @@ def _manifest(number: int, record: dict[str, Any]) -> ExportManifest:
         manifest = ExportManifest.model_validate(body)
     except (ValidationError, OverflowError) as error:  # a time beyond UTC's years
         _fail(number, None, "altered", f"the manifest is not valid: {error}")
-    if manifest.format != FORMAT:
+    if manifest.format not in FORMATS:
         _fail(number, None, "altered", f"unknown format {shorten(manifest.format)}")
     if _manifest_line(manifest) != canonical_encoding(record):
         _fail(number, None, "altered", "the manifest's values are not canonical")
@@ -485,6 +499,9 @@ def _event(
         _fail(number, None, "altered", f"the event is not valid: {error}")
     if event.model_dump(mode="json") != record:
         _fail(number, event.version, "altered", "the event's values are not canonical")
+    problem = _commitment_problem(event.details)
+    if problem is not None:
+        _fail(number, event.version, "altered", problem)
     if event.user_id != manifest.user_id:
         _fail(
             number,
@@ -498,6 +515,38 @@ def _event(
     ):
         _fail(number, event.version, "altered", "the event is outside the period")
     return event
+
+
+def _commitment_problem(details: dict[str, Any]) -> str | None:
+    """Whether an event's shown metadata is what its commitment was made of."""
+    commitment = details.get("metadata_commitment")
+    erased = details.get("erased")
+    salt, metadata = details.get("metadata_salt"), details.get("metadata")
+    problem: str | None = None
+    if commitment is None:
+        if SEALED_DETAILS_SHOWN & details.keys():
+            problem = "the event has sealed details but no metadata_commitment"
+    elif not isinstance(commitment, str):
+        problem = "its metadata_commitment is not a hash"
+    elif erased is True:
+        if metadata is not None or "metadata_salt" in details:
+            problem = "the event is marked erased but shows metadata"
+    elif "erased" in details:
+        problem = "its erased mark is not true"
+    elif not _opens(commitment, salt, metadata):
+        problem = "its metadata is not what its metadata_commitment was made of"
+    return problem
+
+
+def _opens(commitment: str, salt: object, metadata: object) -> bool:
+    try:
+        return (
+            isinstance(salt, str)
+            and isinstance(metadata, dict)
+            and metadata_commitment(salt, metadata) == commitment
+        )
+    except ValueError:  # a salt that is not hex
+        return False
 
 
 def _line_of(links: list[Link], version: int, first_version: int) -> int:

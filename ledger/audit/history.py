@@ -111,5 +111,5 @@ class History:
             and isinstance(events[0], ContextEvent)
             and events[0].timestamp == snapshot.timestamp
             and events[0].user_id == snapshot.user_id
-            and record_hash(events[0].ledger_record()) == snapshot.last_hash
+            and record_hash(events[0].chain_record()) == snapshot.last_hash
         )

@@ -58,6 +58,9 @@ class Read:
 _ENVELOPE = frozenset(
     {"user_id", "context_id", "thread_id", "run_id", "timestamp", "prev_hash"}
 )
+_NOT_HASHED = frozenset({"sealed", "key_generation", "class_version"})
+"""Stored fields the chain does not cover: a sealed value (its commitment is
+covered), the key generation and the class version it was written by."""
 
 
 def quick_read(stored: StoredEvent, mapper: Mapper[UUID]) -> Read | None:
@@ -65,7 +68,11 @@ def quick_read(stored: StoredEvent, mapper: Mapper[UUID]) -> Read | None:
     state is not what the quick path expects (the exact path decides then)."""
     try:
         state: dict[str, Any] = mapper.transcoder.decode(stored.state)
-        details = {key: value for key, value in state.items() if key not in _ENVELOPE}
+        details = {
+            key: value
+            for key, value in state.items()
+            if key not in _ENVELOPE and key not in _NOT_HASHED
+        }
         if "expires_at" in details:
             details["expires_at"] = json_time(details["expires_at"])
         if any(isinstance(value, datetime) for value in details.values()):
@@ -96,7 +103,7 @@ def exact_read(stored: StoredEvent, mapper: Mapper[UUID]) -> Read | str:
         return f"its topic {stored.topic!r} is not an event of a context"
     if user_aggregate_id(event.user_id) != as_stream_id(stored.originator_id):
         return f"it names user {event.user_id!r}, who owns another stream"
-    return Read(event.user_id, event.prev_hash, record_hash(event.ledger_record()))
+    return Read(event.user_id, event.prev_hash, record_hash(event.chain_record()))
 
 
 @dataclass(slots=True)
@@ -122,6 +129,7 @@ class ChainVerifier:
         self.mapper = app.mapper
         self.snapshots = app.snapshots
         self.backend = app.backend
+        self.keys = app.keys
         self.page_size = page_size
 
     def head(self) -> int:
@@ -310,6 +318,12 @@ class ChainVerifier:
             stored = [s for s in stored if s.originator_version <= head_version]
         if not stored:
             return None
+        with self.keys.reading():  # one lookup of the user's key for the replay
+            return self._snapshots_fault(aggregate_id, stored, head_version)
+
+    def _snapshots_fault(
+        self, aggregate_id: UUID | str, stored: list[StoredEvent], head_version: int
+    ) -> ChainBreak | None:
         newest = stored[-1].originator_version
         if newest > head_version:
             return ChainBreak(
@@ -379,6 +393,8 @@ def _snapshot_problem(
         or snapshot.user_id != replayed.user_id
         or {c.context_id: c for c in snapshot.contexts} != replayed.contexts
         or snapshot.requests != UserSnapshot.take(replayed).requests
+        or snapshot.key_generation != replayed.key_generation
+        or snapshot.forgotten_at != replayed.forgotten_at
     ):
         return (
             f"the snapshot of version {version} differs from a replay of the events "

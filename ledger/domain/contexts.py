@@ -4,21 +4,29 @@ from collections import OrderedDict
 from collections.abc import Iterable, Iterator
 from datetime import UTC, datetime, timedelta
 from functools import lru_cache
+from secrets import token_hex
 from typing import Any, ClassVar, Self
 from uuid import UUID, uuid4, uuid5
 
 from pydantic import BaseModel, ConfigDict, Field
 
 from ledger.domain.events import (
+    CarriesMetadata,
     ContextCleared,
     ContextCreated,
     ContextEvent,
     ContextExpired,
     ContextReused,
     ContextUpdated,
+    UserForgotten,
     from_ledger_event,
 )
-from ledger.domain.hashing import GENESIS_HASH, record_hash
+from ledger.domain.hashing import (
+    GENESIS_HASH,
+    SALT_BYTES,
+    metadata_commitment,
+    record_hash,
+)
 from ledger.domain.models import Context, LedgerEvent, UtcDatetime
 from ledger.domain.validation import check_merged_size
 from ledger.errors import ContextLimitExceeded, ContextNotFound
@@ -69,6 +77,10 @@ class UserSnapshot(BaseModel):
     contexts: list[Context]
     requests: list[tuple[str, int, int]] = Field(default_factory=list)
     """The request window: (request id, first version, last version), oldest first."""
+    key_generation: int = 0
+    """The data key that seals the contexts' metadata (and new events')."""
+    forgotten_at: int = 0
+    """The version of the user's last ``forgotten`` event (0: none)."""
 
     @classmethod
     def take(cls, aggregate: "UserContexts") -> Self:
@@ -83,6 +95,8 @@ class UserSnapshot(BaseModel):
             last_hash=aggregate.last_hash,
             contexts=list(aggregate.contexts.values()),
             requests=[(rid, *versions) for rid, versions in aggregate.requests.items()],
+            key_generation=aggregate.key_generation,
+            forgotten_at=aggregate.forgotten_at,
         )
 
 
@@ -103,6 +117,10 @@ class UserContexts:
         """The last REQUEST_WINDOW request ids: the first and last versions of the
         events of each."""
         self._call: dict[str, Any] = {}
+        self.key_generation = 0
+        """The data key new events seal their metadata with: one more after each
+        ``forgotten`` event, so nothing new is ever sealed under a destroyed key."""
+        self.forgotten_at = 0
 
     @classmethod
     def start(cls, user_id: str, now: datetime) -> Self:
@@ -115,6 +133,8 @@ class UserContexts:
         aggregate.version = snapshot.originator_version
         aggregate.modified_on = snapshot.modified_on
         aggregate.last_hash = snapshot.last_hash
+        aggregate.key_generation = snapshot.key_generation
+        aggregate.forgotten_at = snapshot.forgotten_at
         for context in snapshot.contexts:
             aggregate._put(context)
         for request_id, first, last in snapshot.requests:
@@ -275,6 +295,23 @@ class UserContexts:
             self._expire(context, now)
         return len(due)
 
+    def forget(self, *, reason: str, now: datetime) -> bool:
+        """Erases the user's personal data: ends every context and retires the data
+        key (the store destroys it). Nothing to do, and False, for a user with no
+        event since the last erasure."""
+        now = self.time_of(now)
+        if self.version == self.forgotten_at:
+            return False
+        self._trigger(
+            UserForgotten,
+            now,
+            context_id="",
+            thread_id="",
+            run_id=None,
+            reason=reason,
+        )
+        return True
+
     def _expire(self, context: Context, now: datetime) -> None:
         self._end(
             ContextExpired, context, now, reason="ttl", expires_at=context.expires_at
@@ -295,12 +332,19 @@ class UserContexts:
     def _trigger(self, cls: type[ContextEvent], now: datetime, **fields: Any) -> None:
         # Every value here is validated already (by the API or from the state), so
         # the event is built without validating it again.
+        if issubclass(cls, CarriesMetadata):
+            salt = token_hex(SALT_BYTES)
+            fields["metadata_salt"] = salt
+            fields["metadata_commitment"] = metadata_commitment(
+                salt, fields["metadata"]
+            )
         event = cls.model_construct(
             originator_id=self.id,
             originator_version=self.version + 1,
             timestamp=now,  # every command takes it from time_of
             user_id=self.user_id,
             prev_hash=self.last_hash,
+            key_generation=self.key_generation,
             **self._call,
             **fields,
         )
@@ -316,12 +360,18 @@ class UserContexts:
                 f"does not follow version {self.version}"
             )
             raise ValueError(msg)
-        self._evolve(event)
+        if isinstance(event, UserForgotten):
+            self.contexts.clear()
+            self._threads.clear()
+            self.key_generation = event.key_generation + 1
+            self.forgotten_at = event.originator_version
+        else:
+            self._evolve(event)
         if event.request_id is not None:
             self._remember(event.request_id, event.originator_version)
         self.version = event.originator_version
         self.modified_on = event.timestamp
-        self.last_hash = record_hash(event.ledger_record())
+        self.last_hash = record_hash(event.chain_record())
 
     def _remember(self, request_id: str, version: int) -> None:
         known = self.requests.get(request_id)
@@ -362,6 +412,11 @@ def opens_context(event: ContextEvent) -> bool:
     return isinstance(event, ContextCreated)
 
 
+def forgets_user(event: ContextEvent) -> bool:
+    """Whether ``event`` erased the user: it ends every context of the user."""
+    return isinstance(event, UserForgotten)
+
+
 def ends_context(event: ContextEvent) -> bool:
     """Whether ``event`` ends its context (``evolve_context`` returns None)."""
     return isinstance(event, ENDING)
@@ -374,17 +429,20 @@ def evolve_context(context: Context | None, event: ContextEvent) -> Context | No
     aggregate, the views, the expiry index and the report all use it.
     """
     at = event.timestamp
+    if forgets_user(event):
+        return None
     if isinstance(event, ContextCreated):
         return Context(
             context_id=event.context_id,
             user_id=event.user_id,
             thread_id=event.thread_id,
             run_id=event.run_id,
-            metadata=event.metadata,
+            metadata=event.metadata if event.metadata is not None else {},
             created_at=at,
             last_used_at=at,
             expires_at=expiry_time(at, event.ttl_seconds),
             ttl_seconds=event.ttl_seconds,
+            erased=event.metadata is None,
         )
     if context is None:
         msg = (
@@ -398,9 +456,13 @@ def evolve_context(context: Context | None, event: ContextEvent) -> Context | No
         msg = f"{type(event).__name__} is not an event that changes a context"
         raise TypeError(msg)
     ttl = event.ttl_seconds if isinstance(event, ContextReused) else context.ttl_seconds
+    erased = context.erased or event.metadata is None
     changes: dict[str, Any] = {
         "run_id": event.run_id,
-        "metadata": merge_metadata(context.metadata, event.metadata),
+        "metadata": {}
+        if erased or event.metadata is None
+        else merge_metadata(context.metadata, event.metadata),
+        "erased": erased,
         "last_used_at": at,
         "expires_at": expiry_time(at, ttl),
         "ttl_seconds": ttl,
@@ -417,6 +479,11 @@ def contexts_through(
     by ``evolve_context``: for readers of histories, such as the report."""
     contexts: dict[str, Context | None] = {}
     for event in events:
+        if event.kind == "forgotten":
+            for context_id in contexts:
+                contexts[context_id] = None
+            yield event, None
+            continue
         domain_event = from_ledger_event(event, user_aggregate_id(event.user_id))
         context = evolve_context(contexts.get(event.context_id), domain_event)
         contexts[event.context_id] = context

@@ -8,9 +8,14 @@ reads the field annotations at class creation.
 from typing import Any, ClassVar
 from uuid import UUID
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, PrivateAttr
+from pydantic_core import to_jsonable_python
 
+from ledger.domain.hashing import chain_form
 from ledger.domain.models import EventKind, LedgerEvent, UtcDatetime
+
+STORAGE_FIELDS = frozenset({"key_generation", "metadata_commitment", "metadata_salt"})
+"""Fields an event's JSON form shows its own way, or not at all (``ledger_record``)."""
 
 
 class ContextEvent(BaseModel):
@@ -33,26 +38,37 @@ class ContextEvent(BaseModel):
     """The call that appended the event (older events have none)."""
     request_id: str | None = None
     """The caller's request id, if it gave one: a repeat of it is not applied."""
+    key_generation: int = 0
+    """Which of the user's data keys seals the event's personal data (a new key
+    after each ``forgotten`` event). Not part of its JSON form."""
+
+    _written: dict[str, Any] | None = PrivateAttr(default=None)
+    """The JSON form as the event was written, when an older class version wrote
+    it (set by the mapper before upcasting): the chain covers what was written."""
 
     def to_ledger_event(self) -> LedgerEvent:
         """The auditor's view of this event."""
         return LedgerEvent.model_validate(self.ledger_record())
 
+    def chain_record(self) -> dict[str, Any]:
+        """What the hash chain covers of this event (``hashing.chain_form``)."""
+        return chain_form(self.written_record())
+
+    def written_record(self) -> dict[str, Any]:
+        """The JSON form as stored: ``ledger_record`` unless an older class version
+        wrote the event. Exports write it, so their lines hash as the chain does."""
+        return self._written if self._written is not None else self.ledger_record()
+
     def ledger_record(self) -> dict[str, Any]:
         """``to_ledger_event().model_dump(mode="json")``, built directly: the chain
         hashes this on every append and replay."""
-        data = self.model_dump(mode="json", exclude=self.unset_ids())
-        return {
-            "user_id": data.pop("user_id"),
-            "kind": self.KIND,
-            "context_id": data.pop("context_id"),
-            "thread_id": data.pop("thread_id"),
-            "run_id": data.pop("run_id"),
-            "occurred_at": data.pop("timestamp"),
-            "version": data.pop("originator_version"),
-            "prev_hash": data.pop("prev_hash"),
-            "details": data,  # what is left: the fields of this kind of event
-        }
+        data = self.model_dump(mode="json", exclude=self.unset_ids() | STORAGE_FIELDS)
+        return shape_record(
+            self.KIND,
+            data,
+            getattr(self, "metadata_commitment", None),
+            getattr(self, "metadata_salt", None),
+        )
 
     def unset_ids(self) -> set[str]:
         """The stream id, and the call ids the event does not have: neither is
@@ -65,34 +81,48 @@ class ContextEvent(BaseModel):
         return unset
 
 
-class ContextCreated(ContextEvent):
+class CarriesMetadata(ContextEvent):
+    """An event with personal data: its metadata (patch).
+
+    Format 2 (``metadata_commitment`` set): the metadata and its salt are stored
+    sealed under the user's data key; ``metadata`` is None once that key is
+    destroyed (erased). Format 1 (events written before sealing): stored as is.
+    """
+
+    metadata: dict[str, Any] | None
+    metadata_commitment: str | None = None
+    metadata_salt: str | None = None
+
+    @property
+    def erased(self) -> bool:
+        """Whether the event's personal data was erased (its key destroyed)."""
+        return self.metadata is None
+
+
+class ContextCreated(CarriesMetadata):
     """A new context was opened for a thread that had no active one."""
 
     TOPIC: ClassVar[str] = "ctxledger:ContextCreated"
     KIND: ClassVar[EventKind] = "created"
 
-    metadata: dict[str, Any]
     ttl_seconds: float | None
 
 
-class ContextReused(ContextEvent):
+class ContextReused(CarriesMetadata):
     """The thread's active context was opened again; ``metadata`` is the patch."""
 
     TOPIC: ClassVar[str] = "ctxledger:ContextReused"
     KIND: ClassVar[EventKind] = "reused"
 
-    metadata: dict[str, Any]
     ttl_seconds: float | None
     reuse_count: int
 
 
-class ContextUpdated(ContextEvent):
+class ContextUpdated(CarriesMetadata):
     """Metadata or run id of an active context changed; ``metadata`` is the patch."""
 
     TOPIC: ClassVar[str] = "ctxledger:ContextUpdated"
     KIND: ClassVar[EventKind] = "updated"
-
-    metadata: dict[str, Any]
 
 
 class ContextExpired(ContextEvent):
@@ -114,12 +144,24 @@ class ContextCleared(ContextEvent):
     reason: str
 
 
+class UserForgotten(ContextEvent):
+    """The user's personal data was erased: the data key of ``key_generation`` was
+    destroyed, and every active context of the user ended. It names no context:
+    its ``context_id`` and ``thread_id`` are empty."""
+
+    TOPIC: ClassVar[str] = "ctxledger:UserForgotten"
+    KIND: ClassVar[EventKind] = "forgotten"
+
+    reason: str
+
+
 EVENT_CLASSES: tuple[type[ContextEvent], ...] = (
     ContextCreated,
     ContextReused,
     ContextUpdated,
     ContextExpired,
     ContextCleared,
+    UserForgotten,
 )
 EVENT_TOPICS: tuple[str, ...] = tuple(cls.TOPIC for cls in EVENT_CLASSES)
 EVENT_CLASS_BY_KIND: dict[EventKind, type[ContextEvent]] = {
@@ -127,11 +169,57 @@ EVENT_CLASS_BY_KIND: dict[EventKind, type[ContextEvent]] = {
 }
 
 
+def shape_record(
+    kind: EventKind,
+    data: dict[str, Any],
+    commitment: str | None,
+    salt: str | None,
+) -> dict[str, Any]:
+    """An event's JSON form (``LedgerEvent``) from its fields in JSON form."""
+    if commitment is not None:
+        data["metadata_commitment"] = commitment
+        if data.get("metadata") is None:
+            data["erased"] = True
+        else:
+            data["metadata_salt"] = salt
+    return {
+        "user_id": data.pop("user_id"),
+        "kind": kind,
+        "context_id": data.pop("context_id"),
+        "thread_id": data.pop("thread_id"),
+        "run_id": data.pop("run_id"),
+        "occurred_at": data.pop("timestamp"),
+        "version": data.pop("originator_version"),
+        "prev_hash": data.pop("prev_hash"),
+        "details": data,  # what is left: the fields of this kind of event
+    }
+
+
+def written_record(kind: EventKind, state: dict[str, Any]) -> dict[str, Any]:
+    """The JSON form of an event from its stored state as written (before any
+    upcasting), the same as ``ledger_record`` of the class that wrote it."""
+    data = {
+        key: value
+        for key, value in state.items()
+        if key not in STORAGE_FIELDS and key != "originator_id"
+    }
+    for key in ("command_id", "request_id"):
+        if data.get(key, "") is None:
+            del data[key]
+    return shape_record(
+        kind,
+        to_jsonable_python(data),
+        state.get("metadata_commitment"),
+        state.get("metadata_salt"),
+    )
+
+
 def from_ledger_event(event: LedgerEvent, originator_id: UUID) -> ContextEvent:
     """The domain event an auditor's ``LedgerEvent`` was made from (its inverse)."""
+    details = {k: v for k, v in event.details.items() if k != "erased"}
     return EVENT_CLASS_BY_KIND[event.kind].model_validate(
         {
-            **event.details,
+            **details,
             "originator_id": originator_id,
             "originator_version": event.version,
             "timestamp": event.occurred_at,

@@ -5,13 +5,14 @@ from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, AwareDatetime, BaseModel, ConfigDict, Field
 
-EventKind = Literal["created", "reused", "updated", "expired", "cleared"]
+EventKind = Literal["created", "reused", "updated", "expired", "cleared", "forgotten"]
 EVENT_KINDS: tuple[EventKind, ...] = (
     "created",
     "reused",
     "updated",
     "expired",
     "cleared",
+    "forgotten",
 )
 
 
@@ -34,6 +35,9 @@ class Context(BaseModel):
     expires_at: UtcDatetime | None
     ttl_seconds: float | None
     reuse_count: int = 0
+    erased: bool = False
+    """Its metadata was erased (``ContextLedger.forget_user``): ``metadata`` is
+    empty, whatever it held."""
 
     def is_due(self, now: datetime) -> bool:
         """Whether the context's time to live has run out at ``now``."""
@@ -53,4 +57,13 @@ class LedgerEvent(BaseModel):
     occurred_at: UtcDatetime
     version: int
     details: dict[str, Any]
+    """The fields of this kind of event. From format 2 on, personal data
+    (``metadata``) comes with ``metadata_commitment``, which the chain covers,
+    and ``metadata_salt``, which opens it; once erased, ``metadata`` is None and
+    ``erased`` is true."""
     prev_hash: str
+
+    @property
+    def erased(self) -> bool:
+        """Whether the event's personal data was erased."""
+        return self.details.get("erased") is True

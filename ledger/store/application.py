@@ -19,11 +19,22 @@ from ledger.domain.contexts import (
     project_user,
     user_aggregate_id,
 )
-from ledger.domain.events import ContextEvent
-from ledger.errors import LedgerCorrupted, LedgerNotFound, StorageUnavailable
-from ledger.store.backends import backend_for
+from ledger.domain.events import (
+    EVENT_TOPICS,
+    CarriesMetadata,
+    ContextEvent,
+    UserForgotten,
+)
+from ledger.errors import (
+    LedgerCorrupted,
+    LedgerError,
+    LedgerNotFound,
+    StorageUnavailable,
+)
+from ledger.store.backends import backend_for, safe_head
 from ledger.store.cache import AggregateCache
 from ledger.store.failures import DATABASE_ERRORS, storage_failures
+from ledger.store.keys import MasterKey
 from ledger.store.postgres_log import AppendOutcomeUnknown
 from ledger.store.serialization import MsgpackTranscoder, PydanticMapper
 from ledger.store.urls import Storage
@@ -56,17 +67,29 @@ class LedgerApplication(Application[UUID]):
         }
         return Environment(name, settings)
 
-    def __init__(self, storage: Storage, *, create: bool = True) -> None:
+    def __init__(
+        self,
+        storage: Storage,
+        *,
+        create: bool = True,
+        master_key: MasterKey | None = None,
+    ) -> None:
         super().__init__({**storage.settings, "CREATE_TABLE": "y" if create else "n"})
         self.storage = storage
         self.backend = backend_for(storage)
         self.cache = AggregateCache(AGGREGATE_CACHE_SIZE)
+        self.keys = self.backend.key_store(
+            getattr(self.recorder, "datastore", None), master_key
+        )
+        if create:
+            self.keys.create_table()
+        cast(PydanticMapper, self.mapper).keys = self.keys
 
     def load(self, user_id: str, now: datetime) -> UserContexts:
         """The user's aggregate as stored now; an empty one for a new user."""
         aggregate_id = user_aggregate_id(user_id)
         cached = self.cache.get(aggregate_id)
-        with replaying(user_id):
+        with replaying(user_id), self.keys.reading():
             if cached is None:
                 try:
                     stored: UserContexts = self.repository.get(
@@ -158,7 +181,11 @@ class LedgerApplication(Application[UUID]):
             return False
         version = first.originator_version
         try:
-            with replaying(first.user_id), storage_failures(self.storage):
+            with (
+                replaying(first.user_id),
+                storage_failures(self.storage),
+                self.keys.reading(),
+            ):
                 stored = list(
                     self.events.get(first.originator_id, gt=version - 1, lte=version)
                 )
@@ -170,13 +197,63 @@ class LedgerApplication(Application[UUID]):
             first.command_id
         )
 
+    def destroy_keys(self, user_id: str, below: int) -> int:
+        """Destroys the user's data keys of generations before ``below`` and
+        returns how many events' personal data they still opened (now erased)."""
+        readable = 0
+        with self.keys.reading():
+            for event in self.events_after(user_id, 0):
+                if (
+                    isinstance(event, CarriesMetadata)
+                    and event.metadata_commitment is not None
+                    and event.metadata is not None
+                    and event.key_generation < below
+                ):
+                    readable += 1
+        with storage_failures(self.storage, writing=True):
+            self.keys.destroy(user_aggregate_id(user_id), below)
+        # This process's cached state of the user holds the metadata in memory.
+        self.cache.drop(user_aggregate_id(user_id))
+        return readable
+
+    def inactive_users(self, since: datetime) -> list[str]:
+        """The users whose last event is before ``since`` and is not their
+        erasure, read from the log (user ids and times only; nothing is opened)."""
+        last: dict[str, tuple[datetime, bool]] = {}
+        position, stop = 0, safe_head(self.recorder)
+        with storage_failures(self.storage):
+            while position < stop:
+                page = self.recorder.select_notifications(
+                    start=position,
+                    limit=MAX_PAGE,
+                    stop=stop,
+                    topics=EVENT_TOPICS,
+                    inclusive_of_start=False,
+                )
+                for notification in page:
+                    try:
+                        state = self.mapper.transcoder.decode(notification.state)
+                        user, at = state["user_id"], state["timestamp"]
+                    except (ValueError, TypeError, KeyError, OverflowError):
+                        continue  # undecodable: verify_chain reports it
+                    if isinstance(user, str) and isinstance(at, datetime):
+                        last[user] = (at, notification.topic == UserForgotten.TOPIC)
+                if len(page) < MAX_PAGE:
+                    break
+                position = page[-1].id
+        return sorted(
+            user
+            for user, (at, forgotten) in last.items()
+            if at < since and not forgotten
+        )
+
     def state_at(self, user_id: str, version: int) -> UserContexts:
         """The user's aggregate right after ``version`` (from a snapshot at or
         before it, if one decodes)."""
         aggregate_id = user_aggregate_id(user_id)
         start: UserContexts | None = None
         if self.snapshots is not None:
-            with replaying(user_id):
+            with replaying(user_id), self.keys.reading():
                 found = list(
                     self.snapshots.get(aggregate_id, lte=version, desc=True, limit=1)
                 )
@@ -193,7 +270,7 @@ class LedgerApplication(Application[UUID]):
         self, user_id: str, first: int, last: int
     ) -> list[ContextEvent]:
         """The user's events from version ``first`` to ``last``."""
-        with replaying(user_id):
+        with replaying(user_id), self.keys.reading():
             events = self.events.get(user_aggregate_id(user_id), gt=first - 1, lte=last)
             return [event for event in events if isinstance(event, ContextEvent)]
 
@@ -208,7 +285,7 @@ class LedgerApplication(Application[UUID]):
         aggregate_id = user_aggregate_id(user_id)
         size = first_page
         while True:
-            with replaying(user_id):
+            with replaying(user_id), self.keys.reading():
                 page = list(self.events.get(aggregate_id, gt=version, limit=size))
             for event in page:
                 if isinstance(event, ContextEvent):
@@ -234,14 +311,19 @@ def replaying(user_id: str) -> Iterator[None]:
     """Stored events of the user that cannot be decoded (MapperDeserialisationError
     is a ValueError) or do not replay (``UserContexts.apply`` raises ValueError)
     raise LedgerCorrupted. Only stored data reaches here: arguments are validated
-    before anything is read."""
+    before anything is read. A LedgerError (a master key that does not open the
+    keys) passes as it is."""
     try:
         yield
+    except LedgerError:
+        raise
     except ValueError as error:
         raise LedgerCorrupted(user_id, str(error)) from error
 
 
-def open_application(storage: Storage, *, create: bool = True) -> LedgerApplication:
+def open_application(
+    storage: Storage, *, create: bool = True, master_key: MasterKey | None = None
+) -> LedgerApplication:
     """The application on ``storage``, its tables created if need be.
 
     With ``create=False`` a storage that holds no ledger raises LedgerNotFound, and
@@ -252,8 +334,8 @@ def open_application(storage: Storage, *, create: bool = True) -> LedgerApplicat
         if not create:
             if not backend.exists():
                 raise LedgerNotFound(storage.description)
-            return LedgerApplication(storage, create=False)
+            return LedgerApplication(storage, create=False, master_key=master_key)
         with backend.setup_lock():
-            return LedgerApplication(storage)
+            return LedgerApplication(storage, master_key=master_key)
     except (OSError, *DATABASE_ERRORS) as error:
         raise StorageUnavailable(storage.description, error) from error

@@ -25,6 +25,13 @@ from eventsourcing.postgres import PostgresTrackingRecorder
 from eventsourcing.sqlite import SQLiteTrackingRecorder
 from psycopg import sql
 
+from ledger.store.keys import (
+    KEYS_TABLE,
+    KeyStore,
+    MasterKey,
+    MemoryKeyStore,
+    SQLKeyStore,
+)
 from ledger.store.postgres_log import (
     CONNECT_TIMEOUT_SETTING,
     SAFE_HEAD_TIMEOUT_SECONDS,
@@ -169,6 +176,17 @@ class Backend:
     def tracking(self, datastore: Any) -> tuple[TrackingRecorder, str]:
         """A tracking recorder beside the events and its table's quoted name."""
         raise NotImplementedError
+
+    def key_store(self, datastore: Any, master_key: MasterKey | None) -> KeyStore:
+        """The users' data keys, in a table beside the events."""
+        return SQLKeyStore(
+            datastore,
+            self._table(KEYS_TABLE),
+            sqlite_path=self.storage.settings.get("SQLITE_DBNAME")
+            if self.kind == "sqlite"
+            else None,
+            master_key=master_key,
+        )
 
     def count_after(self, recorder: ApplicationRecorder, position: int) -> int:
         """How many events are stored after ``position`` (positions can skip)."""
@@ -336,6 +354,9 @@ class MemoryBackend(Backend):
 
     def exists(self) -> bool:
         return False
+
+    def key_store(self, datastore: Any, master_key: MasterKey | None) -> KeyStore:
+        return MemoryKeyStore(master_key)
 
     def snapshot_streams(self, recorder: Any) -> list[UUID | str]:
         return []

@@ -39,3 +39,8 @@ class AggregateCache:
             self._entries.move_to_end(aggregate.id)
             if len(self._entries) > self._maxsize:
                 self._entries.popitem(last=False)
+
+    def drop(self, aggregate_id: UUID) -> None:
+        """Forgets the user's entry (after an erasure: it holds personal data)."""
+        with self._lock:
+            self._entries.pop(aggregate_id, None)

@@ -6,6 +6,7 @@ decides what is actually due.
 """
 
 import struct
+from contextlib import nullcontext
 from datetime import UTC, datetime, timedelta
 from typing import Any
 from uuid import UUID
@@ -13,7 +14,7 @@ from uuid import UUID
 import msgpack
 from eventsourcing.persistence import ApplicationRecorder, Mapper, StoredEvent
 
-from ledger.domain.contexts import evolve_context
+from ledger.domain.contexts import evolve_context, forgets_user
 from ledger.domain.events import EVENT_TOPICS, ContextEvent
 from ledger.domain.models import Context
 from ledger.store.backends import safe_head
@@ -50,6 +51,13 @@ class DueIndex:
         """Reads the log from where it stopped up to its safe head, so never past
         an event that may still commit before it."""
         stop = safe_head(recorder)
+        keys = getattr(mapper, "keys", None)
+        with nullcontext() if keys is None else keys.reading():
+            self._read(recorder, mapper, stop)
+
+    def _read(
+        self, recorder: ApplicationRecorder, mapper: Mapper[Any], stop: int
+    ) -> None:
         while self._position < stop:
             page = recorder.select_notifications(
                 start=self._position,
@@ -85,6 +93,11 @@ class DueIndex:
         return sorted(self._users[int(number)] for number in numbers)
 
     def _apply(self, event: ContextEvent) -> None:
+        if forgets_user(event):  # it ended all of the user's contexts
+            prefix = f"{self._number(event.user_id)}/"
+            for key in [k for k in self._due if k.startswith(prefix)]:
+                del self._due[key]
+            return
         key = f"{self._number(event.user_id)}/{event.context_id}"
         after = evolve_context(self._known(key, event), event)
         if after is None or after.expires_at is None or after.ttl_seconds is None:

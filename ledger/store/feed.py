@@ -16,7 +16,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Iterator
-from contextlib import AbstractContextManager
+from contextlib import AbstractContextManager, nullcontext
 from types import TracebackType
 from typing import Any, Self
 from uuid import UUID
@@ -269,20 +269,28 @@ class ChangeFeed(Iterator[Change]):
             page = self._backend.stream_after(
                 self._recorder, self._stream, self._version, head, PAGE
             )
+        keys = getattr(self._mapper, "keys", None)
+        with nullcontext() if keys is None else keys.reading():
+            whole = self._take_page(page)
+        if whole and len(page) < PAGE:
+            self.position = max(self.position, head)  # all up to it has been read
+
+    def _take_page(self, page: list[Notification]) -> bool:
+        """Decodes the page into ready changes; False if it stopped before an
+        undecodable event (read next time, after the ones before it)."""
         for notification in page:
             try:
                 change = (notification.id, self._decoded(notification))
             except LedgerCorrupted:
                 if self._ready:
-                    return  # the events before it go first; it is read next time
+                    return False  # the events before it go first
                 self.position = notification.id  # reported once, then passed
                 self._version = notification.originator_version
                 raise
             self._ready.append(change)
             self.position = notification.id
             self._version = notification.originator_version
-        if len(page) < PAGE:
-            self.position = max(self.position, head)  # all up to it has been read
+        return True
 
     def _decoded(self, notification: Notification) -> LedgerEvent:
         problem: str | None = None

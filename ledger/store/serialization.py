@@ -20,7 +20,16 @@ from eventsourcing.persistence import (
 from pydantic import BaseModel, ValidationError
 
 from ledger.domain.contexts import UserSnapshot
-from ledger.domain.events import EVENT_CLASSES, ContextEvent
+from ledger.domain.events import (
+    EVENT_CLASS_BY_KIND,
+    EVENT_CLASSES,
+    CarriesMetadata,
+    ContextEvent,
+    written_record,
+)
+from ledger.domain.hashing import metadata_commitment
+from ledger.errors import LedgerError
+from ledger.store.keys import KeyStore, place_of, seal, unseal
 
 _DATETIME = 1
 _UUID = 2
@@ -28,7 +37,26 @@ _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _MICROS = struct.Struct(">q")
 
 TOPICS: dict[str, type[BaseModel]] = {cls.TOPIC: cls for cls in EVENT_CLASSES}
+"""The class that reads each topic (``register`` puts a newer version in)."""
 TOPICS[UserSnapshot.TOPIC] = UserSnapshot
+SEALED = "sealed"
+_EVENT = b"ctxledger event"
+_SNAPSHOT = b"ctxledger snapshot"
+
+
+def register(cls: type[ContextEvent]) -> type[ContextEvent]:
+    """Makes ``cls`` the class that reads its topic: a new version of
+    an event class, with ``class_version`` and ``upcast_vK_vK+1`` methods, takes
+    over the stored events of the older one. Returns the class it replaced."""
+    replaced = TOPICS[cls.TOPIC]
+    if not issubclass(cls, ContextEvent) or not issubclass(
+        cast(type, replaced), ContextEvent
+    ):
+        msg = f"{cls!r} is not a ContextEvent class of a known topic"
+        raise TypeError(msg)
+    TOPICS[cls.TOPIC] = cls
+    EVENT_CLASS_BY_KIND[cls.KIND] = cls  # what auditors' records are read back as
+    return cast(type[ContextEvent], replaced)
 
 
 def _default(obj: object) -> msgpack.ExtType:
@@ -64,15 +92,35 @@ class MsgpackTranscoder(Transcoder):
 
 
 class PydanticMapper(Mapper[UUID]):
-    """Maps pydantic events to stored events by their explicit topics."""
+    """Maps pydantic events to stored events by their explicit topics.
+
+    - Personal data is sealed (``keys``): the metadata of an event of format 2
+      and its salt, and the contexts' metadata in a snapshot. A value whose key
+      was destroyed decodes as erased (metadata None).
+    - Class versions: a class with ``class_version = N`` stores it in the state
+      (from 2 on, as the library does), and an event stored by an older version
+      is upgraded by the class's ``upcast_vK_vK+1(state)`` methods in turn. The
+      event keeps its JSON form as written, which the chain covers.
+    """
+
+    keys: KeyStore | None = None
+    """Set by the application: without it, nothing sealed can be stored or read."""
 
     def to_stored_event(self, domain_event: DomainEventProtocol[UUID]) -> StoredEvent:
         model = cast(BaseModel, domain_event)
-        topic: str = getattr(type(model), "TOPIC")  # noqa: B009  (ClassVar on each model)
+        cls = type(model)
+        topic: str = getattr(cls, "TOPIC")  # noqa: B009  (ClassVar on each model)
         unset = (
             model.unset_ids() if isinstance(model, ContextEvent) else {"originator_id"}
         )
         state = model.model_dump(exclude=unset | {"originator_version"})
+        if isinstance(model, CarriesMetadata) and model.metadata_commitment is not None:
+            self._seal_event(model, state)
+        elif isinstance(model, UserSnapshot):
+            self._seal_snapshot(model, state)
+        class_version: int = getattr(cls, "class_version", 1)
+        if class_version > 1:
+            state["class_version"] = class_version
         stored = self.transcoder.encode(state)
         if self.compressor:
             stored = self.compressor.compress(stored)
@@ -94,9 +142,27 @@ class PydanticMapper(Mapper[UUID]):
             if self.compressor:
                 data = self.compressor.decompress(data)
             state = self.transcoder.decode(data)
-            state["originator_id"] = _as_uuid(stored_event.originator_id)
+            stream = _as_uuid(stored_event.originator_id)
+            state["originator_id"] = stream
             state["originator_version"] = stored_event.originator_version
+            if SEALED in state:
+                if cls is UserSnapshot:
+                    self._open_snapshot(stream, state)
+                else:
+                    self._open_event(stream, state)
+            written: dict[str, Any] | None = None
+            from_version = state.pop("class_version", 1)
+            class_version: int = getattr(cls, "class_version", 1)
+            if from_version < class_version and issubclass(cls, ContextEvent):
+                written = written_record(cls.KIND, dict(state))
+            while from_version < class_version:
+                getattr(cls, f"upcast_v{from_version}_v{from_version + 1}")(state)
+                from_version += 1
             event = cls.model_validate(state)
+            if written is not None:
+                cast(ContextEvent, event)._written = written
+        except LedgerError:
+            raise  # a key that cannot be opened: a setting to fix, not damaged data
         except (
             KeyError,
             TypeError,
@@ -104,6 +170,7 @@ class PydanticMapper(Mapper[UUID]):
             ValidationError,
             OverflowError,  # a time out of range
             struct.error,  # an extension value of the wrong length
+            AttributeError,  # an upcast method missing
         ) as error:
             msg = (
                 f"stored event {stored_event.topic!r} of stream "
@@ -112,6 +179,77 @@ class PydanticMapper(Mapper[UUID]):
             )
             raise MapperDeserialisationError(msg) from error
         return cast(DomainEventProtocol[UUID], event)
+
+    def _keys(self) -> KeyStore:
+        if self.keys is None:
+            msg = "the mapper has no key store: personal data cannot be sealed"
+            raise RuntimeError(msg)
+        return self.keys
+
+    def _seal_event(self, event: CarriesMetadata, state: dict[str, Any]) -> None:
+        if event.metadata is None:
+            msg = "an event whose metadata was erased cannot be stored again"
+            raise ValueError(msg)
+        plain = [state.pop("metadata"), bytes.fromhex(state.pop("metadata_salt"))]
+        cipher = self._keys().for_writing(
+            event.originator_id,
+            event.key_generation,
+            new=event.originator_version == 1,
+        )
+        place = place_of(_EVENT, event.originator_id, 0, event.key_generation)
+        state[SEALED] = seal(cipher, place, self.transcoder.encode(plain))
+
+    def _open_event(self, stream: UUID, state: dict[str, Any]) -> None:
+        """Opens the sealed metadata; it must be what the event's commitment (which
+        the chain covers) was made of, so a sealed value altered or moved from
+        another event of the user is found when it is read."""
+        if "metadata" in state or "metadata_salt" in state:
+            msg = "the event holds plain metadata beside its sealed metadata"
+            raise ValueError(msg)
+        sealed = state.pop(SEALED)
+        generation = state.get("key_generation", 0)
+        cipher = self._keys().for_reading(stream, generation)
+        if cipher is None:
+            state["metadata"] = state["metadata_salt"] = None  # erased
+            return
+        place = place_of(_EVENT, stream, 0, generation)
+        metadata, salt = self.transcoder.decode(unseal(cipher, place, sealed))
+        salt_hex = salt.hex()
+        if metadata_commitment(salt_hex, metadata) != state["metadata_commitment"]:
+            msg = "its sealed metadata is not what its metadata_commitment was made of"
+            raise ValueError(msg)
+        state["metadata"], state["metadata_salt"] = metadata, salt_hex
+
+    def _seal_snapshot(self, snapshot: UserSnapshot, state: dict[str, Any]) -> None:
+        if not state["contexts"]:
+            return
+        metadata = [context.pop("metadata") for context in state["contexts"]]
+        generation = snapshot.key_generation
+        cipher = self._keys().for_writing(snapshot.originator_id, generation)
+        place = place_of(
+            _SNAPSHOT, snapshot.originator_id, snapshot.originator_version, generation
+        )
+        state[SEALED] = seal(cipher, place, self.transcoder.encode(metadata))
+
+    def _open_snapshot(self, stream: UUID, state: dict[str, Any]) -> None:
+        if any("metadata" in context for context in state["contexts"]):
+            msg = "the snapshot holds plain metadata beside its sealed metadata"
+            raise ValueError(msg)
+        sealed = state.pop(SEALED)
+        generation = state.get("key_generation", 0)
+        cipher = self._keys().for_reading(stream, generation)
+        contexts = state["contexts"]
+        if cipher is None:
+            for context in contexts:
+                context["metadata"], context["erased"] = {}, True
+            return
+        place = place_of(_SNAPSHOT, stream, state["originator_version"], generation)
+        metadata = self.transcoder.decode(unseal(cipher, place, sealed))
+        if len(metadata) != len(contexts):
+            msg = "the snapshot's sealed metadata does not match its contexts"
+            raise ValueError(msg)
+        for context, values in zip(contexts, metadata, strict=True):
+            context["metadata"] = values
 
 
 def _as_uuid(value: UUID | str) -> UUID:

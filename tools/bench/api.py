@@ -3,8 +3,10 @@
     python -m tools.bench.api [--backend sqlite|postgres|all] [--json FILE]
 
 For each backend, in one run: open_context on the new-context path, on the reuse
-path (warm), get_context, and the floor: a bare single-row INSERT and COMMIT with
-the same durability settings (sqlite3 on a WAL file; psycopg on the same server).
+path (warm, with a small metadata patch, which is sealed under the user's key),
+the same reuse path with a master key wrapping the keys, get_context, and the
+floor: a bare single-row INSERT and COMMIT with the same durability settings
+(sqlite3 on a WAL file; psycopg on the same server).
 Then the resident memory growth over many calls spread over many users.
 """
 
@@ -60,9 +62,11 @@ class BackendResult:
     backend: str
     new_context: Latency
     reuse: Latency
+    reuse_master_key: Latency
     get_context: Latency
     floor_insert_commit: Latency
     reuse_p50_over_floor: float
+    reuse_master_key_p50_over_floor: float
     memory_calls: int = 0
     memory_users: int = 0
     rss_growth_mb: float = 0.0
@@ -148,18 +152,36 @@ def postgres_floor(dsn: str, schema: str, samples: int) -> list[int]:
         return timed(partial(postgres_insert, db, statement, n) for n in range(samples))
 
 
+MASTER_KEY = "2f" * 32
+
+
 def measure_api(
-    url: str, users: int, threads: int, samples: int, seed: int
+    url: str,
+    users: int,
+    threads: int,
+    samples: int,
+    seed: int,
+    *,
+    master_key: str | None = None,
 ) -> tuple[Latency, Latency, Latency]:
     rng = random.Random(seed)
     pairs = [(f"user-{u}", f"thread-{t}") for u in range(users) for t in range(threads)]
-    with ContextLedger.open(url, max_contexts_per_user=threads) as ledger:
+    with ContextLedger.open(
+        url, max_contexts_per_user=threads, master_key=master_key
+    ) as ledger:
         created = timed(
-            partial(ledger.open_context, u, t, run_id="run-1") for u, t in pairs
+            partial(ledger.open_context, u, t, run_id="run-1", metadata={"lang": "en"})
+            for u, t in pairs
         )
         picks = [rng.choice(pairs) for _ in range(samples)]
         reused = timed(
-            partial(ledger.open_context, u, t, run_id=f"run-{n}")
+            partial(
+                ledger.open_context,
+                u,
+                t,
+                run_id=f"run-{n}",
+                metadata={"last_message": f"message {n}"},
+            )
             for n, (u, t) in enumerate(picks)
         )
         read = timed(partial(ledger.get_context, u, t) for u, t in picks)
@@ -201,20 +223,34 @@ def run_backend(
         folder = Path(tmp)
         if backend == "sqlite":
             url = f"sqlite:///{folder / 'bench.db'}"
+            wrapped_url = f"sqlite:///{folder / 'wrapped.db'}"
             memory_url = f"sqlite:///{folder / 'memory.db'}"
         else:
             url = f"{dsn}?schema={schema}"
+            wrapped_url = f"{dsn}?schema={schema}_w"
             memory_url = f"{dsn}?schema={schema}_m"
         console.print(
             f"[{backend}] {users} users x {threads} threads, {samples} samples"
         )
         new, reuse, read = measure_api(url, users, threads, samples, options["seed"])
+        _, wrapped, _ = measure_api(
+            wrapped_url, users, threads, samples, options["seed"], master_key=MASTER_KEY
+        )
         if backend == "sqlite":
             floor = Latency.of(sqlite_floor(folder, samples))
         else:
             floor = Latency.of(postgres_floor(dsn, schema, samples))
+            with psycopg.connect(dsn, autocommit=True) as db:
+                db.execute(f'DROP SCHEMA IF EXISTS "{schema}_w" CASCADE')
         result = BackendResult(
-            backend, new, reuse, read, floor, round(reuse.p50_ms / floor.p50_ms, 2)
+            backend,
+            new,
+            reuse,
+            wrapped,
+            read,
+            floor,
+            round(reuse.p50_ms / floor.p50_ms, 2),
+            round(wrapped.p50_ms / floor.p50_ms, 2),
         )
         if options["memory_calls"]:
             console.print(f"{backend}: memory: {options['memory_calls']} calls")
@@ -232,6 +268,10 @@ def run_backend(
     result.checks = {
         "reuse p50 <= 1 ms": reuse.p50_ms <= 1.0,
         "reuse p50 <= 3x floor": result.reuse_p50_over_floor <= 3.0,
+        "reuse p50 <= 1 ms (master key)": wrapped.p50_ms <= 1.0,
+        "reuse p50 <= 3x floor (master key)": (
+            result.reuse_master_key_p50_over_floor <= 3.0
+        ),
         "reuse p99 <= 5 ms": reuse.p99_ms <= 5.0,
     }
     if result.memory_calls:
@@ -244,6 +284,7 @@ def render(results: list[BackendResult], console: Console) -> None:
     for label, name in (
         ("open_context, new context", "new_context"),
         ("open_context, reuse (warm)", "reuse"),
+        ("open_context, reuse (warm), master key", "reuse_master_key"),
         ("get_context", "get_context"),
         ("floor: bare INSERT + COMMIT", "floor_insert_commit"),
     ):
@@ -254,6 +295,10 @@ def render(results: list[BackendResult], console: Console) -> None:
         )
     table.add_row(
         "reuse p50 / floor p50", *(f"{r.reuse_p50_over_floor:.2f}x" for r in results)
+    )
+    table.add_row(
+        "reuse p50 / floor p50, master key",
+        *(f"{r.reuse_master_key_p50_over_floor:.2f}x" for r in results),
     )
     table.add_row(
         "RSS growth over calls / users",

@@ -12,7 +12,7 @@ from ledger import EVENT_KINDS, ContextLedger
 from ledger.store.urls import DEFAULT_URL, URL_VARIABLE, resolve_url, shown_url
 from projections import Projections
 from tools.cli import audit as audit_commands
-from tools.cli import render
+from tools.cli import governance, render
 from tools.cli.demo import DemoOptions, DemoSummary, run_demo
 from tools.cli.errors import reports_ledger_errors
 from tools.cli.render import Column, utc_time
@@ -166,3 +166,4 @@ def expire(url: str) -> None:
 
 register(main)
 audit_commands.register(main)
+governance.register(main)

@@ -41,6 +41,7 @@ _UNPRINTABLE_IN_JSON = re.compile(f"[{_UNPRINTABLE_BEYOND_C0}]")
 _SHORT_ID = 8
 _WIDE = 1_000_000  # wider than any row: a piped table is never squeezed
 
+_CHAIN_ONLY = frozenset({"metadata_commitment", "metadata_salt"})
 Kind = Literal["text", "context", "time", "number", "details"]
 Value = str | int | float | datetime | Mapping[str, Any] | None
 
@@ -203,6 +204,8 @@ def _cell(value: Value, kind: Kind, terminal: bool) -> Text:
     if isinstance(value, datetime):
         return Text(format_time(value))
     if isinstance(value, Mapping):
+        if kind == "details":  # the chain's commitment and its salt: in --json
+            value = {k: v for k, v in value.items() if k not in _CHAIN_ONLY}
         return Text(json_text(value, sort=True))
     if kind == "context" and terminal:
         return _text(str(value)[:_SHORT_ID])

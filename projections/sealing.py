@@ -1,0 +1,52 @@
+"""Personal data in the views: sealed under the user's data key, as in the ledger.
+
+A view keeps metadata as ``sealed:<generation>:<base64>`` text, sealed with the
+same per-user key as the events it came from. Once ``forget_user`` destroys that
+key, the view's copy is erased with the ledger's, without rewriting the view, and
+no plaintext metadata is ever written to the views' tables. Values of events
+stored before sealing (format 1) are kept as plain JSON, as the ledger keeps them.
+"""
+
+import base64
+import json
+from typing import Any
+
+from ledger.domain.contexts import user_aggregate_id
+from ledger.store.keys import KeyStore, place_of, seal, unseal
+
+PREFIX = "sealed:"
+ERASED = f"{PREFIX}erased"
+"""The cell of a value whose key was destroyed before the view stored it."""
+_PLACE = b"ctxledger view"
+
+
+def seal_json(keys: KeyStore, user_id: str, generation: int, value: Any) -> str | None:
+    """``value`` as JSON text sealed under the user's key of ``generation``; None
+    if that key is destroyed (the value is erased)."""
+    stream = user_aggregate_id(user_id)
+    cipher = keys.for_reading(stream, generation)
+    if cipher is None:
+        return None
+    plain = json.dumps(value, ensure_ascii=False).encode("utf-8")
+    sealed = seal(cipher, place_of(_PLACE, stream, 0, generation), plain)
+    return f"{PREFIX}{generation}:{base64.b64encode(sealed).decode('ascii')}"
+
+
+def is_sealed(cell: object) -> bool:
+    return isinstance(cell, str) and cell.startswith(PREFIX)
+
+
+def open_json(keys: KeyStore, user_id: str, cell: str) -> tuple[bool, Any]:
+    """(True, value) for a sealed cell whose key exists; (False, None) once the
+    key is destroyed. ValueError if the cell is not one this module wrote."""
+    if cell == ERASED:
+        return False, None
+    generation_text, _, payload = cell[len(PREFIX) :].partition(":")
+    generation = int(generation_text)
+    stream = user_aggregate_id(user_id)
+    cipher = keys.for_reading(stream, generation)
+    if cipher is None:
+        return False, None
+    sealed = base64.b64decode(payload.encode("ascii"), validate=True)
+    plain = unseal(cipher, place_of(_PLACE, stream, 0, generation), sealed)
+    return True, json.loads(plain)

@@ -1,0 +1,522 @@
+"""Erasure by crypto-shredding (``forget_user``), retention and the master key,
+on SQLite and PostgreSQL (and memory where no file is involved)."""
+
+import json
+import os
+import secrets
+import subprocess
+import sys
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+from freezegun import freeze_time
+
+from ledger import (
+    ContextLedger,
+    InvalidContextInput,
+    LedgerConfigError,
+    verify_export,
+)
+from ledger.audit.export import FORMATS
+from ledger.domain.contexts import user_aggregate_id
+from ledger.domain.events import ContextCreated
+from ledger.domain.hashing import chain_hash, record_hash
+from ledger.store.application import SNAPSHOT_INTERVAL
+from projections import Projections
+from tests.helpers import (
+    CTXLEDGER,
+    OpenLedger,
+    append_raw_event,
+    dsn_and_schema,
+    execute_sql,
+)
+
+SECRET = "erase-me-4f1c9b"
+"""A metadata value that must never be found in the database's files."""
+KEY_MASTER = "00112233445566778899aabbccddeeff00112233445566778899aabbccddeeff"
+
+
+def _busy_user(ledger: ContextLedger, user: str = "alice") -> str:
+    """A user with more than a snapshot's worth of events, the secret in each
+    kind of event, and two threads; returns the first context's id."""
+    first = ledger.open_context(user, "t1", metadata={"name": SECRET}, ttl_seconds=3600)
+    for n in range(SNAPSHOT_INTERVAL + 5):
+        ledger.open_context(user, "t1", metadata={"n": n, "note": f"{SECRET}-{n}"})
+    ledger.update_context(user, first.context_id, metadata={"email": SECRET})
+    ledger.open_context(user, "t2", metadata={"address": SECRET})
+    return first.context_id
+
+
+def _metadata(ledger: ContextLedger, user: str) -> dict[str, object]:
+    context = ledger.get_context(user, "t1")
+    assert context is not None
+    return context.metadata
+
+
+def _shows_secret(value: object) -> bool:
+    return SECRET in json.dumps(value, default=str)
+
+
+def test_forget_user_erases_metadata_everywhere_and_the_chain_holds(
+    open_ledger: OpenLedger,
+) -> None:
+    ledger = open_ledger()
+    context_id = _busy_user(ledger)
+    ledger.open_context("bob", "t1", metadata={"keep": "bob's"})
+    before_forget = datetime.now(tz=UTC)
+    events_before = len(ledger.history("alice"))
+    assert _shows_secret([e.model_dump() for e in ledger.history("alice")])
+
+    erased = ledger.forget_user("alice", reason="ticket 42")
+
+    assert erased == events_before  # every event carries metadata
+    history = ledger.history("alice")
+    assert len(history) == events_before + 1
+    assert not _shows_secret([e.model_dump() for e in history])
+    assert all(e.erased and e.details["metadata"] is None for e in history[:-1])
+    assert history[-1].kind == "forgotten"
+    assert history[-1].details["reason"] == "ticket 42"
+    assert not _shows_secret(
+        [e.model_dump() for e in ledger.context_history("alice", context_id)]
+    )
+    then = ledger.contexts_as_of("alice", before_forget)
+    assert [c.erased for c in then] == [True, True]
+    assert all(c.metadata == {} for c in then)
+    assert ledger.active_contexts("alice") == []
+    assert ledger.get_context("alice", "t1") is None
+    report = ledger.verify_chain()
+    assert report.holds, report
+    assert ledger.verify_chain("alice").holds
+    # The others are untouched.
+    assert _metadata(ledger, "bob") == {"keep": "bob's"}
+
+
+def test_forget_user_is_idempotent_and_new_activity_uses_a_new_key(
+    open_ledger: OpenLedger,
+) -> None:
+    ledger = open_ledger()
+    ledger.open_context("alice", "t1", metadata={"name": SECRET})
+    assert ledger.forget_user("alice") == 1
+    version = len(ledger.history("alice"))
+
+    assert ledger.forget_user("alice") == 0
+    assert len(ledger.history("alice")) == version  # nothing appended
+
+    fresh = ledger.open_context("alice", "t1", metadata={"name": "new"})
+    assert fresh.reuse_count == 0
+    assert fresh.metadata == {"name": "new"}
+    assert ledger.history("alice")[-1].details["metadata"] == {"name": "new"}
+    # A second erasure erases the new key's events only.
+    assert ledger.forget_user("alice") == 1
+    assert ledger.verify_chain().holds
+    # A user with no events: nothing to erase, nothing appended.
+    assert ledger.forget_user("nobody") == 0
+    assert ledger.history("nobody") == []
+
+
+@pytest.mark.parametrize("bad", ["", "a\x00b", "\ud800", 7, None])
+def test_forget_user_refuses_bad_ids_and_reasons(
+    open_ledger: OpenLedger, bad: object
+) -> None:
+    ledger = open_ledger()
+    ledger.open_context("alice", "t1", metadata={"name": SECRET})
+    with pytest.raises(InvalidContextInput):
+        ledger.forget_user(bad)  # type: ignore[arg-type]
+    with pytest.raises(InvalidContextInput):
+        ledger.forget_user("alice", reason=bad)  # type: ignore[arg-type]
+    assert not ledger.history("alice")[-1].erased
+    assert len(ledger.history("alice")) == 1
+
+
+def test_exports_written_before_the_erasure_still_verify(
+    open_ledger: OpenLedger, tmp_path: Path
+) -> None:
+    ledger = open_ledger()
+    _busy_user(ledger)
+    before = tmp_path / "before.jsonl"
+    ledger.export("alice", before)
+    assert SECRET.encode() in before.read_bytes()
+
+    ledger.forget_user("alice")
+    after = tmp_path / "after.jsonl"
+    manifest = ledger.export("alice", after)
+
+    assert verify_export(before).intact
+    report = verify_export(after)
+    assert report.intact, report.fault
+    assert SECRET.encode() not in after.read_bytes()
+    assert report.manifest is not None
+    assert report.manifest.format == FORMATS[-1]
+    # The events both files share hash alike: the chain covers the commitment.
+    lines_before = before.read_bytes().splitlines()[:-1]
+    lines_after = after.read_bytes().splitlines()[: len(lines_before)]
+    assert [chain_hash(json.loads(line)) for line in lines_before] == [
+        chain_hash(json.loads(line)) for line in lines_after
+    ]
+    assert manifest.count == len(lines_before) + 1
+
+
+def test_an_export_whose_metadata_was_changed_does_not_verify(
+    open_ledger: OpenLedger, tmp_path: Path
+) -> None:
+    ledger = open_ledger()
+    ledger.open_context("alice", "t1", metadata={"name": SECRET})
+    ledger.open_context("alice", "t1", metadata={"n": 1})
+    path = tmp_path / "export.jsonl"
+    ledger.export("alice", path)
+    lines = path.read_bytes().split(b"\n")
+    lines[0] = lines[0].replace(SECRET.encode(), b"someone-else")
+    path.write_bytes(b"\n".join(lines))
+
+    report = verify_export(path)
+
+    assert report.fault is not None
+    assert report.fault.line == 1
+    assert "metadata_commitment" in report.fault.detail
+
+
+def test_a_format_1_export_still_verifies(
+    open_ledger: OpenLedger, tmp_path: Path
+) -> None:
+    """Exports of the release before sealing: ctxledger-export/1, no commitments."""
+    ledger = open_ledger()
+    ledger.open_context("alice", "t1", metadata={"name": "x"})
+    path = tmp_path / "export.jsonl"
+    ledger.export("alice", path)
+    *events, manifest_line = path.read_bytes().splitlines()
+    records = [json.loads(line) for line in events]
+    # Rewrite it as release 1 wrote it: plain metadata, the line hash chained.
+    for record in records:
+        for key in ("metadata_commitment", "metadata_salt"):
+            record["details"].pop(key)
+    manifest = json.loads(manifest_line)["manifest"]
+    manifest["format"] = "ctxledger-export/1"
+    manifest["head_hash"] = record_hash(records[-1])
+    manifest.pop("digest")
+    manifest["digest"] = record_hash(manifest)
+    encode = json.JSONEncoder(sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    path.write_bytes(
+        b"".join(
+            encode.encode(r).encode() + b"\n"
+            for r in [*records, {"manifest": manifest}]
+        )
+    )
+
+    report = verify_export(path)
+
+    assert report.intact, report.fault
+    assert report.manifest is not None
+    assert report.manifest.format == "ctxledger-export/1"
+
+
+def test_events_stored_before_sealing_still_replay_and_verify(durable_url: str) -> None:
+    """Format 1 events (plain metadata, no commitment), then format 2 ones."""
+    append_raw_event(
+        durable_url,
+        "alice",
+        ContextCreated,
+        thread_id="t1",
+        metadata={"old": "plain"},
+        ttl_seconds=None,
+    )
+    with ContextLedger.open(durable_url) as ledger:
+        reused = ledger.open_context("alice", "t1", metadata={"new": "sealed"})
+        assert reused.reuse_count == 1
+        assert reused.metadata == {"old": "plain", "new": "sealed"}
+        history = ledger.history("alice")
+        assert "metadata_commitment" not in history[0].details
+        assert "metadata_commitment" in history[1].details
+        assert ledger.verify_chain().holds
+        # Erasure erases what was sealed; the plain event keeps its value.
+        assert ledger.forget_user("alice") == 1
+        history = ledger.history("alice")
+        assert history[0].details["metadata"] == {"old": "plain"}
+        assert history[1].erased
+        assert ledger.verify_chain().holds
+
+
+def test_views_show_erased_data_and_keep_their_figures(durable_url: str) -> None:
+    with (
+        ContextLedger.open(durable_url) as ledger,
+        Projections.open(durable_url) as views,
+    ):
+        _busy_user(ledger)
+        ledger.open_context("bob", "t1", metadata={"keep": "bob's"})
+        views.catch_up()
+        assert _shows_secret([r.details for r in views.audit_rows(user_id="alice")])
+        assert _shows_secret([c.metadata for c in views.active_contexts("alice")])
+        figures = views.continuity("alice")
+
+        ledger.forget_user("alice")
+        # Before the views apply the erasure, they already cannot open it.
+        assert not _shows_secret([c.metadata for c in views.active_contexts("alice")])
+        assert all(c.erased for c in views.active_contexts("alice"))
+        views.catch_up()
+
+        rows = views.audit_rows(user_id="alice")
+        assert not _shows_secret([r.details for r in rows])
+        assert all(r.details.get("erased") for r in rows[:-1])
+        assert rows[-1].kind == "forgotten"
+        assert views.active_contexts("alice") == []
+        assert views.continuity("alice") == figures
+        assert views.active_contexts("bob")[0].metadata == {"keep": "bob's"}
+        assert views.verify() == {"active": [], "audit": [], "continuity": []}
+        views.rebuild()
+        assert views.verify() == {"active": [], "audit": [], "continuity": []}
+        assert not _shows_secret([r.details for r in views.audit_rows(user_id="alice")])
+
+
+def _sqlite_files(url: str) -> list[Path]:
+    path = Path(url.removeprefix("sqlite:///"))
+    return [p for p in path.parent.iterdir() if p.name.startswith(path.name)]
+
+
+def _files_hold(url: str, needle: bytes) -> list[str]:
+    return [p.name for p in _sqlite_files(url) if needle in p.read_bytes()]
+
+
+def test_no_sqlite_file_holds_a_metadata_value_or_a_destroyed_key(
+    sqlite_url: str,
+) -> None:
+    with (
+        ContextLedger.open(sqlite_url) as ledger,
+        Projections.open(sqlite_url) as views,
+    ):
+        _busy_user(ledger)
+        views.catch_up()
+        # While open (the WAL holds recent pages) and with views and snapshots.
+        assert _files_hold(sqlite_url, SECRET.encode()) == []
+        stream = user_aggregate_id("alice").hex
+        key = execute_sql(
+            sqlite_url,
+            "SELECT data_key FROM ctxledger_keys WHERE stream_id = {p}",
+            (stream,),
+        )[0][0]
+        assert len(key) == 32
+        assert _files_hold(sqlite_url, bytes(key)) != []
+
+        ledger.forget_user("alice")
+        views.catch_up()
+
+        assert _files_hold(sqlite_url, SECRET.encode()) == []
+        assert _files_hold(sqlite_url, bytes(key)) == []  # secure_delete
+    assert _files_hold(sqlite_url, SECRET.encode()) == []
+    assert _files_hold(sqlite_url, bytes(key)) == []
+
+
+def _pg_dump(url: str) -> bytes:
+    dsn, schema = dsn_and_schema(url)
+    done = subprocess.run(
+        ["pg_dump", "--dbname", dsn, "--schema", schema, "--data-only"],  # noqa: S607
+        capture_output=True,
+        check=True,
+        timeout=120,
+    )
+    return done.stdout
+
+
+@pytest.mark.postgres
+def test_a_postgres_dump_holds_no_metadata_value(postgres_url: str) -> None:
+    with (
+        ContextLedger.open(postgres_url, master_key=KEY_MASTER) as ledger,
+        Projections.open(postgres_url, master_key=KEY_MASTER) as views,
+    ):
+        _busy_user(ledger)
+        views.catch_up()
+        dump = _pg_dump(postgres_url)
+        assert b"ctxledger_events" in dump  # it is the ledger's data
+        assert SECRET.encode() not in dump
+        wrapped = execute_sql(postgres_url, "SELECT wrapped FROM ctxledger_keys")
+        assert [row[0] for row in wrapped] == [1]
+
+        ledger.forget_user("alice")
+        views.catch_up()
+
+        dump = _pg_dump(postgres_url)
+        assert SECRET.encode() not in dump
+        assert execute_sql(postgres_url, "SELECT * FROM ctxledger_keys") == []
+
+
+def test_the_master_key_wraps_the_data_keys(
+    durable_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    with ContextLedger.open(
+        durable_url, master_key=bytes.fromhex(KEY_MASTER)
+    ) as ledger:
+        ledger.open_context("alice", "t1", metadata={"name": SECRET})
+    stored = execute_sql(durable_url, "SELECT data_key, wrapped FROM ctxledger_keys")
+    assert [row[1] for row in stored] == [1]
+    assert len(bytes(stored[0][0])) == 12 + 32 + 16  # nonce, key, tag
+
+    with ContextLedger.open(durable_url) as ledger, pytest.raises(LedgerConfigError):
+        ledger.history("alice")
+    other = secrets.token_hex(32)
+    with (
+        ContextLedger.open(durable_url, master_key=other) as ledger,
+        pytest.raises(LedgerConfigError, match="does not open"),
+    ):
+        ledger.get_context("alice", "t1")
+    monkeypatch.setenv("CTXLEDGER_MASTER_KEY", KEY_MASTER)
+    with ContextLedger.open(durable_url) as ledger:
+        assert _metadata(ledger, "alice") == {"name": SECRET}
+        assert ledger.forget_user("alice") == 1
+        assert ledger.verify_chain().holds
+
+
+@pytest.mark.parametrize("bad", ["short", "zz" * 32, b"\x00" * 31, 12345])
+def test_a_malformed_master_key_is_a_config_error(bad: object) -> None:
+    with pytest.raises(LedgerConfigError, match="not a key"):
+        ContextLedger.open("memory://", master_key=bad)  # type: ignore[arg-type]
+
+
+def test_forget_inactive_forgets_only_users_idle_since(open_ledger: OpenLedger) -> None:
+    ledger = open_ledger()
+    with freeze_time("2026-01-01T00:00:00Z"):
+        ledger.open_context("idle", "t1", metadata={"name": SECRET})
+        ledger.open_context("gone", "t1", metadata={"name": SECRET})
+        ledger.forget_user("gone")
+    with freeze_time("2026-06-01T00:00:00Z"):
+        ledger.open_context("busy", "t1", metadata={"name": "keep"})
+    cutoff = datetime(2026, 3, 1, tzinfo=UTC)
+    assert ledger.inactive_users(cutoff) == ["idle"]
+
+    with freeze_time("2026-06-02T00:00:00Z"):
+        assert ledger.forget_inactive(cutoff) == {"idle": 1}
+
+    assert ledger.history("idle")[-1].kind == "forgotten"
+    assert "retention" in ledger.history("idle")[-1].details["reason"]
+    assert not ledger.history("busy")[-1].erased
+    assert ledger.inactive_users(cutoff) == []
+    with pytest.raises(InvalidContextInput):
+        ledger.forget_inactive(datetime(2026, 3, 1))  # naive  # noqa: DTZ001
+
+
+_CACHED_WRITER = r"""
+import json, sys
+from ledger import ContextLedger
+ledger = ContextLedger.open(sys.argv[1])
+first = ledger.open_context("alice", "t1", metadata={"name": sys.argv[2]})
+print("cached", flush=True)
+sys.stdin.readline()  # another process forgets alice meanwhile
+again = ledger.open_context("alice", "t1", metadata={"after": "yes"})
+print(json.dumps({
+    "first": first.context_id,
+    "again": again.context_id,
+    "reuse_count": again.reuse_count,
+    "metadata": again.metadata,
+    "history": [e.model_dump(mode="json") for e in ledger.history("alice")],
+}), flush=True)
+ledger.close()
+"""
+
+
+def test_a_process_that_cached_the_user_does_not_resurrect_it(
+    durable_url: str,
+) -> None:
+    with subprocess.Popen(
+        [sys.executable, "-c", _CACHED_WRITER, durable_url, SECRET],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "PYTHONPATH": str(Path(__file__).parents[1])},
+    ) as writer:
+        assert writer.stdout is not None
+        assert writer.stdin is not None
+        assert writer.stdout.readline().strip() == "cached"
+        with ContextLedger.open(durable_url) as ledger:
+            assert ledger.forget_user("alice") == 1
+        writer.stdin.write("go\n")
+        writer.stdin.flush()
+        result = json.loads(writer.stdout.readline())
+        assert writer.wait(timeout=60) == 0
+
+    # Its cached context ended with the erasure: a new one, nothing carried over.
+    assert result["again"] != result["first"]
+    assert result["reuse_count"] == 0
+    assert result["metadata"] == {"after": "yes"}
+    assert SECRET not in json.dumps(result["history"])
+    kinds = [event["kind"] for event in result["history"]]
+    assert kinds == ["created", "forgotten", "created"]
+    with ContextLedger.open(durable_url) as ledger:
+        assert ledger.verify_chain().holds
+        assert not _shows_secret([e.model_dump() for e in ledger.history("alice")])
+        # The new context's key is a new generation, readable.
+        assert ledger.history("alice")[-1].details["metadata"] == {"after": "yes"}
+
+
+def _cli(*args: str, url: str, stdin: str = "") -> subprocess.CompletedProcess[str]:
+    environment = {k: v for k, v in os.environ.items() if k != "CTXLEDGER_URL"}
+    return subprocess.run(
+        [CTXLEDGER, "--db", url, *args],
+        input=stdin,
+        env=environment,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+
+
+def test_cli_forget_asks_then_erases(durable_url: str) -> None:
+    with ContextLedger.open(durable_url) as ledger:
+        ledger.open_context("alice", "t1", metadata={"name": SECRET})
+        ledger.open_context("bob", "t1", metadata={"name": "bob"})
+
+    refused = _cli("forget", "alice", url=durable_url, stdin="n\n")
+    assert refused.returncode == 1, refused
+    no_answer = _cli("forget", "alice", url=durable_url)
+    assert no_answer.returncode == 1, no_answer
+    with ContextLedger.open(durable_url) as ledger:
+        assert not ledger.history("alice")[-1].erased
+
+    done = _cli("forget", "alice", "--reason", "ticket 7", "--yes", url=durable_url)
+    assert done.returncode == 0, done.stderr
+    assert "forgot alice: the personal data of 1 event(s) is erased" in done.stdout
+    again = _cli("forget", "alice", "--yes", url=durable_url)
+    assert again.returncode == 0
+    assert "no readable personal data" in again.stdout
+    shown = _cli("history", "alice", "--json", url=durable_url)
+    assert SECRET not in shown.stdout
+    assert json.loads(shown.stdout)[-1]["details"]["reason"] == "ticket 7"
+
+
+def test_cli_forget_inactive_since(durable_url: str) -> None:
+    with ContextLedger.open(durable_url) as ledger:
+        ledger.open_context("alice", "t1", metadata={"name": SECRET})
+    future = (datetime.now(tz=UTC) + timedelta(days=1)).isoformat()
+    past = "2000-01-01T00:00:00Z"
+
+    nothing = _cli("forget", "--inactive-since", past, "--yes", url=durable_url)
+    assert nothing.returncode == 0
+    assert "nothing to forget" in nothing.stdout
+    done = _cli("forget", "--inactive-since", future, url=durable_url, stdin="y\n")
+    assert done.returncode == 0, done.stderr
+    assert "forgot 1 user(s); 1 event(s) erased in all" in done.stdout
+    with ContextLedger.open(durable_url) as ledger:
+        assert ledger.history("alice")[0].erased
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ("forget",),
+        ("forget", "alice", "--inactive-since", "2026-01-01T00:00:00Z"),
+        ("forget", "--inactive-since", "not a time"),
+    ],
+)
+def test_cli_forget_usage_errors(sqlite_url: str, args: tuple[str, ...]) -> None:
+    with ContextLedger.open(sqlite_url) as ledger:
+        ledger.open_context("alice", "t1", metadata={"name": SECRET})
+    result = _cli(*args, "--yes", url=sqlite_url)
+    assert result.returncode == 2, result
+    with ContextLedger.open(sqlite_url) as ledger:
+        assert not ledger.history("alice")[-1].erased
+
+
+def test_cli_forget_without_a_ledger_creates_nothing(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'none.db'}"
+    result = _cli("forget", "alice", "--yes", url=url)
+    assert result.returncode == 1
+    assert "LedgerNotFound" in result.stderr
+    assert not (tmp_path / "none.db").exists()
