@@ -264,22 +264,16 @@ class ContextLedger(StorageClient):
         """
         user = validation.identifier("user_id", user_id)
         why = validation.reason(reason)
-
-        def forget(aggregate: UserContexts) -> int:
-            aggregate.forget(reason=why, now=self._now())
-            return aggregate.key_generation
-
-        generation: int = self._commands.run(user, forget)
-        erased: int = self._app.destroy_keys(user, generation)
-        return erased
+        return self._forget(user, why, inactive_since=None)[1]
 
     @metrics.metered("forget_inactive")
     def forget_inactive(
         self, inactive_since: datetime, *, reason: str | None = None
     ) -> dict[str, int]:
         """Retention: forgets every user whose last event is before
-        ``inactive_since`` (users already forgotten since are left alone).
-        Returns, per user forgotten, how many events' personal data was erased.
+        ``inactive_since`` (users already forgotten since are left alone, and so
+        is a user who becomes active while it runs). Returns, per user forgotten,
+        how many events' personal data was erased.
         """
         since = validation.aware_time("inactive_since", inactive_since)
         why = validation.reason(
@@ -289,8 +283,39 @@ class ContextLedger(StorageClient):
         )
         forgotten: dict[str, int] = {}
         for user in self._app.inactive_users(since):
-            forgotten[user] = self.forget_user(user, reason=why)
+            appended, erased = self._forget(user, why, inactive_since=since)
+            if appended:
+                forgotten[user] = erased
         return forgotten
+
+    def _forget(
+        self, user: str, why: str, *, inactive_since: datetime | None
+    ) -> tuple[bool, int]:
+        """Appends the user's ``forgotten`` event (if there is anything to forget,
+        and the user is still inactive), then destroys the retired keys: whether it
+        appended, and how many events were erased."""
+
+        def forget(aggregate: UserContexts) -> tuple[bool, int]:
+            appended = aggregate.forget(
+                reason=why, now=self._now(), inactive_since=inactive_since
+            )
+            return appended, aggregate.key_generation
+
+        try:
+            appended, generation = self._commands.run(user, forget)
+        except LedgerCorrupted as damaged:
+            # Its events do not replay, so no event can be appended; its personal
+            # data is erased all the same.
+            self._app.destroy_all_keys(user)
+            damaged.add_note(
+                "forget_user destroyed all of the user's data keys anyway (their "
+                "metadata is erased); no forgotten event could be appended"
+            )
+            raise
+        if not appended and inactive_since is not None:
+            return False, 0  # active again since it was listed: left alone
+        erased: int = self._app.destroy_keys(user, generation)
+        return appended, erased
 
     def inactive_users(self, inactive_since: datetime) -> list[str]:
         """The users ``forget_inactive(inactive_since)`` would forget: whose last

@@ -6,8 +6,10 @@ import os
 import secrets
 import subprocess
 import sys
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import cast
 
 import pytest
 from freezegun import freeze_time
@@ -16,13 +18,15 @@ from ledger import (
     ContextLedger,
     InvalidContextInput,
     LedgerConfigError,
+    LedgerCorrupted,
     verify_export,
 )
 from ledger.audit.export import FORMATS
-from ledger.domain.contexts import user_aggregate_id
+from ledger.domain.contexts import UserContexts, user_aggregate_id
 from ledger.domain.events import ContextCreated
 from ledger.domain.hashing import chain_hash, record_hash
 from ledger.store.application import SNAPSHOT_INTERVAL
+from ledger.store.serialization import MsgpackTranscoder
 from projections import Projections
 from tests.helpers import (
     CTXLEDGER,
@@ -30,6 +34,7 @@ from tests.helpers import (
     append_raw_event,
     dsn_and_schema,
     execute_sql,
+    stream_key,
 )
 
 SECRET = "erase-me-4f1c9b"
@@ -210,7 +215,9 @@ def test_a_format_1_export_still_verifies(
     assert report.manifest.format == "ctxledger-export/1"
 
 
-def test_events_stored_before_sealing_still_replay_and_verify(durable_url: str) -> None:
+def test_events_stored_before_sealing_still_replay_and_verify(
+    durable_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
     """Format 1 events (plain metadata, no commitment), then format 2 ones."""
     append_raw_event(
         durable_url,
@@ -228,8 +235,10 @@ def test_events_stored_before_sealing_still_replay_and_verify(durable_url: str) 
         assert "metadata_commitment" not in history[0].details
         assert "metadata_commitment" in history[1].details
         assert ledger.verify_chain().holds
-        # Erasure erases what was sealed; the plain event keeps its value.
+        # Erasure erases what was sealed; the plain event keeps its value, and
+        # the log says so.
         assert ledger.forget_user("alice") == 1
+        assert "1 event(s) written before sealing" in caplog.text
         history = ledger.history("alice")
         assert history[0].details["metadata"] == {"old": "plain"}
         assert history[1].erased
@@ -327,7 +336,9 @@ def test_a_postgres_dump_holds_no_metadata_value(postgres_url: str) -> None:
         dump = _pg_dump(postgres_url)
         assert b"ctxledger_events" in dump  # it is the ledger's data
         assert SECRET.encode() not in dump
-        wrapped = execute_sql(postgres_url, "SELECT wrapped FROM ctxledger_keys")
+        wrapped = execute_sql(
+            postgres_url, "SELECT wrapped FROM ctxledger_keys WHERE stream_id <> ''"
+        )
         assert [row[0] for row in wrapped] == [1]
 
         ledger.forget_user("alice")
@@ -335,7 +346,11 @@ def test_a_postgres_dump_holds_no_metadata_value(postgres_url: str) -> None:
 
         dump = _pg_dump(postgres_url)
         assert SECRET.encode() not in dump
-        assert execute_sql(postgres_url, "SELECT * FROM ctxledger_keys") == []
+        # A tombstone with no key is all that is left of alice's key.
+        assert execute_sql(
+            postgres_url,
+            "SELECT data_key, destroyed FROM ctxledger_keys WHERE stream_id <> ''",
+        ) == [(b"", 1)]
 
 
 def test_the_master_key_wraps_the_data_keys(
@@ -345,23 +360,48 @@ def test_the_master_key_wraps_the_data_keys(
         durable_url, master_key=bytes.fromhex(KEY_MASTER)
     ) as ledger:
         ledger.open_context("alice", "t1", metadata={"name": SECRET})
-    stored = execute_sql(durable_url, "SELECT data_key, wrapped FROM ctxledger_keys")
+    stored = execute_sql(
+        durable_url,
+        "SELECT data_key, wrapped FROM ctxledger_keys WHERE stream_id <> ''",
+    )
     assert [row[1] for row in stored] == [1]
     assert len(bytes(stored[0][0])) == 12 + 32 + 16  # nonce, key, tag
 
-    with ContextLedger.open(durable_url) as ledger, pytest.raises(LedgerConfigError):
-        ledger.history("alice")
-    other = secrets.token_hex(32)
-    with (
-        ContextLedger.open(durable_url, master_key=other) as ledger,
-        pytest.raises(LedgerConfigError, match="does not open"),
-    ):
-        ledger.get_context("alice", "t1")
+    # Without it, or with another, nothing opens: neither to read nor to write
+    # (a new user's key would otherwise be stored unwrapped, or wrapped wrongly).
+    for options in ({}, {"create": False}, {"master_key": secrets.token_hex(32)}):
+        with pytest.raises(LedgerConfigError, match="master key"):
+            ContextLedger.open(durable_url, **options)
+        with pytest.raises(LedgerConfigError, match="master key"):
+            Projections.open(durable_url, **options)
     monkeypatch.setenv("CTXLEDGER_MASTER_KEY", KEY_MASTER)
     with ContextLedger.open(durable_url) as ledger:
         assert _metadata(ledger, "alice") == {"name": SECRET}
+        ledger.open_context("bob", "t1", metadata={"name": "bob"})
         assert ledger.forget_user("alice") == 1
         assert ledger.verify_chain().holds
+    wrapped = execute_sql(
+        durable_url,
+        "SELECT wrapped FROM ctxledger_keys WHERE stream_id <> '' AND destroyed = 0",
+    )
+    assert wrapped == [(1,)]  # bob's, wrapped too
+
+
+def test_a_master_key_given_later_wraps_the_keys_from_then_on(
+    durable_url: str,
+) -> None:
+    with ContextLedger.open(durable_url) as ledger:
+        ledger.open_context("alice", "t1", metadata={"name": SECRET})
+    with ContextLedger.open(durable_url, master_key=KEY_MASTER) as ledger:
+        ledger.open_context("bob", "t1", metadata={"name": "bob"})
+        assert _metadata(ledger, "alice") == {"name": SECRET}  # unwrapped, readable
+    with pytest.raises(LedgerConfigError, match="master key"):
+        ContextLedger.open(durable_url)
+    rows = execute_sql(
+        durable_url,
+        "SELECT wrapped FROM ctxledger_keys WHERE stream_id <> '' ORDER BY wrapped",
+    )
+    assert rows == [(0,), (1,)]
 
 
 @pytest.mark.parametrize("bad", ["short", "zz" * 32, b"\x00" * 31, 12345])
@@ -520,3 +560,185 @@ def test_cli_forget_without_a_ledger_creates_nothing(tmp_path: Path) -> None:
     assert result.returncode == 1
     assert "LedgerNotFound" in result.stderr
     assert not (tmp_path / "none.db").exists()
+
+
+def test_a_ledger_that_only_read_the_user_does_not_bring_the_key_back(
+    durable_url: str,
+) -> None:
+    """A second ledger (its own caches, as another process) read alice before the
+    erasure; its next write must not create the destroyed key again."""
+    with (
+        ContextLedger.open(durable_url) as eraser,
+        ContextLedger.open(durable_url) as reader,
+    ):
+        eraser.open_context("alice", "t1", metadata={"name": SECRET})
+        assert _metadata(reader, "alice") == {"name": SECRET}  # cached, read only
+        eraser.forget_user("alice")
+
+        again = reader.open_context("alice", "t1", metadata={"after": 1})
+        reader.expire_due()
+
+        assert again.reuse_count == 0
+        for ledger in (eraser, reader):
+            history = ledger.history("alice")
+            assert [e.kind for e in history] == ["created", "forgotten", "created"]
+            assert history[0].erased
+            assert history[-1].details["metadata"] == {"after": 1}
+            assert ledger.verify_chain().holds
+    rows = execute_sql(
+        durable_url,
+        "SELECT generation, destroyed FROM ctxledger_keys WHERE stream_id <> '' "
+        "ORDER BY generation",
+    )
+    assert rows == [(0, 1), (1, 0)]
+
+
+def _state_of(url: str, user: str, version: int) -> dict[str, object]:
+    rows = execute_sql(
+        url,
+        "SELECT state FROM {events} WHERE originator_id = {p} "
+        "AND originator_version = {p}",
+        (stream_key(url, user), version),
+    )
+    state: dict[str, object] = MsgpackTranscoder().decode(bytes(rows[0][0]))
+    return state
+
+
+def _store_state(url: str, user: str, version: int, state: dict[str, object]) -> None:
+    execute_sql(
+        url,
+        "UPDATE {events} SET state = {p} WHERE originator_id = {p} "
+        "AND originator_version = {p}",
+        (MsgpackTranscoder().encode(state), stream_key(url, user), version),
+    )
+
+
+def _forged(state: dict[str, object]) -> dict[str, object]:
+    forged = {k: v for k, v in state.items() if k != "sealed"}
+    forged["metadata"] = {"name": "FORGED"}
+    forged["metadata_salt"] = b"\x00" * 32
+    return forged
+
+
+def _flipped(state: dict[str, object]) -> dict[str, object]:
+    sealed = bytearray(cast(bytes, state["sealed"]))
+    sealed[-1] ^= 1
+    return {**state, "sealed": bytes(sealed)}
+
+
+def _other_generation(state: dict[str, object]) -> dict[str, object]:
+    return {**state, "key_generation": 7}
+
+
+@pytest.mark.parametrize("tamper", [_forged, _flipped, _other_generation])
+def test_verify_chain_finds_altered_sealed_metadata(
+    durable_url: str, tamper: Callable[[dict[str, object]], dict[str, object]]
+) -> None:
+    with ContextLedger.open(durable_url) as ledger:
+        for n in range(3):
+            ledger.open_context("alice", "t1", metadata={"n": n, "name": SECRET})
+        ledger.open_context("bob", "t1", metadata={"name": "bob"})
+    _store_state(durable_url, "alice", 2, tamper(_state_of(durable_url, "alice", 2)))
+
+    with ContextLedger.open(durable_url) as ledger:
+        report = ledger.verify_chain()
+        assert [u.user_id for u in report.broken] == ["alice"]
+        assert report.broken[0].fault is not None
+        assert report.broken[0].fault.version == 2
+        assert report.broken[0].fault.fault == "altered"
+        assert not ledger.verify_chain("alice").holds
+        with pytest.raises(LedgerCorrupted):
+            ledger.history("alice")
+        assert ledger.verify_chain("bob").holds
+
+
+def test_a_damaged_user_is_still_erased(durable_url: str) -> None:
+    with ContextLedger.open(durable_url) as ledger:
+        for n in range(SNAPSHOT_INTERVAL + 5):
+            ledger.open_context("alice", "t1", metadata={"n": n, "name": SECRET})
+    execute_sql(
+        durable_url,
+        "UPDATE {events} SET state = {c1} WHERE originator_id = {p} "
+        "AND originator_version = {p}",
+        (stream_key(durable_url, "alice"), SNAPSHOT_INTERVAL + 3),
+    )
+    with ContextLedger.open(durable_url) as ledger:
+        with pytest.raises(LedgerCorrupted) as raised:
+            ledger.forget_user("alice")
+        assert "destroyed all of the user's data keys" in str(raised.value.__notes__)
+        live = execute_sql(
+            durable_url,
+            "SELECT generation FROM ctxledger_keys WHERE stream_id <> '' "
+            "AND destroyed = 0",
+        )
+        assert live == []
+        # What still decodes shows as erased, never the old values.
+        app = ledger._app
+        readable = app.events_between_versions("alice", 1, SNAPSHOT_INTERVAL)
+        assert all(event.erased for event in readable)
+
+
+def test_cli_forget_on_a_store_of_the_previous_release(sqlite_url: str) -> None:
+    """No keys table, metadata stored in plain form (format 1)."""
+    append_raw_event(
+        sqlite_url,
+        "alice",
+        ContextCreated,
+        thread_id="t1",
+        metadata={"old": "plain"},
+        ttl_seconds=None,
+    )
+    execute_sql(sqlite_url, "DROP TABLE ctxledger_keys")
+
+    result = _cli("forget", "alice", "--yes", url=sqlite_url)
+
+    assert result.returncode == 0, result.stderr
+    assert "written before sealing" in result.stderr
+    with ContextLedger.open(sqlite_url) as ledger:
+        assert [e.kind for e in ledger.history("alice")] == ["created", "forgotten"]
+        assert ledger.verify_chain().holds
+
+
+def test_cli_forget_of_a_user_with_no_events_says_so(sqlite_url: str) -> None:
+    with ContextLedger.open(sqlite_url) as ledger:
+        ledger.open_context("alice", "t1", metadata={"name": SECRET})
+    result = _cli("forget", "alcie", "--yes", url=sqlite_url)
+    assert result.returncode == 0
+    assert "user 'alcie' has no events" in result.stderr
+    assert result.stdout == ""
+    empty_reason = _cli(
+        "forget",
+        "--inactive-since",
+        "2999-01-01",
+        "--reason",
+        "",
+        "--yes",
+        url=sqlite_url,
+    )
+    assert empty_reason.returncode == 1
+    assert "InvalidContextInput" in empty_reason.stderr
+    with ContextLedger.open(sqlite_url) as ledger:
+        assert not ledger.history("alice")[-1].erased
+
+
+def test_retention_leaves_a_user_who_became_active_after_the_listing() -> None:
+    """The check runs on the stored state inside the command: a user listed as
+    inactive who wrote since is not forgotten (``forget_inactive`` relies on it)."""
+    start = datetime(2026, 1, 1, tzinfo=UTC)
+    aggregate = UserContexts.start("bob", start)
+    aggregate.open(
+        "t1",
+        run_id=None,
+        metadata={},
+        ttl_seconds=None,
+        default_ttl_seconds=None,
+        now=start + timedelta(days=10),  # active after the cutoff below
+        limit=10,
+    )
+    cutoff = start + timedelta(days=5)
+
+    assert not aggregate.forget(reason="retention", now=start, inactive_since=cutoff)
+    assert aggregate.forget(
+        reason="retention", now=start, inactive_since=cutoff + timedelta(days=30)
+    )
+    assert aggregate.pending[-1].KIND == "forgotten"

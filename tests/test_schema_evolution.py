@@ -13,8 +13,9 @@ import pytest
 
 from ledger import ContextLedger, LedgerCorrupted, verify_export
 from ledger.domain.events import ContextCreated
-from ledger.store.serialization import register
+from ledger.store.serialization import MsgpackTranscoder, register
 from projections import Projections
+from tests.helpers import execute_sql, stream_key
 
 
 class ContextCreatedV2(ContextCreated):
@@ -120,3 +121,28 @@ def test_a_missing_upcast_is_a_corrupted_user_not_a_crash(sqlite_url: str) -> No
             assert all("upcast_v2_v3" in str(u.fault) for u in report.broken)
     finally:
         register(replaced)
+
+
+def test_events_carry_their_format_and_a_newer_one_is_named(durable_url: str) -> None:
+    _written_by_version_1(durable_url)
+    key = stream_key(durable_url, "bob")
+    rows = execute_sql(
+        durable_url,
+        "SELECT state FROM {events} WHERE originator_id = {p}",
+        (key,),
+    )
+    state = MsgpackTranscoder().decode(bytes(rows[0][0]))
+    assert state["format"] == 2
+    assert "sealed" in state
+    assert "metadata" not in state
+    state["format"] = 3
+    execute_sql(
+        durable_url,
+        "UPDATE {events} SET state = {p} WHERE originator_id = {p}",
+        (MsgpackTranscoder().encode(state), key),
+    )
+
+    with ContextLedger.open(durable_url) as ledger:
+        with pytest.raises(LedgerCorrupted, match="newer release"):
+            ledger.history("bob")
+        assert ledger.history("alice")  # other users read on

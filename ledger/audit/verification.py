@@ -12,7 +12,7 @@ the last event shows that events at the end were deleted.
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, cast
 from uuid import UUID
 
 from eventsourcing.persistence import Mapper, Notification, StoredEvent
@@ -32,8 +32,10 @@ from ledger.domain.contexts import (
 )
 from ledger.domain.events import EVENT_CLASSES, ContextEvent
 from ledger.domain.hashing import GENESIS_HASH, record_hash
+from ledger.errors import LedgerError
 from ledger.store.application import LedgerApplication
 from ledger.store.backends import as_stream_id, safe_head
+from ledger.store.serialization import PydanticMapper
 
 PAGE_SIZE = 10_000
 KIND_BY_TOPIC = {cls.TOPIC: cls.KIND for cls in EVENT_CLASSES}
@@ -58,9 +60,9 @@ class Read:
 _ENVELOPE = frozenset(
     {"user_id", "context_id", "thread_id", "run_id", "timestamp", "prev_hash"}
 )
-_NOT_HASHED = frozenset({"sealed", "key_generation", "class_version"})
+_NOT_HASHED = frozenset({"sealed", "key_generation", "class_version", "format"})
 """Stored fields the chain does not cover: a sealed value (its commitment is
-covered), the key generation and the class version it was written by."""
+covered), the key generation, the class version and the stored format."""
 
 
 def quick_read(stored: StoredEvent, mapper: Mapper[UUID]) -> Read | None:
@@ -88,7 +90,12 @@ def quick_read(stored: StoredEvent, mapper: Mapper[UUID]) -> Read | None:
             "prev_hash": state["prev_hash"],
             "details": details,
         }
+        if "sealed" in state or state.get("metadata_commitment") is not None:
+            # The chain covers the commitment; the sealed value must open to it.
+            cast(PydanticMapper, mapper).check_sealed(stored, state)
         return Read(state["user_id"], state["prev_hash"], record_hash(record))
+    except LedgerError:
+        raise  # a master key that does not open the keys: a setting, not damage
     except Exception:  # noqa: BLE001  (anything odd goes to the exact path)
         return None
 
@@ -97,6 +104,8 @@ def exact_read(stored: StoredEvent, mapper: Mapper[UUID]) -> Read | str:
     """The event decoded as the ledger decodes it; a description if it cannot be."""
     try:
         event = mapper.to_domain_event(stored)
+    except LedgerError:
+        raise
     except Exception as error:  # noqa: BLE001  (any decoding failure is a finding)
         return f"it cannot be decoded: {' '.join(str(error).split())[:300]}"
     if not isinstance(event, ContextEvent):
@@ -139,6 +148,10 @@ class ChainVerifier:
     def all_users(self, on_page: Progress | None = None) -> ChainReport:
         """Every stream in the log up to its safe head when the pass begins (an
         event committed later is left to the next pass, never half-seen)."""
+        with self.keys.reading():  # each user's key looked up once a pass
+            return self._all_users(on_page)
+
+    def _all_users(self, on_page: Progress | None) -> ChainReport:
         streams: dict[UUID | str, _Stream] = {}
         start, head = 0, self.head()
         while True:
@@ -169,6 +182,10 @@ class ChainVerifier:
         return ChainReport(users=tuple(sorted(users, key=lambda u: u.user_id)))
 
     def one_user(self, user_id: str) -> ChainReport:
+        with self.keys.reading():
+            return self._one_user(user_id)
+
+    def _one_user(self, user_id: str) -> ChainReport:
         stream = _Stream(user_aggregate_id(user_id), user_id=user_id)
         while True:
             page = self.recorder.select_events(

@@ -295,12 +295,17 @@ class UserContexts:
             self._expire(context, now)
         return len(due)
 
-    def forget(self, *, reason: str, now: datetime) -> bool:
+    def forget(
+        self, *, reason: str, now: datetime, inactive_since: datetime | None = None
+    ) -> bool:
         """Erases the user's personal data: ends every context and retires the data
         key (the store destroys it). Nothing to do, and False, for a user with no
-        event since the last erasure."""
+        event since the last erasure, and with ``inactive_since``, for a user
+        whose last event is not before it (active again since it was listed)."""
         now = self.time_of(now)
         if self.version == self.forgotten_at:
+            return False
+        if inactive_since is not None and self.modified_on >= inactive_since:
             return False
         self._trigger(
             UserForgotten,

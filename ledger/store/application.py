@@ -21,7 +21,6 @@ from ledger.domain.contexts import (
 )
 from ledger.domain.events import (
     EVENT_TOPICS,
-    CarriesMetadata,
     ContextEvent,
     UserForgotten,
 )
@@ -83,6 +82,7 @@ class LedgerApplication(Application[UUID]):
         )
         if create:
             self.keys.create_table()
+        self.keys.check_master_key(create=create)
         cast(PydanticMapper, self.mapper).keys = self.keys
 
     def load(self, user_id: str, now: datetime) -> UserContexts:
@@ -198,23 +198,59 @@ class LedgerApplication(Application[UUID]):
         )
 
     def destroy_keys(self, user_id: str, below: int) -> int:
-        """Destroys the user's data keys of generations before ``below`` and
-        returns how many events' personal data they still opened (now erased)."""
-        readable = 0
-        with self.keys.reading():
-            for event in self.events_after(user_id, 0):
-                if (
-                    isinstance(event, CarriesMetadata)
-                    and event.metadata_commitment is not None
-                    and event.metadata is not None
-                    and event.key_generation < below
-                ):
-                    readable += 1
+        """Destroys the user's data keys of generations before ``below`` (and the
+        user's snapshots, a cache that may hold metadata) and returns how many
+        events' personal data those keys still opened, now erased.
+
+        The events are counted from their stored form without opening anything, so
+        a damaged event does not stop the erasure.
+        """
+        stream = user_aggregate_id(user_id)
         with storage_failures(self.storage, writing=True):
-            self.keys.destroy(user_aggregate_id(user_id), below)
+            live = set(self.keys.live_generations(stream, below))
+            sealed, plain = self._sealed_events(stream, live)
+            self.keys.destroy(stream, below)
+            self.backend.delete_snapshots(self.snapshots, stream)
         # This process's cached state of the user holds the metadata in memory.
-        self.cache.drop(user_aggregate_id(user_id))
-        return readable
+        self.cache.drop(stream)
+        if plain:
+            _log.warning(
+                "user %r: %d event(s) written before sealing (format 1) keep their "
+                "metadata in plain form; the chain covers it, so it cannot be erased",
+                user_id,
+                plain,
+            )
+        return sealed
+
+    def destroy_all_keys(self, user_id: str) -> int:
+        """Destroys every data key of the user (whose events do not replay, so its
+        current generation is unknown); returns the events erased."""
+        stream = user_aggregate_id(user_id)
+        with storage_failures(self.storage, writing=True):
+            newest = max(self.keys.live_generations(stream, 2**62), default=-1)
+        return self.destroy_keys(user_id, newest + 1)
+
+    def _sealed_events(self, stream: UUID, generations: set[int]) -> tuple[int, int]:
+        """How many of the stream's stored events are sealed under one of
+        ``generations``, and how many hold metadata in plain form (format 1)."""
+        sealed = plain = 0
+        version = 0
+        while True:
+            page = list(self.recorder.select_events(stream, gt=version, limit=MAX_PAGE))
+            for stored in page:
+                try:
+                    state = self.mapper.transcoder.decode(stored.state)
+                except (ValueError, TypeError, OverflowError):
+                    continue  # damaged: nothing of it can be read anyway
+                if not isinstance(state, dict):
+                    continue
+                if "sealed" in state:
+                    sealed += state.get("key_generation", 0) in generations
+                elif state.get("metadata"):
+                    plain += 1
+            if len(page) < MAX_PAGE:
+                return sealed, plain
+            version = page[-1].originator_version
 
     def inactive_users(self, since: datetime) -> list[str]:
         """The users whose last event is before ``since`` and is not their

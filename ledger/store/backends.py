@@ -257,6 +257,21 @@ class Backend:
         """The streams that have snapshots (the library has no call for this)."""
         return _distinct_streams(recorder, self._table(SNAPSHOTS_TABLE[self.kind]))
 
+    def delete_snapshots(self, snapshots: Any, stream: UUID) -> None:
+        """Deletes a stream's snapshots (a cache: loading replays the events), as
+        an erasure does: snapshots of an older release hold metadata in plain
+        form. On SQLite the deleted bytes are overwritten (secure_delete)."""
+        if snapshots is None:
+            return
+        query = self.dialect().statement(
+            f"DELETE FROM {self._table(SNAPSHOTS_TABLE[self.kind])} "  # noqa: S608  (our table names)
+            "WHERE originator_id = ?"
+        )
+        with snapshots.recorder.datastore.transaction(commit=True) as cursor:
+            if self.kind == "sqlite":
+                cursor.execute("PRAGMA secure_delete = ON")
+            cursor.execute(query, (self._stream_key(stream),))
+
     _position_column = "notification_id"
 
     def _table(self, name: str) -> str:
@@ -357,6 +372,10 @@ class MemoryBackend(Backend):
 
     def key_store(self, datastore: Any, master_key: MasterKey | None) -> KeyStore:
         return MemoryKeyStore(master_key)
+
+    def delete_snapshots(self, snapshots: Any, stream: UUID) -> None:
+        """Nothing outside the process keeps them; their sealed metadata cannot be
+        opened once the key is destroyed."""
 
     def snapshot_streams(self, recorder: Any) -> list[UUID | str]:
         return []

@@ -31,9 +31,9 @@ from contextlib import contextmanager
 from typing import Any
 from uuid import UUID
 
-import psycopg
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from eventsourcing.persistence import IntegrityError
 
 from ledger.errors import LedgerConfigError
 
@@ -141,8 +141,31 @@ def _label(stream: UUID, generation: int) -> bytes:
     return stream.bytes + generation.to_bytes(8, "big", signed=True)
 
 
+class KeyDestroyed(IntegrityError):
+    """A write would seal under a key generation that was destroyed: the user was
+    forgotten since this process last read the stream. Like a version conflict,
+    the command runs again on the stored state (which has the next generation)."""
+
+
+_MISSING = object()
+"""What ``_load`` finds for a generation that has no row at all."""
+Found = tuple[bytes, bool, bool]
+"""A key row: the stored key (wrapped or not), whether it is wrapped, whether it
+was destroyed (a tombstone with no key)."""
+_META_STREAM = ""
+_META_GENERATION = -1
+_CHECK = b"ctxledger master key check"
+
+
 class KeyStore:
-    """The data keys of one ledger's streams."""
+    """The data keys of one ledger's streams.
+
+    A destroyed key leaves a tombstone row (its generation, no key), so a writer
+    whose cached state is older than the erasure cannot create that generation's
+    key again, and a reader tells an erased value (tombstone) from a damaged one
+    (no row at all). A meta row records whether the keys are wrapped by a master
+    key, and a check value that only the right master key opens.
+    """
 
     def __init__(self, master_key: MasterKey | None) -> None:
         self.master_key = master_key
@@ -155,16 +178,57 @@ class KeyStore:
     def create_table(self) -> None:
         raise NotImplementedError
 
-    def _select(self, stream: UUID, generation: int) -> tuple[bytes, bool] | None:
+    def _select(self, stream: str, generation: int) -> Found | None:
         raise NotImplementedError
 
-    def _insert(self, stream: UUID, generation: int, key: bytes, wrapped: bool) -> bool:
-        """Stores the key unless the stream's generation has one already; whether
-        it did."""
+    def _insert(self, stream: str, generation: int, key: bytes, wrapped: bool) -> bool:
+        """Stores the key unless the stream's generation has a row already;
+        whether it did."""
         raise NotImplementedError
 
-    def _delete(self, stream: UUID, below: int) -> None:
+    def _update_meta(self, check: bytes) -> None:
         raise NotImplementedError
+
+    def _live(self, stream: str, below: int) -> list[int]:
+        """The stream's generations before ``below`` whose keys exist."""
+        raise NotImplementedError
+
+    def _destroy(self, stream: str, below: int) -> None:
+        """Deletes the keys of generations before ``below`` and leaves a tombstone
+        for each of those generations."""
+        raise NotImplementedError
+
+    # The master key.
+
+    def check_master_key(self, *, create: bool) -> None:
+        """Refuses a master key that does not match the ledger's keys, and a
+        missing one where they are wrapped (LedgerConfigError); records the
+        ledger's first master key (``create``)."""
+        meta = self._select(_META_STREAM, _META_GENERATION)
+        if meta is None:
+            if not create:
+                return
+            check = b"" if self.master_key is None else self._wrapped_check()
+            self._insert(_META_STREAM, _META_GENERATION, check, bool(check))
+            meta = self._select(_META_STREAM, _META_GENERATION)
+            if meta is None:
+                return
+        stored, wrapped, _ = meta
+        if not wrapped:
+            if self.master_key is not None and create:
+                self._update_meta(self._wrapped_check())  # from now on, wrapped
+            return
+        if self.master_key is None:
+            raise LedgerConfigError(
+                "this ledger's data keys are wrapped by a master key: open it "
+                "with master_key= or set CTXLEDGER_MASTER_KEY"
+            )
+        if self.master_key.unwrap(b"check", stored) != _CHECK:
+            raise LedgerConfigError("the master key check does not match")
+
+    def _wrapped_check(self) -> bytes:
+        assert self.master_key is not None  # noqa: S101  (callers check)
+        return self.master_key.wrap(b"check", _CHECK)
 
     # Keys.
 
@@ -173,43 +237,56 @@ class KeyStore:
     ) -> AESGCM:
         """The key to seal the stream's new values with; created on first use.
         ``new``: the stream most likely has no key yet (its first event), so the
-        key is created first and looked up only if another writer's won."""
+        key is created first and looked up only if another writer's won.
+        KeyDestroyed if the generation was destroyed."""
         with self._lock:
             cipher = self._writing.get((stream, generation))
             if cipher is not None:
                 self._writing.move_to_end((stream, generation))
                 return cipher
-        cipher = None if new else self._load(stream, generation)
-        if cipher is None:
+        found = _MISSING if new else self._load(stream, generation)
+        if found is _MISSING:
             key = AESGCM.generate_key(bit_length=8 * KEY_BYTES)
             stored = key
             if self.master_key is not None:
                 stored = self.master_key.wrap(_label(stream, generation), key)
-            if self._insert(stream, generation, stored, self.master_key is not None):
-                cipher = AESGCM(key)
-            else:
-                cipher = self._load(stream, generation)  # another writer's won
-            if cipher is None:
-                msg = f"the data key of stream {stream} was not stored"
-                raise RuntimeError(msg)
+            inserted = self._insert(
+                stream.hex, generation, stored, self.master_key is not None
+            )
+            # Else another writer's key won, or the generation is a tombstone.
+            found = AESGCM(key) if inserted else self._load(stream, generation)
+        if not isinstance(found, AESGCM):
+            raise KeyDestroyed(
+                f"the data key of generation {generation} of stream {stream} was "
+                "destroyed: the user was forgotten since this state was read"
+            )
         with self._lock:
-            self._writing[stream, generation] = cipher
+            self._writing[stream, generation] = found
             if len(self._writing) > WRITE_CACHE_SIZE:
                 self._writing.popitem(last=False)
-        return cipher
+        return found
 
     def for_reading(self, stream: UUID, generation: int) -> AESGCM | None:
         """The key to open the stream's values of ``generation``; None once it is
-        destroyed (the values are erased)."""
-        scope: dict[tuple[UUID, int], AESGCM | None] | None = getattr(
+        destroyed (the values are erased). ValueError if the generation never had
+        a key (the stored generation was altered, or the key table edited)."""
+        scope: dict[tuple[UUID, int], object] | None = getattr(
             self._scope, "keys", None
         )
         if scope is not None and (stream, generation) in scope:
-            return scope[stream, generation]
-        cipher = self._load(stream, generation)
-        if scope is not None:
-            scope[stream, generation] = cipher
-        return cipher
+            found = scope[stream, generation]
+        else:
+            found = self._load(stream, generation)
+            if scope is not None:
+                scope[stream, generation] = found
+        if found is _MISSING:
+            msg = (
+                f"no data key of generation {generation} was ever stored for "
+                f"stream {stream}: the event's key generation or the key table "
+                "was altered"
+            )
+            raise ValueError(msg)
+        return found if isinstance(found, AESGCM) else None
 
     @contextmanager
     def reading(self) -> Iterator[None]:
@@ -224,6 +301,10 @@ class KeyStore:
         finally:
             self._scope.keys = None
 
+    def live_generations(self, stream: UUID, below: int) -> list[int]:
+        """The stream's generations before ``below`` whose keys still exist."""
+        return self._live(stream.hex, below)
+
     def destroy(self, stream: UUID, below: int) -> None:
         """Destroys the stream's keys of generations before ``below``."""
         with self._lock:
@@ -232,13 +313,16 @@ class KeyStore:
         scope = getattr(self._scope, "keys", None)
         if scope is not None:
             scope.clear()
-        self._delete(stream, below)
+        self._destroy(stream.hex, below)
 
-    def _load(self, stream: UUID, generation: int) -> AESGCM | None:
-        found = self._select(stream, generation)
+    def _load(self, stream: UUID, generation: int) -> object:
+        """The key (AESGCM), None for a destroyed one, or _MISSING."""
+        found = self._select(stream.hex, generation)
         if found is None:
+            return _MISSING
+        stored, wrapped, destroyed = found
+        if destroyed:
             return None
-        stored, wrapped = found
         if wrapped:
             if self.master_key is None:
                 raise LedgerConfigError(
@@ -254,27 +338,42 @@ class MemoryKeyStore(KeyStore):
 
     def __init__(self, master_key: MasterKey | None) -> None:
         super().__init__(master_key)
-        self._keys: dict[tuple[UUID, int], tuple[bytes, bool]] = {}
+        self._keys: dict[tuple[str, int], Found] = {}
 
     def create_table(self) -> None:
         """Nothing to create."""
 
-    def _select(self, stream: UUID, generation: int) -> tuple[bytes, bool] | None:
+    def _select(self, stream: str, generation: int) -> Found | None:
         return self._keys.get((stream, generation))
 
-    def _insert(self, stream: UUID, generation: int, key: bytes, wrapped: bool) -> bool:
+    def _insert(self, stream: str, generation: int, key: bytes, wrapped: bool) -> bool:
         if (stream, generation) in self._keys:
             return False
-        self._keys[stream, generation] = (key, wrapped)
+        self._keys[stream, generation] = (key, wrapped, False)
         return True
 
-    def _delete(self, stream: UUID, below: int) -> None:
-        doomed = [k for k in self._keys if k[0] == stream and k[1] < below]
-        for key in doomed:
-            del self._keys[key]
+    def _update_meta(self, check: bytes) -> None:
+        self._keys[_META_STREAM, _META_GENERATION] = (check, True, False)
+
+    def _live(self, stream: str, below: int) -> list[int]:
+        return sorted(
+            g
+            for (s, g), (_, _, destroyed) in self._keys.items()
+            if s == stream and 0 <= g < below and not destroyed
+        )
+
+    def _destroy(self, stream: str, below: int) -> None:
+        for generation in range(below):
+            self._keys[stream, generation] = (b"", False, True)
 
 
-MISSING_TABLE = (sqlite3.OperationalError, psycopg.errors.UndefinedTable)
+def _is_missing_table(error: BaseException) -> bool:
+    """Whether a database error (as the driver or the library raised it) says
+    that the keys table does not exist: a store set up before keys existed."""
+    text = str(error)
+    return "no such table" in text or (
+        "ctxledger_keys" in text and "does not exist" in text
+    )
 
 
 class SQLKeyStore(KeyStore):
@@ -304,50 +403,95 @@ class SQLKeyStore(KeyStore):
                 f"CREATE TABLE IF NOT EXISTS {self.table} ("
                 "stream_id TEXT NOT NULL, generation BIGINT NOT NULL, "
                 f"data_key {blob} NOT NULL, wrapped INTEGER NOT NULL, "
+                "destroyed INTEGER NOT NULL DEFAULT 0, "
                 "PRIMARY KEY (stream_id, generation))"
             )
 
-    def _select(self, stream: UUID, generation: int) -> tuple[bytes, bool] | None:
+    def _select(self, stream: str, generation: int) -> Found | None:
         query = self._sql(
-            f"SELECT data_key, wrapped FROM {self.table} "  # noqa: S608  (our table name)
+            f"SELECT data_key, wrapped, destroyed FROM {self.table} "  # noqa: S608  (our table name)
             "WHERE stream_id = ? AND generation = ?"
         )
         try:
             with self.datastore.transaction(commit=False) as cursor:
-                cursor.execute(query, (stream.hex, generation))
+                cursor.execute(query, (stream, generation))
                 row = cursor.fetchone()
-        except MISSING_TABLE as error:
-            if "no such table" in str(error) or self.postgres:
+        except Exception as error:
+            if _is_missing_table(error):
                 return None  # a store set up before keys existed: nothing sealed
             raise
         if row is None:
             return None
         values = tuple(row.values()) if isinstance(row, dict) else tuple(row)
-        return bytes(values[0]), bool(values[1])
+        return bytes(values[0]), bool(values[1]), bool(values[2])
 
-    def _insert(self, stream: UUID, generation: int, key: bytes, wrapped: bool) -> bool:
+    def _insert(self, stream: str, generation: int, key: bytes, wrapped: bool) -> bool:
         query = self._sql(
             f"INSERT INTO {self.table} (stream_id, generation, data_key, wrapped) "  # noqa: S608  (our table name)
             "VALUES (?, ?, ?, ?) ON CONFLICT (stream_id, generation) DO NOTHING "
             "RETURNING generation"
         )
-        with self.datastore.transaction(commit=True) as cursor:
-            cursor.execute(query, (stream.hex, generation, key, int(wrapped)))
-            return cursor.fetchone() is not None
+        try:
+            with self.datastore.transaction(commit=True) as cursor:
+                cursor.execute(query, (stream, generation, key, int(wrapped)))
+                return cursor.fetchone() is not None
+        except Exception as error:
+            if _is_missing_table(error):
+                raise LedgerConfigError(
+                    "this ledger was set up by a release without data keys: open "
+                    "it once with create=True (any command that writes, such as "
+                    "ctxledger project) to add their table"
+                ) from None
+            raise
 
-    def _delete(self, stream: UUID, below: int) -> None:
+    def _update_meta(self, check: bytes) -> None:
         query = self._sql(
-            f"DELETE FROM {self.table} WHERE stream_id = ? AND generation < ?"  # noqa: S608  (our table name)
+            f"UPDATE {self.table} SET data_key = ?, wrapped = 1 "  # noqa: S608  (our table name)
+            "WHERE stream_id = ? AND generation = ?"
+        )
+        with self.datastore.transaction(commit=True) as cursor:
+            cursor.execute(query, (check, _META_STREAM, _META_GENERATION))
+
+    def _live(self, stream: str, below: int) -> list[int]:
+        query = self._sql(
+            f"SELECT generation FROM {self.table} WHERE stream_id = ? "  # noqa: S608  (our table name)
+            "AND generation >= 0 AND generation < ? AND destroyed = 0 "
+            "ORDER BY generation"
+        )
+        try:
+            with self.datastore.transaction(commit=False) as cursor:
+                cursor.execute(query, (stream, below))
+                rows = cursor.fetchall()
+        except Exception as error:
+            if _is_missing_table(error):
+                return []
+            raise
+        return [
+            int(next(iter(row.values())) if isinstance(row, dict) else row[0])
+            for row in rows
+        ]
+
+    def _destroy(self, stream: str, below: int) -> None:
+        delete = self._sql(
+            f"DELETE FROM {self.table} WHERE stream_id = ? AND generation >= 0 "  # noqa: S608  (our table name)
+            "AND generation < ? AND destroyed = 0"
+        )
+        tombstone = self._sql(
+            f"INSERT INTO {self.table} "  # noqa: S608  (our table name)
+            "(stream_id, generation, data_key, wrapped, destroyed) "
+            "VALUES (?, ?, ?, 0, 1) ON CONFLICT (stream_id, generation) DO NOTHING"
         )
         try:
             with self.datastore.transaction(commit=True) as cursor:
                 if not self.postgres:
-                    # Overwrite the deleted key's bytes instead of leaving them in
+                    # Overwrite the deleted keys' bytes instead of leaving them in
                     # a free page of the file.
                     cursor.execute("PRAGMA secure_delete = ON")
-                cursor.execute(query, (stream.hex, below))
-        except MISSING_TABLE as error:
-            if self.postgres or "no such table" in str(error):
+                cursor.execute(delete, (stream, below))
+                for generation in range(below):
+                    cursor.execute(tombstone, (stream, generation, b""))
+        except Exception as error:
+            if _is_missing_table(error):
                 return  # a store set up before keys existed: nothing to destroy
             raise
         if not self.postgres:

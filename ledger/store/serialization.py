@@ -40,6 +40,11 @@ TOPICS: dict[str, type[BaseModel]] = {cls.TOPIC: cls for cls in EVENT_CLASSES}
 """The class that reads each topic (``register`` puts a newer version in)."""
 TOPICS[UserSnapshot.TOPIC] = UserSnapshot
 SEALED = "sealed"
+FORMAT_FIELD = "format"
+FORMAT = 2
+"""The stored format this release writes: 1, events before sealing (no
+``format`` field); 2, personal data sealed and committed to (``sealed``,
+``key_generation``, ``metadata_commitment``)."""
 _EVENT = b"ctxledger event"
 _SNAPSHOT = b"ctxledger snapshot"
 
@@ -114,13 +119,17 @@ class PydanticMapper(Mapper[UUID]):
             model.unset_ids() if isinstance(model, ContextEvent) else {"originator_id"}
         )
         state = model.model_dump(exclude=unset | {"originator_version"})
-        if isinstance(model, CarriesMetadata) and model.metadata_commitment is not None:
-            self._seal_event(model, state)
+        if isinstance(model, CarriesMetadata):
+            if model.metadata_commitment is not None:
+                self._seal_event(model, state)
+            else:  # as events were written before sealing (format 1)
+                del state["metadata_commitment"], state["metadata_salt"]
         elif isinstance(model, UserSnapshot):
             self._seal_snapshot(model, state)
         class_version: int = getattr(cls, "class_version", 1)
         if class_version > 1:
             state["class_version"] = class_version
+        state[FORMAT_FIELD] = FORMAT
         stored = self.transcoder.encode(state)
         if self.compressor:
             stored = self.compressor.compress(stored)
@@ -145,11 +154,12 @@ class PydanticMapper(Mapper[UUID]):
             stream = _as_uuid(stored_event.originator_id)
             state["originator_id"] = stream
             state["originator_version"] = stored_event.originator_version
-            if SEALED in state:
-                if cls is UserSnapshot:
+            _check_format(state.pop(FORMAT_FIELD, 1))
+            if cls is UserSnapshot:
+                if SEALED in state:
                     self._open_snapshot(stream, state)
-                else:
-                    self._open_event(stream, state)
+            elif SEALED in state or state.get("metadata_commitment") is not None:
+                self._open_event(stream, state)
             written: dict[str, Any] | None = None
             from_version = state.pop("class_version", 1)
             class_version: int = getattr(cls, "class_version", 1)
@@ -180,6 +190,14 @@ class PydanticMapper(Mapper[UUID]):
             raise MapperDeserialisationError(msg) from error
         return cast(DomainEventProtocol[UUID], event)
 
+    def check_sealed(self, stored: StoredEvent, state: dict[str, Any]) -> None:
+        """That a stored event's sealed metadata opens and is what its commitment
+        was made of (unless its key was destroyed); ValueError if not. For
+        verification, which hashes the rest without decoding the event."""
+        opened = {k: v for k, v in state.items() if k != "originator_id"}
+        opened["originator_version"] = stored.originator_version
+        self._open_event(_as_uuid(stored.originator_id), opened)
+
     def _keys(self) -> KeyStore:
         if self.keys is None:
             msg = "the mapper has no key store: personal data cannot be sealed"
@@ -205,6 +223,9 @@ class PydanticMapper(Mapper[UUID]):
         another event of the user is found when it is read."""
         if "metadata" in state or "metadata_salt" in state:
             msg = "the event holds plain metadata beside its sealed metadata"
+            raise ValueError(msg)
+        if SEALED not in state or not isinstance(state.get("metadata_commitment"), str):
+            msg = "the event has a metadata commitment without sealed metadata"
             raise ValueError(msg)
         sealed = state.pop(SEALED)
         generation = state.get("key_generation", 0)
@@ -250,6 +271,15 @@ class PydanticMapper(Mapper[UUID]):
             raise ValueError(msg)
         for context, values in zip(contexts, metadata, strict=True):
             context["metadata"] = values
+
+
+def _check_format(written: object) -> None:
+    if not isinstance(written, int) or isinstance(written, bool) or written > FORMAT:
+        msg = (
+            f"it was stored in format {written!r} by a newer release (this one "
+            f"reads formats 1 to {FORMAT}): upgrade ctxledger"
+        )
+        raise ValueError(msg)
 
 
 def _as_uuid(value: UUID | str) -> UUID:

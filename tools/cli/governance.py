@@ -1,5 +1,8 @@
 """``ctxledger forget``: erasure of one user, or of every inactive user (retention)."""
 
+import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import datetime
 
 import click
@@ -42,42 +45,62 @@ def forget(
     """
     if (user_id is None) == (inactive_since is None):
         raise click.UsageError("give a USER or --inactive-since TIME (not both)")
-    with ContextLedger.open(url, create=False) as ledger:
+    # Only an existing ledger: opened to read first, so nothing is created.
+    with ContextLedger.open(url, create=False):
+        pass
+    with ContextLedger.open(url) as ledger, _warnings_on_stderr():
         if user_id is not None:
-            if not yes:
-                click.confirm(
-                    f"Erase the personal data of user {render.escaped(user_id)}? "
-                    "This cannot be undone",
-                    abort=True,
-                    err=True,
-                )
-            erased = ledger.forget_user(
-                user_id, **({} if reason is None else {"reason": reason})
-            )
-            _report(user_id, erased)
-            return
-        assert inactive_since is not None  # noqa: S101  (checked above)
-        users = ledger.inactive_users(inactive_since)
-        since = inactive_since.isoformat()
-        if not users:
-            render.line(f"no user without events since {since}: nothing to forget")
-            return
-        if not yes:
-            click.confirm(
-                f"Erase the personal data of {len(users)} user(s) with no event "
-                f"since {since}? This cannot be undone",
-                abort=True,
-                err=True,
-            )
-        total = 0
-        for user in users:
-            erased = ledger.forget_user(
-                user,
-                reason=reason or f"retention: no activity since {since}",
-            )
-            total += erased
-            _report(user, erased)
-        render.line(f"forgot {len(users)} user(s); {total} event(s) erased in all")
+            _forget_one(ledger, user_id, reason, yes=yes)
+        else:
+            assert inactive_since is not None  # noqa: S101  (checked above)
+            _forget_inactive(ledger, inactive_since, reason, yes=yes)
+
+
+def _forget_one(
+    ledger: ContextLedger, user_id: str, reason: str | None, *, yes: bool
+) -> None:
+    if not ledger.history(user_id, limit=1):
+        render.no_events(user_id, where="in this ledger: nothing was forgotten")
+        return
+    if not yes:
+        click.confirm(
+            f"Erase the personal data of user {render.escaped(user_id)}? This "
+            "cannot be undone",
+            abort=True,
+            err=True,
+        )
+    erased = ledger.forget_user(
+        user_id, **({} if reason is None else {"reason": reason})
+    )
+    _report(user_id, erased)
+
+
+def _forget_inactive(
+    ledger: ContextLedger, since: datetime, reason: str | None, *, yes: bool
+) -> None:
+    users = ledger.inactive_users(since)
+    shown = since.isoformat()
+    if not users:
+        render.line(f"no user without events since {shown}: nothing to forget")
+        return
+    if not yes:
+        click.confirm(
+            f"Erase the personal data of {len(users)} user(s) with no event since "
+            f"{shown}? This cannot be undone",
+            abort=True,
+            err=True,
+        )
+    # Users active again since they were listed are left alone.
+    forgotten = ledger.forget_inactive(since, reason=reason)
+    for user, erased in forgotten.items():
+        _report(user, erased)
+    skipped = len(set(users) - set(forgotten))
+    if skipped:
+        render.note(f"{skipped} user(s) were active again and were left alone")
+    render.line(
+        f"forgot {len(forgotten)} user(s); {sum(forgotten.values())} event(s) "
+        "erased in all"
+    )
 
 
 def _report(user_id: str, erased: int) -> None:
@@ -86,6 +109,26 @@ def _report(user_id: str, erased: int) -> None:
         if erased
         else f"forgot {user_id}: no readable personal data was left to erase"
     )
+
+
+@contextmanager
+def _warnings_on_stderr() -> Iterator[None]:
+    """The ledger's warnings (such as metadata of an older release that stays
+    readable) as notes on stderr while the command runs."""
+
+    class _Notes(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            render.note(f"warning: {record.getMessage()}")
+
+    handler = _Notes(logging.WARNING)
+    logger = logging.getLogger("ledger")
+    logger.addHandler(handler)
+    propagate, logger.propagate = logger.propagate, False  # printed once
+    try:
+        yield
+    finally:
+        logger.removeHandler(handler)
+        logger.propagate = propagate
 
 
 def register(main: click.Group) -> None:
