@@ -189,7 +189,13 @@ def _context(tx: Tx, row: tuple[Any, ...]) -> Context:
     context = ROWS.value(tx.dialect, row)
     if not is_sealed(context.metadata):
         return context
-    opened, metadata = open_json(tx.keys, context.user_id, cast(str, context.metadata))
+    cell = cast(str, context.metadata)
+    try:
+        opened, metadata = open_json(tx.keys, context.user_id, cell)
+    except ValueError:
+        # Altered in the view (or moved to another user's row): it stays sealed,
+        # so ``verify`` reports it and ``rebuild`` repairs it.
+        return context.model_copy(update={"metadata": {"sealed": cell}})
     if not opened:
         return context.model_copy(update={"metadata": {}, "erased": True})
     return context.model_copy(update={"metadata": metadata})

@@ -8,6 +8,7 @@ stored before sealing (format 1) are kept as plain JSON, as the ledger keeps the
 """
 
 import base64
+import binascii
 import json
 from typing import Any
 
@@ -42,11 +43,15 @@ def open_json(keys: KeyStore, user_id: str, cell: str) -> tuple[bool, Any]:
     if cell == ERASED:
         return False, None
     generation_text, _, payload = cell[len(PREFIX) :].partition(":")
-    generation = int(generation_text)
+    generation = int(generation_text)  # ValueError if not a number
     stream = user_aggregate_id(user_id)
     cipher = keys.for_reading(stream, generation)
     if cipher is None:
         return False, None
-    sealed = base64.b64decode(payload.encode("ascii"), validate=True)
+    try:
+        sealed = base64.b64decode(payload.encode("ascii"), validate=True)
+    except (UnicodeEncodeError, binascii.Error) as error:
+        msg = f"a sealed cell is not base64: {error}"
+        raise ValueError(msg) from None
     plain = unseal(cipher, place_of(_PLACE, stream, 0, generation), sealed)
     return True, json.loads(plain)
