@@ -282,10 +282,24 @@ class ContextLedger(StorageClient):
             else f"retention: no activity since {since.isoformat()}"
         )
         forgotten: dict[str, int] = {}
+        damaged: list[LedgerCorrupted] = []
         for user in self._app.inactive_users(since):
-            appended, erased = self._forget(user, why, inactive_since=since)
+            try:
+                appended, erased = self._forget(user, why, inactive_since=since)
+            except LedgerCorrupted as corrupted:  # its keys are destroyed anyway
+                damaged.append(corrupted)
+                continue
             if appended:
                 forgotten[user] = erased
+        if damaged:
+            first = damaged[0]
+            first.add_note(
+                f"forget_inactive forgot {len(forgotten)} other user(s); "
+                f"{len(damaged)} user(s) with damaged events had their keys "
+                "destroyed but no forgotten event: "
+                + ", ".join(sorted(error.user_id for error in damaged)[:10])
+            )
+            raise first
         return forgotten
 
     def _forget(
@@ -314,7 +328,15 @@ class ContextLedger(StorageClient):
             raise
         if not appended and inactive_since is not None:
             return False, 0  # active again since it was listed: left alone
-        erased: int = self._app.destroy_keys(user, generation)
+        try:
+            erased: int = self._app.destroy_keys(user, generation)
+        except LedgerError as failure:
+            if appended:
+                failure.add_note(
+                    "the forgotten event was recorded, but the user's data key may "
+                    "not be destroyed yet: run forget_user again"
+                )
+            raise
         return appended, erased
 
     def inactive_users(self, inactive_since: datetime) -> list[str]:

@@ -34,16 +34,19 @@ class Continuity:
     # (user, thread) -> its open context; None once ended (a row to delete).
     open_threads: dict[tuple[str, str], str | None] = field(default_factory=dict)
     overlaps: dict[int, tuple[str, str, str, str]] = field(default_factory=dict)
+    # user -> threads it has in open_threads (so an erasure finds them at once)
+    threads_of: dict[str, set[str]] = field(default_factory=dict)
 
     def apply(self, position: int, event: ContextEvent) -> None:
         counts = self.counts.setdefault(event.user_id, Counter())
         if forgets_user(event):  # no counter: the figures stay as they were
-            for thread, context in self.open_threads.items():
-                if thread[0] == event.user_id and context is not None:
-                    self.open_threads[thread] = None
+            for thread_id in self.threads_of.pop(event.user_id, ()):
+                if self.open_threads.get((event.user_id, thread_id)) is not None:
+                    self.open_threads[event.user_id, thread_id] = None
             return
         counts[event.KIND] += 1
         thread = (event.user_id, event.thread_id)
+        self.threads_of.setdefault(event.user_id, set()).add(event.thread_id)
         if opens_context(event):
             active = self.open_threads.get(thread)
             if active is not None:
@@ -166,6 +169,7 @@ class ContinuityView(View):
                 params,
             ):
                 state.open_threads[user, thread] = context
+                state.threads_of.setdefault(user, set()).add(thread)
             if users is None:
                 for position, *overlap in tx.rows(
                     "SELECT position, user_id, thread_id, active_context_id, "

@@ -10,7 +10,8 @@ stored before sealing (format 1) are kept as plain JSON, as the ledger keeps the
 import base64
 import binascii
 import json
-from typing import Any
+from collections.abc import Iterable
+from typing import Any, cast
 
 from ledger.domain.contexts import user_aggregate_id
 from ledger.store.keys import KeyStore, place_of, seal, unseal
@@ -31,6 +32,17 @@ def seal_json(keys: KeyStore, user_id: str, generation: int, value: Any) -> str 
     plain = json.dumps(value, ensure_ascii=False).encode("utf-8")
     sealed = seal(cipher, place_of(_PLACE, stream, 0, generation), plain)
     return f"{PREFIX}{generation}:{base64.b64encode(sealed).decode('ascii')}"
+
+
+def prefetch(keys: KeyStore, cells: Iterable[tuple[str, object]]) -> None:
+    """Looks up the keys of many sealed cells (user id, cell) at once."""
+    wanted = []
+    for user_id, cell in cells:
+        if is_sealed(cell) and cell != ERASED:
+            generation = cast(str, cell)[len(PREFIX) :].partition(":")[0]
+            if generation.isdigit():
+                wanted.append((user_aggregate_id(user_id), int(generation)))
+    keys.prefetch(wanted)
 
 
 def is_sealed(cell: object) -> bool:

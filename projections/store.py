@@ -66,22 +66,19 @@ class ViewStore:
     @contextmanager
     def writing(self, lock: str) -> Iterator[Tx]:
         """A transaction holding ``lock`` from its start; commits if the body ends."""
-        with (
-            self.keys.reading(),
-            self.recorder.datastore.transaction(commit=True) as cursor,
-        ):
+        with self.recorder.datastore.transaction(commit=True) as cursor:
             self.dialect.lock(cursor, lock)
-            yield Tx(cursor, self.dialect, self.keys)
+            # Keys are read in this transaction: no second pooled connection.
+            with self.keys.reading(cursor=cursor):
+                yield Tx(cursor, self.dialect, self.keys)
 
     @contextmanager
     def reading(self) -> Iterator[Tx]:
         """A read-only transaction that sees one snapshot throughout."""
-        with (
-            self.keys.reading(),
-            self.recorder.datastore.transaction(commit=False) as cursor,
-        ):
+        with self.recorder.datastore.transaction(commit=False) as cursor:
             self.dialect.snapshot(cursor)
-            yield Tx(cursor, self.dialect, self.keys)
+            with self.keys.reading(cursor=cursor):
+                yield Tx(cursor, self.dialect, self.keys)
 
     def position(self, tx: Tx, key: str) -> int:
         """The last notification id applied under ``key``; 0 for none."""

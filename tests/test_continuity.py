@@ -102,6 +102,7 @@ def test_update_merges_metadata_and_none_removes_a_key(ledger: ContextLedger) ->
     details = ledger.history("alice")[-1].details
     assert details.pop("command_id")  # the call that appended it
     assert details.pop("metadata_commitment")  # what the chain covers
+    assert details.pop("key_generation") == 0  # the user's first data key
     assert details.pop("metadata_salt")  # what opens it
     assert details == {"metadata": {"drop": None, "new": 3}}
 

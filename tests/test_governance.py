@@ -742,3 +742,116 @@ def test_retention_leaves_a_user_who_became_active_after_the_listing() -> None:
         reason="retention", now=start, inactive_since=cutoff + timedelta(days=30)
     )
     assert aggregate.pending[-1].KIND == "forgotten"
+
+
+@pytest.mark.postgres
+def test_views_read_keys_on_their_own_connection(postgres_url: str) -> None:
+    """A view's transaction looks keys up on its own connection: a pool of one is
+    enough (a second pooled connection per read would starve the pool)."""
+    url = f"{postgres_url}&pool_size=1&max_overflow=0&pool_timeout=2"
+    with ContextLedger.open(url) as ledger, Projections.open(url) as views:
+        for n in range(5):
+            ledger.open_context(f"user-{n}", "t1", metadata={"n": n})
+        views.catch_up()
+        assert len(views.active_contexts()) == 5
+        assert [r.details["metadata"] for r in views.audit_rows("user-1")] == [{"n": 1}]
+        assert views.verify() == {"active": [], "audit": [], "continuity": []}
+
+
+def test_a_user_erased_while_damaged_writes_again_once_forgotten_again(
+    durable_url: str,
+) -> None:
+    with ContextLedger.open(durable_url) as ledger:
+        ledger.open_context("alice", "t1", metadata={"name": SECRET})
+        ledger.open_context("alice", "t1", metadata={"n": 1})
+    good = _state_of(durable_url, "alice", 2)
+    _store_state(durable_url, "alice", 2, {**good, "format": 99})  # unreadable
+    with ContextLedger.open(durable_url) as ledger, pytest.raises(LedgerCorrupted):
+        ledger.forget_user("alice")
+    _store_state(durable_url, "alice", 2, good)  # repaired
+    with ContextLedger.open(durable_url) as ledger:
+        with pytest.raises(LedgerCorrupted, match="run forget_user again"):
+            ledger.open_context("alice", "t1", metadata={"n": 2})
+        assert ledger.forget_user("alice") == 0  # erased already: records it
+        fresh = ledger.open_context("alice", "t1", metadata={"n": 3})
+        assert fresh.reuse_count == 0
+        assert ledger.verify_chain().holds
+
+
+def test_retention_goes_on_past_a_damaged_user(durable_url: str) -> None:
+    with ContextLedger.open(durable_url) as ledger:
+        for user in ("alice", "bob", "carol"):
+            ledger.open_context(user, "t1", metadata={"name": SECRET})
+        ledger.open_context("alice", "t1", metadata={"n": 2})
+    execute_sql(  # alice's first event is damaged; her last one still says when
+        durable_url,
+        "UPDATE {events} SET state = {c1} WHERE originator_id = {p} "
+        "AND originator_version = 1",
+        (stream_key(durable_url, "alice"),),
+    )
+    future = datetime.now(tz=UTC) + timedelta(days=1)
+    with ContextLedger.open(durable_url) as ledger:
+        with pytest.raises(LedgerCorrupted) as raised:
+            ledger.forget_inactive(future)
+        assert "forgot 2 other user(s)" in " ".join(raised.value.__notes__)
+        assert ledger.history("bob")[-1].kind == "forgotten"
+        assert ledger.history("carol")[-1].kind == "forgotten"
+
+
+def test_a_key_generation_that_is_not_a_number_is_damage(durable_url: str) -> None:
+    with ContextLedger.open(durable_url) as ledger:
+        ledger.open_context("alice", "t1", metadata={"name": SECRET})
+        ledger.open_context("bob", "t1", metadata={"name": "bob"})
+    state = _state_of(durable_url, "alice", 1)
+    _store_state(durable_url, "alice", 1, {**state, "key_generation": "x"})
+    with ContextLedger.open(durable_url) as ledger:
+        with pytest.raises(LedgerCorrupted):
+            ledger.get_context("alice", "t1")
+        broken = ledger.verify_chain().broken
+        assert len(broken) == 1
+        assert broken[0].fault is not None
+        assert broken[0].fault.version == 1
+        assert _metadata(ledger, "bob") == {"name": "bob"}
+
+
+def test_a_reader_with_a_master_key_cannot_start_wrapping(durable_url: str) -> None:
+    with ContextLedger.open(durable_url) as ledger:
+        ledger.open_context("alice", "t1", metadata={"name": SECRET})
+    with pytest.raises(LedgerConfigError, match="not wrapped by a master key yet"):
+        ContextLedger.open(durable_url, create=False, master_key=KEY_MASTER)
+
+
+def _export_lines(ledger: ContextLedger, path: Path) -> list[dict[str, object]]:
+    ledger.export("alice", path)
+    return [json.loads(line) for line in path.read_bytes().splitlines()]
+
+
+def _rewrite(path: Path, records: list[dict[str, object]]) -> None:
+    encode = json.JSONEncoder(sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    path.write_bytes(b"".join(encode.encode(r).encode() + b"\n" for r in records))
+
+
+@pytest.mark.parametrize("change", ["null commitment", "spaced salt", "format 1"])
+def test_verify_export_refuses_lenient_readings(
+    open_ledger: OpenLedger, tmp_path: Path, change: str
+) -> None:
+    ledger = open_ledger()
+    ledger.open_context("alice", "t1", metadata={"name": SECRET})
+    path = tmp_path / "export.jsonl"
+    records = _export_lines(ledger, path)
+    details = cast(dict[str, object], records[0]["details"])
+    manifest = cast(dict[str, object], records[-1]["manifest"])
+    if change == "null commitment":
+        details["metadata_commitment"] = None
+    elif change == "spaced salt":
+        salt = cast(str, details["metadata_salt"])
+        details["metadata_salt"] = f"{salt[:2]} {salt[2:]}"
+    else:
+        manifest["format"] = "ctxledger-export/1"
+        manifest.pop("digest")
+        manifest["digest"] = record_hash(manifest)
+    _rewrite(path, records)
+
+    report = verify_export(path)
+
+    assert report.fault is not None, change

@@ -101,6 +101,7 @@ def test_audit_json_has_the_documented_keys_in_utc(url: str, tmp_path: Path) -> 
     assert all(row["occurred_at"].endswith("Z") for row in rows)
     assert rows[0]["details"].pop("command_id")
     assert len(rows[0]["details"].pop("metadata_commitment")) == 64
+    assert rows[0]["details"].pop("key_generation") == 0
     assert len(rows[0]["details"].pop("metadata_salt")) == 64
     assert rows[0]["details"] == {"metadata": {"a": 1}, "ttl_seconds": None}
 

@@ -23,6 +23,7 @@ file raises (InvalidContextInput).
 import json
 import math
 import os
+import re
 import secrets
 import stat
 from collections.abc import Iterable, Iterator
@@ -55,6 +56,7 @@ MAX_DEPTH = 64
 """Deepest nesting of a line's containers; an event's is about 11 (its metadata
 at most 8), and deeper ones would exhaust the recursion limit in encoders."""
 SEALED_DETAILS_SHOWN = frozenset({"metadata_salt", "erased"})
+_HEX_64 = re.compile(r"[0-9a-f]{64}")
 _INT64 = 2**63
 _INT64_DIGITS = len(str(-_INT64))
 
@@ -345,6 +347,15 @@ class _Checker:
             for number, record in enumerate(event_records, 1)
         ]
         self.events = len(events)
+        if self.manifest.format == FORMATS[0]:
+            for number, event in enumerate(events, 1):
+                if "metadata_commitment" in event.details:
+                    _fail(
+                        number,
+                        event.version,
+                        "altered",
+                        "an event with a metadata_commitment in a format-1 export",
+                    )
         links = [
             Link(event.version, chain_hash(record), event.prev_hash)
             for event, record in zip(events, event_records, strict=True)
@@ -539,14 +550,12 @@ def _commitment_problem(details: dict[str, Any]) -> str | None:
 
 
 def _opens(commitment: str, salt: object, metadata: object) -> bool:
-    try:
-        return (
-            isinstance(salt, str)
-            and isinstance(metadata, dict)
-            and metadata_commitment(salt, metadata) == commitment
-        )
-    except ValueError:  # a salt that is not hex
-        return False
+    return (
+        isinstance(salt, str)
+        and _HEX_64.fullmatch(salt) is not None
+        and isinstance(metadata, dict)
+        and metadata_commitment(salt, metadata) == commitment
+    )
 
 
 def _line_of(links: list[Link], version: int, first_version: int) -> int:

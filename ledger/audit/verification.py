@@ -30,7 +30,7 @@ from ledger.domain.contexts import (
     project_user,
     user_aggregate_id,
 )
-from ledger.domain.events import EVENT_CLASSES, ContextEvent
+from ledger.domain.events import EVENT_CLASSES, ContextEvent, UserForgotten
 from ledger.domain.hashing import GENESIS_HASH, record_hash
 from ledger.errors import LedgerError
 from ledger.store.application import LedgerApplication
@@ -60,9 +60,10 @@ class Read:
 _ENVELOPE = frozenset(
     {"user_id", "context_id", "thread_id", "run_id", "timestamp", "prev_hash"}
 )
-_NOT_HASHED = frozenset({"sealed", "key_generation", "class_version", "format"})
+_NOT_HASHED = frozenset({"sealed", "class_version", "format"})
 """Stored fields the chain does not cover: a sealed value (its commitment is
-covered), the key generation, the class version and the stored format."""
+covered), the class version and the stored format. The key generation is
+covered only where it means something (``shape_record``)."""
 
 
 def quick_read(stored: StoredEvent, mapper: Mapper[UUID]) -> Read | None:
@@ -75,6 +76,11 @@ def quick_read(stored: StoredEvent, mapper: Mapper[UUID]) -> Read | None:
             for key, value in state.items()
             if key not in _ENVELOPE and key not in _NOT_HASHED
         }
+        if (
+            details.get("metadata_commitment") is None
+            and stored.topic != UserForgotten.TOPIC
+        ):
+            details.pop("key_generation", None)
         if "expires_at" in details:
             details["expires_at"] = json_time(details["expires_at"])
         if any(isinstance(value, datetime) for value in details.values()):

@@ -365,6 +365,19 @@ class UserContexts:
                 f"does not follow version {self.version}"
             )
             raise ValueError(msg)
+        if (
+            isinstance(event, UserForgotten)
+            or (
+                isinstance(event, CarriesMetadata)
+                and event.metadata_commitment is not None
+            )
+        ) and event.key_generation != self.key_generation:
+            msg = (
+                f"event version {event.originator_version} of user {self.user_id!r} "
+                f"names key generation {event.key_generation}, but the stream is at "
+                f"generation {self.key_generation}"
+            )
+            raise ValueError(msg)
         if isinstance(event, UserForgotten):
             self.contexts.clear()
             self._threads.clear()

@@ -68,6 +68,7 @@ class ContextEvent(BaseModel):
             data,
             getattr(self, "metadata_commitment", None),
             getattr(self, "metadata_salt", None),
+            self.key_generation,
         )
 
     def unset_ids(self) -> set[str]:
@@ -174,8 +175,14 @@ def shape_record(
     data: dict[str, Any],
     commitment: str | None,
     salt: str | None,
+    generation: int,
 ) -> dict[str, Any]:
-    """An event's JSON form (``LedgerEvent``) from its fields in JSON form."""
+    """An event's JSON form (``LedgerEvent``) from its fields in JSON form.
+
+    The key generation is shown (and so covered by the chain) where it means
+    something: on events with sealed metadata (format 2) and on ``forgotten``."""
+    if commitment is not None or kind == "forgotten":
+        data["key_generation"] = generation
     if commitment is not None:
         data["metadata_commitment"] = commitment
         if data.get("metadata") is None:
@@ -211,6 +218,7 @@ def written_record(kind: EventKind, state: dict[str, Any]) -> dict[str, Any]:
         to_jsonable_python(data),
         state.get("metadata_commitment"),
         state.get("metadata_salt"),
+        state.get("key_generation", 0),
     )
 
 

@@ -54,7 +54,7 @@ def chain_form(record: Mapping[str, Any]) -> dict[str, Any]:
     without the erasure mark; the commitment stands for them.
     """
     details = record["details"]
-    if "metadata_commitment" not in details:
+    if details.get("metadata_commitment") is None:
         return dict(record)
     kept = {k: v for k, v in details.items() if k not in SEALED_DETAILS}
     return {**record, "details": kept}

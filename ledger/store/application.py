@@ -33,7 +33,7 @@ from ledger.errors import (
 from ledger.store.backends import backend_for, safe_head
 from ledger.store.cache import AggregateCache
 from ledger.store.failures import DATABASE_ERRORS, storage_failures
-from ledger.store.keys import MasterKey
+from ledger.store.keys import KeyDestroyed, MasterKey
 from ledger.store.postgres_log import AppendOutcomeUnknown
 from ledger.store.serialization import MsgpackTranscoder, PydanticMapper
 from ledger.store.urls import Storage
@@ -89,7 +89,7 @@ class LedgerApplication(Application[UUID]):
         """The user's aggregate as stored now; an empty one for a new user."""
         aggregate_id = user_aggregate_id(user_id)
         cached = self.cache.get(aggregate_id)
-        with replaying(user_id), self.keys.reading():
+        with replaying(user_id), self.keys.reading(state=True):
             if cached is None:
                 try:
                     stored: UserContexts = self.repository.get(
@@ -131,6 +131,18 @@ class LedgerApplication(Application[UUID]):
         # runtime Protocol checks that cost more than the rest of the Python work.
         try:
             self._put(events)
+        except KeyDestroyed as destroyed:
+            # Sealed under a key destroyed since: a conflict if the user's
+            # forgotten event took the version (the retry reloads), else the key
+            # went without one (the user was damaged when forgotten).
+            if not self._taken(events[0]):
+                raise LedgerCorrupted(
+                    aggregate.user_id,
+                    f"{destroyed}, but no forgotten event was recorded (its events "
+                    "did not replay when it was forgotten); once they replay, run "
+                    "forget_user again to record the erasure",
+                ) from destroyed
+            raise
         except IntegrityError:
             # Another writer's events, or ours from a try whose reply was lost.
             if not self._ours(events[0]):
@@ -175,6 +187,18 @@ class LedgerApplication(Application[UUID]):
                     self.storage.description, again.cause, writing=True, unknown=True
                 ) from failure
 
+    def _taken(self, first: ContextEvent) -> bool:
+        """Whether an event is stored at ``first``'s version."""
+        version = first.originator_version
+        with storage_failures(self.storage):
+            return bool(
+                list(
+                    self.recorder.select_events(
+                        first.originator_id, gt=version - 1, lte=version
+                    )
+                )
+            )
+
     def _ours(self, first: ContextEvent) -> bool:
         """Whether the stored event at ``first``'s version is ``first``'s call's."""
         if first.command_id is None:
@@ -184,7 +208,7 @@ class LedgerApplication(Application[UUID]):
             with (
                 replaying(first.user_id),
                 storage_failures(self.storage),
-                self.keys.reading(),
+                self.keys.reading(state=True),
             ):
                 stored = list(
                     self.events.get(first.originator_id, gt=version - 1, lte=version)
@@ -206,7 +230,9 @@ class LedgerApplication(Application[UUID]):
         a damaged event does not stop the erasure.
         """
         stream = user_aggregate_id(user_id)
-        with storage_failures(self.storage, writing=True):
+        # Not "writing": its failure must not read as "appended nothing", since
+        # the forgotten event may be stored by then.
+        with storage_failures(self.storage):
             live = set(self.keys.live_generations(stream, below))
             sealed, plain = self._sealed_events(stream, live)
             self.keys.destroy(stream, below)
@@ -226,7 +252,7 @@ class LedgerApplication(Application[UUID]):
         """Destroys every data key of the user (whose events do not replay, so its
         current generation is unknown); returns the events erased."""
         stream = user_aggregate_id(user_id)
-        with storage_failures(self.storage, writing=True):
+        with storage_failures(self.storage):
             newest = max(self.keys.live_generations(stream, 2**62), default=-1)
         return self.destroy_keys(user_id, newest + 1)
 

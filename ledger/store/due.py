@@ -6,7 +6,6 @@ decides what is actually due.
 """
 
 import struct
-from contextlib import nullcontext
 from datetime import UTC, datetime, timedelta
 from typing import Any
 from uuid import UUID
@@ -17,7 +16,9 @@ from eventsourcing.persistence import ApplicationRecorder, Mapper, StoredEvent
 from ledger.domain.contexts import evolve_context, forgets_user
 from ledger.domain.events import EVENT_TOPICS, ContextEvent
 from ledger.domain.models import Context
+from ledger.errors import LedgerError
 from ledger.store.backends import safe_head
+from ledger.store.serialization import PydanticMapper
 
 _PAGE = 1000
 
@@ -43,6 +44,7 @@ class DueIndex:
         self._due: dict[str, bytes] = {}  # "user number/context id" -> _RECORD
         self._numbers: dict[str, int] = {}
         self._users: list[str] = []
+        self._forgotten: set[int] = set()  # users whose entries are to go
         self.damaged: dict[UUID, tuple[str, str]] = {}
         """Streams with an event the index could not decode: the user (the stream,
         when not even the user id can be read) and why."""
@@ -51,9 +53,8 @@ class DueIndex:
         """Reads the log from where it stopped up to its safe head, so never past
         an event that may still commit before it."""
         stop = safe_head(recorder)
-        keys = getattr(mapper, "keys", None)
-        with nullcontext() if keys is None else keys.reading():
-            self._read(recorder, mapper, stop)
+        self._read(recorder, mapper, stop)
+        self._flush()
 
     def _read(
         self, recorder: ApplicationRecorder, mapper: Mapper[Any], stop: int
@@ -68,7 +69,9 @@ class DueIndex:
             )
             for notification in page:
                 try:
-                    event = mapper.to_domain_event(notification)
+                    event = _decoded(mapper, notification)
+                except LedgerError:
+                    raise  # a master key that does not open the keys: a setting
                 except ValueError as error:  # MapperDeserialisationError
                     self.damaged[UUID(str(notification.originator_id))] = (
                         _user_of(notification),
@@ -80,6 +83,7 @@ class DueIndex:
                     if isinstance(event, ContextEvent):
                         self._apply(event)
                 self._position = notification.id
+            self._flush()
             if len(page) < _PAGE:
                 self._position = stop  # every event up to it has been read
 
@@ -93,18 +97,32 @@ class DueIndex:
         return sorted(self._users[int(number)] for number in numbers)
 
     def _apply(self, event: ContextEvent) -> None:
+        number = self._number(event.user_id)
         if forgets_user(event):  # it ended all of the user's contexts
-            prefix = f"{self._number(event.user_id)}/"
-            for key in [k for k in self._due if k.startswith(prefix)]:
-                del self._due[key]
+            self._forgotten.add(number)
             return
-        key = f"{self._number(event.user_id)}/{event.context_id}"
+        if number in self._forgotten:
+            self._flush()  # its contexts before the erasure go first
+        key = f"{number}/{event.context_id}"
         after = evolve_context(self._known(key, event), event)
         if after is None or after.expires_at is None or after.ttl_seconds is None:
             self._due.pop(key, None)
         else:
             micros = (after.expires_at - _EPOCH) // _MICROSECOND
             self._due[key] = _RECORD.pack(micros, after.ttl_seconds)
+
+    def _flush(self) -> None:
+        """Drops the entries of the users forgotten since the last flush: one
+        pass over the index for all of them, not one per erasure."""
+        if not self._forgotten:
+            return
+        gone = {str(number) for number in self._forgotten}
+        self._due = {
+            key: record
+            for key, record in self._due.items()
+            if key.partition("/")[0] not in gone
+        }
+        self._forgotten.clear()
 
     def _number(self, user_id: str) -> int:
         number = self._numbers.get(user_id)
@@ -133,6 +151,13 @@ class DueIndex:
             ttl_seconds=ttl,
             reuse_count=0,
         )
+
+
+def _decoded(mapper: Mapper[Any], notification: StoredEvent) -> object:
+    """The event without opening its sealed metadata (the index needs none)."""
+    if isinstance(mapper, PydanticMapper):
+        return mapper.to_domain_event(notification, opened=False)
+    return mapper.to_domain_event(notification)
 
 
 def _user_of(stored: StoredEvent) -> str:

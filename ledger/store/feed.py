@@ -26,7 +26,7 @@ from eventsourcing.persistence import ApplicationRecorder, Mapper, Notification
 from ledger.domain.contexts import user_aggregate_id
 from ledger.domain.events import EVENT_TOPICS, ContextEvent
 from ledger.domain.models import LedgerEvent
-from ledger.errors import LedgerCorrupted
+from ledger.errors import LedgerCorrupted, LedgerError
 from ledger.store.backends import Backend, as_stream_id, safe_head
 from ledger.store.failures import ActiveCalls, storage_failures
 from ledger.store.urls import Storage
@@ -296,6 +296,8 @@ class ChangeFeed(Iterator[Change]):
         problem: str | None = None
         try:
             event: Any = self._mapper.to_domain_event(notification)
+        except LedgerError:
+            raise  # a master key that does not open the keys: not this event's fault
         except ValueError as error:  # MapperDeserialisationError
             problem = str(error)
         else:

@@ -26,7 +26,7 @@ import os
 import sqlite3
 import threading
 from collections import OrderedDict
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from typing import Any
 from uuid import UUID
@@ -178,7 +178,13 @@ class KeyStore:
     def create_table(self) -> None:
         raise NotImplementedError
 
-    def _select(self, stream: str, generation: int) -> Found | None:
+    def _select(self, stream: str, generation: int, cursor: Any = None) -> Found | None:
+        raise NotImplementedError
+
+    def _select_streams(
+        self, streams: list[str], cursor: Any = None
+    ) -> dict[tuple[str, int], Found]:
+        """Every key row of these streams."""
         raise NotImplementedError
 
     def _insert(self, stream: str, generation: int, key: bytes, wrapped: bool) -> bool:
@@ -215,9 +221,19 @@ class KeyStore:
                 return
         stored, wrapped, _ = meta
         if not wrapped:
-            if self.master_key is not None and create:
-                self._update_meta(self._wrapped_check())  # from now on, wrapped
-            return
+            if self.master_key is None:
+                return
+            if not create:
+                raise LedgerConfigError(
+                    "this ledger's data keys are not wrapped by a master key yet: "
+                    "open it once with create=True and the master key to start "
+                    "wrapping new keys, or open it without one"
+                )
+            self._update_meta(self._wrapped_check())  # from now on, wrapped
+            meta = self._select(_META_STREAM, _META_GENERATION)
+            if meta is None:
+                return
+            stored, wrapped, _ = meta  # another process's may have won
         if self.master_key is None:
             raise LedgerConfigError(
                 "this ledger's data keys are wrapped by a master key: open it "
@@ -275,10 +291,16 @@ class KeyStore:
         )
         if scope is not None and (stream, generation) in scope:
             found = scope[stream, generation]
+        elif getattr(self._scope, "state", False) and (
+            known := self._known_key(stream, generation)
+        ):
+            found = known
         else:
-            found = self._load(stream, generation)
+            found = self._load(stream, generation, getattr(self._scope, "cursor", None))
             if scope is not None:
                 scope[stream, generation] = found
+            if isinstance(found, AESGCM) and getattr(self._scope, "state", False):
+                self._remember(stream, generation, found)
         if found is _MISSING:
             msg = (
                 f"no data key of generation {generation} was ever stored for "
@@ -289,17 +311,58 @@ class KeyStore:
         return found if isinstance(found, AESGCM) else None
 
     @contextmanager
-    def reading(self) -> Iterator[None]:
+    def reading(self, *, cursor: Any = None, state: bool = False) -> Iterator[None]:
         """Within it, each key is looked up once by this thread (a read of many
-        values of one user costs one lookup)."""
+        values of one user costs one lookup).
+
+        ``cursor``: look keys up on it (a transaction of the same database that
+        is open already, so a read takes no second pooled connection).
+        ``state``: the read only rebuilds the user's current state (loading the
+        aggregate), which holds nothing of what an erasure destroyed (the
+        ``forgotten`` event is stored before the key is destroyed, and ends the
+        contexts), so keys this process already knows serve without a lookup.
+        """
         if getattr(self._scope, "keys", None) is not None:
             yield
             return
-        self._scope.keys = {}
+        self._scope.keys, self._scope.cursor, self._scope.state = {}, cursor, state
         try:
             yield
         finally:
-            self._scope.keys = None
+            self._scope.keys, self._scope.cursor, self._scope.state = None, None, False
+
+    def prefetch(self, wanted: Iterable[tuple[UUID, int]]) -> None:
+        """Looks up many keys at once into the current ``reading()`` scope (a view
+        query of many users costs one statement per 500 users, not one each)."""
+        scope: dict[tuple[UUID, int], object] | None = getattr(
+            self._scope, "keys", None
+        )
+        if scope is None:
+            return
+        missing = {pair for pair in wanted if pair not in scope}
+        streams = sorted({stream for stream, _ in missing})
+        cursor = getattr(self._scope, "cursor", None)
+        for start in range(0, len(streams), 500):
+            chunk = streams[start : start + 500]
+            found = self._select_streams([s.hex for s in chunk], cursor)
+            for stream in chunk:
+                for (hexed, generation), row in found.items():
+                    if hexed == stream.hex and (stream, generation) in missing:
+                        scope[stream, generation] = self._opened(
+                            stream, generation, row
+                        )
+        for pair in missing:
+            scope.setdefault(pair, _MISSING)
+
+    def _known_key(self, stream: UUID, generation: int) -> AESGCM | None:
+        with self._lock:
+            return self._writing.get((stream, generation))
+
+    def _remember(self, stream: UUID, generation: int, cipher: AESGCM) -> None:
+        with self._lock:
+            self._writing[stream, generation] = cipher
+            if len(self._writing) > WRITE_CACHE_SIZE:
+                self._writing.popitem(last=False)
 
     def live_generations(self, stream: UUID, below: int) -> list[int]:
         """The stream's generations before ``below`` whose keys still exist."""
@@ -315,9 +378,13 @@ class KeyStore:
             scope.clear()
         self._destroy(stream.hex, below)
 
-    def _load(self, stream: UUID, generation: int) -> object:
+    def _load(self, stream: UUID, generation: int, cursor: Any = None) -> object:
         """The key (AESGCM), None for a destroyed one, or _MISSING."""
-        found = self._select(stream.hex, generation)
+        return self._opened(
+            stream, generation, self._select(stream.hex, generation, cursor)
+        )
+
+    def _opened(self, stream: UUID, generation: int, found: Found | None) -> object:
         if found is None:
             return _MISSING
         stored, wrapped, destroyed = found
@@ -343,8 +410,14 @@ class MemoryKeyStore(KeyStore):
     def create_table(self) -> None:
         """Nothing to create."""
 
-    def _select(self, stream: str, generation: int) -> Found | None:
+    def _select(self, stream: str, generation: int, cursor: Any = None) -> Found | None:
         return self._keys.get((stream, generation))
+
+    def _select_streams(
+        self, streams: list[str], cursor: Any = None
+    ) -> dict[tuple[str, int], Found]:
+        wanted = set(streams)
+        return {k: v for k, v in self._keys.items() if k[0] in wanted}
 
     def _insert(self, stream: str, generation: int, key: bytes, wrapped: bool) -> bool:
         if (stream, generation) in self._keys:
@@ -353,7 +426,8 @@ class MemoryKeyStore(KeyStore):
         return True
 
     def _update_meta(self, check: bytes) -> None:
-        self._keys[_META_STREAM, _META_GENERATION] = (check, True, False)
+        if not self._keys[_META_STREAM, _META_GENERATION][1]:
+            self._keys[_META_STREAM, _META_GENERATION] = (check, True, False)
 
     def _live(self, stream: str, below: int) -> list[int]:
         return sorted(
@@ -407,23 +481,48 @@ class SQLKeyStore(KeyStore):
                 "PRIMARY KEY (stream_id, generation))"
             )
 
-    def _select(self, stream: str, generation: int) -> Found | None:
+    def _select(self, stream: str, generation: int, cursor: Any = None) -> Found | None:
         query = self._sql(
             f"SELECT data_key, wrapped, destroyed FROM {self.table} "  # noqa: S608  (our table name)
             "WHERE stream_id = ? AND generation = ?"
         )
+        rows = self._rows(query, (stream, generation), cursor)
+        if not rows:
+            return None
+        values = rows[0]
+        return bytes(values[0]), bool(values[1]), bool(values[2])
+
+    def _select_streams(
+        self, streams: list[str], cursor: Any = None
+    ) -> dict[tuple[str, int], Found]:
+        marks = ", ".join("?" * len(streams))
+        query = self._sql(
+            "SELECT stream_id, generation, data_key, wrapped, destroyed FROM "  # noqa: S608  (our table name)
+            f"{self.table} WHERE stream_id IN ({marks})"
+        )
+        return {
+            (row[0], int(row[1])): (bytes(row[2]), bool(row[3]), bool(row[4]))
+            for row in self._rows(query, tuple(streams), cursor)
+        }
+
+    def _rows(
+        self, query: str, params: tuple[Any, ...], cursor: Any
+    ) -> list[tuple[Any, ...]]:
+        """The rows a query selects, on ``cursor`` if given (inside the caller's
+        transaction), else in a transaction of its own."""
         try:
-            with self.datastore.transaction(commit=False) as cursor:
-                cursor.execute(query, (stream, generation))
-                row = cursor.fetchone()
+            if cursor is not None:
+                cursor.execute(query, params)
+                rows = cursor.fetchall()
+            else:
+                with self.datastore.transaction(commit=False) as own:
+                    own.execute(query, params)
+                    rows = own.fetchall()
         except Exception as error:
             if _is_missing_table(error):
-                return None  # a store set up before keys existed: nothing sealed
+                return []  # a store set up before keys existed: nothing sealed
             raise
-        if row is None:
-            return None
-        values = tuple(row.values()) if isinstance(row, dict) else tuple(row)
-        return bytes(values[0]), bool(values[1]), bool(values[2])
+        return [tuple(r.values()) if isinstance(r, dict) else tuple(r) for r in rows]
 
     def _insert(self, stream: str, generation: int, key: bytes, wrapped: bool) -> bool:
         query = self._sql(
@@ -447,7 +546,7 @@ class SQLKeyStore(KeyStore):
     def _update_meta(self, check: bytes) -> None:
         query = self._sql(
             f"UPDATE {self.table} SET data_key = ?, wrapped = 1 "  # noqa: S608  (our table name)
-            "WHERE stream_id = ? AND generation = ?"
+            "WHERE stream_id = ? AND generation = ? AND wrapped = 0"
         )
         with self.datastore.transaction(commit=True) as cursor:
             cursor.execute(query, (check, _META_STREAM, _META_GENERATION))

@@ -142,7 +142,12 @@ class PydanticMapper(Mapper[UUID]):
             state=stored,
         )
 
-    def to_domain_event(self, stored_event: StoredEvent) -> DomainEventProtocol[UUID]:
+    def to_domain_event(
+        self, stored_event: StoredEvent, *, opened: bool = True
+    ) -> DomainEventProtocol[UUID]:
+        """The stored event decoded; with ``opened=False`` its sealed metadata is
+        left shut (``{}``, no key is looked up), for readers that need none of it,
+        such as the expiry index."""
         try:
             cls = TOPICS[stored_event.topic]
             data = stored_event.state
@@ -158,6 +163,9 @@ class PydanticMapper(Mapper[UUID]):
             if cls is UserSnapshot:
                 if SEALED in state:
                     self._open_snapshot(stream, state)
+            elif not opened and SEALED in state:
+                del state[SEALED]
+                state["metadata"], state["metadata_salt"] = {}, None
             elif SEALED in state or state.get("metadata_commitment") is not None:
                 self._open_event(stream, state)
             written: dict[str, Any] | None = None
@@ -228,7 +236,7 @@ class PydanticMapper(Mapper[UUID]):
             msg = "the event has a metadata commitment without sealed metadata"
             raise ValueError(msg)
         sealed = state.pop(SEALED)
-        generation = state.get("key_generation", 0)
+        generation = _generation(state)
         cipher = self._keys().for_reading(stream, generation)
         if cipher is None:
             state["metadata"] = state["metadata_salt"] = None  # erased
@@ -257,7 +265,7 @@ class PydanticMapper(Mapper[UUID]):
             msg = "the snapshot holds plain metadata beside its sealed metadata"
             raise ValueError(msg)
         sealed = state.pop(SEALED)
-        generation = state.get("key_generation", 0)
+        generation = _generation(state)
         cipher = self._keys().for_reading(stream, generation)
         contexts = state["contexts"]
         if cipher is None:
@@ -271,6 +279,18 @@ class PydanticMapper(Mapper[UUID]):
             raise ValueError(msg)
         for context, values in zip(contexts, metadata, strict=True):
             context["metadata"] = values
+
+
+def _generation(state: dict[str, Any]) -> int:
+    generation = state.get("key_generation", 0)
+    if (
+        not isinstance(generation, int)
+        or isinstance(generation, bool)
+        or not 0 <= generation < 2**62
+    ):
+        msg = f"its key generation {generation!r} is not a generation"
+        raise ValueError(msg)
+    return generation
 
 
 def _check_format(written: object) -> None:

@@ -7,7 +7,7 @@ from datetime import datetime
 
 import click
 
-from ledger import ContextLedger
+from ledger import ContextLedger, LedgerCorrupted
 from tools.cli import render
 from tools.cli.errors import reports_ledger_errors
 from tools.cli.render import utc_time
@@ -59,7 +59,11 @@ def forget(
 def _forget_one(
     ledger: ContextLedger, user_id: str, reason: str | None, *, yes: bool
 ) -> None:
-    if not ledger.history(user_id, limit=1):
+    try:
+        known = bool(ledger.history(user_id, limit=1))
+    except LedgerCorrupted:
+        known = True  # damaged: forget_user still destroys the user's keys
+    if not known:
         render.no_events(user_id, where="in this ledger: nothing was forgotten")
         return
     if not yes:
