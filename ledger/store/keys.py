@@ -557,18 +557,7 @@ class SQLKeyStore(KeyStore):
             "AND generation >= 0 AND generation < ? AND destroyed = 0 "
             "ORDER BY generation"
         )
-        try:
-            with self.datastore.transaction(commit=False) as cursor:
-                cursor.execute(query, (stream, below))
-                rows = cursor.fetchall()
-        except Exception as error:
-            if _is_missing_table(error):
-                return []
-            raise
-        return [
-            int(next(iter(row.values())) if isinstance(row, dict) else row[0])
-            for row in rows
-        ]
+        return [int(row[0]) for row in self._rows(query, (stream, below), None)]
 
     def _destroy(self, stream: str, below: int) -> None:
         delete = self._sql(
