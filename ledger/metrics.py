@@ -100,6 +100,13 @@ def metered(command: str) -> Callable[[Callable[P, T]], Callable[P, T]]:
         if _FIGURES is None:
             return method
         figures = _FIGURES
+        # The labelled series, looked up once (a lookup per call costs more than
+        # the count itself).
+        outcomes = {
+            outcome: figures.commands.labels(command, outcome)
+            for outcome in ("ok", "refused", "error")
+        }
+        latency = figures.latency.labels(command)
 
         @functools.wraps(method)
         def call(*args: P.args, **kwargs: P.kwargs) -> T:
@@ -117,18 +124,24 @@ def metered(command: str) -> Callable[[Callable[P, T]], Callable[P, T]]:
                 outcome = "ok"
                 return result
             finally:
-                figures.commands.labels(command, outcome).inc()
-                figures.latency.labels(command).observe(time.perf_counter() - started)
+                outcomes[outcome].inc()
+                latency.observe(time.perf_counter() - started)
 
         return call
 
     return decorate
 
 
+_EVENT_SERIES: dict[str, Any] = {}
+
+
 def count_events(kinds: Iterable[str]) -> None:
     if _FIGURES is not None:
         for kind in kinds:
-            _FIGURES.events.labels(kind).inc()
+            series = _EVENT_SERIES.get(kind)
+            if series is None:
+                series = _EVENT_SERIES[kind] = _FIGURES.events.labels(kind)
+            series.inc()
 
 
 def count_retry() -> None:
