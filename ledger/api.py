@@ -333,8 +333,9 @@ class ContextLedger(StorageClient):
         except LedgerError as failure:
             if appended:
                 failure.add_note(
-                    "the forgotten event was recorded, but the user's data key may "
-                    "not be destroyed yet: run forget_user again"
+                    f"the forgotten event of user {user!r} was recorded, but the "
+                    "user's data key may not be destroyed yet: run "
+                    f"forget_user({user!r}) again"
                 )
             raise
         return appended, erased

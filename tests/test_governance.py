@@ -855,3 +855,37 @@ def test_verify_export_refuses_lenient_readings(
     report = verify_export(path)
 
     assert report.fault is not None, change
+
+
+def test_a_generation_of_the_wrong_type_does_not_stop_the_erasure(
+    durable_url: str,
+) -> None:
+    with ContextLedger.open(durable_url) as ledger:
+        ledger.open_context("alice", "t1", metadata={"name": SECRET})
+        ledger.open_context("alice", "t1", metadata={"n": 1})
+    state = _state_of(durable_url, "alice", 2)
+    _store_state(durable_url, "alice", 2, {**state, "key_generation": [0]})
+    with ContextLedger.open(durable_url) as ledger, pytest.raises(LedgerCorrupted):
+        ledger.forget_user("alice")
+    live = execute_sql(
+        durable_url,
+        "SELECT generation FROM ctxledger_keys WHERE stream_id <> '' AND destroyed = 0",
+    )
+    assert live == []
+
+
+def test_a_master_key_given_by_another_process_stops_unwrapped_keys(
+    durable_url: str,
+) -> None:
+    with ContextLedger.open(durable_url) as early:
+        early.open_context("alice", "t1", metadata={"name": SECRET})
+        with ContextLedger.open(durable_url, master_key=KEY_MASTER) as later:
+            later.open_context("bob", "t1", metadata={"name": "bob"})
+        with pytest.raises(LedgerConfigError, match="master key"):
+            early.open_context("carol", "t1", metadata={"name": "carol"})
+        assert early.history("carol") == []
+    rows = execute_sql(
+        durable_url,
+        "SELECT wrapped FROM ctxledger_keys WHERE stream_id <> '' ORDER BY wrapped",
+    )
+    assert rows == [(0,), (1,)]  # alice's from before, bob's wrapped

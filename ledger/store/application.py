@@ -270,8 +270,9 @@ class LedgerApplication(Application[UUID]):
                     continue  # damaged: nothing of it can be read anyway
                 if not isinstance(state, dict):
                     continue
+                generation = state.get("key_generation", 0)
                 if "sealed" in state:
-                    sealed += state.get("key_generation", 0) in generations
+                    sealed += type(generation) is int and generation in generations
                 elif state.get("metadata"):
                     plain += 1
             if len(page) < MAX_PAGE:

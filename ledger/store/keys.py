@@ -262,6 +262,10 @@ class KeyStore:
                 return cipher
         found = _MISSING if new else self._load(stream, generation)
         if found is _MISSING:
+            if self.master_key is None:
+                # Another process may have given the ledger a master key since
+                # this one opened: a new key must not then be stored unwrapped.
+                self.check_master_key(create=False)
             key = AESGCM.generate_key(bit_length=8 * KEY_BYTES)
             stored = key
             if self.master_key is not None:
@@ -343,14 +347,12 @@ class KeyStore:
         streams = sorted({stream for stream, _ in missing})
         cursor = getattr(self._scope, "cursor", None)
         for start in range(0, len(streams), 500):
-            chunk = streams[start : start + 500]
-            found = self._select_streams([s.hex for s in chunk], cursor)
-            for stream in chunk:
-                for (hexed, generation), row in found.items():
-                    if hexed == stream.hex and (stream, generation) in missing:
-                        scope[stream, generation] = self._opened(
-                            stream, generation, row
-                        )
+            chunk = {stream.hex: stream for stream in streams[start : start + 500]}
+            found = self._select_streams(list(chunk), cursor)
+            for (hexed, generation), row in found.items():
+                stream = chunk[hexed]
+                if (stream, generation) in missing:
+                    scope[stream, generation] = self._opened(stream, generation, row)
         for pair in missing:
             scope.setdefault(pair, _MISSING)
 
