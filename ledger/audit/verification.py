@@ -30,8 +30,13 @@ from ledger.domain.contexts import (
     project_user,
     user_aggregate_id,
 )
-from ledger.domain.events import EVENT_CLASSES, ContextEvent, UserForgotten
-from ledger.domain.hashing import GENESIS_HASH, record_hash
+from ledger.domain.events import (
+    EVENT_CLASSES,
+    CarriesMetadata,
+    ContextEvent,
+    UserForgotten,
+)
+from ledger.domain.hashing import GENESIS_HASH, metadata_commitment, record_hash
 from ledger.errors import LedgerError
 from ledger.store.application import LedgerApplication
 from ledger.store.backends import as_stream_id, safe_head
@@ -118,7 +123,25 @@ def exact_read(stored: StoredEvent, mapper: Mapper[UUID]) -> Read | str:
         return f"its topic {stored.topic!r} is not an event of a context"
     if user_aggregate_id(event.user_id) != as_stream_id(stored.originator_id):
         return f"it names user {event.user_id!r}, who owns another stream"
+    if not _commitment_holds(event):
+        return "its metadata is not what its metadata_commitment was made of"
     return Read(event.user_id, event.prev_hash, record_hash(event.chain_record()))
+
+
+def _commitment_holds(event: ContextEvent) -> bool:
+    """Whether the event's shown metadata is what its commitment was made of (the
+    chain covers the commitment, so this ties the metadata to the chain)."""
+    if not isinstance(event, CarriesMetadata) or event.metadata_commitment is None:
+        return True
+    if event.metadata is None:
+        return event.metadata_salt is None  # erased: nothing to open
+    try:
+        return isinstance(event.metadata_salt, str) and (
+            metadata_commitment(event.metadata_salt, event.metadata)
+            == event.metadata_commitment
+        )
+    except (ValueError, TypeError):
+        return False
 
 
 @dataclass(slots=True)

@@ -204,7 +204,7 @@ class PydanticMapper(Mapper[UUID]):
         verification, which hashes the rest without decoding the event."""
         opened = {k: v for k, v in state.items() if k != "originator_id"}
         opened["originator_version"] = stored.originator_version
-        self._open_event(_as_uuid(stored.originator_id), opened)
+        self._open_event(_as_uuid(stored.originator_id), opened, strict=True)
 
     def _keys(self) -> KeyStore:
         if self.keys is None:
@@ -225,26 +225,44 @@ class PydanticMapper(Mapper[UUID]):
         place = place_of(_EVENT, event.originator_id, 0, event.key_generation)
         state[SEALED] = seal(cipher, place, self.transcoder.encode(plain))
 
-    def _open_event(self, stream: UUID, state: dict[str, Any]) -> None:
-        """Opens the sealed metadata; it must be what the event's commitment (which
-        the chain covers) was made of, so a sealed value altered or moved from
-        another event of the user is found when it is read."""
-        if "metadata" in state or "metadata_salt" in state:
-            msg = "the event holds plain metadata beside its sealed metadata"
+    def _open_event(
+        self, stream: UUID, state: dict[str, Any], *, strict: bool = False
+    ) -> None:
+        """Opens the sealed metadata into ``metadata`` and ``metadata_salt``.
+
+        What was stored is what is read, as for any other field: an event whose
+        metadata was altered in the database (plain metadata put beside or in
+        place of the sealed value, or a sealed value moved from another event)
+        reads with that metadata, which is then not what the event's commitment
+        (covered by the chain) was made of, so ``verify_chain`` reports it as
+        altered. ``strict`` (verification's quick path) refuses it at once. A
+        sealed value that does not open at all is damage (ValueError).
+        """
+        plain = state.pop("metadata", None)
+        plain_salt = state.pop("metadata_salt", None)
+        tampered = plain is not None or plain_salt is not None or SEALED not in state
+        if tampered and strict:
+            msg = "the event holds plain metadata where its sealed metadata belongs"
             raise ValueError(msg)
-        if SEALED not in state or not isinstance(state.get("metadata_commitment"), str):
-            msg = "the event has a metadata commitment without sealed metadata"
-            raise ValueError(msg)
-        sealed = state.pop(SEALED)
-        generation = _generation(state)
-        cipher = self._keys().for_reading(stream, generation)
-        if cipher is None:
-            state["metadata"] = state["metadata_salt"] = None  # erased
-            return
-        place = place_of(_EVENT, stream, 0, generation)
-        metadata, salt = self.transcoder.decode(unseal(cipher, place, sealed))
-        salt_hex = salt.hex()
-        if metadata_commitment(salt_hex, metadata) != state["metadata_commitment"]:
+        metadata: Any = None
+        salt_hex: Any = None
+        if SEALED in state:
+            sealed = state.pop(SEALED)
+            generation = _generation(state)
+            cipher = self._keys().for_reading(stream, generation)
+            if cipher is not None:
+                place = place_of(_EVENT, stream, 0, generation)
+                metadata, salt = self.transcoder.decode(unseal(cipher, place, sealed))
+                salt_hex = salt.hex() if isinstance(salt, bytes) else salt
+        if plain is not None:
+            metadata = plain
+        if plain_salt is not None:
+            salt_hex = plain_salt
+        if (
+            strict
+            and metadata is not None
+            and metadata_commitment(salt_hex, metadata) != state["metadata_commitment"]
+        ):
             msg = "its sealed metadata is not what its metadata_commitment was made of"
             raise ValueError(msg)
         state["metadata"], state["metadata_salt"] = metadata, salt_hex
