@@ -9,7 +9,7 @@ from typing import Any, cast
 from uuid import UUID
 
 from eventsourcing.application import AggregateNotFoundError, Application
-from eventsourcing.persistence import IntegrityError, PersistenceError
+from eventsourcing.persistence import IntegrityError, PersistenceError, StoredEvent
 from eventsourcing.utils import Environment, get_topic
 
 from ledger import metrics
@@ -189,37 +189,35 @@ class LedgerApplication(Application[UUID]):
 
     def _taken(self, first: ContextEvent) -> bool:
         """Whether an event is stored at ``first``'s version."""
-        version = first.originator_version
         with storage_failures(self.storage):
-            return bool(
-                list(
-                    self.recorder.select_events(
-                        first.originator_id, gt=version - 1, lte=version
-                    )
-                )
-            )
+            return self._stored_at(first) is not None
 
     def _ours(self, first: ContextEvent) -> bool:
-        """Whether the stored event at ``first``'s version is ``first``'s call's."""
+        """Whether the stored event at ``first``'s version is ``first``'s call's:
+        its command id is read from the stored state, nothing else is decoded."""
         if first.command_id is None:
             return False
-        version = first.originator_version
         try:
-            with (
-                replaying(first.user_id),
-                storage_failures(self.storage),
-                self.keys.reading(state=True),
-            ):
-                stored = list(
-                    self.events.get(first.originator_id, gt=version - 1, lte=version)
-                )
+            with storage_failures(self.storage):
+                stored = self._stored_at(first)
         except StorageUnavailable as unreadable:
             raise StorageUnavailable(
                 self.storage.description, unreadable.cause, writing=True, unknown=True
             ) from unreadable
-        return bool(stored) and getattr(stored[0], "command_id", None) == (
-            first.command_id
+        if stored is None:
+            return False
+        try:
+            state = self.mapper.transcoder.decode(stored.state)
+        except (ValueError, TypeError, OverflowError):
+            return False  # damaged: not ours; the retry's reload reports it
+        return isinstance(state, dict) and state.get("command_id") == first.command_id
+
+    def _stored_at(self, first: ContextEvent) -> StoredEvent | None:
+        version = first.originator_version
+        found = self.recorder.select_events(
+            first.originator_id, gt=version - 1, lte=version
         )
+        return found[0] if found else None
 
     def destroy_keys(self, user_id: str, below: int) -> int:
         """Destroys the user's data keys of generations before ``below`` (and the
