@@ -383,7 +383,7 @@ class ContextLedger(StorageClient):
         user = validation.identifier("user_id", user_id)
         start, end = validation.period(since, until)
         most = None if limit is None else validation.positive_int("limit", limit)
-        events = self._history.events_between(user, start, end)
+        events = self._history.records_between(user, start, end)
         return [event.to_ledger_event() for event in islice(events, most)]
 
     def contexts_as_of(self, user_id: str, as_of: datetime) -> list[Context]:

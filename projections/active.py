@@ -4,12 +4,11 @@ A context stays here until its expiry or clearing is recorded, so one whose time
 to live has run out shows up in ``expiring_before(now)`` until ``expire_due`` runs.
 """
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from datetime import datetime
 from typing import Any, ClassVar, cast
 
-from ledger.domain.contexts import evolve_context, forgets_user
-from ledger.domain.events import CarriesMetadata, ContextCreated
+from ledger.domain.contexts import ContextFields, evolve_fields, forgets_user
 from ledger.domain.models import Context
 from ledger.errors import LedgerCorrupted, LedgerError
 from projections.sealing import ERASED, is_sealed, open_json, prefetch, seal_json
@@ -42,7 +41,11 @@ class ActiveContextsView(View):
 
     def apply(self, tx: Tx, names: Names, events: Sequence[Positioned]) -> None:
         table = names["active_contexts"]
-        contexts = self._stored(tx, names, _needed(events))
+        contexts: dict[str, ContextFields | None] = {
+            cid: dict(context.__dict__)
+            for cid, context in self._stored(tx, names, _needed(events)).items()
+            if context is not None
+        }
         sealing: dict[str, int | None] = {}  # context -> its key generation
         for _, event in events:
             if forgets_user(event):
@@ -50,19 +53,16 @@ class ActiveContextsView(View):
                 continue
             # A ValueError (an event that does not follow the stored row) stops
             # the view with ViewCannotApply, naming the event (processing.py).
-            contexts[event.context_id] = evolve_context(
+            contexts[event.context_id] = evolve_fields(
                 contexts.get(event.context_id), event
             )
             sealing[event.context_id] = (
-                event.key_generation
-                if isinstance(event, CarriesMetadata)
-                and event.metadata_commitment is not None
-                else None
+                event.key_generation if event.sealed_metadata else None
             )
         ended = [(cid,) for cid, context in contexts.items() if context is None]
         tx.run_many(f"DELETE FROM {table} WHERE context_id = ?", ended)
         live = [
-            _row(tx, c, sealing.get(c.context_id))
+            _row(tx, c, sealing.get(c["context_id"]))
             for c in contexts.values()
             if c is not None
         ]
@@ -76,7 +76,7 @@ class ActiveContextsView(View):
     def differences(
         self, tx: Tx, names: Names, events: Iterable[Positioned]
     ) -> list[str]:
-        expected: dict[str, Context | None] = {}
+        expected: dict[str, ContextFields | None] = {}
         of_user: dict[str, set[str]] = {}  # contexts each user has in expected
         for position, event in events:
             if forgets_user(event):
@@ -85,7 +85,7 @@ class ActiveContextsView(View):
                 continue
             of_user.setdefault(event.user_id, set()).add(event.context_id)
             try:
-                expected[event.context_id] = evolve_context(
+                expected[event.context_id] = evolve_fields(
                     expected.get(event.context_id), event
                 )
             except ValueError as error:  # the ledger's own events do not replay
@@ -97,7 +97,7 @@ class ActiveContextsView(View):
             "context",
             COLUMNS,
             {cid: _values(c) for cid, c in expected.items() if c is not None},
-            {c.context_id: _values(c) for c in actual},
+            {c.context_id: _values(c.__dict__) for c in actual},
         )
 
     def query(
@@ -154,7 +154,7 @@ def _needed(events: Sequence[Positioned]) -> list[str]:
     created: set[str] = set()
     needed: set[str] = set()
     for _, event in events:
-        if isinstance(event, ContextCreated):
+        if event.KIND == "created":
             created.add(event.context_id)
         elif not forgets_user(event) and event.context_id not in created:
             needed.add(event.context_id)
@@ -162,11 +162,11 @@ def _needed(events: Sequence[Positioned]) -> list[str]:
 
 
 def _forget(
-    tx: Tx, table: str, user_id: str, contexts: dict[str, Context | None]
+    tx: Tx, table: str, user_id: str, contexts: dict[str, ContextFields | None]
 ) -> None:
     """The user's erasure ended all of the user's contexts."""
     for cid, context in contexts.items():
-        if context is not None and context.user_id == user_id:
+        if context is not None and context["user_id"] == user_id:
             contexts[cid] = None
     for (cid,) in tx.rows(
         f"SELECT context_id FROM {table} WHERE user_id = ?", (user_id,)
@@ -178,12 +178,12 @@ _METADATA = COLUMNS.index("metadata")
 _USER = COLUMNS.index("user_id")
 
 
-def _row(tx: Tx, context: Context, generation: int | None) -> tuple[Any, ...]:
+def _row(tx: Tx, context: ContextFields, generation: int | None) -> tuple[Any, ...]:
     """The row of a context; its metadata sealed when its events are (format 2)."""
-    row = ROWS.params(tx.dialect, context)
     if generation is None:
-        return row
-    sealed = seal_json(tx.keys, context.user_id, generation, context.metadata)
+        return ROWS.params_of(tx.dialect, context)
+    sealed = seal_json(tx.keys, context["user_id"], generation, context["metadata"])
+    row = ROWS.params_of(tx.dialect, {**context, "metadata": None})
     cell = sealed if sealed is not None else ERASED
     return (*row[:_METADATA], cell, *row[_METADATA + 1 :])
 
@@ -206,5 +206,5 @@ def _context(tx: Tx, row: tuple[Any, ...]) -> Context:
     return context.model_copy(update={"metadata": metadata})
 
 
-def _values(context: Context) -> tuple[object, ...]:
-    return tuple(getattr(context, column) for column in COLUMNS)
+def _values(context: Mapping[str, Any]) -> tuple[object, ...]:
+    return tuple(context[column] for column in COLUMNS)

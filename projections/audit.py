@@ -1,14 +1,24 @@
 """The compliance audit view: one row per event, in ledger order."""
 
+import json
 from collections.abc import Iterable, Iterator, Sequence
 from datetime import datetime
 from typing import Any, ClassVar, cast
 
-from ledger.domain.events import CarriesMetadata, ContextEvent
+import orjson
+
 from ledger.domain.models import EventKind
 from ledger.errors import LedgerError
+from ledger.store.records import EventRecord
 from projections.models import AuditRow
-from projections.sealing import ERASED, is_sealed, open_json, prefetch, seal_json
+from projections.sealing import (
+    ERASED,
+    event_cell,
+    is_sealed,
+    open_json,
+    prefetch,
+    seal_json,
+)
 from projections.store import Tx
 from projections.view import MAX_SHOWN, ModelColumns, Names, Positioned, Table, View
 
@@ -32,8 +42,18 @@ class AuditView(View):
     )
 
     def apply(self, tx: Tx, names: Names, events: Sequence[Positioned]) -> None:
+        time_param = tx.dialect.time_param
         rows = [
-            ROWS.params(tx.dialect, _sealed(tx, event, audit_row((position, event))))
+            (
+                position,
+                event.user_id,
+                event.KIND,
+                event.context_id,
+                event.thread_id,
+                event.run_id,
+                time_param(event.timestamp),
+                _json_text(_sealed(tx, event), plain=event.plain_json),
+            )
             for position, event in events
         ]
         marks = ", ".join("?" * len(COLUMNS))
@@ -103,7 +123,6 @@ class AuditView(View):
 
 def audit_row(positioned: Positioned) -> AuditRow:
     position, event = positioned
-    record = event.ledger_record()
     return AuditRow.model_construct(
         position=position,
         user_id=event.user_id,
@@ -112,26 +131,41 @@ def audit_row(positioned: Positioned) -> AuditRow:
         thread_id=event.thread_id,
         run_id=event.run_id,
         occurred_at=event.timestamp,
-        details=record["details"],
+        details=event.details,
     )
 
 
-def _sealed(tx: Tx, event: ContextEvent, row: AuditRow) -> AuditRow:
-    """The row with its personal data (metadata and the salt that opens its
-    commitment) sealed under the user's key, as the ledger stores them."""
-    if not isinstance(event, CarriesMetadata) or event.metadata_commitment is None:
-        return row
-    if event.metadata is None:
-        return row  # erased already: nothing personal is left
-    details = {k: v for k, v in row.details.items() if k not in _PERSONAL}
+def _json_text(details: dict[str, Any], *, plain: bool) -> str:
+    """The details as the JSON text the view stores: what ``json.dumps`` writes,
+    by orjson where the values are plain JSON it writes alike (strings, finite
+    floats, integers of 64 bits), which the fast decoder checked."""
+    if plain:
+        try:
+            return orjson.dumps(details).decode("utf-8")
+        except orjson.JSONEncodeError:
+            pass  # an integer beyond 64 bits, say
+    return json.dumps(details, ensure_ascii=False)
+
+
+def _sealed(tx: Tx, event: EventRecord) -> dict[str, Any]:
+    """The row's details with its personal data (metadata and the salt that opens
+    its commitment) sealed under the user's key, as the ledger stores them: the
+    event's own sealed value when the record holds it, else sealed anew."""
+    details = event.details
+    if not event.sealed_metadata or details.get("metadata") is None:
+        return details  # format 1, no metadata, or erased: nothing to seal
+    kept = {k: v for k, v in details.items() if k not in _PERSONAL}
+    if event.sealed is not None:
+        kept[SEALED] = event_cell(event.key_generation, event.sealed)
+        return kept
     sealed = seal_json(
         tx.keys,
         event.user_id,
         event.key_generation,
-        [event.metadata, event.metadata_salt],
+        [details["metadata"], details.get("metadata_salt")],
     )
-    details[SEALED] = sealed if sealed is not None else ERASED
-    return row.model_copy(update={"details": details})
+    kept[SEALED] = sealed if sealed is not None else ERASED
+    return kept
 
 
 def _audit_rows(tx: Tx, rows: list[tuple[Any, ...]]) -> list[AuditRow]:

@@ -16,8 +16,9 @@ from ledger.domain.contexts import (
     opens_context,
     user_aggregate_id,
 )
-from ledger.domain.events import ContextEvent, ContextReused, from_ledger_event
+from ledger.domain.events import ContextEvent, from_ledger_event
 from ledger.domain.models import LedgerEvent
+from ledger.store.records import EventRecord
 from projections.models import ContinuityFigures
 from projections.store import Tx
 from projections.view import Names, Positioned, Table, View, compare_rows
@@ -37,7 +38,7 @@ class Continuity:
     # user -> threads it has in open_threads (so an erasure finds them at once)
     threads_of: dict[str, set[str]] = field(default_factory=dict)
 
-    def apply(self, position: int, event: ContextEvent) -> None:
+    def apply(self, position: int, event: ContextEvent | EventRecord) -> None:
         counts = self.counts.setdefault(event.user_id, Counter())
         if forgets_user(event):  # no counter: the figures stay as they were
             for thread_id in self.threads_of.pop(event.user_id, ()):
@@ -55,7 +56,7 @@ class Continuity:
         elif ends_context(event):
             if self.open_threads.get(thread) == event.context_id:
                 self.open_threads[thread] = None
-        elif isinstance(event, ContextReused) and event.reuse_count == 1:
+        elif event.KIND == "reused" and getattr(event, "reuse_count", 0) == 1:
             counts["first_reuses"] += 1
 
 

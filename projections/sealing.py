@@ -1,7 +1,9 @@
 """Personal data in the views: sealed under the user's data key, as in the ledger.
 
 A view keeps metadata as ``sealed:<generation>:<base64>`` text, sealed with the
-same per-user key as the events it came from. Once ``forget_user`` destroys that
+same per-user key as the events it came from; or, where it keeps an event's own
+sealed value unchanged (the audit view), as ``sealed:event:<generation>:<base64>``,
+which opens as the event's ``[metadata, salt]``. Once ``forget_user`` destroys that
 key, the view's copy is erased with the ledger's, without rewriting the view, and
 no plaintext metadata is ever written to the views' tables. Values of events
 stored before sealing (format 1) are kept as plain JSON, as the ledger keeps them.
@@ -15,11 +17,20 @@ from typing import Any, cast
 
 from ledger.domain.contexts import user_aggregate_id
 from ledger.store.keys import KeyStore, place_of, seal, unseal
+from ledger.store.serialization import _EVENT as EVENT_PLACE
+from ledger.store.serialization import MsgpackTranscoder
 
 PREFIX = "sealed:"
 ERASED = f"{PREFIX}erased"
 """The cell of a value whose key was destroyed before the view stored it."""
 _PLACE = b"ctxledger view"
+_EVENT_CELL = f"{PREFIX}event:"
+
+
+def event_cell(generation: int, sealed: bytes) -> str:
+    """An event's sealed value as stored (``[metadata, salt]`` in msgpack, sealed
+    by the mapper) as a view's cell: no key is needed to write it."""
+    return f"{_EVENT_CELL}{generation}:{base64.b64encode(sealed).decode('ascii')}"
 
 
 def seal_json(keys: KeyStore, user_id: str, generation: int, value: Any) -> str | None:
@@ -39,7 +50,9 @@ def prefetch(keys: KeyStore, cells: Iterable[tuple[str, object]]) -> None:
     wanted = []
     for user_id, cell in cells:
         if is_sealed(cell) and cell != ERASED:
-            generation = cast(str, cell)[len(PREFIX) :].partition(":")[0]
+            text = cast(str, cell)
+            start = len(_EVENT_CELL) if text.startswith(_EVENT_CELL) else len(PREFIX)
+            generation = text[start:].partition(":")[0]
             if generation.isdigit():
                 wanted.append((user_aggregate_id(user_id), int(generation)))
     keys.prefetch(wanted)
@@ -54,7 +67,9 @@ def open_json(keys: KeyStore, user_id: str, cell: str) -> tuple[bool, Any]:
     key is destroyed. ValueError if the cell is not one this module wrote."""
     if cell == ERASED:
         return False, None
-    generation_text, _, payload = cell[len(PREFIX) :].partition(":")
+    of_event = cell.startswith(_EVENT_CELL)
+    start = len(_EVENT_CELL) if of_event else len(PREFIX)
+    generation_text, _, payload = cell[start:].partition(":")
     generation = int(generation_text)  # ValueError if not a number
     stream = user_aggregate_id(user_id)
     cipher = keys.for_reading(stream, generation)
@@ -65,5 +80,9 @@ def open_json(keys: KeyStore, user_id: str, cell: str) -> tuple[bool, Any]:
     except (UnicodeEncodeError, binascii.Error) as error:
         msg = f"a sealed cell is not base64: {error}"
         raise ValueError(msg) from None
+    if of_event:
+        plain = unseal(cipher, place_of(EVENT_PLACE, stream, 0, generation), sealed)
+        metadata, salt = MsgpackTranscoder().decode(plain)
+        return True, [metadata, salt.hex() if isinstance(salt, bytes) else salt]
     plain = unseal(cipher, place_of(_PLACE, stream, 0, generation), sealed)
     return True, json.loads(plain)

@@ -10,19 +10,19 @@ import secrets
 import types
 import typing
 from abc import ABC, abstractmethod
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, ClassVar, Generic, TypeVar
 
 from pydantic import AwareDatetime, BaseModel
 
-from ledger.domain.events import ContextEvent
 from ledger.store.backends import Dialect
+from ledger.store.records import EventRecord
 from projections.sealing import is_sealed
 from projections.store import Tx
 
-Positioned = tuple[int, ContextEvent]
+Positioned = tuple[int, EventRecord]
 """An event with its position: its notification id in the ledger."""
 
 MAX_SHOWN = 20  # differences reported per view
@@ -83,8 +83,12 @@ class ModelColumns(Generic[M]):
 
     def params(self, dialect: Dialect, value: M) -> tuple[Any, ...]:
         """The row of ``value`` as parameters of an INSERT."""
+        return self.params_of(dialect, value.__dict__)
+
+    def params_of(self, dialect: Dialect, fields: Mapping[str, Any]) -> tuple[Any, ...]:
+        """The row of a value given as its fields, as parameters of an INSERT."""
         return tuple(
-            _param(dialect, kind, getattr(value, name))
+            _param(dialect, kind, fields[name])
             for name, (kind, _) in zip(self.names, self._kinds, strict=True)
         )
 
@@ -180,13 +184,25 @@ class View(ABC):
         position); empty when they are equal."""
 
 
-def create_tables(tx: Tx, view: View, generation: Generation) -> None:
-    """Creates the generation's tables, dropping any left by an earlier attempt."""
+def create_tables(
+    tx: Tx, view: View, generation: Generation, *, indexed: bool = True
+) -> None:
+    """Creates the generation's tables, dropping any left by an earlier attempt;
+    without their indexes unless ``indexed`` (a rebuild fills its tables first and
+    indexes them once, which is cheaper than keeping indexes while it loads)."""
     dialect = tx.dialect
     for table in view.tables:
         name = dialect.table(generation.physical(table.name))
         tx.run(f"DROP TABLE IF EXISTS {name}")
         tx.run(f"CREATE TABLE {name} ({table.columns.format(**dialect.types)})")
+    if indexed:
+        create_indexes(tx, view, generation)
+
+
+def create_indexes(tx: Tx, view: View, generation: Generation) -> None:
+    """Creates the indexes of the generation's tables."""
+    for table in view.tables:
+        name = tx.dialect.table(generation.physical(table.name))
         for columns in table.indexes:
             # Index names are unique per schema and survive renames: so each build
             # gets fresh ones.

@@ -10,6 +10,7 @@ import logging
 from collections.abc import Callable, Iterator
 from datetime import datetime
 from itertools import takewhile
+from typing import TypeVar
 from uuid import UUID
 
 from eventsourcing.persistence import MapperDeserialisationError
@@ -18,8 +19,10 @@ from ledger.domain.contexts import UserContexts, UserSnapshot, user_aggregate_id
 from ledger.domain.events import ContextEvent
 from ledger.domain.hashing import record_hash
 from ledger.store.application import FIRST_PAGE, SNAPSHOT_INTERVAL, LedgerApplication
+from ledger.store.records import EventRecord
 
 _log = logging.getLogger(__name__)
+E = TypeVar("E", ContextEvent, EventRecord)
 
 
 class History:
@@ -42,19 +45,35 @@ class History:
         self, user_id: str, since: datetime | None, until: datetime | None
     ) -> Iterator[ContextEvent]:
         """The user's events with ``since <= occurred_at < until``, in order."""
+        return self._between(self.app.events_after, user_id, since, until)
+
+    def records_between(
+        self, user_id: str, since: datetime | None, until: datetime | None
+    ) -> Iterator[EventRecord]:
+        """``events_between`` read into records: for the auditor's history, which
+        needs each event's JSON form, not its domain model."""
+        return self._between(self.app.records_after, user_id, since, until)
+
+    def _between(
+        self,
+        read: Callable[[str, int, int], Iterator[E]],
+        user_id: str,
+        since: datetime | None,
+        until: datetime | None,
+    ) -> Iterator[E]:
         after = 0
         if since is not None:
             snapshot = self.snapshot_before(user_id, lambda at: at < since)
             after = 0 if snapshot is None else snapshot.originator_version
-        for event in self.app.events_after(user_id, after, FIRST_PAGE):
+        for event in read(user_id, after, FIRST_PAGE):
             if until is not None and event.timestamp >= until:
                 return
             if since is None or event.timestamp >= since:
                 yield event
 
-    def of_context(self, user_id: str, context_id: str) -> Iterator[ContextEvent]:
+    def of_context(self, user_id: str, context_id: str) -> Iterator[EventRecord]:
         """Every event of one of the user's contexts, in order."""
-        for event in self.app.events_after(user_id, 0):
+        for event in self.app.records_after(user_id, 0):
             if event.context_id == context_id:
                 yield event
 

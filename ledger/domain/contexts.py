@@ -5,7 +5,7 @@ from collections.abc import Iterable, Iterator
 from datetime import UTC, datetime, timedelta
 from functools import lru_cache
 from secrets import token_hex
-from typing import Any, ClassVar, Self
+from typing import Any, ClassVar, Protocol, Self, cast
 from uuid import UUID, uuid4, uuid5
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -27,7 +27,7 @@ from ledger.domain.hashing import (
     metadata_commitment,
     record_hash,
 )
-from ledger.domain.models import Context, LedgerEvent, UtcDatetime
+from ledger.domain.models import Context, EventKind, LedgerEvent, UtcDatetime
 from ledger.domain.validation import check_merged_size
 from ledger.errors import ContextLimitExceeded, ContextNotFound
 
@@ -425,69 +425,129 @@ ENDING: tuple[type[ContextEvent], ...] = (ContextExpired, ContextCleared)
 """The events after which a context is no longer active."""
 
 
-def opens_context(event: ContextEvent) -> bool:
+ENDING_KINDS = frozenset(cls.KIND for cls in ENDING)
+_EVENT_NAMES: dict[str, str] = {
+    cls.KIND: cls.__name__
+    for cls in (
+        ContextCreated,
+        ContextReused,
+        ContextUpdated,
+        ContextExpired,
+        ContextCleared,
+        UserForgotten,
+    )
+}
+
+
+class Change(Protocol):
+    """What ``evolve_context`` reads of an event: a domain event, or the record
+    the read side decodes without pydantic (``ledger.store.records``)."""
+
+    @property
+    def KIND(self) -> EventKind: ...  # noqa: N802  (the events' class attribute)
+    @property
+    def timestamp(self) -> datetime: ...
+    @property
+    def user_id(self) -> str: ...
+    @property
+    def context_id(self) -> str: ...
+    @property
+    def thread_id(self) -> str: ...
+    @property
+    def run_id(self) -> str | None: ...
+
+
+def opens_context(event: Change) -> bool:
     """Whether ``event`` starts a new context (``evolve_context``'s first rule)."""
-    return isinstance(event, ContextCreated)
+    return event.KIND == "created"
 
 
-def forgets_user(event: ContextEvent) -> bool:
+def forgets_user(event: Change) -> bool:
     """Whether ``event`` erased the user: it ends every context of the user."""
-    return isinstance(event, UserForgotten)
+    return event.KIND == "forgotten"
 
 
-def ends_context(event: ContextEvent) -> bool:
+def ends_context(event: Change) -> bool:
     """Whether ``event`` ends its context (``evolve_context`` returns None)."""
-    return isinstance(event, ENDING)
+    return event.KIND in ENDING_KINDS
 
 
-def evolve_context(context: Context | None, event: ContextEvent) -> Context | None:
+ContextFields = dict[str, Any]
+"""A context as its fields (``Context``'s), for the read side's fast paths."""
+
+
+def evolve_context(context: Context | None, event: Change) -> Context | None:
     """The context after ``event``: None once it is expired or cleared.
 
-    The one place that says how events change a context and when it expires: the
-    aggregate, the views, the expiry index and the report all use it.
+    The aggregate, the expiry index and the report use it; the views use
+    ``evolve_fields``, the same transition on a context's fields.
+    """
+    fields = evolve_fields(None if context is None else context.__dict__, event)
+    return None if fields is None else Context.model_construct(**fields)
+
+
+def evolve_fields(context: ContextFields | None, event: Change) -> ContextFields | None:
+    """A context's fields after ``event`` (a new dict); None once it is expired or
+    cleared.
+
+    The one place that says how events change a context and when it expires, on
+    domain events or on the records the read side decodes straight from storage
+    (``ledger.store.records``). The events were validated when written, so the
+    values are not validated again.
     """
     at = event.timestamp
-    if forgets_user(event):
+    kind = event.KIND
+    if kind == "forgotten":
         return None
-    if isinstance(event, ContextCreated):
-        return Context(
-            context_id=event.context_id,
-            user_id=event.user_id,
-            thread_id=event.thread_id,
-            run_id=event.run_id,
-            metadata=event.metadata if event.metadata is not None else {},
-            created_at=at,
-            last_used_at=at,
-            expires_at=expiry_time(at, event.ttl_seconds),
-            ttl_seconds=event.ttl_seconds,
-            erased=event.metadata is None,
-        )
+    if kind == "created":
+        metadata = cast(dict[str, Any] | None, getattr(event, "metadata"))  # noqa: B009
+        ttl = cast(float | None, getattr(event, "ttl_seconds"))  # noqa: B009
+        return {
+            "context_id": event.context_id,
+            "user_id": event.user_id,
+            "thread_id": event.thread_id,
+            "run_id": event.run_id,
+            "metadata": dict(metadata) if metadata is not None else {},
+            "created_at": at,
+            "last_used_at": at,
+            "expires_at": expiry_time(at, ttl),
+            "ttl_seconds": ttl,
+            "reuse_count": 0,
+            "erased": metadata is None,
+        }
     if context is None:
         msg = (
-            f"{type(event).__name__} of context {event.context_id!r}, which is not "
-            "active"
+            f"{_EVENT_NAMES[event.KIND]} of context {event.context_id!r}, which is "
+            "not active"
         )
         raise ValueError(msg)
-    if ends_context(event):
+    if kind in ENDING_KINDS:
         return None
-    if not isinstance(event, ContextReused | ContextUpdated):
-        msg = f"{type(event).__name__} is not an event that changes a context"
+    if kind not in ("reused", "updated"):
+        msg = f"{_EVENT_NAMES[kind]} is not an event that changes a context"
         raise TypeError(msg)
-    ttl = event.ttl_seconds if isinstance(event, ContextReused) else context.ttl_seconds
-    erased = context.erased or event.metadata is None
-    changes: dict[str, Any] = {
+    reused = kind == "reused"
+    patch = cast(dict[str, Any] | None, getattr(event, "metadata"))  # noqa: B009
+    ttl = (
+        cast(float | None, getattr(event, "ttl_seconds"))  # noqa: B009
+        if reused
+        else context["ttl_seconds"]
+    )
+    erased = context["erased"] or patch is None
+    return {
+        **context,
         "run_id": event.run_id,
         "metadata": {}
-        if erased or event.metadata is None
-        else merge_metadata(context.metadata, event.metadata),
+        if erased or patch is None
+        else merge_metadata(context["metadata"], patch),
         "erased": erased,
         "last_used_at": at,
         "expires_at": expiry_time(at, ttl),
         "ttl_seconds": ttl,
+        "reuse_count": cast(int, getattr(event, "reuse_count"))  # noqa: B009
+        if reused
+        else context["reuse_count"],
     }
-    if isinstance(event, ContextReused):
-        changes["reuse_count"] = event.reuse_count
-    return context.model_copy(update=changes)
 
 
 def contexts_through(

@@ -35,6 +35,7 @@ from ledger.store.cache import AggregateCache
 from ledger.store.failures import DATABASE_ERRORS, storage_failures
 from ledger.store.keys import KeyDestroyed, MasterKey
 from ledger.store.postgres_log import AppendOutcomeUnknown
+from ledger.store.records import EventRecord, RecordReader
 from ledger.store.serialization import MsgpackTranscoder, PydanticMapper
 from ledger.store.urls import Storage
 
@@ -84,6 +85,7 @@ class LedgerApplication(Application[UUID]):
             self.keys.create_table()
         self.keys.check_master_key(create=create)
         cast(PydanticMapper, self.mapper).keys = self.keys
+        self.records = RecordReader(cast(PydanticMapper, self.mapper), self.keys)
 
     def load(self, user_id: str, now: datetime) -> UserContexts:
         """The user's aggregate as stored now; an empty one for a new user."""
@@ -351,6 +353,27 @@ class LedgerApplication(Application[UUID]):
             for event in page:
                 if isinstance(event, ContextEvent):
                     yield event
+            if len(page) < size:
+                return
+            version = page[-1].originator_version
+            size = min(size * 2, MAX_PAGE)
+
+    def records_after(
+        self, user_id: str, version: int, first_page: int = 1000
+    ) -> Iterator[EventRecord]:
+        """``events_after`` read into records (``ledger.store.records``): what
+        history reads need, decoded straight from the stored states."""
+        aggregate_id = user_aggregate_id(user_id)
+        size = first_page
+        while True:
+            with replaying(user_id), self.keys.reading():
+                page = self.recorder.select_events(aggregate_id, gt=version, limit=size)
+                records = [
+                    self.records.read(stored)
+                    for stored in page
+                    if stored.topic in EVENT_TOPICS
+                ]
+            yield from records
             if len(page) < size:
                 return
             version = page[-1].originator_version

@@ -356,6 +356,27 @@ class KeyStore:
         for pair in missing:
             scope.setdefault(pair, _MISSING)
 
+    def prefetch_streams(self, streams: Iterable[UUID]) -> None:
+        """Looks up every key of these streams at once into the current
+        ``reading()`` scope (a page of the log costs one statement per 500
+        users); a generation without a row is left to ``for_reading`` to find
+        missing."""
+        scope: dict[tuple[UUID, int], object] | None = getattr(
+            self._scope, "keys", None
+        )
+        if scope is None:
+            return
+        cursor = getattr(self._scope, "cursor", None)
+        ordered = sorted(set(streams))
+        for start in range(0, len(ordered), 500):
+            chunk = {stream.hex: stream for stream in ordered[start : start + 500]}
+            for (hexed, generation), row in self._select_streams(
+                list(chunk), cursor
+            ).items():
+                stream = chunk[hexed]
+                if (stream, generation) not in scope:
+                    scope[stream, generation] = self._opened(stream, generation, row)
+
     def _known_key(self, stream: UUID, generation: int) -> AESGCM | None:
         with self._lock:
             return self._writing.get((stream, generation))
