@@ -56,8 +56,7 @@ class AuditView(View):
             )
             for position, event in events
         ]
-        marks = ", ".join("?" * len(COLUMNS))
-        tx.run_many(f"INSERT INTO {names['audit']} ({_SELECT}) VALUES ({marks})", rows)
+        tx.insert(names["audit"], COLUMNS, rows)
 
     def differences(
         self, tx: Tx, names: Names, events: Iterable[Positioned]

@@ -32,6 +32,11 @@ class Tx:
         if rows:
             self.cursor.executemany(self.dialect.statement(text), rows)
 
+    def insert(self, table: str, columns: Sequence[str], rows: Sequence[Any]) -> None:
+        """Inserts many rows: COPY on PostgreSQL, executemany on SQLite."""
+        if rows:
+            self.dialect.insert(self.cursor, table, columns, rows)
+
     def rows(self, text: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
         self.run(text, params)
         return [self.dialect.row(row) for row in self.cursor.fetchall()]

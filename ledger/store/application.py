@@ -367,16 +367,18 @@ class LedgerApplication(Application[UUID]):
         size = first_page
         while True:
             with replaying(user_id), self.keys.reading():
-                page = self.recorder.select_events(aggregate_id, gt=version, limit=size)
+                page = self.backend.stream_rows(
+                    self.recorder, aggregate_id, version, size
+                )
                 records = [
-                    self.records.read(stored)
-                    for stored in page
-                    if stored.topic in EVENT_TOPICS
+                    self.records.read_row(aggregate_id, *row)
+                    for row in page
+                    if row[1] in EVENT_TOPICS
                 ]
             yield from records
             if len(page) < size:
                 return
-            version = page[-1].originator_version
+            version = page[-1][0]
             size = min(size * 2, MAX_PAGE)
 
     def replay(

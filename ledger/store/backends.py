@@ -8,7 +8,7 @@ and the few queries the library has no call for.
 
 import re
 import sqlite3
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager, nullcontext
 from datetime import UTC, datetime
 from pathlib import Path
@@ -59,6 +59,9 @@ class Dialect(Protocol):
     def snapshot(self, cursor: Any) -> None: ...
     def row(self, stored: Any) -> tuple[Any, ...]: ...
     def exists(self, cursor: Any, name: str) -> bool: ...
+    def insert(
+        self, cursor: Any, table: str, columns: Sequence[str], rows: Sequence[Any]
+    ) -> None: ...
 
 
 def checked_identifier(name: str) -> str:
@@ -110,6 +113,14 @@ class SQLiteDialect:
     def row(self, stored: Any) -> tuple[Any, ...]:
         return tuple(stored)
 
+    def insert(
+        self, cursor: Any, table: str, columns: Sequence[str], rows: Sequence[Any]
+    ) -> None:
+        """Inserts many rows (of plain values) into a table."""
+        marks = ", ".join("?" * len(columns))
+        text = f"INSERT INTO {table} ({', '.join(columns)}) VALUES ({marks})"  # noqa: S608  (our table names)
+        cursor.executemany(text, rows)
+
 
 class PostgresDialect:
     types: ClassVar[dict[str, str]] = {
@@ -148,6 +159,15 @@ class PostgresDialect:
     def exists(self, cursor: Any, name: str) -> bool:
         cursor.execute("SELECT to_regclass(%s) AS found", (self.table(name),))
         return cursor.fetchone()["found"] is not None
+
+    def insert(
+        self, cursor: Any, table: str, columns: Sequence[str], rows: Sequence[Any]
+    ) -> None:
+        """Inserts many rows with COPY: one stream to the server, not a statement
+        per row."""
+        with cursor.copy(f"COPY {table} ({', '.join(columns)}) FROM STDIN") as copy:
+            for row in rows:
+                copy.write_row(row)
 
 
 class Backend:
@@ -245,6 +265,24 @@ class Backend:
             )
             for position, originator_id, found_version, topic, state in rows
         ]
+
+    def stream_rows(
+        self, recorder: ApplicationRecorder, stream: UUID, version: int, limit: int
+    ) -> list[tuple[int, str, bytes]]:
+        """(version, topic, state) of the stream's events after ``version``, in
+        order, at most ``limit``: the rows as they are, for readers that decode
+        them themselves (``ledger.store.records``)."""
+        query = (
+            f"SELECT originator_version, topic, state FROM {self._events} "  # noqa: S608  (our table names)
+            "WHERE originator_id = ? AND originator_version > ? "
+            "ORDER BY originator_version LIMIT ?"
+        )
+        dialect = self.dialect()
+        with recorder.datastore.transaction(commit=False) as cursor:  # type: ignore[attr-defined]
+            cursor.execute(
+                dialect.statement(query), (self._stream_key(stream), version, limit)
+            )
+            return [dialect.row(row) for row in cursor.fetchall()]
 
     @property
     def _events(self) -> str:
@@ -398,6 +436,14 @@ class MemoryBackend(Backend):
         limit: int,
     ) -> list[Notification]:
         return self._stream(recorder, stream, version, up_to, limit)
+
+    def stream_rows(
+        self, recorder: ApplicationRecorder, stream: UUID, version: int, limit: int
+    ) -> list[tuple[int, str, bytes]]:
+        return [
+            (e.originator_version, e.topic, e.state)
+            for e in recorder.select_events(stream, gt=version, limit=limit)
+        ]
 
     @staticmethod
     def _stream(
