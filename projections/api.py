@@ -65,7 +65,12 @@ class Projections(StorageClient):
         self.views: dict[str, View] = {
             view.name: view for view in (self._active, self._audit, self._continuity)
         }
-        reader = LogReader(application.recorder, application.mapper, application.keys)
+        reader = LogReader(
+            application.recorder,
+            application.mapper,
+            application.keys,
+            application.backend,
+        )
         self._processor = Processor(store, reader, batch_size)
         self._reader = reader
         self._built = frozenset(built)

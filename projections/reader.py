@@ -7,10 +7,10 @@ from collections.abc import Iterator
 from typing import cast
 from uuid import UUID
 
-from eventsourcing.persistence import ApplicationRecorder, Mapper, Notification
+from eventsourcing.persistence import ApplicationRecorder, Mapper
 
 from ledger.errors import LedgerError
-from ledger.store.backends import safe_head
+from ledger.store.backends import Backend, safe_head
 from ledger.store.keys import KeyStore
 from ledger.store.records import RecordReader, as_uuid
 from ledger.store.serialization import PydanticMapper
@@ -22,9 +22,14 @@ class LogReader:
     """The ledger's events in order, each with its position (notification id)."""
 
     def __init__(
-        self, recorder: ApplicationRecorder, mapper: Mapper[UUID], keys: KeyStore
+        self,
+        recorder: ApplicationRecorder,
+        mapper: Mapper[UUID],
+        keys: KeyStore,
+        backend: Backend,
     ) -> None:
         self.recorder = recorder
+        self.backend = backend
         self.keys = keys
         self.records = RecordReader(cast(PydanticMapper, mapper), keys)
 
@@ -41,15 +46,16 @@ class LogReader:
         It ends before an event that cannot be decoded, so the events before it
         are applied; the next batch starts with it and raises UndecodableEvent.
         """
-        notifications = self.recorder.select_notifications(
-            start=after, limit=limit, stop=up_to, inclusive_of_start=False
-        )
+        rows = self.backend.log_rows(self.recorder, after, limit, up_to)
         decoded: list[Positioned] = []
+        streams = {row[1]: as_uuid(row[1]) for row in rows}
         with self.keys.reading():  # the batch's users' keys, in a few statements
-            self.keys.prefetch_streams(as_uuid(n.originator_id) for n in notifications)
-            for notification in notifications:
+            self.keys.prefetch_streams(streams.values())
+            for position, stream, version, topic, state in rows:
                 try:
-                    decoded.append(self.decode(notification))
+                    decoded.append(
+                        self.decode(position, streams[stream], version, topic, state)
+                    )
                 except UndecodableEvent:
                     if not decoded:
                         raise
@@ -65,10 +71,12 @@ class LogReader:
             yield from batch
             after = batch[-1][0]
 
-    def decode(self, notification: Notification) -> Positioned:
+    def decode(
+        self, position: int, stream: UUID, version: int, topic: str, state: bytes
+    ) -> Positioned:
         try:
-            return notification.id, self.records.read(notification)
+            return position, self.records.read_row(stream, version, topic, state)
         except LedgerError:
             raise  # a master key that does not open the keys: a setting to fix
         except Exception as error:
-            raise UndecodableEvent(notification.id, str(error)) from error
+            raise UndecodableEvent(position, str(error)) from error

@@ -45,6 +45,10 @@ VIEW_TRACKING_TABLE = "ctxledger_view_tracking"  # PostgreSQL; SQLite's is "trac
 _IDENTIFIER = re.compile(r"[a-z_][a-z0-9_]*")
 
 
+LogRow = tuple[int, UUID | str, int, str, bytes]
+"""An event as stored: (position, stream id, version, topic, state)."""
+
+
 class Dialect(Protocol):
     """What differs between SQLite and PostgreSQL for tables beside the events."""
 
@@ -266,6 +270,30 @@ class Backend:
             for position, originator_id, found_version, topic, state in rows
         ]
 
+    def log_rows(
+        self,
+        recorder: ApplicationRecorder,
+        after: int,
+        limit: int,
+        up_to: int | None = None,
+    ) -> list[LogRow]:
+        """(position, stream id, version, topic, state) of the events after
+        position ``after`` (and at most ``up_to``), in log order, at most
+        ``limit``: ``select_notifications`` as plain rows, for readers that decode
+        them themselves (``ledger.store.records``)."""
+        column = self._position_column
+        query = (
+            f"SELECT {column} AS position, originator_id, originator_version, "  # noqa: S608  (our table names)
+            f"topic, state FROM {self._events} WHERE {column} > ? "
+            + ("" if up_to is None else f"AND {column} <= ? ")
+            + f"ORDER BY {column} LIMIT ?"
+        )
+        params = (after, limit) if up_to is None else (after, up_to, limit)
+        dialect = self.dialect()
+        with recorder.datastore.transaction(commit=False) as cursor:  # type: ignore[attr-defined]
+            cursor.execute(dialect.statement(query), params)
+            return [dialect.row(row) for row in cursor.fetchall()]
+
     def stream_rows(
         self, recorder: ApplicationRecorder, stream: UUID, version: int, limit: int
     ) -> list[tuple[int, str, bytes]]:
@@ -436,6 +464,20 @@ class MemoryBackend(Backend):
         limit: int,
     ) -> list[Notification]:
         return self._stream(recorder, stream, version, up_to, limit)
+
+    def log_rows(
+        self,
+        recorder: ApplicationRecorder,
+        after: int,
+        limit: int,
+        up_to: int | None = None,
+    ) -> list[LogRow]:
+        return [
+            (n.id, n.originator_id, n.originator_version, n.topic, n.state)
+            for n in recorder.select_notifications(
+                start=after, limit=limit, stop=up_to, inclusive_of_start=False
+            )
+        ]
 
     def stream_rows(
         self, recorder: ApplicationRecorder, stream: UUID, version: int, limit: int
