@@ -48,7 +48,7 @@ class LogReader:
         """
         rows = self.backend.log_rows(self.recorder, after, limit, up_to)
         decoded: list[Positioned] = []
-        streams = {row[1]: as_uuid(row[1]) for row in rows}
+        streams = {stream: as_uuid(stream) for stream in {row[1] for row in rows}}
         with self.keys.reading():  # the batch's users' keys, in a few statements
             self.keys.prefetch_streams(streams.values())
             for position, stream, version, topic, state in rows:

@@ -15,6 +15,7 @@ can only save time; ``tests/test_fast_read.py`` checks on random events that bot
 give the same record.
 """
 
+import functools
 import math
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
@@ -22,6 +23,7 @@ from datetime import UTC, datetime
 from typing import Any, cast
 from uuid import UUID
 
+import msgpack
 from eventsourcing.persistence import StoredEvent
 
 from ledger.domain.events import (
@@ -37,7 +39,9 @@ from ledger.store.serialization import (
     FORMAT_FIELD,
     SEALED,
     TOPICS,
+    MsgpackTranscoder,
     PydanticMapper,
+    _ext_hook,
 )
 
 _BUILT_IN = {cls.TOPIC: cls for cls in EVENT_CLASSES}
@@ -68,6 +72,10 @@ _SHAPES: dict[EventKind, tuple[frozenset[str], frozenset[str]]] = {
 _OPTIONAL = frozenset({"command_id", "request_id", "key_generation", FORMAT_FIELD})
 MAX_GENERATION = 2**62
 PLACES_KEPT = 50_000
+
+
+_unpack = functools.partial(msgpack.unpackb, ext_hook=_ext_hook, raw=False)
+"""``MsgpackTranscoder.decode`` without its call."""
 
 
 def json_time(at: datetime) -> str:
@@ -191,7 +199,11 @@ class RecordReader:
         self.mapper = mapper
         self.keys = keys
         self._plain = mapper.cipher is None and mapper.compressor is None
-        self._decode = mapper.transcoder.decode
+        self._decode = (
+            _unpack
+            if isinstance(mapper.transcoder, MsgpackTranscoder)
+            else mapper.transcoder.decode
+        )
         self._places: dict[tuple[UUID | str, int], tuple[UUID, bytes]] = {}
         """Each stream's id and associated data, worked out once (a UUID's bytes
         are computed anew on every access)."""
