@@ -4,18 +4,26 @@ One pass reads the ledger's log in order. Each event's record is hashed without
 building its pydantic models (the quick path); when a link does not hold, the
 exact path (the mapper and ``ledger_record``) decides, so the quick path can only
 save time, never change a verdict. A stream with a fault is then read again in
-version order to say where it breaks and how (``chain.find_break``). Last, the
-newest snapshot of each user is compared with the events: a snapshot newer than
+version order to say where it breaks and how (``chain.find_break``).
+
+Every snapshot is checked too. One of format 3 is authenticated by its sealed
+value (``PydanticMapper.authentic_snapshot``), so it holds when its ``last_hash``,
+time and user are those of the event at its version: the pass notes them
+(a ``Witness``) for the next few snapshot versions of each stream, listed a batch
+at a time, so a stream costs a small fixed record. An older snapshot, or one whose
+key was destroyed, is compared with a replay of the events. A snapshot newer than
 the last event shows that events at the end were deleted.
 """
 
-from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any, cast
+from functools import partial
+from typing import Any, NamedTuple, Protocol, cast
 from uuid import UUID
 
-from eventsourcing.persistence import Mapper, Notification, StoredEvent
+import msgpack
+from eventsourcing.persistence import Mapper, StoredEvent
 
 from ledger.audit.chain import (
     ChainBreak,
@@ -40,26 +48,83 @@ from ledger.domain.hashing import GENESIS_HASH, metadata_commitment, record_hash
 from ledger.errors import LedgerError
 from ledger.store.application import LedgerApplication
 from ledger.store.backends import as_stream_id, safe_head
-from ledger.store.serialization import PydanticMapper
+from ledger.store.serialization import (
+    TOPICS,
+    MsgpackTranscoder,
+    Opener,
+    PydanticMapper,
+    _ext_hook,
+)
 
 PAGE_SIZE = 10_000
+SNAPSHOT_BATCH = 16
+"""How many snapshot versions of a stream the pass looks out for at a time: a
+stream keeps at most this many versions and witnesses (a few kB), and costs two
+reads of its snapshots per this many."""
 KIND_BY_TOPIC = {cls.TOPIC: cls.KIND for cls in EVENT_CLASSES}
 Progress = Callable[[int], None]
 
 
 def json_time(at: datetime) -> str:
     """A UTC time as pydantic writes it in JSON mode (``...Z``)."""
-    text = at.astimezone(UTC).isoformat()
+    text = (at if at.tzinfo is UTC else at.astimezone(UTC)).isoformat()
     return text[:-6] + "Z" if text.endswith("+00:00") else text
 
 
-@dataclass(frozen=True, slots=True)
-class Read:
-    """What the chain needs of one stored event."""
+class Stored(Protocol):
+    """What the chain reads of a stored event (a ``StoredEvent`` or a ``_Row``)."""
+
+    @property
+    def originator_id(self) -> UUID | str: ...
+    @property
+    def originator_version(self) -> int: ...
+    @property
+    def topic(self) -> str: ...
+    @property
+    def state(self) -> bytes: ...
+
+
+class _Row(NamedTuple):
+    """A row of the log as the pass reads it (``Backend.log_rows``), with the
+    stream id made once per stream, not once per event."""
+
+    originator_id: UUID | str
+    originator_version: int
+    topic: str
+    state: bytes
+
+
+def _as_stored(stored: Stored) -> StoredEvent:
+    if isinstance(stored, StoredEvent):
+        return stored
+    return StoredEvent(
+        originator_id=stored.originator_id,
+        originator_version=stored.originator_version,
+        topic=stored.topic,
+        state=stored.state,
+    )
+
+
+class Read(NamedTuple):
+    """What the chain needs of one stored event (a tuple: one is made per event)."""
 
     user_id: str
     prev_hash: str
     hash: str
+    timestamp: datetime
+    readable: bool = True
+    """False when this release cannot read the event (a class version it cannot
+    upcast): the exact path then says why."""
+
+
+class Witness(NamedTuple):
+    """What a snapshot at ``version`` must agree with: its event, as the chain
+    read it."""
+
+    version: int
+    hash: str
+    timestamp: datetime
+    user_id: str
 
 
 _ENVELOPE = frozenset(
@@ -69,46 +134,80 @@ _NOT_HASHED = frozenset({"sealed", "class_version", "format"})
 """Stored fields the chain does not cover: a sealed value (its commitment is
 covered), the class version and the stored format. The key generation is
 covered only where it means something (``shape_record``)."""
+_NOT_DETAILS = _ENVELOPE | _NOT_HASHED
+_unpack = partial(msgpack.unpackb, ext_hook=_ext_hook, raw=False)
+"""``MsgpackTranscoder.decode`` without its call."""
 
 
-def quick_read(stored: StoredEvent, mapper: Mapper[UUID]) -> Read | None:
+def quick_read(
+    stored: Stored,
+    mapper: Mapper[UUID],
+    openers: dict[tuple[UUID, int], Opener] | None = None,
+) -> Read | None:
     """The event's record hashed straight from its stored state; None if that
-    state is not what the quick path expects (the exact path decides then)."""
+    state is not what the quick path expects (the exact path decides then).
+    ``openers``: see ``PydanticMapper.check_sealed``."""
     try:
-        state: dict[str, Any] = mapper.transcoder.decode(stored.state)
-        details = {
-            key: value
-            for key, value in state.items()
-            if key not in _ENVELOPE and key not in _NOT_HASHED
-        }
-        if (
-            details.get("metadata_commitment") is None
-            and stored.topic != UserForgotten.TOPIC
-        ):
+        state: dict[str, Any] = (
+            _unpack(stored.state)
+            if type(mapper.transcoder) is MsgpackTranscoder
+            else mapper.transcoder.decode(stored.state)
+        )
+        details = {k: v for k, v in state.items() if k not in _NOT_DETAILS}
+        commitment = details.get("metadata_commitment")
+        if commitment is None and stored.topic != UserForgotten.TOPIC:
             details.pop("key_generation", None)
         if "expires_at" in details:
             details["expires_at"] = json_time(details["expires_at"])
-        if any(isinstance(value, datetime) for value in details.values()):
+        if datetime in set(map(type, details.values())):
             return None  # a time where the model has none: the exact path decides
+        timestamp = state["timestamp"]
         record = {
             "user_id": state["user_id"],
             "kind": KIND_BY_TOPIC[stored.topic],
             "context_id": state["context_id"],
             "thread_id": state["thread_id"],
             "run_id": state["run_id"],
-            "occurred_at": json_time(state["timestamp"]),
+            "occurred_at": json_time(timestamp),
             "version": stored.originator_version,
             "prev_hash": state["prev_hash"],
             "details": details,
         }
-        if "sealed" in state or state.get("metadata_commitment") is not None:
+        if commitment is not None or "sealed" in state:
             # The chain covers the commitment; the sealed value must open to it.
-            cast(PydanticMapper, mapper).check_sealed(stored, state)
-        return Read(state["user_id"], state["prev_hash"], record_hash(record))
+            cast(PydanticMapper, mapper).check_sealed(
+                cast(StoredEvent, stored), state, openers
+            )
+        return Read(
+            state["user_id"],
+            state["prev_hash"],
+            record_hash(record),
+            timestamp,
+            _upcasts_exist(stored.topic, state.get("class_version", 1)),
+        )
     except LedgerError:
         raise  # a master key that does not open the keys: a setting, not damage
     except Exception:  # noqa: BLE001  (anything odd goes to the exact path)
         return None
+
+
+_CLASS_VERSIONS: dict[type, int] = {}
+"""The class version of each class that reads a topic (a missing attribute of a
+pydantic model class is slow to look up)."""
+
+
+def _upcasts_exist(topic: str, written: object) -> bool:
+    """Whether the class that reads ``topic`` can upcast an event written by
+    class version ``written`` (the quick path hashes it as written)."""
+    cls = TOPICS[topic]
+    current = _CLASS_VERSIONS.get(cls)
+    if current is None:
+        current = _CLASS_VERSIONS[cls] = getattr(cls, "class_version", 1)
+    if written == current:
+        return True
+    if not isinstance(written, int) or written > current:
+        return False
+    return all(hasattr(cls, f"upcast_v{v}_v{v + 1}") for v in range(written, current))
 
 
 def exact_read(stored: StoredEvent, mapper: Mapper[UUID]) -> Read | str:
@@ -125,7 +224,12 @@ def exact_read(stored: StoredEvent, mapper: Mapper[UUID]) -> Read | str:
         return f"it names user {event.user_id!r}, who owns another stream"
     if not _commitment_holds(event):
         return "its metadata is not what its metadata_commitment was made of"
-    return Read(event.user_id, event.prev_hash, record_hash(event.chain_record()))
+    return Read(
+        event.user_id,
+        event.prev_hash,
+        record_hash(event.chain_record()),
+        event.timestamp,
+    )
 
 
 def _commitment_holds(event: ContextEvent) -> bool:
@@ -157,6 +261,17 @@ class _Stream:
     last_hash: str = GENESIS_HASH
     suspect: str | None = None
     """Why the stream needs a closer look (the first anomaly seen)."""
+    awaited: list[int] = field(default_factory=list)
+    """The next snapshot versions (at most SNAPSHOT_BATCH), for which the pass
+    keeps a witness."""
+    listed: int = 0
+    """The snapshots up to this version have been listed."""
+    witnesses: list[Witness] = field(default_factory=list)
+    """Witnesses of the awaited snapshots that were reached, not yet checked."""
+    snapshot_fault: ChainBreak | None = None
+    """The first snapshot found altered."""
+    replay_up_to: int = 0
+    """The newest snapshot that only a replay of the events can check."""
 
 
 class ChainVerifier:
@@ -169,6 +284,9 @@ class ChainVerifier:
         self.backend = app.backend
         self.keys = app.keys
         self.page_size = page_size
+        self._openers: dict[tuple[UUID, int], Opener] = {}
+        """Keys met in the pass (one per user and key generation), as the key
+        store's ``reading()`` scope keeps them."""
 
     def head(self) -> int:
         """The log's safe head: the last position ``all_users`` reads now."""
@@ -178,29 +296,35 @@ class ChainVerifier:
         """Every stream in the log up to its safe head when the pass begins (an
         event committed later is left to the next pass, never half-seen)."""
         with self.keys.reading():  # each user's key looked up once a pass
-            return self._all_users(on_page)
+            try:
+                return self._all_users(on_page)
+            finally:
+                self._openers.clear()
 
     def _all_users(self, on_page: Progress | None) -> ChainReport:
         streams: dict[UUID | str, _Stream] = {}
+        by_stored_id: dict[object, _Stream] = {}  # as the backend gives the id
+        with_snapshots = set(self._snapshot_streams())
         start, head = 0, self.head()
         while True:
-            page: Iterable[Notification] = self.recorder.select_notifications(
-                start=start, limit=self.page_size, stop=head, inclusive_of_start=False
-            )
-            count = 0
-            for notification in page:
-                aggregate_id = as_stream_id(notification.originator_id)
-                stream = streams.get(aggregate_id)
+            page = self.backend.log_rows(self.recorder, start, self.page_size, head)
+            for position, stored_id, version, topic, state in page:
+                stream = by_stored_id.get(stored_id)
                 if stream is None:
-                    stream = streams[aggregate_id] = _Stream(aggregate_id)
-                self._step(stream, notification)
-                start = notification.id
-                count += 1
-            if on_page is not None and count:
-                on_page(count)
-            if count < self.page_size:
+                    aggregate_id = as_stream_id(stored_id)
+                    stream = streams.get(aggregate_id)
+                    if stream is None:
+                        stream = streams[aggregate_id] = _Stream(aggregate_id)
+                        if aggregate_id in with_snapshots:
+                            self._await_snapshots(stream)
+                    by_stored_id[stored_id] = stream
+                self._step(stream, _Row(stream.originator_id, version, topic, state))
+                start = position
+            if on_page is not None and page:
+                on_page(len(page))
+            if len(page) < self.page_size:
                 break
-        for aggregate_id in self._snapshot_streams():
+        for aggregate_id in with_snapshots:
             # Snapshots left of a stream whose every event was deleted; a stream
             # begun after the head is not part of this pass.
             if aggregate_id not in streams and not self._has_events_after(
@@ -212,10 +336,14 @@ class ChainVerifier:
 
     def one_user(self, user_id: str) -> ChainReport:
         with self.keys.reading():
-            return self._one_user(user_id)
+            try:
+                return self._one_user(user_id)
+            finally:
+                self._openers.clear()
 
     def _one_user(self, user_id: str) -> ChainReport:
         stream = _Stream(user_aggregate_id(user_id), user_id=user_id)
+        self._await_snapshots(stream)
         while True:
             page = self.recorder.select_events(
                 stream.originator_id, gt=stream.version or None, limit=self.page_size
@@ -228,7 +356,7 @@ class ChainVerifier:
                 break
         return ChainReport(users=(self._finish(stream, in_log_order=False),))
 
-    def _step(self, stream: _Stream, stored: StoredEvent) -> None:
+    def _step(self, stream: _Stream, stored: Stored) -> None:
         stream.events += 1
         if stream.suspect is not None:
             return
@@ -236,11 +364,17 @@ class ChainVerifier:
         if version != stream.version + 1:
             stream.suspect = f"version {version} follows version {stream.version}"
             return
-        quick = quick_read(stored, self.mapper)
+        quick = quick_read(stored, self.mapper, self._openers)
+        if quick is not None and not quick.readable:
+            stream.user_id = stream.user_id or quick.user_id
+            quick = None
         if (
             quick is None
             or quick.prev_hash != stream.last_hash
-            or user_aggregate_id(quick.user_id) != stream.originator_id
+            or (
+                quick.user_id != stream.user_id  # else known to own this stream
+                and user_aggregate_id(quick.user_id) != stream.originator_id
+            )
         ):
             exact = self._exact_link(stream, stored)
             if isinstance(exact, str):
@@ -250,9 +384,17 @@ class ChainVerifier:
         stream.user_id = stream.user_id or quick.user_id
         stream.version = version
         stream.last_hash = quick.hash
+        if stream.awaited and stream.awaited[0] == version:
+            del stream.awaited[0]
+            stream.witnesses.append(
+                Witness(version, quick.hash, quick.timestamp, quick.user_id)
+            )
+            if not stream.awaited:
+                self._check_witnessed(stream)
+                self._await_snapshots(stream)
 
-    def _exact_link(self, stream: _Stream, stored: StoredEvent) -> Read | str:
-        current = exact_read(stored, self.mapper)
+    def _exact_link(self, stream: _Stream, stored: Stored) -> Read | str:
+        current = exact_read(_as_stored(stored), self.mapper)
         if isinstance(current, str):
             return current
         last = self._stored(stream)
@@ -284,9 +426,7 @@ class ChainVerifier:
             head_hash = stream.last_hash
         else:
             head_hash = head.hash
-            fault = self._snapshot_fault(
-                stream.originator_id, stream.version, head_hash
-            )
+            fault = self._snapshots_after_pass(stream)
         return UserChain(
             user_id=user_id,
             events=stream.events,
@@ -326,11 +466,12 @@ class ChainVerifier:
 
     def _stored(self, stream: _Stream) -> StoredEvent | None:
         """The stream's event at its last version read, as stored."""
-        if stream.version == 0:
+        return self._stored_at(stream.originator_id, stream.version)
+
+    def _stored_at(self, aggregate_id: UUID | str, version: int) -> StoredEvent | None:
+        if version == 0:
             return None
-        found = self.recorder.select_events(
-            stream.originator_id, gt=stream.version - 1, lte=stream.version
-        )
+        found = self.recorder.select_events(aggregate_id, gt=version - 1, lte=version)
         return found[0] if found else None
 
     def _has_events_after(self, aggregate_id: UUID | str, version: int) -> bool:
@@ -341,10 +482,124 @@ class ChainVerifier:
             return []
         return self.backend.snapshot_streams(self.snapshots.recorder)
 
+    # Snapshots: checked against witnesses the pass keeps, a batch at a time.
+
+    def _stored_snapshots(
+        self, stream: _Stream, after: int, *, up_to: int | None = None
+    ) -> list[StoredEvent]:
+        if self.snapshots is None:
+            return []
+        return list(
+            self.snapshots.recorder.select_events(
+                stream.originator_id,
+                gt=after,
+                lte=up_to,
+                limit=None if up_to is not None else SNAPSHOT_BATCH,
+            )
+        )
+
+    def _await_snapshots(self, stream: _Stream) -> None:
+        """Lists the stream's next snapshot versions for the pass to witness; a
+        snapshot at a version the pass has left behind (stored while the pass
+        ran) is checked against its event, read again."""
+        while not stream.awaited:
+            listed = self._stored_snapshots(stream, stream.listed)
+            for snapshot in listed:
+                if snapshot.originator_version > stream.version:
+                    stream.awaited.append(snapshot.originator_version)
+                else:
+                    self._check_snapshot(stream, snapshot, None)
+            if listed:
+                stream.listed = listed[-1].originator_version
+            if len(listed) < SNAPSHOT_BATCH:
+                return
+
+    def _check_witnessed(self, stream: _Stream) -> None:
+        if not stream.witnesses:
+            return
+        witnesses = {w.version: w for w in stream.witnesses}
+        stream.witnesses.clear()
+        first, last = min(witnesses), max(witnesses)
+        for snapshot in self._stored_snapshots(stream, first - 1, up_to=last):
+            witness = witnesses.get(snapshot.originator_version)
+            self._check_snapshot(stream, snapshot, witness)
+
+    def _check_snapshot(
+        self, stream: _Stream, snapshot: StoredEvent, witness: Witness | None
+    ) -> None:
+        """Checks one snapshot at or below the stream's version; ``witness`` is
+        None when the pass did not keep one (its event is read again)."""
+        version = snapshot.originator_version
+        if (
+            stream.snapshot_fault is not None
+            and stream.snapshot_fault.version < version
+        ):
+            return
+        try:
+            state = cast(PydanticMapper, self.mapper).authentic_snapshot(snapshot)
+        except LedgerError:
+            raise
+        except Exception:  # noqa: BLE001  (any failure to open it is a finding)
+            problem: str | None = (
+                f"the snapshot of version {version} does not open: it was altered"
+            )
+        else:
+            if state is None:
+                stream.replay_up_to = max(stream.replay_up_to, version)
+                return
+            problem = _stored_snapshot_problem(
+                state, version, witness or self._witness(stream, version)
+            )
+        if problem is not None:
+            stream.snapshot_fault = ChainBreak(
+                version=version, fault="altered", detail=problem
+            )
+
+    def _witness(self, stream: _Stream, version: int) -> Witness | None:
+        stored = self._stored_at(stream.originator_id, version)
+        read = None if stored is None else quick_read(stored, self.mapper)
+        if read is None and stored is not None:
+            exact = exact_read(stored, self.mapper)
+            read = exact if isinstance(exact, Read) else None
+        return (
+            None
+            if read is None
+            else Witness(version, read.hash, read.timestamp, read.user_id)
+        )
+
+    def _snapshots_after_pass(self, stream: _Stream) -> ChainBreak | None:
+        """The stream's first snapshot fault once the pass read it to its end:
+        a snapshot newer than the last event (unless events were appended since
+        the pass read the log), else the first snapshot found altered."""
+        self._check_witnessed(stream)
+        newer = max(stream.awaited, default=0)  # listed, never reached
+        stream.awaited.clear()
+        while True:
+            listed = self._stored_snapshots(stream, stream.listed)
+            for snapshot in listed:
+                if snapshot.originator_version > stream.version:
+                    newer = snapshot.originator_version
+                else:  # stored while the pass ran
+                    self._check_snapshot(stream, snapshot, None)
+            if listed:
+                stream.listed = listed[-1].originator_version
+            if len(listed) < SNAPSHOT_BATCH:
+                break
+        if newer and not self._has_events_after(stream.originator_id, stream.version):
+            return _missing(stream.version, newer)
+        faults = [stream.snapshot_fault] if stream.snapshot_fault else []
+        if stream.replay_up_to:
+            replayed = self._snapshot_fault(
+                stream.originator_id, stream.replay_up_to, stream.last_hash
+            )
+            faults += [replayed] if replayed else []
+        return min(faults, key=lambda f: f.version, default=None)
+
     def _snapshot_fault(
         self, aggregate_id: UUID | str, head_version: int, head_hash: str
     ) -> ChainBreak | None:
-        """Every snapshot must be what a replay of the events gives at its version.
+        """Every snapshot up to ``head_version`` must be what a replay of the
+        events gives at its version (for snapshots that cannot be authenticated).
 
         The chain vouches for the events; a snapshot is checked against them, so
         one that was edited (its contents, time or hash) is found, and a snapshot
@@ -372,12 +627,7 @@ class ChainVerifier:
     ) -> ChainBreak | None:
         newest = stored[-1].originator_version
         if newest > head_version:
-            return ChainBreak(
-                version=head_version + 1,
-                fault="missing",
-                detail=f"a snapshot of version {newest} exists, but the last event "
-                f"is version {head_version}: the events after it were deleted",
-            )
+            return _missing(head_version, newest)
         # Decoded one at a time as the replay reaches it, to keep memory flat.
         snapshots = {snapshot.originator_version: snapshot for snapshot in stored}
         replayed: UserContexts | None = None
@@ -421,6 +671,37 @@ class ChainVerifier:
                 if isinstance(event, ContextEvent):
                     yield event
             after = page[-1].originator_version
+
+
+def _missing(head_version: int, newest: int) -> ChainBreak:
+    return ChainBreak(
+        version=head_version + 1,
+        fault="missing",
+        detail=f"a snapshot of version {newest} exists, but the last event "
+        f"is version {head_version}: the events after it were deleted",
+    )
+
+
+def _stored_snapshot_problem(
+    state: dict[str, Any], version: int, witness: Witness | None
+) -> str | None:
+    """What is wrong with an authenticated snapshot (its fields are as the ledger
+    took them) against the event at its version, as the chain read it."""
+    if witness is None:
+        return f"the event of the snapshot of version {version} cannot be read"
+    if state.get("last_hash") != witness.hash:
+        return (
+            f"the hash in the snapshot of version {version} is not the hash of "
+            "that event"
+        )
+    if state.get("timestamp") != witness.timestamp or (
+        state.get("user_id") != witness.user_id
+    ):
+        return (
+            f"the snapshot of version {version} differs from the event of that "
+            "version: the snapshot was altered"
+        )
+    return None
 
 
 def _snapshot_problem(

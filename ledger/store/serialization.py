@@ -4,12 +4,14 @@
 ``TRANSCODER_TOPIC`` and ``MAPPER_TOPIC`` settings.
 """
 
+import hashlib
 import struct
 from datetime import UTC, datetime, timedelta
 from typing import Any, cast
 from uuid import UUID
 
 import msgpack
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from eventsourcing.domain import DomainEventProtocol
 from eventsourcing.persistence import (
     Mapper,
@@ -27,7 +29,7 @@ from ledger.domain.events import (
     ContextEvent,
     written_record,
 )
-from ledger.domain.hashing import metadata_commitment
+from ledger.domain.hashing import metadata_commitment, salted_commitment
 from ledger.errors import LedgerError
 from ledger.store.keys import KeyStore, place_of, seal, unseal
 
@@ -42,11 +44,20 @@ TOPICS[UserSnapshot.TOPIC] = UserSnapshot
 SEALED = "sealed"
 FORMAT_FIELD = "format"
 FORMAT = 2
-"""The stored format this release writes: 1, events before sealing (no
+"""The stored format of events this release writes: 1, events before sealing (no
 ``format`` field); 2, personal data sealed and committed to (``sealed``,
 ``key_generation``, ``metadata_commitment``)."""
+SNAPSHOT_FORMAT = 3
+"""The stored format of snapshots this release writes: 2, the contexts' metadata
+sealed (when there are contexts); 3, always sealed, the associated data binding
+the digest of the rest of the snapshot's state (``snapshot_digest``), so the
+sealed value opens only on the state as it was taken."""
 _EVENT = b"ctxledger event"
 _SNAPSHOT = b"ctxledger snapshot"
+_SNAPSHOT_DIGEST = b"ctxledger snapshot digest\n"
+Opener = tuple[AESGCM | None, bytes]
+"""The key (None once destroyed) and associated data that open a stream's
+sealed event values of one key generation."""
 
 
 def register(cls: type[ContextEvent]) -> type[ContextEvent]:
@@ -129,7 +140,7 @@ class PydanticMapper(Mapper[UUID]):
         class_version: int = getattr(cls, "class_version", 1)
         if class_version > 1:
             state["class_version"] = class_version
-        state[FORMAT_FIELD] = FORMAT
+        state.setdefault(FORMAT_FIELD, FORMAT)  # a snapshot's is set as it is sealed
         stored = self.transcoder.encode(state)
         if self.compressor:
             stored = self.compressor.compress(stored)
@@ -157,12 +168,18 @@ class PydanticMapper(Mapper[UUID]):
                 data = self.compressor.decompress(data)
             state = self.transcoder.decode(data)
             stream = _as_uuid(stored_event.originator_id)
+            digest = self.snapshot_digest(state) if cls is UserSnapshot else b""
             state["originator_id"] = stream
             state["originator_version"] = stored_event.originator_version
-            _check_format(state.pop(FORMAT_FIELD, 1))
+            written_format = state.pop(FORMAT_FIELD, 1)
+            _check_format(
+                written_format, SNAPSHOT_FORMAT if cls is UserSnapshot else FORMAT
+            )
             if cls is UserSnapshot:
-                if SEALED in state:
-                    self._open_snapshot(stream, state)
+                if written_format >= SNAPSHOT_FORMAT:
+                    self._open_snapshot(stream, state, digest)
+                elif SEALED in state:
+                    self._open_snapshot(stream, state, b"")
             elif not opened and SEALED in state:
                 del state[SEALED]
                 state["metadata"], state["metadata_salt"] = {}, None
@@ -198,13 +215,49 @@ class PydanticMapper(Mapper[UUID]):
             raise MapperDeserialisationError(msg) from error
         return cast(DomainEventProtocol[UUID], event)
 
-    def check_sealed(self, stored: StoredEvent, state: dict[str, Any]) -> None:
+    def check_sealed(
+        self,
+        stored: StoredEvent,
+        state: dict[str, Any],
+        openers: dict[tuple[UUID, int], Opener] | None = None,
+    ) -> None:
         """That a stored event's sealed metadata opens and is what its commitment
         was made of (unless its key was destroyed); ValueError if not. For
-        verification, which hashes the rest without decoding the event."""
-        opened = {k: v for k, v in state.items() if k != "originator_id"}
-        opened["originator_version"] = stored.originator_version
-        self._open_event(_as_uuid(stored.originator_id), opened, strict=True)
+        verification, which hashes the rest without decoding the event: as
+        ``_open_event(strict=True)``, without changing ``state``. ``openers``:
+        the key and associated data of each stream and generation met so far
+        (the caller's, for one pass)."""
+        if (
+            state.get("metadata") is not None
+            or state.get("metadata_salt") is not None
+            or SEALED not in state
+        ):
+            msg = "the event holds plain metadata where its sealed metadata belongs"
+            raise ValueError(msg)
+        stream = _as_uuid(stored.originator_id)
+        generation = _generation(state)
+        opener = None if openers is None else openers.get((stream, generation))
+        if opener is None:
+            opener = (
+                self._keys().for_reading(stream, generation),
+                place_of(_EVENT, stream, 0, generation),
+            )
+            if openers is not None:
+                openers[stream, generation] = opener
+        cipher, place = opener
+        if cipher is None:
+            return  # erased: nothing to open
+        metadata, salt = self.transcoder.decode(unseal(cipher, place, state[SEALED]))
+        if metadata is None:
+            return
+        commitment = (
+            salted_commitment(salt, metadata)
+            if isinstance(salt, bytes)
+            else metadata_commitment(salt, metadata)
+        )
+        if commitment != state["metadata_commitment"]:
+            msg = "its sealed metadata is not what its metadata_commitment was made of"
+            raise ValueError(msg)
 
     def _keys(self) -> KeyStore:
         if self.keys is None:
@@ -268,19 +321,35 @@ class PydanticMapper(Mapper[UUID]):
         state["metadata"], state["metadata_salt"] = metadata, salt_hex
 
     def _seal_snapshot(self, snapshot: UserSnapshot, state: dict[str, Any]) -> None:
-        if not state["contexts"]:
-            return
+        """Format 3: the contexts' metadata sealed (an empty list when there are
+        none), bound to the digest of the rest of the state as stored."""
         metadata = [context.pop("metadata") for context in state["contexts"]]
+        state[FORMAT_FIELD] = SNAPSHOT_FORMAT
         generation = snapshot.key_generation
         cipher = self._keys().for_writing(snapshot.originator_id, generation)
         place = place_of(
             _SNAPSHOT, snapshot.originator_id, snapshot.originator_version, generation
         )
+        place += self.snapshot_digest(state)
         state[SEALED] = seal(cipher, place, self.transcoder.encode(metadata))
 
-    def _open_snapshot(self, stream: UUID, state: dict[str, Any]) -> None:
+    def snapshot_digest(self, state: dict[str, Any]) -> bytes:
+        """The SHA-256 of a snapshot's stored state without its sealed value:
+        its msgpack encoding, in the order stored (decoding and encoding again
+        gives the bytes written), ``format`` and ``last_hash`` included."""
+        rest = {key: value for key, value in state.items() if key != SEALED}
+        return hashlib.sha256(_SNAPSHOT_DIGEST + self.transcoder.encode(rest)).digest()
+
+    def _open_snapshot(
+        self, stream: UUID, state: dict[str, Any], digest: bytes
+    ) -> None:
+        """Opens the sealed metadata into the contexts. ``digest``: that of a
+        snapshot of format 3, which must be sealed; empty for format 2."""
         if any("metadata" in context for context in state["contexts"]):
             msg = "the snapshot holds plain metadata beside its sealed metadata"
+            raise ValueError(msg)
+        if SEALED not in state:
+            msg = f"a snapshot of format {SNAPSHOT_FORMAT} holds no sealed value"
             raise ValueError(msg)
         sealed = state.pop(SEALED)
         generation = _generation(state)
@@ -291,12 +360,49 @@ class PydanticMapper(Mapper[UUID]):
                 context["metadata"], context["erased"] = {}, True
             return
         place = place_of(_SNAPSHOT, stream, state["originator_version"], generation)
-        metadata = self.transcoder.decode(unseal(cipher, place, sealed))
-        if len(metadata) != len(contexts):
+        metadata = self.transcoder.decode(unseal(cipher, place + digest, sealed))
+        if not isinstance(metadata, list) or len(metadata) != len(contexts):
             msg = "the snapshot's sealed metadata does not match its contexts"
             raise ValueError(msg)
         for context, values in zip(contexts, metadata, strict=True):
             context["metadata"] = values
+
+    def authentic_snapshot(self, stored: StoredEvent) -> dict[str, Any] | None:
+        """A stored snapshot's state (msgpack-decoded, nothing opened into it)
+        when it is of format 3 and its sealed value opens: then every field is
+        what the ledger stored when it took the snapshot. None when it cannot
+        be told so (format 2 or older, or its key destroyed): a replay of the
+        events must decide. ValueError when the snapshot was altered."""
+        data = stored.state
+        if self.cipher:
+            data = self.cipher.decrypt(data)
+        if self.compressor:
+            data = self.compressor.decompress(data)
+        state = self.transcoder.decode(data)
+        if not isinstance(state, dict):
+            msg = "the snapshot's state is not a map"
+            raise TypeError(msg)
+        written = state.get(FORMAT_FIELD, 1)
+        _check_format(written, SNAPSHOT_FORMAT)
+        if written < SNAPSHOT_FORMAT:
+            return None
+        sealed = state.get(SEALED)
+        if not isinstance(sealed, bytes):
+            msg = f"a snapshot of format {SNAPSHOT_FORMAT} holds no sealed value"
+            raise ValueError(msg)
+        stream = _as_uuid(stored.originator_id)
+        generation = _generation(state)
+        cipher = self._keys().for_reading(stream, generation)
+        if cipher is None:
+            return None
+        place = place_of(_SNAPSHOT, stream, stored.originator_version, generation)
+        opened = self.transcoder.decode(
+            unseal(cipher, place + self.snapshot_digest(state), sealed)
+        )
+        if not isinstance(opened, list) or len(opened) != len(state["contexts"]):
+            msg = "the snapshot's sealed metadata does not match its contexts"
+            raise ValueError(msg)
+        return state
 
 
 def _generation(state: dict[str, Any]) -> int:
@@ -311,11 +417,13 @@ def _generation(state: dict[str, Any]) -> int:
     return generation
 
 
-def _check_format(written: object) -> None:
-    if not isinstance(written, int) or isinstance(written, bool) or written > FORMAT:
+def _check_format(written: object, newest: int = FORMAT) -> None:
+    """Refuses a format newer than ``newest``: FORMAT for events,
+    SNAPSHOT_FORMAT for snapshots."""
+    if not isinstance(written, int) or isinstance(written, bool) or written > newest:
         msg = (
             f"it was stored in format {written!r} by a newer release (this one "
-            f"reads formats 1 to {FORMAT}): upgrade ctxledger"
+            f"reads formats 1 to {newest}): upgrade ctxledger"
         )
         raise ValueError(msg)
 
