@@ -22,7 +22,7 @@ from eventsourcing.persistence import StoredEvent
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from ledger import ContextLedger, LedgerError
+from ledger import ContextLedger, LedgerCorrupted, LedgerError
 from ledger.domain.contexts import ContextFields, evolve_fields, project_user
 from ledger.domain.events import ContextEvent
 from ledger.store.application import LedgerApplication
@@ -292,3 +292,25 @@ def test_an_altered_state_in_the_database_reads_alike_through_views_and_history(
         with app.keys.reading():
             record = app.records.read(stored_events(app)[0])
         assert not record.plain_json  # read by the mapper
+
+
+def test_an_event_of_an_unknown_topic_makes_history_fail_as_before(
+    folder: Path,
+) -> None:
+    """A stored event whose topic no class reads is damage on the fast path too,
+    never left out of the history."""
+    path = folder / "ledger.db"
+    url = f"sqlite:///{path}"
+    with ContextLedger.open(url, clock=Clock()) as ledger:
+        ledger.open_context("alice", "t1", metadata={"a": 1})
+        second = ledger.open_context("alice", "t2", metadata={"b": 2})
+    with sqlite3.connect(path) as connection:
+        connection.execute(
+            "UPDATE stored_events SET topic = 'ctxledger:Unknown' "
+            "WHERE originator_version = 2"
+        )
+    with ContextLedger.open(url) as ledger:
+        with pytest.raises(LedgerCorrupted, match="alice"):
+            ledger.history("alice")
+        with pytest.raises(LedgerCorrupted, match="alice"):
+            ledger.context_history("alice", second.context_id)

@@ -373,7 +373,7 @@ class LedgerApplication(Application[UUID]):
                 records = [
                     self.records.read_row(aggregate_id, *row)
                     for row in page
-                    if row[1] in EVENT_TOPICS
+                    if row[1] != UserSnapshot.TOPIC  # as events_after, which skips it
                 ]
             yield from records
             if len(page) < size:
