@@ -38,6 +38,7 @@ class AuditView(View):
             "audit",
             ROWS.ddl(),
             indexes=("user_id, position", "occurred_at", "kind, position"),
+            index_after_load=True,
         ),
     )
 

@@ -23,8 +23,8 @@ from projections.view import (
     Names,
     Positioned,
     View,
-    create_indexes,
     create_tables,
+    index_loaded_tables,
     live_tables_exist,
     swap_in_rebuild,
 )
@@ -187,7 +187,7 @@ class Processor:
         targets = [Target(view, Generation(view.name, rebuild=True)) for view in views]
         for target in targets:
             with self.store.writing(target.key) as tx:
-                create_tables(tx, target.view, target.generation, indexed=False)
+                create_tables(tx, target.view, target.generation, loading=True)
                 self.store.forget(tx, target.key)
         head = self.reader.head()
         try:
@@ -211,7 +211,7 @@ class Processor:
         """Applies the last events to the rebuild and renames it into place, all
         while holding the live view's lock, so no live write falls in between."""
         with self.store.writing(target.key) as tx:  # before the live view's lock
-            create_indexes(tx, target.view, target.generation)
+            index_loaded_tables(tx, target.view, target.generation)
         # Read before the transaction: on PostgreSQL the head waits for every
         # older transaction, and this one may take a transaction id.
         head = self.reader.head()

@@ -141,6 +141,10 @@ class Table:
     name: str
     columns: str
     indexes: tuple[str, ...] = ()
+    index_after_load: bool = False
+    """A rebuild fills it first and creates its indexes once, before the swap
+    (a big table that is only appended to: cheaper than index upkeep per row).
+    Other tables keep their indexes throughout: a rebuild's batches query them."""
 
 
 @dataclass(frozen=True)
@@ -185,23 +189,30 @@ class View(ABC):
 
 
 def create_tables(
-    tx: Tx, view: View, generation: Generation, *, indexed: bool = True
+    tx: Tx, view: View, generation: Generation, *, loading: bool = False
 ) -> None:
-    """Creates the generation's tables, dropping any left by an earlier attempt;
-    without their indexes unless ``indexed`` (a rebuild fills its tables first and
-    indexes them once, which is cheaper than keeping indexes while it loads)."""
+    """Creates the generation's tables, dropping any left by an earlier attempt.
+    ``loading`` (a rebuild): the tables marked ``index_after_load`` get their
+    indexes later, from ``index_loaded_tables``."""
     dialect = tx.dialect
     for table in view.tables:
         name = dialect.table(generation.physical(table.name))
         tx.run(f"DROP TABLE IF EXISTS {name}")
         tx.run(f"CREATE TABLE {name} ({table.columns.format(**dialect.types)})")
-    if indexed:
-        create_indexes(tx, view, generation)
+    _index(
+        tx,
+        generation,
+        [t for t in view.tables if not (loading and t.index_after_load)],
+    )
 
 
-def create_indexes(tx: Tx, view: View, generation: Generation) -> None:
-    """Creates the indexes of the generation's tables."""
-    for table in view.tables:
+def index_loaded_tables(tx: Tx, view: View, generation: Generation) -> None:
+    """The indexes a rebuild left out until it had filled its tables."""
+    _index(tx, generation, [t for t in view.tables if t.index_after_load])
+
+
+def _index(tx: Tx, generation: Generation, tables: list[Table]) -> None:
+    for table in tables:
         name = tx.dialect.table(generation.physical(table.name))
         for columns in table.indexes:
             # Index names are unique per schema and survive renames: so each build

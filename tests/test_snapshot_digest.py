@@ -15,7 +15,7 @@ from eventsourcing.persistence import MapperDeserialisationError, StoredEvent
 from freezegun import freeze_time
 
 from ledger import ContextLedger
-from ledger.domain.contexts import UserSnapshot, user_aggregate_id
+from ledger.domain.contexts import UserSnapshot, project_user, user_aggregate_id
 from ledger.store.application import SNAPSHOT_INTERVAL
 from ledger.store.keys import place_of, seal
 from ledger.store.serialization import MsgpackTranscoder, PydanticMapper
@@ -117,7 +117,8 @@ def test_an_edited_field_of_a_format_3_snapshot_is_altered_and_not_used(
 ) -> None:
     _history(durable_url, "erin", SNAPSHOT_INTERVAL + 5)
     with ContextLedger.open(durable_url) as ledger:
-        before = ledger.history("erin", since=START)
+        last = ledger.history("erin")[-1].occurred_at
+        before = _state(ledger, last)
     ((version, state),) = _snapshots(durable_url, "erin")
     assert state["format"] == 3
     assert state["contexts"]
@@ -126,11 +127,63 @@ def test_an_edited_field_of_a_format_3_snapshot_is_altered_and_not_used(
     _set_snapshot(durable_url, "erin", version, state)
 
     with ContextLedger.open(durable_url) as ledger:
-        after = ledger.history("erin", since=START)
+        after = _state(ledger, last)
 
     assert _fault(durable_url) == (version, "altered")
     assert _fault(durable_url, "erin") == (version, "altered")
+    # Neither loading (for commands and reads) nor an as-of read starts from it.
     assert after == before
+
+
+def _state(ledger: ContextLedger, at: datetime) -> tuple[object, ...]:
+    """What a fresh process makes of erin: the aggregate it loads (the store
+    decides, no cache) and her contexts as of ``at`` (after the snapshot)."""
+    loaded = ledger._app.load("erin", at)
+    return (
+        loaded.version,
+        loaded.last_hash,
+        loaded.contexts,
+        dict(loaded.requests),
+        ledger.contexts_as_of("erin", at),
+    )
+
+
+def test_a_forged_format_2_snapshot_is_not_carried_into_later_snapshots(
+    durable_url: str,
+) -> None:
+    """An intruder downgrades a snapshot to format 2 (no digest) with a forged
+    creation time. Loading does not start from it (format 2 is not authenticated),
+    so the snapshots written later hold the replayed state, and once the forged
+    one is deleted the chain holds with the true state."""
+    _history(durable_url, "kim", SNAPSHOT_INTERVAL + 1)
+    ((version, state),) = _snapshots(durable_url, "kim")
+    state.pop("sealed")
+    state["format"] = 2
+    forged = START - timedelta(days=30)
+    for context in state["contexts"]:
+        context.update(created_at=forged, expires_at=None, ttl_seconds=None)
+    _set_snapshot(durable_url, "kim", version, state)
+    assert _fault(durable_url, "kim") == (version, "altered")
+
+    with ContextLedger.open(durable_url) as ledger, freeze_time(START):
+        for _ in range(SNAPSHOT_INTERVAL):
+            ledger.open_context("kim", "t2")
+        served = ledger.active_contexts("kim")
+    execute_sql(
+        durable_url,
+        "DELETE FROM {snapshots} WHERE originator_id = {p} "
+        "AND originator_version = {p}",
+        (stream_key(durable_url, "kim"), version),
+    )
+
+    assert _fault(durable_url) is None
+    assert served
+    assert all(context.created_at != forged for context in served)
+    with ContextLedger.open(durable_url) as ledger:
+        replayed = project_user(None, ledger._app.events_after("kim", 0))
+        assert replayed is not None
+        loaded = ledger._app.load("kim", START)
+        assert loaded.contexts == replayed.contexts
 
 
 def test_a_format_3_snapshot_moved_to_another_version_is_altered(

@@ -108,8 +108,11 @@ class EventRecord:
     sealed as it is; None for events read by the mapper or with none."""
     key_generation: int = 0
     plain_json: bool = False
-    """Whether every value of ``details`` is plain JSON (strings, finite floats,
-    integers, lists, string-keyed maps): the fast decoder checks it."""
+    """Whether the fast decoder read it: then every value of ``details`` but the
+    metadata is plain JSON (strings, finite floats, integers, lists, string-keyed
+    maps), and so is metadata stored in plain form (format 1), which it checks.
+    Sealed metadata is not walked: the ledger sealed it from validated input and
+    the seal authenticates it."""
 
     @property
     def metadata(self) -> dict[str, Any] | None:

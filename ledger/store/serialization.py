@@ -130,6 +130,9 @@ class PydanticMapper(Mapper[UUID]):
             model.unset_ids() if isinstance(model, ContextEvent) else {"originator_id"}
         )
         state = model.model_dump(exclude=unset | {"originator_version"})
+        class_version: int = getattr(cls, "class_version", 1)
+        if class_version > 1:  # before sealing: a snapshot's digest covers it
+            state["class_version"] = class_version
         if isinstance(model, CarriesMetadata):
             if model.metadata_commitment is not None:
                 self._seal_event(model, state)
@@ -137,9 +140,6 @@ class PydanticMapper(Mapper[UUID]):
                 del state["metadata_commitment"], state["metadata_salt"]
         elif isinstance(model, UserSnapshot):
             self._seal_snapshot(model, state)
-        class_version: int = getattr(cls, "class_version", 1)
-        if class_version > 1:
-            state["class_version"] = class_version
         state.setdefault(FORMAT_FIELD, FORMAT)  # a snapshot's is set as it is sealed
         stored = self.transcoder.encode(state)
         if self.compressor:
