@@ -11,6 +11,7 @@ from uuid import UUID, uuid4, uuid5
 from pydantic import BaseModel, ConfigDict, Field
 
 from ledger.domain.events import (
+    EVENT_CLASSES,
     CarriesMetadata,
     ContextCleared,
     ContextCreated,
@@ -426,17 +427,7 @@ ENDING: tuple[type[ContextEvent], ...] = (ContextExpired, ContextCleared)
 
 
 ENDING_KINDS = frozenset(cls.KIND for cls in ENDING)
-_EVENT_NAMES: dict[str, str] = {
-    cls.KIND: cls.__name__
-    for cls in (
-        ContextCreated,
-        ContextReused,
-        ContextUpdated,
-        ContextExpired,
-        ContextCleared,
-        UserForgotten,
-    )
-}
+_EVENT_NAMES: dict[str, str] = {cls.KIND: cls.__name__ for cls in EVENT_CLASSES}
 
 
 class Change(Protocol):
