@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 from eventsourcing.persistence import MapperDeserialisationError, StoredEvent
 from freezegun import freeze_time
+from msgpack import ExtType
 
 from ledger import ContextLedger
 from ledger.domain.contexts import UserSnapshot, project_user, user_aggregate_id
@@ -108,6 +109,10 @@ EDITS: dict[str, Any] = {
     "sealed removed": lambda s: s.pop("sealed"),
     "sealed altered": lambda s: s.update(sealed=s["sealed"][:-1] + b"\x00"),
     "field added": lambda s: s.update(extra=1),
+    "time of a wrong length": lambda s: s.update(timestamp=ExtType(1, b"\x00\x01")),
+    "time out of range": lambda s: s.update(
+        timestamp=ExtType(1, (2**62).to_bytes(8, "big"))
+    ),
 }
 
 

@@ -175,11 +175,11 @@ class PydanticMapper(Mapper[UUID]):
             _check_format(
                 written_format, SNAPSHOT_FORMAT if cls is UserSnapshot else FORMAT
             )
+            authenticated = False
             if cls is UserSnapshot:
-                if written_format >= SNAPSHOT_FORMAT:
-                    self._open_snapshot(stream, state, digest)
-                elif SEALED in state:
-                    self._open_snapshot(stream, state, b"")
+                authenticated = self._open_stored_snapshot(
+                    stream, state, written_format, digest
+                )
             elif not opened and SEALED in state:
                 del state[SEALED]
                 state["metadata"], state["metadata_salt"] = {}, None
@@ -194,6 +194,8 @@ class PydanticMapper(Mapper[UUID]):
                 getattr(cls, f"upcast_v{from_version}_v{from_version + 1}")(state)
                 from_version += 1
             event = cls.model_validate(state)
+            if authenticated:
+                cast(UserSnapshot, event)._authenticated = True
             if written is not None:
                 cast(ContextEvent, event)._written = written
         except LedgerError:
@@ -340,11 +342,23 @@ class PydanticMapper(Mapper[UUID]):
         rest = {key: value for key, value in state.items() if key != SEALED}
         return hashlib.sha256(_SNAPSHOT_DIGEST + self.transcoder.encode(rest)).digest()
 
+    def _open_stored_snapshot(
+        self, stream: UUID, state: dict[str, Any], written: int, digest: bytes
+    ) -> bool:
+        """Opens a snapshot of the format ``written``; whether it was
+        authenticated (``_open_snapshot``)."""
+        if written >= SNAPSHOT_FORMAT:
+            return self._open_snapshot(stream, state, digest)
+        if SEALED in state:
+            self._open_snapshot(stream, state, b"")
+        return False
+
     def _open_snapshot(
         self, stream: UUID, state: dict[str, Any], digest: bytes
-    ) -> None:
+    ) -> bool:
         """Opens the sealed metadata into the contexts. ``digest``: that of a
-        snapshot of format 3, which must be sealed; empty for format 2."""
+        snapshot of format 3, which must be sealed; empty for format 2. Whether
+        the snapshot was authenticated (its digest bound and its key there)."""
         if any("metadata" in context for context in state["contexts"]):
             msg = "the snapshot holds plain metadata beside its sealed metadata"
             raise ValueError(msg)
@@ -358,7 +372,7 @@ class PydanticMapper(Mapper[UUID]):
         if cipher is None:
             for context in contexts:
                 context["metadata"], context["erased"] = {}, True
-            return
+            return False
         place = place_of(_SNAPSHOT, stream, state["originator_version"], generation)
         metadata = self.transcoder.decode(unseal(cipher, place + digest, sealed))
         if not isinstance(metadata, list) or len(metadata) != len(contexts):
@@ -366,6 +380,7 @@ class PydanticMapper(Mapper[UUID]):
             raise ValueError(msg)
         for context, values in zip(contexts, metadata, strict=True):
             context["metadata"] = values
+        return bool(digest)
 
     def authentic_snapshot(self, stored: StoredEvent) -> dict[str, Any] | None:
         """A stored snapshot's state (msgpack-decoded, nothing opened into it)
