@@ -8,7 +8,7 @@ from secrets import token_hex
 from typing import Any, ClassVar, Protocol, Self, cast
 from uuid import UUID, uuid4, uuid5
 
-from pydantic import BaseModel, ConfigDict, Field, PrivateAttr
+from pydantic import BaseModel, ConfigDict, Field
 
 from ledger.domain.events import (
     EVENT_CLASSES,
@@ -82,10 +82,6 @@ class UserSnapshot(BaseModel):
     """The data key that seals the contexts' metadata (and new events')."""
     forgotten_at: int = 0
     """The version of the user's last ``forgotten`` event (0: none)."""
-
-    _authenticated: bool = PrivateAttr(default=False)
-    """Set by the mapper when the snapshot's sealed value opened with its digest
-    bound (format 3): every field is as the ledger took it."""
 
     @classmethod
     def take(cls, aggregate: "UserContexts") -> Self:

@@ -347,8 +347,11 @@ class LedgerApplication(Application[UUID]):
         )
         if not found:
             return None
+        mapper = cast(PydanticMapper, self.mapper)
         try:
-            snapshot = self.mapper.to_domain_event(found[0])
+            if not mapper.vouched_snapshot(found[0]):
+                return None  # format 2, or its key destroyed: not authenticated
+            snapshot = mapper.to_domain_event(found[0])
         except LedgerError:
             raise  # a master key that does not open the keys: a setting to fix
         except Exception as error:  # noqa: BLE001  (any damage: replay instead)
@@ -359,9 +362,7 @@ class LedgerApplication(Application[UUID]):
                 error,
             )
             return None
-        if isinstance(snapshot, UserSnapshot) and snapshot._authenticated:
-            return snapshot
-        return None  # format 2, or its key destroyed: not authenticated
+        return snapshot if isinstance(snapshot, UserSnapshot) else None
 
     def events_between_versions(
         self, user_id: str, first: int, last: int

@@ -175,11 +175,8 @@ class PydanticMapper(Mapper[UUID]):
             _check_format(
                 written_format, SNAPSHOT_FORMAT if cls is UserSnapshot else FORMAT
             )
-            authenticated = False
             if cls is UserSnapshot:
-                authenticated = self._open_stored_snapshot(
-                    stream, state, written_format, digest
-                )
+                self._open_stored_snapshot(stream, state, written_format, digest)
             elif not opened and SEALED in state:
                 del state[SEALED]
                 state["metadata"], state["metadata_salt"] = {}, None
@@ -194,8 +191,6 @@ class PydanticMapper(Mapper[UUID]):
                 getattr(cls, f"upcast_v{from_version}_v{from_version + 1}")(state)
                 from_version += 1
             event = cls.model_validate(state)
-            if authenticated:
-                cast(UserSnapshot, event)._authenticated = True
             if written is not None:
                 cast(ContextEvent, event)._written = written
         except LedgerError:
@@ -381,6 +376,25 @@ class PydanticMapper(Mapper[UUID]):
         for context, values in zip(contexts, metadata, strict=True):
             context["metadata"] = values
         return bool(digest)
+
+    def vouched_snapshot(self, stored: StoredEvent) -> bool:
+        """Whether decoding the stored snapshot authenticates it: it is of format
+        3 (or newer: decoding refuses it) and its key exists, so decoding opens
+        its sealed value with its digest bound, or raises if it was altered. A
+        msgpack decode, no more."""
+        data = stored.state
+        if self.cipher:
+            data = self.cipher.decrypt(data)
+        if self.compressor:
+            data = self.compressor.decompress(data)
+        state = self.transcoder.decode(data)
+        if not isinstance(state, dict):
+            return False
+        written = state.get(FORMAT_FIELD, 1)
+        if not isinstance(written, int) or written < SNAPSHOT_FORMAT:
+            return False
+        stream = _as_uuid(stored.originator_id)
+        return self._keys().for_reading(stream, _generation(state)) is not None
 
     def authentic_snapshot(self, stored: StoredEvent) -> dict[str, Any] | None:
         """A stored snapshot's state (msgpack-decoded, nothing opened into it)
