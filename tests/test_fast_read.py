@@ -23,6 +23,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from ledger import ContextLedger, LedgerCorrupted, LedgerError
+from ledger.audit.verification import Read, exact_read, quick_read
 from ledger.domain.contexts import ContextFields, evolve_fields, project_user
 from ledger.domain.events import ContextEvent
 from ledger.store.application import LedgerApplication
@@ -155,6 +156,18 @@ def assert_fast_paths_agree(ledger: ContextLedger, expected_events: int) -> None
             # The fast decoder took it (the mapper's records are not plain).
             assert fast.plain_json, stored.topic
             assert facts(fast) == facts(domain_record(app, stored))
+            # verify_chain's quick path hashes what the domain's chain record does.
+            quick, exact = (
+                quick_read(stored, app.mapper),
+                exact_read(stored, app.mapper),
+            )
+            assert quick is not None, stored.topic
+            assert isinstance(exact, Read)
+            assert (quick.user_id, quick.prev_hash, quick.hash) == (
+                exact.user_id,
+                exact.prev_hash,
+                exact.hash,
+            )
     for user in USERS:
         domain = list(app.events_after(user, 0))
         history = [event.to_ledger_event() for event in domain]
