@@ -161,12 +161,7 @@ class PydanticMapper(Mapper[UUID]):
         such as the expiry index."""
         try:
             cls = TOPICS[stored_event.topic]
-            data = stored_event.state
-            if self.cipher:
-                data = self.cipher.decrypt(data)
-            if self.compressor:
-                data = self.compressor.decompress(data)
-            state = self.transcoder.decode(data)
+            state = self.stored_state(stored_event)
             stream = _as_uuid(stored_event.originator_id)
             digest = self.snapshot_digest(state) if cls is UserSnapshot else b""
             state["originator_id"] = stream
@@ -377,17 +372,22 @@ class PydanticMapper(Mapper[UUID]):
             context["metadata"] = values
         return bool(digest)
 
-    def vouched_snapshot(self, stored: StoredEvent) -> bool:
-        """Whether decoding the stored snapshot authenticates it: it is of format
-        3 (or newer: decoding refuses it) and its key exists, so decoding opens
-        its sealed value with its digest bound, or raises if it was altered. A
-        msgpack decode, no more."""
+    def stored_state(self, stored: StoredEvent) -> Any:
+        """The stored state decoded (decrypted and decompressed first when the
+        library's cipher or compressor is set), nothing opened into it."""
         data = stored.state
         if self.cipher:
             data = self.cipher.decrypt(data)
         if self.compressor:
             data = self.compressor.decompress(data)
-        state = self.transcoder.decode(data)
+        return self.transcoder.decode(data)
+
+    def vouched_snapshot(self, stored: StoredEvent) -> bool:
+        """Whether decoding the stored snapshot authenticates it: it is of format
+        3 (or newer: decoding refuses it) and its key exists, so decoding opens
+        its sealed value with its digest bound, or raises if it was altered. A
+        msgpack decode, no more."""
+        state = self.stored_state(stored)
         if not isinstance(state, dict):
             return False
         written = state.get(FORMAT_FIELD, 1)
@@ -402,12 +402,7 @@ class PydanticMapper(Mapper[UUID]):
         what the ledger stored when it took the snapshot. None when it cannot
         be told so (format 2 or older, or its key destroyed): a replay of the
         events must decide. ValueError when the snapshot was altered."""
-        data = stored.state
-        if self.cipher:
-            data = self.cipher.decrypt(data)
-        if self.compressor:
-            data = self.compressor.decompress(data)
-        state = self.transcoder.decode(data)
+        state = self.stored_state(stored)
         if not isinstance(state, dict):
             msg = "the snapshot's state is not a map"
             raise TypeError(msg)
