@@ -8,7 +8,6 @@ make. Altered states must read exactly as the mapper reads them (or fail as it
 fails).
 """
 
-import sqlite3
 import tempfile
 from collections.abc import Iterator
 from contextlib import suppress
@@ -29,6 +28,7 @@ from ledger.domain.events import ContextEvent
 from ledger.store.application import LedgerApplication
 from ledger.store.records import EventRecord
 from projections import Projections
+from tests.helpers import execute_sql
 
 USERS = ("alice", "bob")
 THREADS = ("t1", "t2")
@@ -156,6 +156,9 @@ def assert_fast_paths_agree(ledger: ContextLedger, expected_events: int) -> None
             # The fast decoder took it (the mapper's records are not plain).
             assert fast.plain_json, stored.topic
             assert facts(fast) == facts(domain_record(app, stored))
+            event = app.mapper.to_domain_event(stored)
+            assert isinstance(event, ContextEvent)
+            assert fast.ledger_record() == event.ledger_record()
             # verify_chain's quick path hashes what the domain's chain record does.
             quick, exact = (
                 quick_read(stored, app.mapper),
@@ -293,24 +296,24 @@ def read_or_error(
 
 
 def test_an_altered_state_in_the_database_reads_alike_in_views_and_history(
-    folder: Path,
+    durable_url: str,
 ) -> None:
     """A stored event altered by SQL (a ttl of the wrong type) is read by the
     mapper on every path: the history and the views show what the domain shows."""
-    path = folder / "ledger.db"
-    url = f"sqlite:///{path}"
+    url = durable_url
     with ContextLedger.open(url, clock=Clock()) as ledger:
         ledger.open_context("alice", "t1", metadata={"a": 1}, ttl_seconds=60.0)
         ledger.open_context("alice", "t1", metadata={"b": 2}, ttl_seconds=60.0)
-    with sqlite3.connect(path) as connection:
-        (state,) = connection.execute(
-            "SELECT state FROM stored_events WHERE originator_version = 1"
-        ).fetchone()
-        altered = {**msgpack.unpackb(state, raw=False), "ttl_seconds": 60}
-        connection.execute(
-            "UPDATE stored_events SET state = ? WHERE originator_version = 1",
-            (msgpack.packb(altered, use_bin_type=True),),
-        )
+    ((state,),) = execute_sql(
+        url,
+        "SELECT state FROM {events} WHERE originator_version = 1",
+    )
+    altered = {**msgpack.unpackb(bytes(state), raw=False), "ttl_seconds": 60}
+    execute_sql(
+        url,
+        "UPDATE {events} SET state = {p} WHERE originator_version = 1",
+        (msgpack.packb(altered, use_bin_type=True),),
+    )
     with ContextLedger.open(url) as ledger:
         app = ledger._app
         history = ledger.history("alice")
@@ -327,20 +330,18 @@ def test_an_altered_state_in_the_database_reads_alike_in_views_and_history(
 
 
 def test_an_event_of_an_unknown_topic_makes_history_fail_as_before(
-    folder: Path,
+    durable_url: str,
 ) -> None:
     """A stored event whose topic no class reads is damage on the fast path too,
     never left out of the history."""
-    path = folder / "ledger.db"
-    url = f"sqlite:///{path}"
+    url = durable_url
     with ContextLedger.open(url, clock=Clock()) as ledger:
         ledger.open_context("alice", "t1", metadata={"a": 1})
         second = ledger.open_context("alice", "t2", metadata={"b": 2})
-    with sqlite3.connect(path) as connection:
-        connection.execute(
-            "UPDATE stored_events SET topic = 'ctxledger:Unknown' "
-            "WHERE originator_version = 2"
-        )
+    execute_sql(
+        url,
+        "UPDATE {events} SET topic = 'ctxledger:Unknown' WHERE originator_version = 2",
+    )
     with ContextLedger.open(url) as ledger:
         with pytest.raises(LedgerCorrupted, match="alice"):
             ledger.history("alice")

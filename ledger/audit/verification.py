@@ -17,12 +17,10 @@ the last event shows that events at the end were deleted.
 
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
-from functools import partial
+from datetime import datetime
 from typing import Any, NamedTuple, Protocol, cast
 from uuid import UUID
 
-import msgpack
 from eventsourcing.persistence import Mapper, StoredEvent
 
 from ledger.audit.chain import (
@@ -39,7 +37,6 @@ from ledger.domain.contexts import (
     user_aggregate_id,
 )
 from ledger.domain.events import (
-    EVENT_CLASSES,
     CarriesMetadata,
     ContextEvent,
     UserForgotten,
@@ -48,12 +45,12 @@ from ledger.domain.hashing import GENESIS_HASH, metadata_commitment, record_hash
 from ledger.errors import LedgerError
 from ledger.store.application import LedgerApplication
 from ledger.store.backends import as_stream_id, safe_head
+from ledger.store.records import KIND_BY_TOPIC, json_time, unpack_state
 from ledger.store.serialization import (
     TOPICS,
     MsgpackTranscoder,
     Opener,
     PydanticMapper,
-    _ext_hook,
 )
 
 PAGE_SIZE = 10_000
@@ -61,14 +58,7 @@ SNAPSHOT_BATCH = 16
 """How many snapshot versions of a stream the pass looks out for at a time: a
 stream keeps at most this many versions and witnesses (a few kB), and costs two
 reads of its snapshots per this many."""
-KIND_BY_TOPIC = {cls.TOPIC: cls.KIND for cls in EVENT_CLASSES}
 Progress = Callable[[int], None]
-
-
-def json_time(at: datetime) -> str:
-    """A UTC time as pydantic writes it in JSON mode (``...Z``)."""
-    text = (at if at.tzinfo is UTC else at.astimezone(UTC)).isoformat()
-    return text[:-6] + "Z" if text.endswith("+00:00") else text
 
 
 class Stored(Protocol):
@@ -135,8 +125,6 @@ _NOT_HASHED = frozenset({"sealed", "class_version", "format"})
 covered), the class version and the stored format. The key generation is
 covered only where it means something (``shape_record``)."""
 _NOT_DETAILS = _ENVELOPE | _NOT_HASHED
-_unpack = partial(msgpack.unpackb, ext_hook=_ext_hook, raw=False)
-"""``MsgpackTranscoder.decode`` without its call."""
 
 
 def quick_read(
@@ -149,7 +137,7 @@ def quick_read(
     ``openers``: see ``PydanticMapper.check_sealed``."""
     try:
         state: dict[str, Any] = (
-            _unpack(stored.state)
+            unpack_state(stored.state)
             if type(mapper.transcoder) is MsgpackTranscoder
             else mapper.transcoder.decode(stored.state)
         )

@@ -337,22 +337,15 @@ class KeyStore:
 
     def prefetch(self, wanted: Iterable[tuple[UUID, int]]) -> None:
         """Looks up many keys at once into the current ``reading()`` scope (a view
-        query of many users costs one statement per 500 users, not one each)."""
+        query of many users costs one statement per 500 users, not one each); a
+        wanted key without a row is noted as missing."""
         scope: dict[tuple[UUID, int], object] | None = getattr(
             self._scope, "keys", None
         )
         if scope is None:
             return
         missing = {pair for pair in wanted if pair not in scope}
-        streams = sorted({stream for stream, _ in missing})
-        cursor = getattr(self._scope, "cursor", None)
-        for start in range(0, len(streams), 500):
-            chunk = {stream.hex: stream for stream in streams[start : start + 500]}
-            found = self._select_streams(list(chunk), cursor)
-            for (hexed, generation), row in found.items():
-                stream = chunk[hexed]
-                if (stream, generation) in missing:
-                    scope[stream, generation] = self._opened(stream, generation, row)
+        self.prefetch_streams(stream for stream, _ in missing)
         for pair in missing:
             scope.setdefault(pair, _MISSING)
 

@@ -17,7 +17,6 @@ give the same record.
 
 import functools
 import math
-from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, cast
@@ -28,7 +27,6 @@ from eventsourcing.persistence import StoredEvent
 
 from ledger.domain.events import (
     EVENT_CLASSES,
-    CarriesMetadata,
     ContextEvent,
 )
 from ledger.domain.models import EventKind, LedgerEvent
@@ -45,7 +43,7 @@ from ledger.store.serialization import (
 )
 
 _BUILT_IN = {cls.TOPIC: cls for cls in EVENT_CLASSES}
-_KIND = {cls.TOPIC: cls.KIND for cls in EVENT_CLASSES}
+KIND_BY_TOPIC: dict[str, EventKind] = {cls.TOPIC: cls.KIND for cls in EVENT_CLASSES}
 _ENVELOPE = ("user_id", "context_id", "thread_id", "prev_hash")
 _IDS = ("command_id", "request_id")
 _OWN_FIELDS: dict[EventKind, tuple[str, ...]] = {
@@ -74,13 +72,13 @@ MAX_GENERATION = 2**62
 PLACES_KEPT = 50_000
 
 
-_unpack = functools.partial(msgpack.unpackb, ext_hook=_ext_hook, raw=False)
-"""``MsgpackTranscoder.decode`` without its call."""
+unpack_state = functools.partial(msgpack.unpackb, ext_hook=_ext_hook, raw=False)
+"""``MsgpackTranscoder.decode`` without its call (the read side's hot path)."""
 
 
 def json_time(at: datetime) -> str:
     """A UTC time as pydantic writes it in JSON mode (``...Z``)."""
-    text = at.astimezone(UTC).isoformat()
+    text = (at if at.tzinfo is UTC else at.astimezone(UTC)).isoformat()
     return text[:-6] + "Z" if text.endswith("+00:00") else text
 
 
@@ -119,24 +117,12 @@ class EventRecord:
         return cast(dict[str, Any] | None, self.details.get("metadata"))
 
     @property
-    def metadata_commitment(self) -> str | None:
-        return cast(str | None, self.details.get("metadata_commitment"))
-
-    @property
-    def metadata_salt(self) -> str | None:
-        return cast(str | None, self.details.get("metadata_salt"))
-
-    @property
     def ttl_seconds(self) -> float | None:
         return cast(float | None, self.details.get("ttl_seconds"))
 
     @property
     def reuse_count(self) -> int:
         return cast(int, self.details.get("reuse_count", 0))
-
-    @property
-    def request_id(self) -> str | None:
-        return cast(str | None, self.details.get("request_id"))
 
     @property
     def sealed_metadata(self) -> bool:
@@ -203,7 +189,7 @@ class RecordReader:
         self.keys = keys
         self._plain = mapper.cipher is None and mapper.compressor is None
         self._decode = (
-            _unpack
+            unpack_state
             if isinstance(mapper.transcoder, MsgpackTranscoder)
             else mapper.transcoder.decode
         )
@@ -244,10 +230,6 @@ class RecordReader:
             raise TypeError(msg)
         return EventRecord.of_event(event)
 
-    def read_all(self, stored: Iterable[StoredEvent]) -> Iterator[EventRecord]:
-        for one in stored:
-            yield self.read(one)
-
     def _fast(
         self, stream: UUID | str, version: int, topic: str, stored: bytes
     ) -> EventRecord | None:
@@ -260,7 +242,7 @@ class RecordReader:
             return None
         if type(state) is not dict:
             return None
-        kind = _KIND[topic]
+        kind = KIND_BY_TOPIC[topic]
         fits, sealed = _shape(kind, state)
         details = _ids(state) if fits and _envelope_holds(state) else None
         generation: int = state.get("key_generation", 0)
@@ -431,10 +413,3 @@ def _plain_json(value: object, depth: int = 0) -> bool:
     if kind is list:
         return all(_plain_json(item, depth + 1) for item in cast(list[Any], value))
     return False
-
-
-def carries_sealed(event: "ContextEvent | EventRecord") -> bool:
-    """Whether the event's personal data is sealed in the store (format 2)."""
-    if isinstance(event, EventRecord):
-        return event.sealed_metadata
-    return isinstance(event, CarriesMetadata) and event.metadata_commitment is not None

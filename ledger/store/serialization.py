@@ -334,21 +334,18 @@ class PydanticMapper(Mapper[UUID]):
 
     def _open_stored_snapshot(
         self, stream: UUID, state: dict[str, Any], written: int, digest: bytes
-    ) -> bool:
-        """Opens a snapshot of the format ``written``; whether it was
-        authenticated (``_open_snapshot``)."""
+    ) -> None:
+        """Opens a snapshot of the format ``written`` (``_open_snapshot``)."""
         if written >= SNAPSHOT_FORMAT:
-            return self._open_snapshot(stream, state, digest)
-        if SEALED in state:
+            self._open_snapshot(stream, state, digest)
+        elif SEALED in state:
             self._open_snapshot(stream, state, b"")
-        return False
 
     def _open_snapshot(
         self, stream: UUID, state: dict[str, Any], digest: bytes
-    ) -> bool:
+    ) -> None:
         """Opens the sealed metadata into the contexts. ``digest``: that of a
-        snapshot of format 3, which must be sealed; empty for format 2. Whether
-        the snapshot was authenticated (its digest bound and its key there)."""
+        snapshot of format 3, which must be sealed; empty for format 2."""
         if any("metadata" in context for context in state["contexts"]):
             msg = "the snapshot holds plain metadata beside its sealed metadata"
             raise ValueError(msg)
@@ -362,7 +359,7 @@ class PydanticMapper(Mapper[UUID]):
         if cipher is None:
             for context in contexts:
                 context["metadata"], context["erased"] = {}, True
-            return False
+            return
         place = place_of(_SNAPSHOT, stream, state["originator_version"], generation)
         metadata = self.transcoder.decode(unseal(cipher, place + digest, sealed))
         if not isinstance(metadata, list) or len(metadata) != len(contexts):
@@ -370,7 +367,6 @@ class PydanticMapper(Mapper[UUID]):
             raise ValueError(msg)
         for context, values in zip(contexts, metadata, strict=True):
             context["metadata"] = values
-        return bool(digest)
 
     def stored_state(self, stored: StoredEvent) -> Any:
         """The stored state decoded (decrypted and decompressed first when the
