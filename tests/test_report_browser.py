@@ -19,11 +19,11 @@ from selenium.webdriver.common.by import By
 from selenium.webdriver.remote.webdriver import WebDriver
 from selenium.webdriver.remote.webelement import WebElement
 
+from ctxledger.cli.report import render_report
 from ledger import ContextLedger, LedgerEvent, UserChain
 from ledger.store.serialization import MsgpackTranscoder
 from projections.continuity import continuity_of
 from tests.helpers import execute_sql, run, stream_key
-from tools.cli.report import render_report
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMEDRIVER = Path("/usr/bin/chromedriver")

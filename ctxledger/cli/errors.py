@@ -5,8 +5,8 @@ from collections.abc import Callable
 from functools import wraps
 from typing import ParamSpec, TypeVar
 
+from ctxledger.cli import render
 from ledger import LedgerError
-from tools.cli import render
 
 P = ParamSpec("P")
 R = TypeVar("R")

@@ -11,15 +11,15 @@ from typing import Any
 
 import click
 
+from ctxledger.cli import render
+from ctxledger.cli.audit import print_contexts_as_of, verify_chains
+from ctxledger.cli.errors import reports_ledger_errors
+from ctxledger.cli.render import Column, utc_time
 from ledger import EVENT_KINDS, StorageUnavailable, metrics
 from ledger.store.urls import shown_url
 from projections import VIEW_NAMES, Projections
 from projections.api import DEFAULT_BATCH_SIZE
 from projections.models import AuditRow
-from tools.cli import render
-from tools.cli.audit import print_contexts_as_of, verify_chains
-from tools.cli.errors import reports_ledger_errors
-from tools.cli.render import Column, utc_time
 
 BATCH_OPTION = click.option(
     "--batch-size",

@@ -8,15 +8,15 @@ from pathlib import Path
 
 import click
 
+from ctxledger.cli import audit as audit_commands
+from ctxledger.cli import governance, render
+from ctxledger.cli.demo import DemoOptions, DemoSummary, run_demo
+from ctxledger.cli.errors import reports_ledger_errors
+from ctxledger.cli.render import Column, utc_time
+from ctxledger.cli.views import caught_up, register
 from ledger import EVENT_KINDS, ContextLedger
 from ledger.store.urls import DEFAULT_URL, URL_VARIABLE, resolve_url, shown_url
 from projections import Projections
-from tools.cli import audit as audit_commands
-from tools.cli import governance, render
-from tools.cli.demo import DemoOptions, DemoSummary, run_demo
-from tools.cli.errors import reports_ledger_errors
-from tools.cli.render import Column, utc_time
-from tools.cli.views import caught_up, register
 
 HISTORY_COLUMNS = (
     Column("version", "number"),

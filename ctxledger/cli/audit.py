@@ -9,13 +9,13 @@ from typing import ParamSpec, TypeVar
 
 import click
 
+from ctxledger.cli import render
+from ctxledger.cli.errors import reports_ledger_errors
+from ctxledger.cli.render import Column, format_time, utc_time
+from ctxledger.cli.report import render_report
 from ledger import ContextLedger, InvalidContextInput, verify_export
 from ledger.audit.export import replaced_whole, writable
 from projections.continuity import continuity_of
-from tools.cli import render
-from tools.cli.errors import reports_ledger_errors
-from tools.cli.render import Column, format_time, utc_time
-from tools.cli.report import render_report
 
 P = ParamSpec("P")
 R = TypeVar("R")

@@ -7,10 +7,10 @@ from datetime import datetime
 
 import click
 
+from ctxledger.cli import render
+from ctxledger.cli.errors import reports_ledger_errors
+from ctxledger.cli.render import utc_time
 from ledger import ContextLedger, LedgerCorrupted
-from tools.cli import render
-from tools.cli.errors import reports_ledger_errors
-from tools.cli.render import utc_time
 
 
 @click.command()

@@ -17,10 +17,10 @@ from datetime import UTC, datetime
 from html import escape
 from itertools import accumulate, pairwise
 
+from ctxledger.cli.report_axis import nice_step, ticks
 from ledger import Context, LedgerEvent, UserChain
 from ledger.domain.contexts import contexts_through
 from projections import ContinuityFigures
-from tools.cli.report_axis import nice_step, ticks
 
 LEFT, WIDTH, RIGHT = 220, 960, 40  # label column, time axis, margin (px)
 FULL = LEFT + WIDTH + RIGHT

@@ -1,0 +1,5 @@
+"""``python -m ctxledger``: the same command as the ``ctxledger`` script."""
+
+from ctxledger.entry import main
+
+main()
