@@ -15,8 +15,8 @@ from ledger.audit.export import ExportManifest, write_export
 from ledger.audit.history import History
 from ledger.audit.verification import ChainVerifier
 from ledger.domain import validation
-from ledger.domain.contexts import UserContexts, user_aggregate_id
-from ledger.domain.models import Context, LedgerEvent
+from ledger.domain.contexts import UserContexts, evicts_context, user_aggregate_id
+from ledger.domain.models import Context, LedgerEvent, OnLimit
 from ledger.errors import (
     ContextNotFound,
     InvalidContextInput,
@@ -49,12 +49,14 @@ class ContextLedger(StorageClient):
         max_contexts_per_user: int,
         default_ttl_seconds: float | None,
         clock: Clock = utc_now,
+        on_limit: OnLimit = "refuse",
     ) -> None:
         self._app = application
         self._history = History(application)
         self._clock = clock
         self.storage = application.storage
         self.max_contexts_per_user = max_contexts_per_user
+        self.on_limit = on_limit
         self.default_ttl_seconds = default_ttl_seconds
         self._due = DueIndex()
         self._commands = CommandRunner(application, self._now)
@@ -71,6 +73,7 @@ class ContextLedger(StorageClient):
         clock: Clock | None = None,
         create: bool = True,
         master_key: bytes | str | None = None,
+        on_limit: OnLimit = "refuse",
     ) -> Self:
         """Opens the ledger at ``url`` (else CTXLEDGER_URL, else sqlite:///ctxledger.db).
 
@@ -78,11 +81,16 @@ class ContextLedger(StorageClient):
         With ``create=False`` a URL that holds no ledger raises LedgerNotFound, and
         nothing is created (for readers). ``master_key`` (else CTXLEDGER_MASTER_KEY,
         else none) wraps the users' data keys: 32 bytes, or 64 hex digits, or
-        URL-safe base64.
+        URL-safe base64. ``on_limit`` says what opening a new context does for a
+        user at ``max_contexts_per_user``: ``"refuse"`` raises
+        ContextLimitExceeded; ``"evict"`` clears the user's least recently used
+        context (a ``cleared`` event with reason ``"evicted"``, in the same
+        append as the new ``created``).
         """
         limit = validation.positive_int(
             "max_contexts_per_user", max_contexts_per_user, setting=True
         )
+        policy = validation.on_limit(on_limit)
         default_ttl = validation.ttl_seconds(default_ttl_seconds)
         if clock is not None and not callable(clock):
             raise LedgerConfigError(
@@ -99,6 +107,7 @@ class ContextLedger(StorageClient):
             max_contexts_per_user=limit,
             default_ttl_seconds=default_ttl,
             clock=clock or utc_now,
+            on_limit=policy,
         )
 
     # Commands.
@@ -126,9 +135,9 @@ class ContextLedger(StorageClient):
         patch = validation.metadata(metadata)
         ttl = validation.ttl_seconds(ttl_seconds)
         request = validation.optional_identifier("request_id", request_id)
-        opened = self._commands.run(
-            user,
-            lambda aggregate: aggregate.open(
+
+        def open_in(aggregate: UserContexts) -> tuple[Context, int]:
+            opened = aggregate.open(
                 thread,
                 run_id=run,
                 metadata=patch,
@@ -136,12 +145,20 @@ class ContextLedger(StorageClient):
                 default_ttl_seconds=self.default_ttl_seconds,
                 now=self._now(),
                 limit=self.max_contexts_per_user,
-            ),
+                on_limit=self.on_limit,
+            )
+            return opened, sum(map(evicts_context, aggregate.pending))
+
+        opened, evicted = self._commands.run(
+            user,
+            open_in,
             request_id=request,
-            repeat=lambda first: _context_of(
-                first, ("created", "reused"), thread=thread
+            repeat=lambda first: (
+                _context_of(first, ("created", "reused"), thread=thread),
+                0,  # counted by the first call
             ),
         )
+        metrics.count_evictions(evicted)
         return _detached(opened)
 
     @metrics.metered("update_context")
@@ -179,10 +196,11 @@ class ContextLedger(StorageClient):
         reason: str = "cleared",
         request_id: str | None = None,
     ) -> None:
-        """Ends one of the user's contexts."""
+        """Ends one of the user's contexts. The reason ``"evicted"`` is the
+        ledger's own (``on_limit="evict"``) and is refused."""
         user = validation.identifier("user_id", user_id)
         context = validation.identifier("context_id", context_id)
-        why = validation.reason(reason)
+        why = validation.clear_reason(reason)
         request = validation.optional_identifier("request_id", request_id)
         self._commands.run(
             user,
@@ -199,9 +217,10 @@ class ContextLedger(StorageClient):
         reason: str = "cleared",
         request_id: str | None = None,
     ) -> int:
-        """Ends all of the user's contexts; returns how many were cleared."""
+        """Ends all of the user's contexts; returns how many were cleared. The
+        reason ``"evicted"`` is refused, as by ``clear_context``."""
         user = validation.identifier("user_id", user_id)
-        why = validation.reason(reason)
+        why = validation.clear_reason(reason)
         request = validation.optional_identifier("request_id", request_id)
         cleared: int = self._commands.run(
             user,

@@ -10,6 +10,8 @@ Recorded in the default registry (names as Prometheus exposes them):
   or ``error`` (the database failed: StorageUnavailable, or anything else);
 - ``ctxledger_refusals_total{error}``: refused commands by error type;
 - ``ctxledger_events_appended_total{kind}``: events stored, by kind;
+- ``ctxledger_evictions_total``: contexts the ledger cleared to make room for a
+  new one (``on_limit="evict"``), also counted as ``cleared`` events above;
 - ``ctxledger_conflict_retries_total``: saves retried after another process won;
 - ``ctxledger_command_duration_seconds{command}``: a latency histogram;
 - ``ctxledger_view_position{view}``, ``ctxledger_view_head`` and
@@ -61,6 +63,10 @@ class _Figures:
         )
         self.events = client.Counter(
             "ctxledger_events_appended", "Events stored, by kind.", ["kind"]
+        )
+        self.evictions = client.Counter(
+            "ctxledger_evictions",
+            "Contexts evicted to make room for a new one (on_limit='evict').",
         )
         self.retries = client.Counter(
             "ctxledger_conflict_retries",
@@ -142,6 +148,11 @@ def count_events(kinds: Iterable[str]) -> None:
             if series is None:
                 series = _EVENT_SERIES[kind] = _FIGURES.events.labels(kind)
             series.inc()
+
+
+def count_evictions(evicted: int) -> None:
+    if _FIGURES is not None and evicted:
+        _FIGURES.evictions.inc(evicted)
 
 
 def count_retry() -> None:

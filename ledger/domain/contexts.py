@@ -28,7 +28,14 @@ from ledger.domain.hashing import (
     metadata_commitment,
     record_hash,
 )
-from ledger.domain.models import Context, EventKind, LedgerEvent, UtcDatetime
+from ledger.domain.models import (
+    EVICTED,
+    Context,
+    EventKind,
+    LedgerEvent,
+    OnLimit,
+    UtcDatetime,
+)
 from ledger.domain.validation import check_merged_size
 from ledger.errors import ContextLimitExceeded, ContextNotFound
 
@@ -207,15 +214,25 @@ class UserContexts:
         default_ttl_seconds: float | None,
         now: datetime,
         limit: int,
+        on_limit: OnLimit = "refuse",
     ) -> Context:
-        """Reuses the thread's live context, else creates one (within ``limit``)."""
+        """Reuses the thread's live context, else creates one (within ``limit``).
+
+        At the limit, ``on_limit="refuse"`` raises ContextLimitExceeded and
+        ``"evict"`` first clears the least recently used live contexts (reason
+        EVICTED), as many as it takes to make room. Contexts past their time to
+        live are recorded expired either way, and never evicted."""
         now = self.time_of(now)
         current = self.for_thread(thread_id)
         if current is not None and not current.is_due(now):
             return self._reuse(current, run_id, metadata, ttl_seconds, now)
-        if len(self.live(now)) >= limit:
+        live = self.live(now)
+        excess = len(live) - limit + 1  # how many must go to make room
+        if excess > 0 and on_limit != "evict":
             raise ContextLimitExceeded(self.user_id, limit)
         self.expire_due(now)
+        for evicted in least_recently_used(live)[: max(excess, 0)]:
+            self._end(ContextCleared, evicted, now, reason=EVICTED)
         context_id = str(uuid4())
         self._trigger(
             ContextCreated,
@@ -422,6 +439,11 @@ class UserContexts:
         self._threads[context.thread_id] = context.context_id
 
 
+def least_recently_used(contexts: Iterable[Context]) -> list[Context]:
+    """The contexts, least recently used first (ties: oldest, then by id)."""
+    return sorted(contexts, key=lambda c: (c.last_used_at, c.created_at, c.context_id))
+
+
 ENDING: tuple[type[ContextEvent], ...] = (ContextExpired, ContextCleared)
 """The events after which a context is no longer active."""
 
@@ -456,6 +478,12 @@ def opens_context(event: Change) -> bool:
 def forgets_user(event: Change) -> bool:
     """Whether ``event`` erased the user: it ends every context of the user."""
     return event.KIND == "forgotten"
+
+
+def evicts_context(event: Change) -> bool:
+    """Whether ``event`` is the ledger's eviction of a context (a ``cleared``
+    event with the reserved reason EVICTED)."""
+    return event.KIND == "cleared" and getattr(event, "reason", None) == EVICTED
 
 
 def ends_context(event: Change) -> bool:

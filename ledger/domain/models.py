@@ -16,6 +16,15 @@ EVENT_KINDS: tuple[EventKind, ...] = (
 )
 
 
+OnLimit = Literal["refuse", "evict"]
+"""What opening a new context does for a user at the limit of active contexts:
+refuse it (ContextLimitExceeded), or evict the least recently used ones."""
+ON_LIMIT: tuple[OnLimit, ...] = ("refuse", "evict")
+EVICTED = "evicted"
+"""The reason of a ``cleared`` event by which the ledger evicted a context to make
+room (``on_limit="evict"``); reserved, so callers cannot give it."""
+
+
 UtcDatetime = Annotated[AwareDatetime, AfterValidator(lambda at: at.astimezone(UTC))]
 """A timezone-aware datetime, kept in UTC so every encoding of it is the same."""
 

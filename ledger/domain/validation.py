@@ -12,7 +12,14 @@ from typing import Annotated, Any
 import msgpack
 from pydantic import AfterValidator, Field, Strict, TypeAdapter, ValidationError
 
-from ledger.domain.models import EVENT_KINDS, EventKind, UtcDatetime
+from ledger.domain.models import (
+    EVENT_KINDS,
+    EVICTED,
+    ON_LIMIT,
+    EventKind,
+    OnLimit,
+    UtcDatetime,
+)
 from ledger.errors import InvalidContextInput, LedgerConfigError
 
 MAX_ID_CHARS = 256
@@ -307,6 +314,32 @@ def reason(value: object) -> str:
     """The reason given for a clear, checked."""
     result: str = _validate(_REASON, "reason", "reason", value)
     return result
+
+
+def clear_reason(value: object) -> str:
+    """The reason given for a clear, checked: not EVICTED, which is the ledger's
+    own (so the evictions the views count are the ledger's)."""
+    result = reason(value)
+    if result == EVICTED:
+        raise InvalidContextInput(
+            "reason",
+            value,
+            "is reserved for the contexts the ledger evicts (on_limit='evict')",
+            "give another reason, such as 'cleared' (the default)",
+        )
+    return result
+
+
+def on_limit(value: object) -> OnLimit:
+    """A limit policy of the ledger (a setting: LedgerConfigError)."""
+    for policy in ON_LIMIT:
+        if isinstance(value, str) and value == policy:
+            return policy
+    raise LedgerConfigError(
+        f"on_limit={value!r} is not a limit policy; pass 'refuse' (a new context "
+        "past max_contexts_per_user raises ContextLimitExceeded) or 'evict' (the "
+        "user's least recently used contexts are cleared to make room)"
+    )
 
 
 def aware_time(field: str, value: object) -> datetime:
