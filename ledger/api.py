@@ -545,7 +545,7 @@ def _context_of(
         or context_id not in (None, last.context_id)
     ):
         raise _reused_for_another_call(first)
-    return first.state().contexts[last.context_id]
+    return first.context_after(last.context_id)
 
 
 def _ended(first: FirstCall, context_id: str | None = None) -> int:

@@ -1,4 +1,5 @@
-"""The latest known state of recently used users, shared by a ledger's threads.
+"""The latest known state of recently used users, shared by a ledger's threads,
+and the calls with a request id that this ledger recorded last.
 
 The library's repository cache fast-forwards the shared cached aggregate in place
 and copies it for the caller after releasing its lock, so a concurrent reader can
@@ -8,17 +9,40 @@ copy an entry before changing it, and a newer state replaces the entry whole.
 
 import threading
 from collections import OrderedDict
+from collections.abc import Mapping
+from dataclasses import dataclass
 from uuid import UUID
 
 from ledger.domain.contexts import UserContexts
+from ledger.domain.events import ContextEvent
+from ledger.domain.models import Context
+
+RECORDED_CALLS = 4096
+"""How many calls with a request id a ledger keeps the outcome of (all users)."""
+
+
+@dataclass(frozen=True)
+class RecordedCall:
+    """A call with a request id as this ledger stored it: where its events lie in
+    the user's stream (the request window's entry), the data key generation they
+    were sealed under, the events, and the contexts they left, as the aggregate
+    held them (frozen; nothing changes them in place)."""
+
+    versions: tuple[int, int]
+    key_generation: int
+    events: tuple[ContextEvent, ...]
+    contexts: Mapping[str, Context]
 
 
 class AggregateCache:
-    """Least recently used users' aggregates, by aggregate id."""
+    """Least recently used users' aggregates, by aggregate id, and the outcomes of
+    the last RECORDED_CALLS calls with a request id, by aggregate id and request."""
 
-    def __init__(self, maxsize: int) -> None:
+    def __init__(self, maxsize: int, calls: int = RECORDED_CALLS) -> None:
         self._maxsize = maxsize
         self._entries: OrderedDict[UUID, UserContexts] = OrderedDict()
+        self._calls_size = calls
+        self._calls: OrderedDict[tuple[UUID, str], RecordedCall] = OrderedDict()
         self._lock = threading.Lock()
 
     def get(self, aggregate_id: UUID) -> UserContexts | None:
@@ -40,7 +64,26 @@ class AggregateCache:
             if len(self._entries) > self._maxsize:
                 self._entries.popitem(last=False)
 
+    def remember_call(
+        self, aggregate_id: UUID, request_id: str, call: RecordedCall
+    ) -> None:
+        """Keeps the outcome of a call whose events are stored."""
+        with self._lock:
+            self._calls[aggregate_id, request_id] = call
+            self._calls.move_to_end((aggregate_id, request_id))
+            if len(self._calls) > self._calls_size:
+                self._calls.popitem(last=False)
+
+    def recorded_call(self, aggregate_id: UUID, request_id: str) -> RecordedCall | None:
+        """The outcome of the user's call with ``request_id``, if this ledger
+        stored it and still keeps it."""
+        with self._lock:
+            return self._calls.get((aggregate_id, request_id))
+
     def drop(self, aggregate_id: UUID) -> None:
-        """Forgets the user's entry (after an erasure: it holds personal data)."""
+        """Forgets the user's entry and calls (after an erasure: they hold
+        personal data)."""
         with self._lock:
             self._entries.pop(aggregate_id, None)
+            for key in [key for key in self._calls if key[0] == aggregate_id]:
+                del self._calls[key]

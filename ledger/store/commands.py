@@ -7,8 +7,9 @@ retried on conflicts with other processes.
   at most CONFLICT_SECONDS, then ConcurrencyConflict.
 - Every call stamps its events with a fresh command id, and with the caller's
   request id if given. A request id the user's aggregate remembers (its last
-  REQUEST_WINDOW) is not applied again: ``repeat`` rebuilds the first call's result
-  from the events it stored.
+  REQUEST_WINDOW) is not applied again: ``repeat`` gives the first call's result,
+  from what this ledger kept of it when it recorded it, else rebuilt from the
+  events the call stored.
 - A write whose outcome is unknown (a lost reply) is settled by the store in
   ``LedgerApplication.record``, so a retry never applies a call twice.
 """
@@ -27,8 +28,10 @@ from eventsourcing.persistence import IntegrityError
 from ledger import metrics
 from ledger.domain.contexts import UserContexts
 from ledger.domain.events import ContextEvent
+from ledger.domain.models import Context
 from ledger.errors import ConcurrencyConflict, LedgerError
 from ledger.store.application import LedgerApplication
+from ledger.store.cache import RecordedCall
 
 T = TypeVar("T")
 CONFLICT_SECONDS = 10.0
@@ -39,11 +42,11 @@ LOCK_STRIPES = 256
 
 @dataclass(frozen=True)
 class FirstCall:
-    """What a repeated request id finds: the first call's events, and the user's
-    state right after them."""
+    """What a repeated request id finds: the first call's events, and each
+    context they left, by id, as it stood right after them."""
 
     events: list[ContextEvent]
-    state: Callable[[], UserContexts]
+    context_after: Callable[[str], Context]
 
 
 class CommandRunner:
@@ -112,7 +115,7 @@ class CommandRunner:
                 except LedgerError:  # a refusal is decided again on stored state
                     appends = False
                 if appends:
-                    self._app.record(cached)
+                    self._record(cached, request_id)
                     return result
         aggregate = self._app.load(user_id, now())
         if request_id is not None and request_id in aggregate.requests:
@@ -122,16 +125,59 @@ class CommandRunner:
             return repeat(self._first_call(user_id, aggregate, request_id))
         aggregate.attribute_to(command_id, request_id)
         result = command(aggregate)
-        self._app.record(aggregate)
+        self._record(aggregate, request_id)
         return result
+
+    def _record(self, aggregate: UserContexts, request_id: str | None) -> None:
+        """Stores the aggregate's new events; keeps the outcome of a call with a
+        request id, for its repeats (``_first_call``)."""
+        events = aggregate.pending
+        self._app.record(aggregate)
+        if request_id is None or not events:
+            return
+        versions = aggregate.requests.get(request_id)
+        if versions is None:
+            return
+        # Recorded, the aggregate is never changed again (others copy it), and its
+        # contexts are frozen: the call keeps references, not copies.
+        left = {
+            event.context_id: aggregate.contexts[event.context_id]
+            for event in events
+            if event.context_id in aggregate.contexts
+        }
+        call = RecordedCall(versions, aggregate.key_generation, tuple(events), left)
+        self._app.cache.remember_call(aggregate.id, request_id, call)
 
     def _first_call(
         self, user_id: str, aggregate: UserContexts, request_id: str
     ) -> FirstCall:
+        """The first call of ``request_id``, found in ``aggregate``'s window.
+
+        ``aggregate`` was just read from the store, so the window's entry proves
+        that the call is stored. What this ledger kept when it recorded the call
+        answers if it is that call (the same versions: not one applied again
+        after its id left the window) and no erasure came since (the same key
+        generation: the kept contexts may hold metadata an erasure destroyed).
+        The kept contexts are those the aggregate held right after the call,
+        which is what a replay up to its last version rebuilds. Else the events
+        are read from the store, and the state after them too if later events
+        followed.
+        """
         first, last = aggregate.requests[request_id]
+        kept = self._app.cache.recorded_call(aggregate.id, request_id)
+        if (
+            kept is not None
+            and kept.versions == (first, last)
+            and kept.key_generation == aggregate.key_generation
+        ):
+            return FirstCall(list(kept.events), kept.contexts.__getitem__)
         events = [
             event
             for event in self._app.events_between_versions(user_id, first, last)
             if event.request_id == request_id
         ]
-        return FirstCall(events, lambda: self._app.state_at(user_id, last))
+        if last == aggregate.version:
+            return FirstCall(events, aggregate.contexts.__getitem__)
+        return FirstCall(
+            events, lambda context: self._app.state_at(user_id, last).contexts[context]
+        )
