@@ -22,19 +22,24 @@ import functools
 import inspect
 from collections.abc import Callable, Coroutine
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import suppress
 from types import TracebackType
 from typing import Any, Concatenate, ParamSpec, Self, TypeVar
 
 from ledger.api import ContextLedger
 from ledger.domain import validation
 from ledger.errors import InvalidContextInput, LedgerClosed, LedgerError
-from ledger.store.feed import POLL_SECONDS, Change, ChangeFeed
+from ledger.store.failures import storage_failures
+from ledger.store.feed import Change, ChangeFeed
 
 P = ParamSpec("P")
 T = TypeVar("T")
 
 DEFAULT_MAX_THREADS = 8
 """Calls of one AsyncContextLedger that run at once, each in a thread."""
+FEED_READ_THREADS = 2
+"""Threads in which change feeds that are behind read the store: never the
+threads that commands run in."""
 
 
 def _in_thread(
@@ -89,6 +94,9 @@ class AsyncContextLedger:
         self._opening: asyncio.Future[ContextLedger] | None = None
         self._pool = ThreadPoolExecutor(
             max_workers=self.max_threads, thread_name_prefix="ctxledger"
+        )
+        self._readers = ThreadPoolExecutor(
+            max_workers=FEED_READ_THREADS, thread_name_prefix="ctxledger-feed"
         )
         self._slots: asyncio.Semaphore | None = None
         self._turns: dict[str, tuple[asyncio.Lock, int]] = {}
@@ -167,6 +175,14 @@ class AsyncContextLedger:
         # and the slot are given back only when it is done.
         return await asyncio.shield(future)
 
+    async def read(self, call: Callable[[], T]) -> T:
+        """Runs a read of a change feed in the feeds' own threads (not the pool
+        that commands use); LedgerClosed once closing."""
+        if self._closing:
+            raise LedgerClosed
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._readers, call)
+
     def _join(self, user_id: str | None) -> asyncio.Lock | None:
         """The user's turn (a fair lock), counting one more call waiting for it."""
         if user_id is None:
@@ -221,6 +237,7 @@ class AsyncContextLedger:
                 loop = asyncio.get_running_loop()
                 await loop.run_in_executor(self._pool, ledger.close)
         self._pool.shutdown(wait=False)
+        self._readers.shutdown(wait=False)
 
     async def __aenter__(self) -> Self:
         await self.opened()
@@ -253,9 +270,14 @@ class AsyncContextLedger:
 
 
 class AsyncChangeFeed:
-    """The change feed on the event loop: it waits on the loop between reads, and
-    each read runs in the ledger's pool. ``async with`` starts it (reading the
-    head) and closes it; ``async for`` starts it if need be."""
+    """The change feed on the event loop. The ledger's one reader of the log
+    (``FeedHub``) puts the feed's events in its queue and wakes it through the
+    loop, so a waiting feed costs no thread, no connection and no wake-up until
+    something arrives for it. A feed that is behind (started at an older
+    position, or left more than FEED_BUFFER events untaken) reads the store by
+    itself in the ledger's reader threads, never in the threads commands use.
+    ``async with`` starts it (at the head, if ``after`` is None) and closes it;
+    ``async for`` starts it if need be."""
 
     def __init__(
         self, ledger: AsyncContextLedger, user_id: str | None, after: int | None
@@ -264,16 +286,34 @@ class AsyncChangeFeed:
         self._user_id = user_id
         self._after = after
         self._feed: ChangeFeed | None = None
-        self._reading: asyncio.Future[None] | None = None
+        self._arrived = asyncio.Event()
+        self._reading: asyncio.Future[bool] | None = None
         self._taking = asyncio.Lock()
 
     async def start(self) -> None:
         """Fixes where the feed starts (the head now, if ``after`` is None)."""
-        if self._feed is None:
-            ledger = await self._ledger.opened()
-            self._feed = await self._ledger.run(
-                functools.partial(ledger.changes, self._user_id, after=self._after)
-            )
+        if self._feed is not None:
+            return
+        ledger = await self._ledger.opened()
+        after = self._after
+        if after is None:
+            after = await _fresh_head(ledger)
+        loop = asyncio.get_running_loop()
+        arrived = self._arrived
+
+        def wake() -> None:
+            with suppress(RuntimeError):  # the loop is closed: nobody waits
+                loop.call_soon_threadsafe(arrived.set)
+
+        feed = ledger.changes(self._user_id, after=after)  # no I/O: ``after`` is known
+        feed.set_waker(wake)
+        self._feed = feed
+
+    @property
+    def position(self) -> int | None:
+        """The position of the last event this feed has passed (None before it
+        starts)."""
+        return None if self._feed is None else self._feed.position
 
     def __aiter__(self) -> Self:
         return self
@@ -290,28 +330,29 @@ class AsyncChangeFeed:
         feed = self._feed
         assert feed is not None  # noqa: S101  (start() set it)
         while True:
-            # Events are read into the synchronous feed and taken from it here, so
-            # a read whose caller was cancelled loses nothing: the next call
-            # waits for that read and finds its events (or its error).
+            self._arrived.clear()
             change = feed.take()
             if change is not None:
                 return change
             if feed.closed or self._ledger.closing:
                 raise StopAsyncIteration
+            if feed.live:
+                await self._arrived.wait()
+                continue
+            # Behind the hub: read a page in a reader thread. Events are read into
+            # the synchronous feed and taken from it here, so a read whose caller
+            # was cancelled loses nothing: the next call waits for that read and
+            # finds its events (or its error).
             if self._reading is None:
-                head = feed.known_head()
-                if head <= feed.position:
-                    await asyncio.sleep(POLL_SECONDS)
-                    continue
-                self._reading = asyncio.ensure_future(
-                    self._ledger.run(functools.partial(feed.fill, head))
-                )
+                self._reading = asyncio.ensure_future(self._ledger.read(feed.catch_up))
             await asyncio.wait([self._reading])  # a cancel here leaves it running
             reading, self._reading = self._reading, None
             try:
-                reading.result()  # its error, raised once
+                progressed = reading.result()  # its error, raised once
             except LedgerClosed:
                 raise StopAsyncIteration from None
+            if not progressed:
+                await self._arrived.wait()  # until the hub's head moves
 
     async def aclose(self) -> None:
         if self._feed is not None:
@@ -328,3 +369,26 @@ class AsyncChangeFeed:
         tb: TracebackType | None,
     ) -> None:
         await self.aclose()
+
+
+async def _fresh_head(ledger: ContextLedger) -> int:
+    """The log's safe head read now by the ledger's feed reader, awaited on the
+    loop: no thread of the pool waits for it."""
+    loop = asyncio.get_running_loop()
+    told: asyncio.Future[int] = loop.create_future()
+
+    def settle(head: int | None, failure: BaseException | None) -> None:
+        if told.done():
+            return
+        if failure is not None:
+            told.set_exception(failure)
+        else:
+            told.set_result(-1 if head is None else head)
+
+    def answer(head: int | None, failure: BaseException | None) -> None:
+        with suppress(RuntimeError):  # the loop is closed: nobody waits
+            loop.call_soon_threadsafe(settle, head, failure)
+
+    ledger._feeds.request_head(answer)
+    with storage_failures(ledger.storage):
+        return await told

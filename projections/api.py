@@ -25,7 +25,7 @@ from projections.models import AuditRow, ContinuityFigures, ViewStatus
 from projections.processing import OnBatch, Processor, Target
 from projections.reader import LogReader
 from projections.store import ViewStore
-from projections.view import Generation, View, live_tables_exist
+from projections.view import Generation, View, live_tables_exist, missing_columns
 
 DEFAULT_BATCH_SIZE = 1000
 DEFAULT_POLL_SECONDS = 0.2
@@ -66,7 +66,7 @@ class Projections(StorageClient):
             view.name: view for view in (self._active, self._audit, self._continuity)
         }
         reader = LogReader(
-            application.recorder,
+            application.log_reader,
             application.mapper,
             application.keys,
             application.backend,
@@ -74,6 +74,8 @@ class Projections(StorageClient):
         self._processor = Processor(store, reader, batch_size)
         self._reader = reader
         self._built = frozenset(built)
+        self._missing: dict[str, list[str]] = {}
+        """Views whose tables lack columns of this release (readers only)."""
 
     @classmethod
     def open(
@@ -123,6 +125,19 @@ class Projections(StorageClient):
                         for view in reader.views.values()
                         if live_tables_exist(tx, view)
                     )
+                    # Built by an earlier release and not opened to write since:
+                    # not readable until `ctxledger project` adds the columns.
+                    live = {n: Generation(n, rebuild=False) for n in reader._built}
+                    reader._missing = {
+                        name: missing
+                        for name in reader._built
+                        if (
+                            missing := missing_columns(
+                                tx, reader.views[name], live[name]
+                            )
+                        )
+                    }
+                    reader._built -= reader._missing.keys()
             return reader
         with backend.setup_lock():
             store = ViewStore.beside(backend, datastore, application.keys)
@@ -194,6 +209,8 @@ class Projections(StorageClient):
         finally:  # the views swapped in, even if another could not be rebuilt
             with self._store.reading() as tx:
                 self._built |= {v.name for v in views if live_tables_exist(tx, v)}
+            for view in views:
+                self._missing.pop(view.name, None)
         return {view.name: applied[view.name] for view in views}
 
     def wait(self, position: int, timeout: float = 10.0) -> None:
@@ -317,7 +334,7 @@ class Projections(StorageClient):
         for name in self._selected(names):
             view = self.views[name]
             if name not in self._built:
-                found[name] = [str(ViewNotBuilt(name))]
+                found[name] = [str(ViewNotBuilt(name, self._missing.get(name, ())))]
                 continue
             with self._store.reading() as tx:
                 position = self._store.position(tx, Generation(name, rebuild=False).key)
@@ -339,7 +356,7 @@ class Projections(StorageClient):
     def _names(self, view: View) -> dict[str, str]:
         """The view's live tables; ViewNotBuilt for a reader's view never built."""
         if view.name not in self._built:
-            raise ViewNotBuilt(view.name)
+            raise ViewNotBuilt(view.name, self._missing.get(view.name, ()))
         return view.names(self._store.dialect, Generation(view.name, rebuild=False))
 
     def _selected(self, names: Sequence[str] | None) -> list[str]:

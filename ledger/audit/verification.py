@@ -266,7 +266,7 @@ class ChainVerifier:
     """Recomputes the hash chains of the events stored by one application."""
 
     def __init__(self, app: LedgerApplication, page_size: int = PAGE_SIZE) -> None:
-        self.recorder = app.recorder
+        self.recorder = app.log_reader
         self.mapper = app.mapper
         self.snapshots = app.snapshots
         self.backend = app.backend

@@ -2,6 +2,7 @@
 the write path, the cache of aggregates, snapshots and reading a user's events."""
 
 import logging
+import threading
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
@@ -9,7 +10,12 @@ from typing import Any, cast
 from uuid import UUID
 
 from eventsourcing.application import Application
-from eventsourcing.persistence import IntegrityError, PersistenceError, StoredEvent
+from eventsourcing.persistence import (
+    ApplicationRecorder,
+    IntegrityError,
+    PersistenceError,
+    StoredEvent,
+)
 from eventsourcing.utils import Environment, get_topic
 
 from ledger import metrics
@@ -86,6 +92,28 @@ class LedgerApplication(Application[UUID]):
         self.keys.check_master_key(create=create)
         cast(PydanticMapper, self.mapper).keys = self.keys
         self.records = RecordReader(cast(PydanticMapper, self.mapper), self.keys)
+        self._log_reader: ApplicationRecorder | None = None
+        self._reader_lock = threading.Lock()
+
+    @property
+    def log_reader(self) -> ApplicationRecorder:
+        """The recorder that readers of the whole log use (the change feed, the
+        expiry index, retention, verification): on PostgreSQL a pool of its own,
+        opened on first use, so that a read waiting at the safe head never holds
+        a connection that commands need."""
+        with self._reader_lock:
+            if self._log_reader is None:
+                self._log_reader = self.backend.log_reader(
+                    self.recorder, self.name, self.env
+                )
+            return self._log_reader
+
+    def close(self) -> None:
+        super().close()
+        with self._reader_lock:
+            reader, self._log_reader = self._log_reader, None
+        if reader is not None and reader is not self.recorder:
+            reader.datastore.close()  # type: ignore[attr-defined]
 
     def load(self, user_id: str, now: datetime) -> UserContexts:
         """The user's aggregate as stored now; an empty one for a new user."""
@@ -287,10 +315,10 @@ class LedgerApplication(Application[UUID]):
         """The users whose last event is before ``since`` and is not their
         erasure, read from the log (user ids and times only; nothing is opened)."""
         last: dict[str, tuple[datetime, bool]] = {}
-        position, stop = 0, safe_head(self.recorder)
+        position, stop = 0, safe_head(self.log_reader)
         with storage_failures(self.storage):
             while position < stop:
-                page = self.recorder.select_notifications(
+                page = self.log_reader.select_notifications(
                     start=position,
                     limit=MAX_PAGE,
                     stop=stop,

@@ -8,7 +8,7 @@ and the few queries the library has no call for.
 
 import re
 import sqlite3
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager, contextmanager, nullcontext
 from datetime import UTC, datetime
 from pathlib import Path
@@ -23,6 +23,7 @@ from eventsourcing.persistence import (
 )
 from eventsourcing.postgres import PostgresTrackingRecorder
 from eventsourcing.sqlite import SQLiteTrackingRecorder
+from eventsourcing.utils import Environment
 from psycopg import sql
 
 from ledger.store.keys import (
@@ -36,6 +37,7 @@ from ledger.store.postgres_log import (
     CONNECT_TIMEOUT_SETTING,
     SAFE_HEAD_TIMEOUT_SECONDS,
     ParallelPostgresRecorder,
+    PostgresLogFactory,
 )
 from ledger.store.urls import Storage
 
@@ -44,6 +46,11 @@ SNAPSHOTS_TABLE = {"sqlite": "stored_snapshots", "postgres": "ctxledger_snapshot
 VIEW_TRACKING_TABLE = "ctxledger_view_tracking"  # PostgreSQL; SQLite's is "tracking"
 _IDENTIFIER = re.compile(r"[a-z_][a-z0-9_]*")
 
+
+READER_CONNECTIONS = 4
+"""Connections a PostgreSQL ledger's readers of the log may hold at once (beside
+the pool that commands use): the change feed's reader, the expiry index,
+verification, retention."""
 
 LogRow = tuple[int, UUID | str, int, str, bytes]
 """An event as stored: (position, stream id, version, topic, state)."""
@@ -63,6 +70,7 @@ class Dialect(Protocol):
     def snapshot(self, cursor: Any) -> None: ...
     def row(self, stored: Any) -> tuple[Any, ...]: ...
     def exists(self, cursor: Any, name: str) -> bool: ...
+    def columns(self, cursor: Any, name: str) -> set[str]: ...
     def insert(
         self, cursor: Any, table: str, columns: Sequence[str], rows: Sequence[Any]
     ) -> None: ...
@@ -114,6 +122,11 @@ class SQLiteDialect:
         )
         return cursor.fetchone() is not None
 
+    def columns(self, cursor: Any, name: str) -> set[str]:
+        """The column names of a table (none if it does not exist)."""
+        cursor.execute("SELECT name FROM pragma_table_info(?)", (name,))
+        return {row[0] for row in cursor.fetchall()}
+
     def row(self, stored: Any) -> tuple[Any, ...]:
         return tuple(stored)
 
@@ -164,6 +177,15 @@ class PostgresDialect:
         cursor.execute("SELECT to_regclass(%s) AS found", (self.table(name),))
         return cursor.fetchone()["found"] is not None
 
+    def columns(self, cursor: Any, name: str) -> set[str]:
+        """The column names of a table (none if it does not exist)."""
+        cursor.execute(
+            "SELECT column_name AS name FROM information_schema.columns "
+            "WHERE table_schema = %s AND table_name = %s",
+            (self.schema, name),
+        )
+        return {row["name"] for row in cursor.fetchall()}
+
     def insert(
         self, cursor: Any, table: str, columns: Sequence[str], rows: Sequence[Any]
     ) -> None:
@@ -200,6 +222,14 @@ class Backend:
     def tracking(self, datastore: Any) -> tuple[TrackingRecorder, str]:
         """A tracking recorder beside the events and its table's quoted name."""
         raise NotImplementedError
+
+    def log_reader(
+        self, recorder: ApplicationRecorder, name: str, settings: Mapping[str, str]
+    ) -> ApplicationRecorder:
+        """The recorder through which readers of the log read (``name`` and
+        ``settings`` are the application's): here the commands' own (a read never
+        waits long where one writer appends at a time)."""
+        return recorder
 
     def key_store(self, datastore: Any, master_key: MasterKey | None) -> KeyStore:
         """The users' data keys, in a table beside the events."""
@@ -420,6 +450,21 @@ class PostgresBackend(Backend):
 
     def dialect(self) -> Dialect:
         return PostgresDialect(self.schema)
+
+    def log_reader(
+        self, recorder: ApplicationRecorder, name: str, settings: Mapping[str, str]
+    ) -> ApplicationRecorder:
+        """A recorder of the same log on a pool of its own (opened on first use,
+        at most READER_CONNECTIONS): a reader waiting at the safe head for another
+        session's transaction holds one of these, never a connection that commands
+        need."""
+        own = {
+            **settings,
+            "POSTGRES_POOL_SIZE": "1",
+            "POSTGRES_MAX_OVERFLOW": str(READER_CONNECTIONS - 1),
+            "CREATE_TABLE": "n",
+        }
+        return PostgresLogFactory(Environment(name, own)).application_recorder()
 
     def tracking(self, datastore: Any) -> tuple[TrackingRecorder, str]:
         recorder = PostgresTrackingRecorder(

@@ -1,21 +1,32 @@
 """The change feed: every event stored by any process, in log order, each once.
 
-One ``HeadWatcher`` per open ledger polls the log's safe head (``safe_head``, the
+One ``FeedHub`` per open ledger reads the log for all of that ledger's feeds.
+While a feed is open, one thread polls the log's safe head (``safe_head``, the
 same gap-free bound as the views: an event that commits late has a lower position
-and is waited for, never skipped) and wakes the feeds when it moves. Each feed then
-reads what it has not seen from the store, a page at a time, so a feed that falls
-behind catches up from the store: nothing is queued in memory beyond one page.
+and is waited for, never skipped), reads the events up to it once, decodes each
+event that some open feed wants once, and puts it in those feeds' queues. An idle
+feed of one user is a dict entry: the hub's work grows with the events stored,
+not with the feeds open. The hub reads through the ledger's log reader (on
+PostgreSQL a pool of its own), so a wait at the safe head never holds a
+connection that commands need.
 
-A feed of one user reads only that user's stream (by version, from the primary
-key), not the whole log. Versions of a stream take positions in the same order
-(a version is appended only after the one before it committed), so "versions
-after v, at positions up to the head" is exactly what the log holds for it.
+A feed is *live* while the hub delivers to it. A feed that starts behind the hub
+(``after`` an older position), or whose consumer left FEED_BUFFER events untaken
+(a slow socket), reads from the store by itself, a page at a time and only when
+its queue is empty, until it has caught up with the hub; then it is live again.
+So a slow consumer costs its own reads and at most FEED_BUFFER events of memory,
+and never delays the other feeds.
+
+A feed of one user reads only that user's stream when it catches up (by version,
+from the primary key). Versions of a stream take positions in the same order (a
+version is appended only after the one before it committed), so "versions after
+v, at positions up to the head" is exactly what the log holds for it.
 """
 
 import threading
 import time
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, nullcontext
 from types import TracebackType
 from typing import Any, Self
@@ -26,8 +37,8 @@ from eventsourcing.persistence import ApplicationRecorder, Mapper, Notification
 from ledger.domain.contexts import user_aggregate_id
 from ledger.domain.events import EVENT_TOPICS, ContextEvent
 from ledger.domain.models import LedgerEvent
-from ledger.errors import LedgerCorrupted, LedgerError
-from ledger.store.backends import Backend, as_stream_id, safe_head
+from ledger.errors import LedgerClosed, LedgerCorrupted, LedgerError
+from ledger.store.backends import Backend, LogRow, as_stream_id, safe_head
 from ledger.store.failures import ActiveCalls, storage_failures
 from ledger.store.urls import Storage
 
@@ -36,201 +47,498 @@ POLL_SECONDS = 0.05
 CLOSE_WAIT_SECONDS = 5.0
 """How long closing a ledger waits for its feeds' reads under way."""
 PAGE = 500
-"""Events a feed reads from the store at a time (all it holds in memory)."""
+"""Events read from the store at a time (by the hub, or by a feed catching up)."""
+FEED_BUFFER = 1000
+"""Events a live feed holds for its consumer; one more and it catches up alone."""
+SYNC_WAIT_SECONDS = 1.0
+"""The longest a blocking iteration sleeps before it looks again (a safety net:
+closing, new events and failures wake it at once)."""
 
 Change = tuple[int, LedgerEvent]
+HeadCallback = Callable[[int | None, BaseException | None], None]
+"""Told the safe head read for it, or what made the read fail."""
 
 
-class HeadWatcher:
-    """Reads the safe head every ``poll_seconds`` while feeds are open, in one
-    daemon thread per ledger, and wakes the feeds waiting for it to move.
+class _Damaged:
+    """An event of the log that does not decode, in a feed's queue: taking it
+    raises LedgerCorrupted (once), and the feed goes on after it."""
 
-    Every read of the store by a feed (and by the watching thread) runs inside
-    ``reading()``; ``close()`` waits for those to end, so the ledger's connections
-    are never closed under a read.
+    __slots__ = ("position", "problem", "stream")
+
+    def __init__(self, position: int, stream: UUID | str, problem: str) -> None:
+        self.position = position
+        self.stream = stream
+        self.problem = problem
+
+
+_Item = tuple[int, LedgerEvent] | _Damaged
+
+
+class FeedHub:
+    """Reads the log once for all of a ledger's feeds and hands each feed what it
+    wants. Its thread runs while a feed is open or a head is asked for.
+
+    Every read of the store by the hub or a feed runs inside ``reading()``;
+    ``close()`` waits for those to end, so the ledger's connections are never
+    closed under a read.
     """
 
-    def __init__(self, recorder: ApplicationRecorder, poll_seconds: float) -> None:
-        self._recorder = recorder
+    def __init__(
+        self,
+        *,
+        reader: Callable[[], ApplicationRecorder],
+        mapper: Mapper[UUID],
+        backend: Backend,
+        storage: Storage,
+        poll_seconds: float = POLL_SECONDS,
+    ) -> None:
+        self._reader = reader
+        self.mapper = mapper
+        self.backend = backend
+        self.storage = storage
         self._poll = poll_seconds
-        self._moved = threading.Condition()
+        self.lock = threading.Lock()
+        self.moved = threading.Condition(self.lock)
+        """Notified when the head moves, a read fails or the hub closes."""
+        self._wake = threading.Condition(self.lock)
+        self._requests: list[HeadCallback] = []
+        self._position: int | None = None  # dispatched through here
         self._head = -1
-        self._users = 0
         self._failure: BaseException | None = None
+        self._feeds = 0
+        self._all: set[ChangeFeed] = set()
+        self._by_stream: dict[UUID | str, set[ChangeFeed]] = {}
+        self._behind: set[ChangeFeed] = set()
         self._thread: threading.Thread | None = None
         self._closed = False
         self._reads = ActiveCalls()
+
+    @property
+    def recorder(self) -> ApplicationRecorder:
+        return self._reader()
 
     def reading(self) -> AbstractContextManager[bool]:
         """Marks a read of the store; yields False (read nothing) once closed."""
         return self._reads.running()
 
-    def head_now(self) -> int:
-        """The safe head, read now (-1 once closed)."""
-        with self.reading() as open_:
-            return safe_head(self._recorder) if open_ else -1
-
-    @property
-    def last_head(self) -> int:
-        """The safe head as last read by the watching thread (-1: not yet); while
-        its readings fail, what made the last one fail is raised."""
-        with self._moved:
-            if self._failure is not None:
-                raise self._failure
-            return self._head
-
     @property
     def closed(self) -> bool:
         return self._closed
 
-    def join(self) -> None:
-        with self._moved:
-            self._users += 1
-            if self._thread is None or not self._thread.is_alive():
-                self._failure = None  # of an earlier watch: read afresh
-                self._thread = threading.Thread(
-                    target=self._watch, name="ctxledger-head", daemon=True
-                )
-                self._thread.start()
+    # The safe head.
 
-    def leave(self) -> None:
-        with self._moved:
-            self._users -= 1
-            self._moved.notify_all()
+    def request_head(self, callback: HeadCallback) -> None:
+        """Calls ``callback`` (in the hub's thread) with the first safe head read
+        after this call, or with what made that read fail (LedgerClosed once the
+        hub is closed). The callback must not block."""
+        with self.lock:
+            if self._closed:
+                closed: BaseException | None = LedgerClosed()
+            else:
+                closed = None
+                self._requests.append(callback)
+                self._start()
+                self._wake.notify_all()
+        if closed is not None:
+            callback(None, closed)
+
+    def fresh_head(self) -> int:
+        """The safe head, read now (by the hub's thread, for every caller waiting
+        at the same moment); StorageUnavailable or LedgerClosed if it fails."""
+        done = threading.Event()
+        answer: list[tuple[int | None, BaseException | None]] = []
+
+        def told(head: int | None, failure: BaseException | None) -> None:
+            answer.append((head, failure))
+            done.set()
+
+        self.request_head(told)
+        done.wait()
+        head, failure = answer[0]
+        if failure is not None:
+            with storage_failures(self.storage):
+                raise failure
+        if head is None:  # pragma: no cover  (a head or a failure is always told)
+            raise LedgerClosed
+        return head
+
+    def last_head(self) -> int:
+        """The safe head as the hub last read it (-1: not yet); while its reads
+        fail, what made the last one fail is raised (StorageUnavailable)."""
+        with self.lock:
+            failure, head = self._failure, self._head
+        if failure is not None:
+            with storage_failures(self.storage):
+                raise failure
+        return head
+
+    # Feeds joining and leaving.
+
+    def join(self, feed: "ChangeFeed") -> None:
+        with self.lock:
+            self._feeds += 1
+            self._attach(feed)
+            self._start()
+
+    def leave(self, feed: "ChangeFeed") -> None:
+        with self.lock:
+            self._detach(feed)
+            self._behind.discard(feed)
+            self._feeds -= 1
+            self._wake.notify_all()
+
+    def attach(self, feed: "ChangeFeed") -> bool:
+        """Makes a feed that has caught up live; whether it is live."""
+        with self.lock:
+            return self._attach(feed)
+
+    def _attach(self, feed: "ChangeFeed") -> bool:
+        if feed.live:
+            return True
+        if self._position is None or feed.own_position < self._position:
+            self._behind.add(feed)
+            return False
+        self._behind.discard(feed)
+        feed.go_live()
+        if feed.stream is None:
+            self._all.add(feed)
+        else:
+            self._by_stream.setdefault(feed.stream, set()).add(feed)
+        return True
+
+    def _detach(self, feed: "ChangeFeed") -> None:
+        if feed.stream is None:
+            self._all.discard(feed)
+        else:
+            streams = self._by_stream.get(feed.stream)
+            if streams is not None:
+                streams.discard(feed)
+                if not streams:
+                    del self._by_stream[feed.stream]
+
+    def failure_now(self) -> BaseException | None:
+        """What made the hub's last read fail, if it did (under ``lock``)."""
+        return self._failure
+
+    def position_of_live(self) -> int:
+        """Where the hub has delivered through (under ``lock``)."""
+        return -1 if self._position is None else self._position
 
     def close(self) -> None:
-        """Ends the watch and waits for the reads of the store under way (at most
+        """Ends the feeds and waits for the reads of the store under way (at most
         CLOSE_WAIT_SECONDS: a PostgreSQL safe head may wait long for another
         session's transaction, and closing under it is safe there)."""
-        with self._moved:
+        with self.lock:
             self._closed = True
-            self._moved.notify_all()
+            requests, self._requests = self._requests, []
+            feeds = [*self._all, *self._behind]
+            feeds += [feed for group in self._by_stream.values() for feed in group]
+            self._wake.notify_all()
+            self.moved.notify_all()
             thread = self._thread
+        for callback in requests:
+            callback(None, LedgerClosed())
+        for feed in feeds:
+            feed.wake()
         self._reads.close(timeout=CLOSE_WAIT_SECONDS)
         if thread is not None and thread is not threading.current_thread():
             thread.join(CLOSE_WAIT_SECONDS)
 
-    def wait_beyond(self, position: int, timeout: float) -> int:
-        """The head once it is past ``position``, or as it is after ``timeout``."""
-        deadline = time.monotonic() + timeout
-        with self._moved:
-            while self._head <= position and not self._closed:
-                if self._failure is not None:  # until a reading succeeds again
-                    raise self._failure
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    break
-                self._moved.wait(left)
-            return self._head
+    # The hub's thread.
 
-    def _watch(self) -> None:
+    def _start(self) -> None:
+        """Starts the thread if it is not running (under ``lock``)."""
+        if self._thread is None and not self._closed:
+            self._thread = threading.Thread(
+                target=self._run, name="ctxledger-feeds", daemon=True
+            )
+            self._thread.start()
+
+    def _run(self) -> None:
+        next_read = 0.0
         while True:
-            with self._moved:
-                if self._closed or self._users <= 0:
+            with self.lock:
+                while not self._closed and not self._requests:
+                    if self._feeds <= 0:
+                        break
+                    left = next_read - time.monotonic()
+                    if left <= 0:
+                        break
+                    self._wake.wait(left)
+                if self._closed or (self._feeds <= 0 and not self._requests):
                     self._thread = None
-                    return
-            try:
-                head = self.head_now()
-                if head < 0:
-                    continue  # closed: the loop ends at its top
-            except Exception as error:  # noqa: BLE001  (handed to the feeds waiting)
-                with self._moved:
-                    self._failure = error
-                    self._moved.notify_all()
-            else:
-                with self._moved:
+                    self._position = None  # no feed holds it: start afresh
                     self._failure = None
-                    if head != self._head:
-                        self._head = head
-                        self._moved.notify_all()
-            time.sleep(self._poll)
+                    return
+                requests, self._requests = self._requests, []
+            next_read = time.monotonic() + self._poll
+            head, failure = self._read()
+            for callback in requests:
+                callback(head, failure)
+
+    def _read(self) -> tuple[int | None, BaseException | None]:
+        """Reads the safe head and delivers what lies up to it."""
+        try:
+            with self.reading() as open_:
+                if not open_:
+                    return None, LedgerClosed()
+                head = safe_head(self.recorder)
+                self._advance(head)
+        except Exception as error:  # noqa: BLE001  (handed to the feeds waiting)
+            with self.lock:
+                self._failure = error
+                self.moved.notify_all()
+                woken = [*self._all, *self._behind]
+                woken += [f for group in self._by_stream.values() for f in group]
+            for feed in woken:
+                feed.wake()
+            return None, error
+        return head, None
+
+    def _advance(self, head: int) -> None:
+        with self.lock:
+            self._failure = None
+            if self._position is None:
+                self._position = head  # the first read: nobody is behind it yet
+            start = self._position
+        while start < head:
+            rows = self.backend.log_rows(self.recorder, start, PAGE, head)
+            through = rows[-1][0] if len(rows) == PAGE else head
+            start = self._deliver(start, through, rows)
+            if start < 0:
+                return  # the hub was reset meanwhile
+        with self.lock:
+            self._head = max(self._head, head)
+            behind = list(self._behind)
+            self.moved.notify_all()
+        for feed in behind:
+            feed.wake()
+
+    def _deliver(self, start: int, through: int, rows: list[LogRow]) -> int:
+        """Hands the rows to the feeds that want them; the new position (-1 if the
+        hub's position changed under it)."""
+        with self.lock:
+            wanted = [row for row in rows if self._wants(row)]
+        decoded = {row[0]: self._decoded(row) for row in wanted}
+        woken: set[ChangeFeed] = set()
+        with self.lock:
+            if self._position != start:
+                return -1
+            for row in rows:
+                if not self._wants(row):
+                    continue
+                item = decoded.get(row[0])
+                if item is None:  # a feed that joined while the page was decoded
+                    item = self._decoded(row)
+                self._offer(row, item, woken)
+            self._position = through
+        for feed in woken:
+            feed.wake()
+        return through
+
+    def _wants(self, row: LogRow) -> bool:
+        stream = as_stream_id(row[1])
+        return bool(
+            (self._all and row[3] in EVENT_TOPICS) or self._by_stream.get(stream)
+        )
+
+    def _offer(self, row: LogRow, item: _Item, woken: set["ChangeFeed"]) -> None:
+        stream = as_stream_id(row[1])
+        feeds = list(self._by_stream.get(stream, ()))
+        if row[3] in EVENT_TOPICS:
+            feeds += self._all
+        for feed in feeds:
+            if feed.offer(row[0], item):
+                woken.add(feed)
+            elif not feed.live:  # its consumer fell behind: it catches up alone
+                self._detach(feed)
+                self._behind.add(feed)
+                woken.add(feed)
+
+    def _decoded(self, row: LogRow) -> _Item:
+        position, stream, version, topic, state = row
+        keys = getattr(self.mapper, "keys", None)
+        with nullcontext() if keys is None else keys.reading():
+            return decode(
+                self.mapper,
+                Notification(
+                    id=position,
+                    originator_id=stream,
+                    originator_version=version,
+                    topic=topic,
+                    state=bytes(state),
+                ),
+            )
+
+
+def decode(mapper: Mapper[UUID], notification: Notification) -> _Item:
+    """The change a stored event makes, or what is wrong with it."""
+    problem: str | None = None
+    try:
+        event: Any = mapper.to_domain_event(notification)
+    except LedgerError:
+        raise  # a master key that does not open the keys: not this event's fault
+    except ValueError as error:  # MapperDeserialisationError
+        problem = str(error)
+    else:
+        if isinstance(event, ContextEvent):
+            return notification.id, event.to_ledger_event()
+        problem = f"topic {notification.topic!r} is not an event of a context"
+    stream = as_stream_id(notification.originator_id)
+    return _Damaged(notification.id, stream, problem)
 
 
 class ChangeFeed(Iterator[Change]):
     """``(position, event)`` of each event stored after ``after``, in log order.
 
     Iterating blocks until the next event; ``close()`` (from any thread), or
-    closing the ledger, ends the iteration within one poll. While the database
-    cannot be read, iterating raises StorageUnavailable and the feed keeps its
-    position: iterate again to go on. ``poll()`` returns what is there now without
-    waiting. Use it as a context manager to close it.
+    closing the ledger, ends the iteration. While the database cannot be read,
+    iterating raises StorageUnavailable and the feed keeps its position: iterate
+    again to go on. ``poll()`` returns what is there now without waiting. Use it
+    as a context manager to close it.
     """
 
-    def __init__(
-        self,
-        *,
-        recorder: ApplicationRecorder,
-        mapper: Mapper[UUID],
-        backend: Backend,
-        watcher: HeadWatcher,
-        storage: Storage,
-        user_id: str | None,
-        after: int | None,
-    ) -> None:
-        self._storage = storage
-        self._recorder = recorder
-        self._mapper = mapper
-        self._backend = backend
-        self._watcher = watcher
+    def __init__(self, hub: FeedHub, user_id: str | None, after: int | None) -> None:
+        self._hub = hub
         self._user_id = user_id
-        self._stream = None if user_id is None else user_aggregate_id(user_id)
-        with storage_failures(storage):
-            self.position = watcher.head_now() if after is None else after
-        """The position of the last event this feed has passed."""
+        self.stream: UUID | None = (
+            None if user_id is None else user_aggregate_id(user_id)
+        )
+        start = hub.fresh_head() if after is None else after
+        self.own_position = start
+        """Where a feed that is not live has read through."""
+        self._floor = start  # a live feed takes only what lies after it
         self._version: int | None = None  # the user's last version passed
-        self._ready: deque[Change] = deque()
-        self._closed = threading.Event()
-        watcher.join()
+        self._ready: deque[_Item] = deque()
+        self._signal = threading.Condition(hub.lock)
+        self._waker: Callable[[], None] | None = None
+        self._closed = False
+        self.live = False
+        hub.join(self)
+
+    # Called by the hub, under its lock.
+
+    def go_live(self) -> None:
+        self.live = True
+        self._floor = self.own_position
+
+    def offer(self, position: int, item: _Item) -> bool:
+        """Takes an item the hub delivers; False (and the feed is no longer live)
+        when its queue is full."""
+        if position <= self._floor:
+            return False
+        if len(self._ready) >= FEED_BUFFER:
+            self.live = False
+            self.own_position = position - 1  # all it wants before is queued
+            self._version = None
+            return False
+        self._ready.append(item)
+        return True
+
+    def wake(self) -> None:
+        """Tells the consumer something changed (an event, a failure, closing)."""
+        with self._hub.lock:
+            self._signal.notify_all()
+        waker = self._waker
+        if waker is not None:
+            waker()
+
+    def set_waker(self, waker: Callable[[], None] | None) -> None:
+        """``waker`` is called (from any thread, it must not block) whenever the
+        feed may have something new: how an asyncio consumer waits without
+        polling."""
+        self._waker = waker
+
+    # The consumer's side.
+
+    @property
+    def position(self) -> int:
+        """The position of the last event this feed has passed."""
+        with self._hub.lock:
+            if self.live:
+                return max(self._floor, self._hub.position_of_live())
+            return self.own_position
 
     def __iter__(self) -> Self:
         return self
 
     def __next__(self) -> Change:
-        while not self._ready:
+        while True:
+            change = self.take()
+            if change is not None:
+                return change
             if self.closed:
                 raise StopIteration
-            with storage_failures(self._storage):
-                head = self._watcher.wait_beyond(self.position, POLL_SECONDS * 4)
-            self.fill(head)
-        return self._ready.popleft()
-
-    def poll(self, head: int | None = None) -> list[Change]:
-        """What is stored after the feed's position up to ``head`` (the safe head
-        read now when None), at most a page, without waiting; the position moves
-        past it."""
-        if head is None:
-            with storage_failures(self._storage):
-                head = self._watcher.head_now()
-        self.fill(head)
-        changes = list(self._ready)
-        self._ready.clear()
-        return changes
-
-    def fill(self, head: int) -> None:
-        """Reads a page of what lies after the position, up to ``head``, unless
-        read events are still waiting to be taken (``take``)."""
-        if not self._ready and not self.closed and head > self.position:
-            with storage_failures(self._storage):
-                self._read(head)
+            if not self.live and self.catch_up():
+                continue
+            with self._hub.lock:
+                if not self._ready and not self._closed and not self._hub.closed:
+                    self._signal.wait(SYNC_WAIT_SECONDS)
 
     def take(self) -> Change | None:
-        """The next event read, or None."""
-        return self._ready.popleft() if self._ready else None
+        """The next event read, or None; raises LedgerCorrupted for an event that
+        does not decode (once), and StorageUnavailable while the hub's reads fail
+        and nothing is queued."""
+        with self._hub.lock:
+            item = self._ready.popleft() if self._ready else None
+            failure = self._hub.failure_now() if item is None and self.live else None
+        if failure is not None:
+            with storage_failures(self._hub.storage):
+                raise failure
+        if isinstance(item, _Damaged):
+            raise LedgerCorrupted(
+                self._user_id or f"of stream {item.stream}",
+                f"the event at position {item.position}: {item.problem}",
+            )
+        return item
 
-    def known_head(self) -> int:
-        """The safe head as the ledger's watching thread last read it (no I/O)."""
-        with storage_failures(self._storage):
-            return self._watcher.last_head
+    def catch_up(self) -> bool:
+        """For a feed that is not live: reads a page of what lies after its
+        position, up to the hub's last head, or joins the hub once level with it.
+        Whether the consumer has something to look at (else: wait for the head)."""
+        head = self._hub.last_head()
+        if self._hub.attach(self):
+            return True
+        if head <= self.own_position:
+            return False
+        with storage_failures(self._hub.storage), self._hub.reading() as open_:
+            if open_:
+                self._read_page(head)
+        if not self._ready:
+            self._hub.attach(self)
+        return True
+
+    def poll(self) -> list[Change]:
+        """What is stored after the feed's position up to the safe head read now
+        (at most a page, for a feed that is behind), without waiting."""
+        head = self._hub.fresh_head()
+        changes: list[Change] = []
+        while True:
+            change = self.take()
+            if change is not None:
+                changes.append(change)
+                continue
+            if self.live or self.closed or head <= self.own_position or changes:
+                return changes
+            with storage_failures(self._hub.storage), self._hub.reading() as open_:
+                if not open_:
+                    return changes
+                self._read_page(head)
+            if not self._ready:
+                return changes
 
     def close(self) -> None:
-        if not self._closed.is_set():
-            self._closed.set()
-            self._watcher.leave()
+        with self._hub.lock:
+            if self._closed:
+                return
+            self._closed = True
+        self._hub.leave(self)
+        self.wake()
 
     @property
     def closed(self) -> bool:
         """Closed itself, or its ledger was closed."""
-        return self._closed.is_set() or self._watcher.closed
+        return self._closed or self._hub.closed
 
     def __enter__(self) -> Self:
         return self
@@ -243,18 +551,13 @@ class ChangeFeed(Iterator[Change]):
     ) -> None:
         self.close()
 
-    def _read(self, head: int) -> None:
-        """Reads a page of what lies after the position, up to ``head`` (nothing
-        once the ledger is closed)."""
-        with self._watcher.reading() as open_:
-            if open_:
-                self._read_page(head)
-
     def _read_page(self, head: int) -> None:
-        if self._stream is None:
+        """Reads a page of what lies after the position, up to ``head``."""
+        recorder, backend = self._hub.recorder, self._hub.backend
+        if self.stream is None:
             page = list(
-                self._recorder.select_notifications(
-                    start=self.position,
+                recorder.select_notifications(
+                    start=self.own_position,
                     limit=PAGE,
                     stop=head,
                     topics=EVENT_TOPICS,
@@ -263,49 +566,19 @@ class ChangeFeed(Iterator[Change]):
             )
         else:
             if self._version is None:
-                self._version = self._backend.stream_version_at(
-                    self._recorder, self._stream, self.position
+                self._version = backend.stream_version_at(
+                    recorder, self.stream, self.own_position
                 )
-            page = self._backend.stream_after(
-                self._recorder, self._stream, self._version, head, PAGE
+            page = backend.stream_after(
+                recorder, self.stream, self._version, head, PAGE
             )
-        keys = getattr(self._mapper, "keys", None)
+        keys = getattr(self._hub.mapper, "keys", None)
         with nullcontext() if keys is None else keys.reading():
-            whole = self._take_page(page)
-        if whole and len(page) < PAGE:
-            self.position = max(self.position, head)  # all up to it has been read
-
-    def _take_page(self, page: list[Notification]) -> bool:
-        """Decodes the page into ready changes; False if it stopped before an
-        undecodable event (read next time, after the ones before it)."""
-        for notification in page:
-            try:
-                change = (notification.id, self._decoded(notification))
-            except LedgerCorrupted:
-                if self._ready:
-                    return False  # the events before it go first
-                self.position = notification.id  # reported once, then passed
-                self._version = notification.originator_version
-                raise
-            self._ready.append(change)
-            self.position = notification.id
-            self._version = notification.originator_version
-        return True
-
-    def _decoded(self, notification: Notification) -> LedgerEvent:
-        problem: str | None = None
-        try:
-            event: Any = self._mapper.to_domain_event(notification)
-        except LedgerError:
-            raise  # a master key that does not open the keys: not this event's fault
-        except ValueError as error:  # MapperDeserialisationError
-            problem = str(error)
-        else:
-            if isinstance(event, ContextEvent):
-                return event.to_ledger_event()
-            problem = f"topic {notification.topic!r} is not an event of a context"
-        stream = as_stream_id(notification.originator_id)
-        raise LedgerCorrupted(
-            self._user_id or f"of stream {stream}",
-            f"the event at position {notification.id}: {problem}",
-        )
+            items = [decode(self._hub.mapper, n) for n in page]
+        with self._hub.lock:
+            self._ready.extend(items)
+            if page:
+                self.own_position = page[-1].id
+                self._version = page[-1].originator_version
+            if len(page) < PAGE:
+                self.own_position = max(self.own_position, head)
