@@ -12,6 +12,7 @@ from typing import Any, ClassVar
 
 from ledger.domain.contexts import (
     ends_context,
+    evicts_context,
     forgets_user,
     opens_context,
     user_aggregate_id,
@@ -23,7 +24,17 @@ from projections.models import ContinuityFigures
 from projections.store import Tx
 from projections.view import Names, Positioned, Table, View, compare_rows
 
-COUNTERS = ("created", "reused", "updated", "expired", "cleared", "first_reuses")
+COUNTERS = (
+    "created",
+    "reused",
+    "updated",
+    "expired",
+    "cleared",
+    "evicted",
+    "first_reuses",
+)
+"""Per user: events by kind, the ledger's evictions apart from the callers'
+clears, and first reuses (of contexts reused at least once)."""
 _CHUNK = 500
 
 
@@ -45,7 +56,7 @@ class Continuity:
                 if self.open_threads.get((event.user_id, thread_id)) is not None:
                     self.open_threads[event.user_id, thread_id] = None
             return
-        counts[event.KIND] += 1
+        counts["evicted" if evicts_context(event) else event.KIND] += 1
         thread = (event.user_id, event.thread_id)
         self.threads_of.setdefault(event.user_id, set()).add(event.thread_id)
         if opens_context(event):
@@ -67,6 +78,8 @@ class ContinuityView(View):
             "continuity_users",
             "user_id {text} PRIMARY KEY, "
             + ", ".join(f"{c} {{int}} NOT NULL" for c in COUNTERS),
+            # Evictions came with on_limit: a view built before counted none.
+            added=(("evicted", "{int} NOT NULL DEFAULT 0"),),
         ),
         Table(
             "continuity_threads",
@@ -202,6 +215,7 @@ def figures_of(
         updated=counts["updated"],
         expired=counts["expired"],
         cleared=counts["cleared"],
+        evicted=counts["evicted"],
         never_reused=created - counts["first_reuses"],
         reuses_per_created=round(counts["reused"] / created, 4) if created else None,
         threads_with_overlap=overlapping,

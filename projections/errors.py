@@ -1,6 +1,8 @@
 """Errors of the projections: the ``ProjectionError`` branch under the ledger's root
 error ``LedgerError``. The whole tree is drawn once, in ``ledger.errors``."""
 
+from collections.abc import Sequence
+
 from ledger.errors import LedgerError, shorten
 
 
@@ -70,13 +72,21 @@ class ViewsNeedDurableStorage(ProjectionError):
 
 
 class ViewNotBuilt(ProjectionError):
-    """A reader (``create=False``) asked a view whose tables were never built."""
+    """A reader (``create=False``) asked a view whose tables were never built, or
+    were built by an earlier release and lack the ``missing`` columns."""
 
-    _fields = ("view",)
+    _fields = ("view", "missing")
 
-    def __init__(self, view: str) -> None:
+    def __init__(self, view: str, missing: Sequence[str] = ()) -> None:
         self.view = view
+        self.missing = tuple(missing)
+        problem = (
+            f"was built by an earlier release and lacks {', '.join(self.missing)}"
+            if self.missing
+            else "has not been built in this ledger"
+        )
+        action = "upgrade" if self.missing else "build"
         super().__init__(
-            f"the {view} view has not been built in this ledger; run `ctxledger "
-            "project` (or Projections.open(url).catch_up()) to build it"
+            f"the {view} view {problem}; run `ctxledger project` (or "
+            f"Projections.open(url).catch_up()) to {action} it"
         )

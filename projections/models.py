@@ -25,8 +25,11 @@ class AuditRow(BaseModel):
 class ContinuityFigures(BaseModel):
     """Continuity of one user's contexts, or of all users when ``user_id`` is None.
 
-    ``threads_with_overlap`` counts threads that ever had a second context created
-    while one was active: the failure the ledger exists to prevent, so it must be 0.
+    ``cleared`` counts the contexts callers cleared, ``evicted`` those the ledger
+    cleared to make room for a new one (``on_limit="evict"``; ``cleared`` events
+    with reason ``"evicted"``). ``threads_with_overlap`` counts threads that ever
+    had a second context created while one was active: the failure the ledger
+    exists to prevent, so it must be 0.
     """
 
     model_config = ConfigDict(frozen=True, extra="forbid")
@@ -38,6 +41,7 @@ class ContinuityFigures(BaseModel):
     updated: int
     expired: int
     cleared: int
+    evicted: int
     never_reused: int
     reuses_per_created: float | None
     threads_with_overlap: int

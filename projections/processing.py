@@ -27,6 +27,7 @@ from projections.view import (
     index_loaded_tables,
     live_tables_exist,
     swap_in_rebuild,
+    upgrade_tables,
 )
 
 OnBatch = Callable[[int], None]
@@ -77,12 +78,15 @@ class Processor:
         self.batch_size = batch_size
 
     def ensure_live(self, view: View) -> None:
-        """Creates the view's live tables if any is missing (from position 0)."""
+        """Creates the view's live tables if any is missing (from position 0), or
+        adds the columns that tables of an earlier release lack."""
         live = Generation(view.name, rebuild=False)
         with self.store.writing(live.key) as tx:
             if not live_tables_exist(tx, view):
                 create_tables(tx, view, live)
                 self.store.forget(tx, live.key)
+            else:
+                upgrade_tables(tx, view, live)
 
     def position(self, key: str) -> int:
         with self.store.reading() as tx:

@@ -145,6 +145,10 @@ class Table:
     """A rebuild fills it first and creates its indexes once, before the swap
     (a big table that is only appended to: cheaper than index upkeep per row).
     Other tables keep their indexes throughout: a rebuild's batches query them."""
+    added: tuple[tuple[str, str], ...] = ()
+    """Columns a later release added, each (name, definition with a default; types
+    in braces): a live table an earlier release built gets them when the views
+    are opened to write (``upgrade_tables``). ``columns`` has them too."""
 
 
 @dataclass(frozen=True)
@@ -219,6 +223,32 @@ def _index(tx: Tx, generation: Generation, tables: list[Table]) -> None:
             # gets fresh ones.
             index = f'"ix_{secrets.token_hex(6)}"'
             tx.run(f"CREATE INDEX {index} ON {name} ({columns})")
+
+
+def missing_columns(tx: Tx, view: View, generation: Generation) -> list[str]:
+    """The ``added`` columns that the generation's tables (built by an earlier
+    release) lack, as ``table.column``."""
+    missing = []
+    for table in view.tables:
+        if not table.added:
+            continue
+        present = tx.dialect.columns(tx.cursor, generation.physical(table.name))
+        missing += [f"{table.name}.{c}" for c, _ in table.added if c not in present]
+    return missing
+
+
+def upgrade_tables(tx: Tx, view: View, generation: Generation) -> None:
+    """Adds the columns that tables built by an earlier release lack, each with
+    its default: the value it had before the release that added it."""
+    missing = missing_columns(tx, view, generation)
+    for table in view.tables:
+        name = tx.dialect.table(generation.physical(table.name))
+        for column, definition in table.added:
+            if f"{table.name}.{column}" in missing:
+                tx.run(
+                    f"ALTER TABLE {name} ADD COLUMN {column} "
+                    + definition.format(**tx.dialect.types)
+                )
 
 
 def live_tables_exist(tx: Tx, view: View) -> bool:

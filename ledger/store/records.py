@@ -89,7 +89,7 @@ class EventRecord:
     ``details`` is the ``details`` of its JSON form (``LedgerEvent``), metadata
     opened (None and ``erased`` once its key is destroyed). The attributes named as
     the domain event's (``KIND``, ``timestamp``, ``metadata``, ``ttl_seconds``,
-    ``reuse_count``) let ``evolve_context`` and the views take either.
+    ``reuse_count``, ``reason``) let ``evolve_context`` and the views take either.
     """
 
     KIND: EventKind
@@ -123,6 +123,11 @@ class EventRecord:
     @property
     def reuse_count(self) -> int:
         return cast(int, self.details.get("reuse_count", 0))
+
+    @property
+    def reason(self) -> str | None:
+        """Why it ended its context (or the user's); None for other kinds."""
+        return cast(str | None, self.details.get("reason"))
 
     @property
     def sealed_metadata(self) -> bool:
