@@ -334,3 +334,19 @@ def test_the_cli_shows_evictions_in_continuity_audit_and_active(
         ("alice", "b"),
         ("alice", "c"),
     ]
+
+
+def test_the_cli_report_counts_the_users_evictions(
+    evicted_url: str, tmp_path: Path
+) -> None:
+    out = tmp_path / "alice.html"
+
+    result = run(
+        "--db", evicted_url, "report", "alice", "--out", str(out), cwd=tmp_path
+    )
+
+    assert result.returncode == 0, result.stderr
+    assert (
+        '<div data-figure="evicted"><dt>evicted to make room</dt><dd>1</dd></div>'
+        in out.read_text()
+    )

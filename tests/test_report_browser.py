@@ -275,6 +275,7 @@ def test_the_header_shows_the_continuity_figures_and_the_chain(
         "reused": "4",
         "updated": "1",
         "cleared": "1",
+        "evicted": "0",
         "expired": "1",
         "never_reused": "2",
         "reuses_per_created": "1.00",

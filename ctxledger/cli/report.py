@@ -34,6 +34,7 @@ FIGURES = (
     ("reused", "reuses"),
     ("updated", "updates"),
     ("cleared", "cleared"),
+    ("evicted", "evicted to make room"),
     ("expired", "expired"),
     ("never_reused", "never reused"),
     ("reuses_per_created", "reuses per context"),
