@@ -35,6 +35,8 @@ try:
 except ImportError:  # the metrics extra is not installed
     prometheus_client = None
 
+# /metrics is served to this machine only unless an operator names another address.
+DEFAULT_HOST = "127.0.0.1"
 LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0)
 
 
@@ -170,16 +172,20 @@ def record_views(statuses: Iterable[ViewFigures]) -> None:
         _FIGURES.view_head.set(status.head)
 
 
-def serve(port: int) -> None:
-    """Serves ``/metrics`` on ``port`` from a daemon thread; LedgerConfigError if
-    the metrics extra is not installed."""
+def serve(port: int, host: str = DEFAULT_HOST) -> None:
+    """Serves ``/metrics`` on ``port`` of ``host`` (this machine only, unless told
+    otherwise) from a daemon thread; LedgerConfigError if the metrics extra is not
+    installed."""
     if prometheus_client is None:
         msg = (
             "serving metrics needs prometheus-client: pip install 'ctxledger[metrics]'"
         )
         raise LedgerConfigError(msg)
     try:
-        prometheus_client.start_http_server(port)
+        prometheus_client.start_http_server(port, addr=host)
     except OSError as error:
-        msg = f"cannot serve metrics on port {port}: {error}; choose a free port"
+        msg = (
+            f"cannot serve metrics on port {port} of {host}: {error}; choose a free "
+            "port and an address of this machine"
+        )
         raise LedgerConfigError(msg) from error

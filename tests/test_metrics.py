@@ -173,51 +173,110 @@ def _free_port() -> int:
         return port
 
 
-def test_project_follow_serves_metrics(durable_url: str, tmp_path: Path) -> None:
-    with ContextLedger.open(durable_url) as ledger:
-        ledger.open_context("alice", "t")
-    port = _free_port()
-    worker = subprocess.Popen(
-        [
-            CTXLEDGER,
-            "--db",
-            durable_url,
-            "project",
-            "--follow",
-            "--metrics-port",
-            str(port),
-        ],
-        cwd=tmp_path,
+def _start_following(
+    url: str, cwd: Path, port: int, *options: str
+) -> subprocess.Popen[str]:
+    command = [CTXLEDGER, "--db", url, "project", "--follow", "--metrics-port"]
+    return subprocess.Popen(
+        [*command, str(port), *options],
+        cwd=cwd,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
     )
+
+
+def _stop(worker: subprocess.Popen[str]) -> str:
+    """Stops a following worker as an operator would; returns its stderr."""
+    worker.send_signal(signal.SIGTERM)
+    _, err = worker.communicate(timeout=20)
+    return err
+
+
+def _scrape(host: str, port: int, until: str) -> str:
+    """The /metrics page once it shows ``until`` (or the last one after 30 s)."""
+    page = ""
+    deadline = time.monotonic() + 30
+    while until not in page and time.monotonic() < deadline:
+        try:
+            with urllib.request.urlopen(
+                f"http://{host}:{port}/metrics", timeout=1
+            ) as answer:
+                page = answer.read().decode()
+        except OSError:
+            time.sleep(0.2)
+    return page
+
+
+def _listening_addresses(port: int) -> set[str]:
+    """The local addresses of this machine's sockets listening on TCP ``port``, as
+    Linux lists them in /proc/net/tcp and tcp6 (each 32-bit word little-endian)."""
+    found = set()
+    for table, family in (("tcp", socket.AF_INET), ("tcp6", socket.AF_INET6)):
+        path = Path("/proc/net") / table
+        lines = path.read_text().splitlines()[1:] if path.exists() else []
+        for fields in (line.split() for line in lines):
+            address, hex_port = fields[1].split(":")
+            if fields[3] == "0A" and int(hex_port, 16) == port:
+                words = [bytes.fromhex(address[i : i + 8]) for i in range(0, 32, 8)]
+                packed = b"".join(word[::-1] for word in words)
+                found.add(socket.inet_ntop(family, packed))
+    return found
+
+
+def test_project_follow_serves_metrics(durable_url: str, tmp_path: Path) -> None:
+    with ContextLedger.open(durable_url) as ledger:
+        ledger.open_context("alice", "t")
+    port = _free_port()
+    worker = _start_following(durable_url, tmp_path, port)
     try:
-        page = ""
-        deadline = time.monotonic() + 30
         applied = 'ctxledger_view_position{view="audit"} 1.0'
-        while applied not in page and time.monotonic() < deadline:
-            try:
-                with urllib.request.urlopen(
-                    f"http://127.0.0.1:{port}/metrics", timeout=1
-                ) as answer:
-                    page = answer.read().decode()
-            except OSError:
-                time.sleep(0.2)
+        page = _scrape("127.0.0.1", port, until=applied)
     finally:
-        worker.send_signal(signal.SIGTERM)
-        _, err = worker.communicate(timeout=20)
+        err = _stop(worker)
 
     assert 'ctxledger_view_position{view="audit"} 1.0' in page, page
     assert 'ctxledger_view_lag_events{view="active"} 0.0' in page
     assert worker.returncode == 0, err
 
 
+def test_metrics_listen_on_this_machine_only_by_default(
+    sqlite_url: str, tmp_path: Path
+) -> None:
+    port = _free_port()
+    worker = _start_following(sqlite_url, tmp_path, port)
+    try:
+        page = _scrape("127.0.0.1", port, until="ctxledger_view_head")
+        listening = _listening_addresses(port)
+    finally:
+        err = _stop(worker)
+
+    assert "ctxledger_view_head" in page, err
+    assert listening == {"127.0.0.1"}
+    assert f"serving metrics at http://127.0.0.1:{port}/metrics" in err
+
+
+def test_metrics_host_chooses_the_address_to_listen_on(
+    sqlite_url: str, tmp_path: Path
+) -> None:
+    port = _free_port()
+    worker = _start_following(sqlite_url, tmp_path, port, "--metrics-host", "127.0.0.2")
+    try:
+        page = _scrape("127.0.0.2", port, until="ctxledger_view_head")
+        listening = _listening_addresses(port)
+    finally:
+        err = _stop(worker)
+
+    assert "ctxledger_view_head" in page, err
+    assert listening == {"127.0.0.2"}
+    assert f"serving metrics at http://127.0.0.2:{port}/metrics" in err
+
+
 def test_metrics_on_a_port_in_use_is_a_clear_error(
     sqlite_url: str, tmp_path: Path
 ) -> None:
     with socket.socket() as taken:
-        taken.bind(("0.0.0.0", 0))  # noqa: S104  (the port the server would bind)
+        taken.bind(("127.0.0.1", 0))
         taken.listen()
         port = taken.getsockname()[1]
         done = run(

@@ -70,14 +70,29 @@ def register(main: click.Group) -> None:
     metavar="PORT",
     help="Serve Prometheus metrics at /metrics on PORT (needs ctxledger[metrics]).",
 )
+@click.option(
+    "--metrics-host",
+    default=metrics.DEFAULT_HOST,
+    show_default=True,
+    metavar="ADDRESS",
+    help="The address the metrics listen on (0.0.0.0 or :: for every interface).",
+)
 @BATCH_OPTION
 @click.pass_obj
 @reports_ledger_errors
-def project(url: str, follow: bool, metrics_port: int | None, batch_size: int) -> None:
+def project(
+    url: str,
+    *,
+    follow: bool,
+    metrics_port: int | None,
+    metrics_host: str,
+    batch_size: int,
+) -> None:
     """Apply the ledger's new events to all views (catch up, or follow)."""
     if metrics_port is not None:
-        metrics.serve(metrics_port)
-        render.note(f"serving metrics at http://0.0.0.0:{metrics_port}/metrics")
+        metrics.serve(metrics_port, metrics_host)
+        shown = f"[{metrics_host}]" if ":" in metrics_host else metrics_host
+        render.note(f"serving metrics at http://{shown}:{metrics_port}/metrics")
     with Projections.open(url, batch_size=batch_size) as views:
         if not follow:
             applied = caught_up(views, "catching up")
