@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 from freezegun import freeze_time
+from prometheus_client import REGISTRY
 
 from ledger import (
     AsyncContextLedger,
@@ -166,6 +167,19 @@ def test_a_repeated_request_id_of_an_eviction_returns_the_first_context_and_appe
 
     assert again == first
     assert len(evicting.history("alice")) == stored
+
+
+def test_each_eviction_is_counted_once_in_the_metrics(
+    evicting: ContextLedger,
+) -> None:
+    open_three_then_reuse_the_first(evicting)
+    before = REGISTRY.get_sample_value("ctxledger_evictions_total") or 0.0
+
+    evicting.open_context("alice", "d", request_id="req-d")
+    evicting.open_context("alice", "d", request_id="req-d")
+    evicting.open_context("alice", "a")
+
+    assert REGISTRY.get_sample_value("ctxledger_evictions_total") == before + 1
 
 
 def test_refuse_stays_the_default(open_ledger: OpenLedger) -> None:
