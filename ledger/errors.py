@@ -96,7 +96,8 @@ class ContextLimitExceeded(LedgerError):
         super().__init__(
             f"user {shorten(user_id)} already has {limit} active contexts, the limit; "
             "clear_context() one that is no longer needed, reuse an existing thread, "
-            "or open the ledger with a higher max_contexts_per_user"
+            "or open the ledger with a higher max_contexts_per_user, or with "
+            "on_limit='evict' to end the least recently used one instead"
         )
 
 
