@@ -50,6 +50,8 @@ PAGE = 500
 """Events read from the store at a time (by the hub, or by a feed catching up)."""
 FEED_BUFFER = 1000
 """Events a live feed holds for its consumer; one more and it catches up alone."""
+IDLE_SECONDS = 1.0
+"""How long the hub's thread stays once no feed is open."""
 SYNC_WAIT_SECONDS = 1.0
 """The longest a blocking iteration sleeps before it looks again (a safety net:
 closing, new events and failures wake it at once)."""
@@ -258,14 +260,7 @@ class FeedHub:
         next_read = 0.0
         while True:
             with self.lock:
-                while not self._closed and not self._requests:
-                    if self._feeds <= 0:
-                        break
-                    left = next_read - time.monotonic()
-                    if left <= 0:
-                        break
-                    self._wake.wait(left)
-                if self._closed or (self._feeds <= 0 and not self._requests):
+                if not self._await_work(next_read):
                     self._thread = None
                     self._position = None  # no feed holds it: start afresh
                     self._failure = None
@@ -275,6 +270,23 @@ class FeedHub:
             head, failure = self._read()
             for callback in requests:
                 callback(head, failure)
+
+    def _await_work(self, next_read: float) -> bool:
+        """Waits (under ``lock``) until a head is asked for or the next read is
+        due; False when the hub should stop: closed, or no feed and no request for
+        IDLE_SECONDS (a feed that starts at a head just read joins meanwhile)."""
+        idle_until = time.monotonic() + IDLE_SECONDS
+        while not self._closed and not self._requests:
+            now = time.monotonic()
+            if self._feeds <= 0:
+                if now >= idle_until:
+                    return False
+                self._wake.wait(idle_until - now)
+                continue
+            if now >= next_read:
+                return True
+            self._wake.wait(next_read - now)
+        return not self._closed
 
     def _read(self) -> tuple[int | None, BaseException | None]:
         """Reads the safe head and delivers what lies up to it."""

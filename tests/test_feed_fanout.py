@@ -1,0 +1,240 @@
+"""One reader of the log per ledger, fanned out to every feed in memory: feeds
+share it, a slow consumer catches up alone, and readers waiting at the safe head
+never hold a connection or a thread that commands need."""
+
+import asyncio
+import threading
+from collections.abc import Iterator
+
+import psycopg
+import pytest
+
+from ledger import AsyncContextLedger, ChangeFeed, ContextLedger, LedgerEvent
+from ledger.store import feed as feed_module
+from tests.helpers import dsn_and_schema, wait_until
+
+Change = tuple[int, LedgerEvent]
+HOLD_LIMIT_SECONDS = 20
+
+
+def _feed_threads() -> list[threading.Thread]:
+    return [t for t in threading.enumerate() if t.name == "ctxledger-feeds"]
+
+
+def _ledger_threads() -> int:
+    """The threads that read for feeds (the command pool grows on its own)."""
+    return sum(t.name.startswith("ctxledger-feed") for t in threading.enumerate())
+
+
+def _take(feed: ChangeFeed, count: int) -> list[Change]:
+    taken: list[Change] = []
+    for change in feed:
+        taken.append(change)
+        if len(taken) == count:
+            break
+    return taken
+
+
+@pytest.fixture
+def ledger(durable_url: str) -> Iterator[ContextLedger]:
+    with ContextLedger.open(durable_url) as opened:
+        yield opened
+
+
+def test_many_feeds_share_one_reader_and_each_gets_only_its_users_events(
+    ledger: ContextLedger,
+) -> None:
+    idle = [ledger.changes(f"idle-{n}") for n in range(200)]
+    alice, everyone = ledger.changes("alice"), ledger.changes()
+
+    for n in range(3):
+        ledger.open_context("alice", f"t{n}")
+        ledger.open_context("bob", f"t{n}")
+    alices = _take(alice, 3)
+    all_of_them = _take(everyone, 6)
+
+    assert len(_feed_threads()) == 1
+    assert [(e.user_id, e.thread_id) for _, e in alices] == [
+        ("alice", "t0"),
+        ("alice", "t1"),
+        ("alice", "t2"),
+    ]
+    assert [p for p, _ in all_of_them] == sorted(p for p, _ in all_of_them)
+    assert {e.user_id for _, e in all_of_them} == {"alice", "bob"}
+    assert all(feed.poll() == [] for feed in idle)
+    assert all(feed.position >= all_of_them[-1][0] for feed in idle)
+
+
+def test_a_consumer_that_falls_behind_catches_up_alone_and_misses_nothing(
+    ledger: ContextLedger, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(feed_module, "FEED_BUFFER", 5)
+    with ledger.changes() as slow, ledger.changes() as fast:
+        for n in range(40):
+            ledger.open_context(f"user-{n % 7}", f"t{n}")
+        promptly = _take(fast, 40)
+        behind = not slow.live
+        late = _take(slow, 40)
+
+    assert behind
+    assert late == promptly
+    assert [p for p, _ in late] == sorted({p for p, _ in late})
+
+
+def test_a_users_feed_that_falls_behind_resumes_from_that_users_stream(
+    ledger: ContextLedger, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(feed_module, "FEED_BUFFER", 3)
+    with ledger.changes("carol") as slow, ledger.changes() as everyone:
+        for n in range(12):
+            ledger.open_context("carol", f"t{n % 5}")
+            ledger.open_context("dave", f"t{n % 5}")
+        stored = _take(everyone, 24)
+        late = _take(slow, 12)
+
+    assert late == [(p, e) for p, e in stored if e.user_id == "carol"]
+
+
+def test_a_feed_that_starts_behind_joins_the_shared_reader_once_level(
+    ledger: ContextLedger,
+) -> None:
+    for n in range(30):
+        ledger.open_context(f"user-{n % 4}", f"t{n}")
+    with ledger.changes() as now:
+        from_start = ledger.changes(after=0)
+        caught_up = _take(from_start, 30)
+        ledger.open_context("user-9", "later")
+        live_one = _take(from_start, 1)
+        seen_now = _take(now, 1)
+
+    assert len({p for p, _ in caught_up}) == 30
+    assert from_start.live
+    assert live_one == seen_now
+    from_start.close()
+
+
+def test_async_idle_feeds_wait_without_threads_and_the_writers_feed_gets_its_events(
+    durable_url: str,
+) -> None:
+    async def scenario() -> tuple[list[Change], int, int]:
+        async with AsyncContextLedger.open(durable_url, max_threads=2) as ledger:
+            await asyncio.gather(  # the command threads exist from here on
+                ledger.open_context("warm-1", "t"), ledger.open_context("warm-2", "t")
+            )
+            async with ledger.changes("erin") as erin:
+                threads_before = _ledger_threads()
+                idle = [ledger.changes(f"idle-{n}") for n in range(300)]
+                for feed in idle:
+                    await feed.start()
+                waiting = [asyncio.create_task(anext(feed)) for feed in idle]
+                for n in range(5):
+                    await ledger.open_context("erin", f"t{n}")
+                got = [await asyncio.wait_for(anext(erin), 30) for _ in range(5)]
+                threads_after = _ledger_threads()
+            still_waiting = sum(not task.done() for task in waiting)
+            for task in waiting:
+                task.cancel()
+            for feed in idle:
+                await feed.aclose()
+            return got, still_waiting, threads_after - threads_before
+
+    got, still_waiting, more_threads = asyncio.run(scenario())
+
+    assert [e.thread_id for _, e in got] == [f"t{n}" for n in range(5)]
+    assert still_waiting == 300
+    assert more_threads == 0
+
+
+@pytest.mark.postgres
+def test_feeds_waiting_at_the_safe_head_do_not_hold_back_another_users_writes(
+    postgres_url: str,
+) -> None:
+    url = f"{postgres_url}&pool_size=1&max_overflow=0"
+    with ContextLedger.open(url) as ledger:
+        ledger.open_context("amy", "t")
+        dsn, _ = dsn_and_schema(postgres_url)
+        with psycopg.connect(dsn, application_name="ctxledger-test-holder") as holder:
+            holder.execute("SELECT pg_current_xact_id()")
+            feeds: list[ChangeFeed] = []
+            starting = [
+                threading.Thread(target=lambda: feeds.append(ledger.changes()))
+                for _ in range(16)
+            ]
+            for thread in starting:
+                thread.start()
+            written = threading.Thread(target=ledger.open_context, args=("ben", "t"))
+            written.start()
+            written.join(HOLD_LIMIT_SECONDS)
+            wrote_while_held = not written.is_alive()
+            started_while_held = len(feeds)
+            holder.rollback()
+        for thread in starting:
+            thread.join(HOLD_LIMIT_SECONDS)
+        for feed in feeds:
+            feed.close()
+
+    assert wrote_while_held
+    assert started_while_held == 0  # they did wait for the safe head
+    assert len(feeds) == 16
+
+
+@pytest.mark.postgres
+def test_async_feed_starts_waiting_at_the_safe_head_leave_the_command_threads_free(
+    postgres_url: str,
+) -> None:
+    url = f"{postgres_url}&pool_size=1&max_overflow=0"
+
+    async def scenario() -> tuple[bool, int]:
+        async with AsyncContextLedger.open(url, max_threads=2) as ledger:
+            await ledger.open_context("amy", "t")
+            dsn, _ = dsn_and_schema(postgres_url)
+            holder = await psycopg.AsyncConnection.connect(
+                dsn, application_name="ctxledger-test-holder"
+            )
+            try:
+                await holder.execute("SELECT pg_current_xact_id()")
+                feeds = [ledger.changes() for _ in range(8)]
+                starts = [asyncio.create_task(feed.start()) for feed in feeds]
+                await asyncio.sleep(0.2)
+                await asyncio.wait_for(
+                    ledger.open_context("ben", "t"), HOLD_LIMIT_SECONDS
+                )
+                wrote_while_held = not any(start.done() for start in starts)
+            finally:
+                await holder.rollback()
+                await holder.close()
+            await asyncio.wait_for(asyncio.gather(*starts), HOLD_LIMIT_SECONDS)
+            for feed in feeds:
+                await feed.aclose()
+            return wrote_while_held, len(starts)
+
+    wrote_while_held, started = asyncio.run(scenario())
+
+    assert wrote_while_held
+    assert started == 8
+
+
+@pytest.mark.postgres
+def test_the_feeds_reader_uses_connections_of_its_own(
+    postgres_url: str, application_name: str
+) -> None:
+    with (
+        ContextLedger.open(f"{postgres_url}&pool_size=1&max_overflow=0") as ledger,
+        ledger.changes(),
+    ):
+        ledger.open_context("amy", "t")
+
+        def connections() -> int:
+            dsn, _ = dsn_and_schema(postgres_url)
+            with psycopg.connect(dsn, autocommit=True) as probe:
+                row = probe.execute(
+                    "SELECT count(*) FROM pg_stat_activity WHERE application_name = %s",
+                    (application_name,),
+                ).fetchone()
+            return 0 if row is None else int(row[0])
+
+        wait_until(lambda: connections() >= 2, "the reader's connection")
+        ledger.open_context("ben", "t")  # the pool of one is free for commands
+        found = connections()
+
+    assert found >= 2  # the command pool holds one: the others are the readers
