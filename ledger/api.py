@@ -28,7 +28,7 @@ from ledger.store.application import LedgerApplication, open_application, utc_no
 from ledger.store.commands import CommandRunner, FirstCall
 from ledger.store.due import DueIndex
 from ledger.store.failures import StorageClient
-from ledger.store.feed import POLL_SECONDS, ChangeFeed, HeadWatcher
+from ledger.store.feed import ChangeFeed, FeedHub
 from ledger.store.keys import resolve_master_key
 from ledger.store.urls import resolve_url, storage_for
 
@@ -61,7 +61,12 @@ class ContextLedger(StorageClient):
         self._due = DueIndex()
         self._commands = CommandRunner(application, self._now)
         self._due_lock = threading.Lock()
-        self._head = HeadWatcher(application.recorder, POLL_SECONDS)
+        self._feeds = FeedHub(
+            reader=lambda: application.log_reader,
+            mapper=application.mapper,
+            backend=application.backend,
+            storage=application.storage,
+        )
 
     @classmethod
     def open(
@@ -239,7 +244,7 @@ class ContextLedger(StorageClient):
         damaged user (and a note how many there were and what was recorded).
         """
         with self._due_lock:
-            self._due.catch_up(self._app.recorder, self._app.mapper)
+            self._due.catch_up(self._app.log_reader, self._app.mapper)
             users = self._due.users_due(self._now())
             damaged = {
                 stream: LedgerCorrupted(user, why)
@@ -456,22 +461,18 @@ class ContextLedger(StorageClient):
         None), by any process, in log order, each once, as ``(position, event)``;
         only ``user_id``'s when given. Iterating blocks until the next event;
         ``close()`` the feed (or leave its ``with`` block) to stop.
+
+        All of a ledger's feeds share one reader of the log (``FeedHub``): an idle
+        feed costs memory, not queries. With ``after`` given, nothing is read
+        until the feed is iterated.
         """
         user = validation.optional_identifier("user_id", user_id)
         start = None if after is None else validation.log_position("after", after)
-        return ChangeFeed(
-            recorder=self._app.recorder,
-            mapper=self._app.mapper,
-            backend=self._app.backend,
-            watcher=self._head,
-            storage=self.storage,
-            user_id=user,
-            after=start,
-        )
+        return ChangeFeed(self._feeds, user, start)
 
     def _before_close(self) -> None:
         # Its feeds end (reads under way finish first), then the connections close.
-        self._head.close()
+        self._feeds.close()
 
     def export(
         self,

@@ -31,6 +31,7 @@ from ledger.domain.events import (
     UserForgotten,
 )
 from ledger.errors import (
+    LedgerClosed,
     LedgerCorrupted,
     LedgerError,
     LedgerNotFound,
@@ -102,6 +103,8 @@ class LedgerApplication(Application[UUID]):
         opened on first use, so that a read waiting at the safe head never holds
         a connection that commands need."""
         with self._reader_lock:
+            if self.closing.is_set():
+                raise LedgerClosed  # no pool is opened that nothing would close
             if self._log_reader is None:
                 self._log_reader = self.backend.log_reader(
                     self.recorder, self.name, self.env
@@ -109,6 +112,8 @@ class LedgerApplication(Application[UUID]):
             return self._log_reader
 
     def close(self) -> None:
+        with self._reader_lock:
+            self.closing.set()
         super().close()
         with self._reader_lock:
             reader, self._log_reader = self._log_reader, None
@@ -177,10 +182,6 @@ class LedgerApplication(Application[UUID]):
                     "forget_user again to record the erasure",
                 ) from destroyed
             raise
-        except IntegrityError:
-            # Another writer's events, or ours from a try whose reply was lost.
-            if not self._ours(events[0]):
-                raise
         metrics.count_events(event.KIND for event in events)
         self.cache.offer(aggregate)
         if self.snapshots is not None and (
@@ -204,8 +205,10 @@ class LedgerApplication(Application[UUID]):
         Where a failed write may still be stored (PostgreSQL: the connection failed
         while the append ran, AppendOutcomeUnknown), the same events are written
         again: the unique key waits for the first try to end, then stores them once
-        or refuses them (IntegrityError). If that fails too, the outcome stays
-        unknown and the error says so. Every other failure appended nothing.
+        or refuses them (IntegrityError), and a refusal is ours if the stored
+        event carries our command id. If that fails too, the outcome stays
+        unknown and the error says so. Every other failure appended nothing, and a
+        refusal of the first try is another writer's (IntegrityError).
         """
         try:
             with storage_failures(self.storage, writing=True):
@@ -216,6 +219,10 @@ class LedgerApplication(Application[UUID]):
             try:
                 with storage_failures(self.storage, writing=True):
                     self.events.put(events)
+            except IntegrityError:
+                # Another writer's events, or ours from the try whose reply was lost.
+                if not self._ours(events[0]):
+                    raise
             except StorageUnavailable as again:
                 raise StorageUnavailable(
                     self.storage.description, again.cause, writing=True, unknown=True
