@@ -286,7 +286,7 @@ class AsyncChangeFeed:
         self._user_id = user_id
         self._after = after
         self._feed: ChangeFeed | None = None
-        self._arrived = asyncio.Event()
+        self._arrived: asyncio.Future[None] | None = None  # what a wait awaits
         self._reading: asyncio.Future[bool] | None = None
         self._taking = asyncio.Lock()
 
@@ -299,15 +299,24 @@ class AsyncChangeFeed:
         if after is None:
             after = await _fresh_head(ledger)
         loop = asyncio.get_running_loop()
-        arrived = self._arrived
 
         def wake() -> None:
             with suppress(RuntimeError):  # the loop is closed: nobody waits
-                loop.call_soon_threadsafe(arrived.set)
+                loop.call_soon_threadsafe(self._woken)
 
         feed = ledger.changes(self._user_id, after=after)  # no I/O: ``after`` is known
         feed.set_waker(wake)
         self._feed = feed
+
+    def _woken(self) -> None:
+        arrived = self._arrived
+        if arrived is not None and not arrived.done():
+            arrived.set_result(None)
+
+    def _arrived_future(self) -> "asyncio.Future[None]":
+        if self._arrived is None or self._arrived.done():
+            self._arrived = asyncio.get_running_loop().create_future()
+        return self._arrived
 
     @property
     def position(self) -> int | None:
@@ -330,14 +339,14 @@ class AsyncChangeFeed:
         feed = self._feed
         assert feed is not None  # noqa: S101  (start() set it)
         while True:
-            self._arrived.clear()
+            arrived = self._arrived_future()  # a wake from here on ends the wait
             change = feed.take()
             if change is not None:
                 return change
             if feed.closed or self._ledger.closing:
                 raise StopAsyncIteration
             if feed.live:
-                await self._arrived.wait()
+                await arrived  # until the feed's reader says something came
                 continue
             # Behind the hub: read a page in a reader thread. Events are read into
             # the synchronous feed and taken from it here, so a read whose caller
@@ -352,7 +361,7 @@ class AsyncChangeFeed:
             except LedgerClosed:
                 raise StopAsyncIteration from None
             if not progressed:
-                await self._arrived.wait()  # until the hub's head moves
+                await arrived  # until the hub's head moves
 
     async def aclose(self) -> None:
         if self._feed is not None:

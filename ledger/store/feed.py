@@ -422,7 +422,7 @@ class ChangeFeed(Iterator[Change]):
         self._floor = start  # a live feed takes only what lies after it
         self._version: int | None = None  # the user's last version passed
         self._ready: deque[_Item] = deque()
-        self._signal = threading.Condition(hub.lock)
+        self._signal: threading.Condition | None = None  # made by a blocking reader
         self._waker: Callable[[], None] | None = None
         self._closed = False
         self.live = False
@@ -450,7 +450,8 @@ class ChangeFeed(Iterator[Change]):
     def wake(self) -> None:
         """Tells the consumer something changed (an event, a failure, closing)."""
         with self._hub.lock:
-            self._signal.notify_all()
+            if self._signal is not None:
+                self._signal.notify_all()
         waker = self._waker
         if waker is not None:
             waker()
@@ -485,6 +486,8 @@ class ChangeFeed(Iterator[Change]):
                 continue
             with self._hub.lock:
                 if not self._ready and not self._closed and not self._hub.closed:
+                    if self._signal is None:
+                        self._signal = threading.Condition(self._hub.lock)
                     self._signal.wait(SYNC_WAIT_SECONDS)
 
     def take(self) -> Change | None:
