@@ -147,6 +147,20 @@ def test_python_m_ctxledger_runs_beside_a_services_own_modules(
     assert done.stdout == "python -m ctxledger 0.1.0\n"
 
 
+def test_demo_under_python_m_suggests_commands_run_the_same_way(
+    install: Install, service: Path, tmp_path: Path
+) -> None:
+    url = f"sqlite:///{tmp_path / 'ledger.db'}"
+
+    demo = ("--db", url, "demo", "--users", "1", "--messages", "5")
+
+    done = install.run("python", "-m", "ctxledger", *demo, cwd=service)
+
+    assert done.returncode == 0, done.stderr
+    assert f"python -m ctxledger --db {url} status" in done.stdout
+    assert "__main__" not in done.stdout
+
+
 def test_commands_run_on_our_ledger_beside_a_services_own_modules(
     install: Install, service: Path, tmp_path: Path
 ) -> None:

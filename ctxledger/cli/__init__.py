@@ -102,8 +102,15 @@ def _demo_figures(
 
 
 def _invoked_as() -> str:
-    """How this command was started, relative to the working folder when shorter."""
-    program = sys.argv[0]
+    """How this command was started (the script, or ``python -m ctxledger``)."""
+    spec = getattr(sys.modules["__main__"], "__spec__", None)
+    if spec is not None and spec.name == "ctxledger.__main__":
+        return f"{_shorter(sys.executable)} -m ctxledger"
+    return _shorter(sys.argv[0])
+
+
+def _shorter(program: str) -> str:
+    """``program``, relative to the working folder when that is shorter."""
     relative = os.path.relpath(program) if Path(program).is_absolute() else program
     return relative if len(relative) < len(program) else program
 
