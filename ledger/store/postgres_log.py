@@ -134,6 +134,7 @@ class ParallelPostgresRecorder(PostgresApplicationRecorder):
     ) -> None:
         super().__init__(datastore, events_table_name=events_table_name)
         self._checked_sequence = False
+        self._proven_head = 0  # a safe head read before: final for good
         self._table = Identifier(self.datastore.schema, self.events_table_name)
         self._append_function = Identifier(
             self.datastore.schema, f"{self.events_table_name}_append"
@@ -243,6 +244,10 @@ class ParallelPostgresRecorder(PostgresApplicationRecorder):
         head = _fetch(conn, self.max_notification_id_statement)["max"]
         if head is None:
             return 0
+        if head == self._proven_head:
+            # Every id at or below it was proven final before, and none above it
+            # is stored yet: the head has not moved (one query, not three).
+            return int(head)
         own = _fetch(conn, _TAKE_XID)["xid"]  # committed at once
         deadline = time.monotonic() + timeout
         pause = _FIRST_PAUSE
@@ -251,6 +256,7 @@ class ParallelPostgresRecorder(PostgresApplicationRecorder):
                 raise SafeHeadTimeout(_waited_for(conn, own, timeout))
             time.sleep(pause)
             pause = min(pause * 2, _LONGEST_PAUSE)
+        self._proven_head = max(self._proven_head, int(head))
         return int(head)
 
     def _check_sequence(self, conn: Connection[DictRow]) -> None:
