@@ -13,7 +13,8 @@ with 2 workers on its own PostgreSQL schema:
   message once the last is acked;
 - the same with 30% of the sockets closing after half their messages and
   reconnecting with ``?after=`` the last position they received;
-- light: 20 users x 2 threads x 50 messages, 100 ms between a socket's messages;
+- light: 20 users x 2 threads x 40 messages, 250 ms between a socket's messages
+  (about 150 messages/s, a fifth of what the floor takes at the full load);
 - the same light load beside 1,000 idle sockets of other users.
 
 Reported: ack latency (send to ack), change delivery (ack to the socket's own
@@ -51,6 +52,7 @@ from tools.bench.recipe_load import SECRET, Load, Run, Tally
 
 README = Path(__file__).resolve().parents[2] / "README.md"
 MASTER_KEY = "5e" * 32
+WORKERS = 2
 TICKS = os.sysconf("SC_CLK_TCK")
 PAGE_SIZE = os.sysconf("SC_PAGE_SIZE")
 FEED_CALL = "ledger.changes(user_id, after=start)"
@@ -100,9 +102,10 @@ class Server:
     pid: int
 
     def workers(self) -> list[int]:
-        """The uvicorn parent's child processes."""
+        """The uvicorn parent's worker processes (not its resource tracker)."""
         pids = [int(path.name) for path in Path("/proc").glob("[0-9]*")]
-        return [pid for pid in pids if _stat(pid)[1:2] == [str(self.pid)]]
+        children = [pid for pid in pids if _stat(pid)[1:2] == [str(self.pid)]]
+        return [pid for pid in children if b"spawn_main" in _cmdline(pid)]
 
 
 @contextmanager
@@ -120,7 +123,8 @@ def serving(name: str, app: str, url: str) -> Iterator[Server]:
             "APP_SECRET": SECRET,
         }
         command = [sys.executable, "-m", "uvicorn", "app:app", "--app-dir", folder]
-        command += ["--workers", "2", "--port", str(port), "--log-level", "warning"]
+        command += ["--workers", str(WORKERS), "--port", str(port)]
+        command += ["--log-level", "warning"]
         with Path(folder, "uvicorn.log").open("w") as log:
             process = subprocess.Popen(command, env=env, stdout=log, stderr=log)  # noqa: S603
             try:
@@ -164,6 +168,13 @@ def _stat(pid: int) -> list[str]:
         return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     except OSError:
         return []
+
+
+def _cmdline(pid: int) -> bytes:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return b""
 
 
 def cpu_seconds(pids: list[int], *, reaped: bool = False) -> float:
@@ -235,6 +246,9 @@ def measure(server: Server, name: str, load: Load) -> Figures:
     with ContextLedger.open(server.url, master_key=MASTER_KEY) as ledger:
         after = ledger.chain_size()
     workers = server.workers()
+    if len(workers) != WORKERS:
+        msg = f"the {server.name}'s uvicorn has {len(workers)} workers, not {WORKERS}"
+        raise RuntimeError(msg)
     marks: dict[str, tuple[float, float, float, float]] = {}
 
     def mark(label: str) -> None:
@@ -301,12 +315,12 @@ def loads(users: int, light: int, idle: int) -> dict[str, tuple[str, Load]]:
             Load(users, 2, 10, reconnecting=0.3),
         ),
         "light": (
-            f"{light} users x 2 threads x 50 messages, 100 ms apart",
-            Load(light, 2, 50, pause=0.1),
+            f"{light} users x 2 threads x 40 messages, 250 ms apart",
+            Load(light, 2, 40, pause=0.25),
         ),
         "light+idle": (
             f"the same beside {idle:,} idle sockets of other users",
-            Load(light, 2, 50, pause=0.1, idle=idle),
+            Load(light, 2, 40, pause=0.25, idle=idle),
         ),
     }
 
