@@ -15,31 +15,30 @@ with 2 workers on its own PostgreSQL schema:
   reconnecting with ``?after=`` the last position they received;
 - light: 20 users x 2 threads x 40 messages, 250 ms between a socket's messages
   (about 150 messages/s, a fifth of what the floor takes at the full load);
-- the same light load beside 1,000 idle sockets of other users.
+- the same light load beside 1,000 idle sockets of other users;
+- routing: the full load against two single-worker servers of the app on one
+  schema, each user's two sockets on different servers (spread), then all of a
+  user's sockets on one server (sticky, as a load balancer hashing on the user
+  would route them).
 
 Reported: ack latency (send to ack), change delivery (ack to the socket's own
 change), events lost or doubled (each socket must be pushed every event of its
 user stored after it first connected, once, across its reconnections: checked
 against the store), the workers' and PostgreSQL's CPU per message (from /proc,
 while the load runs until every change is pushed), the client's CPU, and the
-workers' resident memory at the end of the load. Traffic stays on 127.0.0.1.
+workers' resident memory at the end of the load; for the routing runs, the
+conflicts retried (ctxledger_conflict_retries_total of both servers). Traffic
+stays on 127.0.0.1.
 """
 
 import asyncio
 import json
-import os
-import socket
 import statistics
-import subprocess
 import sys
-import tempfile
 import time
-import urllib.request
 import uuid
 from collections import defaultdict
-from collections.abc import Iterator
-from contextlib import contextmanager
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import click
@@ -48,172 +47,18 @@ from rich.table import Table
 
 from ledger import ContextLedger
 from tools.bench.api import POSTGRES_DSN, postgres_schema
-from tools.bench.recipe_load import SECRET, Load, Run, Tally
-
-README = Path(__file__).resolve().parents[2] / "README.md"
-MASTER_KEY = "5e" * 32
-WORKERS = 2
-TICKS = os.sysconf("SC_CLK_TCK")
-PAGE_SIZE = os.sysconf("SC_PAGE_SIZE")
-FEED_CALL = "ledger.changes(user_id, after=start)"
-NO_FEED = '''
-
-class _NoFeed:
-    """The benchmark's floor: a feed that never yields and reads nothing."""
-
-    async def __aenter__(self) -> "_NoFeed":
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        return None
-
-    def __aiter__(self) -> "_NoFeed":
-        return self
-
-    async def __anext__(self) -> Any:
-        await asyncio.Event().wait()
-
-
-def _no_feed(user_id: str, *, after: int | None) -> _NoFeed:
-    return _NoFeed()
-'''
-
-
-def recipe() -> str:
-    """The README's ``# app.py`` block, exactly as the tests extract it."""
-    blocks = [b.split("```", 1)[0] for b in README.read_text().split("```python\n")]
-    (app,) = [block for block in blocks if block.startswith("# app.py\n")]
-    return app
-
-
-def without_feed(app: str) -> str:
-    """The same app with its change feed removed."""
-    if app.count(FEED_CALL) != 1:
-        msg = f"the recipe no longer opens its feed as {FEED_CALL}: update the bench"
-        raise RuntimeError(msg)
-    return app.replace(FEED_CALL, "_no_feed(user_id, after=start)") + NO_FEED
-
-
-@dataclass
-class Server:
-    name: str
-    url: str
-    address: str
-    pid: int
-
-    def workers(self) -> list[int]:
-        """The uvicorn parent's worker processes (not its resource tracker)."""
-        pids = [int(path.name) for path in Path("/proc").glob("[0-9]*")]
-        children = [pid for pid in pids if _stat(pid)[1:2] == [str(self.pid)]]
-        return [pid for pid in children if b"spawn_main" in _cmdline(pid)]
-
-
-@contextmanager
-def serving(name: str, app: str, url: str) -> Iterator[Server]:
-    """``app`` under uvicorn with 2 workers on ``url``, until the block ends."""
-    with tempfile.TemporaryDirectory() as folder:
-        Path(folder, "app.py").write_text(app)
-        with ContextLedger.open(url, master_key=MASTER_KEY):
-            pass  # the tables exist before two workers start
-        port = _free_port()
-        env = {
-            **os.environ,
-            "CTXLEDGER_URL": url,
-            "CTXLEDGER_MASTER_KEY": MASTER_KEY,
-            "APP_SECRET": SECRET,
-        }
-        command = [sys.executable, "-m", "uvicorn", "app:app", "--app-dir", folder]
-        command += ["--workers", str(WORKERS), "--port", str(port)]
-        command += ["--log-level", "warning"]
-        with Path(folder, "uvicorn.log").open("w") as log:
-            process = subprocess.Popen(command, env=env, stdout=log, stderr=log)  # noqa: S603
-            try:
-                _wait_healthy(port, process, Path(folder, "uvicorn.log"))
-                yield Server(name, url, f"127.0.0.1:{port}", process.pid)
-            finally:
-                process.terminate()
-                try:
-                    process.wait(30)
-                except subprocess.TimeoutExpired:
-                    process.kill()
-                    process.wait()
-
-
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port: int = probe.getsockname()[1]
-        return port
-
-
-def _wait_healthy(port: int, process: subprocess.Popen[bytes], log: Path) -> None:
-    deadline = time.monotonic() + 60
-    while True:
-        try:
-            with urllib.request.urlopen(
-                f"http://127.0.0.1:{port}/healthz", timeout=1
-            ) as answer:
-                if answer.status == 200:
-                    return
-        except OSError:
-            if process.poll() is not None or time.monotonic() > deadline:
-                msg = f"uvicorn did not start:\n{log.read_text()[-3000:]}"
-                raise RuntimeError(msg) from None
-            time.sleep(0.2)
-
-
-def _stat(pid: int) -> list[str]:
-    """The fields of /proc/PID/stat after the command name (empty if it ended)."""
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    except OSError:
-        return []
-
-
-def _cmdline(pid: int) -> bytes:
-    try:
-        return Path(f"/proc/{pid}/cmdline").read_bytes()
-    except OSError:
-        return b""
-
-
-def cpu_seconds(pids: list[int], *, reaped: bool = False) -> float:
-    """User and system CPU of the processes, from /proc; with ``reaped``, also
-    that of their children that ended (how a PostgreSQL server keeps the CPU
-    of its closed connections)."""
-    ticks = 0
-    for pid in pids:
-        fields = _stat(pid)
-        if fields:
-            ticks += int(fields[11]) + int(fields[12])  # utime, stime
-            if reaped:
-                ticks += int(fields[13]) + int(fields[14])  # cutime, cstime
-    return ticks / TICKS
-
-
-def rss_mb(pids: list[int]) -> float:
-    pages = 0
-    for pid in pids:
-        try:
-            pages += int(Path(f"/proc/{pid}/statm").read_text().split()[1])
-        except OSError:
-            continue
-    return pages * PAGE_SIZE / 2**20
-
-
-def postgres_cpu_seconds() -> float:
-    """The CPU of every PostgreSQL process, those that ended included."""
-    pids = []
-    for comm in Path("/proc").glob("[0-9]*/comm"):
-        try:
-            if comm.read_text().strip() == "postgres":
-                pids.append(int(comm.parent.name))
-        except OSError:
-            continue
-    # Only the server's first process reaps the others; theirs count once.
-    parents = {pid for pid in pids if _stat(pid) and int(_stat(pid)[1]) not in pids}
-    live = cpu_seconds([pid for pid in pids if pid not in parents])
-    return live + cpu_seconds(sorted(parents), reaped=True)
+from tools.bench.recipe_load import Load, Run, Tally
+from tools.bench.recipe_servers import (
+    MASTER_KEY,
+    WORKERS,
+    Server,
+    cpu_seconds,
+    postgres_cpu_seconds,
+    recipe,
+    rss_mb,
+    serving,
+    without_feed,
+)
 
 
 @dataclass
@@ -233,6 +78,7 @@ class Figures:
     postgres_cpu_ms_per_message: float
     client_cpu_ms_per_message: float
     worker_rss_mb: float
+    conflict_retries: float | None
 
 
 def percentile(values: list[float], share: float) -> float:
@@ -240,49 +86,82 @@ def percentile(values: list[float], share: float) -> float:
     return ordered[min(len(ordered) - 1, int(share * len(ordered)))]
 
 
-def measure(server: Server, name: str, load: Load) -> Figures:
-    """Runs ``load`` against ``server`` with fresh users."""
-    feed = server.name == "app"
-    with ContextLedger.open(server.url, master_key=MASTER_KEY) as ledger:
+@dataclass
+class Marks:
+    """Clock and CPU at the load's start and once it settled."""
+
+    at: dict[str, tuple[float, float, float, float]]
+    rss_mb: float = 0.0
+    retries: dict[str, float] = field(default_factory=dict)
+
+
+def measure(
+    servers: list[Server], load_name: str, app: str, load: Load, *, sticky: bool = False
+) -> Figures:
+    """Runs ``load`` with fresh users against ``servers`` (which serve one
+    ledger); ``app`` is "floor" for the app without its feed."""
+    feed = app != "floor"
+    url = servers[0].url
+    with ContextLedger.open(url, master_key=MASTER_KEY) as ledger:
         after = ledger.chain_size()
-    workers = server.workers()
+    workers = [pid for server in servers for pid in server.workers()]
     if len(workers) != WORKERS:
-        msg = f"the {server.name}'s uvicorn has {len(workers)} workers, not {WORKERS}"
+        msg = f"{app}: {len(workers)} serving processes, not {WORKERS}"
         raise RuntimeError(msg)
-    marks: dict[str, tuple[float, float, float, float]] = {}
+    single = len(servers) == WORKERS  # each answers /metrics for itself
+    marks = Marks({})
 
     def mark(label: str) -> None:
-        marks[label] = (
+        marks.at[label] = (
             time.perf_counter(),
             cpu_seconds(workers),
             postgres_cpu_seconds(),
             time.process_time(),
         )
         if label == "settled":
-            marks["rss"] = (rss_mb(workers), 0, 0, 0)
+            marks.rss_mb = rss_mb(workers)
+        if single:
+            marks.retries[label] = sum(s.conflict_retries() for s in servers)
 
     prefix = f"b{uuid.uuid4().hex[:8]}"  # fresh users
-    run = Run(server.address, load, prefix, after=after, feed=feed)
+    addresses = [server.address for server in servers]
+    run = Run(addresses, load, prefix, after=after, feed=feed, sticky=sticky)
     tally = asyncio.run(run.drive(mark))
+    lost, doubled = _lost_and_doubled(url, after, tally) if feed else (None, None)
+    return _figures(load_name, app, load, tally, marks, wrong=(lost, doubled))
+
+
+def _figures(
+    load_name: str,
+    app: str,
+    load: Load,
+    tally: Tally,
+    marks: Marks,
+    *,
+    wrong: tuple[int | None, int | None],
+) -> Figures:
     messages = load.sockets * load.messages
-    (t0, w0, p0, c0), (t1, w1, p1, c1) = marks["start"], marks["settled"]
-    lost, doubled = _lost_and_doubled(server.url, after, tally) if feed else (0, 0)
+    (t0, w0, p0, c0), (t1, w1, p1, c1) = marks.at["start"], marks.at["settled"]
+    delivered = bool(tally.deliveries)
     return Figures(
-        load=name,
-        app=server.name,
+        load=load_name,
+        app=app,
         messages=messages,
         seconds=t1 - t0,
         ack_p50_ms=statistics.median(tally.acks),
         ack_p99_ms=percentile(tally.acks, 0.99),
-        delivery_p50_ms=statistics.median(tally.deliveries) if feed else None,
-        delivery_p99_ms=percentile(tally.deliveries, 0.99) if feed else None,
-        lost=lost if feed else None,
-        doubled=doubled if feed else None,
+        delivery_p50_ms=statistics.median(tally.deliveries) if delivered else None,
+        delivery_p99_ms=percentile(tally.deliveries, 0.99) if delivered else None,
+        lost=wrong[0],
+        doubled=wrong[1],
         errors=tally.errors + tally.idle_frames,
         worker_cpu_ms_per_message=(w1 - w0) * 1000 / messages,
         postgres_cpu_ms_per_message=(p1 - p0) * 1000 / messages,
         client_cpu_ms_per_message=(c1 - c0) * 1000 / messages,
-        worker_rss_mb=marks["rss"][0],
+        worker_rss_mb=marks.rss_mb,
+        conflict_retries=(
+            marks.retries["settled"] - marks.retries["start"] if marks.retries else None
+        ),
     )
 
 
@@ -322,6 +201,11 @@ def loads(users: int, light: int, idle: int) -> dict[str, tuple[str, Load]]:
             f"the same beside {idle:,} idle sockets of other users",
             Load(light, 2, 40, pause=0.25, idle=idle),
         ),
+        "routing": (
+            f"{users} users x 2 threads x 10 messages on two single-worker servers:"
+            " a user's sockets on both (spread) or on one (sticky)",
+            Load(users, 2, 10),
+        ),
     }
 
 
@@ -341,6 +225,7 @@ def render(figures: list[Figures], legend: dict[str, str]) -> None:
         "PG CPU ms/msg",
         "client CPU ms/msg",
         "worker RSS MB",
+        "conflicts retried",
     )
     for f in figures:
         table.add_row(
@@ -354,6 +239,7 @@ def render(figures: list[Figures], legend: dict[str, str]) -> None:
             f"{f.postgres_cpu_ms_per_message:.2f}",
             f"{f.client_cpu_ms_per_message:.2f}",
             f"{f.worker_rss_mb:.0f}",
+            "-" if f.conflict_retries is None else f"{f.conflict_retries:,.0f}",
         )
     console = Console(width=160)
     console.print(table)
@@ -367,7 +253,7 @@ def targets(figures: list[Figures]) -> list[str]:
     """Each target, met or missed, for the loads measured."""
     by = {(f.load, f.app): f for f in figures}
     lines = []
-    for load in dict.fromkeys(f.load for f in figures):
+    for load in dict.fromkeys(f.load for f in figures if f.app == "floor"):
         ratio = by[load, "app"].ack_p50_ms / by[load, "floor"].ack_p50_ms
         what = f"{load}: ack p50 {ratio:.2f}x the floor's (at most 1.3x)"
         lines.append(_verdict(what, ratio <= 1.3))
@@ -381,9 +267,23 @@ def targets(figures: list[Figures]) -> list[str]:
         added = by["light+idle", "app"].worker_cpu_ms_per_message / base - 1
         what = f"idle sockets add {added:+.0%} worker CPU per message (at most 10%)"
         lines.append(_verdict(what, added <= 0.1))
+    if ("routing", "sticky") in by:
+        lines.append(_routing(by["routing", "spread"], by["routing", "sticky"]))
     wrong = sum((f.lost or 0) + (f.doubled or 0) + f.errors for f in figures)
     lines.append(_verdict(f"events lost or doubled, errors: {wrong} (none)", not wrong))
     return lines
+
+
+def _routing(spread: Figures, sticky: Figures) -> str:
+    return (
+        f"sticky sessions: {sticky.conflict_retries or 0:,.0f} conflicts retried "
+        f"(spread: {spread.conflict_retries or 0:,.0f}), worker CPU "
+        f"{sticky.worker_cpu_ms_per_message:.2f} ms/msg "
+        f"({spread.worker_cpu_ms_per_message:.2f}), PostgreSQL CPU "
+        f"{sticky.postgres_cpu_ms_per_message:.2f} ms/msg "
+        f"({spread.postgres_cpu_ms_per_message:.2f}), ack p50 "
+        f"{sticky.ack_p50_ms:.1f} ms ({spread.ack_p50_ms:.1f})"
+    )
 
 
 def _verdict(what: str, met: bool) -> str:
@@ -398,8 +298,8 @@ def _verdict(what: str, met: bool) -> str:
     "--load",
     "only",
     multiple=True,
-    type=click.Choice(["full", "reconnect", "light", "light+idle"]),
-    help="Run only these loads (repeat the option); all four by default.",
+    type=click.Choice(["full", "reconnect", "light", "light+idle", "routing"]),
+    help="Run only these loads (repeat the option); all by default.",
 )
 @click.option("--postgres", "dsn", default=POSTGRES_DSN, show_default=True)
 @click.option("--json", "json_path", type=click.Path(dir_okay=False, path_type=Path))
@@ -419,6 +319,7 @@ def main(
         for label, load in loads(users, light_users, idle).items()
         if not only or label in only
     }
+    routing = chosen.pop("routing", None)
     figures: list[Figures] = []
     with (
         postgres_schema(dsn, "postgres") as with_feed,
@@ -428,11 +329,33 @@ def main(
     ):
         for label, (_, load) in chosen.items():
             for each in (server, floor):
-                figures.append(measure(each, label, load))
+                figures.append(measure([each], label, each.name, load))
                 print(f"{label}, {each.name}: done", file=sys.stderr)
+    if routing is not None:
+        figures += measure_routing(dsn, app, routing[1])
+        chosen["routing"] = routing
     render(figures, {label: what for label, (what, _) in chosen.items()})
     if json_path is not None:
         json_path.write_text(json.dumps([asdict(f) for f in figures], indent=2))
+
+
+def measure_routing(dsn: str, app: str, load: Load) -> list[Figures]:
+    """``load`` against two single-worker servers of one ledger: spread, then
+    sticky."""
+    with postgres_schema(dsn, "postgres") as schema:
+        url = f"{dsn}?schema={schema}"
+        with (
+            serving("app", app, url, workers=1) as first,
+            serving("app", app, url, workers=1) as second,
+        ):
+            figures = []
+            for mode in ("spread", "sticky"):
+                pair = [first, second]
+                figures.append(
+                    measure(pair, "routing", mode, load, sticky=mode == "sticky")
+                )
+                print(f"routing, {mode}: done", file=sys.stderr)
+            return figures
 
 
 if __name__ == "__main__":

@@ -6,6 +6,7 @@ import hashlib
 import hmac
 import json
 import time
+import zlib
 from collections.abc import Callable
 from contextlib import suppress
 from dataclasses import dataclass, field
@@ -65,9 +66,10 @@ class Tally:
 class Conversation:
     """One socket of a user's thread, across its reconnections."""
 
-    def __init__(self, run: "Run", user: str, thread: str, *, reconnects: bool) -> None:
-        self.run, self.user, self.thread = run, user, thread
-        self.positions = run.tally.received.setdefault((user, thread), [])
+    def __init__(self, run: "Run", user: str, thread: int, *, reconnects: bool) -> None:
+        self.run, self.user, self.thread = run, user, f"t{thread}"
+        self.route = thread  # without stickiness, each thread on its own server
+        self.positions = run.tally.received.setdefault((user, self.thread), [])
         self.acked: dict[str, float] = {}
         self.changed: dict[str, float] = {}
         self.waiting: dict[str, asyncio.Future[float]] = {}
@@ -78,12 +80,13 @@ class Conversation:
     async def talk(self, gate: asyncio.Semaphore, ready: asyncio.Barrier) -> None:
         for first, last in self.sessions:
             after = self.positions[-1] if self.positions else self.run.after
+            url = self.run.url(self.user, after, self.route)
             if first == 0:
                 async with gate:
-                    ws = await websockets.connect(self.run.url(self.user, after))
+                    ws = await websockets.connect(url)
                 await ready.wait()
             else:
-                ws = await websockets.connect(self.run.url(self.user, after))
+                ws = await websockets.connect(url)
             async with ws:
                 reader = asyncio.create_task(self.read(ws))
                 for n in range(first, last):
@@ -134,12 +137,20 @@ class Conversation:
 
 
 class Run:
-    """One load against one server."""
+    """One load against the servers at ``addresses``."""
 
     def __init__(
-        self, address: str, load: Load, prefix: str, *, after: int, feed: bool
+        self,
+        addresses: list[str],
+        load: Load,
+        prefix: str,
+        *,
+        after: int,
+        feed: bool,
+        sticky: bool = False,
     ) -> None:
-        self.address, self.load, self.prefix = address, load, prefix
+        self.addresses, self.load, self.prefix = addresses, load, prefix
+        self.sticky = sticky
         self.after = after  # the log's head before the run
         self.tally = Tally()
         self.last_frame = time.perf_counter()
@@ -147,9 +158,14 @@ class Run:
         self._acks_left = load.sockets * load.messages
         self._changes_left = self._acks_left if feed else 0
 
-    def url(self, user: str, after: int | None) -> str:
+    def url(self, user: str, after: int | None, route: int) -> str:
+        """The socket's address: by ``route`` among the servers, or by the user
+        (sticky: all of a user's sockets on one server)."""
+        if self.sticky:
+            route = zlib.crc32(user.encode())
+        address = self.addresses[route % len(self.addresses)]
         resume = "" if after is None else f"&after={after}"
-        return f"ws://{self.address}/ws?token={token(user)}{resume}"
+        return f"ws://{address}/ws?token={token(user)}{resume}"
 
     def count_ack(self) -> None:
         self._acks_left -= 1
@@ -170,7 +186,7 @@ class Run:
             Conversation(
                 self,
                 f"{self.prefix}-u{u}",
-                f"t{t}",
+                t,
                 reconnects=bool(every) and (u * self.load.threads + t) % every == 0,
             )
             for u in range(self.load.users)
@@ -207,7 +223,8 @@ class Run:
         self, n: int, gate: asyncio.Semaphore, idle_open: asyncio.Barrier
     ) -> None:
         async with gate:
-            ws = await websockets.connect(self.url(f"{self.prefix}-idle-{n}", None))
+            user = f"{self.prefix}-idle-{n}"
+            ws = await websockets.connect(self.url(user, None, n))
         async with ws:
             await idle_open.wait()
             reader = asyncio.create_task(self._count_idle(ws))
