@@ -3,8 +3,12 @@ retried on conflicts with other processes.
 
 - Commands of one user take turns in a process (striped locks), so optimistic
   conflicts happen only between processes.
-- A conflict is retried on reloaded state with jittered exponential backoff, for
-  at most CONFLICT_SECONDS, then ConcurrencyConflict.
+- A command first decides on the process's cached aggregate and saves: one
+  round trip. A conflict (another process wrote the user since) is retried at
+  once on state caught up from the store, then with jittered exponential
+  backoff, for at most CONFLICT_SECONDS, then ConcurrencyConflict. After a
+  conflict, the user's next commands catch up before they decide (a read
+  instead of a lost write), as long as other processes keep writing the user.
 - Every call stamps its events with a fresh command id, and with the caller's
   request id if given. A request id the user's aggregate remembers (its last
   REQUEST_WINDOW) is not applied again: ``repeat`` gives the first call's result,
@@ -26,7 +30,7 @@ from uuid import uuid4
 from eventsourcing.persistence import IntegrityError
 
 from ledger import metrics
-from ledger.domain.contexts import UserContexts
+from ledger.domain.contexts import UserContexts, user_aggregate_id
 from ledger.domain.events import ContextEvent
 from ledger.domain.models import Context
 from ledger.errors import ConcurrencyConflict, LedgerError
@@ -38,6 +42,10 @@ CONFLICT_SECONDS = 10.0
 FIRST_BACKOFF_SECONDS = 0.002
 MAX_BACKOFF_SECONDS = 0.2
 LOCK_STRIPES = 256
+CONTENDED_CALLS = 32
+"""After a conflict, how many of the user's next calls read the store before they
+decide (one round trip instead of a lost write); each call that still finds
+other processes' events starts the count again."""
 
 
 @dataclass(frozen=True)
@@ -56,6 +64,7 @@ class CommandRunner:
         self._app = app
         self._now = now
         self._locks = [threading.Lock() for _ in range(LOCK_STRIPES)]
+        self._contended = [0] * LOCK_STRIPES  # each changed under its stripe's lock
 
     def run(
         self,
@@ -69,7 +78,8 @@ class CommandRunner:
         ``request_id`` was applied before."""
         command_id = uuid4().hex
         deadline = time.monotonic() + CONFLICT_SECONDS  # waiting for the turn counts
-        with self._locks[hash(user_id) % LOCK_STRIPES]:
+        stripe = hash(user_id) % LOCK_STRIPES
+        with self._locks[stripe]:
             backoff, attempts = FIRST_BACKOFF_SECONDS, 0
             while True:
                 attempts += 1
@@ -80,15 +90,20 @@ class CommandRunner:
                         command_id=command_id,
                         request_id=request_id,
                         repeat=repeat,
-                        attempt=attempts,
+                        stripe=stripe,
+                        cached=attempts == 1 and not self._contended[stripe],
                     )
                 except IntegrityError:
                     metrics.count_retry()
-                    pause = random.uniform(0, backoff)  # noqa: S311  (jitter)
+                    self._contended[stripe] = CONTENDED_CALLS
+                    # The first loss is retried at once: the retry's reload is
+                    # the catching up. Jitter spreads only those that lose again.
+                    pause = 0.0 if attempts == 1 else random.uniform(0, backoff)  # noqa: S311
                     if time.monotonic() + pause > deadline:
                         raise ConcurrencyConflict(user_id, attempts) from None
-                    time.sleep(pause)
-                    backoff = min(backoff * 2, MAX_BACKOFF_SECONDS)
+                    if pause:
+                        time.sleep(pause)
+                        backoff = min(backoff * 2, MAX_BACKOFF_SECONDS)
 
     def _attempt(
         self,
@@ -98,26 +113,26 @@ class CommandRunner:
         command_id: str,
         request_id: str | None,
         repeat: Callable[[FirstCall], T] | None,
-        attempt: int,
+        stripe: int,
+        cached: bool,
     ) -> T:
-        now = self._now
-        if attempt == 1:
+        if cached:
             # Decided on this process's cached aggregate without reading the store:
             # if another process wrote since, the save conflicts and the retry
             # reloads. An answer that appends nothing (a refusal, a repeat, a count
             # of 0) is never given from the cache; it is decided on stored state.
-            cached = self._app.load_cached(user_id, now())
-            if request_id is None or request_id not in cached.requests:
-                cached.attribute_to(command_id, request_id)
+            known = self._app.load_cached(user_id, self._now())
+            if request_id is None or request_id not in known.requests:
+                known.attribute_to(command_id, request_id)
                 try:
-                    result = command(cached)
-                    appends = bool(cached.pending)
+                    result = command(known)
+                    appends = bool(known.pending)
                 except LedgerError:  # a refusal is decided again on stored state
                     appends = False
                 if appends:
-                    self._record(cached, request_id)
+                    self._record(known, request_id)
                     return result
-        aggregate = self._app.load(user_id, now())
+        aggregate = self._catch_up(user_id, stripe)
         if request_id is not None and request_id in aggregate.requests:
             if repeat is None:
                 msg = "a command with a request id needs a repeat"
@@ -127,6 +142,17 @@ class CommandRunner:
         result = command(aggregate)
         self._record(aggregate, request_id)
         return result
+
+    def _catch_up(self, user_id: str, stripe: int) -> UserContexts:
+        """The user's aggregate as stored now. While it brings other processes'
+        events, the user stays contended; else its count runs down."""
+        seen = self._app.cache.get(user_aggregate_id(user_id))
+        aggregate = self._app.load(user_id, self._now())
+        if seen is not None and aggregate.version > seen.version:
+            self._contended[stripe] = CONTENDED_CALLS
+        elif self._contended[stripe]:
+            self._contended[stripe] -= 1
+        return aggregate
 
     def _record(self, aggregate: UserContexts, request_id: str | None) -> None:
         """Stores the aggregate's new events; keeps the outcome of a call with a
