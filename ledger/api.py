@@ -63,7 +63,7 @@ class ContextLedger(StorageClient):
         self._due_lock = threading.Lock()
         self._feeds = FeedHub(
             reader=lambda: application.log_reader,
-            mapper=application.mapper,
+            records=application.records,
             backend=application.backend,
             storage=application.storage,
         )

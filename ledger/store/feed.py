@@ -27,19 +27,20 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable, Iterator
-from contextlib import AbstractContextManager, nullcontext
+from contextlib import AbstractContextManager
 from types import TracebackType
-from typing import Any, Self
+from typing import Self
 from uuid import UUID
 
-from eventsourcing.persistence import ApplicationRecorder, Mapper, Notification
+from eventsourcing.persistence import ApplicationRecorder, Notification
 
 from ledger.domain.contexts import user_aggregate_id
-from ledger.domain.events import EVENT_TOPICS, ContextEvent
+from ledger.domain.events import EVENT_TOPICS
 from ledger.domain.models import LedgerEvent
 from ledger.errors import LedgerClosed, LedgerCorrupted, LedgerError
 from ledger.store.backends import Backend, LogRow, as_stream_id, safe_head
 from ledger.store.failures import ActiveCalls, storage_failures
+from ledger.store.records import RecordReader
 from ledger.store.urls import Storage
 
 POLL_SECONDS = 0.05
@@ -89,13 +90,13 @@ class FeedHub:
         self,
         *,
         reader: Callable[[], ApplicationRecorder],
-        mapper: Mapper[UUID],
+        records: RecordReader,
         backend: Backend,
         storage: Storage,
         poll_seconds: float = POLL_SECONDS,
     ) -> None:
         self._reader = reader
-        self.mapper = mapper
+        self.records = records
         self.backend = backend
         self.storage = storage
         self._poll = poll_seconds
@@ -181,6 +182,7 @@ class FeedHub:
             self._feeds += 1
             self._attach(feed)
             self._start()
+            self._wake.notify_all()  # an idle thread polls again
 
     def leave(self, feed: "ChangeFeed") -> None:
         with self.lock:
@@ -331,7 +333,7 @@ class FeedHub:
         hub's position changed under it)."""
         with self.lock:
             wanted = [row for row in rows if self._wants(row)]
-        decoded = {row[0]: self._decoded(row) for row in wanted}
+        decoded = self._decoded_all(wanted)
         woken: set[ChangeFeed] = set()
         with self.lock:
             if self._position != start:
@@ -341,7 +343,7 @@ class FeedHub:
                     continue
                 item = decoded.get(row[0])
                 if item is None:  # a feed that joined while the page was decoded
-                    item = self._decoded(row)
+                    item = self._decoded_all([row])[row[0]]
                 self._offer(row, item, woken)
             self._position = through
         for feed in woken:
@@ -367,37 +369,41 @@ class FeedHub:
                 self._behind.add(feed)
                 woken.add(feed)
 
-    def _decoded(self, row: LogRow) -> _Item:
-        position, stream, version, topic, state = row
-        keys = getattr(self.mapper, "keys", None)
-        with nullcontext() if keys is None else keys.reading():
-            return decode(
-                self.mapper,
-                Notification(
-                    id=position,
-                    originator_id=stream,
-                    originator_version=version,
-                    topic=topic,
-                    state=bytes(state),
-                ),
+    def _decoded_all(self, rows: list[LogRow]) -> dict[int, _Item]:
+        """The rows decoded by position; their users' keys looked up together."""
+        keys = self.records.keys
+        with keys.reading():
+            keys.prefetch_streams(
+                {
+                    stream
+                    for row in rows
+                    if isinstance(stream := as_stream_id(row[1]), UUID)
+                }
             )
+            return {row[0]: decode(self.records, row) for row in rows}
 
 
-def decode(mapper: Mapper[UUID], notification: Notification) -> _Item:
-    """The change a stored event makes, or what is wrong with it."""
-    problem: str | None = None
+def decode(records: RecordReader, row: LogRow) -> _Item:
+    """The change a stored event makes (read as history reads it: the fast
+    decoder, else the mapper), or what is wrong with it."""
+    position, stream, version, topic, state = row
     try:
-        event: Any = mapper.to_domain_event(notification)
+        event = records.read_row(stream, version, topic, state).to_ledger_event()
     except LedgerError:
         raise  # a master key that does not open the keys: not this event's fault
-    except ValueError as error:  # MapperDeserialisationError
-        problem = str(error)
-    else:
-        if isinstance(event, ContextEvent):
-            return notification.id, event.to_ledger_event()
-        problem = f"topic {notification.topic!r} is not an event of a context"
-    stream = as_stream_id(notification.originator_id)
-    return _Damaged(notification.id, stream, problem)
+    except (ValueError, TypeError) as error:  # MapperDeserialisationError, a topic
+        return _Damaged(position, as_stream_id(stream), str(error))
+    return position, event
+
+
+def _row(notification: Notification) -> LogRow:
+    return (
+        notification.id,
+        notification.originator_id,
+        notification.originator_version,
+        notification.topic,
+        notification.state,
+    )
 
 
 class ChangeFeed(Iterator[Change]):
@@ -587,9 +593,8 @@ class ChangeFeed(Iterator[Change]):
             page = backend.stream_after(
                 recorder, self.stream, self._version, head, PAGE
             )
-        keys = getattr(self._hub.mapper, "keys", None)
-        with nullcontext() if keys is None else keys.reading():
-            items = [decode(self._hub.mapper, n) for n in page]
+        with self._hub.records.keys.reading():
+            items = [decode(self._hub.records, _row(n)) for n in page]
         with self._hub.lock:
             self._ready.extend(items)
             if page:
