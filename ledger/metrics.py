@@ -14,6 +14,9 @@ Recorded in the default registry (names as Prometheus exposes them):
   new one (``on_limit="evict"``), also counted as ``cleared`` events above;
 - ``ctxledger_conflict_retries_total``: saves retried after another process won;
 - ``ctxledger_command_duration_seconds{command}``: a latency histogram;
+- ``ctxledger_feeds_open``: change feeds open in this process;
+  ``ctxledger_feeds_fell_behind_total``: times a feed's consumer left more than
+  FEED_BUFFER events untaken, so that feed read the store by itself;
 - ``ctxledger_view_position{view}``, ``ctxledger_view_head`` and
   ``ctxledger_view_lag_events{view}``: where each view is, the log's head, and how
   many events are stored after the view's position (set by ``record_views``).
@@ -79,6 +82,16 @@ class _Figures:
             "How long commands take, by name.",
             ["command"],
             buckets=LATENCY_BUCKETS,
+        )
+        self.feeds_open = client.Gauge(
+            "ctxledger_feeds_open",
+            "Change feeds open in this process.",
+            multiprocess_mode="livesum",
+        )
+        self.feeds_behind = client.Counter(
+            "ctxledger_feeds_fell_behind",
+            "Times a feed's consumer left too many events untaken, so the feed "
+            "read the store by itself until it caught up.",
         )
         self.view_position = client.Gauge(
             "ctxledger_view_position", "The last position each view applied.", ["view"]
@@ -160,6 +173,17 @@ def count_evictions(evicted: int) -> None:
 def count_retry() -> None:
     if _FIGURES is not None:
         _FIGURES.retries.inc()
+
+
+def feeds_opened(change: int) -> None:
+    """``change`` feeds opened (negative: closed) in this process."""
+    if _FIGURES is not None:
+        _FIGURES.feeds_open.inc(change)
+
+
+def count_feed_behind() -> None:
+    if _FIGURES is not None:
+        _FIGURES.feeds_behind.inc()
 
 
 def record_views(statuses: Iterable[ViewFigures]) -> None:

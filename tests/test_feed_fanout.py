@@ -8,6 +8,7 @@ from collections.abc import Iterator
 
 import psycopg
 import pytest
+from prometheus_client import REGISTRY
 
 from ledger import AsyncContextLedger, ChangeFeed, ContextLedger, LedgerEvent
 from ledger.store import feed as feed_module
@@ -238,3 +239,29 @@ def test_the_feeds_reader_uses_connections_of_its_own(
         found = connections()
 
     assert found >= 2  # the command pool holds one: the others are the readers
+
+
+def _sample(name: str) -> float:
+    return REGISTRY.get_sample_value(name) or 0.0
+
+
+def test_open_feeds_and_feeds_that_fell_behind_are_counted(
+    ledger_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(feed_module, "FEED_BUFFER", 2)
+    open_before = _sample("ctxledger_feeds_open")
+    behind_before = _sample("ctxledger_feeds_fell_behind_total")
+    with ContextLedger.open(ledger_url) as ledger:
+        slow, other, closed = ledger.changes(), ledger.changes("x"), ledger.changes()
+        closed.close()
+        while_open = _sample("ctxledger_feeds_open") - open_before
+        for n in range(5):
+            ledger.open_context("amy", f"t{n}")
+        _take(slow, 5)
+        behind = _sample("ctxledger_feeds_fell_behind_total") - behind_before
+        other.close()
+    after_close = _sample("ctxledger_feeds_open") - open_before
+
+    assert while_open == 2
+    assert behind == 1
+    assert after_close == 0

@@ -34,6 +34,7 @@ from uuid import UUID
 
 from eventsourcing.persistence import ApplicationRecorder, Notification
 
+from ledger import metrics
 from ledger.domain.contexts import user_aggregate_id
 from ledger.domain.events import EVENT_TOPICS
 from ledger.domain.models import LedgerEvent
@@ -179,6 +180,9 @@ class FeedHub:
 
     def join(self, feed: "ChangeFeed") -> None:
         with self.lock:
+            if self._closed:
+                return  # the feed reads as closed
+            metrics.feeds_opened(1)
             self._feeds += 1
             self._attach(feed)
             self._start()
@@ -188,8 +192,11 @@ class FeedHub:
         with self.lock:
             self._detach(feed)
             self._behind.discard(feed)
+            if self._closed:
+                return  # counted out when the hub closed
             self._feeds -= 1
             self._wake.notify_all()
+        metrics.feeds_opened(-1)
 
     def attach(self, feed: "ChangeFeed") -> bool:
         """Makes a feed that has caught up live; whether it is live."""
@@ -234,12 +241,14 @@ class FeedHub:
         session's transaction, and closing under it is safe there)."""
         with self.lock:
             self._closed = True
+            still_open, self._feeds = self._feeds, 0
             requests, self._requests = self._requests, []
             feeds = [*self._all, *self._behind]
             feeds += [feed for group in self._by_stream.values() for feed in group]
             self._wake.notify_all()
             self.moved.notify_all()
             thread = self._thread
+        metrics.feeds_opened(-still_open)
         for callback in requests:
             callback(None, LedgerClosed())
         for feed in feeds:
@@ -365,6 +374,7 @@ class FeedHub:
             if feed.offer(row[0], item):
                 woken.add(feed)
             elif not feed.live:  # its consumer fell behind: it catches up alone
+                metrics.count_feed_behind()
                 self._detach(feed)
                 self._behind.add(feed)
                 woken.add(feed)
