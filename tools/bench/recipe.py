@@ -2,7 +2,8 @@
 real WebSocket clients, beside the same app with its change feed removed.
 
     python -m tools.bench.recipe [--users 300] [--light-users 20] [--idle 1000]
-                                 [--load full|reconnect|light|light+idle] [--json FILE]
+                                 [--load full|reconnect|light|light+idle|routing]
+                                 [--rounds N] [--json FILE]
 
 Each load runs against the app (``# app.py`` of the README, as the tests run it)
 and then against the floor (the same text with ``ledger.changes(...)`` replaced by
@@ -40,6 +41,7 @@ import uuid
 from collections import defaultdict
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any
 
 import click
 from rich.console import Console
@@ -301,6 +303,13 @@ def _verdict(what: str, met: bool) -> str:
     type=click.Choice(["full", "reconnect", "light", "light+idle", "routing"]),
     help="Run only these loads (repeat the option); all by default.",
 )
+@click.option(
+    "--rounds",
+    default=1,
+    show_default=True,
+    type=click.IntRange(1),
+    help="Run each load this many times (app and floor in turn); medians shown.",
+)
 @click.option("--postgres", "dsn", default=POSTGRES_DSN, show_default=True)
 @click.option("--json", "json_path", type=click.Path(dir_okay=False, path_type=Path))
 def main(
@@ -309,6 +318,7 @@ def main(
     light_users: int,
     idle: int,
     only: tuple[str, ...],
+    rounds: int,
     dsn: str,
     json_path: Path | None,
 ) -> None:
@@ -328,20 +338,25 @@ def main(
         serving("floor", without_feed(app), f"{dsn}?schema={floor_schema}") as floor,
     ):
         for label, (_, load) in chosen.items():
-            for each in (server, floor):
-                figures.append(measure([each], label, each.name, load))
-                print(f"{label}, {each.name}: done", file=sys.stderr)
+            for round_ in range(rounds):
+                for each in (server, floor):
+                    figures.append(measure([each], label, each.name, load))
+                    done = f"{label}, {each.name}, round {round_ + 1}: done"
+                    print(done, file=sys.stderr)
     if routing is not None:
-        figures += measure_routing(dsn, app, routing[1])
+        figures += measure_routing(dsn, app, routing[1], rounds)
         chosen["routing"] = routing
-    render(figures, {label: what for label, (what, _) in chosen.items()})
+    medians = combined(figures)
+    render(medians, {label: what for label, (what, _) in chosen.items()})
     if json_path is not None:
-        json_path.write_text(json.dumps([asdict(f) for f in figures], indent=2))
+        runs = {"medians": medians, "rounds": figures}
+        saved = {key: [asdict(f) for f in rows] for key, rows in runs.items()}
+        json_path.write_text(json.dumps(saved, indent=2))
 
 
-def measure_routing(dsn: str, app: str, load: Load) -> list[Figures]:
+def measure_routing(dsn: str, app: str, load: Load, rounds: int) -> list[Figures]:
     """``load`` against two single-worker servers of one ledger: spread, then
-    sticky."""
+    sticky, ``rounds`` times."""
     with postgres_schema(dsn, "postgres") as schema:
         url = f"{dsn}?schema={schema}"
         with (
@@ -349,13 +364,35 @@ def measure_routing(dsn: str, app: str, load: Load) -> list[Figures]:
             serving("app", app, url, workers=1) as second,
         ):
             figures = []
-            for mode in ("spread", "sticky"):
+            for mode in ("spread", "sticky") * rounds:
                 pair = [first, second]
                 figures.append(
                     measure(pair, "routing", mode, load, sticky=mode == "sticky")
                 )
                 print(f"routing, {mode}: done", file=sys.stderr)
             return figures
+
+
+def combined(figures: list[Figures]) -> list[Figures]:
+    """One row per load and app: the median of each figure over the rounds, and
+    the sum of what went wrong."""
+    rounds: dict[tuple[str, str], list[Figures]] = defaultdict(list)
+    for each in figures:
+        rounds[each.load, each.app].append(each)
+    rows = []
+    for runs in rounds.values():
+        values = [asdict(run) for run in runs]
+        row: dict[str, Any] = {}
+        for name, first in values[0].items():
+            column = [value[name] for value in values]
+            if name in {"lost", "doubled", "errors"}:
+                row[name] = None if first is None else sum(column)
+            elif isinstance(first, float):
+                row[name] = statistics.median(column)
+            else:
+                row[name] = first
+        rows.append(Figures(**row))
+    return rows
 
 
 if __name__ == "__main__":
