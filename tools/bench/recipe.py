@@ -25,11 +25,11 @@ with 2 workers on its own PostgreSQL schema:
 Reported: ack latency (send to ack), change delivery (ack to the socket's own
 change), events lost or doubled (each socket must be pushed every event of its
 user stored after it first connected, once, across its reconnections: checked
-against the store), the workers' and PostgreSQL's CPU per message (from /proc,
-while the load runs until every change is pushed), the client's CPU, and the
-workers' resident memory at the end of the load; for the routing runs, the
-conflicts retried (ctxledger_conflict_retries_total of both servers). Traffic
-stays on 127.0.0.1.
+against the store), the CPU per message of the workers and of their PostgreSQL
+backends (told apart by PGAPPNAME; from /proc, while the load runs until every
+change is pushed), the client's CPU, and the workers' resident memory at the end
+of the load; for the routing runs, the conflicts retried
+(ctxledger_conflict_retries_total of both servers). Traffic stays on 127.0.0.1.
 """
 
 import asyncio
@@ -54,8 +54,8 @@ from tools.bench.recipe_servers import (
     MASTER_KEY,
     WORKERS,
     Server,
+    backend_cpu_seconds,
     cpu_seconds,
-    postgres_cpu_seconds,
     recipe,
     rss_mb,
     serving,
@@ -92,9 +92,15 @@ def percentile(values: list[float], share: float) -> float:
 class Marks:
     """Clock and CPU at the load's start and once it settled."""
 
-    at: dict[str, tuple[float, float, float, float]]
+    at: dict[str, tuple[float, float, float]] = field(default_factory=dict)
+    backends: dict[str, dict[int, float]] = field(default_factory=dict)
     rss_mb: float = 0.0
     retries: dict[str, float] = field(default_factory=dict)
+
+    def postgres_cpu(self) -> float:
+        """The CPU the servers' PostgreSQL backends used between the marks."""
+        start, end = self.backends["start"], self.backends["settled"]
+        return sum(cpu - start.get(pid, 0.0) for pid, cpu in end.items())
 
 
 def measure(
@@ -111,15 +117,15 @@ def measure(
         msg = f"{app}: {len(workers)} serving processes, not {WORKERS}"
         raise RuntimeError(msg)
     single = len(servers) == WORKERS  # each answers /metrics for itself
-    marks = Marks({})
+    marks = Marks()
 
     def mark(label: str) -> None:
         marks.at[label] = (
             time.perf_counter(),
             cpu_seconds(workers),
-            postgres_cpu_seconds(),
             time.process_time(),
         )
+        marks.backends[label] = backend_cpu_seconds(servers)
         if label == "settled":
             marks.rss_mb = rss_mb(workers)
         if single:
@@ -143,7 +149,7 @@ def _figures(
     wrong: tuple[int | None, int | None],
 ) -> Figures:
     messages = load.sockets * load.messages
-    (t0, w0, p0, c0), (t1, w1, p1, c1) = marks.at["start"], marks.at["settled"]
+    (t0, w0, c0), (t1, w1, c1) = marks.at["start"], marks.at["settled"]
     delivered = bool(tally.deliveries)
     return Figures(
         load=load_name,
@@ -158,7 +164,7 @@ def _figures(
         doubled=wrong[1],
         errors=tally.errors + tally.idle_frames,
         worker_cpu_ms_per_message=(w1 - w0) * 1000 / messages,
-        postgres_cpu_ms_per_message=(p1 - p0) * 1000 / messages,
+        postgres_cpu_ms_per_message=marks.postgres_cpu() * 1000 / messages,
         client_cpu_ms_per_message=(c1 - c0) * 1000 / messages,
         worker_rss_mb=marks.rss_mb,
         conflict_retries=(

@@ -13,6 +13,8 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+import psycopg
+
 from ledger import ContextLedger
 from tools.bench.recipe_load import SECRET
 
@@ -66,6 +68,8 @@ class Server:
     url: str
     address: str
     pid: int
+    application_name: str
+    """Its PostgreSQL connections' (PGAPPNAME), which tells its backends apart."""
 
     def workers(self) -> list[int]:
         """The processes that serve: the uvicorn parent's workers (not its
@@ -102,6 +106,7 @@ def serving(
             "CTXLEDGER_URL": url,
             "CTXLEDGER_MASTER_KEY": MASTER_KEY,
             "APP_SECRET": SECRET,
+            "PGAPPNAME": f"ctxledger-bench-{name}-{port}",
         }
         command = [sys.executable, "-m", "uvicorn", "app:app", "--app-dir", folder]
         command += ["--workers", str(workers), "--port", str(port)]
@@ -110,7 +115,8 @@ def serving(
             process = subprocess.Popen(command, env=env, stdout=log, stderr=log)  # noqa: S603
             try:
                 _wait_healthy(port, process, Path(folder, "uvicorn.log"))
-                yield Server(name, url, f"127.0.0.1:{port}", process.pid)
+                address = f"127.0.0.1:{port}"
+                yield Server(name, url, address, process.pid, env["PGAPPNAME"])
             finally:
                 process.terminate()
                 try:
@@ -158,17 +164,13 @@ def _cmdline(pid: int) -> bytes:
         return b""
 
 
-def cpu_seconds(pids: list[int], *, reaped: bool = False) -> float:
-    """User and system CPU of the processes, from /proc; with ``reaped``, also
-    that of their children that ended (how a PostgreSQL server keeps the CPU
-    of its closed connections)."""
+def cpu_seconds(pids: list[int]) -> float:
+    """User and system CPU of the processes, from /proc."""
     ticks = 0
     for pid in pids:
         fields = _stat(pid)
         if fields:
             ticks += int(fields[11]) + int(fields[12])  # utime, stime
-            if reaped:
-                ticks += int(fields[13]) + int(fields[14])  # cutime, cstime
     return ticks / TICKS
 
 
@@ -182,16 +184,13 @@ def rss_mb(pids: list[int]) -> float:
     return pages * PAGE_SIZE / 2**20
 
 
-def postgres_cpu_seconds() -> float:
-    """The CPU of every PostgreSQL process, those that ended included."""
-    pids = []
-    for comm in Path("/proc").glob("[0-9]*/comm"):
-        try:
-            if comm.read_text().strip() == "postgres":
-                pids.append(int(comm.parent.name))
-        except OSError:
-            continue
-    # Only the server's first process reaps the others; theirs count once.
-    parents = {pid for pid in pids if _stat(pid) and int(_stat(pid)[1]) not in pids}
-    live = cpu_seconds([pid for pid in pids if pid not in parents])
-    return live + cpu_seconds(sorted(parents), reaped=True)
+def backend_cpu_seconds(servers: list[Server]) -> dict[int, float]:
+    """The CPU of each PostgreSQL backend connected to the servers, by its pid."""
+    names = [server.application_name for server in servers]
+    dsn = servers[0].url.partition("?")[0]
+    with psycopg.connect(dsn) as db:
+        rows = db.execute(
+            "SELECT pid FROM pg_stat_activity WHERE application_name = ANY(%s)",
+            (names,),
+        ).fetchall()
+    return {pid: cpu_seconds([pid]) for (pid,) in rows}
