@@ -191,6 +191,7 @@ class Projections(StorageClient):
                         figures_due = time.monotonic() + FIGURES_SECONDS
             except StorageUnavailable as failure:
                 report(failure, pause)
+                self._app.check_connections()  # not one broken connection a try
                 stop.wait(pause)
                 pause = min(pause * 2, LONGEST_RETRY_SECONDS)
                 continue

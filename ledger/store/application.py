@@ -111,6 +111,25 @@ class LedgerApplication(Application[UUID]):
                 )
             return self._log_reader
 
+    def check_connections(self) -> None:
+        """After a failure of the database: replaces the pooled connections (of
+        commands and of readers) that the server closed."""
+        with self._reader_lock:
+            reader = self._log_reader
+        recorders = (
+            [self.recorder]
+            if reader in (None, self.recorder)
+            else [
+                self.recorder,
+                reader,
+            ]
+        )
+        try:
+            with storage_failures(self.storage):
+                self.backend.check_connections([r for r in recorders if r is not None])
+        except StorageUnavailable:
+            pass  # the server is still away: the next try finds it out
+
     def close(self) -> None:
         with self._reader_lock:
             self.closing.set()

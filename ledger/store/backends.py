@@ -8,7 +8,7 @@ and the few queries the library has no call for.
 
 import re
 import sqlite3
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager, contextmanager, nullcontext
 from datetime import UTC, datetime
 from pathlib import Path
@@ -231,6 +231,10 @@ class Backend:
         waits long where one writer appends at a time)."""
         return recorder
 
+    def check_connections(self, recorders: Iterable[ApplicationRecorder]) -> None:
+        """Replaces the pooled connections the server has closed (a restart, a
+        terminated backend), so the next reads do not meet them one by one."""
+
     def key_store(self, datastore: Any, master_key: MasterKey | None) -> KeyStore:
         """The users' data keys, in a table beside the events."""
         return SQLKeyStore(
@@ -450,6 +454,10 @@ class PostgresBackend(Backend):
 
     def dialect(self) -> Dialect:
         return PostgresDialect(self.schema)
+
+    def check_connections(self, recorders: Iterable[ApplicationRecorder]) -> None:
+        for recorder in recorders:
+            recorder.datastore.pool.check()  # type: ignore[attr-defined]
 
     def log_reader(
         self, recorder: ApplicationRecorder, name: str, settings: Mapping[str, str]
