@@ -30,7 +30,7 @@ from ledger.api import ContextLedger
 from ledger.domain import validation
 from ledger.errors import InvalidContextInput, LedgerClosed, LedgerError
 from ledger.store.failures import storage_failures
-from ledger.store.feed import Change, ChangeFeed
+from ledger.store.feed import Change, ChangeFeed, beyond
 
 P = ParamSpec("P")
 T = TypeVar("T")
@@ -289,15 +289,21 @@ class AsyncChangeFeed:
         self._arrived: asyncio.Future[None] | None = None  # what a wait awaits
         self._reading: asyncio.Future[bool] | None = None
         self._taking = asyncio.Lock()
+        self._starting = asyncio.Lock()
 
     async def start(self) -> None:
         """Fixes where the feed starts (the head now, if ``after`` is None)."""
-        if self._feed is not None:
-            return
+        async with self._starting:  # two starts at once make one feed
+            if self._feed is None:
+                await self._start()
+
+    async def _start(self) -> None:
         ledger = await self._ledger.opened()
         after = self._after
         if after is None:
             after = await _fresh_head(ledger)
+        elif after > ledger._feeds.known_head():
+            beyond(after, await _fresh_head(ledger))  # (then no I/O below)
         loop = asyncio.get_running_loop()
 
         def wake() -> None:
@@ -320,8 +326,8 @@ class AsyncChangeFeed:
 
     @property
     def position(self) -> int | None:
-        """The position of the last event this feed has passed (None before it
-        starts)."""
+        """The position through which the feed has read the log, taken or not
+        (None before it starts); resume from the last event taken instead."""
         return None if self._feed is None else self._feed.position
 
     def __aiter__(self) -> Self:

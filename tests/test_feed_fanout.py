@@ -5,14 +5,23 @@ never hold a connection or a thread that commands need."""
 import asyncio
 import threading
 from collections.abc import Iterator
+from pathlib import Path
 
 import psycopg
 import pytest
 from prometheus_client import REGISTRY
 
-from ledger import AsyncContextLedger, ChangeFeed, ContextLedger, LedgerEvent
+from ledger import (
+    AsyncContextLedger,
+    ChangeFeed,
+    ContextLedger,
+    InvalidContextInput,
+    LedgerCorrupted,
+    LedgerEvent,
+)
+from ledger.domain.contexts import user_aggregate_id
 from ledger.store import feed as feed_module
-from tests.helpers import dsn_and_schema, wait_until
+from tests.helpers import dsn_and_schema, execute_sql, wait_until
 
 Change = tuple[int, LedgerEvent]
 HOLD_LIMIT_SECONDS = 20
@@ -265,3 +274,123 @@ def test_open_feeds_and_feeds_that_fell_behind_are_counted(
     assert while_open == 2
     assert behind == 1
     assert after_close == 0
+
+
+def test_a_feed_closed_while_it_catches_up_never_joins_the_reader_again(
+    ledger: ContextLedger,
+) -> None:
+    for n in range(5):
+        ledger.open_context("amy", f"t{n}")
+    behind = ledger.changes("amy", after=0)
+    behind.close()  # as a socket leaves while its reader thread reads a page
+
+    behind.catch_up()
+    behind.catch_up()
+    ledger.open_context("amy", "later")
+    with ledger.changes() as everyone:
+        ledger.open_context("amy", "latest")
+        _take(everyone, 1)
+
+    assert not behind.live
+    assert behind.take() is not None  # what it had read stays, nothing more joins
+
+
+def test_a_consumer_that_only_polls_joins_the_shared_reader_once_level(
+    ledger: ContextLedger,
+) -> None:
+    for n in range(5):
+        ledger.open_context("amy", f"t{n}")
+    with ledger.changes(after=0) as feed:
+        first = feed.poll()
+        again = feed.poll()
+
+        assert len(first) == 5
+        assert again == []
+        assert feed.live
+
+
+def test_a_start_beyond_the_logs_head_is_refused(ledger: ContextLedger) -> None:
+    ledger.open_context("amy", "t")
+    head = ledger.chain_size()
+
+    with pytest.raises(InvalidContextInput, match="beyond the log's last position"):
+        ledger.changes("amy", after=head + 1)
+    with ledger.changes("amy", after=head) as at_head:
+        assert at_head.poll() == []
+
+
+def test_an_async_start_beyond_the_logs_head_is_refused(durable_url: str) -> None:
+    async def scenario() -> str:
+        async with AsyncContextLedger.open(durable_url) as ledger:
+            await ledger.open_context("amy", "t")
+            head = await ledger.chain_size()
+            try:
+                await ledger.changes("amy", after=head + 10**9).start()
+            except InvalidContextInput as refused:
+                return str(refused)
+            return "started"
+
+    assert "beyond the log's last position" in asyncio.run(scenario())
+
+
+def test_one_users_damaged_key_row_stops_only_that_users_feed(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'ledger.db'}"
+    master_key = "00" * 32
+    with (
+        ContextLedger.open(url, master_key=master_key) as writer,
+        ContextLedger.open(url, master_key=master_key) as reader,
+    ):
+        writer.open_context("mallory", "t", metadata={"a": 1})
+        writer.open_context("alice", "t", metadata={"a": 1})
+        alice, mallory, everyone = (
+            reader.changes("alice"),
+            reader.changes("mallory"),
+            reader.changes(),
+        )
+        execute_sql(
+            url,
+            "UPDATE ctxledger_keys SET data_key = zeroblob(60) WHERE stream_id = ?",
+            (user_aggregate_id("mallory").hex,),
+        )
+        writer.open_context("mallory", "t2", metadata={"b": 2})  # its key cached
+        writer.open_context("alice", "t3", metadata={"c": 3})
+        alices = _take(alice, 1)
+        with pytest.raises(LedgerCorrupted, match="mallory"):
+            next(mallory)
+        with pytest.raises(LedgerCorrupted):
+            next(everyone)
+        after_damage = next(everyone)
+
+    assert [(e.user_id, e.thread_id) for _, e in alices] == [("alice", "t3")]
+    assert (after_damage[1].user_id, after_damage[1].thread_id) == ("alice", "t3")
+
+
+@pytest.mark.postgres
+def test_the_feed_looks_keys_up_without_a_connection_that_commands_need(
+    postgres_url: str,
+) -> None:
+    url = f"{postgres_url}&pool_size=1&max_overflow=0"
+    with (
+        ContextLedger.open(url, master_key="11" * 32) as writer,
+        ContextLedger.open(url, master_key="11" * 32) as reader,
+        reader.changes("amy") as feed,
+    ):
+        held = threading.Event()
+        release = threading.Event()
+
+        def hold_the_commands_connection() -> None:
+            with reader._app.recorder.datastore.get_connection():
+                held.set()
+                release.wait(30)
+
+        holder = threading.Thread(target=hold_the_commands_connection)
+        holder.start()
+        held.wait(30)
+        try:
+            writer.open_context("amy", "t", metadata={"x": 1})
+            got = _take(feed, 1)
+        finally:
+            release.set()
+            holder.join(30)
+
+    assert got[0][1].details["metadata"] == {"x": 1}

@@ -41,15 +41,25 @@ def storage_failures(storage: Storage, *, writing: bool = False) -> Iterator[Non
         yield
     except IntegrityError:
         raise
-    except ConnectionPoolClosedError as closed:  # SQLite's, once closed
-        raise LedgerClosed from closed
-    except DATABASE_ERRORS as error:
-        if _pool_closed(error):  # PostgreSQL's, once closed
-            raise LedgerClosed from error
-        unavailable = StorageUnavailable(storage.description, error, writing=writing)
-        for note in getattr(error, "__notes__", ()):
-            unavailable.add_note(note)
-        raise unavailable from error
+    except (ConnectionPoolClosedError, *DATABASE_ERRORS) as error:
+        raise ledger_error(storage, error, writing=writing) from error
+
+
+def ledger_error(
+    storage: Storage, error: BaseException, *, writing: bool = False
+) -> BaseException:
+    """The ledger's error for a failure of the database (a new one each call), or
+    the error itself if it is not one."""
+    if isinstance(error, ConnectionPoolClosedError) or (  # SQLite's, once closed
+        isinstance(error, DATABASE_ERRORS) and _pool_closed(error)  # PostgreSQL's
+    ):
+        return LedgerClosed()
+    if not isinstance(error, DATABASE_ERRORS) or isinstance(error, IntegrityError):
+        return error
+    unavailable = StorageUnavailable(storage.description, error, writing=writing)
+    for note in getattr(error, "__notes__", ()):
+        unavailable.add_note(note)
+    return unavailable
 
 
 def _pool_closed(error: BaseException) -> bool:

@@ -27,7 +27,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable, Iterator
-from contextlib import AbstractContextManager
+from contextlib import AbstractContextManager, contextmanager, suppress
 from types import TracebackType
 from typing import Self
 from uuid import UUID
@@ -38,9 +38,14 @@ from ledger import metrics
 from ledger.domain.contexts import user_aggregate_id
 from ledger.domain.events import EVENT_TOPICS
 from ledger.domain.models import LedgerEvent
-from ledger.errors import LedgerClosed, LedgerCorrupted, LedgerError
+from ledger.errors import (
+    InvalidContextInput,
+    LedgerClosed,
+    LedgerConfigError,
+    LedgerCorrupted,
+)
 from ledger.store.backends import Backend, LogRow, as_stream_id, safe_head
-from ledger.store.failures import ActiveCalls, storage_failures
+from ledger.store.failures import ActiveCalls, ledger_error, storage_failures
 from ledger.store.records import RecordReader
 from ledger.store.urls import Storage
 
@@ -160,8 +165,7 @@ class FeedHub:
         done.wait()
         head, failure = answer[0]
         if failure is not None:
-            with storage_failures(self.storage):
-                raise failure
+            raise self.error(failure)
         if head is None:  # pragma: no cover  (a head or a failure is always told)
             raise LedgerClosed
         return head
@@ -172,9 +176,13 @@ class FeedHub:
         with self.lock:
             failure, head = self._failure, self._head
         if failure is not None:
-            with storage_failures(self.storage):
-                raise failure
+            raise self.error(failure)
         return head
+
+    def error(self, failure: BaseException) -> BaseException:
+        """What a consumer raises for a failure of the hub's reads: a new error
+        each time (the failure itself is shared by every feed and thread)."""
+        return ledger_error(self.storage, failure)
 
     # Feeds joining and leaving.
 
@@ -206,6 +214,8 @@ class FeedHub:
     def _attach(self, feed: "ChangeFeed") -> bool:
         if feed.live:
             return True
+        if feed.shut:  # closed while it caught up: it never joins again
+            return False
         if self._position is None or feed.own_position < self._position:
             self._behind.add(feed)
             return False
@@ -226,6 +236,11 @@ class FeedHub:
                 streams.discard(feed)
                 if not streams:
                     del self._by_stream[feed.stream]
+
+    def known_head(self) -> int:
+        """The safe head as last read (-1: not yet), without raising."""
+        with self.lock:
+            return self._head
 
     def failure_now(self) -> BaseException | None:
         """What made the hub's last read fail, if it did (under ``lock``)."""
@@ -339,22 +354,22 @@ class FeedHub:
 
     def _deliver(self, start: int, through: int, rows: list[LogRow]) -> int:
         """Hands the rows to the feeds that want them; the new position (-1 if the
-        hub's position changed under it)."""
-        with self.lock:
-            wanted = [row for row in rows if self._wants(row)]
-        decoded = self._decoded_all(wanted)
+        hub's position changed under it). Rows are decoded outside the lock, and
+        a page is offered whole or not at all (a failure offers nothing)."""
+        decoded: dict[int, _Item] = {}
         woken: set[ChangeFeed] = set()
-        with self.lock:
-            if self._position != start:
-                return -1
-            for row in rows:
-                if not self._wants(row):
-                    continue
-                item = decoded.get(row[0])
-                if item is None:  # a feed that joined while the page was decoded
-                    item = self._decoded_all([row])[row[0]]
-                self._offer(row, item, woken)
-            self._position = through
+        while True:
+            with self.lock:
+                if self._position != start:
+                    return -1
+                wanted = [row for row in rows if self._wants(row)]
+                missing = [row for row in wanted if row[0] not in decoded]
+                if not missing:  # (a feed may have joined while the page decoded)
+                    for row in wanted:
+                        self._offer(row, decoded[row[0]], woken)
+                    self._position = through
+                    break
+            decoded.update(self._decoded_all(missing))
         for feed in woken:
             feed.wake()
         return through
@@ -376,21 +391,37 @@ class FeedHub:
             elif not feed.live:  # its consumer fell behind: it catches up alone
                 metrics.count_feed_behind()
                 self._detach(feed)
-                self._behind.add(feed)
+                if not feed.shut:
+                    self._behind.add(feed)
                 woken.add(feed)
 
     def _decoded_all(self, rows: list[LogRow]) -> dict[int, _Item]:
         """The rows decoded by position; their users' keys looked up together."""
-        keys = self.records.keys
-        with keys.reading():
-            keys.prefetch_streams(
-                {
-                    stream
-                    for row in rows
-                    if isinstance(stream := as_stream_id(row[1]), UUID)
-                }
-            )
+        with self.keys_on_reader():
+            streams = {as_stream_id(row[1]) for row in rows}
+            # A damaged key row fails the prefetch: each row's own lookup then
+            # says whose it is.
+            with suppress(LedgerConfigError):
+                self.records.keys.prefetch_streams(
+                    stream for stream in streams if isinstance(stream, UUID)
+                )
             return {row[0]: decode(self.records, row) for row in rows}
+
+    @contextmanager
+    def keys_on_reader(self) -> Iterator[None]:
+        """A scope of key lookups made on a transaction of the log reader's pool,
+        never on a connection that commands need."""
+        keys = self.records.keys
+        datastore = getattr(self.recorder, "datastore", None)
+        if datastore is None:  # memory: nothing to connect to
+            with keys.reading():
+                yield
+            return
+        with (
+            datastore.transaction(commit=False) as cursor,
+            keys.reading(cursor=cursor),
+        ):
+            yield
 
 
 def decode(records: RecordReader, row: LogRow) -> _Item:
@@ -399,11 +430,27 @@ def decode(records: RecordReader, row: LogRow) -> _Item:
     position, stream, version, topic, state = row
     try:
         event = records.read_row(stream, version, topic, state).to_ledger_event()
-    except LedgerError:
-        raise  # a master key that does not open the keys: not this event's fault
+    except LedgerConfigError as error:
+        # The master key was checked when the ledger opened: a key that does not
+        # open now is this user's damaged key row, not a setting of the ledger.
+        return _Damaged(position, as_stream_id(stream), str(error))
     except (ValueError, TypeError) as error:  # MapperDeserialisationError, a topic
         return _Damaged(position, as_stream_id(stream), str(error))
     return position, event
+
+
+def beyond(after: int, head: int) -> None:
+    """Refuses a start position past the log's head: a position this ledger
+    never gave (another database's, or a client's guess) would silently skip
+    events until the log reached it."""
+    if after > head:
+        raise InvalidContextInput(
+            "after",
+            after,
+            f"is beyond the log's last position ({head})",
+            "resume from the position of the last event a feed of this ledger "
+            "gave, or pass after=None to start at the head now",
+        )
 
 
 def _row(notification: Notification) -> LogRow:
@@ -433,6 +480,8 @@ class ChangeFeed(Iterator[Change]):
             None if user_id is None else user_aggregate_id(user_id)
         )
         start = hub.fresh_head() if after is None else after
+        if start > hub.known_head():  # read the head again before refusing it
+            beyond(start, hub.fresh_head())
         self.own_position = start
         """Where a feed that is not live has read through."""
         self._floor = start  # a live feed takes only what lies after it
@@ -481,8 +530,15 @@ class ChangeFeed(Iterator[Change]):
     # The consumer's side.
 
     @property
+    def shut(self) -> bool:
+        """Closed itself (not counting its ledger's closing)."""
+        return self._closed
+
+    @property
     def position(self) -> int:
-        """The position of the last event this feed has passed."""
+        """The position through which this feed has read the log into its queue,
+        taken or not: a consumer that resumes later passes the position of the
+        last event it took as ``after``, not this."""
         with self._hub.lock:
             if self.live:
                 return max(self._floor, self._hub.position_of_live())
@@ -514,8 +570,7 @@ class ChangeFeed(Iterator[Change]):
             item = self._ready.popleft() if self._ready else None
             failure = self._hub.failure_now() if item is None and self.live else None
         if failure is not None:
-            with storage_failures(self._hub.storage):
-                raise failure
+            raise self._hub.error(failure)
         if isinstance(item, _Damaged):
             raise LedgerCorrupted(
                 self._user_id or f"of stream {item.stream}",
@@ -550,12 +605,15 @@ class ChangeFeed(Iterator[Change]):
                 changes.append(change)
                 continue
             if self.live or self.closed or head <= self.own_position or changes:
+                if not self.live and not self._ready:
+                    self._hub.attach(self)  # level with the hub: joins it again
                 return changes
             with storage_failures(self._hub.storage), self._hub.reading() as open_:
                 if not open_:
                     return changes
                 self._read_page(head)
             if not self._ready:
+                self._hub.attach(self)
                 return changes
 
     def close(self) -> None:
@@ -603,7 +661,7 @@ class ChangeFeed(Iterator[Change]):
             page = backend.stream_after(
                 recorder, self.stream, self._version, head, PAGE
             )
-        with self._hub.records.keys.reading():
+        with self._hub.keys_on_reader():
             items = [decode(self._hub.records, _row(n)) for n in page]
         with self._hub.lock:
             self._ready.extend(items)
