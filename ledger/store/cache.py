@@ -25,8 +25,10 @@ RECORDED_CALLS = 4096
 class RecordedCall:
     """A call with a request id as this ledger stored it: where its events lie in
     the user's stream (the request window's entry), the data key generation they
-    were sealed under, the events, and the contexts they left, as the aggregate
-    held them (frozen; nothing changes them in place)."""
+    were sealed under, the events (without their metadata: a repeat reads only
+    their kinds and ids), and the contexts they left, as the aggregate held them
+    (frozen; nothing changes them in place, and the cached aggregates share
+    them)."""
 
     versions: tuple[int, int]
     key_generation: int

@@ -31,7 +31,7 @@ from eventsourcing.persistence import IntegrityError
 
 from ledger import metrics
 from ledger.domain.contexts import UserContexts, user_aggregate_id
-from ledger.domain.events import ContextEvent
+from ledger.domain.events import CarriesMetadata, ContextEvent
 from ledger.domain.models import Context
 from ledger.errors import ConcurrencyConflict, LedgerError
 from ledger.store.application import LedgerApplication
@@ -178,7 +178,15 @@ class CommandRunner:
             for event in events
             if event.context_id in aggregate.contexts
         }
-        call = RecordedCall(versions, aggregate.key_generation, tuple(events), left)
+        # A repeat reads the events' kinds and ids, never their metadata: the
+        # kept copies leave it out (the contexts kept hold what the call left).
+        kept = tuple(
+            event.model_copy(update={"metadata": None})
+            if isinstance(event, CarriesMetadata)
+            else event
+            for event in events
+        )
+        call = RecordedCall(versions, aggregate.key_generation, kept, left)
         self._app.cache.remember_call(aggregate.id, request_id, call)
 
     def _first_call(
