@@ -29,7 +29,6 @@ from typing import Any, Concatenate, ParamSpec, Self, TypeVar
 from ledger.api import ContextLedger
 from ledger.domain import validation
 from ledger.errors import InvalidContextInput, LedgerClosed, LedgerError
-from ledger.store.failures import storage_failures
 from ledger.store.feed import Change, ChangeFeed, beyond
 
 P = ParamSpec("P")
@@ -390,20 +389,21 @@ async def _fresh_head(ledger: ContextLedger) -> int:
     """The log's safe head read now by the ledger's feed reader, awaited on the
     loop: no thread of the pool waits for it."""
     loop = asyncio.get_running_loop()
-    told: asyncio.Future[int] = loop.create_future()
+    told: asyncio.Future[tuple[int | None, BaseException | None]] = loop.create_future()
 
     def settle(head: int | None, failure: BaseException | None) -> None:
-        if told.done():
-            return
-        if failure is not None:
-            told.set_exception(failure)
-        else:
-            told.set_result(-1 if head is None else head)
+        if not told.done():
+            told.set_result((head, failure))
 
     def answer(head: int | None, failure: BaseException | None) -> None:
         with suppress(RuntimeError):  # the loop is closed: nobody waits
             loop.call_soon_threadsafe(settle, head, failure)
 
-    ledger._feeds.request_head(answer)
-    with storage_failures(ledger.storage):
-        return await told
+    hub = ledger._feeds
+    hub.request_head(answer)
+    head, failure = await told
+    if failure is not None:
+        hub.raise_failure(failure)  # a new error: the failure is shared
+    if head is None:  # pragma: no cover  (a head or a failure is always told)
+        raise LedgerClosed
+    return head

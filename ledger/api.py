@@ -463,8 +463,10 @@ class ContextLedger(StorageClient):
         ``close()`` the feed (or leave its ``with`` block) to stop.
 
         All of a ledger's feeds share one reader of the log (``FeedHub``): an idle
-        feed costs memory, not queries. With ``after`` given, nothing is read
-        until the feed is iterated.
+        feed costs memory, not queries. With ``after`` given, the head is read
+        only if ``after`` lies beyond the head this ledger last read: a start
+        beyond the log's head is refused (InvalidContextInput), since this
+        ledger never gave that position.
         """
         user = validation.optional_identifier("user_id", user_id)
         start = None if after is None else validation.log_position("after", after)

@@ -16,6 +16,7 @@ from ledger import (
     ChangeFeed,
     ContextLedger,
     InvalidContextInput,
+    LedgerConfigError,
     LedgerCorrupted,
     LedgerEvent,
 )
@@ -394,3 +395,18 @@ def test_the_feed_looks_keys_up_without_a_connection_that_commands_need(
             holder.join(30)
 
     assert got[0][1].details["metadata"] == {"x": 1}
+
+
+def test_a_feed_without_the_master_key_that_now_wraps_the_keys_says_so(
+    tmp_path: Path,
+) -> None:
+    url = f"sqlite:///{tmp_path / 'ledger.db'}"
+    with ContextLedger.open(url) as keyless:  # opened before keys were wrapped
+        keyless.open_context("amy", "t", metadata={"a": 1})
+        feed = keyless.changes()
+        with ContextLedger.open(url, master_key="22" * 32) as keyed:
+            keyed.open_context("bob", "t", metadata={"b": 1})
+        for _ in range(2):  # a setting to fix, not an event passed over
+            with pytest.raises(LedgerConfigError, match="wrapped by a master key"):
+                feed.poll()
+        feed.close()

@@ -26,10 +26,10 @@ v, at positions up to the head" is exactly what the log holds for it.
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import AbstractContextManager, contextmanager, suppress
 from types import TracebackType
-from typing import Self
+from typing import NoReturn, Self
 from uuid import UUID
 
 from eventsourcing.persistence import ApplicationRecorder, Notification
@@ -43,6 +43,7 @@ from ledger.errors import (
     LedgerClosed,
     LedgerConfigError,
     LedgerCorrupted,
+    LedgerError,
 )
 from ledger.store.backends import Backend, LogRow, as_stream_id, safe_head
 from ledger.store.failures import ActiveCalls, ledger_error, storage_failures
@@ -165,7 +166,7 @@ class FeedHub:
         done.wait()
         head, failure = answer[0]
         if failure is not None:
-            raise self.error(failure)
+            self.raise_failure(failure)
         if head is None:  # pragma: no cover  (a head or a failure is always told)
             raise LedgerClosed
         return head
@@ -176,13 +177,17 @@ class FeedHub:
         with self.lock:
             failure, head = self._failure, self._head
         if failure is not None:
-            raise self.error(failure)
+            self.raise_failure(failure)
         return head
 
-    def error(self, failure: BaseException) -> BaseException:
-        """What a consumer raises for a failure of the hub's reads: a new error
-        each time (the failure itself is shared by every feed and thread)."""
-        return ledger_error(self.storage, failure)
+    def raise_failure(self, failure: BaseException) -> NoReturn:
+        """Raises what a consumer raises for a failure of the hub's reads: a new
+        error each time for a failure of the database, whose cause it is (the
+        failure itself is shared by every feed and thread)."""
+        error = ledger_error(self.storage, failure)
+        if error is failure:
+            raise failure
+        raise error from failure
 
     # Feeds joining and leaving.
 
@@ -405,7 +410,7 @@ class FeedHub:
                 self.records.keys.prefetch_streams(
                     stream for stream in streams if isinstance(stream, UUID)
                 )
-            return {row[0]: decode(self.records, row) for row in rows}
+            return decode_all(self.records, rows)
 
     @contextmanager
     def keys_on_reader(self) -> Iterator[None]:
@@ -430,13 +435,29 @@ def decode(records: RecordReader, row: LogRow) -> _Item:
     position, stream, version, topic, state = row
     try:
         event = records.read_row(stream, version, topic, state).to_ledger_event()
-    except LedgerConfigError as error:
-        # The master key was checked when the ledger opened: a key that does not
-        # open now is this user's damaged key row, not a setting of the ledger.
-        return _Damaged(position, as_stream_id(stream), str(error))
+    except LedgerError:
+        raise  # a key that does not open: ``decode_all`` tells whose fault it is
     except (ValueError, TypeError) as error:  # MapperDeserialisationError, a topic
         return _Damaged(position, as_stream_id(stream), str(error))
     return position, event
+
+
+def decode_all(records: RecordReader, rows: Iterable[LogRow]) -> dict[int, _Item]:
+    """The rows decoded by position (in order). A data key that does not open is
+    that user's damage once the ledger's master key is known to be right; a
+    master key that is wrong or missing (another process started wrapping keys
+    since this one opened) is raised, for every feed (LedgerConfigError)."""
+    decoded: dict[int, _Item] = {}
+    checked = False
+    for row in rows:
+        try:
+            decoded[row[0]] = decode(records, row)
+        except LedgerConfigError as error:
+            if not checked:
+                records.keys.check_master_key(create=False)
+                checked = True
+            decoded[row[0]] = _Damaged(row[0], as_stream_id(row[1]), str(error))
+    return decoded
 
 
 def beyond(after: int, head: int) -> None:
@@ -570,7 +591,7 @@ class ChangeFeed(Iterator[Change]):
             item = self._ready.popleft() if self._ready else None
             failure = self._hub.failure_now() if item is None and self.live else None
         if failure is not None:
-            raise self._hub.error(failure)
+            self._hub.raise_failure(failure)
         if isinstance(item, _Damaged):
             raise LedgerCorrupted(
                 self._user_id or f"of stream {item.stream}",
@@ -661,8 +682,11 @@ class ChangeFeed(Iterator[Change]):
             page = backend.stream_after(
                 recorder, self.stream, self._version, head, PAGE
             )
-        with self._hub.keys_on_reader():
-            items = [decode(self._hub.records, _row(n)) for n in page]
+        items: list[_Item] = []
+        if page:
+            with self._hub.keys_on_reader():
+                decoded = decode_all(self._hub.records, [_row(n) for n in page])
+            items = list(decoded.values())
         with self._hub.lock:
             self._ready.extend(items)
             if page:

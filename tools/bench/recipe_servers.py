@@ -23,11 +23,14 @@ MASTER_KEY = "5e" * 32
 WORKERS = 2
 TICKS = os.sysconf("SC_CLK_TCK")
 PAGE_SIZE = os.sysconf("SC_PAGE_SIZE")
-FEED_CALL = "ledger.changes(user_id, after=start)"
+FEED_CALL = "ledger.changes(user_id, "
 NO_FEED = '''
 
 class _NoFeed:
     """The benchmark's floor: a feed that never yields and reads nothing."""
+
+    async def start(self) -> None:
+        return None
 
     async def __aenter__(self) -> "_NoFeed":
         return self
@@ -59,7 +62,7 @@ def without_feed(app: str) -> str:
     if app.count(FEED_CALL) != 1:
         msg = f"the recipe no longer opens its feed as {FEED_CALL}: update the bench"
         raise RuntimeError(msg)
-    return app.replace(FEED_CALL, "_no_feed(user_id, after=start)") + NO_FEED
+    return app.replace(FEED_CALL, "_no_feed(user_id, ") + NO_FEED
 
 
 @dataclass
