@@ -29,7 +29,8 @@ from typing import Any, Concatenate, ParamSpec, Self, TypeVar
 from ledger.api import ContextLedger
 from ledger.domain import validation
 from ledger.errors import InvalidContextInput, LedgerClosed, LedgerError
-from ledger.store.feed import Change, ChangeFeed, beyond
+from ledger.store.feed import Change, ChangeFeed
+from ledger.store.feed_hub import beyond
 
 P = ParamSpec("P")
 T = TypeVar("T")

@@ -28,7 +28,8 @@ from ledger.store.application import LedgerApplication, open_application, utc_no
 from ledger.store.commands import CommandRunner, FirstCall
 from ledger.store.due import DueIndex
 from ledger.store.failures import StorageClient
-from ledger.store.feed import ChangeFeed, FeedHub
+from ledger.store.feed import ChangeFeed
+from ledger.store.feed_hub import FeedHub
 from ledger.store.keys import resolve_master_key
 from ledger.store.urls import resolve_url, storage_for
 

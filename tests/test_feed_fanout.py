@@ -5,7 +5,6 @@ never hold a connection or a thread that commands need."""
 import asyncio
 import threading
 from collections.abc import Iterator
-from pathlib import Path
 
 import psycopg
 import pytest
@@ -334,8 +333,11 @@ def test_an_async_start_beyond_the_logs_head_is_refused(durable_url: str) -> Non
     assert "beyond the log's last position" in asyncio.run(scenario())
 
 
-def test_one_users_damaged_key_row_stops_only_that_users_feed(tmp_path: Path) -> None:
-    url = f"sqlite:///{tmp_path / 'ledger.db'}"
+@pytest.mark.parametrize("damage", [bytes(60), b"\x01"], ids=["zeroed", "too-short"])
+def test_one_users_damaged_key_row_stops_only_that_users_feed(
+    durable_url: str, damage: bytes
+) -> None:
+    url = durable_url
     master_key = "00" * 32
     with (
         ContextLedger.open(url, master_key=master_key) as writer,
@@ -350,8 +352,8 @@ def test_one_users_damaged_key_row_stops_only_that_users_feed(tmp_path: Path) ->
         )
         execute_sql(
             url,
-            "UPDATE ctxledger_keys SET data_key = zeroblob(60) WHERE stream_id = ?",
-            (user_aggregate_id("mallory").hex,),
+            "UPDATE ctxledger_keys SET data_key = {p} WHERE stream_id = {p}",
+            (damage, user_aggregate_id("mallory").hex),
         )
         writer.open_context("mallory", "t2", metadata={"b": 2})  # its key cached
         writer.open_context("alice", "t3", metadata={"c": 3})
@@ -398,9 +400,9 @@ def test_the_feed_looks_keys_up_without_a_connection_that_commands_need(
 
 
 def test_a_feed_without_the_master_key_that_now_wraps_the_keys_says_so(
-    tmp_path: Path,
+    durable_url: str,
 ) -> None:
-    url = f"sqlite:///{tmp_path / 'ledger.db'}"
+    url = durable_url
     with ContextLedger.open(url) as keyless:  # opened before keys were wrapped
         keyless.open_context("amy", "t", metadata={"a": 1})
         feed = keyless.changes()

@@ -4,7 +4,7 @@ the write path, the cache of aggregates, snapshots and reading a user's events."
 import logging
 import threading
 from collections.abc import Iterable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from datetime import UTC, datetime
 from typing import Any, cast
 from uuid import UUID
@@ -116,19 +116,12 @@ class LedgerApplication(Application[UUID]):
         commands and of readers) that the server closed."""
         with self._reader_lock:
             reader = self._log_reader
-        recorders = (
-            [self.recorder]
-            if reader in (None, self.recorder)
-            else [
-                self.recorder,
-                reader,
-            ]
-        )
-        try:
-            with storage_failures(self.storage):
-                self.backend.check_connections([r for r in recorders if r is not None])
-        except StorageUnavailable:
-            pass  # the server is still away: the next try finds it out
+        recorders = [self.recorder]
+        if reader is not None and reader is not self.recorder:
+            recorders.append(reader)
+        # The server still away: the next try finds it out.
+        with suppress(StorageUnavailable), storage_failures(self.storage):
+            self.backend.check_connections(recorders)
 
     def close(self) -> None:
         with self._reader_lock:

@@ -71,7 +71,7 @@ class MasterKey:
             return self._aead.decrypt(
                 wrapped[:NONCE_BYTES], wrapped[NONCE_BYTES:], _WRAP_LABEL + label
             )
-        except InvalidTag:
+        except (InvalidTag, ValueError):  # ValueError: a row too short for a nonce
             raise LedgerConfigError(
                 "the master key given does not open this ledger's data keys: give "
                 "the master key they were wrapped with (master_key= or "
