@@ -6,7 +6,7 @@ import pytest
 
 from ledger import PLACEHOLDERS
 
-README = Path(__file__).parent.parent / "README.md"
+README = Path(__file__).parents[2] / "README.md"
 
 
 def test_the_python_examples_run_in_order(

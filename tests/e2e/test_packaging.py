@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).parents[1]
+ROOT = Path(__file__).parents[2]
 SOURCES = ("pyproject.toml", "README.md", "ctxledger", "ledger", "projections")
 INSTALLED = {"ctxledger", "ledger", "projections"}
 

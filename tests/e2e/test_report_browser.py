@@ -29,7 +29,7 @@ CHROMIUM = Path("/usr/bin/chromium")
 CHROMEDRIVER = Path("/usr/bin/chromedriver")
 ARTIFACTS = Path(
     os.environ.get(
-        "CTXLEDGER_ARTIFACTS", Path(__file__).parent.parent / "build" / "test-artifacts"
+        "CTXLEDGER_ARTIFACTS", Path(__file__).parents[2] / "build" / "test-artifacts"
     )
 )
 T0 = datetime(2026, 7, 1, 9, 0, tzinfo=UTC)

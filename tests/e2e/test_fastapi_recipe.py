@@ -27,7 +27,7 @@ from ledger import ContextLedger, LedgerConfigError
 
 pytestmark = pytest.mark.postgres
 
-README = Path(__file__).parent.parent / "README.md"
+README = Path(__file__).parents[2] / "README.md"
 USERS, THREADS, MESSAGES = 20, 3, 20
 RESENT = {4, 9, 15}  # these messages of each thread are sent twice
 SECRET = "test-secret"

@@ -466,7 +466,7 @@ def test_a_process_that_cached_the_user_does_not_resurrect_it(
         stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
         text=True,
-        env={**os.environ, "PYTHONPATH": str(Path(__file__).parents[1])},
+        env={**os.environ, "PYTHONPATH": str(Path(__file__).parents[2])},
     ) as writer:
         assert writer.stdout is not None
         assert writer.stdin is not None
