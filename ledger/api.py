@@ -1,5 +1,6 @@
 """``ContextLedger``: the domain API that backends call."""
 
+import sys
 import threading
 from collections.abc import Callable
 from datetime import UTC, datetime
@@ -409,7 +410,9 @@ class ContextLedger(StorageClient):
         start, end = validation.period(since, until)
         most = None if limit is None else validation.positive_int("limit", limit)
         events = self._history.records_between(user, start, end)
-        return [event.to_ledger_event() for event in islice(events, most)]
+        # A limit beyond any log's length means all of them.
+        shown = islice(events, None if most is None else min(most, sys.maxsize))
+        return [event.to_ledger_event() for event in shown]
 
     def contexts_as_of(self, user_id: str, as_of: datetime) -> list[Context]:
         """The user's active contexts as they stood at ``as_of``, oldest first.

@@ -6,22 +6,16 @@ times grow with their versions and bisection over the versions finds it in a few
 reads.
 """
 
-import logging
 from collections.abc import Callable, Iterator
 from datetime import datetime
 from itertools import takewhile
 from typing import TypeVar
-from uuid import UUID
-
-from eventsourcing.persistence import MapperDeserialisationError
 
 from ledger.domain.contexts import UserContexts, UserSnapshot, user_aggregate_id
 from ledger.domain.events import ContextEvent
-from ledger.domain.hashing import record_hash
 from ledger.store.application import FIRST_PAGE, SNAPSHOT_INTERVAL, LedgerApplication
 from ledger.store.records import EventRecord
 
-_log = logging.getLogger(__name__)
 E = TypeVar("E", ContextEvent, EventRecord)
 
 
@@ -80,55 +74,26 @@ class History:
     def snapshot_before(
         self, user_id: str, is_early: Callable[[datetime], bool]
     ) -> UserSnapshot | None:
-        """The newest usable snapshot whose time ``is_early`` accepts.
+        """The newest trusted snapshot whose time ``is_early`` accepts.
 
-        A snapshot is usable when it decodes and its hash is that of the stored
-        event of its version; one that is not is passed over.
+        Trusted by the one rule loading uses (``LedgerApplication.trusted_snapshot``);
+        any other snapshot is passed over, and the events are replayed instead.
         """
         aggregate_id = user_aggregate_id(user_id)
-        newest = self._snapshot(aggregate_id, None)
+        newest = self.app.trusted_snapshot(aggregate_id)
         if newest is None:
             return None
-        if is_early(newest.timestamp) and self._usable(newest):
+        if is_early(newest.timestamp):
             return newest
         best = None
         low, high = 1, newest.originator_version - 1
         while low <= high:
             middle = (low + high) // 2
-            snapshot = self._snapshot(aggregate_id, middle)
+            snapshot = self.app.trusted_snapshot(aggregate_id, lte=middle)
             if snapshot is None:
                 low = middle + 1
-            elif is_early(snapshot.timestamp) and self._usable(snapshot):
+            elif is_early(snapshot.timestamp):
                 best, low = snapshot, middle + 1
             else:
                 high = snapshot.originator_version - 1
         return best
-
-    def _snapshot(self, aggregate_id: UUID, lte: int | None) -> UserSnapshot | None:
-        """The newest snapshot at or below version ``lte``, if it decodes."""
-        if self.app.snapshots is None:
-            return None
-        try:
-            found = list(
-                self.app.snapshots.get(aggregate_id, lte=lte, desc=True, limit=1)
-            )
-        except MapperDeserialisationError as error:
-            _log.warning("snapshot of %s not used: %s", aggregate_id, error)
-            return None
-        return found[0] if found and isinstance(found[0], UserSnapshot) else None
-
-    def _usable(self, snapshot: UserSnapshot) -> bool:
-        version = snapshot.originator_version
-        try:
-            events = list(
-                self.app.events.get(snapshot.originator_id, gt=version - 1, lte=version)
-            )
-        except MapperDeserialisationError:
-            return False
-        return (
-            len(events) == 1
-            and isinstance(events[0], ContextEvent)
-            and events[0].timestamp == snapshot.timestamp
-            and events[0].user_id == snapshot.user_id
-            and record_hash(events[0].chain_record()) == snapshot.last_hash
-        )

@@ -260,6 +260,8 @@ class _Stream:
     """The first snapshot found altered."""
     replay_up_to: int = 0
     """The newest snapshot that only a replay of the events can check."""
+    out_of_place: int = 0
+    """A version stored in the log after the version that follows it (0: none)."""
 
 
 class ChainVerifier:
@@ -330,19 +332,35 @@ class ChainVerifier:
                 self._openers.clear()
 
     def _one_user(self, user_id: str) -> ChainReport:
+        """The user's events up to the log's safe head, in version order; their
+        positions in the log must grow with their versions (the order the views
+        replay), as the pass over all users checks."""
         stream = _Stream(user_aggregate_id(user_id), user_id=user_id)
         self._await_snapshots(stream)
+        head, position = self.head(), 0
         while True:
-            page = self.recorder.select_events(
-                stream.originator_id, gt=stream.version or None, limit=self.page_size
+            page = self.backend.stream_after(
+                self.recorder,
+                stream.originator_id,
+                stream.version,
+                head,
+                self.page_size,
             )
             for stored in page:
+                if stored.id <= position:
+                    stream.out_of_place = stream.version
+                    stream.suspect = (
+                        f"version {stored.originator_version} is stored at position "
+                        f"{stored.id}, before version {stream.version} (position "
+                        f"{position})"
+                    )
                 self._step(stream, stored)
+                position = stored.id
                 if stream.suspect is not None:
                     break
             if stream.suspect is not None or len(page) < self.page_size:
                 break
-        return ChainReport(users=(self._finish(stream, in_log_order=False),))
+        return ChainReport(users=(self._finish(stream, in_log_order=True),))
 
     def _step(self, stream: _Stream, stored: Stored) -> None:
         stream.events += 1
@@ -439,7 +457,7 @@ class ChainVerifier:
         if fault is None and in_log_order:
             # Version order holds, so the log (the order views replay) is wrong.
             fault = ChainBreak(
-                version=stream.version + 1,
+                version=stream.out_of_place or stream.version + 1,
                 fault="reordered",
                 detail=f"in the ledger's log, {stream.suspect}",
             )
@@ -532,8 +550,11 @@ class ChainVerifier:
                 f"the snapshot of version {version} does not open: it was altered"
             )
         else:
+            # A snapshot is never evidence: whether or not it authenticates, it
+            # must equal the fold of the events up to its version (a key kept in
+            # the same database lets anyone with SQL access reseal one).
+            stream.replay_up_to = max(stream.replay_up_to, version)
             if state is None:
-                stream.replay_up_to = max(stream.replay_up_to, version)
                 return
             problem = _stored_snapshot_problem(
                 state, version, witness or self._witness(stream, version)

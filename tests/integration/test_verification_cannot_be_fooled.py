@@ -1,0 +1,210 @@
+"""Verification proves what readers rely on: every snapshot against the fold of
+the events up to its version, one user's events against the log's order, and the
+one snapshot rule shared by loading and as-of reads.
+
+Each test edits stored rows with SQL, as an intruder with write access to the
+database would, on a real SQLite file and a real PostgreSQL schema.
+"""
+
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any, cast
+
+import pytest
+from freezegun import freeze_time
+
+from ledger import ContextLedger
+from ledger.domain.contexts import user_aggregate_id
+from ledger.store.application import SNAPSHOT_INTERVAL
+from ledger.store.keys import place_of, seal, unseal
+from ledger.store.serialization import MsgpackTranscoder, PydanticMapper
+from tests.helpers import execute_sql, run, stream_key
+
+START = datetime(2026, 5, 1, 8, 0, tzinfo=UTC)
+_CODEC = MsgpackTranscoder()
+_SNAPSHOT = b"ctxledger snapshot"
+
+
+def _history(url: str, user: str, events: int) -> None:
+    """``events`` events of ``user``: two threads, one opened with a request id
+    each turn, so the snapshot has contexts with metadata and remembered ids."""
+    with ContextLedger.open(url) as ledger, freeze_time(START) as clock:
+        turn = 0
+        while len(ledger.history(user)) < events:
+            ledger.open_context(user, "t1", metadata={"turn": turn})
+            ledger.open_context(user, f"t{turn % 3 + 2}", request_id=f"req-{turn}")
+            clock.tick(1)
+            turn += 1
+
+
+def _snapshot(url: str, user: str) -> tuple[int, dict[str, Any]]:
+    rows = execute_sql(
+        url,
+        "SELECT originator_version, state FROM {snapshots} WHERE originator_id = {p} "
+        "ORDER BY originator_version DESC",
+        (stream_key(url, user),),
+    )
+    version, state = rows[0]
+    return version, _CODEC.decode(bytes(state))
+
+
+def _set_snapshot(url: str, user: str, version: int, state: dict[str, Any]) -> None:
+    execute_sql(
+        url,
+        "UPDATE {snapshots} SET state = {p} WHERE originator_id = {p} "
+        "AND originator_version = {p}",
+        (_CODEC.encode(state), stream_key(url, user), version),
+    )
+
+
+def _reseal(url: str, user: str, edit: Any) -> int:
+    """Opens the user's newest format-3 snapshot with the data key the database
+    holds (no master key), edits it and seals it again, digest and all: what
+    anyone who can read and write the tables can do."""
+    version, state = _snapshot(url, user)
+    assert state["format"] == 3
+    stream = user_aggregate_id(user)
+    with ContextLedger.open(url) as ledger:
+        mapper = cast(PydanticMapper, ledger._app.mapper)
+        cipher = ledger._app.keys.for_writing(stream, state["key_generation"])
+        place = place_of(_SNAPSHOT, stream, version, state["key_generation"])
+        metadata = _CODEC.decode(
+            unseal(cipher, place + mapper.snapshot_digest(state), state["sealed"])
+        )
+        edit(state, metadata)
+        state.pop("sealed")
+        state["sealed"] = seal(
+            cipher, place + mapper.snapshot_digest(state), _CODEC.encode(metadata)
+        )
+    _set_snapshot(url, user, version, state)
+    return version
+
+
+def _fault(url: str, user: str | None = None) -> tuple[int, str] | None:
+    with ContextLedger.open(url) as ledger:
+        report = ledger.verify_chain(user)
+    if report.holds:
+        return None
+    fault = report.broken[0].fault
+    assert fault is not None
+    return fault.version, fault.fault
+
+
+def _forge_metadata(state: dict[str, Any], metadata: list[Any]) -> None:
+    metadata[0] = {"turn": "forged"}
+
+
+def _drop_a_request(state: dict[str, Any], metadata: list[Any]) -> None:
+    state["requests"].pop()
+
+
+@pytest.mark.parametrize(
+    "forge", [_forge_metadata, _drop_a_request], ids=["metadata", "request id"]
+)
+def test_a_snapshot_resealed_with_the_key_in_the_database_is_reported(
+    durable_url: str, forge: Any
+) -> None:
+    _history(durable_url, "ann", SNAPSHOT_INTERVAL + 4)
+    version = _reseal(durable_url, "ann", forge)
+
+    assert _fault(durable_url) == (version, "altered")
+    assert _fault(durable_url, "ann") == (version, "altered")
+    result = run("--db", durable_url, "verify", "--chain", cwd=_cwd())
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert "altered" in result.stdout
+
+
+def test_a_snapshot_that_agrees_with_its_events_holds(durable_url: str) -> None:
+    _history(durable_url, "bea", 3 * SNAPSHOT_INTERVAL + 4)
+
+    assert _fault(durable_url) is None
+    assert _fault(durable_url, "bea") is None
+
+
+def test_as_of_reads_pass_over_a_planted_format_2_snapshot(durable_url: str) -> None:
+    _history(durable_url, "cal", SNAPSHOT_INTERVAL + 4)
+    at = START + timedelta(minutes=5)
+    with ContextLedger.open(durable_url) as ledger:
+        before = ledger.contexts_as_of("cal", at)
+    version, state = _snapshot(durable_url, "cal")
+    state.pop("sealed")
+    state["format"] = 2
+    forged = START - timedelta(days=90)
+    for context in state["contexts"]:
+        context.update(created_at=forged, metadata={})
+    _set_snapshot(durable_url, "cal", version, state)
+
+    with ContextLedger.open(durable_url) as ledger:
+        after = ledger.contexts_as_of("cal", at)
+        active = ledger.active_contexts("cal")
+
+    assert after == before
+    assert all(context.created_at != forged for context in after + active)
+    assert _fault(durable_url, "cal") == (version, "altered")
+
+
+def _move_to_the_end_of_the_log(url: str, user: str, version: int) -> None:
+    """Gives the user's event a position after every other event."""
+    key = stream_key(url, user)
+    (row,) = execute_sql(
+        url,
+        "SELECT originator_id, originator_version, topic, state FROM {events} "
+        "WHERE originator_id = {p} AND originator_version = {p}",
+        (key, version),
+    )
+    execute_sql(
+        url,
+        "DELETE FROM {events} WHERE originator_id = {p} AND originator_version = {p}",
+        (key, version),
+    )
+    execute_sql(
+        url,
+        "INSERT INTO {events} (originator_id, originator_version, topic, state) "
+        "VALUES ({p}, {p}, {p}, {p})",
+        tuple(row),
+    )
+
+
+def test_one_users_verification_finds_an_event_moved_in_the_log(
+    durable_url: str,
+) -> None:
+    with ContextLedger.open(durable_url) as ledger:
+        for thread in ("a", "b", "c"):
+            ledger.open_context("dan", thread)
+        ledger.open_context("eve", "a")
+    _move_to_the_end_of_the_log(durable_url, "dan", 2)
+
+    assert _fault(durable_url) == (2, "reordered")
+    assert _fault(durable_url, "dan") == (2, "reordered")
+    assert _fault(durable_url, "eve") is None
+    result = run("--db", durable_url, "verify", "--chain", "--user", "dan", cwd=_cwd())
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert "reordered" in result.stdout
+
+
+def _cwd() -> Path:
+    return Path(__file__).resolve().parents[2]
+
+
+@pytest.mark.parametrize("limit", [2**63, 2**64 + 5, 10**30])
+def test_a_history_limit_beyond_any_log_returns_every_event(
+    ledger_url: str, limit: int
+) -> None:
+    with ContextLedger.open(ledger_url) as ledger:
+        ledger.open_context("fay", "a")
+        ledger.open_context("fay", "a")
+
+        assert len(ledger.history("fay", limit=limit)) == 2
+
+
+def test_the_cli_history_limit_beyond_any_log_prints_every_event(
+    sqlite_url: str,
+) -> None:
+    with ContextLedger.open(sqlite_url) as ledger:
+        ledger.open_context("gus", "a")
+
+    result = run("--db", sqlite_url, "history", "gus", "--limit", "9" * 20, cwd=_cwd())
+
+    assert result.returncode == 0, result.stderr
+    assert "Traceback" not in result.stderr
+    assert "created" in result.stdout
