@@ -28,6 +28,7 @@ from ledger.errors import (
 from ledger.store.application import LedgerApplication, open_application, utc_now
 from ledger.store.commands import CommandRunner, FirstCall
 from ledger.store.due import DueIndex
+from ledger.store.erasure import Erasure
 from ledger.store.failures import StorageClient
 from ledger.store.feed import ChangeFeed
 from ledger.store.feed_hub import FeedHub
@@ -52,9 +53,11 @@ class ContextLedger(StorageClient):
         default_ttl_seconds: float | None,
         clock: Clock = utc_now,
         on_limit: OnLimit = "refuse",
+        create: bool = True,
     ) -> None:
         self._app = application
         self._history = History(application)
+        self._erasure = Erasure(application, create=create)
         self._clock = clock
         self.storage = application.storage
         self.max_contexts_per_user = max_contexts_per_user
@@ -107,15 +110,24 @@ class ContextLedger(StorageClient):
         if url is not None and not isinstance(url, str):
             raise LedgerConfigError(f"url={url!r} is not a str; pass a database URL")
         storage = storage_for(resolve_url(url))
-        return cls(
-            open_application(
-                storage, create=create, master_key=resolve_master_key(master_key)
-            ),
-            max_contexts_per_user=limit,
-            default_ttl_seconds=default_ttl,
-            clock=clock or utc_now,
-            on_limit=policy,
+        application = open_application(
+            storage, create=create, master_key=resolve_master_key(master_key)
         )
+        try:
+            ledger = cls(
+                application,
+                max_contexts_per_user=limit,
+                default_ttl_seconds=default_ttl,
+                clock=clock or utc_now,
+                on_limit=policy,
+                create=create,
+            )
+            if create:  # a reader (create=False) may not write
+                ledger._settle_erasures()
+        except BaseException:
+            application.close()
+            raise
+        return ledger
 
     # Commands.
 
@@ -252,6 +264,7 @@ class ContextLedger(StorageClient):
                 stream: LedgerCorrupted(user, why)
                 for stream, (user, why) in self._due.damaged.items()
             }
+        self._settle_erasures()
         expired = 0
         for user in users:
             try:
@@ -307,15 +320,15 @@ class ContextLedger(StorageClient):
             if reason is not None
             else f"retention: no activity since {since.isoformat()}"
         )
-        forgotten: dict[str, int] = {}
+        forgotten = self._settle_erasures()
         damaged: list[LedgerCorrupted] = []
-        for user in self._app.inactive_users(since):
+        for user in self._erasure.inactive_users(since):
             try:
                 appended, erased = self._forget(user, why, inactive_since=since)
             except LedgerCorrupted as corrupted:  # its keys are destroyed anyway
                 damaged.append(corrupted)
                 continue
-            if appended:
+            if appended or erased:
                 forgotten[user] = erased
         if damaged:
             first = damaged[0]
@@ -335,27 +348,31 @@ class ContextLedger(StorageClient):
         and the user is still inactive), then destroys the retired keys: whether it
         appended, and how many events were erased."""
 
-        def forget(aggregate: UserContexts) -> tuple[bool, int]:
+        def forget(aggregate: UserContexts) -> tuple[bool, int, bool]:
             appended = aggregate.forget(
                 reason=why, now=self._now(), inactive_since=inactive_since
             )
-            return appended, aggregate.key_generation
+            if appended:  # marked before the append: an interruption is found
+                self._erasure.begin(user, aggregate.key_generation)
+            forgotten = aggregate.version == aggregate.forgotten_at
+            return appended, aggregate.key_generation, forgotten
 
         try:
-            appended, generation = self._commands.run(user, forget)
+            appended, generation, forgotten = self._commands.run(user, forget)
         except LedgerCorrupted as damaged:
             # Its events do not replay, so no event can be appended; its personal
             # data is erased all the same.
-            self._app.destroy_all_keys(user)
+            self._erasure.destroy_all_keys(user)
             damaged.add_note(
                 "forget_user destroyed all of the user's data keys anyway (their "
                 "metadata is erased); no forgotten event could be appended"
             )
             raise
-        if not appended and inactive_since is not None:
+        if not forgotten:
             return False, 0  # active again since it was listed: left alone
         try:
-            erased: int = self._app.destroy_keys(user, generation)
+            # An erasure in progress (its keys not destroyed yet) is finished.
+            erased: int = self._erasure.finish(user, generation)
         except LedgerError as failure:
             if appended:
                 failure.add_note(
@@ -370,8 +387,12 @@ class ContextLedger(StorageClient):
         """The users ``forget_inactive(inactive_since)`` would forget: whose last
         event is before it and is not their erasure."""
         since = validation.aware_time("inactive_since", inactive_since)
-        users: list[str] = self._app.inactive_users(since)
+        users: list[str] = self._erasure.inactive_users(since)
         return users
+
+    def _settle_erasures(self) -> dict[str, int]:
+        """Finishes the erasures that were cut short (see ``ledger.store.erasure``)."""
+        return self._erasure.settle(lambda user: self._app.load(user, self._now()))
 
     # Queries: they never append.
 

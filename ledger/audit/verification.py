@@ -262,6 +262,10 @@ class _Stream:
     """The newest snapshot that only a replay of the events can check."""
     out_of_place: int = 0
     """A version stored in the log after the version that follows it (0: none)."""
+    forgotten_at: int = 0
+    """The version of the stream's last ``forgotten`` event (0: none)."""
+    retired_below: int = 0
+    """The key generations below it were retired by a ``forgotten`` event."""
 
 
 class ChainVerifier:
@@ -335,13 +339,14 @@ class ChainVerifier:
         """The user's events up to the log's safe head, in version order; their
         positions in the log must grow with their versions (the order the views
         replay), as the pass over all users checks."""
-        stream = _Stream(user_aggregate_id(user_id), user_id=user_id)
+        stream_id = user_aggregate_id(user_id)
+        stream = _Stream(stream_id, user_id=user_id)
         self._await_snapshots(stream)
         head, position = self.head(), 0
         while True:
             page = self.backend.stream_after(
                 self.recorder,
-                stream.originator_id,
+                stream_id,
                 stream.version,
                 head,
                 self.page_size,
@@ -390,6 +395,8 @@ class ChainVerifier:
         stream.user_id = stream.user_id or quick.user_id
         stream.version = version
         stream.last_hash = quick.hash
+        if stored.topic == UserForgotten.TOPIC:
+            _note_erasure(stream, stored)
         if stream.awaited and stream.awaited[0] == version:
             del stream.awaited[0]
             stream.witnesses.append(
@@ -432,13 +439,31 @@ class ChainVerifier:
             head_hash = stream.last_hash
         else:
             head_hash = head.hash
-            fault = self._snapshots_after_pass(stream)
+            fault = self._snapshots_after_pass(stream) or self._erasure_fault(stream)
         return UserChain(
             user_id=user_id,
             events=stream.events,
             head_version=stream.version,
             head_hash=head_hash,
             fault=fault,
+        )
+
+    def _erasure_fault(self, stream: _Stream) -> ChainBreak | None:
+        """A ``forgotten`` event whose retired keys still live: an erasure in
+        progress, which the next forget_user, forget_inactive or expire_due
+        finishes."""
+        stream_id = as_stream_id(stream.originator_id)
+        if not stream.retired_below or not isinstance(stream_id, UUID):
+            return None
+        live = self.keys.live_generations(stream_id, stream.retired_below)
+        if not live:
+            return None
+        return ChainBreak(
+            version=stream.forgotten_at,
+            fault="erasure-pending",
+            detail=f"the forgotten event of version {stream.forgotten_at} retired "
+            f"key generation(s) {', '.join(map(str, live))}, which still exist: run "
+            "forget_user (ctxledger forget USER) to finish the erasure",
         )
 
     def _located(self, stream: _Stream, *, in_log_order: bool) -> UserChain:
@@ -680,6 +705,18 @@ class ChainVerifier:
                 if isinstance(event, ContextEvent):
                     yield event
             after = page[-1].originator_version
+
+
+def _note_erasure(stream: _Stream, stored: Stored) -> None:
+    """Notes the key generations a ``forgotten`` event retired (those below the
+    one after its own; a generation of another type is the codec's finding)."""
+    try:
+        generation = unpack_state(stored.state).get("key_generation", 0)
+    except (ValueError, TypeError, KeyError, OverflowError, AttributeError):
+        return  # damaged: the chain's own checks report it
+    if type(generation) is int:
+        stream.forgotten_at = stored.originator_version
+        stream.retired_below = max(stream.retired_below, generation + 1)
 
 
 def _missing(head_version: int, newest: int) -> ChainBreak:

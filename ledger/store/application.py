@@ -26,9 +26,7 @@ from ledger.domain.contexts import (
     user_aggregate_id,
 )
 from ledger.domain.events import (
-    EVENT_TOPICS,
     ContextEvent,
-    UserForgotten,
 )
 from ledger.errors import (
     LedgerClosed,
@@ -37,7 +35,7 @@ from ledger.errors import (
     LedgerNotFound,
     StorageUnavailable,
 )
-from ledger.store.backends import backend_for, safe_head
+from ledger.store.backends import backend_for
 from ledger.store.cache import AggregateCache
 from ledger.store.failures import DATABASE_ERRORS, storage_failures
 from ledger.store.keys import KeyDestroyed, MasterKey
@@ -271,95 +269,6 @@ class LedgerApplication(Application[UUID]):
             first.originator_id, gt=version - 1, lte=version
         )
         return found[0] if found else None
-
-    def destroy_keys(self, user_id: str, below: int) -> int:
-        """Destroys the user's data keys of generations before ``below`` (and the
-        user's snapshots, a cache that may hold metadata) and returns how many
-        events' personal data those keys still opened, now erased.
-
-        The events are counted from their stored form without opening anything, so
-        a damaged event does not stop the erasure.
-        """
-        stream = user_aggregate_id(user_id)
-        # Not "writing": its failure must not read as "appended nothing", since
-        # the forgotten event may be stored by then.
-        with storage_failures(self.storage):
-            live = set(self.keys.live_generations(stream, below))
-            sealed, plain = self._sealed_events(stream, live)
-            self.keys.destroy(stream, below)
-            self.backend.delete_snapshots(self.snapshots, stream)
-        # This process's cached state of the user holds the metadata in memory.
-        self.cache.drop(stream)
-        if plain:
-            _log.warning(
-                "user %r: %d event(s) written before sealing (format 1) keep their "
-                "metadata in plain form; the chain covers it, so it cannot be erased",
-                user_id,
-                plain,
-            )
-        return sealed
-
-    def destroy_all_keys(self, user_id: str) -> int:
-        """Destroys every data key of the user (whose events do not replay, so its
-        current generation is unknown); returns the events erased."""
-        stream = user_aggregate_id(user_id)
-        with storage_failures(self.storage):
-            newest = max(self.keys.live_generations(stream, 2**62), default=-1)
-        return self.destroy_keys(user_id, newest + 1)
-
-    def _sealed_events(self, stream: UUID, generations: set[int]) -> tuple[int, int]:
-        """How many of the stream's stored events are sealed under one of
-        ``generations``, and how many hold metadata in plain form (format 1)."""
-        sealed = plain = 0
-        version = 0
-        while True:
-            page = list(self.recorder.select_events(stream, gt=version, limit=MAX_PAGE))
-            for stored in page:
-                try:
-                    state = self.mapper.transcoder.decode(stored.state)
-                except (ValueError, TypeError, OverflowError):
-                    continue  # damaged: nothing of it can be read anyway
-                if not isinstance(state, dict):
-                    continue
-                generation = state.get("key_generation", 0)
-                if "sealed" in state:
-                    sealed += type(generation) is int and generation in generations
-                elif state.get("metadata"):
-                    plain += 1
-            if len(page) < MAX_PAGE:
-                return sealed, plain
-            version = page[-1].originator_version
-
-    def inactive_users(self, since: datetime) -> list[str]:
-        """The users whose last event is before ``since`` and is not their
-        erasure, read from the log (user ids and times only; nothing is opened)."""
-        last: dict[str, tuple[datetime, bool]] = {}
-        position, stop = 0, safe_head(self.log_reader)
-        with storage_failures(self.storage):
-            while position < stop:
-                page = self.log_reader.select_notifications(
-                    start=position,
-                    limit=MAX_PAGE,
-                    stop=stop,
-                    topics=EVENT_TOPICS,
-                    inclusive_of_start=False,
-                )
-                for notification in page:
-                    try:
-                        state = self.mapper.transcoder.decode(notification.state)
-                        user, at = state["user_id"], state["timestamp"]
-                    except (ValueError, TypeError, KeyError, OverflowError):
-                        continue  # undecodable: verify_chain reports it
-                    if isinstance(user, str) and isinstance(at, datetime):
-                        last[user] = (at, notification.topic == UserForgotten.TOPIC)
-                if len(page) < MAX_PAGE:
-                    break
-                position = page[-1].id
-        return sorted(
-            user
-            for user, (at, forgotten) in last.items()
-            if at < since and not forgotten
-        )
 
     def state_at(self, user_id: str, version: int) -> UserContexts:
         """The user's aggregate right after ``version`` (from a snapshot at or

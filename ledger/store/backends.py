@@ -26,6 +26,7 @@ from eventsourcing.sqlite import SQLiteTrackingRecorder
 from eventsourcing.utils import Environment
 from psycopg import sql
 
+from ledger.store.erasure_marks import ErasureMarks, SQLErasureMarks
 from ledger.store.keys import (
     KEYS_TABLE,
     KeyStore,
@@ -245,6 +246,10 @@ class Backend:
             else None,
             master_key=master_key,
         )
+
+    def erasure_marks(self, datastore: Any) -> ErasureMarks:
+        """The marks of erasures in progress, in a table beside the events."""
+        return SQLErasureMarks(datastore, self.dialect())
 
     def count_after(self, recorder: ApplicationRecorder, position: int) -> int:
         """How many events are stored after ``position`` (positions can skip)."""
@@ -491,6 +496,9 @@ class MemoryBackend(Backend):
 
     def key_store(self, datastore: Any, master_key: MasterKey | None) -> KeyStore:
         return MemoryKeyStore(master_key)
+
+    def erasure_marks(self, datastore: Any) -> ErasureMarks:
+        return ErasureMarks()
 
     def delete_snapshots(self, snapshots: Any, stream: UUID) -> None:
         """Nothing outside the process keeps them; their sealed metadata cannot be

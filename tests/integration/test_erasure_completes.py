@@ -1,0 +1,269 @@
+"""An erasure cut short between its ``forgotten`` event and the destruction of the
+keys it retires is finished later, reported by verify_chain until then, and never
+skipped by retention.
+
+The cut is real: the database refuses to delete key rows (a trigger that raises,
+as a full disk does), or the erasing process is killed with SIGKILL while the
+database holds its key deletion (a trigger that sleeps, PostgreSQL).
+"""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import psycopg
+import pytest
+from eventsourcing.persistence import PersistenceError
+from freezegun import freeze_time
+
+from ledger import ConcurrencyConflict, ContextLedger, StorageUnavailable
+from tests.helpers import dsn_and_schema, execute_sql, wait_until
+
+START = datetime(2026, 6, 1, 9, 0, tzinfo=UTC)
+SECRET = {"card": "4111-1111"}
+REFUSED = (StorageUnavailable, PersistenceError)
+"""A refused write: PostgreSQL's error is typed; a SQLite trigger's RAISE is a
+constraint error, which reaches the caller as the library's IntegrityError."""
+
+
+def _key_rows(url: str) -> list[tuple[int, int]]:
+    """(generation, destroyed) of every user key row."""
+    rows = execute_sql(
+        url,
+        "SELECT generation, destroyed FROM ctxledger_keys WHERE generation >= 0 "
+        "ORDER BY generation",
+    )
+    return [(int(generation), int(destroyed)) for generation, destroyed in rows]
+
+
+def _block_key_deletion(url: str, how: str) -> None:
+    """Makes the database refuse (``raise``) or hold (``sleep``) any deletion of
+    a key row."""
+    if url.startswith("sqlite:///"):
+        execute_sql(
+            url,
+            "CREATE TRIGGER block_keys BEFORE DELETE ON ctxledger_keys "
+            "BEGIN SELECT RAISE(ABORT, 'database or disk is full'); END",
+        )
+        return
+    body = (
+        "RAISE EXCEPTION 'could not extend file: No space left on device'"
+        if how == "raise"
+        else "PERFORM pg_sleep(3600)"
+    )
+    execute_sql(
+        url,
+        "CREATE FUNCTION block_keys() RETURNS trigger LANGUAGE plpgsql AS "
+        f"$$ BEGIN {body}; RETURN OLD; END $$",
+    )
+    execute_sql(
+        url,
+        "CREATE TRIGGER block_keys BEFORE DELETE ON ctxledger_keys "
+        "FOR EACH ROW EXECUTE FUNCTION block_keys()",
+    )
+
+
+def _unblock(url: str) -> None:
+    if url.startswith("sqlite:///"):
+        execute_sql(url, "DROP TRIGGER block_keys")
+    else:
+        execute_sql(url, "DROP TRIGGER block_keys ON ctxledger_keys")
+
+
+def _cut_short_erasure(url: str) -> None:
+    """Ann's erasure: its forgotten event is stored, its key deletion refused."""
+    with ContextLedger.open(url) as ledger, freeze_time(START):
+        ledger.open_context("ann", "t1", metadata=SECRET)
+        ledger.open_context("bob", "t1", metadata=SECRET)
+    _block_key_deletion(url, "raise")
+    with (
+        ContextLedger.open(url) as ledger,
+        freeze_time(START + timedelta(days=1)),
+        pytest.raises(REFUSED, match=r"full|No space"),
+    ):
+        ledger.forget_user("ann")
+    _unblock(url)
+
+
+def _erased(ledger: ContextLedger, user: str) -> bool:
+    created = ledger.history(user)[0]
+    return created.erased and created.details.get("metadata") is None
+
+
+def _pending(url: str) -> list[str]:
+    with ContextLedger.open(url, create=False) as reader:
+        report = reader.verify_chain()
+    return [
+        u.user_id
+        for u in report.broken
+        if u.fault and u.fault.fault == "erasure-pending"
+    ]
+
+
+def test_an_erasure_cut_short_is_reported_until_finished(durable_url: str) -> None:
+    _cut_short_erasure(durable_url)
+
+    assert _pending(durable_url) == ["ann"]
+    with ContextLedger.open(durable_url, create=False) as reader:
+        assert reader.history("ann")[-1].kind == "forgotten"
+        assert not _erased(reader, "ann")  # the data is still readable: pending
+        one = reader.verify_chain("ann").users[0]
+    assert one.fault is not None
+    assert one.fault.fault == "erasure-pending"
+    assert "forget" in one.fault.detail
+
+
+FINISHERS: dict[str, Callable[[ContextLedger], object]] = {
+    "opening the ledger": lambda ledger: None,
+    "forget_user": lambda ledger: ledger.forget_user("ann"),
+    "forget_inactive": lambda ledger: ledger.forget_inactive(START),
+    "expire_due": lambda ledger: ledger.expire_due(),
+}
+
+
+@pytest.mark.parametrize("finisher", FINISHERS, ids=list(FINISHERS))
+def test_an_erasure_cut_short_is_finished_by_the_next_sweep(
+    durable_url: str, finisher: str
+) -> None:
+    _cut_short_erasure(durable_url)
+
+    with ContextLedger.open(durable_url) as ledger:
+        FINISHERS[finisher](ledger)
+
+    with ContextLedger.open(durable_url, create=False) as reader:
+        assert _erased(reader, "ann")
+        assert not _erased(reader, "bob")
+        assert [e.kind for e in reader.history("ann")].count("forgotten") == 1
+        assert reader.verify_chain().holds
+
+
+def test_retention_lists_a_user_whose_erasure_is_pending(durable_url: str) -> None:
+    _cut_short_erasure(durable_url)
+    # An erasure left pending without a mark (as a release before marks did).
+    execute_sql(durable_url, "DELETE FROM ctxledger_erasures")
+
+    with ContextLedger.open(durable_url) as ledger:
+        listed = ledger.inactive_users(START - timedelta(days=30))
+        forgotten = ledger.forget_inactive(START - timedelta(days=30))
+        erased = _erased(ledger, "ann")
+
+    assert listed == ["ann"]
+    assert list(forgotten) == ["ann"]
+    assert erased
+    assert _pending(durable_url) == []
+
+
+def test_an_erasure_whose_event_was_never_stored_leaves_the_data(
+    durable_url: str,
+) -> None:
+    """A failed append (the events table refuses it) erases nothing, and the
+    mark it left is settled without destroying anything."""
+    with ContextLedger.open(durable_url) as ledger:
+        ledger.open_context("ann", "t1", metadata=SECRET)
+    table = "stored_events" if durable_url.startswith("sqlite") else "ctxledger_events"
+    if durable_url.startswith("sqlite:///"):
+        execute_sql(
+            durable_url,
+            f"CREATE TRIGGER block_events BEFORE INSERT ON {table} "
+            "BEGIN SELECT RAISE(ABORT, 'database or disk is full'); END",
+        )
+    else:
+        execute_sql(
+            durable_url,
+            "CREATE FUNCTION block_events() RETURNS trigger LANGUAGE plpgsql AS "
+            "$$ BEGIN RAISE EXCEPTION 'No space left on device'; END $$",
+        )
+        execute_sql(
+            durable_url,
+            f"CREATE TRIGGER block_events BEFORE INSERT ON {table} "
+            "FOR EACH ROW EXECUTE FUNCTION block_events()",
+        )
+    # SQLite's trigger refuses with a constraint error, which reads as another
+    # writer's append: retried, then ConcurrencyConflict (not applied).
+    with (
+        ContextLedger.open(durable_url) as ledger,
+        pytest.raises(
+            (StorageUnavailable, ConcurrencyConflict), match=r"No space|not applied"
+        ),
+    ):
+        ledger.forget_user("ann")
+    execute_sql(
+        durable_url,
+        "DROP TRIGGER block_events"
+        + ("" if durable_url.startswith("sqlite") else f" ON {table}"),
+    )
+
+    with ContextLedger.open(durable_url) as ledger:
+        assert not _erased(ledger, "ann")
+        assert ledger.active_contexts("ann")[0].metadata == SECRET
+        assert ledger.verify_chain().holds
+
+
+_ERASER = """
+import sys
+from ledger import ConcurrencyConflict, ContextLedger, StorageUnavailable
+with ContextLedger.open(sys.argv[1]) as ledger:
+    ledger.forget_user("ann")
+"""
+
+
+@pytest.mark.postgres
+def test_an_erasure_killed_between_its_writes_is_finished_on_opening(
+    postgres_url: str, tmp_path: Path
+) -> None:
+    with ContextLedger.open(postgres_url) as ledger:
+        ledger.open_context("ann", "t1", metadata=SECRET)
+    _block_key_deletion(postgres_url, "sleep")
+    eraser = subprocess.Popen(
+        [sys.executable, "-c", _ERASER, postgres_url], cwd=Path.cwd()
+    )
+    try:
+        with ContextLedger.open(postgres_url, create=False) as reader:
+            wait_until(
+                lambda: reader.history("ann")[-1].kind == "forgotten",
+                "the forgotten event to be stored",
+            )
+        wait_until(lambda: _deleting_keys(postgres_url), "the key deletion to start")
+        os.kill(eraser.pid, signal.SIGKILL)
+        eraser.wait(timeout=30)
+    finally:
+        if eraser.poll() is None:
+            eraser.kill()
+    _cancel_sleepers(postgres_url)
+    _unblock(postgres_url)
+    assert _pending(postgres_url) == ["ann"]
+
+    with ContextLedger.open(postgres_url) as ledger:
+        assert _erased(ledger, "ann")
+        assert ledger.verify_chain().holds
+
+
+def _deleting_keys(url: str) -> bool:
+    dsn, schema = dsn_and_schema(url)
+    with psycopg.connect(dsn, autocommit=True) as connection:
+        found = connection.execute(
+            "SELECT 1 FROM pg_stat_activity WHERE query LIKE %s AND state = 'active'",
+            (f"%DELETE FROM%{schema}%ctxledger_keys%",),
+        ).fetchone()
+    return found is not None
+
+
+def _cancel_sleepers(url: str) -> None:
+    """Ends the killed process's transaction, still held by the server (the
+    test's own backends only: their query names the test's schema)."""
+    dsn, schema = dsn_and_schema(url)
+    with psycopg.connect(dsn, autocommit=True) as connection:
+        for _ in range(50):
+            rows = connection.execute(
+                "SELECT pg_cancel_backend(pid) FROM pg_stat_activity "
+                "WHERE query LIKE %s AND pid <> pg_backend_pid()",
+                (f"%DELETE FROM%{schema}%ctxledger_keys%",),
+            ).fetchall()
+            if not rows:
+                return
+            time.sleep(0.1)
