@@ -7,16 +7,13 @@ import contextlib
 import os
 import random
 import socket
-import sqlite3
 import subprocess
 import sys
 import threading
 import time
-import uuid
 from collections import Counter
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Literal
 
@@ -25,9 +22,24 @@ import pytest
 
 from ledger import ConcurrencyConflict, ContextLedger, ContextNotFound
 from ledger.domain.contexts import user_aggregate_id
-from ledger.domain.events import ContextCreated, ContextEvent, ContextUpdated
-from ledger.store.application import open_application
-from ledger.store.urls import storage_for
+
+# Tampering lives in tests/tampering.py; these names stay importable from here too
+# (as ... as marks them re-exported for mypy).
+from tests.tampering import (
+    append_raw_creation as append_raw_creation,  # noqa: PLC0414
+)
+from tests.tampering import (
+    append_raw_event as append_raw_event,  # noqa: PLC0414
+)
+from tests.tampering import (
+    append_update_of_a_context_never_opened as append_update_of_a_context_never_opened,  # noqa: PLC0414
+)
+from tests.tampering import (
+    execute_sql as execute_sql,  # noqa: PLC0414
+)
+from tests.tampering import (
+    stream_key as stream_key,  # noqa: PLC0414
+)
 
 OpenLedger = Callable[..., ContextLedger]
 CTXLEDGER = str(Path(sys.executable).with_name("ctxledger"))
@@ -46,37 +58,12 @@ def run(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
     )
 
 
-def execute_sql(url: str, statement: str, params: tuple[Any, ...] = ()) -> list[Any]:
-    """Runs SQL on a test database directly, as an operator (or intruder) would.
-
-    ``{events}`` and ``{snapshots}`` name the ledger's tables on either backend,
-    ``{p}`` is a parameter marker, ``{log}`` the events' position column, and
-    ``{c1}`` is the byte 0xC1 (never valid msgpack) as a literal. Returns the rows
-    a query selects.
-    """
-    if url.startswith("sqlite:///"):
-        path = url.removeprefix("sqlite:///")
-        names = {
-            "events": "stored_events",
-            "snapshots": "stored_snapshots",
-            "c1": "X'C1'",
-            "p": "?",
-            "log": "rowid",
-        }
-        with sqlite3.connect(path) as connection:
-            return connection.execute(statement.format(**names), params).fetchall()
-    dsn, _, schema = url.partition("?schema=")
-    names = {
-        "events": "ctxledger_events",
-        "snapshots": "ctxledger_snapshots",
-        "c1": "decode('c1', 'hex')",
-        "p": "%s",
-        "log": "notification_id",
-    }
-    with psycopg.connect(dsn, autocommit=True) as connection:
-        connection.execute(f'SET search_path TO "{schema}"')
-        cursor = connection.execute(statement.format(**names), params)
-        return cursor.fetchall() if cursor.description else []
+def one_line_error(result: subprocess.CompletedProcess[str], name: str) -> str:
+    """The stderr of a command that failed with ``name``: one line, no traceback."""
+    assert "Traceback" not in result.stderr
+    assert result.stderr.startswith(f"{name}: ")
+    assert result.stderr.count("\n") == 1, result.stderr
+    return result.stderr
 
 
 def schema_exists(url: str) -> bool:
@@ -101,12 +88,6 @@ def table_names(url: str) -> set[str]:
             (url.rpartition("schema=")[2],),
         )
     return {row[0] for row in rows}
-
-
-def stream_key(url: str, user_id: str) -> Any:
-    """How the user's stream id is stored: hex text on SQLite, a uuid on PostgreSQL."""
-    aggregate_id = user_aggregate_id(user_id)
-    return aggregate_id.hex if url.startswith("sqlite:///") else aggregate_id
 
 
 USERS = ("u0", "u1", "u2")
@@ -302,40 +283,11 @@ def held_backend(url: str, application_name: str) -> int:
     return pid
 
 
-def append_raw_event(
-    url: str, user_id: str, event_class: type[ContextEvent], **fields: Any
-) -> None:
-    """Writes an event the aggregate would never decide, as a defect (or an older
-    release) might have stored it: version, time, user and chain are right."""
-    application = open_application(storage_for(url))
-    now = datetime.now(tz=UTC)
-    aggregate = application.load(user_id, now)
-    values: dict[str, Any] = {
-        "context_id": str(uuid.uuid4()),
-        "run_id": None,
-        "metadata": {},
-        **fields,
-    }
-    event = event_class.model_construct(
-        originator_id=aggregate.id,
-        originator_version=aggregate.version + 1,
-        timestamp=now,
-        user_id=user_id,
-        prev_hash=aggregate.last_hash,
-        **values,
-    )
-    application.events.put([event])
-    application.close()
-
-
-def append_update_of_a_context_never_opened(url: str, user_id: str) -> None:
-    """An update of a context never opened: no view can apply it."""
-    append_raw_event(url, user_id, ContextUpdated, thread_id="t1")
-
-
-def append_raw_creation(url: str, user_id: str, thread_id: str) -> None:
-    """A second creation on a thread with an active context: the defect the
-    continuity view exists to expose."""
-    append_raw_event(
-        url, user_id, ContextCreated, thread_id=thread_id, ttl_seconds=None
-    )
+def chat(ledger: ContextLedger, users: int = 3, messages: int = 10) -> None:
+    """Users u0.. open threads t0 and t1 in turn, each message a run; every fourth
+    round clears the context: a small history for the views."""
+    for n in range(messages):
+        for user in range(users):
+            context = ledger.open_context(f"u{user}", f"t{n % 2}", run_id=f"r{n}")
+            if n % 4 == 3:
+                ledger.clear_context(f"u{user}", context.context_id)

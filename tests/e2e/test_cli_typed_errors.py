@@ -1,11 +1,12 @@
-"""Values at the edges reach the CLI as typed errors, never as tracebacks."""
+"""Values at the edges reach the CLI as typed errors, never as tracebacks: time options
+out of range in UTC are one typed line, at the very edges they are answered."""
 
 from pathlib import Path
 
 import pytest
 
-from ledger import ContextLedger
-from tests.helpers import run
+from ledger import ContextLedger, verify_export
+from tests.helpers import one_line_error, run
 
 FAR = "9999-12-31T23:59:59-05:00"
 
@@ -83,3 +84,69 @@ def test_the_views_refuse_a_bad_user_id_as_the_ledger_does(
     assert result.returncode == 1
     assert result.stderr.startswith("InvalidContextInput: user_id=")
     assert len(result.stderr) < 600
+
+
+OUT_OF_UTC = ("9999-12-31T23:59:59-05:00", "0001-01-01T00:00:00+05:00")
+EDGES_OF_UTC = (
+    "9999-12-31T23:59:59.999999Z",
+    "0001-01-01T00:00:00Z",
+    "9999-12-31T23:59:59+23:59",
+    "0001-01-01T23:58:00-00:01",
+)
+TIME_OPTIONS = (
+    ("history", "alice", "--since"),
+    ("history", "alice", "--until"),
+    ("audit", "alice", "--since"),
+    ("audit", "alice", "--until"),
+    ("audit", "alice", "--as-of"),
+    ("export", "alice", "--out", "a.jsonl", "--since"),
+    ("export", "alice", "--out", "a.jsonl", "--until"),
+)
+
+
+@pytest.fixture
+def projected_url(url: str, tmp_path: Path) -> str:
+    """A ledger of alice whose views have caught up."""
+    assert run("--db", url, "project", cwd=tmp_path).returncode == 0
+    return url
+
+
+# Time options at the limits of datetime: a typed error when out of range in UTC,
+# an answer at the very edges.
+
+
+@pytest.mark.parametrize("value", OUT_OF_UTC)
+@pytest.mark.parametrize("args", TIME_OPTIONS, ids=" ".join)
+def test_a_time_option_out_of_range_in_utc_is_one_typed_line(
+    url: str, tmp_path: Path, args: tuple[str, ...], value: str
+) -> None:
+    result = run("--db", url, *args, value, cwd=tmp_path)
+
+    assert result.returncode == 1
+    error = one_line_error(result, "InvalidContextInput")
+    assert f"='{value}' is out of range once converted to UTC" in error
+    assert not (tmp_path / "a.jsonl").exists()
+
+
+@pytest.mark.parametrize("value", EDGES_OF_UTC)
+@pytest.mark.parametrize("args", TIME_OPTIONS, ids=" ".join)
+def test_a_time_option_at_the_edge_of_utc_is_answered(
+    projected_url: str, tmp_path: Path, args: tuple[str, ...], value: str
+) -> None:
+    result = run("--db", projected_url, *args, value, cwd=tmp_path)
+
+    assert result.returncode == 0, result.stderr
+    assert "Traceback" not in result.stderr
+    if args[0] == "export":
+        assert verify_export(tmp_path / "a.jsonl").intact
+
+
+@pytest.mark.parametrize("value", ["", "2026-13-01", "nan", "x" * 100_000])
+def test_a_time_option_that_is_not_a_time_is_a_short_usage_error(
+    url: str, tmp_path: Path, value: str
+) -> None:
+    result = run("--db", url, "audit", "alice", "--as-of", value, cwd=tmp_path)
+
+    assert result.returncode == 2
+    assert "is not an ISO 8601 time" in result.stderr
+    assert len(result.stderr) < 1000

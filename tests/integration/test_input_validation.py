@@ -1,5 +1,6 @@
 """Refused input raises a typed error and appends nothing."""
 
+import enum
 from typing import Any
 
 import pytest
@@ -225,3 +226,46 @@ def test_bad_context_ids_are_refused_by_update_and_clear(
 
     assert updating.value.field == clearing.value.field == "context_id"
     _assert_nothing_appended(ledger)
+
+
+# A NUL character is refused at the API: PostgreSQL's text and jsonb cannot hold it,
+# and a view that could not store one would stall for every user.
+
+NUL_CALLS: list[tuple[str, Any]] = [
+    ("metadata value", lambda lg, c: lg.open_context("a", "t2", metadata={"k": "\0"})),
+    ("metadata key", lambda lg, c: lg.open_context("a", "t2", metadata={"k\0": 1})),
+    ("nested", lambda lg, c: lg.update_context("a", c, metadata={"k": [{"x": "\0"}]})),
+    ("clear reason", lambda lg, c: lg.clear_context("a", c, reason="gone\0")),
+    ("clear_user reason", lambda lg, c: lg.clear_user("a", reason="\0")),
+]
+
+
+@pytest.mark.parametrize(("where", "call"), NUL_CALLS, ids=[n for n, _ in NUL_CALLS])
+def test_a_nul_character_is_refused_and_nothing_is_appended(
+    ledger: ContextLedger, where: str, call: Any
+) -> None:
+    context = ledger.open_context("a", "t1")
+
+    with pytest.raises(InvalidContextInput, match="NUL character"):
+        call(ledger, context.context_id)
+
+    _assert_nothing_appended(ledger, "a")
+
+
+class Colour(enum.StrEnum):
+    RED = "red"
+
+
+class Loud(str):
+    def __str__(self) -> str:
+        return "LOUD"
+
+    def __hash__(self) -> int:
+        return 1
+
+
+def test_keys_that_become_the_same_string_are_refused(ledger: ContextLedger) -> None:
+    with pytest.raises(InvalidContextInput, match="twice"):
+        ledger.open_context("alice", "t", metadata={Loud("red"): 1, Colour.RED: 2})
+
+    assert ledger.history("alice") == []

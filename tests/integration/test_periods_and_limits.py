@@ -1,15 +1,30 @@
-"""Periods and limits are checked the same way by the ledger and its views, and
-a view's lag counts events, not positions."""
+"""Arguments are checked the same way by the ledger and its views: periods, limits,
+ids, times (the first and last instants included) and view names; a view's lag counts
+events, not positions."""
 
-from datetime import UTC, datetime, timedelta
+from collections.abc import Callable, Iterator
+from datetime import UTC, datetime, timedelta, timezone
+from typing import Any
 
 import psycopg
 import pytest
 
 from ledger import ContextLedger, InvalidContextInput, LedgerConfigError
-from projections import Projections
+from projections import Projections, UnknownView
 
 T0 = datetime(2026, 11, 1, 9, 0, tzinfo=UTC)
+
+
+@pytest.fixture
+def ledger(durable_url: str) -> Iterator[ContextLedger]:
+    with ContextLedger.open(durable_url) as opened:
+        yield opened
+
+
+@pytest.fixture
+def views(durable_url: str, ledger: ContextLedger) -> Iterator[Projections]:
+    with Projections.open(durable_url) as opened:
+        yield opened
 
 
 def test_the_views_refuse_a_period_that_ends_before_it_starts(
@@ -100,3 +115,102 @@ def test_a_views_lag_counts_events_where_positions_skip_numbers(
     }
     assert all(row.head - row.position > 100 for row in status)
     assert all(row.position == 1 for row in status)
+
+
+BAD_IDS: list[object] = ["\udcff", 5, "", " alice", "none", "a\x00b", "x" * 257, b"a"]
+
+
+QUERIES: dict[str, Callable[[Projections, Any], object]] = {
+    "active_context": lambda views, bad: views.active_context(bad),
+    "active_contexts": lambda views, bad: views.active_contexts(bad),
+    "count_active": lambda views, bad: views.count_active(bad),
+    "audit_rows": lambda views, bad: views.audit_rows(bad),
+    "continuity": lambda views, bad: views.continuity(bad),
+}
+
+
+def _raised(call: Callable[[Any], object], values: list[object]) -> dict[str, str]:
+    """What each value raised (the error's type name, or "nothing")."""
+    raised: dict[str, str] = {}
+    for bad in values:
+        try:
+            call(bad)
+        except Exception as error:  # noqa: BLE001  (any error is recorded)
+            raised[repr(bad)] = type(error).__name__
+        else:
+            raised[repr(bad)] = "nothing"
+    return raised
+
+
+@pytest.mark.parametrize("query", QUERIES)
+def test_every_id_argument_of_a_query_is_checked_as_the_ledger_checks_it(
+    views: Projections, query: str
+) -> None:
+    raised = _raised(lambda bad: QUERIES[query](views, bad), BAD_IDS)
+
+    assert raised == {repr(bad): "InvalidContextInput" for bad in BAD_IDS}
+
+
+BAD_TIMES: list[object] = [
+    datetime(2026, 1, 1),  # noqa: DTZ001  (naive on purpose)
+    "2026-01-01T00:00:00Z",
+    datetime(2026, 1, 1, tzinfo=UTC).date(),
+    1767225600,
+    datetime(1, 1, 1, tzinfo=timezone(timedelta(hours=5))),
+    datetime(9999, 12, 31, 23, tzinfo=timezone(timedelta(hours=-5))),
+]
+
+
+TIME_QUERIES: dict[str, Callable[[Projections, Any], object]] = {
+    "expiring_before": lambda views, at: views.expiring_before(at),
+    "audit_rows since": lambda views, at: views.audit_rows(since=at),
+    "audit_rows until": lambda views, at: views.audit_rows(until=at),
+}
+
+
+@pytest.mark.parametrize("query", TIME_QUERIES)
+def test_every_time_argument_of_a_query_is_checked_as_the_ledger_checks_it(
+    views: Projections, query: str
+) -> None:
+    raised = _raised(lambda bad: TIME_QUERIES[query](views, bad), BAD_TIMES)
+
+    assert raised == {repr(bad): "InvalidContextInput" for bad in BAD_TIMES}
+
+
+def test_the_first_and_last_instants_and_odd_offsets_are_answered(
+    ledger: ContextLedger, views: Projections
+) -> None:
+    ledger.open_context("alice", "t1", ttl_seconds=60)
+    views.catch_up()
+    odd = timezone(-timedelta(hours=23, minutes=59, seconds=59, microseconds=999999))
+    first = datetime.min.replace(tzinfo=UTC)
+    last = datetime.max.replace(tzinfo=UTC)
+
+    assert len(views.expiring_before(last)) == 1
+    assert views.expiring_before(first) == []
+    assert len(views.audit_rows(since=first, until=last)) == 1
+    assert views.audit_rows(until=datetime(1, 1, 1, 12, tzinfo=odd)) == []
+
+
+def test_a_limit_beyond_what_a_64_bit_limit_counts_means_no_limit(
+    ledger: ContextLedger, views: Projections
+) -> None:
+    ledger.open_context("alice", "t1")
+    views.catch_up()
+
+    everyone = views.active_contexts(limit=2**70)
+    alices = views.active_contexts("alice", limit=2**70)
+
+    assert len(everyone) == len(alices) == 1
+
+
+def test_view_names_are_checked_and_one_name_may_be_given_alone(
+    ledger: ContextLedger, views: Projections
+) -> None:
+    ledger.open_context("alice", "t1")
+
+    assert views.catch_up("audit") == {"audit": 1}
+    with pytest.raises(UnknownView):
+        views.catch_up([5])  # type: ignore[list-item]
+    with pytest.raises(UnknownView):
+        views.verify([["audit"]])  # type: ignore[list-item]

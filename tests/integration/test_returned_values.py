@@ -1,4 +1,5 @@
-"""What the API returns is a value: changing it changes nothing stored."""
+"""What the API returns is a value: changing it changes nothing stored; subclasses of
+builtins (enums, str, int and float) are stored and returned as plain values."""
 
 import enum
 
@@ -173,3 +174,58 @@ def test_number_subclasses_are_stored_as_their_own_values_not_their_overrides(
     assert loaded is not None
     assert opened.metadata == loaded.metadata == {"v": stored}
     assert type(loaded.metadata["v"]) is type(stored)
+
+
+# Subclasses of str, int and float become plain values, keys included.
+
+
+class StrColour(enum.StrEnum):
+    RED = "red"
+
+
+class Loud(str):
+    def __str__(self) -> str:
+        return "LOUD"
+
+    def __hash__(self) -> int:
+        return 1
+
+
+class Ratio(float):
+    def __repr__(self) -> str:
+        return "ratio"
+
+
+def test_builtin_subclasses_at_any_depth_are_stored_as_plain_values(
+    durable_url: str,
+) -> None:
+    metadata = {
+        "top": {StrColour.RED: Level.HIGH, Loud("k"): [Ratio(0.5), StrColour.RED]},
+        Loud("outer"): {"deep": {StrColour.RED: {Loud("x"): Level.HIGH}}},
+    }
+
+    with ContextLedger.open(durable_url) as ledger:
+        context = ledger.open_context("alice", "t", metadata=metadata)
+        updated = ledger.update_context("alice", context.context_id, metadata=metadata)
+    with ContextLedger.open(durable_url) as again:  # a replay from the store
+        replayed = again.get_context("alice", "t")
+        report = again.verify_chain()
+
+    expected = {
+        "top": {"red": 3, "k": [0.5, "red"]},
+        "outer": {"deep": {"red": {"x": 3}}},
+    }
+    assert context.metadata == expected
+    assert replayed == updated
+    assert replayed is not None
+    assert _plain(replayed.metadata)
+    assert _plain(context.metadata)
+    assert report.holds, report
+
+
+def _plain(value: object) -> bool:
+    if isinstance(value, dict):
+        return all(type(k) is str and _plain(v) for k, v in value.items())
+    if isinstance(value, list):
+        return all(_plain(item) for item in value)
+    return type(value) in (str, int, float, bool, type(None))

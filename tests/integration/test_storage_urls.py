@@ -1,5 +1,8 @@
-"""Database URLs: what each one configures, and clear errors for bad ones."""
+"""Database URLs: what each one configures, and clear errors for bad ones: every
+malformed URL is a LedgerConfigError that names the problem and never shows a
+password, and the CLI refuses it in one line."""
 
+import os
 import signal
 import sqlite3
 import subprocess
@@ -10,7 +13,8 @@ import pytest
 
 from ledger import ContextLedger, LedgerConfigError, LedgerError, StorageUnavailable
 from ledger.store.urls import DEFAULT_URL, resolve_url, storage_for
-from tests.helpers import CTXLEDGER, run
+from projections import Projections
+from tests.helpers import CTXLEDGER, one_line_error, run
 
 
 def test_no_url_means_the_environment_variable_then_the_default(
@@ -212,3 +216,123 @@ def test_demo_does_not_print_the_password(postgres_url: str, tmp_path: Path) -> 
     assert done.returncode == 0, done.stderr
     assert "S3cretPW" not in done.stdout + done.stderr
     assert "postgres:***@" in done.stdout
+
+
+PASSWORD = "hunter2"
+
+
+# Database URLs: every malformed one is a LedgerConfigError that names the problem.
+
+BAD_URLS = [
+    ("postgresql://postgres@[::1/test", "IPv6 host needs both brackets"),
+    ("postgresql://postgres@ex\uff0fample/test", "Unicode normalization"),
+    ("sqlite:///a%00b.db", "holds a NUL character"),
+    ("sqlite:///a.db?timeout=\u00b2", "whole number of seconds"),
+    ("sqlite:///a.db?timeout=99999999999999999999", "at most 86400"),
+    ("sqlite:///" + "a" * 5000 + "/x.db", "cannot be used: File name too long"),
+    ("postgresql://postgres@127.0.0.1/te%00st", "database name .* NUL character"),
+    ("postgresql://po%00stgres@127.0.0.1/test", "user .* NUL character"),
+    ("postgresql://postgres@127.0.0.1/test?host=/tmp%00x", "host .* NUL character"),
+    ("postgresql://postgres@12%00/test", "host .* NUL character"),
+    ("postgresql://postgres@127.0.0.1:99999/test", "not a number from 1 to 65535"),
+    ("postgresql://postgres@127.0.0.1:abc/test", "not a number from 1 to 65535"),
+    ("postgresql://postgres@127.0.0.1:0/test", "not a number from 1 to 65535"),
+    ("postgresql://postgres@127.0.0.1:/test", "not a number from 1 to 65535"),
+    ("postgresql://postgres@/test", "has no host"),
+    ("postgresql://postgres@:5432/test", "has no host"),
+    ("postgresql://postgres@127.0.0.1/test#x", "has a '@' after its host, or a '#'"),
+    ("postgresql://postgres@127.0.0.1/test?pool_size=10001", "at most 1000"),
+    ("postgresql://postgres@127.0.0.1/test?pool_timeout=" + "9" * 30, "at most 86400"),
+    ("mysql://root@localhost/db", "unsupported database URL"),
+    ("SQLITE", "unsupported database URL"),
+]
+
+
+@pytest.mark.parametrize(("url", "problem"), BAD_URLS)
+def test_a_malformed_url_is_a_configuration_error(url: str, problem: str) -> None:
+    with pytest.raises(LedgerConfigError, match=problem):
+        ContextLedger.open(url)
+    with pytest.raises(LedgerConfigError, match=problem):
+        Projections.open(url)
+
+
+@pytest.mark.parametrize("url", [3, b"sqlite:///x.db", ["memory://"], 1.5])
+def test_a_url_that_is_not_a_str_is_a_configuration_error(url: object) -> None:
+    with pytest.raises(LedgerConfigError, match="is not a str; pass a database URL"):
+        Projections.open(url)  # type: ignore[arg-type]
+    with pytest.raises(LedgerConfigError, match="is not a str; pass a database URL"):
+        ContextLedger.open(url)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        f"postgresql://app:{PASSWORD}@[::1/test",
+        f"postgresql://app:{PASSWORD}@ex\uff0fample/test",
+        f"postgresql://app:hun/ter2@127.0.0.1/test?x={PASSWORD}@",
+        "postgresql://app:hun/ter2@127.0.0.1/test",
+        "postgresql://app:hun?ter2@127.0.0.1/test",
+        "postgresql://app:hun#ter2@127.0.0.1/test",
+        "postgresql://app:hunter2%00@127.0.0.1/test",
+        f"postgresql://app:{PASSWORD}@127.0.0.1:99999/test",
+        f"postgresql://app:{PASSWORD}@/test",
+        f"postgresql://app:{PASSWORD}@127.0.0.1/t%00",
+        f"mysql://app:{PASSWORD}@[::1/test",
+        f"postgresql://app:{PASSWORD}@127.0.0.1/test\x00",
+    ],
+)
+def test_a_password_in_a_malformed_url_is_shown_as_stars(url: str) -> None:
+    with pytest.raises(LedgerConfigError) as caught:
+        ContextLedger.open(url)
+
+    message = str(caught.value)
+    assert "***" in message
+    for piece in (PASSWORD, "hun", "ter2"):
+        assert piece not in message
+
+
+@pytest.mark.parametrize(
+    ("url", "problem"),
+    [
+        ("postgresql://postgres:hunter2@[::1/test", "IPv6 host"),
+        ("sqlite:///a%00b.db", "NUL character"),
+        ("postgresql://postgres@127.0.0.1:99999/test", "1 to 65535"),
+        ("postgresql://postgres@/test", "has no host"),
+        ("ftp://x", "unsupported database URL"),
+    ],
+)
+@pytest.mark.parametrize("given", ["--db", "CTXLEDGER_URL"])
+@pytest.mark.parametrize(
+    "command",
+    [
+        ("status",),
+        ("history", "alice"),
+        ("audit", "alice", "--as-of", "2026-01-01T00:00:00Z"),
+        ("export", "alice", "--out", "a.jsonl"),
+        ("report", "alice", "--out", "a.html"),
+    ],
+    ids=["status", "history", "audit-as-of", "export", "report"],
+)
+def test_the_cli_refuses_a_malformed_url_in_one_line(
+    tmp_path: Path, url: str, problem: str, given: str, command: tuple[str, ...]
+) -> None:
+    environment = {k: v for k, v in os.environ.items() if k != "CTXLEDGER_URL"}
+    if given == "--db":
+        args = [CTXLEDGER, "--db", url, *command]
+    else:
+        args, environment["CTXLEDGER_URL"] = [CTXLEDGER, *command], url
+
+    result = subprocess.run(
+        args,
+        cwd=tmp_path,
+        env=environment,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+
+    assert result.returncode == 1
+    assert problem in one_line_error(result, "LedgerConfigError")
+    assert "hunter2" not in result.stderr
+    assert list(tmp_path.iterdir()) == []

@@ -1,4 +1,6 @@
-"""Contract of each view, on SQLite and PostgreSQL: it answers what the ledger says."""
+"""Contract of each view, on SQLite and PostgreSQL: it answers what the ledger says,
+and holds what the ledger holds (NUL characters an older release stored, numbers as
+written, a second context on an active thread)."""
 
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
@@ -7,7 +9,13 @@ import pytest
 from freezegun import freeze_time
 
 from ledger import ContextLedger, InvalidContextInput
-from projections import Projections, UnknownView
+from projections import Projections, UnknownView, ViewCannotApply
+from tests.tampering import (
+    NUL_METADATA,
+    append_raw_creation,
+    execute_sql,
+    store_as_an_older_release,
+)
 
 START = datetime(2026, 3, 1, 9, 0, tzinfo=UTC)
 
@@ -160,3 +168,102 @@ def test_views_catch_up_from_where_they_stopped(
     assert second == {"active": 2, "audit": 2, "continuity": 2}
     assert [s.lag for s in views.status()] == [0, 0, 0]
     assert views.verify() == {"active": [], "audit": [], "continuity": []}
+
+
+# Values that any release could store.
+
+EQUAL: dict[str, list[str]] = {"active": [], "audit": [], "continuity": []}
+
+
+def test_views_hold_nul_characters_in_metadata_and_reasons_as_the_ledger_does(
+    durable_url: str, ledger: ContextLedger, views: Projections
+) -> None:
+    store_as_an_older_release(durable_url, "alice")
+
+    applied = views.catch_up()
+
+    assert applied == {"active": 3, "audit": 3, "continuity": 3}
+    assert views.active_contexts("alice") == ledger.active_contexts("alice")
+    assert views.active_contexts("alice")[0].metadata == NUL_METADATA
+    assert [row.details for row in views.audit_rows("alice")] == [
+        event.details for event in ledger.history("alice")
+    ]
+    assert views.verify() == EQUAL
+
+
+def test_a_rebuild_holds_nul_characters_as_the_ledger_does(
+    durable_url: str, ledger: ContextLedger, views: Projections
+) -> None:
+    store_as_an_older_release(durable_url, "alice")
+
+    applied = views.rebuild()
+
+    assert applied == {"active": 3, "audit": 3, "continuity": 3}
+    assert views.audit_rows("alice")[-1].details["reason"] == "bye\x00"
+    assert views.verify() == EQUAL
+
+
+def test_views_keep_numbers_in_metadata_as_written(
+    ledger: ContextLedger, views: Projections
+) -> None:
+    numbers = {"huge": 1e308, "whole": 1e16, "tiny": 5e-324, "int": 2**63 - 1}
+    ledger.open_context("alice", "t1", metadata=numbers)
+
+    views.catch_up()
+
+    stored = views.active_contexts("alice")[0].metadata
+    assert [(value, type(value)) for value in stored.values()] == [
+        (value, type(value)) for value in numbers.values()
+    ]
+    assert views.verify() == EQUAL
+
+
+@pytest.mark.postgres
+def test_an_older_jsonb_view_names_what_it_cannot_hold_and_a_rebuild_repairs_it(
+    postgres_url: str,
+) -> None:
+    """Views built by an older release keep jsonb columns until rebuilt."""
+    with (
+        ContextLedger.open(postgres_url) as ledger,
+        Projections.open(postgres_url) as views,
+    ):
+        ledger.open_context("bob", "t1")
+        views.catch_up()
+        execute_sql(
+            postgres_url,
+            "ALTER TABLE ctxl_audit ALTER COLUMN details TYPE jsonb "
+            "USING details::jsonb",
+        )
+        ledger.open_context("carol", "t1", metadata={"a": 1})
+        store_as_an_older_release(postgres_url, "alice")
+
+        with pytest.raises(ViewCannotApply) as raised:
+            views.catch_up()
+        positions = [status.position for status in views.status()]
+        carol = [row.details for row in views.audit_rows("carol")]
+        views.rebuild(["audit"])
+
+        # Metadata is sealed in the view (no NUL reaches jsonb); the clear's
+        # reason, at position 5, is not.
+        assert (raised.value.view, raised.value.position) == ("audit", 5)
+        assert raised.value.user_id == "alice"
+        assert "\\u0000" in raised.value.cause
+        assert positions == [5, 4, 5]
+        assert carol == [event.details for event in ledger.history("carol")]
+        assert views.verify() == EQUAL
+
+
+def test_continuity_records_a_second_context_created_on_an_active_thread(
+    durable_url: str, ledger: ContextLedger, views: Projections
+) -> None:
+    first = ledger.open_context("alice", "t1")
+    append_raw_creation(durable_url, "alice", "t1")
+
+    views.catch_up()
+
+    figures = views.continuity("alice")
+    assert (figures.created, figures.threads_with_overlap) == (2, 1)
+    assert views.verify()["continuity"] == []
+    overlap = views.audit_rows("alice")[-1]
+    assert overlap.kind == "created"
+    assert overlap.context_id != first.context_id

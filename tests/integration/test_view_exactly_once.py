@@ -1,19 +1,28 @@
-"""A projection worker killed at any instant resumes with nothing lost or repeated."""
+"""Each event is applied to each view once: by two workers at once, and by a
+projection worker killed at any instant, which resumes with nothing lost or repeated."""
 
 import random
 import signal
 import subprocess
+import threading
 import time
 from collections import Counter
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from ledger import ContextLedger
 from projections import Projections
-from tests.helpers import CTXLEDGER
+from tests.helpers import CTXLEDGER, chat
 
 KILLS = 12
+
+
+@pytest.fixture
+def ledger(durable_url: str) -> Iterator[ContextLedger]:
+    with ContextLedger.open(durable_url) as opened:
+        yield opened
 
 
 def fill(url: str, messages: int) -> None:
@@ -84,3 +93,21 @@ def test_a_worker_killed_many_times_resumes_exactly(
             kinds["reused"],
             kinds["cleared"],
         )
+
+
+def test_two_workers_at_once_apply_each_event_once(
+    durable_url: str, ledger: ContextLedger
+) -> None:
+    chat(ledger, messages=20)
+    workers = [Projections.open(durable_url, batch_size=3) for _ in range(2)]
+    threads = [threading.Thread(target=w.catch_up) for w in workers]
+
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+
+    assert workers[0].count_audit() == workers[0].head()
+    assert workers[0].verify() == {"active": [], "audit": [], "continuity": []}
+    for worker in workers:
+        worker.close()
