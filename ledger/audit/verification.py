@@ -1,10 +1,10 @@
 """Checks the users' hash chains against the events as they are stored.
 
-One pass reads the ledger's log in order. Each event's record is hashed without
-building its pydantic models (the quick path); when a link does not hold, the
-exact path (the mapper and ``ledger_record``) decides, so the quick path can only
-save time, never change a verdict. A stream with a fault is then read again in
-version order to say where it breaks and how (``chain.find_break``).
+One pass reads the ledger's log in order. Each event is decoded by the readers'
+own decoder (``records.quick_read``, ``records.exact_read``), so an event that
+every read of its user refuses is a finding here, and an event that passes here
+is one the reads accept. A stream with a fault is then read again in version
+order to say where it breaks and how (``chain.find_break``).
 
 Every snapshot is checked too. One of format 3 is authenticated by its sealed
 value (``PydanticMapper.authentic_snapshot``), so it holds when its ``last_hash``,
@@ -18,10 +18,10 @@ the last event shows that events at the end were deleted.
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any, NamedTuple, Protocol, cast
+from typing import Any, NamedTuple, cast
 from uuid import UUID
 
-from eventsourcing.persistence import Mapper, StoredEvent
+from eventsourcing.persistence import StoredEvent
 
 from ledger.audit.chain import (
     ChainBreak,
@@ -37,18 +37,16 @@ from ledger.domain.contexts import (
     user_aggregate_id,
 )
 from ledger.domain.events import (
-    CarriesMetadata,
     ContextEvent,
     UserForgotten,
 )
-from ledger.domain.hashing import GENESIS_HASH, metadata_commitment, record_hash
+from ledger.domain.hashing import GENESIS_HASH
 from ledger.errors import LedgerError
 from ledger.store.application import LedgerApplication
 from ledger.store.backends import as_stream_id, safe_head
-from ledger.store.records import KIND_BY_TOPIC, json_time, unpack_state
+from ledger.store.codec import unpack_state
+from ledger.store.records import Read, Stored, exact_read, named_user, quick_read
 from ledger.store.serialization import (
-    TOPICS,
-    MsgpackTranscoder,
     Opener,
     PydanticMapper,
 )
@@ -61,19 +59,6 @@ reads of its snapshots per this many."""
 Progress = Callable[[int], None]
 
 
-class Stored(Protocol):
-    """What the chain reads of a stored event (a ``StoredEvent`` or a ``_Row``)."""
-
-    @property
-    def originator_id(self) -> UUID | str: ...
-    @property
-    def originator_version(self) -> int: ...
-    @property
-    def topic(self) -> str: ...
-    @property
-    def state(self) -> bytes: ...
-
-
 class _Row(NamedTuple):
     """A row of the log as the pass reads it (``Backend.log_rows``), with the
     stream id made once per stream, not once per event."""
@@ -84,29 +69,6 @@ class _Row(NamedTuple):
     state: bytes
 
 
-def _as_stored(stored: Stored) -> StoredEvent:
-    if isinstance(stored, StoredEvent):
-        return stored
-    return StoredEvent(
-        originator_id=stored.originator_id,
-        originator_version=stored.originator_version,
-        topic=stored.topic,
-        state=stored.state,
-    )
-
-
-class Read(NamedTuple):
-    """What the chain needs of one stored event (a tuple: one is made per event)."""
-
-    user_id: str
-    prev_hash: str
-    hash: str
-    timestamp: datetime
-    readable: bool = True
-    """False when this release cannot read the event (a class version it cannot
-    upcast): the exact path then says why."""
-
-
 class Witness(NamedTuple):
     """What a snapshot at ``version`` must agree with: its event, as the chain
     read it."""
@@ -115,125 +77,6 @@ class Witness(NamedTuple):
     hash: str
     timestamp: datetime
     user_id: str
-
-
-_ENVELOPE = frozenset(
-    {"user_id", "context_id", "thread_id", "run_id", "timestamp", "prev_hash"}
-)
-_NOT_HASHED = frozenset({"sealed", "class_version", "format"})
-"""Stored fields the chain does not cover: a sealed value (its commitment is
-covered), the class version and the stored format. The key generation is
-covered only where it means something (``shape_record``)."""
-_NOT_DETAILS = _ENVELOPE | _NOT_HASHED
-
-
-def quick_read(
-    stored: Stored,
-    mapper: Mapper[UUID],
-    openers: dict[tuple[UUID, int], Opener] | None = None,
-) -> Read | None:
-    """The event's record hashed straight from its stored state; None if that
-    state is not what the quick path expects (the exact path decides then).
-    ``openers``: see ``PydanticMapper.check_sealed``."""
-    try:
-        state: dict[str, Any] = (
-            unpack_state(stored.state)
-            if type(mapper.transcoder) is MsgpackTranscoder
-            else mapper.transcoder.decode(stored.state)
-        )
-        details = {k: v for k, v in state.items() if k not in _NOT_DETAILS}
-        commitment = details.get("metadata_commitment")
-        if commitment is None and stored.topic != UserForgotten.TOPIC:
-            details.pop("key_generation", None)
-        if "expires_at" in details:
-            details["expires_at"] = json_time(details["expires_at"])
-        if datetime in set(map(type, details.values())):
-            return None  # a time where the model has none: the exact path decides
-        timestamp = state["timestamp"]
-        record = {
-            "user_id": state["user_id"],
-            "kind": KIND_BY_TOPIC[stored.topic],
-            "context_id": state["context_id"],
-            "thread_id": state["thread_id"],
-            "run_id": state["run_id"],
-            "occurred_at": json_time(timestamp),
-            "version": stored.originator_version,
-            "prev_hash": state["prev_hash"],
-            "details": details,
-        }
-        if commitment is not None or "sealed" in state:
-            # The chain covers the commitment; the sealed value must open to it.
-            cast(PydanticMapper, mapper).check_sealed(
-                cast(StoredEvent, stored), state, openers
-            )
-        return Read(
-            state["user_id"],
-            state["prev_hash"],
-            record_hash(record),
-            timestamp,
-            _upcasts_exist(stored.topic, state.get("class_version", 1)),
-        )
-    except LedgerError:
-        raise  # a master key that does not open the keys: a setting, not damage
-    except Exception:  # noqa: BLE001  (anything odd goes to the exact path)
-        return None
-
-
-_CLASS_VERSIONS: dict[type, int] = {}
-"""The class version of each class that reads a topic (a missing attribute of a
-pydantic model class is slow to look up)."""
-
-
-def _upcasts_exist(topic: str, written: object) -> bool:
-    """Whether the class that reads ``topic`` can upcast an event written by
-    class version ``written`` (the quick path hashes it as written)."""
-    cls = TOPICS[topic]
-    current = _CLASS_VERSIONS.get(cls)
-    if current is None:
-        current = _CLASS_VERSIONS[cls] = getattr(cls, "class_version", 1)
-    if written == current:
-        return True
-    if not isinstance(written, int) or written > current:
-        return False
-    return all(hasattr(cls, f"upcast_v{v}_v{v + 1}") for v in range(written, current))
-
-
-def exact_read(stored: StoredEvent, mapper: Mapper[UUID]) -> Read | str:
-    """The event decoded as the ledger decodes it; a description if it cannot be."""
-    try:
-        event = mapper.to_domain_event(stored)
-    except LedgerError:
-        raise
-    except Exception as error:  # noqa: BLE001  (any decoding failure is a finding)
-        return f"it cannot be decoded: {' '.join(str(error).split())[:300]}"
-    if not isinstance(event, ContextEvent):
-        return f"its topic {stored.topic!r} is not an event of a context"
-    if user_aggregate_id(event.user_id) != as_stream_id(stored.originator_id):
-        return f"it names user {event.user_id!r}, who owns another stream"
-    if not _commitment_holds(event):
-        return "its metadata is not what its metadata_commitment was made of"
-    return Read(
-        event.user_id,
-        event.prev_hash,
-        record_hash(event.chain_record()),
-        event.timestamp,
-    )
-
-
-def _commitment_holds(event: ContextEvent) -> bool:
-    """Whether the event's shown metadata is what its commitment was made of (the
-    chain covers the commitment, so this ties the metadata to the chain)."""
-    if not isinstance(event, CarriesMetadata) or event.metadata_commitment is None:
-        return True
-    if event.metadata is None:
-        return event.metadata_salt is None  # erased: nothing to open
-    try:
-        return isinstance(event.metadata_salt, str) and (
-            metadata_commitment(event.metadata_salt, event.metadata)
-            == event.metadata_commitment
-        )
-    except (ValueError, TypeError):
-        return False
 
 
 @dataclass(slots=True)
@@ -274,6 +117,7 @@ class ChainVerifier:
     def __init__(self, app: LedgerApplication, page_size: int = PAGE_SIZE) -> None:
         self.recorder = app.log_reader
         self.mapper = app.mapper
+        self.records = app.records
         self.snapshots = app.snapshots
         self.backend = app.backend
         self.keys = app.keys
@@ -375,10 +219,9 @@ class ChainVerifier:
         if version != stream.version + 1:
             stream.suspect = f"version {version} follows version {stream.version}"
             return
-        quick = quick_read(stored, self.mapper, self._openers)
-        if quick is not None and not quick.readable:
-            stream.user_id = stream.user_id or quick.user_id
-            quick = None
+        quick = quick_read(stored, self.records)
+        if quick is None:
+            stream.user_id = stream.user_id or named_user(stored)
         if (
             quick is None
             or quick.prev_hash != stream.last_hash
@@ -407,11 +250,11 @@ class ChainVerifier:
                 self._await_snapshots(stream)
 
     def _exact_link(self, stream: _Stream, stored: Stored) -> Read | str:
-        current = exact_read(_as_stored(stored), self.mapper)
+        current = exact_read(stored, self.records)
         if isinstance(current, str):
             return current
         last = self._stored(stream)
-        previous = GENESIS_HASH if last is None else exact_read(last, self.mapper)
+        previous = GENESIS_HASH if last is None else exact_read(last, self.records)
         expected = previous.hash if isinstance(previous, Read) else previous
         if current.prev_hash != expected:
             return (
@@ -432,7 +275,7 @@ class ChainVerifier:
                 head_hash=GENESIS_HASH,
                 fault=self._snapshot_fault(stream.originator_id, 0, GENESIS_HASH),
             )
-        head = exact_read(last, self.mapper)
+        head = exact_read(last, self.records)
         fault: ChainBreak | None
         if isinstance(head, str):
             fault = ChainBreak(version=stream.version, fault="altered", detail=head)
@@ -472,7 +315,7 @@ class ChainVerifier:
         links: list[Link] = []
         user_id = stream.user_id
         for event in stored:
-            read = exact_read(event, self.mapper)
+            read = exact_read(event, self.records)
             if isinstance(read, str):
                 links.append(Link(event.originator_version, None, None, read))
             else:
@@ -591,9 +434,9 @@ class ChainVerifier:
 
     def _witness(self, stream: _Stream, version: int) -> Witness | None:
         stored = self._stored_at(stream.originator_id, version)
-        read = None if stored is None else quick_read(stored, self.mapper)
+        read = None if stored is None else quick_read(stored, self.records)
         if read is None and stored is not None:
-            exact = exact_read(stored, self.mapper)
+            exact = exact_read(stored, self.records)
             read = exact if isinstance(exact, Read) else None
         return (
             None

@@ -170,6 +170,56 @@ EVENT_CLASS_BY_KIND: dict[EventKind, type[ContextEvent]] = {
 }
 
 
+ENVELOPE = ("user_id", "context_id", "thread_id", "run_id", "timestamp")
+"""Fields of every event that its JSON form shows beside ``kind``, ``version`` and
+``prev_hash`` rather than in its details, in the order ``ledger_form`` takes them."""
+
+
+def ledger_form(
+    kind: EventKind,
+    envelope: tuple[Any, ...],
+    version: int,
+    prev_hash: str,
+    details: dict[str, Any],
+) -> dict[str, Any]:
+    """An event's JSON form (``LedgerEvent``'s fields): the one layout, given the
+    values of ``ENVELOPE`` in order (its time as the caller wants it shown)."""
+    user_id, context_id, thread_id, run_id, occurred_at = envelope
+    return {
+        "user_id": user_id,
+        "kind": kind,
+        "context_id": context_id,
+        "thread_id": thread_id,
+        "run_id": run_id,
+        "occurred_at": occurred_at,
+        "version": version,
+        "prev_hash": prev_hash,
+        "details": details,
+    }
+
+
+def shape_details(
+    kind: EventKind,
+    details: dict[str, Any],
+    commitment: str | None,
+    salt: str | None,
+    generation: int,
+) -> dict[str, Any]:
+    """Adds to an event's details (in JSON form) the storage fields its JSON form
+    shows: the key generation where it means something (on events with sealed
+    metadata, format 2, and on ``forgotten``), the commitment, and the salt or,
+    once the key is destroyed, the erasure mark. Returns ``details``."""
+    if commitment is not None or kind == "forgotten":
+        details["key_generation"] = generation
+    if commitment is not None:
+        details["metadata_commitment"] = commitment
+        if details.get("metadata") is None:
+            details["erased"] = True
+        else:
+            details["metadata_salt"] = salt
+    return details
+
+
 def shape_record(
     kind: EventKind,
     data: dict[str, Any],
@@ -177,29 +227,12 @@ def shape_record(
     salt: str | None,
     generation: int,
 ) -> dict[str, Any]:
-    """An event's JSON form (``LedgerEvent``) from its fields in JSON form.
-
-    The key generation is shown (and so covered by the chain) where it means
-    something: on events with sealed metadata (format 2) and on ``forgotten``."""
-    if commitment is not None or kind == "forgotten":
-        data["key_generation"] = generation
-    if commitment is not None:
-        data["metadata_commitment"] = commitment
-        if data.get("metadata") is None:
-            data["erased"] = True
-        else:
-            data["metadata_salt"] = salt
-    return {
-        "user_id": data.pop("user_id"),
-        "kind": kind,
-        "context_id": data.pop("context_id"),
-        "thread_id": data.pop("thread_id"),
-        "run_id": data.pop("run_id"),
-        "occurred_at": data.pop("timestamp"),
-        "version": data.pop("originator_version"),
-        "prev_hash": data.pop("prev_hash"),
-        "details": data,  # what is left: the fields of this kind of event
-    }
+    """An event's JSON form from its fields in JSON form (``data`` is consumed:
+    what is left of it once the envelope is taken are the details)."""
+    envelope = tuple(data.pop(name) for name in ENVELOPE)
+    version, prev_hash = data.pop("originator_version"), data.pop("prev_hash")
+    details = shape_details(kind, data, commitment, salt, generation)
+    return ledger_form(kind, envelope, version, prev_hash, details)
 
 
 def written_record(kind: EventKind, state: dict[str, Any]) -> dict[str, Any]:

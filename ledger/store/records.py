@@ -15,71 +15,57 @@ can only save time; ``tests/test_fast_read.py`` checks on random events that bot
 give the same record.
 """
 
-import functools
-import math
 from dataclasses import dataclass
-from datetime import UTC, datetime
-from typing import Any, cast
+from datetime import datetime
+from typing import Any, NamedTuple, Protocol, cast
 from uuid import UUID
 
-import msgpack
-from eventsourcing.persistence import StoredEvent
+from eventsourcing.persistence import MapperDeserialisationError, StoredEvent
 
+from ledger.domain.contexts import user_aggregate_id
 from ledger.domain.events import (
     EVENT_CLASSES,
     ContextEvent,
+    ledger_form,
+    shape_details,
 )
+from ledger.domain.hashing import chain_form, metadata_commitment, record_hash
 from ledger.domain.models import EventKind, LedgerEvent
 from ledger.errors import LedgerError
-from ledger.store.keys import KeyStore, place_of, unseal
-from ledger.store.serialization import (
-    _EVENT,
-    FORMAT_FIELD,
-    SEALED,
+from ledger.store.backends import as_stream_id
+from ledger.store.codec import (
+    DECODE_ERRORS,
+    SHAPES,
     TOPICS,
     MsgpackTranscoder,
-    PydanticMapper,
-    _ext_hook,
+    Shape,
+    fields_hold,
+    generation_holds,
+    json_fields,
+    json_time,
+    plain_json,
+    sealed_value,
+    stored_ids,
+    unpack_state,
 )
+from ledger.store.keys import KeyStore, place_of, unseal
+from ledger.store.serialization import _EVENT, PydanticMapper
 
-_BUILT_IN = {cls.TOPIC: cls for cls in EVENT_CLASSES}
+__all__ = [
+    "KIND_BY_TOPIC",
+    "EventRecord",
+    "Read",
+    "RecordReader",
+    "Stored",
+    "as_uuid",
+    "exact_read",
+    "named_user",
+    "quick_read",
+    "unpack_state",  # the codec's, imported from here by the log source
+]
+
 KIND_BY_TOPIC: dict[str, EventKind] = {cls.TOPIC: cls.KIND for cls in EVENT_CLASSES}
-_ENVELOPE = ("user_id", "context_id", "thread_id", "prev_hash")
-_IDS = ("command_id", "request_id")
-_OWN_FIELDS: dict[EventKind, tuple[str, ...]] = {
-    "created": ("ttl_seconds",),
-    "reused": ("ttl_seconds", "reuse_count"),
-    "updated": (),
-    "expired": ("reason", "expires_at"),
-    "cleared": ("reason",),
-    "forgotten": ("reason",),
-}
-_CARRIES_METADATA = frozenset({"created", "reused", "updated"})
-_COMMON = frozenset(
-    {"timestamp", "user_id", "context_id", "thread_id", "run_id", "prev_hash"}
-)
-_SHAPES: dict[EventKind, tuple[frozenset[str], frozenset[str]]] = {
-    kind: (
-        _COMMON | set(own) | ({SEALED, "metadata_commitment"}),  # format 2
-        _COMMON | set(own) | {"metadata"},  # format 1 (before sealing)
-    )
-    if kind in _CARRIES_METADATA
-    else (_COMMON | set(own), _COMMON | set(own))
-    for kind, own in _OWN_FIELDS.items()
-}
-_OPTIONAL = frozenset({"command_id", "request_id", "key_generation", FORMAT_FIELD})
-MAX_GENERATION = 2**62
 PLACES_KEPT = 50_000
-
-
-unpack_state = functools.partial(msgpack.unpackb, ext_hook=_ext_hook, raw=False)
-"""``MsgpackTranscoder.decode`` without its call (the read side's hot path)."""
-
-
-def json_time(at: datetime) -> str:
-    """A UTC time as pydantic writes it in JSON mode (``...Z``)."""
-    text = (at if at.tzinfo is UTC else at.astimezone(UTC)).isoformat()
-    return text[:-6] + "Z" if text.endswith("+00:00") else text
 
 
 @dataclass(slots=True, kw_only=True)
@@ -111,6 +97,9 @@ class EventRecord:
     maps), and so is metadata stored in plain form (format 1), which it checks.
     Sealed metadata is not walked: the ledger sealed it from validated input and
     the seal authenticates it."""
+    written: dict[str, Any] | None = None
+    """Its JSON form as written, when an older class version wrote it (the chain
+    covers that); None when it is ``ledger_record()``."""
 
     @property
     def metadata(self) -> dict[str, Any] | None:
@@ -136,33 +125,23 @@ class EventRecord:
 
     def ledger_record(self) -> dict[str, Any]:
         """Its JSON form, as ``ContextEvent.ledger_record`` gives it."""
-        return {
-            "user_id": self.user_id,
-            "kind": self.KIND,
-            "context_id": self.context_id,
-            "thread_id": self.thread_id,
-            "run_id": self.run_id,
-            "occurred_at": json_time(self.timestamp),
-            "version": self.version,
-            "prev_hash": self.prev_hash,
-            "details": dict(self.details),
-        }
+        return self._form(json_time(self.timestamp), dict(self.details))
+
+    def chain_record(self) -> dict[str, Any]:
+        """What the hash chain covers of it (``ContextEvent.chain_record``)."""
+        return chain_form(
+            self.ledger_record() if self.written is None else self.written
+        )
 
     def to_ledger_event(self) -> LedgerEvent:
         """The auditor's view of it (validated: pydantic's validator, in Rust,
         takes less time than ``model_construct``)."""
-        return LedgerEvent.model_validate(
-            {
-                "user_id": self.user_id,
-                "kind": self.KIND,
-                "context_id": self.context_id,
-                "thread_id": self.thread_id,
-                "run_id": self.run_id,
-                "occurred_at": self.timestamp,
-                "version": self.version,
-                "details": self.details,
-                "prev_hash": self.prev_hash,
-            }
+        return LedgerEvent.model_validate(self._form(self.timestamp, self.details))
+
+    def _form(self, occurred_at: object, details: dict[str, Any]) -> dict[str, Any]:
+        envelope = (self.user_id, self.context_id, self.thread_id, self.run_id)
+        return ledger_form(
+            self.KIND, (*envelope, occurred_at), self.version, self.prev_hash, details
         )
 
     @classmethod
@@ -180,14 +159,17 @@ class EventRecord:
             prev_hash=event.prev_hash,
             details=record["details"],
             key_generation=event.key_generation,
+            written=event._written,  # set by the mapper when it upcast the event
         )
 
 
 class RecordReader:
     """Reads stored events into records: the fast decoder, else the mapper.
 
-    Keys are looked up through ``keys.for_reading``: callers open a
-    ``keys.reading()`` scope around a page, so each user's key is read once."""
+    The one decoder of stored events for every reader that does not load an
+    aggregate (history, views, the feed, verification). Keys are looked up
+    through ``keys.for_reading``: callers open a ``keys.reading()`` scope around
+    a page, so each user's key is read once."""
 
     def __init__(self, mapper: PydanticMapper, keys: KeyStore) -> None:
         self.mapper = mapper
@@ -203,9 +185,9 @@ class RecordReader:
         are computed anew on every access)."""
 
     def read(self, stored: StoredEvent) -> EventRecord:
-        """The record of ``stored``; the mapper's errors for what it cannot read
-        (MapperDeserialisationError for damage), and TypeError for a topic that
-        is not an event of a context."""
+        """The record of ``stored``: MapperDeserialisationError for a stored event
+        it cannot read, whatever is wrong with it; a LedgerError for a setting
+        (a master key that does not open the keys)."""
         return self.read_row(
             stored.originator_id, stored.originator_version, stored.topic, stored.state
         )
@@ -217,9 +199,9 @@ class RecordReader:
         try:
             record = self._fast(stream, version, topic, state) if self._plain else None
         except LedgerError:
-            raise  # a master key that does not open the keys: a setting to fix
-        except Exception:  # noqa: BLE001  (the mapper says what is wrong)
-            record = None
+            raise  # LedgerConfigError is a ValueError: a setting, not damage
+        except DECODE_ERRORS:
+            record = None  # the mapper says what is wrong
         if record is not None:
             return record
         event = self.mapper.to_domain_event(
@@ -231,56 +213,50 @@ class RecordReader:
             )
         )
         if not isinstance(event, ContextEvent):
-            msg = f"topic {topic!r} is not an event of a context"
-            raise TypeError(msg)
+            msg = (
+                f"stored event {topic!r} of stream {stream} version {version} "
+                "is not an event of a context"
+            )
+            raise MapperDeserialisationError(msg)
         return EventRecord.of_event(event)
 
     def _fast(
         self, stream: UUID | str, version: int, topic: str, stored: bytes
     ) -> EventRecord | None:
-        cls = _BUILT_IN.get(topic)
-        if cls is None or TOPICS.get(topic) is not cls:
+        """The record of a state of exactly a shape of this release (``codec``);
+        None for any other (the mapper decides)."""
+        shape = SHAPES.get(topic)
+        if shape is None or TOPICS[topic] is not _BUILT_IN[topic]:
             return None  # another class reads it (a newer version): the mapper
-        try:
-            state = self._decode(stored)
-        except Exception:  # noqa: BLE001  (the mapper says what is wrong)
-            return None
+        state = self._decode(stored)
         if type(state) is not dict:
             return None
-        kind = KIND_BY_TOPIC[topic]
-        fits, sealed = _shape(kind, state)
-        details = _ids(state) if fits and _envelope_holds(state) else None
+        fits, sealed = sealed_value(shape, state)
+        details: dict[str, Any] = {}
+        if not (
+            fits
+            and fields_hold(shape.common, state)
+            and generation_holds(state)
+            and stored_ids(state, details)
+        ):
+            return None
         generation: int = state.get("key_generation", 0)
         salt = None
-        if details is not None and kind in _CARRIES_METADATA:
+        if shape.carries_metadata:
             shown = self._metadata(stream, generation, state, sealed)
             if shown is None:
                 return None
             details["metadata"], salt = shown
-        if details is None or not _own_fields(kind, state, details):
+        if not json_fields(shape.own, state, details):
             return None
-        commitment = state.get("metadata_commitment") if sealed is not None else None
-        if commitment is not None or kind == "forgotten":
-            details["key_generation"] = generation
-        if commitment is not None:
-            details["metadata_commitment"] = commitment
-            if details["metadata"] is None:
-                details["erased"] = True
-            else:
-                details["metadata_salt"] = salt
-        return EventRecord(
-            KIND=kind,
-            user_id=state["user_id"],
-            context_id=state["context_id"],
-            thread_id=state["thread_id"],
-            run_id=state["run_id"],
-            timestamp=state["timestamp"],
+        return _record(
+            shape,
+            state,
             version=version,
-            prev_hash=state["prev_hash"],
             details=details,
             sealed=sealed,
-            key_generation=generation,
-            plain_json=True,
+            salt=salt,
+            generation=generation,
         )
 
     def _metadata(
@@ -295,7 +271,7 @@ class RecordReader:
         not what this release writes (the mapper decides)."""
         if sealed is None:
             metadata = state["metadata"]
-            if type(metadata) is not dict or not _plain_json(metadata):
+            if type(metadata) is not dict or not plain_json(metadata):
                 return None
             return metadata, None
         if type(state["metadata_commitment"]) is not str:
@@ -319,11 +295,7 @@ class RecordReader:
         cipher = self.keys.for_reading(stream_id, generation)
         if cipher is None:
             return None, None
-        try:
-            plain = unseal(cipher, place, sealed)
-            metadata, salt = self._decode(plain)
-        except Exception:  # noqa: BLE001
-            return None
+        metadata, salt = self._decode(unseal(cipher, place, sealed))
         if (
             type(metadata) is not dict
             or type(salt) is not bytes
@@ -333,88 +305,128 @@ class RecordReader:
         return metadata, salt.hex()
 
 
+_BUILT_IN = {cls.TOPIC: cls for cls in EVENT_CLASSES}
+
+
+def _record(
+    shape: Shape,
+    state: dict[str, Any],
+    *,
+    version: int,
+    details: dict[str, Any],
+    sealed: bytes | None,
+    salt: str | None,
+    generation: int,
+) -> EventRecord:
+    """The record of a state the fast decoder took (``details`` holds its call
+    ids, metadata and own fields)."""
+    commitment = state.get("metadata_commitment") if sealed is not None else None
+    return EventRecord(
+        KIND=shape.kind,
+        user_id=state["user_id"],
+        context_id=state["context_id"],
+        thread_id=state["thread_id"],
+        run_id=state["run_id"],
+        timestamp=state["timestamp"],
+        version=version,
+        prev_hash=state["prev_hash"],
+        details=shape_details(shape.kind, details, commitment, salt, generation),
+        sealed=sealed,
+        key_generation=generation,
+        plain_json=True,
+    )
+
+
 def as_uuid(stream: UUID | str) -> UUID:
     """A stream id as a UUID (recorders give UUIDs or their text)."""
     return stream if isinstance(stream, UUID) else UUID(stream)
 
 
-def _shape(kind: EventKind, state: dict[str, Any]) -> tuple[bool, bytes | None]:
-    """Whether the state has a shape of its kind, and its sealed value (format 2;
-    None for format 1 or an event with no metadata)."""
-    sealed_shape, plain_shape = _SHAPES[kind]
-    keys = state.keys() - _OPTIONAL
-    written = state.get(FORMAT_FIELD, 1)
-    if type(written) is not int or written not in (1, 2):
-        return False, None  # a newer format: the mapper says so
-    if keys == sealed_shape and kind in _CARRIES_METADATA:
-        sealed = state[SEALED]
-        return type(sealed) is bytes, sealed
-    return keys == plain_shape, None
+# Verification reads each event with the readers' decoder: whatever a read
+# refuses is a finding, and whatever verification passes, reads accept.
 
 
-def _envelope_holds(state: dict[str, Any]) -> bool:
-    """Whether the fields every event has are of their models' types."""
-    for name in _ENVELOPE:
-        if type(state[name]) is not str:
-            return False
-    run_id = state["run_id"]
-    generation = state.get("key_generation", 0)
-    return (
-        (run_id is None or type(run_id) is str)
-        and type(state["timestamp"]) is datetime
-        and type(generation) is int
-        and 0 <= generation < MAX_GENERATION
-    )
+class Stored(Protocol):
+    """What the chain reads of a stored event (a ``StoredEvent`` or a log row)."""
+
+    @property
+    def originator_id(self) -> UUID | str: ...
+    @property
+    def originator_version(self) -> int: ...
+    @property
+    def topic(self) -> str: ...
+    @property
+    def state(self) -> bytes: ...
 
 
-def _ids(state: dict[str, Any]) -> dict[str, Any] | None:
-    """The details' call ids (stored only when set); None if one is not a string."""
-    details: dict[str, Any] = {}
-    for name in _IDS:
-        if name in state:
-            if type(state[name]) is not str:
-                return None
-            details[name] = state[name]
-    return details
+class Read(NamedTuple):
+    """What the chain needs of one stored event (a tuple: one is made per event)."""
+
+    user_id: str
+    prev_hash: str
+    hash: str
+    timestamp: datetime
 
 
-def _own_fields(
-    kind: EventKind, state: dict[str, Any], details: dict[str, Any]
-) -> bool:
-    """Adds the fields of the event's kind to ``details`` in JSON form; False if
-    one is not of its model's type."""
-    for name in _OWN_FIELDS[kind]:
-        value = state[name]
-        if name == "ttl_seconds":
-            if value is not None and (
-                type(value) is not float or not math.isfinite(value)
-            ):
-                return False
-        elif name == "expires_at":
-            if type(value) is not datetime:
-                return False
-            value = json_time(value)
-        elif type(value) is not (int if name == "reuse_count" else str):
-            return False
-        details[name] = value
-    return True
+def quick_read(stored: Stored, records: RecordReader) -> Read | None:
+    """The event read as the readers read it and hashed; None if it cannot be
+    read or its metadata is not what its commitment was made of (``exact_read``
+    says why). It does not check that the event's user owns its stream."""
+    read = _chain_read(stored, records)
+    return read if isinstance(read, Read) else None
 
 
-def _plain_json(value: object, depth: int = 0) -> bool:
-    """Whether a value read from msgpack is JSON as pydantic's JSON mode writes it
-    unchanged (no bytes, times or extension values; finite floats; string keys)."""
-    kind = type(value)
-    if kind is str or kind is int or kind is bool or value is None:
-        return True
-    if kind is float:
-        return math.isfinite(cast(float, value))
-    if depth > 100:  # noqa: PLR2004
-        return False
-    if kind is dict:
-        return all(
-            type(key) is str and _plain_json(item, depth + 1)
-            for key, item in cast(dict[Any, Any], value).items()
+def exact_read(stored: Stored, records: RecordReader) -> Read | str:
+    """The event read as the readers read it and hashed, its user checked to own
+    its stream; a description of the finding if not."""
+    read = _chain_read(stored, records)
+    if isinstance(read, str):
+        return read
+    if user_aggregate_id(read.user_id) != as_stream_id(stored.originator_id):
+        return f"it names user {read.user_id!r}, who owns another stream"
+    return read
+
+
+def named_user(stored: Stored) -> str | None:
+    """The user a stored event that cannot be read names, if it names one whose
+    stream it is in: verification reports the event under that name."""
+    try:
+        user_id = unpack_state(stored.state)["user_id"]
+        owner = type(user_id) is str and user_aggregate_id(user_id)
+    except DECODE_ERRORS:
+        return None
+    return user_id if owner == as_stream_id(stored.originator_id) else None
+
+
+def _chain_read(stored: Stored, records: RecordReader) -> Read | str:
+    try:
+        record = records.read_row(
+            stored.originator_id, stored.originator_version, stored.topic, stored.state
         )
-    if kind is list:
-        return all(_plain_json(item, depth + 1) for item in cast(list[Any], value))
-    return False
+    except MapperDeserialisationError as error:
+        return f"it cannot be decoded: {' '.join(str(error).split())[:300]}"
+    if not _commitment_holds(record):
+        return "its metadata is not what its metadata_commitment was made of"
+    try:
+        hashed = record_hash(record.chain_record())
+    except DECODE_ERRORS as error:  # a value JSON has no form for (NaN)
+        return f"it cannot be hashed: {' '.join(str(error).split())[:300]}"
+    return Read(record.user_id, record.prev_hash, hashed, record.timestamp)
+
+
+def _commitment_holds(record: EventRecord) -> bool:
+    """Whether the event's shown metadata is what its commitment was made of (the
+    chain covers the commitment, so this ties the metadata to the chain)."""
+    details = record.details
+    commitment = details.get("metadata_commitment")
+    if commitment is None:
+        return True
+    metadata, salt = details.get("metadata"), details.get("metadata_salt")
+    if metadata is None:
+        return salt is None  # erased: nothing to open
+    try:
+        return isinstance(salt, str) and (
+            metadata_commitment(salt, metadata) == commitment
+        )
+    except DECODE_ERRORS:
+        return False

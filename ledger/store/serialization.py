@@ -5,106 +5,56 @@
 """
 
 import hashlib
-import struct
-from datetime import UTC, datetime, timedelta
 from typing import Any, cast
 from uuid import UUID
 
-import msgpack
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from eventsourcing.domain import DomainEventProtocol
 from eventsourcing.persistence import (
     Mapper,
     MapperDeserialisationError,
     StoredEvent,
-    Transcoder,
 )
-from pydantic import BaseModel, ValidationError
+from pydantic import BaseModel
 
 from ledger.domain.contexts import UserSnapshot
-from ledger.domain.events import (
-    EVENT_CLASS_BY_KIND,
-    EVENT_CLASSES,
-    CarriesMetadata,
-    ContextEvent,
-    written_record,
-)
-from ledger.domain.hashing import metadata_commitment, salted_commitment
+from ledger.domain.events import CarriesMetadata, ContextEvent
+from ledger.domain.hashing import metadata_commitment
 from ledger.errors import LedgerError
+from ledger.store.codec import (
+    DECODE_ERRORS,
+    FORMAT,
+    FORMAT_FIELD,
+    SEALED,
+    SNAPSHOT_FORMAT,
+    TOPICS,
+    MsgpackTranscoder,
+    check_format,
+    check_generation,
+    register,
+    upgrade,
+)
 from ledger.store.keys import KeyStore, place_of, seal, unseal
 
-_DATETIME = 1
-_UUID = 2
-_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
-_MICROS = struct.Struct(">q")
+__all__ = [
+    "FORMAT",
+    "FORMAT_FIELD",
+    "SEALED",
+    "SNAPSHOT_FORMAT",
+    "TOPICS",
+    "MsgpackTranscoder",
+    "Opener",
+    "PydanticMapper",
+    "register",
+]
+"""The codec's names that callers have imported from here stay importable."""
 
-TOPICS: dict[str, type[BaseModel]] = {cls.TOPIC: cls for cls in EVENT_CLASSES}
-"""The class that reads each topic (``register`` puts a newer version in)."""
-TOPICS[UserSnapshot.TOPIC] = UserSnapshot
-SEALED = "sealed"
-FORMAT_FIELD = "format"
-FORMAT = 2
-"""The stored format of events this release writes: 1, events before sealing (no
-``format`` field); 2, personal data sealed and committed to (``sealed``,
-``key_generation``, ``metadata_commitment``)."""
-SNAPSHOT_FORMAT = 3
-"""The stored format of snapshots this release writes: 2, the contexts' metadata
-sealed (when there are contexts); 3, always sealed, the associated data binding
-the digest of the rest of the snapshot's state (``snapshot_digest``), so the
-sealed value opens only on the state as it was taken."""
 _EVENT = b"ctxledger event"
 _SNAPSHOT = b"ctxledger snapshot"
 _SNAPSHOT_DIGEST = b"ctxledger snapshot digest\n"
 Opener = tuple[AESGCM | None, bytes]
 """The key (None once destroyed) and associated data that open a stream's
 sealed event values of one key generation."""
-
-
-def register(cls: type[ContextEvent]) -> type[ContextEvent]:
-    """Makes ``cls`` the class that reads its topic: a new version of
-    an event class, with ``class_version`` and ``upcast_vK_vK+1`` methods, takes
-    over the stored events of the older one. Returns the class it replaced."""
-    replaced = TOPICS[cls.TOPIC]
-    if not issubclass(cls, ContextEvent) or not issubclass(
-        cast(type, replaced), ContextEvent
-    ):
-        msg = f"{cls!r} is not a ContextEvent class of a known topic"
-        raise TypeError(msg)
-    TOPICS[cls.TOPIC] = cls
-    EVENT_CLASS_BY_KIND[cls.KIND] = cls  # what auditors' records are read back as
-    return cast(type[ContextEvent], replaced)
-
-
-def _default(obj: object) -> msgpack.ExtType:
-    # isinstance, not an exact type check, so freezegun's FakeDatetime encodes too.
-    if isinstance(obj, datetime):
-        if obj.tzinfo is None:
-            msg = f"naive datetime {obj!r} cannot be stored; give it a timezone"
-            raise TypeError(msg)
-        micros = (obj - _EPOCH) // timedelta(microseconds=1)
-        return msgpack.ExtType(_DATETIME, _MICROS.pack(micros))
-    if isinstance(obj, UUID):
-        return msgpack.ExtType(_UUID, obj.bytes)
-    msg = f"cannot encode {type(obj).__name__} with msgpack: {obj!r}"
-    raise TypeError(msg)
-
-
-def _ext_hook(code: int, data: bytes) -> object:
-    if code == _DATETIME:
-        return _EPOCH + timedelta(microseconds=_MICROS.unpack(data)[0])
-    if code == _UUID:
-        return UUID(bytes=data)
-    return msgpack.ExtType(code, data)
-
-
-class MsgpackTranscoder(Transcoder):
-    """msgpack with extension types for timezone-aware datetimes (as UTC) and UUIDs."""
-
-    def encode(self, obj: Any) -> bytes:
-        return cast(bytes, msgpack.packb(obj, default=_default, use_bin_type=True))
-
-    def decode(self, data: bytes) -> Any:
-        return msgpack.unpackb(data, ext_hook=_ext_hook, raw=False)
 
 
 class PydanticMapper(Mapper[UUID]):
@@ -166,9 +116,9 @@ class PydanticMapper(Mapper[UUID]):
             digest = self.snapshot_digest(state) if cls is UserSnapshot else b""
             state["originator_id"] = stream
             state["originator_version"] = stored_event.originator_version
-            written_format = state.pop(FORMAT_FIELD, 1)
-            _check_format(
-                written_format, SNAPSHOT_FORMAT if cls is UserSnapshot else FORMAT
+            written_format = check_format(
+                state.pop(FORMAT_FIELD, 1),
+                SNAPSHOT_FORMAT if cls is UserSnapshot else FORMAT,
             )
             if cls is UserSnapshot:
                 self._open_stored_snapshot(stream, state, written_format, digest)
@@ -177,28 +127,13 @@ class PydanticMapper(Mapper[UUID]):
                 state["metadata"], state["metadata_salt"] = {}, None
             elif SEALED in state or state.get("metadata_commitment") is not None:
                 self._open_event(stream, state)
-            written: dict[str, Any] | None = None
-            from_version = state.pop("class_version", 1)
-            class_version: int = getattr(cls, "class_version", 1)
-            if from_version < class_version and issubclass(cls, ContextEvent):
-                written = written_record(cls.KIND, dict(state))
-            while from_version < class_version:
-                getattr(cls, f"upcast_v{from_version}_v{from_version + 1}")(state)
-                from_version += 1
+            written = upgrade(cls, state)
             event = cls.model_validate(state)
             if written is not None:
                 cast(ContextEvent, event)._written = written
         except LedgerError:
-            raise  # a key that cannot be opened: a setting to fix, not damaged data
-        except (
-            KeyError,
-            TypeError,
-            ValueError,
-            ValidationError,
-            OverflowError,  # a time out of range
-            struct.error,  # an extension value of the wrong length
-            AttributeError,  # an upcast method missing
-        ) as error:
+            raise  # LedgerConfigError is a ValueError: a setting, not damage
+        except DECODE_ERRORS as error:
             msg = (
                 f"stored event {stored_event.topic!r} of stream "
                 f"{stored_event.originator_id} version "
@@ -206,50 +141,6 @@ class PydanticMapper(Mapper[UUID]):
             )
             raise MapperDeserialisationError(msg) from error
         return cast(DomainEventProtocol[UUID], event)
-
-    def check_sealed(
-        self,
-        stored: StoredEvent,
-        state: dict[str, Any],
-        openers: dict[tuple[UUID, int], Opener] | None = None,
-    ) -> None:
-        """That a stored event's sealed metadata opens and is what its commitment
-        was made of (unless its key was destroyed); ValueError if not. For
-        verification, which hashes the rest without decoding the event: as
-        ``_open_event(strict=True)``, without changing ``state``. ``openers``:
-        the key and associated data of each stream and generation met so far
-        (the caller's, for one pass)."""
-        if (
-            state.get("metadata") is not None
-            or state.get("metadata_salt") is not None
-            or SEALED not in state
-        ):
-            msg = "the event holds plain metadata where its sealed metadata belongs"
-            raise ValueError(msg)
-        stream = _as_uuid(stored.originator_id)
-        generation = _generation(state)
-        opener = None if openers is None else openers.get((stream, generation))
-        if opener is None:
-            opener = (
-                self._keys().for_reading(stream, generation),
-                place_of(_EVENT, stream, 0, generation),
-            )
-            if openers is not None:
-                openers[stream, generation] = opener
-        cipher, place = opener
-        if cipher is None:
-            return  # erased: nothing to open
-        metadata, salt = self.transcoder.decode(unseal(cipher, place, state[SEALED]))
-        if metadata is None:
-            return
-        commitment = (
-            salted_commitment(salt, metadata)
-            if isinstance(salt, bytes)
-            else metadata_commitment(salt, metadata)
-        )
-        if commitment != state["metadata_commitment"]:
-            msg = "its sealed metadata is not what its metadata_commitment was made of"
-            raise ValueError(msg)
 
     def _keys(self) -> KeyStore:
         if self.keys is None:
@@ -293,7 +184,7 @@ class PydanticMapper(Mapper[UUID]):
         salt_hex: Any = None
         if SEALED in state:
             sealed = state.pop(SEALED)
-            generation = _generation(state)
+            generation = check_generation(state.get("key_generation", 0))
             cipher = self._keys().for_reading(stream, generation)
             if cipher is not None:
                 place = place_of(_EVENT, stream, 0, generation)
@@ -353,7 +244,7 @@ class PydanticMapper(Mapper[UUID]):
             msg = f"a snapshot of format {SNAPSHOT_FORMAT} holds no sealed value"
             raise ValueError(msg)
         sealed = state.pop(SEALED)
-        generation = _generation(state)
+        generation = check_generation(state.get("key_generation", 0))
         cipher = self._keys().for_reading(stream, generation)
         contexts = state["contexts"]
         if cipher is None:
@@ -390,7 +281,12 @@ class PydanticMapper(Mapper[UUID]):
         if not isinstance(written, int) or written < SNAPSHOT_FORMAT:
             return False
         stream = _as_uuid(stored.originator_id)
-        return self._keys().for_reading(stream, _generation(state)) is not None
+        return (
+            self._keys().for_reading(
+                stream, check_generation(state.get("key_generation", 0))
+            )
+            is not None
+        )
 
     def authentic_snapshot(self, stored: StoredEvent) -> dict[str, Any] | None:
         """A stored snapshot's state (msgpack-decoded, nothing opened into it)
@@ -403,7 +299,7 @@ class PydanticMapper(Mapper[UUID]):
             msg = "the snapshot's state is not a map"
             raise TypeError(msg)
         written = state.get(FORMAT_FIELD, 1)
-        _check_format(written, SNAPSHOT_FORMAT)
+        written = check_format(written, SNAPSHOT_FORMAT)
         if written < SNAPSHOT_FORMAT:
             return None
         sealed = state.get(SEALED)
@@ -411,7 +307,7 @@ class PydanticMapper(Mapper[UUID]):
             msg = f"a snapshot of format {SNAPSHOT_FORMAT} holds no sealed value"
             raise ValueError(msg)
         stream = _as_uuid(stored.originator_id)
-        generation = _generation(state)
+        generation = check_generation(state.get("key_generation", 0))
         cipher = self._keys().for_reading(stream, generation)
         if cipher is None:
             return None
@@ -423,29 +319,6 @@ class PydanticMapper(Mapper[UUID]):
             msg = "the snapshot's sealed metadata does not match its contexts"
             raise ValueError(msg)
         return state
-
-
-def _generation(state: dict[str, Any]) -> int:
-    generation = state.get("key_generation", 0)
-    if (
-        not isinstance(generation, int)
-        or isinstance(generation, bool)
-        or not 0 <= generation < 2**62
-    ):
-        msg = f"its key generation {generation!r} is not a generation"
-        raise ValueError(msg)
-    return generation
-
-
-def _check_format(written: object, newest: int = FORMAT) -> None:
-    """Refuses a format newer than ``newest``: FORMAT for events,
-    SNAPSHOT_FORMAT for snapshots."""
-    if not isinstance(written, int) or isinstance(written, bool) or written > newest:
-        msg = (
-            f"it was stored in format {written!r} by a newer release (this one "
-            f"reads formats 1 to {newest}): upgrade ctxledger"
-        )
-        raise ValueError(msg)
 
 
 def _as_uuid(value: UUID | str) -> UUID:
