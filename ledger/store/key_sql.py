@@ -83,11 +83,10 @@ class SQLKeyTable(KeyTable):
 
     def page(self, after: tuple[str, int], limit: int) -> list[tuple[str, int, Found]]:
         query = self._sql(
-            f"SELECT {_ROW} FROM {{table}} WHERE (stream_id > ? OR "  # noqa: S608  (constants only)
-            f"(stream_id = ? AND generation > ?)) AND {_NOT_META} "
-            "ORDER BY stream_id, generation LIMIT ?"
+            f"SELECT {_ROW} FROM {{table}} WHERE (stream_id, generation) > (?, ?) "  # noqa: S608  (constants only)
+            f"AND {_NOT_META} ORDER BY stream_id, generation LIMIT ?"
         )
-        params = (after[0], after[0], after[1], limit)
+        params = (after[0], after[1], limit)
         return [
             (row[0], int(row[1]), _found(row[2:]))
             for row in self._rows(query, params, None)
