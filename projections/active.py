@@ -11,12 +11,12 @@ from typing import Any, ClassVar, cast
 from ledger.domain.contexts import ContextFields, evolve_fields, forgets_user
 from ledger.domain.models import Context
 from ledger.errors import LedgerCorrupted, LedgerError
+from ledger.log_source import Positioned
 from projections.sealing import ERASED, is_sealed, open_json, prefetch, seal_json
 from projections.store import Tx
 from projections.view import (
     ModelColumns,
     Names,
-    Positioned,
     Table,
     View,
     compare_rows,
@@ -61,11 +61,14 @@ class ActiveContextsView(View):
             )
         ended = [(cid,) for cid, context in contexts.items() if context is None]
         tx.run_many(f"DELETE FROM {table} WHERE context_id = ?", ended)
-        live = [
-            _row(tx, c, sealing.get(c["context_id"]))
+        kept = [
+            (c, sealing.get(c["context_id"]))
             for c in contexts.values()
             if c is not None
         ]
+        # The keys to seal with, in a statement per 500 users, not one per user.
+        tx.keys.prefetch({(c["user_id"], g) for c, g in kept if g is not None})
+        live = [_row(tx, context, generation) for context, generation in kept]
         updates = ", ".join(f"{c} = excluded.{c}" for c in COLUMNS if c != ROWS.key)
         tx.run_many(
             f"INSERT INTO {table} ({_SELECT}) VALUES ({', '.join('?' * len(COLUMNS))}) "

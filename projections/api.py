@@ -12,11 +12,7 @@ from ledger import metrics
 from ledger.domain import validation
 from ledger.domain.models import Context, EventKind
 from ledger.errors import StorageUnavailable
-from ledger.store.application import LedgerApplication, open_application
-from ledger.store.backends import backend_for
-from ledger.store.failures import StorageClient, storage_failures
-from ledger.store.keys import resolve_master_key
-from ledger.store.urls import resolve_url, storage_for
+from ledger.log_source import LogSource, StorageClient, locate, storage_failures
 from projections.active import ActiveContextsView
 from projections.audit import AuditView
 from projections.continuity import ContinuityView
@@ -51,26 +47,22 @@ class Projections(StorageClient):
 
     def __init__(
         self,
-        application: LedgerApplication,
+        source: LogSource,
         store: ViewStore,
         batch_size: int,
         built: Sequence[str] = VIEW_NAMES,
     ) -> None:
-        self._app = application
+        self._app = source  # StorageClient closes it
+        self._source = source
         self._store = store
-        self.storage = application.storage
+        self.storage = source.storage
         self._active = ActiveContextsView()
         self._audit = AuditView()
         self._continuity = ContinuityView()
         self.views: dict[str, View] = {
             view.name: view for view in (self._active, self._audit, self._continuity)
         }
-        reader = LogReader(
-            application.log_reader,
-            application.mapper,
-            application.keys,
-            application.backend,
-        )
+        reader = LogReader(source)
         self._processor = Processor(store, reader, batch_size)
         self._reader = reader
         self._built = frozenset(built)
@@ -95,31 +87,24 @@ class Projections(StorageClient):
         ``ContextLedger.open``: the views seal personal data with them.
         """
         size = validation.positive_int("batch_size", batch_size, setting=True)
-        resolved = resolve_url(url)
-        storage = storage_for(resolved)
-        if not backend_for(storage).durable:
-            raise ViewsNeedDurableStorage(resolved)
-        application = open_application(
-            storage, create=create, master_key=resolve_master_key(master_key)
-        )
+        where = locate(url)
+        if not where.durable:
+            raise ViewsNeedDurableStorage(where.url)
+        source = LogSource.open(where, create=create, master_key=master_key)
         try:
-            with storage_failures(storage):
-                return cls._beside(application, size, create)
+            with storage_failures(where.storage):
+                return cls._beside(source, size, create)
         except BaseException:
-            application.close()
+            source.close()
             raise
 
     @classmethod
-    def _beside(
-        cls, application: LedgerApplication, batch_size: int, create: bool
-    ) -> Self:
-        backend = application.backend
-        datastore = application.recorder.datastore  # type: ignore[attr-defined]
+    def _beside(cls, source: LogSource, batch_size: int, create: bool) -> Self:
         if not create:
-            store = ViewStore.beside(backend, datastore, application.keys, create=False)
-            reader = cls(application, store, batch_size, built=())
+            store = ViewStore.beside(source, create=False)
+            reader = cls(source, store, batch_size, built=())
             with store.reading() as tx:
-                if tx.dialect.exists(tx.cursor, backend.tracking_table):
+                if tx.dialect.exists(tx.cursor, source.tracking_table):
                     reader._built = frozenset(
                         view.name
                         for view in reader.views.values()
@@ -139,9 +124,9 @@ class Projections(StorageClient):
                     }
                     reader._built -= reader._missing.keys()
             return reader
-        with backend.setup_lock():
-            store = ViewStore.beside(backend, datastore, application.keys)
-        projections = cls(application, store, batch_size)
+        with source.setup_lock():
+            store = ViewStore.beside(source)
+        projections = cls(source, store, batch_size)
         for view in projections.views.values():
             projections._processor.ensure_live(view)
         return projections
@@ -191,7 +176,7 @@ class Projections(StorageClient):
                         figures_due = time.monotonic() + FIGURES_SECONDS
             except StorageUnavailable as failure:
                 report(failure, pause)
-                self._app.check_connections()  # not one broken connection a try
+                self._source.check_connections()  # not one broken connection a try
                 stop.wait(pause)
                 pause = min(pause * 2, LONGEST_RETRY_SECONDS)
                 continue
@@ -240,13 +225,12 @@ class Projections(StorageClient):
                 else 0
                 for name in self.views
             }
-        recorder, backend = self._app.recorder, self._app.backend
         return [
             ViewStatus(
                 view=name,
                 position=position,
                 head=head,
-                lag=backend.count_after(recorder, position) if position < head else 0,
+                lag=self._source.count_after(position) if position < head else 0,
             )
             for name, position in positions.items()
         ]
@@ -347,7 +331,7 @@ class Projections(StorageClient):
     def _behind(self, position: int, head: int) -> list[str]:
         if position >= head:
             return []
-        lag = self._app.backend.count_after(self._app.recorder, position)
+        lag = self._source.count_after(position)
         return [
             f"behind the ledger by {lag} event(s): at position {position}, the head "
             f"is {head}; run `ctxledger project` (if it stops, its error names the "

@@ -9,7 +9,7 @@ import orjson
 
 from ledger.domain.models import EventKind
 from ledger.errors import LedgerError
-from ledger.store.records import EventRecord
+from ledger.log_source import EventRecord, Positioned
 from projections.models import AuditRow
 from projections.sealing import (
     ERASED,
@@ -20,7 +20,7 @@ from projections.sealing import (
     seal_json,
 )
 from projections.store import Tx
-from projections.view import MAX_SHOWN, ModelColumns, Names, Positioned, Table, View
+from projections.view import MAX_SHOWN, ModelColumns, Names, Table, View
 
 ROWS = ModelColumns(AuditRow, key="position")
 COLUMNS = ROWS.names

@@ -19,10 +19,10 @@ from ledger.domain.contexts import (
 )
 from ledger.domain.events import ContextEvent, from_ledger_event
 from ledger.domain.models import LedgerEvent
-from ledger.store.records import EventRecord
+from ledger.log_source import EventRecord, Positioned
 from projections.models import ContinuityFigures
 from projections.store import Tx
-from projections.view import Names, Positioned, Table, View, compare_rows
+from projections.view import Names, Table, View, compare_rows
 
 COUNTERS = (
     "created",

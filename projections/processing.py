@@ -6,6 +6,7 @@ one's position. So a worker killed at any instant, two workers on one view, or a
 rebuild swapped in under a running worker never lose or repeat an event.
 """
 
+import bisect
 import sqlite3
 import threading
 from collections import Counter
@@ -15,13 +16,13 @@ from dataclasses import dataclass
 import psycopg
 from eventsourcing.persistence import DataError, IntegrityError
 
+from ledger.log_source import Positioned
 from projections.errors import ViewCannotApply
-from projections.reader import LogReader
+from projections.reader import LogReader, ReadAhead
 from projections.store import Tx, ViewStore
 from projections.view import (
     Generation,
     Names,
-    Positioned,
     View,
     create_tables,
     index_loaded_tables,
@@ -116,32 +117,65 @@ class Processor:
         going = list(targets)
         stopped: list[ViewCannotApply] = []
         applied: Counter[str] = Counter()
-        while going and (start := min(positions[t.key] for t in going)) < up_to:
-            batch = self.reader.batch(start, self.batch_size, up_to)
-            if not batch:
-                break
-            for target in list(going):
-                todo = [event for event in batch if event[0] > positions[target.key]]
-                if not todo:
-                    continue
-                try:
-                    positions[target.key], count = self._write(
-                        target, todo, positions[target.key]
-                    )
-                except ViewCannotApply as error:
-                    stopped.append(error)
-                    going.remove(target)
-                    continue
-                applied[target.view.name] += count
-            if on_batch is not None:
-                on_batch(batch[-1][0] - start)
-            if stop is not None and stop.is_set():
-                break
+        with ReadAhead(self.reader) as reader:
+            while going and (start := min(positions[t.key] for t in going)) < up_to:
+                batch = reader.batch(start, self.batch_size, up_to)
+                if not batch:
+                    break
+                self._write_batch(batch, going, positions, applied, stopped)
+                if on_batch is not None:
+                    on_batch(batch[-1][0] - start)
+                if stop is not None and stop.is_set():
+                    break
         if stopped:
             for other in stopped[1:]:
                 stopped[0].add_note(str(other))
             raise stopped[0]
         return applied, {t.view.name: positions[t.key] for t in targets}
+
+    def _write_batch(
+        self,
+        batch: Sequence[Positioned],
+        going: list[Target],
+        positions: dict[str, int],
+        applied: Counter[str],
+        stopped: list[ViewCannotApply],
+    ) -> None:
+        """Applies a batch to every target still going, in one transaction for
+        all; if that fails for a value, one transaction per target, so a target
+        that cannot apply an event stops (into ``stopped``) and the others go on."""
+        work = [(t, todo) for t in going if (todo := _after(batch, positions[t.key]))]
+        try:
+            reached = self._together(work, positions)
+        except _Unappliable:
+            reached = {}
+            for target, todo in work:
+                try:
+                    reached[target.key] = self._write(
+                        target, todo, positions[target.key]
+                    )
+                except ViewCannotApply as error:
+                    stopped.append(error)
+                    going.remove(target)
+        for target, _ in work:
+            if target.key in reached:
+                positions[target.key], count = reached[target.key]
+                applied[target.view.name] += count
+
+    def _together(
+        self,
+        work: Sequence[tuple["Target", Sequence[Positioned]]],
+        positions: dict[str, int],
+    ) -> dict[str, tuple[int, int]]:
+        """``_transaction`` of every target in one transaction (one commit),
+        holding every target's lock; each target's new position and count."""
+        if not work:
+            return {}
+        with self.store.writing(*(target.key for target, _ in work)) as tx:
+            return {
+                target.key: self._in(tx, target, todo, positions[target.key])
+                for target, todo in work
+            }
 
     def _write(
         self, target: Target, events: Sequence[Positioned], expected: int
@@ -173,16 +207,23 @@ class Processor:
         self, target: Target, events: Sequence[Positioned], expected: int
     ) -> tuple[int, int]:
         with self.store.writing(target.key) as tx:
-            stored = self.store.position(tx, target.key)
-            if stored < expected:  # the view went back (reset): reread from there
-                return stored, 0
-            todo = [event for event in events if event[0] > stored]
-            if not todo:
-                return stored, 0
-            names = target.view.names(tx.dialect, target.generation)
-            _apply(target.view, tx, names, todo)
-            self.store.track(tx, target.key, todo[-1][0])
-            return todo[-1][0], len(todo)
+            return self._in(tx, target, events, expected)
+
+    def _in(
+        self, tx: Tx, target: Target, events: Sequence[Positioned], expected: int
+    ) -> tuple[int, int]:
+        """Applies the events after the target's stored position and records the
+        last one's, in ``tx`` (which holds the target's lock)."""
+        stored = self.store.position(tx, target.key)
+        if stored < expected:  # the view went back (reset): reread from there
+            return stored, 0
+        todo = _after(events, stored)
+        if not todo:
+            return stored, 0
+        names = target.view.names(tx.dialect, target.generation)
+        _apply(target.view, tx, names, todo)
+        self.store.track(tx, target.key, todo[-1][0])
+        return todo[-1][0], len(todo)
 
     def rebuild(
         self, views: Sequence[View], on_batch: OnBatch | None = None
@@ -231,8 +272,7 @@ class Processor:
     def _swap_at(self, target: Target, head: int) -> int:
         live = Generation(target.view.name, rebuild=False)
         names = target.view.names(self.store.dialect, target.generation)
-        with self.store.writing(live.key) as tx:
-            tx.dialect.lock(tx.cursor, target.key)  # always after the live lock
+        with self.store.writing(live.key, target.key) as tx:  # live lock first
             position = self.store.position(tx, target.key)
             tail = list(self.reader.events(position, head, self.batch_size))
             for start in range(0, len(tail), self.batch_size):
@@ -251,3 +291,10 @@ def _apply(view: View, tx: Tx, names: Names, events: Sequence[Positioned]) -> No
         view.apply(tx, names, events)
     except DATA_ERRORS as error:
         raise _Unappliable(error) from error
+
+
+def _after(events: Sequence[Positioned], position: int) -> Sequence[Positioned]:
+    """The events (in log order) after ``position``."""
+    if not events or events[0][0] > position:
+        return events
+    return events[bisect.bisect_right(events, position, key=lambda e: e[0]) :]

@@ -1,42 +1,21 @@
-"""Reads the ledger's notification log in batches and decodes each event.
-
-Events are read into records (``ledger.store.records``): straight from their
-stored state, without building a pydantic model per event."""
+"""Reads the ledger's log in batches of decoded events (``ledger.log_source``)."""
 
 from collections.abc import Iterator
-from typing import cast
-from uuid import UUID
+from concurrent.futures import Future, ThreadPoolExecutor
 
-from eventsourcing.persistence import ApplicationRecorder, Mapper
-
-from ledger.errors import LedgerError
-from ledger.store.backends import Backend, safe_head
-from ledger.store.keys import KeyStore
-from ledger.store.records import RecordReader, as_uuid
-from ledger.store.serialization import PydanticMapper
+from ledger.log_source import LogSource, Positioned
 from projections.errors import UndecodableEvent
-from projections.view import Positioned
 
 
 class LogReader:
     """The ledger's events in order, each with its position (notification id)."""
 
-    def __init__(
-        self,
-        recorder: ApplicationRecorder,
-        mapper: Mapper[UUID],
-        keys: KeyStore,
-        backend: Backend,
-    ) -> None:
-        self.recorder = recorder
-        self.backend = backend
-        self.keys = keys
-        self.records = RecordReader(cast(PydanticMapper, mapper), keys)
+    def __init__(self, source: LogSource) -> None:
+        self.source = source
 
     def head(self) -> int:
-        """The log's safe head (``safe_head``): no event can still appear at or
-        before it, so reading up to it skips nothing; 0 for an empty ledger."""
-        return safe_head(self.recorder)
+        """The log's safe head (``LogSource.head``); 0 for an empty ledger."""
+        return self.source.head()
 
     def batch(
         self, after: int, limit: int, up_to: int | None = None
@@ -46,21 +25,11 @@ class LogReader:
         It ends before an event that cannot be decoded, so the events before it
         are applied; the next batch starts with it and raises UndecodableEvent.
         """
-        rows = self.backend.log_rows(self.recorder, after, limit, up_to)
-        decoded: list[Positioned] = []
-        streams = {stream: as_uuid(stream) for stream in {row[1] for row in rows}}
-        with self.keys.reading():  # the batch's users' keys, in a few statements
-            self.keys.prefetch_streams(streams.values())
-            for position, stream, version, topic, state in rows:
-                try:
-                    decoded.append(
-                        self.decode(position, streams[stream], version, topic, state)
-                    )
-                except UndecodableEvent:
-                    if not decoded:
-                        raise
-                    break
-        return decoded
+        batch = self.source.batch(after, limit, up_to)
+        if batch.undecodable is not None and not batch.events:
+            position, reason, error = batch.undecodable
+            raise UndecodableEvent(position, reason) from error
+        return batch.events
 
     def events(self, after: int, up_to: int, limit: int) -> Iterator[Positioned]:
         """Every event after ``after`` up to ``up_to``, read ``limit`` at a time."""
@@ -71,12 +40,53 @@ class LogReader:
             yield from batch
             after = batch[-1][0]
 
-    def decode(
-        self, position: int, stream: UUID, version: int, topic: str, state: bytes
-    ) -> Positioned:
-        try:
-            return position, self.records.read_row(stream, version, topic, state)
-        except LedgerError:
-            raise  # a master key that does not open the keys: a setting to fix
-        except Exception as error:
-            raise UndecodableEvent(position, str(error)) from error
+
+class ReadAhead:
+    """Reads the next batch in a thread while the views write the last one.
+
+    A batch read ahead is the one ``LogReader.batch`` would give for the same
+    arguments (the same decoder over the same rows, which cannot change below the
+    safe head); it is used only if the next request asks for exactly it, else it
+    is dropped and the batch is read anew. So it changes when a batch is read,
+    never what it holds. The thread's database waits (and the views' writes)
+    overlap with decoding.
+    """
+
+    def __init__(self, reader: LogReader) -> None:
+        self.reader = reader
+        self._pool = ThreadPoolExecutor(1, thread_name_prefix="ctxledger-views-read")
+        self._ahead: tuple[tuple[int, int, int], Future[list[Positioned]]] | None = None
+
+    def batch(self, after: int, limit: int, up_to: int) -> list[Positioned]:
+        """``LogReader.batch``; then starts reading the batch that follows."""
+        wanted = (after, limit, up_to)
+        ahead, self._ahead = self._ahead, None
+        if ahead is not None and ahead[0] == wanted:
+            batch = ahead[1].result()
+        else:
+            _drop(ahead)
+            batch = self.reader.batch(after, limit, up_to)
+        if batch and batch[-1][0] < up_to:
+            after = batch[-1][0]
+            future = self._pool.submit(self.reader.batch, after, limit, up_to)
+            self._ahead = ((after, limit, up_to), future)
+        return batch
+
+    def close(self) -> None:
+        """Waits for a read under way (it holds a connection of the pool)."""
+        ahead, self._ahead = self._ahead, None
+        _drop(ahead)
+        self._pool.shutdown(wait=True)
+
+    def __enter__(self) -> "ReadAhead":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def _drop(ahead: tuple[object, Future[list[Positioned]]] | None) -> None:
+    """Forgets a batch read ahead (and any error of reading it): nobody asked
+    for it."""
+    if ahead is not None and not ahead[1].cancel():
+        ahead[1].exception()  # waits for it to end

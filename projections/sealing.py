@@ -7,6 +7,7 @@ which opens as the event's ``[metadata, salt]``. Once ``forget_user`` destroys t
 key, the view's copy is erased with the ledger's, without rewriting the view, and
 no plaintext metadata is ever written to the views' tables. Values of events
 stored before sealing (format 1) are kept as plain JSON, as the ledger keeps them.
+The keys, places and ciphers are the ledger's (``ledger.log_source.SourceKeys``).
 """
 
 import base64
@@ -15,37 +16,33 @@ import json
 from collections.abc import Iterable
 from typing import Any, cast
 
-from ledger.domain.contexts import user_aggregate_id
-from ledger.store.keys import KeyStore, place_of, seal, unseal
-from ledger.store.serialization import _EVENT as EVENT_PLACE
-from ledger.store.serialization import MsgpackTranscoder
+from ledger.log_source import SourceKeys
 
 PREFIX = "sealed:"
 ERASED = f"{PREFIX}erased"
 """The cell of a value whose key was destroyed before the view stored it."""
-_PLACE = b"ctxledger view"
 _EVENT_CELL = f"{PREFIX}event:"
 
 
 def event_cell(generation: int, sealed: bytes) -> str:
     """An event's sealed value as stored (``[metadata, salt]`` in msgpack, sealed
-    by the mapper) as a view's cell: no key is needed to write it."""
+    by the ledger) as a view's cell: no key is needed to write it."""
     return f"{_EVENT_CELL}{generation}:{base64.b64encode(sealed).decode('ascii')}"
 
 
-def seal_json(keys: KeyStore, user_id: str, generation: int, value: Any) -> str | None:
+def seal_json(
+    keys: SourceKeys, user_id: str, generation: int, value: Any
+) -> str | None:
     """``value`` as JSON text sealed under the user's key of ``generation``; None
     if that key is destroyed (the value is erased)."""
-    stream = user_aggregate_id(user_id)
-    cipher = keys.for_reading(stream, generation)
-    if cipher is None:
-        return None
     plain = json.dumps(value, ensure_ascii=False).encode("utf-8")
-    sealed = seal(cipher, place_of(_PLACE, stream, 0, generation), plain)
+    sealed = keys.seal_cell(user_id, generation, plain)
+    if sealed is None:
+        return None
     return f"{PREFIX}{generation}:{base64.b64encode(sealed).decode('ascii')}"
 
 
-def prefetch(keys: KeyStore, cells: Iterable[tuple[str, object]]) -> None:
+def prefetch(keys: SourceKeys, cells: Iterable[tuple[str, object]]) -> None:
     """Looks up the keys of many sealed cells (user id, cell) at once."""
     wanted = []
     for user_id, cell in cells:
@@ -54,7 +51,7 @@ def prefetch(keys: KeyStore, cells: Iterable[tuple[str, object]]) -> None:
             start = len(_EVENT_CELL) if text.startswith(_EVENT_CELL) else len(PREFIX)
             generation = text[start:].partition(":")[0]
             if generation.isdigit():
-                wanted.append((user_aggregate_id(user_id), int(generation)))
+                wanted.append((user_id, int(generation)))
     keys.prefetch(wanted)
 
 
@@ -62,7 +59,7 @@ def is_sealed(cell: object) -> bool:
     return isinstance(cell, str) and cell.startswith(PREFIX)
 
 
-def open_json(keys: KeyStore, user_id: str, cell: str) -> tuple[bool, Any]:
+def open_json(keys: SourceKeys, user_id: str, cell: str) -> tuple[bool, Any]:
     """(True, value) for a sealed cell whose key exists; (False, None) once the
     key is destroyed. ValueError if the cell is not one this module wrote."""
     if cell == ERASED:
@@ -71,18 +68,18 @@ def open_json(keys: KeyStore, user_id: str, cell: str) -> tuple[bool, Any]:
     start = len(_EVENT_CELL) if of_event else len(PREFIX)
     generation_text, _, payload = cell[start:].partition(":")
     generation = int(generation_text)  # ValueError if not a number
-    stream = user_aggregate_id(user_id)
-    cipher = keys.for_reading(stream, generation)
-    if cipher is None:
-        return False, None
     try:
         sealed = base64.b64decode(payload.encode("ascii"), validate=True)
     except (UnicodeEncodeError, binascii.Error) as error:
         msg = f"a sealed cell is not base64: {error}"
         raise ValueError(msg) from None
     if of_event:
-        plain = unseal(cipher, place_of(EVENT_PLACE, stream, 0, generation), sealed)
-        metadata, salt = MsgpackTranscoder().decode(plain)
+        pair = keys.open_event_value(user_id, generation, sealed)
+        if pair is None:
+            return False, None
+        metadata, salt = pair
         return True, [metadata, salt.hex() if isinstance(salt, bytes) else salt]
-    plain = unseal(cipher, place_of(_PLACE, stream, 0, generation), sealed)
+    plain = keys.open_cell(user_id, generation, sealed)
+    if plain is None:
+        return False, None
     return True, json.loads(plain)

@@ -12,14 +12,13 @@ from typing import Any
 
 from eventsourcing.persistence import Tracking, TrackingRecorder
 
-from ledger.store.backends import Backend, Dialect
-from ledger.store.keys import KeyStore
+from ledger.log_source import Dialect, LogSource, SourceKeys
 
 
 class Tx:
     """One transaction on the views' database, in the dialect's terms."""
 
-    def __init__(self, cursor: Any, dialect: Dialect, keys: KeyStore) -> None:
+    def __init__(self, cursor: Any, dialect: Dialect, keys: SourceKeys) -> None:
         self.cursor = cursor
         self.dialect = dialect
         self.keys = keys
@@ -50,7 +49,7 @@ class ViewStore:
         recorder: TrackingRecorder,
         dialect: Dialect,
         tracking_table: str,
-        keys: KeyStore,
+        keys: SourceKeys,
     ) -> None:
         self.recorder: Any = recorder  # the SQL recorders' private helpers are used
         self.dialect = dialect
@@ -58,23 +57,24 @@ class ViewStore:
         self.keys = keys
 
     @classmethod
-    def beside(
-        cls, backend: Backend, datastore: Any, keys: KeyStore, *, create: bool = True
-    ) -> "ViewStore":
+    def beside(cls, source: LogSource, *, create: bool = True) -> "ViewStore":
         """A store in the same database (and connection pool) as the ledger; its
         tracking table is created if ``create``."""
-        recorder, tracking_table = backend.tracking(datastore)
-        if create:
-            recorder.create_table()  # type: ignore[attr-defined]
-        return cls(recorder, backend.dialect(), tracking_table, keys)
+        recorder, tracking_table = source.tracking(create=create)
+        return cls(recorder, source.dialect, tracking_table, source.keys)
 
     @contextmanager
-    def writing(self, lock: str) -> Iterator[Tx]:
-        """A transaction holding ``lock`` from its start; commits if the body ends."""
+    def writing(self, *locks: str) -> Iterator[Tx]:
+        """A transaction holding ``locks`` from its start; commits if the body ends.
+
+        Locks are always taken in sorted order (a view's before its rebuild's), so
+        two transactions that want some of the same locks never wait on each other.
+        """
         with self.recorder.datastore.transaction(commit=True) as cursor:
-            self.dialect.lock(cursor, lock)
+            for lock in sorted(locks):
+                self.dialect.lock(cursor, lock)
             # Keys are read in this transaction: no second pooled connection.
-            with self.keys.reading(cursor=cursor):
+            with self.keys.reading(cursor):
                 yield Tx(cursor, self.dialect, self.keys)
 
     @contextmanager
@@ -82,7 +82,7 @@ class ViewStore:
         """A read-only transaction that sees one snapshot throughout."""
         with self.recorder.datastore.transaction(commit=False) as cursor:
             self.dialect.snapshot(cursor)
-            with self.keys.reading(cursor=cursor):
+            with self.keys.reading(cursor):
                 yield Tx(cursor, self.dialect, self.keys)
 
     def position(self, tx: Tx, key: str) -> int:

@@ -17,13 +17,9 @@ from typing import Any, ClassVar, Generic, TypeVar
 
 from pydantic import AwareDatetime, BaseModel
 
-from ledger.store.backends import Dialect
-from ledger.store.records import EventRecord
+from ledger.log_source import Dialect, Positioned
 from projections.sealing import is_sealed
 from projections.store import Tx
-
-Positioned = tuple[int, EventRecord]
-"""An event with its position: its notification id in the ledger."""
 
 MAX_SHOWN = 20  # differences reported per view
 M = TypeVar("M", bound=BaseModel)

@@ -1,0 +1,234 @@
+"""The ledger's log as read models read it: the one door for ``projections``.
+
+A read model needs little of the ledger: where it is and whether it lasts, the
+log's safe head, batches of decoded events after a position, the users' data keys
+to seal and open its cells, and the database the ledger lives in, to keep its
+tables and tracking positions beside the events. This module gives exactly that,
+over the store's pieces, so nothing outside ``ledger`` reaches into ``ledger.store``.
+It reads; it never writes an event.
+"""
+
+from collections.abc import Iterable, Iterator
+from contextlib import AbstractContextManager, contextmanager
+from dataclasses import dataclass
+from typing import Any, cast
+from uuid import UUID
+
+from eventsourcing.persistence import TrackingRecorder
+
+from ledger.domain.contexts import user_aggregate_id
+from ledger.errors import LedgerError
+from ledger.store.application import LedgerApplication, open_application
+from ledger.store.backends import Dialect, backend_for, safe_head
+from ledger.store.failures import StorageClient, storage_failures
+from ledger.store.keys import KeyStore, place_of, resolve_master_key, seal, unseal
+from ledger.store.records import EventRecord, RecordReader, as_uuid, unpack_state
+from ledger.store.serialization import _EVENT, PydanticMapper
+from ledger.store.urls import Storage, resolve_url, storage_for
+
+__all__ = [
+    "Batch",
+    "Dialect",
+    "EventRecord",
+    "LogSource",
+    "Positioned",
+    "SourceKeys",
+    "StorageClient",
+    "Where",
+    "locate",
+    "storage_failures",
+]
+
+Positioned = tuple[int, EventRecord]
+"""An event with its position: its notification id in the log."""
+_VIEW = b"ctxledger view"
+PLACES_KEPT = 50_000
+
+
+@dataclass(frozen=True)
+class Where:
+    """A ledger's location: its URL (resolved) and whether its storage lasts."""
+
+    url: str
+    storage: Storage
+
+    @property
+    def durable(self) -> bool:
+        return backend_for(self.storage).durable
+
+
+def locate(url: str | None) -> Where:
+    """Where the ledger at ``url`` (else CTXLEDGER_URL, else the default) is."""
+    resolved = resolve_url(url)
+    return Where(resolved, storage_for(resolved))
+
+
+@dataclass(frozen=True)
+class Batch:
+    """Decoded events in log order; ``undecodable`` is the position, reason and
+    error of the event the batch stopped before (None: it stopped at its limit)."""
+
+    events: list[Positioned]
+    undecodable: tuple[int, str, Exception] | None = None
+
+
+class SourceKeys:
+    """The users' data keys, as read models use them: looked up for a batch at
+    once, sealing a view's own cells and opening them or an event's sealed value."""
+
+    def __init__(self, keys: KeyStore) -> None:
+        self._keys = keys
+        self._places: dict[tuple[str, bytes, int], tuple[UUID, bytes]] = {}
+
+    def reading(self, cursor: Any = None) -> AbstractContextManager[None]:
+        """A scope in which each key is looked up once (on ``cursor``, a
+        transaction of the ledger's database, if given)."""
+        return self._keys.reading(cursor=cursor)
+
+    def prefetch(self, wanted: Iterable[tuple[str, int]]) -> None:
+        """Looks up the keys of many (user id, generation) at once."""
+        self._keys.prefetch(self._stream(user, gen) for user, gen in wanted)
+
+    def seal_cell(self, user_id: str, generation: int, plain: bytes) -> bytes | None:
+        """``plain`` sealed for a view under the user's key of ``generation``;
+        None once that key is destroyed."""
+        stream, place = self._place(user_id, _VIEW, generation)
+        cipher = self._keys.for_reading(stream, generation)
+        return None if cipher is None else seal(cipher, place, plain)
+
+    def open_cell(self, user_id: str, generation: int, sealed: bytes) -> bytes | None:
+        """What ``seal_cell`` sealed; None once the key is destroyed. ValueError
+        if it does not open (altered, or moved to another user's row)."""
+        return self._open(user_id, _VIEW, generation, sealed)
+
+    def open_event_value(
+        self, user_id: str, generation: int, sealed: bytes
+    ) -> tuple[Any, Any] | None:
+        """An event's sealed value as stored: its ``(metadata, salt)``; None once
+        the key is destroyed. ValueError if it does not open or is not a pair."""
+        plain = self._open(user_id, _EVENT, generation, sealed)
+        if plain is None:
+            return None
+        value = unpack_state(plain)
+        if not isinstance(value, list) or len(value) != 2:  # noqa: PLR2004
+            msg = "an event's sealed value is not [metadata, salt]"
+            raise ValueError(msg)
+        return value[0], value[1]
+
+    def _open(
+        self, user_id: str, kind: bytes, generation: int, sealed: bytes
+    ) -> bytes | None:
+        stream, place = self._place(user_id, kind, generation)
+        cipher = self._keys.for_reading(stream, generation)
+        return None if cipher is None else unseal(cipher, place, sealed)
+
+    def _stream(self, user_id: str, generation: int) -> tuple[UUID, int]:
+        return self._place(user_id, _VIEW, generation)[0], generation
+
+    def _place(self, user_id: str, kind: bytes, generation: int) -> tuple[UUID, bytes]:
+        """The user's stream and the associated data of ``kind`` (worked out once
+        per user and generation: a UUID's bytes are computed on every access)."""
+        known = self._places.get((user_id, kind, generation))
+        if known is None:
+            if len(self._places) >= PLACES_KEPT:
+                self._places.clear()
+            stream = user_aggregate_id(user_id)
+            known = stream, place_of(kind, stream, 0, generation)
+            self._places[user_id, kind, generation] = known
+        return known
+
+
+class LogSource:
+    """One ledger's log, keys and database, opened for a read model."""
+
+    def __init__(self, application: LedgerApplication) -> None:
+        self._app = application
+        self.storage = application.storage
+        self.keys = SourceKeys(application.keys)
+        self._records = RecordReader(
+            cast(PydanticMapper, application.mapper), application.keys
+        )
+
+    @classmethod
+    def open(
+        cls,
+        where: Where,
+        *,
+        create: bool = True,
+        master_key: bytes | str | None = None,
+    ) -> "LogSource":
+        """The ledger at ``where``, its tables created if need be (``create``);
+        LedgerNotFound without ``create`` where there is none. ``master_key`` (else
+        CTXLEDGER_MASTER_KEY) opens the data keys."""
+        return cls(
+            open_application(
+                where.storage,
+                create=create,
+                master_key=resolve_master_key(master_key),
+            )
+        )
+
+    def close(self) -> None:
+        self._app.close()
+
+    def head(self) -> int:
+        """The log's safe head: no event can still appear at or before it, so
+        reading up to it skips nothing; 0 for an empty ledger."""
+        return safe_head(self._app.log_reader)
+
+    def count_after(self, position: int) -> int:
+        """How many events are stored after ``position`` (positions skip numbers)."""
+        return self._app.backend.count_after(self._app.recorder, position)
+
+    def batch(self, after: int, limit: int, up_to: int | None = None) -> Batch:
+        """Up to ``limit`` events after position ``after`` (at most ``up_to``),
+        decoded by the ledger's one decoder; it stops before an event that cannot
+        be decoded and says which (``Batch.undecodable``)."""
+        app = self._app
+        rows = app.backend.log_rows(app.log_reader, after, limit, up_to)
+        streams = {stream: as_uuid(stream) for stream in {row[1] for row in rows}}
+        decoded: list[Positioned] = []
+        with app.keys.reading():  # the batch's users' keys, in a few statements
+            app.keys.prefetch_streams(streams.values())
+            for position, stream, version, topic, state in rows:
+                try:
+                    record = self._records.read_row(
+                        streams[stream], version, topic, state
+                    )
+                except LedgerError:
+                    raise  # a master key that does not open the keys: a setting
+                except Exception as error:  # noqa: BLE001  (reported, not skipped)
+                    return Batch(decoded, (position, str(error), error))
+                decoded.append((position, record))
+        return Batch(decoded)
+
+    # The ledger's database, for tables kept beside its events.
+
+    @property
+    def dialect(self) -> Dialect:
+        return self._app.backend.dialect()
+
+    @property
+    def tracking_table(self) -> str:
+        """The unquoted name of the read models' tracking table."""
+        return self._app.backend.tracking_table
+
+    def tracking(self, *, create: bool) -> tuple[TrackingRecorder, str]:
+        """A tracking recorder on the ledger's database (and connection pool), and
+        its table's quoted name; the table is created if ``create``."""
+        datastore = self._app.recorder.datastore  # type: ignore[attr-defined]
+        recorder, table = self._app.backend.tracking(datastore)
+        if create:
+            recorder.create_table()  # type: ignore[attr-defined]
+        return recorder, table
+
+    @contextmanager
+    def setup_lock(self) -> Iterator[None]:
+        """Held while tables are created, so processes starting together agree."""
+        with self._app.backend.setup_lock():
+            yield
+
+    def check_connections(self) -> None:
+        """After a failure of the database: replaces the pooled connections the
+        server closed."""
+        self._app.check_connections()
