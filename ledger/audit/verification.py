@@ -30,6 +30,7 @@ from ledger.audit.chain import (
     UserChain,
     find_break,
 )
+from ledger.audit.key_findings import key_faults
 from ledger.domain.contexts import (
     UserContexts,
     UserSnapshot,
@@ -122,6 +123,7 @@ class ChainVerifier:
         self.backend = app.backend
         self.keys = app.keys
         self.page_size = page_size
+        self._key_faults: dict[UUID | str, ChainBreak] = {}
         self._openers: dict[tuple[UUID, int], Opener] = {}
         """Keys met in the pass (one per user and key generation), as the key
         store's ``reading()`` scope keeps them."""
@@ -169,6 +171,7 @@ class ChainVerifier:
                 aggregate_id, 0
             ):
                 streams[aggregate_id] = _Stream(aggregate_id)
+        self._find_key_faults(streams, None)
         users = [self._finish(stream, in_log_order=True) for stream in streams.values()]
         return ChainReport(users=tuple(sorted(users, key=lambda u: u.user_id)))
 
@@ -209,6 +212,7 @@ class ChainVerifier:
                     break
             if stream.suspect is not None or len(page) < self.page_size:
                 break
+        self._find_key_faults({stream_id: stream}, [stream_id])
         return ChainReport(users=(self._finish(stream, in_log_order=True),))
 
     def _step(self, stream: _Stream, stored: Stored) -> None:
@@ -273,7 +277,8 @@ class ChainVerifier:
                 events=0,
                 head_version=0,
                 head_hash=GENESIS_HASH,
-                fault=self._snapshot_fault(stream.originator_id, 0, GENESIS_HASH),
+                fault=self._snapshot_fault(stream.originator_id, 0, GENESIS_HASH)
+                or self._key_faults.get(stream.originator_id),
             )
         head = exact_read(last, self.records)
         fault: ChainBreak | None
@@ -282,7 +287,11 @@ class ChainVerifier:
             head_hash = stream.last_hash
         else:
             head_hash = head.hash
-            fault = self._snapshots_after_pass(stream) or self._erasure_fault(stream)
+            fault = (
+                self._snapshots_after_pass(stream)
+                or self._erasure_fault(stream)
+                or self._key_faults.get(stream.originator_id)
+            )
         return UserChain(
             user_id=user_id,
             events=stream.events,
@@ -290,6 +299,22 @@ class ChainVerifier:
             head_hash=head_hash,
             fault=fault,
         )
+
+    def _find_key_faults(
+        self, streams: dict[UUID | str, _Stream], only: list[UUID] | None
+    ) -> None:
+        """Notes the key table's findings per stream; a stream that has key rows
+        but no event gets a (possibly empty) chain of its own in the report."""
+        retired = {
+            key: (stream.version, stream.retired_below)
+            for key, stream in streams.items()
+            if isinstance(key, UUID)
+        }
+        found = key_faults(self.keys, retired, only)
+        self._key_faults = dict(found.items())
+        for stream_id in self._key_faults:
+            if stream_id not in streams:
+                streams[stream_id] = _Stream(stream_id)
 
     def _erasure_fault(self, stream: _Stream) -> ChainBreak | None:
         """A ``forgotten`` event whose retired keys still live: an erasure in

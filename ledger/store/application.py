@@ -38,7 +38,7 @@ from ledger.errors import (
 from ledger.store.backends import backend_for
 from ledger.store.cache import AggregateCache
 from ledger.store.failures import DATABASE_ERRORS, storage_failures
-from ledger.store.keys import KeyDestroyed, MasterKey
+from ledger.store.keys import KeyDestroyed, KeyRowRefused, MasterKey
 from ledger.store.postgres_log import AppendOutcomeUnknown
 from ledger.store.records import EventRecord, RecordReader
 from ledger.store.serialization import MsgpackTranscoder, PydanticMapper
@@ -180,6 +180,8 @@ class LedgerApplication(Application[UUID]):
         # runtime Protocol checks that cost more than the rest of the Python work.
         try:
             self._put(events)
+        except KeyRowRefused as refused:  # a planted or altered key row
+            raise LedgerCorrupted(aggregate.user_id, str(refused)) from refused
         except KeyDestroyed as destroyed:
             # Sealed under a key destroyed since: a conflict if the user's
             # forgotten event took the version (the retry reloads), else the key

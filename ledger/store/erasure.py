@@ -39,6 +39,12 @@ class Erasure:
         self.marks = app.backend.erasure_marks(getattr(app.recorder, "datastore", None))
         if create:
             self.marks.create_table()
+        # A write that meets a key row the master key does not vouch for replaces
+        # it only if nothing stored is sealed under it (``KeyStore.for_writing``).
+        app.keys.sealed_under = self._sealed_under
+
+    def _sealed_under(self, stream: UUID, generation: int) -> bool:
+        return self._sealed_events(stream, {generation})[0] > 0
 
     def begin(self, user_id: str, below: int) -> None:
         """Marks the user's erasure of the key generations below ``below`` as in

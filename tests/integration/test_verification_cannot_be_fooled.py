@@ -208,3 +208,59 @@ def test_the_cli_history_limit_beyond_any_log_prints_every_event(
     assert result.returncode == 0, result.stderr
     assert "Traceback" not in result.stderr
     assert "created" in result.stdout
+
+
+def test_a_key_destroyed_without_a_forgotten_event_is_reported(
+    durable_url: str,
+) -> None:
+    with ContextLedger.open(durable_url) as ledger:
+        ledger.open_context("hal", "a", metadata={"note": "private"})
+        ledger.open_context("ida", "a", metadata={"note": "private"})
+    execute_sql(
+        durable_url,
+        "UPDATE ctxledger_keys SET destroyed = 1, data_key = {p} "
+        "WHERE stream_id = {p} AND generation = 0",
+        (b"", user_aggregate_id("hal").hex),
+    )
+
+    with ContextLedger.open(durable_url) as ledger:
+        report = ledger.verify_chain()
+        one = ledger.verify_chain("hal")
+
+    assert [(u.user_id, u.fault.fault if u.fault else None) for u in report.broken] == [
+        ("hal", "key-rows")
+    ]
+    assert one.broken[0].fault is not None
+    assert "no forgotten event" in one.broken[0].fault.detail
+
+
+def test_an_erasure_leaves_no_key_finding(durable_url: str) -> None:
+    with ContextLedger.open(durable_url) as ledger:
+        ledger.open_context("jay", "a", metadata={"note": "private"})
+        ledger.forget_user("jay")
+        ledger.open_context("jay", "b", metadata={"note": "again"})
+
+        assert ledger.verify_chain().holds
+        assert ledger.verify_chain("jay").holds
+
+
+def test_a_planted_key_row_on_a_master_keyed_ledger_is_reported(
+    durable_url: str,
+) -> None:
+    master = "ab" * 32
+    with ContextLedger.open(durable_url, master_key=master) as ledger:
+        ledger.open_context("kay", "a", metadata={"note": "private"})
+    execute_sql(
+        durable_url,
+        "INSERT INTO ctxledger_keys (stream_id, generation, data_key, wrapped, "
+        "destroyed) VALUES ({p}, 0, {p}, 0, 0)",
+        (user_aggregate_id("lee").hex, b"\x01" * 32),
+    )
+
+    with ContextLedger.open(durable_url, master_key=master) as ledger:
+        report = ledger.verify_chain()
+
+    (broken,) = report.broken
+    assert broken.fault is not None
+    assert broken.fault.fault == "key-rows"
+    assert "not authenticated" in broken.fault.detail
