@@ -10,9 +10,11 @@ from typing import Any
 import psycopg
 
 from ledger import ContextLedger
-from ledger.domain.contexts import user_aggregate_id
+from ledger.domain.contexts import UserSnapshot, user_aggregate_id
 from ledger.domain.events import ContextCreated, ContextEvent, ContextUpdated
 from ledger.store.application import open_application
+from ledger.store.keys import place_of, seal
+from ledger.store.serialization import MsgpackTranscoder
 from ledger.store.urls import storage_for
 from projections import Projections
 
@@ -132,3 +134,116 @@ def lose_alices_active_row(url: str, ledger: ContextLedger, views: Projections) 
     ledger.open_context("carol", "t1")
     ledger.update_context("alice", context.context_id, metadata={"n": 1})
     ledger.open_context("dave", "t1")
+
+
+# Stored events and snapshots, edited with SQL as an intruder with database access
+# would. States are the stored msgpack maps; user and version pick the row.
+
+
+def stored_event_bytes(url: str, user: str, version: int) -> bytes:
+    """The stored state of the user's event ``version``, as bytes."""
+    rows = execute_sql(
+        url,
+        "SELECT state FROM {events} "
+        "WHERE originator_id = {p} AND originator_version = {p}",
+        (stream_key(url, user), version),
+    )
+    return bytes(rows[0][0])
+
+
+def set_stored_event_bytes(url: str, user: str, version: int, state: bytes) -> None:
+    """Replaces the stored state of the user's event ``version``."""
+    execute_sql(
+        url,
+        "UPDATE {events} SET state = {p} "
+        "WHERE originator_id = {p} AND originator_version = {p}",
+        (state, stream_key(url, user), version),
+    )
+
+
+def stored_event(url: str, user: str, version: int) -> dict[str, Any]:
+    """The stored state of the user's event ``version``, decoded."""
+    state: dict[str, Any] = MsgpackTranscoder().decode(
+        stored_event_bytes(url, user, version)
+    )
+    return state
+
+
+def store_event(url: str, user: str, version: int, state: dict[str, Any]) -> None:
+    """Encodes ``state`` and stores it as the user's event ``version``."""
+    set_stored_event_bytes(url, user, version, MsgpackTranscoder().encode(state))
+
+
+def edit_event(url: str, user: str, version: int, **changes: object) -> None:
+    """Sets fields of the stored state of the user's event ``version``."""
+    state = stored_event(url, user, version)
+    state.update(changes)
+    store_event(url, user, version, state)
+
+
+def delete_event(url: str, user: str, version: int) -> None:
+    execute_sql(
+        url,
+        "DELETE FROM {events} WHERE originator_id = {p} AND originator_version = {p}",
+        (stream_key(url, user), version),
+    )
+
+
+def swap_versions(url: str, user: str, one: int, two: int) -> None:
+    """Gives the user's events ``one`` and ``two`` each other's version."""
+    key = stream_key(url, user)
+    for old, new in ((one, -1), (two, one), (-1, two)):
+        execute_sql(
+            url,
+            "UPDATE {events} SET originator_version = {p} "
+            "WHERE originator_id = {p} AND originator_version = {p}",
+            (new, key, old),
+        )
+
+
+def stored_snapshots(url: str, user: str) -> list[tuple[int, dict[str, Any]]]:
+    """The user's stored snapshots, oldest first: (version, decoded state)."""
+    rows = execute_sql(
+        url,
+        "SELECT originator_version, state FROM {snapshots} WHERE originator_id = {p} "
+        "ORDER BY originator_version",
+        (stream_key(url, user),),
+    )
+    return [(v, MsgpackTranscoder().decode(bytes(state))) for v, state in rows]
+
+
+def latest_snapshot(url: str, user: str) -> tuple[int, dict[str, Any]]:
+    """The user's newest stored snapshot: (version, decoded state)."""
+    return stored_snapshots(url, user)[-1]
+
+
+def store_snapshot(url: str, user: str, version: int, state: dict[str, Any]) -> None:
+    """Encodes ``state`` and stores it as the user's snapshot at ``version``."""
+    execute_sql(
+        url,
+        "UPDATE {snapshots} SET state = {p} "
+        "WHERE originator_id = {p} AND originator_version = {p}",
+        (MsgpackTranscoder().encode(state), stream_key(url, user), version),
+    )
+
+
+def store_snapshot_as_format_2(url: str, user: str) -> int:
+    """Stores the user's newest snapshot again as the previous release did
+    (format 2: no digest, nothing sealed when there are no contexts)."""
+    stream = user_aggregate_id(user)
+    with ContextLedger.open(url) as ledger:
+        app = ledger._app
+        assert app.snapshots is not None
+        with app.keys.reading():
+            (snapshot,) = app.snapshots.get(stream, desc=True, limit=1)
+        assert isinstance(snapshot, UserSnapshot)
+        state = snapshot.model_dump(exclude={"originator_id", "originator_version"})
+        metadata = [context.pop("metadata") for context in state["contexts"]]
+        if metadata:
+            version, generation = snapshot.originator_version, snapshot.key_generation
+            cipher = app.keys.for_writing(stream, generation)
+            place = place_of(b"ctxledger snapshot", stream, version, generation)
+            state["sealed"] = seal(cipher, place, MsgpackTranscoder().encode(metadata))
+        state["format"] = 2
+    store_snapshot(url, user, snapshot.originator_version, state)
+    return snapshot.originator_version

@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 
 from ledger import ContextLedger
-from tests.helpers import execute_sql, run
+from tests.helpers import run
+from tests.tampering import execute_sql
 
 AUDIT_KEYS = [
     "position",

@@ -21,9 +21,9 @@ from selenium.webdriver.remote.webelement import WebElement
 
 from ctxledger.cli.report import render_report
 from ledger import ContextLedger, LedgerEvent, UserChain
-from ledger.store.serialization import MsgpackTranscoder
 from projections.continuity import continuity_of
-from tests.helpers import execute_sql, run, stream_key
+from tests.helpers import run
+from tests.tampering import edit_event, execute_sql, stream_key
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMEDRIVER = Path("/usr/bin/chromedriver")
@@ -294,7 +294,7 @@ def test_a_tampered_chain_is_reported_broken(
         context = ledger.open_context("dave", "t", ttl_seconds=600)
         ledger.update_context("dave", context.context_id, metadata={"n": 1})
         ledger.open_context("dave", "t")
-    _edit_metadata(sqlite_url, "dave", 2, {"n": 99})
+    edit_event(sqlite_url, "dave", 2, metadata={"n": 99})
     out = tmp_path / "dave.html"
 
     written = run("--db", sqlite_url, "report", "dave", "--out", str(out), cwd=tmp_path)
@@ -499,26 +499,6 @@ def _save(page: WebDriver, name: str) -> None:
     shot = ARTIFACTS / name
     assert page.save_screenshot(str(shot))
     assert shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-
-
-def _edit_metadata(url: str, user: str, version: int, metadata: dict[str, int]) -> None:
-    """Changes a stored event's metadata with SQL, as an intruder would."""
-    transcoder = MsgpackTranscoder()
-    key = stream_key(url, user)
-    (row,) = execute_sql(
-        url,
-        "SELECT state FROM {events} WHERE originator_id = {p} "
-        "AND originator_version = {p}",
-        (key, version),
-    )
-    state = transcoder.decode(bytes(row[0]))
-    state["metadata"] = metadata
-    execute_sql(
-        url,
-        "UPDATE {events} SET state = {p} WHERE originator_id = {p} "
-        "AND originator_version = {p}",
-        (transcoder.encode(state), key, version),
-    )
 
 
 def _created(context_id: str, at: datetime, version: int) -> LedgerEvent:

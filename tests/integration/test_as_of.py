@@ -15,7 +15,8 @@ from ledger import (
 )
 from ledger.store.application import SNAPSHOT_INTERVAL
 from ledger.store.serialization import MsgpackTranscoder
-from tests.helpers import OpenLedger, execute_sql, stream_key
+from tests.helpers import OpenLedger
+from tests.tampering import execute_sql, stream_key
 
 T0 = datetime(2026, 4, 1, 12, 0, tzinfo=UTC)
 Seen = tuple[str, str | None, int, dict[str, int]]

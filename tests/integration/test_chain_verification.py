@@ -17,7 +17,16 @@ from freezegun import freeze_time
 from ledger import ContextLedger, LedgerCorrupted
 from ledger.store.application import SNAPSHOT_INTERVAL
 from ledger.store.serialization import MsgpackTranscoder
-from tests.helpers import execute_sql, run, stream_key
+from tests.helpers import run
+from tests.tampering import (
+    delete_event,
+    edit_event,
+    execute_sql,
+    latest_snapshot,
+    store_snapshot,
+    stream_key,
+    swap_versions,
+)
 
 START = datetime(2026, 3, 1, 9, 0, tzinfo=UTC)
 
@@ -41,51 +50,6 @@ def url(durable_url: str) -> str:
     _history(durable_url, "alice", 12)
     _history(durable_url, "bob", 12)
     return durable_url
-
-
-def _state(url: str, user: str, version: int) -> bytes:
-    rows = execute_sql(
-        url,
-        "SELECT state FROM {events} WHERE originator_id = {p} "
-        "AND originator_version = {p}",
-        (stream_key(url, user), version),
-    )
-    return bytes(rows[0][0])
-
-
-def _set_state(url: str, user: str, version: int, state: bytes) -> None:
-    execute_sql(
-        url,
-        "UPDATE {events} SET state = {p} WHERE originator_id = {p} "
-        "AND originator_version = {p}",
-        (state, stream_key(url, user), version),
-    )
-
-
-def _edit(url: str, user: str, version: int, **changes: object) -> None:
-    transcoder = MsgpackTranscoder()
-    state = transcoder.decode(_state(url, user, version))
-    state.update(changes)
-    _set_state(url, user, version, transcoder.encode(state))
-
-
-def _delete(url: str, user: str, version: int) -> None:
-    execute_sql(
-        url,
-        "DELETE FROM {events} WHERE originator_id = {p} AND originator_version = {p}",
-        (stream_key(url, user), version),
-    )
-
-
-def _swap_versions(url: str, user: str, one: int, two: int) -> None:
-    key = stream_key(url, user)
-    for old, new in ((one, -1), (two, one), (-1, two)):
-        execute_sql(
-            url,
-            "UPDATE {events} SET originator_version = {p} "
-            "WHERE originator_id = {p} AND originator_version = {p}",
-            (new, key, old),
-        )
 
 
 def _report(url: str, user: str | None = None) -> tuple[str, int, str]:
@@ -113,7 +77,7 @@ def test_an_untouched_ledger_holds_and_names_each_head(url: str) -> None:
 
 
 def test_an_altered_event_is_named(url: str) -> None:
-    _edit(url, "alice", 3, metadata={"turn": 99})
+    edit_event(url, "alice", 3, metadata={"turn": 99})
 
     assert _report(url) == ("alice", 3, "altered")
     assert _report(url, "alice") == ("alice", 3, "altered")
@@ -131,32 +95,32 @@ def test_an_event_that_no_longer_decodes_is_altered(url: str) -> None:
 
 
 def test_an_altered_prev_hash_is_named_at_its_own_version(url: str) -> None:
-    _edit(url, "alice", 4, prev_hash="f" * 64)
+    edit_event(url, "alice", 4, prev_hash="f" * 64)
 
     assert _report(url) == ("alice", 4, "altered")
 
 
 def test_an_event_moved_to_another_users_stream_is_altered(url: str) -> None:
-    _edit(url, "alice", 2, user_id="bob")
+    edit_event(url, "alice", 2, user_id="bob")
 
     assert _report(url)[1:] == (2, "altered")
 
 
 def test_a_deleted_event_is_missing(url: str) -> None:
-    _delete(url, "bob", 6)
+    delete_event(url, "bob", 6)
 
     assert _report(url) == ("bob", 6, "missing")
     assert _report(url, "bob") == ("bob", 6, "missing")
 
 
 def test_a_deleted_first_event_is_missing(url: str) -> None:
-    _delete(url, "alice", 1)
+    delete_event(url, "alice", 1)
 
     assert _report(url) == ("alice", 1, "missing")
 
 
 def test_swapped_versions_are_reordered(url: str) -> None:
-    _swap_versions(url, "alice", 3, 4)
+    swap_versions(url, "alice", 3, 4)
 
     assert _report(url) == ("alice", 3, "reordered")
     assert _report(url, "alice") == ("alice", 3, "reordered")
@@ -241,7 +205,7 @@ def test_verify_chain_cli_exits_1_naming_user_version_and_fault(
     url: str, tmp_path: Path
 ) -> None:
     clean = run("--db", url, "verify", "--chain", cwd=tmp_path)
-    _delete(url, "bob", 7)
+    delete_event(url, "bob", 7)
     broken = run("--db", url, "verify", "--chain", cwd=tmp_path)
     one = run("--db", url, "verify", "--chain", "--user", "alice", cwd=tmp_path)
 
@@ -256,7 +220,7 @@ def test_verify_chain_cli_exits_1_naming_user_version_and_fault(
 
 
 def test_verify_chain_json_lists_every_user(url: str, tmp_path: Path) -> None:
-    _swap_versions(url, "alice", 5, 6)
+    swap_versions(url, "alice", 5, 6)
 
     result = run("--db", url, "verify", "--chain", "--json", cwd=tmp_path)
 
@@ -268,25 +232,6 @@ def test_verify_chain_json_lists_every_user(url: str, tmp_path: Path) -> None:
     assert listed["bob"]["fault"] is None
 
 
-def _snapshot(url: str, user: str) -> tuple[int, dict[str, object]]:
-    version, state = execute_sql(
-        url,
-        "SELECT originator_version, state FROM {snapshots} WHERE originator_id = {p} "
-        "ORDER BY originator_version DESC",
-        (stream_key(url, user),),
-    )[0]
-    return version, MsgpackTranscoder().decode(bytes(state))
-
-
-def _set_snapshot(url: str, user: str, version: int, state: dict[str, object]) -> None:
-    execute_sql(
-        url,
-        "UPDATE {snapshots} SET state = {p} WHERE originator_id = {p} "
-        "AND originator_version = {p}",
-        (MsgpackTranscoder().encode(state), stream_key(url, user), version),
-    )
-
-
 @pytest.mark.parametrize("field", ["timestamp", "contexts"])
 def test_an_edited_snapshot_is_altered_and_not_used(
     durable_url: str, field: str
@@ -294,14 +239,14 @@ def test_an_edited_snapshot_is_altered_and_not_used(
     _history(durable_url, "erin", SNAPSHOT_INTERVAL + 5)
     with ContextLedger.open(durable_url) as ledger:
         before = ledger.history("erin", since=START)
-    version, state = _snapshot(durable_url, "erin")
+    version, state = latest_snapshot(durable_url, "erin")
     if field == "timestamp":
         state["timestamp"] = START
     else:
         contexts = state["contexts"]
         assert isinstance(contexts, list)
         state["contexts"] = [{**c, "metadata": {"forged": True}} for c in contexts]
-    _set_snapshot(durable_url, "erin", version, state)
+    store_snapshot(durable_url, "erin", version, state)
 
     with ContextLedger.open(durable_url) as ledger:
         after = ledger.history("erin", since=START)
@@ -334,7 +279,7 @@ def test_a_user_with_only_snapshots_left_is_missing_everything(
 def test_a_time_stored_where_text_belongs_is_altered(url: str) -> None:
     with ContextLedger.open(url) as ledger:
         cleared = [e for e in ledger.history("bob") if e.kind == "cleared"]
-    _edit(url, "bob", cleared[0].version, reason=START)
+    edit_event(url, "bob", cleared[0].version, reason=START)
 
     assert _report(url)[1:] == (cleared[0].version, "altered")
 
@@ -386,7 +331,7 @@ def test_an_event_that_cannot_be_replayed_is_a_typed_error(
     url: str, change: dict[str, object]
 ) -> None:
     cleared = 6  # alice's first clear_user, in _history
-    _edit(url, "alice", cleared, **change)
+    edit_event(url, "alice", cleared, **change)
 
     with ContextLedger.open(url) as ledger, pytest.raises(LedgerCorrupted):
         ledger.active_contexts("alice")

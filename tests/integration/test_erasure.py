@@ -1,40 +1,38 @@
-"""Erasure by crypto-shredding (``forget_user``), retention and the master key,
-on SQLite and PostgreSQL (and memory where no file is involved)."""
+"""Erasure by crypto-shredding (``forget_user`` and ``ctxledger forget``): the personal
+data is gone from every reader, file and dump, exports made before still verify, and a
+damaged user is still erased. On SQLite and PostgreSQL (and memory where no file is
+involved). Retention and the master key have files of their own."""
 
 import json
 import os
-import secrets
 import shutil
 import subprocess
 import sys
 from collections.abc import Callable
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import cast
 
 import pytest
-from freezegun import freeze_time
 
 from ledger import (
     ContextLedger,
     InvalidContextInput,
-    LedgerConfigError,
     LedgerCorrupted,
     verify_export,
 )
 from ledger.audit.export import FORMATS
-from ledger.domain.contexts import UserContexts, user_aggregate_id
+from ledger.domain.contexts import user_aggregate_id
 from ledger.domain.events import ContextCreated
 from ledger.domain.hashing import chain_hash, record_hash
 from ledger.store.application import SNAPSHOT_INTERVAL
-from ledger.store.serialization import MsgpackTranscoder
 from projections import Projections
-from tests.helpers import (
-    CTXLEDGER,
-    OpenLedger,
+from tests.helpers import CTXLEDGER, OpenLedger, dsn_and_schema
+from tests.tampering import (
     append_raw_event,
-    dsn_and_schema,
     execute_sql,
+    store_event,
+    stored_event,
     stream_key,
 )
 
@@ -360,85 +358,6 @@ def test_a_postgres_dump_holds_no_metadata_value(postgres_url: str) -> None:
         ) == [(b"", 1)]
 
 
-def test_the_master_key_wraps_the_data_keys(
-    durable_url: str, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    with ContextLedger.open(
-        durable_url, master_key=bytes.fromhex(KEY_MASTER)
-    ) as ledger:
-        ledger.open_context("alice", "t1", metadata={"name": SECRET})
-    stored = execute_sql(
-        durable_url,
-        "SELECT data_key, wrapped FROM ctxledger_keys WHERE stream_id <> ''",
-    )
-    assert [row[1] for row in stored] == [1]
-    assert len(bytes(stored[0][0])) == 12 + 32 + 16  # nonce, key, tag
-
-    # Without it, or with another, nothing opens: neither to read nor to write
-    # (a new user's key would otherwise be stored unwrapped, or wrapped wrongly).
-    for options in ({}, {"create": False}, {"master_key": secrets.token_hex(32)}):
-        with pytest.raises(LedgerConfigError, match="master key"):
-            ContextLedger.open(durable_url, **options)
-        with pytest.raises(LedgerConfigError, match="master key"):
-            Projections.open(durable_url, **options)
-    monkeypatch.setenv("CTXLEDGER_MASTER_KEY", KEY_MASTER)
-    with ContextLedger.open(durable_url) as ledger:
-        assert _metadata(ledger, "alice") == {"name": SECRET}
-        ledger.open_context("bob", "t1", metadata={"name": "bob"})
-        assert ledger.forget_user("alice") == 1
-        assert ledger.verify_chain().holds
-    wrapped = execute_sql(
-        durable_url,
-        "SELECT wrapped FROM ctxledger_keys WHERE stream_id <> '' AND destroyed = 0",
-    )
-    assert wrapped == [(1,)]  # bob's, wrapped too
-
-
-def test_a_master_key_given_later_wraps_the_keys_from_then_on(
-    durable_url: str,
-) -> None:
-    with ContextLedger.open(durable_url) as ledger:
-        ledger.open_context("alice", "t1", metadata={"name": SECRET})
-    with ContextLedger.open(durable_url, master_key=KEY_MASTER) as ledger:
-        ledger.open_context("bob", "t1", metadata={"name": "bob"})
-        assert _metadata(ledger, "alice") == {"name": SECRET}  # unwrapped, readable
-    with pytest.raises(LedgerConfigError, match="master key"):
-        ContextLedger.open(durable_url)
-    rows = execute_sql(
-        durable_url,
-        "SELECT wrapped FROM ctxledger_keys WHERE stream_id <> '' ORDER BY wrapped",
-    )
-    assert rows == [(0,), (1,)]
-
-
-@pytest.mark.parametrize("bad", ["short", "zz" * 32, b"\x00" * 31, 12345])
-def test_a_malformed_master_key_is_a_config_error(bad: object) -> None:
-    with pytest.raises(LedgerConfigError, match="not a key"):
-        ContextLedger.open("memory://", master_key=bad)  # type: ignore[arg-type]
-
-
-def test_forget_inactive_forgets_only_users_idle_since(open_ledger: OpenLedger) -> None:
-    ledger = open_ledger()
-    with freeze_time("2026-01-01T00:00:00Z"):
-        ledger.open_context("idle", "t1", metadata={"name": SECRET})
-        ledger.open_context("gone", "t1", metadata={"name": SECRET})
-        ledger.forget_user("gone")
-    with freeze_time("2026-06-01T00:00:00Z"):
-        ledger.open_context("busy", "t1", metadata={"name": "keep"})
-    cutoff = datetime(2026, 3, 1, tzinfo=UTC)
-    assert ledger.inactive_users(cutoff) == ["idle"]
-
-    with freeze_time("2026-06-02T00:00:00Z"):
-        assert ledger.forget_inactive(cutoff) == {"idle": 1}
-
-    assert ledger.history("idle")[-1].kind == "forgotten"
-    assert "retention" in ledger.history("idle")[-1].details["reason"]
-    assert not ledger.history("busy")[-1].erased
-    assert ledger.inactive_users(cutoff) == []
-    with pytest.raises(InvalidContextInput):
-        ledger.forget_inactive(datetime(2026, 3, 1))  # naive  # noqa: DTZ001
-
-
 _CACHED_WRITER = r"""
 import json, sys
 from ledger import ContextLedger
@@ -528,22 +447,6 @@ def test_cli_forget_asks_then_erases(durable_url: str) -> None:
     assert json.loads(shown.stdout)[-1]["details"]["reason"] == "ticket 7"
 
 
-def test_cli_forget_inactive_since(durable_url: str) -> None:
-    with ContextLedger.open(durable_url) as ledger:
-        ledger.open_context("alice", "t1", metadata={"name": SECRET})
-    future = (datetime.now(tz=UTC) + timedelta(days=1)).isoformat()
-    past = "2000-01-01T00:00:00Z"
-
-    nothing = _cli("forget", "--inactive-since", past, "--yes", url=durable_url)
-    assert nothing.returncode == 0
-    assert "nothing to forget" in nothing.stdout
-    done = _cli("forget", "--inactive-since", future, url=durable_url, stdin="y\n")
-    assert done.returncode == 0, done.stderr
-    assert "forgot 1 user(s); 1 event(s) erased in all" in done.stdout
-    with ContextLedger.open(durable_url) as ledger:
-        assert ledger.history("alice")[0].erased
-
-
 @pytest.mark.parametrize(
     "args",
     [
@@ -600,26 +503,6 @@ def test_a_ledger_that_only_read_the_user_does_not_bring_the_key_back(
     assert rows == [(0, 1), (1, 0)]
 
 
-def _state_of(url: str, user: str, version: int) -> dict[str, object]:
-    rows = execute_sql(
-        url,
-        "SELECT state FROM {events} WHERE originator_id = {p} "
-        "AND originator_version = {p}",
-        (stream_key(url, user), version),
-    )
-    state: dict[str, object] = MsgpackTranscoder().decode(bytes(rows[0][0]))
-    return state
-
-
-def _store_state(url: str, user: str, version: int, state: dict[str, object]) -> None:
-    execute_sql(
-        url,
-        "UPDATE {events} SET state = {p} WHERE originator_id = {p} "
-        "AND originator_version = {p}",
-        (MsgpackTranscoder().encode(state), stream_key(url, user), version),
-    )
-
-
 def _forged(state: dict[str, object]) -> dict[str, object]:
     forged = {k: v for k, v in state.items() if k != "sealed"}
     forged["metadata"] = {"name": "FORGED"}
@@ -645,7 +528,7 @@ def test_verify_chain_finds_altered_sealed_metadata(
         for n in range(3):
             ledger.open_context("alice", "t1", metadata={"n": n, "name": SECRET})
         ledger.open_context("bob", "t1", metadata={"name": "bob"})
-    _store_state(durable_url, "alice", 2, tamper(_state_of(durable_url, "alice", 2)))
+    store_event(durable_url, "alice", 2, tamper(stored_event(durable_url, "alice", 2)))
 
     with ContextLedger.open(durable_url) as ledger:
         report = ledger.verify_chain()
@@ -731,29 +614,6 @@ def test_cli_forget_of_a_user_with_no_events_says_so(sqlite_url: str) -> None:
         assert not ledger.history("alice")[-1].erased
 
 
-def test_retention_leaves_a_user_who_became_active_after_the_listing() -> None:
-    """The check runs on the stored state inside the command: a user listed as
-    inactive who wrote since is not forgotten (``forget_inactive`` relies on it)."""
-    start = datetime(2026, 1, 1, tzinfo=UTC)
-    aggregate = UserContexts.start("bob", start)
-    aggregate.open(
-        "t1",
-        run_id=None,
-        metadata={},
-        ttl_seconds=None,
-        default_ttl_seconds=None,
-        now=start + timedelta(days=10),  # active after the cutoff below
-        limit=10,
-    )
-    cutoff = start + timedelta(days=5)
-
-    assert not aggregate.forget(reason="retention", now=start, inactive_since=cutoff)
-    assert aggregate.forget(
-        reason="retention", now=start, inactive_since=cutoff + timedelta(days=30)
-    )
-    assert aggregate.pending[-1].KIND == "forgotten"
-
-
 @pytest.mark.postgres
 def test_views_read_keys_on_their_own_connection(postgres_url: str) -> None:
     """A view's transaction looks keys up on its own connection: a pool of one is
@@ -774,11 +634,11 @@ def test_a_user_erased_while_damaged_writes_again_once_forgotten_again(
     with ContextLedger.open(durable_url) as ledger:
         ledger.open_context("alice", "t1", metadata={"name": SECRET})
         ledger.open_context("alice", "t1", metadata={"n": 1})
-    good = _state_of(durable_url, "alice", 2)
-    _store_state(durable_url, "alice", 2, {**good, "format": 99})  # unreadable
+    good = stored_event(durable_url, "alice", 2)
+    store_event(durable_url, "alice", 2, {**good, "format": 99})  # unreadable
     with ContextLedger.open(durable_url) as ledger, pytest.raises(LedgerCorrupted):
         ledger.forget_user("alice")
-    _store_state(durable_url, "alice", 2, good)  # repaired
+    store_event(durable_url, "alice", 2, good)  # repaired
     with ContextLedger.open(durable_url) as ledger:
         with pytest.raises(LedgerCorrupted, match="run forget_user again"):
             ledger.open_context("alice", "t1", metadata={"n": 2})
@@ -788,32 +648,12 @@ def test_a_user_erased_while_damaged_writes_again_once_forgotten_again(
         assert ledger.verify_chain().holds
 
 
-def test_retention_goes_on_past_a_damaged_user(durable_url: str) -> None:
-    with ContextLedger.open(durable_url) as ledger:
-        for user in ("alice", "bob", "carol"):
-            ledger.open_context(user, "t1", metadata={"name": SECRET})
-        ledger.open_context("alice", "t1", metadata={"n": 2})
-    execute_sql(  # alice's first event is damaged; her last one still says when
-        durable_url,
-        "UPDATE {events} SET state = {c1} WHERE originator_id = {p} "
-        "AND originator_version = 1",
-        (stream_key(durable_url, "alice"),),
-    )
-    future = datetime.now(tz=UTC) + timedelta(days=1)
-    with ContextLedger.open(durable_url) as ledger:
-        with pytest.raises(LedgerCorrupted) as raised:
-            ledger.forget_inactive(future)
-        assert "forgot 2 other user(s)" in " ".join(raised.value.__notes__)
-        assert ledger.history("bob")[-1].kind == "forgotten"
-        assert ledger.history("carol")[-1].kind == "forgotten"
-
-
 def test_a_key_generation_that_is_not_a_number_is_damage(durable_url: str) -> None:
     with ContextLedger.open(durable_url) as ledger:
         ledger.open_context("alice", "t1", metadata={"name": SECRET})
         ledger.open_context("bob", "t1", metadata={"name": "bob"})
-    state = _state_of(durable_url, "alice", 1)
-    _store_state(durable_url, "alice", 1, {**state, "key_generation": "x"})
+    state = stored_event(durable_url, "alice", 1)
+    store_event(durable_url, "alice", 1, {**state, "key_generation": "x"})
     with ContextLedger.open(durable_url) as ledger:
         with pytest.raises(LedgerCorrupted):
             ledger.get_context("alice", "t1")
@@ -822,13 +662,6 @@ def test_a_key_generation_that_is_not_a_number_is_damage(durable_url: str) -> No
         assert broken[0].fault is not None
         assert broken[0].fault.version == 1
         assert _metadata(ledger, "bob") == {"name": "bob"}
-
-
-def test_a_reader_with_a_master_key_cannot_start_wrapping(durable_url: str) -> None:
-    with ContextLedger.open(durable_url) as ledger:
-        ledger.open_context("alice", "t1", metadata={"name": SECRET})
-    with pytest.raises(LedgerConfigError, match="not wrapped by a master key yet"):
-        ContextLedger.open(durable_url, create=False, master_key=KEY_MASTER)
 
 
 def _export_lines(ledger: ContextLedger, path: Path) -> list[dict[str, object]]:
@@ -873,8 +706,8 @@ def test_a_generation_of_the_wrong_type_does_not_stop_the_erasure(
     with ContextLedger.open(durable_url) as ledger:
         ledger.open_context("alice", "t1", metadata={"name": SECRET})
         ledger.open_context("alice", "t1", metadata={"n": 1})
-    state = _state_of(durable_url, "alice", 2)
-    _store_state(durable_url, "alice", 2, {**state, "key_generation": [0]})
+    state = stored_event(durable_url, "alice", 2)
+    store_event(durable_url, "alice", 2, {**state, "key_generation": [0]})
     with ContextLedger.open(durable_url) as ledger, pytest.raises(LedgerCorrupted):
         ledger.forget_user("alice")
     live = execute_sql(
@@ -882,20 +715,3 @@ def test_a_generation_of_the_wrong_type_does_not_stop_the_erasure(
         "SELECT generation FROM ctxledger_keys WHERE stream_id <> '' AND destroyed = 0",
     )
     assert live == []
-
-
-def test_a_master_key_given_by_another_process_stops_unwrapped_keys(
-    durable_url: str,
-) -> None:
-    with ContextLedger.open(durable_url) as early:
-        early.open_context("alice", "t1", metadata={"name": SECRET})
-        with ContextLedger.open(durable_url, master_key=KEY_MASTER) as later:
-            later.open_context("bob", "t1", metadata={"name": "bob"})
-        with pytest.raises(LedgerConfigError, match="master key"):
-            early.open_context("carol", "t1", metadata={"name": "carol"})
-        assert early.history("carol") == []
-    rows = execute_sql(
-        durable_url,
-        "SELECT wrapped FROM ctxledger_keys WHERE stream_id <> '' ORDER BY wrapped",
-    )
-    assert rows == [(0,), (1,)]  # alice's from before, bob's wrapped

@@ -20,7 +20,8 @@ from ledger import (
     LedgerConfigError,
 )
 from projections import Projections, ViewNotBuilt
-from tests.helpers import OpenLedger, execute_sql, run
+from tests.helpers import OpenLedger, run
+from tests.tampering import execute_sql
 
 START = datetime(2026, 3, 1, 9, 0, tzinfo=UTC)
 

@@ -21,7 +21,8 @@ from ledger import (
 )
 from ledger.domain.contexts import user_aggregate_id
 from ledger.store import feed as feed_module
-from tests.helpers import dsn_and_schema, execute_sql, wait_until
+from tests.helpers import dsn_and_schema, wait_until
+from tests.tampering import execute_sql
 
 Change = tuple[int, LedgerEvent]
 HOLD_LIMIT_SECONDS = 20

@@ -27,11 +27,11 @@ from projections import Projections
 from tests.helpers import (
     appends_held,
     dsn_and_schema,
-    execute_sql,
     held_backend,
     raw_connection,
     wait_until,
 )
+from tests.tampering import execute_sql
 
 pytestmark = pytest.mark.postgres
 

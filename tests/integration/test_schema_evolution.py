@@ -15,7 +15,7 @@ from ledger import ContextLedger, LedgerCorrupted, verify_export
 from ledger.domain.events import ContextCreated
 from ledger.store.serialization import MsgpackTranscoder, register
 from projections import Projections
-from tests.helpers import execute_sql, stream_key
+from tests.tampering import execute_sql, stream_key
 
 
 class ContextCreatedV2(ContextCreated):

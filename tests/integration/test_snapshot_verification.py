@@ -18,9 +18,14 @@ from msgpack import ExtType
 from ledger import ContextLedger
 from ledger.domain.contexts import UserSnapshot, project_user, user_aggregate_id
 from ledger.store.application import SNAPSHOT_INTERVAL
-from ledger.store.keys import place_of, seal
 from ledger.store.serialization import MsgpackTranscoder, PydanticMapper
-from tests.helpers import execute_sql, stream_key
+from tests.tampering import (
+    execute_sql,
+    store_snapshot,
+    store_snapshot_as_format_2,
+    stored_snapshots,
+    stream_key,
+)
 
 START = datetime(2026, 3, 1, 9, 0, tzinfo=UTC)
 _CODEC = MsgpackTranscoder()
@@ -38,25 +43,6 @@ def _history(url: str, user: str, events: int) -> None:
                 ledger.clear_context(user, opened.context_id)
             clock.tick(1)
             turn += 1
-
-
-def _snapshots(url: str, user: str) -> list[tuple[int, dict[str, Any]]]:
-    rows = execute_sql(
-        url,
-        "SELECT originator_version, state FROM {snapshots} WHERE originator_id = {p} "
-        "ORDER BY originator_version",
-        (stream_key(url, user),),
-    )
-    return [(version, _CODEC.decode(bytes(state))) for version, state in rows]
-
-
-def _set_snapshot(url: str, user: str, version: int, state: dict[str, Any]) -> None:
-    execute_sql(
-        url,
-        "UPDATE {snapshots} SET state = {p} WHERE originator_id = {p} "
-        "AND originator_version = {p}",
-        (_CODEC.encode(state), stream_key(url, user), version),
-    )
 
 
 def _fault(url: str, user: str | None = None) -> tuple[int, str] | None:
@@ -78,7 +64,7 @@ def test_a_snapshot_is_stored_in_format_3_and_sealed_even_without_contexts(
             opened = ledger.open_context("ann", "t1", metadata={"turn": turn})
             ledger.clear_context("ann", opened.context_id)
 
-    ((version, state),) = _snapshots(durable_url, "ann")
+    ((version, state),) = stored_snapshots(durable_url, "ann")
 
     assert version == SNAPSHOT_INTERVAL
     assert state["format"] == 3
@@ -124,12 +110,12 @@ def test_an_edited_field_of_a_format_3_snapshot_is_altered_and_not_used(
     with ContextLedger.open(durable_url) as ledger:
         last = ledger.history("erin")[-1].occurred_at
         before = _state(ledger, last)
-    ((version, state),) = _snapshots(durable_url, "erin")
+    ((version, state),) = stored_snapshots(durable_url, "erin")
     assert state["format"] == 3
     assert state["contexts"]
     assert state["requests"]
     EDITS[edit](state)
-    _set_snapshot(durable_url, "erin", version, state)
+    store_snapshot(durable_url, "erin", version, state)
 
     with ContextLedger.open(durable_url) as ledger:
         after = _state(ledger, last)
@@ -161,13 +147,13 @@ def test_a_forged_format_2_snapshot_is_not_carried_into_later_snapshots(
     so the snapshots written later hold the replayed state, and once the forged
     one is deleted the chain holds with the true state."""
     _history(durable_url, "kim", SNAPSHOT_INTERVAL + 1)
-    ((version, state),) = _snapshots(durable_url, "kim")
+    ((version, state),) = stored_snapshots(durable_url, "kim")
     state.pop("sealed")
     state["format"] = 2
     forged = START - timedelta(days=30)
     for context in state["contexts"]:
         context.update(created_at=forged, expires_at=None, ttl_seconds=None)
-    _set_snapshot(durable_url, "kim", version, state)
+    store_snapshot(durable_url, "kim", version, state)
     assert _fault(durable_url, "kim") == (version, "altered")
 
     with ContextLedger.open(durable_url) as ledger, freeze_time(START):
@@ -195,8 +181,8 @@ def test_a_format_3_snapshot_moved_to_another_version_is_altered(
     durable_url: str,
 ) -> None:
     _history(durable_url, "eve", 2 * SNAPSHOT_INTERVAL + 5)
-    (_, state), (second, _) = _snapshots(durable_url, "eve")
-    _set_snapshot(durable_url, "eve", second, state)
+    (_, state), (second, _) = stored_snapshots(durable_url, "eve")
+    store_snapshot(durable_url, "eve", second, state)
 
     assert _fault(durable_url) == (second, "altered")
 
@@ -204,9 +190,9 @@ def test_a_format_3_snapshot_moved_to_another_version_is_altered(
 def test_only_the_user_with_an_edited_snapshot_is_broken(durable_url: str) -> None:
     _history(durable_url, "erin", SNAPSHOT_INTERVAL + 5)
     _history(durable_url, "fred", SNAPSHOT_INTERVAL + 5)
-    ((version, state),) = _snapshots(durable_url, "erin")
+    ((version, state),) = stored_snapshots(durable_url, "erin")
     state["last_hash"] = "1" * 64
-    _set_snapshot(durable_url, "erin", version, state)
+    store_snapshot(durable_url, "erin", version, state)
 
     with ContextLedger.open(durable_url) as ledger:
         report = ledger.verify_chain()
@@ -215,33 +201,11 @@ def test_only_the_user_with_an_edited_snapshot_is_broken(durable_url: str) -> No
     assert report.events == 2 * (SNAPSHOT_INTERVAL + 5)
 
 
-def _as_format_2(url: str, user: str) -> int:
-    """Stores the user's newest snapshot again as the previous release did
-    (format 2: no digest, nothing sealed when there are no contexts)."""
-    stream = user_aggregate_id(user)
-    with ContextLedger.open(url) as ledger:
-        app = ledger._app
-        assert app.snapshots is not None
-        with app.keys.reading():
-            (snapshot,) = app.snapshots.get(stream, desc=True, limit=1)
-        assert isinstance(snapshot, UserSnapshot)
-        state = snapshot.model_dump(exclude={"originator_id", "originator_version"})
-        metadata = [context.pop("metadata") for context in state["contexts"]]
-        if metadata:
-            version, generation = snapshot.originator_version, snapshot.key_generation
-            cipher = app.keys.for_writing(stream, generation)
-            place = place_of(b"ctxledger snapshot", stream, version, generation)
-            state["sealed"] = seal(cipher, place, _CODEC.encode(metadata))
-        state["format"] = 2
-    _set_snapshot(url, user, snapshot.originator_version, state)
-    return snapshot.originator_version
-
-
 def test_a_format_2_snapshot_is_still_read_and_holds(durable_url: str) -> None:
     _history(durable_url, "gil", SNAPSHOT_INTERVAL + 5)
     with ContextLedger.open(durable_url) as ledger:
         active = ledger.active_contexts("gil")
-    version = _as_format_2(durable_url, "gil")
+    version = store_snapshot_as_format_2(durable_url, "gil")
     stream = user_aggregate_id("gil")
 
     with ContextLedger.open(durable_url) as ledger:
@@ -249,7 +213,7 @@ def test_a_format_2_snapshot_is_still_read_and_holds(durable_url: str) -> None:
         with ledger._app.keys.reading():
             (read,) = ledger._app.snapshots.get(stream, desc=True, limit=1)
         assert ledger.active_contexts("gil") == active
-    assert _snapshots(durable_url, "gil")[0][1]["format"] == 2
+    assert stored_snapshots(durable_url, "gil")[0][1]["format"] == 2
     assert isinstance(read, UserSnapshot)
     assert read.originator_version == version
     assert read.contexts
@@ -262,10 +226,10 @@ def test_an_edited_format_2_snapshot_is_found_by_the_replay(
     durable_url: str, edit: str
 ) -> None:
     _history(durable_url, "hana", SNAPSHOT_INTERVAL + 5)
-    version = _as_format_2(durable_url, "hana")
-    ((_, state),) = _snapshots(durable_url, "hana")
+    version = store_snapshot_as_format_2(durable_url, "hana")
+    ((_, state),) = stored_snapshots(durable_url, "hana")
     EDITS[edit](state)  # still opens: format 2 binds no digest
-    _set_snapshot(durable_url, "hana", version, state)
+    store_snapshot(durable_url, "hana", version, state)
 
     assert _fault(durable_url) == (version, "altered")
     assert _fault(durable_url, "hana") == (version, "altered")
@@ -273,9 +237,9 @@ def test_an_edited_format_2_snapshot_is_found_by_the_replay(
 
 def test_a_snapshot_of_a_newer_format_asks_for_an_upgrade(sqlite_url: str) -> None:
     _history(sqlite_url, "ivy", SNAPSHOT_INTERVAL + 5)
-    ((version, state),) = _snapshots(sqlite_url, "ivy")
+    ((version, state),) = stored_snapshots(sqlite_url, "ivy")
     state["format"] = 4
-    _set_snapshot(sqlite_url, "ivy", version, state)
+    store_snapshot(sqlite_url, "ivy", version, state)
     stored = StoredEvent(
         originator_id=user_aggregate_id("ivy"),
         originator_version=version,

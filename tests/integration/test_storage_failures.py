@@ -9,7 +9,7 @@ import pytest
 
 from ledger import ContextLedger, StorageUnavailable
 from projections import Projections
-from tests.helpers import execute_sql
+from tests.tampering import execute_sql
 
 
 def test_a_locked_sqlite_file_is_unavailable_and_the_write_appended_nothing(
