@@ -410,12 +410,7 @@ class UserContexts:
         self.last_hash = record_hash(event.chain_record())
 
     def _remember(self, request_id: str, version: int) -> None:
-        known = self.requests.get(request_id)
-        first = known[0] if known is not None and known[1] == version - 1 else version
-        self.requests[request_id] = (first, version)
-        self.requests.move_to_end(request_id)
-        if len(self.requests) > REQUEST_WINDOW:
-            self.requests.popitem(last=False)
+        remember_request(self.requests, request_id, version)
 
     def _evolve(self, event: ContextEvent) -> None:
         current = self.contexts.get(event.context_id)
@@ -437,6 +432,21 @@ class UserContexts:
     def _put(self, context: Context) -> None:
         self.contexts[context.context_id] = context
         self._threads[context.thread_id] = context.context_id
+
+
+def remember_request(
+    requests: "OrderedDict[str, tuple[int, int]]", request_id: str, version: int
+) -> None:
+    """Notes that the event at ``version`` was written for ``request_id``: the
+    request window of the last REQUEST_WINDOW request ids, with the first and last
+    versions of each (the aggregate's, and the fold verification checks a
+    snapshot against)."""
+    known = requests.get(request_id)
+    first = known[0] if known is not None and known[1] == version - 1 else version
+    requests[request_id] = (first, version)
+    requests.move_to_end(request_id)
+    if len(requests) > REQUEST_WINDOW:
+        requests.popitem(last=False)
 
 
 def least_recently_used(contexts: Iterable[Context]) -> list[Context]:
