@@ -41,11 +41,9 @@ class ActiveContextsView(View):
 
     def apply(self, tx: Tx, names: Names, events: Sequence[Positioned]) -> None:
         table = names["active_contexts"]
-        contexts: dict[str, ContextFields | None] = {
-            cid: dict(context.__dict__)
-            for cid, context in self._stored(tx, names, _needed(events)).items()
-            if context is not None
-        }
+        contexts: dict[str, ContextFields | None] = dict(
+            self._stored(tx, names, _needed(events))
+        )
         sealing: dict[str, int | None] = {}  # context -> its key generation
         for _, event in events:
             if forgets_user(event):
@@ -138,17 +136,21 @@ class ActiveContextsView(View):
         where = f"SELECT COUNT(*) FROM {table} WHERE user_id = ?"
         return int(tx.rows(where, (user_id,))[0][0])
 
-    def _stored(
-        self, tx: Tx, names: Names, ids: list[str]
-    ) -> dict[str, Context | None]:
-        found: dict[str, Context | None] = {}
+    def _stored(self, tx: Tx, names: Names, ids: list[str]) -> dict[str, ContextFields]:
+        """The stored contexts of these ids, as fields (as ``query`` reads them,
+        without building a model each)."""
+        found: dict[str, ContextFields] = {}
+        table = names["active_contexts"]
         for start in range(0, len(ids), _CHUNK):
             chunk = ids[start : start + _CHUNK]
             marks = ", ".join("?" * len(chunk))
-            for context in self.query(
-                tx, names, f"WHERE context_id IN ({marks})", chunk
-            ):
-                found[context.context_id] = context
+            rows = tx.rows(
+                f"SELECT {_SELECT} FROM {table} WHERE context_id IN ({marks})", chunk
+            )
+            prefetch(tx.keys, ((row[_USER], row[_METADATA]) for row in rows))
+            for row in rows:
+                fields = _fields(tx, row)
+                found[fields["context_id"]] = fields
         return found
 
 
@@ -195,18 +197,34 @@ def _context(tx: Tx, row: tuple[Any, ...]) -> Context:
     context = ROWS.value(tx.dialect, row)
     if not is_sealed(context.metadata):
         return context
-    cell = cast(str, context.metadata)
+    return context.model_copy(
+        update=_opened(tx, context.user_id, cast(str, context.metadata))
+    )
+
+
+def _fields(tx: Tx, row: tuple[Any, ...]) -> ContextFields:
+    """``_context``'s fields, without the model."""
+    fields = ROWS.fields(tx.dialect, row)
+    fields["erased"] = False
+    if is_sealed(fields["metadata"]):
+        fields.update(_opened(tx, fields["user_id"], fields["metadata"]))
+    return fields
+
+
+def _opened(tx: Tx, user_id: str, cell: str) -> dict[str, Any]:
+    """The fields a sealed metadata cell stands for: its metadata; ``erased``
+    once its key is destroyed."""
     try:
-        opened, metadata = open_json(tx.keys, context.user_id, cell)
+        opened, metadata = open_json(tx.keys, user_id, cell)
     except LedgerError:
         raise  # a master key that does not open the keys: a setting to fix
     except ValueError:
         # Altered in the view (or moved to another user's row): it stays sealed,
         # so ``verify`` reports it and ``rebuild`` repairs it.
-        return context.model_copy(update={"metadata": {"sealed": cell}})
+        return {"metadata": {"sealed": cell}}
     if not opened:
-        return context.model_copy(update={"metadata": {}, "erased": True})
-    return context.model_copy(update={"metadata": metadata})
+        return {"metadata": {}, "erased": True}
+    return {"metadata": metadata}
 
 
 def _values(context: Mapping[str, Any]) -> tuple[object, ...]:

@@ -28,7 +28,6 @@ _SELECT = ", ".join(COLUMNS)
 _PAGE = 2000
 SEALED = "sealed"
 """The key of a row's details that holds its sealed personal data."""
-_PERSONAL = ("metadata", "metadata_salt")
 
 
 class AuditView(View):
@@ -154,7 +153,9 @@ def _sealed(tx: Tx, event: EventRecord) -> dict[str, Any]:
     details = event.details
     if not event.sealed_metadata or details.get("metadata") is None:
         return details  # format 1, no metadata, or erased: nothing to seal
-    kept = {k: v for k, v in details.items() if k not in _PERSONAL}
+    kept = dict(details)
+    del kept["metadata"]
+    kept.pop("metadata_salt", None)
     if event.sealed is not None:
         kept[SEALED] = event_cell(event.key_generation, event.sealed)
         return kept

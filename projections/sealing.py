@@ -27,7 +27,8 @@ _EVENT_CELL = f"{PREFIX}event:"
 def event_cell(generation: int, sealed: bytes) -> str:
     """An event's sealed value as stored (``[metadata, salt]`` in msgpack, sealed
     by the ledger) as a view's cell: no key is needed to write it."""
-    return f"{_EVENT_CELL}{generation}:{base64.b64encode(sealed).decode('ascii')}"
+    text = binascii.b2a_base64(sealed, newline=False).decode("ascii")
+    return f"{_EVENT_CELL}{generation}:{text}"
 
 
 def seal_json(

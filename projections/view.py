@@ -90,11 +90,14 @@ class ModelColumns(Generic[M]):
 
     def value(self, dialect: Dialect, row: Sequence[Any]) -> M:
         """The model a stored row holds (built without validating it again)."""
-        fields = {
+        return self.model.model_construct(**self.fields(dialect, row))
+
+    def fields(self, dialect: Dialect, row: Sequence[Any]) -> dict[str, Any]:
+        """The stored fields of a row, by name (computed ones left out)."""
+        return {
             name: _stored(dialect, kind, cell)
             for name, (kind, _), cell in zip(self.names, self._kinds, row, strict=True)
         }
-        return self.model.model_construct(**fields)
 
 
 def _param(dialect: Dialect, kind: str, value: Any) -> Any:
