@@ -351,11 +351,14 @@ def test_a_postgres_dump_holds_no_metadata_value(postgres_url: str) -> None:
 
         dump = _pg_dump(postgres_url)
         assert SECRET.encode() not in dump
-        # A tombstone with no key is all that is left of alice's key.
-        assert execute_sql(
+        # A tombstone is all that is left of alice's key: the master key's tag
+        # over its place (16 bytes, with its 12-byte nonce), no key.
+        ((tag, destroyed),) = execute_sql(
             postgres_url,
             "SELECT data_key, destroyed FROM ctxledger_keys WHERE stream_id <> ''",
-        ) == [(b"", 1)]
+        )
+        assert destroyed == 1
+        assert len(bytes(tag)) == 28
 
 
 _CACHED_WRITER = r"""

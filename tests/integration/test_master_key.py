@@ -69,7 +69,7 @@ def test_a_master_key_given_later_wraps_the_keys_from_then_on(
         durable_url,
         "SELECT wrapped FROM ctxledger_keys WHERE stream_id <> '' ORDER BY wrapped",
     )
-    assert rows == [(0,), (1,)]
+    assert rows == [(1,), (1,)]  # adopting the master key wrapped alice's too
 
 
 @pytest.mark.parametrize("bad", ["short", "zz" * 32, b"\x00" * 31, 12345])
@@ -99,4 +99,4 @@ def test_a_master_key_given_by_another_process_stops_unwrapped_keys(
         durable_url,
         "SELECT wrapped FROM ctxledger_keys WHERE stream_id <> '' ORDER BY wrapped",
     )
-    assert rows == [(0,), (1,)]  # alice's from before, bob's wrapped
+    assert rows == [(1,), (1,)]  # alice's wrapped when the key was adopted, bob's
