@@ -4,9 +4,11 @@
                                 [--postgres-events N] [--json FILE]
 
 In one run per backend: write N events (a simulated chat, appended in large
-batches), then time the floor (read the same stored events with the plain driver,
-decode each with msgpack, insert one row per event into a plain table, committing
-every 1,000), a catch-up of all views from nothing, and a rebuild of all views.
+batches, each event with a small metadata value), then time the floor (read the
+same stored events with the plain driver, decode each with msgpack, insert one row
+per event into a plain table, committing every 1,000), the ledger's decoder alone
+(read and decode every event as the views do, writing nothing), a catch-up of all
+views from nothing, and a rebuild of all views.
 The resident memory is sampled during the rebuild to show it stays flat.
 """
 
@@ -29,6 +31,7 @@ from rich.console import Console
 from rich.table import Table
 
 from ledger.domain.contexts import UserContexts, UserSnapshot
+from ledger.log_source import LogSource, locate
 from ledger.store.application import (
     SNAPSHOT_INTERVAL,
     LedgerApplication,
@@ -47,9 +50,11 @@ class ViewsResult:
     backend: str
     events: int
     floor_events_per_s: float
+    decode_events_per_s: float
     catch_up_events_per_s: float
     rebuild_events_per_s: float
     rebuild_over_floor: float
+    decode_over_floor: float
     rebuild_rss_mb_at_10_percent: float
     rebuild_rss_mb_at_end: float
 
@@ -161,6 +166,24 @@ def postgres_floor(dsn: str, schema: str) -> float:
     return count / elapsed
 
 
+def decode_rate(url: str) -> float:
+    """Events per second: read and decode the log as the views do (the ledger's
+    decoder, ``LogSource.batch``), writing nothing: the part of a rebuild that
+    is the decoder's."""
+    source = LogSource.open(locate(url), create=False)
+    try:
+        head, after, count = source.head(), 0, 0
+        start = time.perf_counter()
+        while after < head:
+            events = source.batch(after, FLOOR_BATCH, head).events
+            if not events:
+                break
+            after, count = events[-1][0], count + len(events)
+        return count / (time.perf_counter() - start)
+    finally:
+        source.close()
+
+
 def measure_views(url: str, events: int) -> tuple[float, float, float, float]:
     """Catch-up and rebuild events/s; RSS at 10% of the rebuild and at its end."""
     with Projections.open(url) as views:
@@ -186,14 +209,17 @@ def run_backend(
 ) -> ViewsResult:
     written = write_events(url, events, seed)
     floor_rate = floor()
+    decode = decode_rate(url)
     catch_up, rebuild, early, end = measure_views(url, written)
     return ViewsResult(
         backend=backend,
         events=written,
         floor_events_per_s=round(floor_rate),
+        decode_events_per_s=round(decode),
         catch_up_events_per_s=round(catch_up),
         rebuild_events_per_s=round(rebuild),
         rebuild_over_floor=round(rebuild / floor_rate, 2),
+        decode_over_floor=round(decode / floor_rate, 2),
         rebuild_rss_mb_at_10_percent=round(early, 1),
         rebuild_rss_mb_at_end=round(end, 1),
     )
