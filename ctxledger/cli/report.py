@@ -19,7 +19,7 @@ from itertools import accumulate, pairwise
 
 from ctxledger.cli.report_axis import nice_step, ticks
 from ledger import Context, LedgerEvent, UserChain
-from ledger.domain.contexts import contexts_through
+from ledger.domain.transitions import contexts_through
 from projections import ContinuityFigures
 
 LEFT, WIDTH, RIGHT = 220, 960, 40  # label column, time axis, margin (px)

@@ -1,17 +1,13 @@
 """The per-user aggregate: a user's active contexts, changed only by events."""
 
 from collections import OrderedDict
-from collections.abc import Iterable, Iterator
-from datetime import UTC, datetime, timedelta
-from functools import lru_cache
+from collections.abc import Iterable
+from datetime import datetime
 from secrets import token_hex
-from typing import Any, ClassVar, Protocol, Self, cast
-from uuid import UUID, uuid4, uuid5
-
-from pydantic import BaseModel, ConfigDict, Field
+from typing import Any, Self
+from uuid import UUID, uuid4
 
 from ledger.domain.events import (
-    EVENT_CLASSES,
     CarriesMetadata,
     ContextCleared,
     ContextCreated,
@@ -20,7 +16,6 @@ from ledger.domain.events import (
     ContextReused,
     ContextUpdated,
     UserForgotten,
-    from_ledger_event,
 )
 from ledger.domain.hashing import (
     GENESIS_HASH,
@@ -28,84 +23,42 @@ from ledger.domain.hashing import (
     metadata_commitment,
     record_hash,
 )
-from ledger.domain.models import (
-    EVICTED,
-    Context,
-    EventKind,
-    LedgerEvent,
-    OnLimit,
-    UtcDatetime,
+from ledger.domain.models import EVICTED, Context, OnLimit
+from ledger.domain.snapshot import UserSnapshot
+from ledger.domain.streams import check_follows, check_thread, user_aggregate_id
+from ledger.domain.transitions import (
+    ContextFields,
+    ends_context,
+    evicts_context,
+    evolve_context,
+    evolve_fields,
+    forgets_user,
+    least_recently_used,
+    merge_metadata,
+    opens_context,
 )
 from ledger.domain.validation import check_merged_size
 from ledger.errors import ContextLimitExceeded, ContextNotFound
 
+__all__ = [  # the names of transitions, snapshot and streams imported from here
+    "REQUEST_WINDOW",
+    "ContextFields",
+    "UserContexts",
+    "UserSnapshot",
+    "ends_context",
+    "evicts_context",
+    "evolve_context",
+    "evolve_fields",
+    "forgets_user",
+    "opens_context",
+    "project_user",
+    "remember_request",
+    "user_aggregate_id",
+]
+
+
 REQUEST_WINDOW = 1000
 """How many of a user's latest request ids are remembered (a repeat is not applied)."""
-_USER_NAMESPACE = UUID("6f1d4c2e-8a57-4f0b-9c1e-3b2a7d9e5c40")
-
-
-@lru_cache(maxsize=65536)
-def user_aggregate_id(user_id: str) -> UUID:
-    """The stream id of a user: the same in every process, so writers contend."""
-    return uuid5(_USER_NAMESPACE, user_id)
-
-
-def merge_metadata(current: dict[str, Any], patch: dict[str, Any]) -> dict[str, Any]:
-    """Shallow merge; a key given as None is removed."""
-    merged = {**current, **patch}
-    return {key: value for key, value in merged.items() if value is not None}
-
-
-LAST_TIME = datetime.max.replace(tzinfo=UTC)
-"""The latest time a datetime holds: an expiry later than it is kept as it."""
-
-
-def expiry_time(last_used_at: datetime, ttl_seconds: float | None) -> datetime | None:
-    """When a context used at ``last_used_at`` expires; None for no expiry. An
-    expiry past the end of the year 9999 is LAST_TIME."""
-    if ttl_seconds is None:
-        return None
-    ttl = timedelta(seconds=ttl_seconds)
-    return LAST_TIME if LAST_TIME - last_used_at <= ttl else last_used_at + ttl
-
-
-class UserSnapshot(BaseModel):
-    """The state of a user's aggregate at one version, so loading skips replay."""
-
-    model_config = ConfigDict(frozen=True, extra="forbid")
-    TOPIC: ClassVar[str] = "ctxledger:UserSnapshot"
-
-    originator_id: UUID
-    originator_version: int
-    timestamp: UtcDatetime
-    user_id: str
-    created_on: UtcDatetime
-    modified_on: UtcDatetime
-    last_hash: str
-    contexts: list[Context]
-    requests: list[tuple[str, int, int]] = Field(default_factory=list)
-    """The request window: (request id, first version, last version), oldest first."""
-    key_generation: int = 0
-    """The data key that seals the contexts' metadata (and new events')."""
-    forgotten_at: int = 0
-    """The version of the user's last ``forgotten`` event (0: none)."""
-
-    @classmethod
-    def take(cls, aggregate: "UserContexts") -> Self:
-        """The snapshot of an aggregate just saved (see LedgerApplication.record)."""
-        return cls(
-            originator_id=aggregate.id,
-            originator_version=aggregate.version,
-            timestamp=aggregate.modified_on,
-            user_id=aggregate.user_id,
-            created_on=aggregate.created_on,
-            modified_on=aggregate.modified_on,
-            last_hash=aggregate.last_hash,
-            contexts=list(aggregate.contexts.values()),
-            requests=[(rid, *versions) for rid, versions in aggregate.requests.items()],
-            key_generation=aggregate.key_generation,
-            forgotten_at=aggregate.forgotten_at,
-        )
 
 
 class UserContexts:
@@ -377,25 +330,7 @@ class UserContexts:
     # Evolution: the only code that changes the state.
 
     def apply(self, event: ContextEvent) -> None:
-        if event.originator_version != self.version + 1:
-            msg = (
-                f"event version {event.originator_version} of user {self.user_id!r} "
-                f"does not follow version {self.version}"
-            )
-            raise ValueError(msg)
-        if (
-            isinstance(event, UserForgotten)
-            or (
-                isinstance(event, CarriesMetadata)
-                and event.metadata_commitment is not None
-            )
-        ) and event.key_generation != self.key_generation:
-            msg = (
-                f"event version {event.originator_version} of user {self.user_id!r} "
-                f"names key generation {event.key_generation}, but the stream is at "
-                f"generation {self.key_generation}"
-            )
-            raise ValueError(msg)
+        check_follows(event, self.user_id, self.version, self.key_generation)
         if isinstance(event, UserForgotten):
             self.contexts.clear()
             self._threads.clear()
@@ -414,13 +349,7 @@ class UserContexts:
 
     def _evolve(self, event: ContextEvent) -> None:
         current = self.contexts.get(event.context_id)
-        if current is not None and current.thread_id != event.thread_id:
-            msg = (
-                f"event version {event.originator_version} of context "
-                f"{event.context_id!r} names thread {event.thread_id!r}, but the "
-                f"context belongs to thread {current.thread_id!r}"
-            )
-            raise ValueError(msg)
+        check_thread(current, event)
         context = evolve_context(current, event)
         if context is None:
             if self._threads.get(event.thread_id) == event.context_id:
@@ -447,154 +376,6 @@ def remember_request(
     requests.move_to_end(request_id)
     if len(requests) > REQUEST_WINDOW:
         requests.popitem(last=False)
-
-
-def least_recently_used(contexts: Iterable[Context]) -> list[Context]:
-    """The contexts, least recently used first (ties: oldest, then by id)."""
-    return sorted(contexts, key=lambda c: (c.last_used_at, c.created_at, c.context_id))
-
-
-ENDING: tuple[type[ContextEvent], ...] = (ContextExpired, ContextCleared)
-"""The events after which a context is no longer active."""
-
-
-ENDING_KINDS = frozenset(cls.KIND for cls in ENDING)
-_EVENT_NAMES: dict[str, str] = {cls.KIND: cls.__name__ for cls in EVENT_CLASSES}
-
-
-class Change(Protocol):
-    """What ``evolve_context`` reads of an event: a domain event, or the record
-    the read side decodes without pydantic (``ledger.store.records``)."""
-
-    @property
-    def KIND(self) -> EventKind: ...  # noqa: N802  (the events' class attribute)
-    @property
-    def timestamp(self) -> datetime: ...
-    @property
-    def user_id(self) -> str: ...
-    @property
-    def context_id(self) -> str: ...
-    @property
-    def thread_id(self) -> str: ...
-    @property
-    def run_id(self) -> str | None: ...
-
-
-def opens_context(event: Change) -> bool:
-    """Whether ``event`` starts a new context (``evolve_context``'s first rule)."""
-    return event.KIND == "created"
-
-
-def forgets_user(event: Change) -> bool:
-    """Whether ``event`` erased the user: it ends every context of the user."""
-    return event.KIND == "forgotten"
-
-
-def evicts_context(event: Change) -> bool:
-    """Whether ``event`` is the ledger's eviction of a context (a ``cleared``
-    event with the reserved reason EVICTED)."""
-    return event.KIND == "cleared" and getattr(event, "reason", None) == EVICTED
-
-
-def ends_context(event: Change) -> bool:
-    """Whether ``event`` ends its context (``evolve_context`` returns None)."""
-    return event.KIND in ENDING_KINDS
-
-
-ContextFields = dict[str, Any]
-"""A context as its fields (``Context``'s), for the read side's fast paths."""
-
-
-def evolve_context(context: Context | None, event: Change) -> Context | None:
-    """The context after ``event``: None once it is expired or cleared.
-
-    The aggregate, the expiry index and the report use it; the views use
-    ``evolve_fields``, the same transition on a context's fields.
-    """
-    fields = evolve_fields(None if context is None else context.__dict__, event)
-    return None if fields is None else Context.model_construct(**fields)
-
-
-def evolve_fields(context: ContextFields | None, event: Change) -> ContextFields | None:
-    """A context's fields after ``event`` (a new dict); None once it is expired or
-    cleared.
-
-    The one place that says how events change a context and when it expires, on
-    domain events or on the records the read side decodes straight from storage
-    (``ledger.store.records``). The events were validated when written, so the
-    values are not validated again.
-    """
-    at = event.timestamp
-    kind = event.KIND
-    if kind == "forgotten":
-        return None
-    if kind == "created":
-        metadata = cast(dict[str, Any] | None, getattr(event, "metadata"))  # noqa: B009
-        ttl = cast(float | None, getattr(event, "ttl_seconds"))  # noqa: B009
-        return {
-            "context_id": event.context_id,
-            "user_id": event.user_id,
-            "thread_id": event.thread_id,
-            "run_id": event.run_id,
-            "metadata": dict(metadata) if metadata is not None else {},
-            "created_at": at,
-            "last_used_at": at,
-            "expires_at": expiry_time(at, ttl),
-            "ttl_seconds": ttl,
-            "reuse_count": 0,
-            "erased": metadata is None,
-        }
-    if context is None:
-        msg = (
-            f"{_EVENT_NAMES[event.KIND]} of context {event.context_id!r}, which is "
-            "not active"
-        )
-        raise ValueError(msg)
-    if kind in ENDING_KINDS:
-        return None
-    if kind not in ("reused", "updated"):
-        msg = f"{_EVENT_NAMES[kind]} is not an event that changes a context"
-        raise TypeError(msg)
-    reused = kind == "reused"
-    patch = cast(dict[str, Any] | None, getattr(event, "metadata"))  # noqa: B009
-    ttl = (
-        cast(float | None, getattr(event, "ttl_seconds"))  # noqa: B009
-        if reused
-        else context["ttl_seconds"]
-    )
-    erased = context["erased"] or patch is None
-    return {
-        **context,
-        "run_id": event.run_id,
-        "metadata": {}
-        if erased or patch is None
-        else merge_metadata(context["metadata"], patch),
-        "erased": erased,
-        "last_used_at": at,
-        "expires_at": expiry_time(at, ttl),
-        "ttl_seconds": ttl,
-        "reuse_count": cast(int, getattr(event, "reuse_count"))  # noqa: B009
-        if reused
-        else context["reuse_count"],
-    }
-
-
-def contexts_through(
-    events: Iterable[LedgerEvent],
-) -> Iterator[tuple[LedgerEvent, Context | None]]:
-    """Each event of a user's history with its context after it (None once ended),
-    by ``evolve_context``: for readers of histories, such as the report."""
-    contexts: dict[str, Context | None] = {}
-    for event in events:
-        if event.kind == "forgotten":
-            for context_id in contexts:
-                contexts[context_id] = None
-            yield event, None
-            continue
-        domain_event = from_ledger_event(event, user_aggregate_id(event.user_id))
-        context = evolve_context(contexts.get(event.context_id), domain_event)
-        contexts[event.context_id] = context
-        yield event, context
 
 
 def project_user(
