@@ -1,44 +1,35 @@
-"""``ContextLedger``: the domain API that backends call."""
+"""``ContextLedger``: the domain API that backends call.
 
-import sys
+The commands live here; the queries (which never append) in ``ledger.queries``,
+which ``ContextLedger`` inherits.
+"""
+
 import threading
-from collections.abc import Callable
-from datetime import UTC, datetime
-from itertools import islice
-from pathlib import Path
+from datetime import datetime
 from typing import Any, Self
 
 from eventsourcing.persistence import PersistenceError
 
 from ledger import metrics
-from ledger.audit.chain import ChainReport
-from ledger.audit.export import ExportManifest, write_export
 from ledger.audit.history import History
-from ledger.audit.verification import ChainVerifier
 from ledger.domain import validation
-from ledger.domain.contexts import UserContexts, evicts_context, user_aggregate_id
-from ledger.domain.models import Context, LedgerEvent, OnLimit
-from ledger.errors import (
-    ContextNotFound,
-    InvalidContextInput,
-    LedgerConfigError,
-    LedgerCorrupted,
-    LedgerError,
-)
+from ledger.domain.contexts import UserContexts, user_aggregate_id
+from ledger.domain.models import Context, OnLimit
+from ledger.domain.transitions import evicts_context
+from ledger.errors import LedgerConfigError, LedgerCorrupted, LedgerError
+from ledger.queries import Clock, LedgerQueries
+from ledger.results import context_of, detached, ended
+from ledger.settings import closed_on_failure, settings_of
 from ledger.store.application import LedgerApplication, open_application, utc_now
-from ledger.store.commands import CommandRunner, FirstCall
+from ledger.store.commands import CommandRunner
 from ledger.store.due import DueIndex
 from ledger.store.erasure import Erasure
-from ledger.store.failures import StorageClient
-from ledger.store.feed import ChangeFeed
 from ledger.store.feed_hub import FeedHub
 from ledger.store.keys import resolve_master_key
 from ledger.store.urls import resolve_url, storage_for
 
-Clock = Callable[[], datetime]
 
-
-class ContextLedger(StorageClient):
+class ContextLedger(LedgerQueries):
     """Per-user execution contexts, every change an event in the user's stream.
 
     Open one with ``ContextLedger.open(url)``; it is safe to share between threads,
@@ -97,36 +88,19 @@ class ContextLedger(StorageClient):
         context (a ``cleared`` event with reason ``"evicted"``, in the same
         append as the new ``created``).
         """
-        limit = validation.positive_int(
-            "max_contexts_per_user", max_contexts_per_user, setting=True
+        settings = settings_of(
+            max_contexts_per_user, default_ttl_seconds, clock, on_limit
         )
-        policy = validation.on_limit(on_limit)
-        default_ttl = validation.ttl_seconds(default_ttl_seconds)
-        if clock is not None and not callable(clock):
-            raise LedgerConfigError(
-                f"clock={clock!r} is not callable; pass a function that returns "
-                "the current timezone-aware datetime, or None for the system clock"
-            )
         if url is not None and not isinstance(url, str):
             raise LedgerConfigError(f"url={url!r} is not a str; pass a database URL")
         storage = storage_for(resolve_url(url))
         application = open_application(
             storage, create=create, master_key=resolve_master_key(master_key)
         )
-        try:
-            ledger = cls(
-                application,
-                max_contexts_per_user=limit,
-                default_ttl_seconds=default_ttl,
-                clock=clock or utc_now,
-                on_limit=policy,
-                create=create,
-            )
+        with closed_on_failure(application):
+            ledger = cls(application, create=create, **settings)
             if create:  # a reader (create=False) may not write
                 ledger._settle_erasures()
-        except BaseException:
-            application.close()
-            raise
         return ledger
 
     # Commands.
@@ -155,30 +129,39 @@ class ContextLedger(StorageClient):
         ttl = validation.ttl_seconds(ttl_seconds)
         request = validation.optional_identifier("request_id", request_id)
 
-        def open_in(aggregate: UserContexts) -> tuple[Context, int]:
-            opened = aggregate.open(
-                thread,
-                run_id=run,
-                metadata=patch,
-                ttl_seconds=ttl,
-                default_ttl_seconds=self.default_ttl_seconds,
-                now=self._now(),
-                limit=self.max_contexts_per_user,
-                on_limit=self.on_limit,
-            )
-            return opened, sum(map(evicts_context, aggregate.pending))
-
         opened, evicted = self._commands.run(
             user,
-            open_in,
+            lambda aggregate: self._open_in(aggregate, thread, run, patch, ttl),
             request_id=request,
             repeat=lambda first: (
-                _context_of(first, ("created", "reused"), thread=thread),
+                context_of(first, ("created", "reused"), thread=thread),
                 0,  # counted by the first call
             ),
         )
         metrics.count_evictions(evicted)
-        return _detached(opened)
+        return detached(opened)
+
+    def _open_in(
+        self,
+        aggregate: UserContexts,
+        thread: str,
+        run: str | None,
+        patch: dict[str, Any],
+        ttl: float | None,
+    ) -> tuple[Context, int]:
+        """Opens the thread's context in the user's aggregate: the context, and
+        how many contexts it evicted to make room."""
+        opened = aggregate.open(
+            thread,
+            run_id=run,
+            metadata=patch,
+            ttl_seconds=ttl,
+            default_ttl_seconds=self.default_ttl_seconds,
+            now=self._now(),
+            limit=self.max_contexts_per_user,
+            on_limit=self.on_limit,
+        )
+        return opened, sum(map(evicts_context, aggregate.pending))
 
     @metrics.metered("update_context")
     def update_context(
@@ -202,9 +185,9 @@ class ContextLedger(StorageClient):
                 context, run_id=run, metadata=patch, now=self._now()
             ),
             request_id=request,
-            repeat=lambda first: _context_of(first, ("updated",), context_id=context),
+            repeat=lambda first: context_of(first, ("updated",), context_id=context),
         )
-        return _detached(updated)
+        return detached(updated)
 
     @metrics.metered("clear_context")
     def clear_context(
@@ -225,7 +208,7 @@ class ContextLedger(StorageClient):
             user,
             lambda aggregate: aggregate.clear(context, reason=why, now=self._now()),
             request_id=request,
-            repeat=lambda first: _ended(first, context_id=context),
+            repeat=lambda first: ended(first, context_id=context),
         )
 
     @metrics.metered("clear_user")
@@ -245,7 +228,7 @@ class ContextLedger(StorageClient):
             user,
             lambda aggregate: aggregate.clear_all(reason=why, now=self._now()),
             request_id=request,
-            repeat=_ended,
+            repeat=ended,
         )
         return cleared
 
@@ -348,17 +331,10 @@ class ContextLedger(StorageClient):
         and the user is still inactive), then destroys the retired keys: whether it
         appended, and how many events were erased."""
 
-        def forget(aggregate: UserContexts) -> tuple[bool, int, bool]:
-            appended = aggregate.forget(
-                reason=why, now=self._now(), inactive_since=inactive_since
-            )
-            if appended:  # marked before the append: an interruption is found
-                self._erasure.begin(user, aggregate.key_generation)
-            forgotten = aggregate.version == aggregate.forgotten_at
-            return appended, aggregate.key_generation, forgotten
-
         try:
-            appended, generation, forgotten = self._commands.run(user, forget)
+            appended, generation, forgotten = self._commands.run(
+                user, lambda aggregate: self._forget_in(aggregate, why, inactive_since)
+            )
         except LedgerCorrupted as damaged:
             # Its events do not replay, so no event can be appended; its personal
             # data is erased all the same.
@@ -383,6 +359,20 @@ class ContextLedger(StorageClient):
             raise
         return appended, erased
 
+    def _forget_in(
+        self, aggregate: UserContexts, why: str, inactive_since: datetime | None
+    ) -> tuple[bool, int, bool]:
+        """Appends the ``forgotten`` event (marking the erasure first): whether it
+        appended, the retired key generation, and whether the user stands
+        forgotten."""
+        appended = aggregate.forget(
+            reason=why, now=self._now(), inactive_since=inactive_since
+        )
+        if appended:  # marked before the append: an interruption is found
+            self._erasure.begin(aggregate.user_id, aggregate.key_generation)
+        forgotten = aggregate.version == aggregate.forgotten_at
+        return appended, aggregate.key_generation, forgotten
+
     def inactive_users(self, inactive_since: datetime) -> list[str]:
         """The users ``forget_inactive(inactive_since)`` would forget: whose last
         event is before it and is not their erasure."""
@@ -394,205 +384,6 @@ class ContextLedger(StorageClient):
         """Finishes the erasures that were cut short (see ``ledger.store.erasure``)."""
         return self._erasure.settle(lambda user: self._app.load(user, self._now()))
 
-    # Queries: they never append.
-
-    def get_context(self, user_id: str, thread_id: str) -> Context | None:
-        """The thread's active, unexpired context, or None."""
-        user = validation.identifier("user_id", user_id)
-        thread = validation.identifier("thread_id", thread_id)
-        now = self._now()
-        aggregate = self._app.load(user, now)
-        now = aggregate.time_of(now)
-        context = aggregate.for_thread(thread)
-        if context is None or context.is_due(now):
-            return None
-        return _detached(context)
-
-    def active_contexts(self, user_id: str) -> list[Context]:
-        """The user's active, unexpired contexts, oldest first."""
-        user = validation.identifier("user_id", user_id)
-        now = self._now()
-        aggregate = self._app.load(user, now)
-        live = aggregate.live(aggregate.time_of(now))
-        ordered = sorted(live, key=lambda c: (c.created_at, c.context_id))
-        return [_detached(context) for context in ordered]
-
-    def history(
-        self,
-        user_id: str,
-        *,
-        since: datetime | None = None,
-        until: datetime | None = None,
-        limit: int | None = None,
-    ) -> list[LedgerEvent]:
-        """The user's events in order; ``since`` inclusive, ``until`` exclusive; the
-        first ``limit`` of them if given."""
-        user = validation.identifier("user_id", user_id)
-        start, end = validation.period(since, until)
-        most = None if limit is None else validation.positive_int("limit", limit)
-        events = self._history.records_between(user, start, end)
-        # A limit beyond any log's length means all of them.
-        shown = islice(events, None if most is None else min(most, sys.maxsize))
-        return [event.to_ledger_event() for event in shown]
-
-    def contexts_as_of(self, user_id: str, as_of: datetime) -> list[Context]:
-        """The user's active contexts as they stood at ``as_of``, oldest first.
-
-        Read from the event store: events at or before ``as_of`` are replayed from
-        the newest usable snapshot before it. A context whose time to live had run
-        out by then is not active, even if its expiry was recorded later.
-        """
-        user = validation.identifier("user_id", user_id)
-        at = validation.aware_time("as_of", as_of)
-        state = self._history.state_as_of(user, at)
-        live = [] if state is None else state.live(at)
-        return sorted(live, key=lambda c: (c.created_at, c.context_id))
-
-    def context_history(self, user_id: str, context_id: str) -> list[LedgerEvent]:
-        """Every event of one of the user's contexts, ended ones included.
-
-        ContextNotFound if the user never had it (another user's id included).
-        """
-        user = validation.identifier("user_id", user_id)
-        context = validation.identifier("context_id", context_id)
-        events = [e.to_ledger_event() for e in self._history.of_context(user, context)]
-        if not events:
-            raise ContextNotFound(user, context, in_history=True)
-        return events
-
-    def verify_chain(
-        self,
-        user_id: str | None = None,
-        *,
-        on_page: Callable[[int], None] | None = None,
-    ) -> ChainReport:
-        """Recomputes the hash chain of one user, or of all users, from the store.
-
-        ``on_page(n)`` is called as each page of ``n`` events is checked (all users).
-        """
-        verifier = ChainVerifier(self._app)
-        if user_id is None:
-            return verifier.all_users(on_page)
-        return verifier.one_user(validation.identifier("user_id", user_id))
-
-    def chain_size(self) -> int:
-        """How many events ``verify_chain()`` reads at most: the log's last position."""
-        return ChainVerifier(self._app).head()
-
-    def changes(
-        self, user_id: str | None = None, *, after: int | None = None
-    ) -> ChangeFeed:
-        """Every event stored after position ``after`` (the log's head now when
-        None), by any process, in log order, each once, as ``(position, event)``;
-        only ``user_id``'s when given. Iterating blocks until the next event;
-        ``close()`` the feed (or leave its ``with`` block) to stop.
-
-        All of a ledger's feeds share one reader of the log (``FeedHub``): an idle
-        feed costs memory, not queries. With ``after`` given, the head is read
-        only if ``after`` lies beyond the head this ledger last read: a start
-        beyond the log's head is refused (InvalidContextInput), since this
-        ledger never gave that position.
-        """
-        user = validation.optional_identifier("user_id", user_id)
-        start = None if after is None else validation.log_position("after", after)
-        return ChangeFeed(self._feeds, user, start)
-
     def _before_close(self) -> None:
         # Its feeds end (reads under way finish first), then the connections close.
         self._feeds.close()
-
-    def export(
-        self,
-        user_id: str,
-        path: str | Path,
-        *,
-        since: datetime | None = None,
-        until: datetime | None = None,
-    ) -> ExportManifest:
-        """Writes the user's events (in the period) to an export file at ``path``.
-
-        The file is written whole or not at all; check it with ``verify_export``.
-        """
-        user = validation.identifier("user_id", user_id)
-        start, end = validation.period(since, until)
-        events = self._history.events_between(user, start, end)
-        return write_export(
-            path,
-            # As written: an event upcast to a newer class exports its stored form,
-            # which its chain hash covers.
-            (LedgerEvent.model_validate(event.written_record()) for event in events),
-            user_id=user,
-            since=start,
-            until=end,
-            exported_at=self._now(),
-        )
-
-    def _now(self) -> datetime:
-        now = self._clock()
-        if not isinstance(now, datetime) or now.tzinfo is None:
-            raise LedgerConfigError(
-                f"the clock returned {now!r}, not a timezone-aware datetime; "
-                "make it return one, e.g. datetime.now(tz=UTC)"
-            )
-        return now.astimezone(UTC)
-
-
-def _detached(context: Context) -> Context:
-    """A copy the caller may change without touching the ledger's cached state.
-
-    Only ``metadata`` can be changed in place (the model is frozen), so only it is
-    copied; it holds plain JSON values (validation made sure).
-    """
-    return context.model_copy(update={"metadata": _copy_tree(context.metadata)})
-
-
-def _copy_tree(value: Any) -> Any:
-    if isinstance(value, dict):
-        return {key: _copy_tree(item) for key, item in value.items()}
-    if isinstance(value, list):
-        return [_copy_tree(item) for item in value]
-    return value
-
-
-_OPENED = ("created", "reused")
-
-
-def _context_of(
-    first: FirstCall,
-    kinds: tuple[str, ...],
-    *,
-    thread: str | None = None,
-    context_id: str | None = None,
-) -> Context:
-    """The context a repeated open or update returned the first time."""
-    last = first.events[-1] if first.events else None
-    if (
-        last is None
-        or last.KIND not in kinds
-        or thread not in (None, last.thread_id)
-        or context_id not in (None, last.context_id)
-    ):
-        raise _reused_for_another_call(first)
-    return first.context_after(last.context_id)
-
-
-def _ended(first: FirstCall, context_id: str | None = None) -> int:
-    """How many contexts a repeated clear ended the first time by clearing."""
-    if not first.events or any(
-        event.KIND not in ("cleared", "expired")
-        or context_id not in (None, event.context_id)
-        for event in first.events
-    ):
-        raise _reused_for_another_call(first)
-    return sum(event.KIND == "cleared" for event in first.events)
-
-
-def _reused_for_another_call(first: FirstCall) -> InvalidContextInput:
-    event = first.events[-1] if first.events else None
-    return InvalidContextInput(
-        "request_id",
-        None if event is None else event.request_id,
-        "was already used by another kind of call of this user"
-        + ("" if event is None else f" (version {event.originator_version})"),
-        "give each call its own request_id, and the same one only to a repeat",
-    )
