@@ -45,8 +45,8 @@ from ledger.domain.hashing import GENESIS_HASH
 from ledger.errors import LedgerError
 from ledger.store.application import LedgerApplication
 from ledger.store.backends import as_stream_id, safe_head
+from ledger.store.chain_reads import Read, Stored, exact_read, named_user, quick_read
 from ledger.store.codec import unpack_state
-from ledger.store.records import Read, Stored, exact_read, named_user, quick_read
 from ledger.store.serialization import (
     Opener,
     PydanticMapper,

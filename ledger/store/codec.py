@@ -180,15 +180,17 @@ def json_time(at: datetime) -> str:
     return text[:-6] + "Z" if text.endswith("+00:00") else text
 
 
-# The exact stored shapes, from the models' fields. A field's check names the
-# values its model's JSON form shows unchanged: "str", "str?" (or None), "int"
-# (not bool), "float?" (finite, or None), "time" (a datetime, shown as text).
-_CHECKS: dict[object, str] = {
-    str: "str",
-    str | None: "str?",
-    int: "int",
-    float | None: "float?",
-    AwareDatetime: "time",
+# The exact stored shapes, from the models' fields. Each field's annotation names
+# the exact types of the values its model's JSON form shows unchanged: a bool is
+# not an int, a float must be finite, a datetime is shown as text.
+Types = frozenset[type]
+_NONE: type = type(None)
+_TYPES: dict[object, Types] = {
+    str: frozenset({str}),
+    str | None: frozenset({str, _NONE}),
+    int: frozenset({int}),
+    float | None: frozenset({float, _NONE}),
+    AwareDatetime: frozenset({datetime}),
 }
 _METADATA = frozenset(CarriesMetadata.model_fields) - frozenset(
     ContextEvent.model_fields
@@ -208,22 +210,26 @@ CALL_IDS = tuple(
 class Shape:
     """The exact stored state of one event class of this release."""
 
+    cls: type[ContextEvent]
     kind: EventKind
-    common: tuple[tuple[str, str], ...]
-    """Fields every event stores, with their checks."""
-    own: tuple[tuple[str, str], ...]
-    """The fields of its kind, with their checks, shown in its details."""
+    common: tuple[tuple[str, Types], ...]
+    """Fields every event stores, with the types they may have."""
+    own: tuple[tuple[str, Types], ...]
+    """The fields of its kind (shown in its details), in the model's order."""
     keys: frozenset[str]
-    """The state's required keys without personal data (format 1 adds
-    ``metadata``; format 2 adds ``sealed`` and ``metadata_commitment``)."""
+    """The state's required keys without personal data."""
+    sealed_keys: frozenset[str]
+    """Format 2: ``keys``, the sealed value and the commitment."""
+    plain_keys: frozenset[str]
+    """Format 1 (before sealing): ``keys`` and the metadata as is."""
     optional: frozenset[str]
     """Keys a state may hold or not: the call ids, the key generation, format."""
     carries_metadata: bool
 
 
-def _checked(names: Iterable[str], cls: type[BaseModel]) -> tuple[tuple[str, str], ...]:
-    """Each field with its check; KeyError for a type the fast path does not know."""
-    return tuple((name, _CHECKS[cls.model_fields[name].annotation]) for name in names)
+def _typed(names: Iterable[str], cls: type[BaseModel]) -> tuple[tuple[str, Types], ...]:
+    """Each field with its types; KeyError for a type the fast path does not know."""
+    return tuple((name, _TYPES[cls.model_fields[name].annotation]) for name in names)
 
 
 def shape_of(cls: type[ContextEvent]) -> Shape | None:
@@ -233,17 +239,23 @@ def shape_of(cls: type[ContextEvent]) -> Shape | None:
     common = [n for n, f in base.items() if f.is_required() and n not in _STREAM]
     own = [n for n in cls.model_fields if n not in base and n not in _METADATA]
     try:
-        checked = _checked(common, ContextEvent), _checked(own, cls)
+        typed = _typed(common, ContextEvent), _typed(own, cls)
     except KeyError:
         return None
-    optional = {n for n, f in base.items() if not f.is_required()}
+    keys = frozenset(common) | frozenset(own)
+    metadata = issubclass(cls, CarriesMetadata)
     return Shape(
+        cls=cls,
         kind=cls.KIND,
-        common=checked[0],
-        own=checked[1],
-        keys=frozenset(common) | frozenset(own),
-        optional=frozenset(optional | {FORMAT_FIELD}),
-        carries_metadata=issubclass(cls, CarriesMetadata),
+        common=typed[0],
+        own=typed[1],
+        keys=keys,
+        sealed_keys=keys | {SEALED, "metadata_commitment"} if metadata else keys,
+        plain_keys=keys | {"metadata"} if metadata else keys,
+        optional=frozenset(
+            {n for n, f in base.items() if not f.is_required()} | {FORMAT_FIELD}
+        ),
+        carries_metadata=metadata,
     )
 
 
@@ -262,61 +274,45 @@ def sealed_value(shape: Shape, state: dict[str, Any]) -> tuple[bool, bytes | Non
     if type(written) is not int or not 1 <= written <= FORMAT:
         return False, None  # the mapper says why
     keys = state.keys() - shape.optional
-    if shape.carries_metadata:
-        if keys == shape.keys | {SEALED, "metadata_commitment"}:
-            sealed = state[SEALED]
-            return type(sealed) is bytes, sealed
-        return keys == shape.keys | {"metadata"}, None
-    return keys == shape.keys, None
+    if shape.carries_metadata and keys == shape.sealed_keys:
+        sealed = state[SEALED]
+        return type(sealed) is bytes, sealed
+    return keys == shape.plain_keys, None
 
 
-def fields_hold(fields: tuple[tuple[str, str], ...], state: dict[str, Any]) -> bool:
-    """Whether each of ``fields`` in ``state`` is of its model's type as this
-    release stores it."""
-    return all(_fits(check, state[name]) for name, check in fields)
-
-
-def json_fields(
-    fields: tuple[tuple[str, str], ...], state: dict[str, Any], into: dict[str, Any]
-) -> bool:
-    """Puts ``fields`` of ``state`` into ``into`` in JSON form; False as soon as
-    one is not of its model's type as this release stores it."""
-    for name, check in fields:
+def envelope_details(shape: Shape, state: dict[str, Any]) -> dict[str, Any] | None:
+    """The details an event's envelope gives (its call ids, stored only when
+    set), once its common fields and key generation are checked to be of their
+    models' types as this release stores them; None if one is not."""
+    for name, types in shape.common:
         value = state[name]
-        if not _fits(check, value):
-            return False
-        into[name] = json_time(value) if check == "time" else value
-    return True
-
-
-def _fits(check: str, value: object) -> bool:
-    kind = type(value)
-    if kind is str:
-        return check in {"str", "str?"}
-    if value is None:
-        return check in {"str?", "float?"}
-    if kind is int:
-        return check == "int"
-    if kind is float:
-        return check == "float?" and math.isfinite(cast(float, value))
-    return kind is datetime and check == "time"
-
-
-def generation_holds(state: dict[str, Any]) -> bool:
-    """Whether the state's key generation (0 when absent) is a generation."""
+        kind = type(value)
+        if kind not in types or (kind is float and not math.isfinite(value)):
+            return None
     generation = state.get("key_generation", 0)
-    return type(generation) is int and 0 <= generation < MAX_GENERATION
-
-
-def stored_ids(state: dict[str, Any], into: dict[str, Any]) -> bool:
-    """Puts the call ids stored (only when set) into ``into``; False if one is
-    not a string."""
+    if type(generation) is not int or not 0 <= generation < MAX_GENERATION:
+        return None
+    details: dict[str, Any] = {}
     for name in CALL_IDS:
         if name in state:
             value = state[name]
             if type(value) is not str:
-                return False
-            into[name] = value
+                return None
+            details[name] = value
+    return details
+
+
+def json_fields(
+    fields: tuple[tuple[str, Types], ...], state: dict[str, Any], into: dict[str, Any]
+) -> bool:
+    """Puts ``fields`` of ``state`` into ``into`` in JSON form; False as soon as
+    one is not of its model's type as this release stores it."""
+    for name, types in fields:
+        value = state[name]
+        kind = type(value)
+        if kind not in types or (kind is float and not math.isfinite(value)):
+            return False
+        into[name] = json_time(value) if kind is datetime else value
     return True
 
 

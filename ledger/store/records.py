@@ -1,70 +1,54 @@
-"""Stored events read straight into what the read side needs, without pydantic.
+"""The one decoder of stored events for the read side, and verification's reads.
 
-Rebuilding views, reading a history and replaying a user read every event. The
-domain's way (``PydanticMapper.to_domain_event``, a validated model per event, then
-``ledger_record``) costs several times the storage's own work, so these paths read
-the msgpack state into an ``EventRecord``: the event's JSON form (``LedgerEvent``)
-and the facts ``evolve_context`` reads, with the sealed value kept as stored.
+Rebuilding views, reading a history, the change feed and verification read every
+event. The domain's way (``PydanticMapper.to_domain_event``, a validated model per
+event, then ``ledger_record``) costs several times the storage's own work, so
+``RecordReader`` reads a state of exactly a shape of this release (``codec.SHAPES``,
+derived from the models' fields) straight into an ``EventRecord``: the event's
+JSON form (``LedgerEvent``) and the facts ``evolve_context`` reads, with the
+sealed value kept as stored. Anything else (an older class version to upcast, a
+field of another type, plain metadata beside sealed metadata, a format it does
+not know) goes to the mapper, which decodes it as loading does or refuses it as
+loading does. So the fast path can only save time: ``tests/unit/test_codec_reader``
+and ``tests/integration/test_fast_read_paths`` check that both give the same
+record, or both refuse, on altered and random events.
 
-The fast decoder takes only states of the exact shape this release writes (or the
-previous release wrote): the fields of the topic, each of the type its model
-declares. Anything else (an older class version to upcast, a field of another
-type, plain metadata beside sealed metadata, a newer format) goes to the mapper,
-which decodes it as the domain does or raises as the domain does. So the fast path
-can only save time; ``tests/test_fast_read.py`` checks on random events that both
-give the same record.
+``chain_reads`` is how ``verify_chain`` reads an event: through this reader.
 """
 
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, NamedTuple, Protocol, cast
+from typing import Any, cast
 from uuid import UUID
 
 from eventsourcing.persistence import MapperDeserialisationError, StoredEvent
 
-from ledger.domain.contexts import user_aggregate_id
-from ledger.domain.events import (
-    EVENT_CLASSES,
-    ContextEvent,
-    ledger_form,
-    shape_details,
-)
-from ledger.domain.hashing import chain_form, metadata_commitment, record_hash
+from ledger.domain.events import ContextEvent, ledger_form, shape_details
+from ledger.domain.hashing import chain_form
 from ledger.domain.models import EventKind, LedgerEvent
 from ledger.errors import LedgerError
-from ledger.store.backends import as_stream_id
 from ledger.store.codec import (
     DECODE_ERRORS,
     SHAPES,
     TOPICS,
     MsgpackTranscoder,
-    Shape,
-    fields_hold,
-    generation_holds,
+    envelope_details,
     json_fields,
     json_time,
     plain_json,
     sealed_value,
-    stored_ids,
     unpack_state,
 )
 from ledger.store.keys import KeyStore, place_of, unseal
 from ledger.store.serialization import _EVENT, PydanticMapper
 
 __all__ = [
-    "KIND_BY_TOPIC",
     "EventRecord",
-    "Read",
     "RecordReader",
-    "Stored",
     "as_uuid",
-    "exact_read",
-    "named_user",
-    "quick_read",
     "unpack_state",  # the codec's, imported from here by the log source
 ]
 
-KIND_BY_TOPIC: dict[str, EventKind] = {cls.TOPIC: cls.KIND for cls in EVENT_CLASSES}
 PLACES_KEPT = 50_000
 
 
@@ -128,10 +112,11 @@ class EventRecord:
         return self._form(json_time(self.timestamp), dict(self.details))
 
     def chain_record(self) -> dict[str, Any]:
-        """What the hash chain covers of it (``ContextEvent.chain_record``)."""
-        return chain_form(
-            self.ledger_record() if self.written is None else self.written
-        )
+        """What the hash chain covers of it (``ContextEvent.chain_record``), to
+        hash: without a commitment, its details are the record's own, not a copy."""
+        if self.written is not None:
+            return chain_form(self.written)
+        return chain_form(self._form(json_time(self.timestamp), self.details))
 
     def to_ledger_event(self) -> LedgerEvent:
         """The auditor's view of it (validated: pydantic's validator, in Rust,
@@ -226,19 +211,14 @@ class RecordReader:
         """The record of a state of exactly a shape of this release (``codec``);
         None for any other (the mapper decides)."""
         shape = SHAPES.get(topic)
-        if shape is None or TOPICS[topic] is not _BUILT_IN[topic]:
+        if shape is None or TOPICS[topic] is not shape.cls:
             return None  # another class reads it (a newer version): the mapper
         state = self._decode(stored)
         if type(state) is not dict:
             return None
         fits, sealed = sealed_value(shape, state)
-        details: dict[str, Any] = {}
-        if not (
-            fits
-            and fields_hold(shape.common, state)
-            and generation_holds(state)
-            and stored_ids(state, details)
-        ):
+        details = envelope_details(shape, state) if fits else None
+        if details is None:
             return None
         generation: int = state.get("key_generation", 0)
         salt = None
@@ -249,14 +229,20 @@ class RecordReader:
             details["metadata"], salt = shown
         if not json_fields(shape.own, state, details):
             return None
-        return _record(
-            shape,
-            state,
+        commitment = state["metadata_commitment"] if sealed is not None else None
+        return EventRecord(
+            KIND=shape.kind,
+            user_id=state["user_id"],
+            context_id=state["context_id"],
+            thread_id=state["thread_id"],
+            run_id=state["run_id"],
+            timestamp=state["timestamp"],
             version=version,
-            details=details,
+            prev_hash=state["prev_hash"],
+            details=shape_details(shape.kind, details, commitment, salt, generation),
             sealed=sealed,
-            salt=salt,
-            generation=generation,
+            key_generation=generation,
+            plain_json=True,
         )
 
     def _metadata(
@@ -305,128 +291,6 @@ class RecordReader:
         return metadata, salt.hex()
 
 
-_BUILT_IN = {cls.TOPIC: cls for cls in EVENT_CLASSES}
-
-
-def _record(
-    shape: Shape,
-    state: dict[str, Any],
-    *,
-    version: int,
-    details: dict[str, Any],
-    sealed: bytes | None,
-    salt: str | None,
-    generation: int,
-) -> EventRecord:
-    """The record of a state the fast decoder took (``details`` holds its call
-    ids, metadata and own fields)."""
-    commitment = state.get("metadata_commitment") if sealed is not None else None
-    return EventRecord(
-        KIND=shape.kind,
-        user_id=state["user_id"],
-        context_id=state["context_id"],
-        thread_id=state["thread_id"],
-        run_id=state["run_id"],
-        timestamp=state["timestamp"],
-        version=version,
-        prev_hash=state["prev_hash"],
-        details=shape_details(shape.kind, details, commitment, salt, generation),
-        sealed=sealed,
-        key_generation=generation,
-        plain_json=True,
-    )
-
-
 def as_uuid(stream: UUID | str) -> UUID:
     """A stream id as a UUID (recorders give UUIDs or their text)."""
     return stream if isinstance(stream, UUID) else UUID(stream)
-
-
-# Verification reads each event with the readers' decoder: whatever a read
-# refuses is a finding, and whatever verification passes, reads accept.
-
-
-class Stored(Protocol):
-    """What the chain reads of a stored event (a ``StoredEvent`` or a log row)."""
-
-    @property
-    def originator_id(self) -> UUID | str: ...
-    @property
-    def originator_version(self) -> int: ...
-    @property
-    def topic(self) -> str: ...
-    @property
-    def state(self) -> bytes: ...
-
-
-class Read(NamedTuple):
-    """What the chain needs of one stored event (a tuple: one is made per event)."""
-
-    user_id: str
-    prev_hash: str
-    hash: str
-    timestamp: datetime
-
-
-def quick_read(stored: Stored, records: RecordReader) -> Read | None:
-    """The event read as the readers read it and hashed; None if it cannot be
-    read or its metadata is not what its commitment was made of (``exact_read``
-    says why). It does not check that the event's user owns its stream."""
-    read = _chain_read(stored, records)
-    return read if isinstance(read, Read) else None
-
-
-def exact_read(stored: Stored, records: RecordReader) -> Read | str:
-    """The event read as the readers read it and hashed, its user checked to own
-    its stream; a description of the finding if not."""
-    read = _chain_read(stored, records)
-    if isinstance(read, str):
-        return read
-    if user_aggregate_id(read.user_id) != as_stream_id(stored.originator_id):
-        return f"it names user {read.user_id!r}, who owns another stream"
-    return read
-
-
-def named_user(stored: Stored) -> str | None:
-    """The user a stored event that cannot be read names, if it names one whose
-    stream it is in: verification reports the event under that name."""
-    try:
-        user_id = unpack_state(stored.state)["user_id"]
-        owner = type(user_id) is str and user_aggregate_id(user_id)
-    except DECODE_ERRORS:
-        return None
-    return user_id if owner == as_stream_id(stored.originator_id) else None
-
-
-def _chain_read(stored: Stored, records: RecordReader) -> Read | str:
-    try:
-        record = records.read_row(
-            stored.originator_id, stored.originator_version, stored.topic, stored.state
-        )
-    except MapperDeserialisationError as error:
-        return f"it cannot be decoded: {' '.join(str(error).split())[:300]}"
-    if not _commitment_holds(record):
-        return "its metadata is not what its metadata_commitment was made of"
-    try:
-        hashed = record_hash(record.chain_record())
-    except DECODE_ERRORS as error:  # a value JSON has no form for (NaN)
-        return f"it cannot be hashed: {' '.join(str(error).split())[:300]}"
-    return Read(record.user_id, record.prev_hash, hashed, record.timestamp)
-
-
-def _commitment_holds(record: EventRecord) -> bool:
-    """Whether the event's shown metadata is what its commitment was made of (the
-    chain covers the commitment, so this ties the metadata to the chain)."""
-    details = record.details
-    commitment = details.get("metadata_commitment")
-    if commitment is None:
-        return True
-    metadata, salt = details.get("metadata"), details.get("metadata_salt")
-    if metadata is None:
-        return salt is None  # erased: nothing to open
-    try:
-        return isinstance(salt, str) and (
-            metadata_commitment(salt, metadata) == commitment
-        )
-    except DECODE_ERRORS:
-        return False

@@ -26,7 +26,8 @@ from ledger.domain.contexts import ContextFields, evolve_fields, project_user
 from ledger.domain.events import ContextEvent
 from ledger.domain.hashing import record_hash
 from ledger.store.application import LedgerApplication
-from ledger.store.records import EventRecord, Read, exact_read, quick_read
+from ledger.store.chain_reads import Read, exact_read, quick_read
+from ledger.store.records import EventRecord
 from projections import Projections
 from tests.helpers import execute_sql
 

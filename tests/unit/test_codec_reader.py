@@ -20,8 +20,9 @@ from ledger.domain.events import (
     UserForgotten,
 )
 from ledger.domain.hashing import GENESIS_HASH, metadata_commitment, record_hash
+from ledger.store.chain_reads import Read, exact_read
 from ledger.store.keys import MemoryKeyStore
-from ledger.store.records import EventRecord, Read, RecordReader, exact_read
+from ledger.store.records import EventRecord, RecordReader
 from ledger.store.serialization import MsgpackTranscoder, PydanticMapper
 
 MAPPER = PydanticMapper(transcoder=MsgpackTranscoder())
