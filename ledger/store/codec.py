@@ -4,7 +4,9 @@
   which ``format`` values a release reads, and the class versions' upgrade steps
   (``upgrade``, the library's ``class_version`` upcasting).
 - The msgpack encoding (``MsgpackTranscoder``) and ``DECODE_ERRORS``, what decoding
-  stored bytes may raise: every reader catches that tuple, nothing wider.
+  stored bytes may raise. The decoders (the mapper, ``records.RecordReader``)
+  catch that tuple, nothing wider, and raise ``MapperDeserialisationError``: the
+  one error a reader outside the codec meets for a stored event it cannot read.
 - The exact stored shape of each event class of this release (``SHAPES``), derived
   from the models' fields, which the fast decoder (``records.RecordReader``) reads
   without pydantic. Anything outside these shapes is the mapper's
@@ -65,8 +67,9 @@ DECODE_ERRORS: tuple[type[Exception], ...] = (
     msgpack.UnpackException,  # truncated input
 )
 """What decoding a stored event or snapshot may raise for bytes it cannot read.
-A ``LedgerError`` (a master key that does not open the keys) is not among them:
-it is a setting to fix, never damage of one user's data."""
+A ``LedgerError`` (a master key that does not open the keys) is a setting to fix,
+never one user's damage, but ``LedgerConfigError`` is a ValueError: where a key
+is looked up, let ``LedgerError`` pass before catching this tuple."""
 
 TOPICS: dict[str, type[BaseModel]] = {cls.TOPIC: cls for cls in EVENT_CLASSES}
 """The class that reads each topic (``register`` puts a newer version in)."""
