@@ -50,15 +50,21 @@ class Continuity:
     threads_of: dict[str, set[str]] = field(default_factory=dict)
 
     def apply(self, position: int, event: ContextEvent | EventRecord) -> None:
-        counts = self.counts.setdefault(event.user_id, Counter())
+        user = event.user_id
+        counts = self.counts.get(user)
+        if counts is None:  # not setdefault: that builds a Counter every event
+            counts = self.counts[user] = Counter()
         if forgets_user(event):  # no counter: the figures stay as they were
-            for thread_id in self.threads_of.pop(event.user_id, ()):
-                if self.open_threads.get((event.user_id, thread_id)) is not None:
-                    self.open_threads[event.user_id, thread_id] = None
+            for thread_id in self.threads_of.pop(user, ()):
+                if self.open_threads.get((user, thread_id)) is not None:
+                    self.open_threads[user, thread_id] = None
             return
         counts["evicted" if evicts_context(event) else event.KIND] += 1
-        thread = (event.user_id, event.thread_id)
-        self.threads_of.setdefault(event.user_id, set()).add(event.thread_id)
+        thread = (user, event.thread_id)
+        threads = self.threads_of.get(user)
+        if threads is None:
+            threads = self.threads_of[user] = set()
+        threads.add(event.thread_id)
         if opens_context(event):
             active = self.open_threads.get(thread)
             if active is not None:
