@@ -39,6 +39,9 @@ class Read(NamedTuple):
     prev_hash: str
     hash: str
     timestamp: datetime
+    record: EventRecord
+    """The event as the readers read it: verification folds it to prove the
+    user's snapshots."""
 
 
 def quick_read(stored: Stored, records: RecordReader) -> Read | None:
@@ -84,7 +87,7 @@ def _chain_read(stored: Stored, records: RecordReader) -> Read | str:
         hashed = record_hash(record.chain_record())
     except DECODE_ERRORS as error:  # a value JSON has no form for (NaN)
         return f"it cannot be hashed: {' '.join(str(error).split())[:300]}"
-    return Read(record.user_id, record.prev_hash, hashed, record.timestamp)
+    return Read(record.user_id, record.prev_hash, hashed, record.timestamp, record)
 
 
 def _commitment_holds(record: EventRecord) -> bool:

@@ -315,7 +315,9 @@ def json_fields(
         kind = type(value)
         if kind not in types or (kind is float and not math.isfinite(value)):
             return False
-        into[name] = json_time(value) if kind is datetime else value
+        # isinstance, not ``kind is datetime``: under freezegun this module's
+        # ``datetime`` is its fake class, while stored values decode as real ones.
+        into[name] = json_time(value) if isinstance(value, datetime) else value
     return True
 
 

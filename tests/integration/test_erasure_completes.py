@@ -22,7 +22,7 @@ from eventsourcing.persistence import PersistenceError
 from freezegun import freeze_time
 
 from ledger import ConcurrencyConflict, ContextLedger, StorageUnavailable
-from tests.helpers import dsn_and_schema, execute_sql, wait_until
+from tests.helpers import dsn_and_schema, execute_sql
 
 START = datetime(2026, 6, 1, 9, 0, tzinfo=UTC)
 SECRET = {"card": "4111-1111"}
@@ -224,11 +224,8 @@ def test_an_erasure_killed_between_its_writes_is_finished_on_opening(
     )
     try:
         with ContextLedger.open(postgres_url, create=False) as reader:
-            wait_until(
-                lambda: reader.history("ann")[-1].kind == "forgotten",
-                "the forgotten event to be stored",
-            )
-        wait_until(lambda: _deleting_keys(postgres_url), "the key deletion to start")
+            _wait(eraser, lambda: reader.history("ann")[-1].kind == "forgotten")
+        _wait(eraser, lambda: _deleting_keys(postgres_url))
         os.kill(eraser.pid, signal.SIGKILL)
         eraser.wait(timeout=30)
     finally:
@@ -241,6 +238,16 @@ def test_an_erasure_killed_between_its_writes_is_finished_on_opening(
     with ContextLedger.open(postgres_url) as ledger:
         assert _erased(ledger, "ann")
         assert ledger.verify_chain().holds
+
+
+def _wait(eraser: "subprocess.Popen[bytes]", condition: Callable[[], bool]) -> None:
+    """Waits for ``condition`` while the eraser runs (a loaded machine may take
+    seconds to start a Python process)."""
+    deadline = time.monotonic() + 120
+    while not condition():
+        assert eraser.poll() is None, f"the eraser exited with {eraser.returncode}"
+        assert time.monotonic() < deadline, "the eraser did not get there in 120 s"
+        time.sleep(0.02)
 
 
 def _deleting_keys(url: str) -> bool:

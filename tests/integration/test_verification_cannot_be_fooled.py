@@ -6,6 +6,8 @@ Each test edits stored rows with SQL, as an intruder with write access to the
 database would, on a real SQLite file and a real PostgreSQL schema.
 """
 
+import contextlib
+import random
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, cast
@@ -13,7 +15,7 @@ from typing import Any, cast
 import pytest
 from freezegun import freeze_time
 
-from ledger import ContextLedger
+from ledger import ContextLedger, ContextNotFound, InvalidContextInput
 from ledger.domain.contexts import user_aggregate_id
 from ledger.store.application import SNAPSHOT_INTERVAL
 from ledger.store.keys import place_of, seal, unseal
@@ -264,3 +266,69 @@ def test_a_planted_key_row_on_a_master_keyed_ledger_is_reported(
     assert broken.fault is not None
     assert broken.fault.fault == "key-rows"
     assert "not authenticated" in broken.fault.detail
+
+
+@pytest.mark.parametrize("seed", [1, 2, 3])
+def test_the_snapshots_of_random_histories_equal_the_fold_of_their_events(
+    durable_url: str, seed: int
+) -> None:
+    """Every command and option that changes a user's state (reuse, metadata
+    patches, TTLs and expiries, clears, eviction, request ids, erasure), so the
+    fold verification proves snapshots with follows the aggregate everywhere."""
+    chooser = random.Random(seed)
+    with (
+        ContextLedger.open(
+            durable_url, max_contexts_per_user=3, on_limit="evict"
+        ) as ledger,
+        freeze_time(START) as clock,
+    ):
+        for turn in range(6 * SNAPSHOT_INTERVAL):
+            with contextlib.suppress(ContextNotFound, InvalidContextInput):
+                # a repeat whose context has ended since, or whose call differs
+                _random_command(ledger, chooser, turn)
+            clock.tick(chooser.choice([0, 1, 30, 400]))
+        report = ledger.verify_chain()
+        one = ledger.verify_chain("mia")
+
+    assert report.holds, report.broken
+    assert one.holds, one.broken
+    assert len(_all_snapshots(durable_url, "mia")) >= 2
+
+
+def _random_command(ledger: ContextLedger, chooser: random.Random, turn: int) -> None:
+    """One command with its own request id; one in ten repeats an earlier call
+    exactly (answered from the request window, nothing appended)."""
+    if chooser.random() < 0.1 and turn > 3:
+        turn = chooser.randrange(turn)
+        chooser = random.Random(turn)
+    thread = f"t{chooser.randrange(5)}"
+    roll = chooser.random()
+    if roll < 0.5:
+        ledger.open_context(
+            "mia",
+            thread,
+            metadata={"turn": turn, f"k{turn % 4}": [turn, None]},
+            ttl_seconds=chooser.choice([None, 60.0, 3600.0]),
+            request_id=f"open-{turn}",
+        )
+    elif roll < 0.7 and (active := ledger.active_contexts("mia")):
+        target = chooser.choice(active).context_id
+        ledger.update_context(
+            "mia", target, metadata={"k0": None, "n": turn}, request_id=f"up-{turn}"
+        )
+    elif roll < 0.85 and (active := ledger.active_contexts("mia")):
+        ledger.clear_context("mia", chooser.choice(active).context_id)
+    elif roll < 0.95:
+        ledger.expire_due()
+    elif roll < 0.953:  # rare: an erasure deletes the user's snapshots
+        ledger.forget_user("mia")
+    else:
+        ledger.clear_user("mia", request_id=f"all-{turn}")
+
+
+def _all_snapshots(url: str, user: str) -> list[Any]:
+    return execute_sql(
+        url,
+        "SELECT originator_version FROM {snapshots} WHERE originator_id = {p}",
+        (stream_key(url, user),),
+    )
