@@ -30,7 +30,7 @@ from ledger.api import ContextLedger
 from ledger.domain import validation
 from ledger.errors import InvalidContextInput, LedgerClosed, LedgerError
 from ledger.store.feed import Change, ChangeFeed
-from ledger.store.feed_hub import beyond
+from ledger.store.feed_items import beyond
 
 P = ParamSpec("P")
 T = TypeVar("T")

@@ -29,15 +29,8 @@ from ledger.domain.events import EVENT_TOPICS
 from ledger.domain.models import LedgerEvent
 from ledger.errors import LedgerCorrupted
 from ledger.store.failures import storage_failures
-from ledger.store.feed_hub import (
-    PAGE,
-    Damaged,
-    FeedHub,
-    Item,
-    beyond,
-    decode_all,
-    log_row,
-)
+from ledger.store.feed_hub import PAGE, FeedHub
+from ledger.store.feed_items import Damaged, Item, beyond, decode_all, log_row
 
 FEED_BUFFER = 1000
 """Events a live feed holds for its consumer; one more and it catches up alone."""
