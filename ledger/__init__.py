@@ -3,7 +3,8 @@
 Everything a backend needs is importable from here; the rest is internal.
 """
 
-from ledger.aio import AsyncChangeFeed, AsyncContextLedger
+from ledger.aio import AsyncContextLedger
+from ledger.aio_feed import AsyncChangeFeed
 from ledger.api import ContextLedger
 from ledger.audit.chain import ChainBreak, ChainReport, UserChain
 from ledger.audit.export import ExportFault, ExportManifest, ExportReport, verify_export
