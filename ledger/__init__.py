@@ -7,7 +7,8 @@ from ledger.aio import AsyncContextLedger
 from ledger.aio_feed import AsyncChangeFeed
 from ledger.api import ContextLedger
 from ledger.audit.chain import ChainBreak, ChainReport, UserChain
-from ledger.audit.export import ExportFault, ExportManifest, ExportReport, verify_export
+from ledger.audit.export import ExportFault, ExportManifest, ExportReport
+from ledger.audit.export_check import verify_export
 from ledger.domain.models import EVENT_KINDS, Context, EventKind, LedgerEvent
 from ledger.domain.validation import PLACEHOLDERS
 from ledger.errors import (

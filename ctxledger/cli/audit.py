@@ -14,7 +14,7 @@ from ctxledger.cli.errors import reports_ledger_errors
 from ctxledger.cli.render import Column, format_time, utc_time
 from ctxledger.cli.report import render_report
 from ledger import ContextLedger, InvalidContextInput, verify_export
-from ledger.audit.export import replaced_whole, writable
+from ledger.audit.files import replaced_whole, writable
 from projections.continuity import continuity_of
 
 P = ParamSpec("P")
