@@ -9,6 +9,14 @@ from ledger.api import ContextLedger
 from ledger.audit.chain import ChainBreak, ChainReport, UserChain
 from ledger.audit.export import ExportFault, ExportManifest, ExportReport
 from ledger.audit.export_check import verify_export
+from ledger.domain.events import (
+    ContextCleared,
+    ContextCreated,
+    ContextExpired,
+    ContextReused,
+    ContextUpdated,
+    UserForgotten,
+)
 from ledger.domain.models import EVENT_KINDS, Context, EventKind, LedgerEvent
 from ledger.domain.validation import PLACEHOLDERS
 from ledger.errors import (
@@ -23,6 +31,7 @@ from ledger.errors import (
     LedgerNotFound,
     StorageUnavailable,
 )
+from ledger.store.codec import register as register_event_class
 from ledger.store.feed import ChangeFeed
 
 __all__ = [
@@ -35,9 +44,14 @@ __all__ = [
     "ChangeFeed",
     "ConcurrencyConflict",
     "Context",
+    "ContextCleared",
+    "ContextCreated",
+    "ContextExpired",
     "ContextLedger",
     "ContextLimitExceeded",
     "ContextNotFound",
+    "ContextReused",
+    "ContextUpdated",
     "EventKind",
     "ExportFault",
     "ExportManifest",
@@ -51,5 +65,7 @@ __all__ = [
     "LedgerNotFound",
     "StorageUnavailable",
     "UserChain",
+    "UserForgotten",
+    "register_event_class",
     "verify_export",
 ]

@@ -10,6 +10,13 @@ import ledger
 import projections
 
 LEDGER_NAMES = {
+    "ContextCleared",
+    "ContextCreated",
+    "ContextExpired",
+    "ContextReused",
+    "ContextUpdated",
+    "UserForgotten",
+    "register_event_class",
     "EVENT_KINDS",
     "PLACEHOLDERS",
     "AsyncChangeFeed",
