@@ -6,20 +6,20 @@ The header gives the user's continuity figures and the state of the hash chain.
 The timeline has one lane per thread, its contexts as consecutive bars coloured
 by how they ended. Reuses and updates are strips beside each bar, binned per few
 pixels and shaded by count, so that hundreds stay readable and the bar's colour
-stays visible. When a context ends is the domain's answer (``contexts_through``).
+stays visible. The bars themselves (when each context ends) are drawn from the
+history by ``ctxledger.cli.report_bars``.
 """
 
 import json
 from collections import Counter
-from collections.abc import Iterable
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from html import escape
 from itertools import accumulate, pairwise
 
 from ctxledger.cli.report_axis import nice_step, ticks
-from ledger import Context, LedgerEvent, UserChain
-from ledger.domain.transitions import contexts_through
+from ctxledger.cli.report_bars import PENDING, Bar, bars_of
+from ledger import LedgerEvent, UserChain
 from projections import ContinuityFigures
 
 LEFT, WIDTH, RIGHT = 220, 960, 40  # label column, time axis, margin (px)
@@ -28,7 +28,6 @@ TOP, ROW, BAR = 40, 42, 20  # px: axis, a lane's row, a bar
 UPDATES, REUSES = 4, 8  # px: the strips of updates above a bar and reuses below
 BIN = 3  # px of time axis per bin of reuses or updates
 MONO = 6.7  # px per character of the 11 px monospace context ids
-PENDING = "expired (not yet recorded)"
 FIGURES = (
     ("created", "contexts created"),
     ("reused", "reuses"),
@@ -40,68 +39,6 @@ FIGURES = (
     ("reuses_per_created", "reuses per context"),
     ("threads_with_overlap", "threads with two contexts at once"),
 )
-
-
-@dataclass
-class Bar:
-    """One context as its lane draws it: from its creation to its end."""
-
-    context_id: str
-    thread_id: str
-    run_id: str | None
-    start: datetime
-    end: datetime
-    ending: str = "open"
-    reuses: list[datetime] = field(default_factory=list)
-    updates: list[datetime] = field(default_factory=list)
-
-
-def bars_of(events: Iterable[LedgerEvent], now: datetime) -> tuple[list[Bar], str]:
-    """The contexts of a history, in order of creation, each with its end; and why
-    the bars stop early ("" when they do not): a changed history may not replay.
-
-    An expiry ends a bar when the time to live ran out, not when it was recorded;
-    an open context whose time has run out by ``now`` ends there, else at ``now``.
-    """
-    bars: dict[str, Bar] = {}
-    last: dict[str, Context | None] = {}
-    steps = contexts_through(events)
-    problem = ""
-    while True:
-        try:
-            event, context = next(steps)
-        except StopIteration:
-            break
-        except ValueError as error:  # the chain check in the header says where
-            problem = str(error)
-            break
-        at = event.occurred_at
-        bar = bars.setdefault(
-            event.context_id,
-            Bar(event.context_id, event.thread_id, event.run_id, at, at),
-        )
-        bar.run_id = event.run_id
-        last[bar.context_id] = context
-        if event.kind == "reused":
-            bar.reuses.append(at)
-        elif event.kind == "updated":
-            bar.updates.append(at)
-        elif event.kind in ("cleared", "expired"):
-            bar.end, bar.ending = _ended_at(event), event.kind
-    for bar in bars.values():
-        context = last[bar.context_id]
-        if bar.ending != "open":
-            continue
-        if context is not None and context.expires_at and context.is_due(now):
-            bar.end, bar.ending = context.expires_at, PENDING
-        else:
-            bar.end = now
-    return list(bars.values()), problem
-
-
-def _ended_at(event: LedgerEvent) -> datetime:
-    at = event.details.get("expires_at") if event.kind == "expired" else None
-    return datetime.fromisoformat(at) if isinstance(at, str) else event.occurred_at
 
 
 def render_report(
