@@ -25,7 +25,7 @@ from ledger.aio import DEFAULT_MAX_THREADS
 
 PUBLIC = sorted(
     name
-    for name, value in vars(ContextLedger).items()
+    for name, value in inspect.getmembers(ContextLedger)
     if not name.startswith("_")
     and inspect.isfunction(value)
     and name not in {"close", "changes"}
