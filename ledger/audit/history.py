@@ -9,12 +9,15 @@ reads.
 from collections.abc import Callable, Iterator
 from datetime import datetime
 from itertools import takewhile
-from typing import TypeVar
+from typing import TypeVar, cast
+from uuid import UUID
 
 from ledger.domain.contexts import UserContexts, UserSnapshot, user_aggregate_id
 from ledger.domain.events import ContextEvent
 from ledger.store.application import FIRST_PAGE, SNAPSHOT_INTERVAL, LedgerApplication
 from ledger.store.records import EventRecord
+from ledger.store.serialization import PydanticMapper
+from ledger.store.snapshot_rule import trusted_snapshot
 
 E = TypeVar("E", ContextEvent, EventRecord)
 
@@ -76,11 +79,11 @@ class History:
     ) -> UserSnapshot | None:
         """The newest trusted snapshot whose time ``is_early`` accepts.
 
-        Trusted by the one rule loading uses (``LedgerApplication.trusted_snapshot``);
+        Trusted by the one rule loading uses (``ledger.store.snapshot_rule``);
         any other snapshot is passed over, and the events are replayed instead.
         """
         aggregate_id = user_aggregate_id(user_id)
-        newest = self.app.trusted_snapshot(aggregate_id)
+        newest = self._trusted(aggregate_id, None)
         if newest is None:
             return None
         if is_early(newest.timestamp):
@@ -89,7 +92,7 @@ class History:
         low, high = 1, newest.originator_version - 1
         while low <= high:
             middle = (low + high) // 2
-            snapshot = self.app.trusted_snapshot(aggregate_id, lte=middle)
+            snapshot = self._trusted(aggregate_id, middle)
             if snapshot is None:
                 low = middle + 1
             elif is_early(snapshot.timestamp):
@@ -97,3 +100,7 @@ class History:
             else:
                 high = snapshot.originator_version - 1
         return best
+
+    def _trusted(self, aggregate_id: UUID, lte: int | None) -> UserSnapshot | None:
+        mapper = cast(PydanticMapper, self.app.mapper)
+        return trusted_snapshot(self.app.snapshots, mapper, aggregate_id, lte)

@@ -42,6 +42,7 @@ from ledger.store.keys import KeyDestroyed, KeyRowRefused, MasterKey
 from ledger.store.postgres_log import AppendOutcomeUnknown
 from ledger.store.records import EventRecord, RecordReader
 from ledger.store.serialization import MsgpackTranscoder, PydanticMapper
+from ledger.store.snapshot_rule import trusted_snapshot
 from ledger.store.urls import Storage
 
 SNAPSHOT_INTERVAL = 50
@@ -95,6 +96,10 @@ class LedgerApplication(Application[UUID]):
         self._reader_lock = threading.Lock()
 
     @property
+    def _mapper(self) -> PydanticMapper:
+        return cast(PydanticMapper, self.mapper)
+
+    @property
     def log_reader(self) -> ApplicationRecorder:
         """The recorder that readers of the whole log use (the change feed, the
         expiry index, retention, verification): on PostgreSQL a pool of its own,
@@ -136,7 +141,7 @@ class LedgerApplication(Application[UUID]):
         cached = self.cache.get(aggregate_id)
         with replaying(user_id), self.keys.reading(state=True):
             if cached is None:
-                snapshot = self.trusted_snapshot(aggregate_id)
+                snapshot = trusted_snapshot(self.snapshots, self._mapper, aggregate_id)
                 start = None if snapshot is None else snapshot.originator_version
                 stored = project_user(
                     None if snapshot is None else UserContexts.from_snapshot(snapshot),
@@ -278,7 +283,9 @@ class LedgerApplication(Application[UUID]):
         aggregate_id = user_aggregate_id(user_id)
         start: UserContexts | None = None
         with replaying(user_id), self.keys.reading():
-            snapshot = self.trusted_snapshot(aggregate_id, lte=version)
+            snapshot = trusted_snapshot(
+                self.snapshots, self._mapper, aggregate_id, lte=version
+            )
         if snapshot is not None:
             start = UserContexts.from_snapshot(snapshot)
         after = 0 if start is None else start.version
@@ -287,40 +294,6 @@ class LedgerApplication(Application[UUID]):
         if state is None:
             raise LedgerCorrupted(user_id, f"no events up to version {version}")
         return state
-
-    def trusted_snapshot(
-        self, aggregate_id: UUID, lte: int | None = None
-    ) -> UserSnapshot | None:
-        """The newest snapshot (at or before version ``lte``) that loading may
-        start from: one of format 3 whose sealed value opens, so that every field
-        is as the ledger took it. Any other is passed over and the events are
-        replayed from the first: a snapshot of format 2 (the previous release's)
-        is not authenticated, and one whose key is destroyed cannot be, so either
-        could carry edited state into the state the ledger acts on and into the
-        snapshots it writes later; an altered one is logged."""
-        if self.snapshots is None:
-            return None
-        found = self.snapshots.recorder.select_events(
-            aggregate_id, lte=lte, desc=True, limit=1
-        )
-        if not found:
-            return None
-        mapper = cast(PydanticMapper, self.mapper)
-        try:
-            if not mapper.vouched_snapshot(found[0]):
-                return None  # format 2, or its key destroyed: not authenticated
-            snapshot = mapper.to_domain_event(found[0])
-        except LedgerError:
-            raise  # a master key that does not open the keys: a setting to fix
-        except Exception as error:  # noqa: BLE001  (any damage: replay instead)
-            _log.warning(
-                "snapshot of %s at version %d not used (the events are replayed): %s",
-                aggregate_id,
-                found[0].originator_version,
-                error,
-            )
-            return None
-        return snapshot if isinstance(snapshot, UserSnapshot) else None
 
     def events_between_versions(
         self, user_id: str, first: int, last: int
