@@ -383,7 +383,7 @@ def test_the_feed_looks_keys_up_without_a_connection_that_commands_need(
         release = threading.Event()
 
         def hold_the_commands_connection() -> None:
-            with reader._app.recorder.datastore.get_connection():
+            with reader._app.recorder.datastore.get_connection():  # type: ignore[attr-defined]
                 held.set()
                 release.wait(30)
 

@@ -73,7 +73,7 @@ def test_an_opened_ledger_pool_has_the_size_and_timeouts_of_its_url(
     url = f"{postgres_url}&pool_size=2&max_overflow=3&pool_timeout=4&connect_timeout=6"
 
     with ContextLedger.open(url) as ledger:
-        pool = ledger._app.factory.datastore.pool
+        pool = ledger._app.factory.datastore.pool  # type: ignore[attr-defined]
 
         assert (pool.min_size, pool.max_size, pool.timeout) == (2, 5, 4)
         assert isinstance(pool.kwargs, dict)
