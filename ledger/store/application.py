@@ -13,6 +13,7 @@ from eventsourcing.application import Application
 from eventsourcing.persistence import (
     ApplicationRecorder,
     IntegrityError,
+    Mapper,
     PersistenceError,
     StoredEvent,
 )
@@ -68,7 +69,6 @@ class LedgerApplication(Application[UUID]):
         settings = {
             "IS_SNAPSHOTTING_ENABLED": "y",
             "TRANSCODER_TOPIC": get_topic(MsgpackTranscoder),
-            "MAPPER_TOPIC": get_topic(PydanticMapper),
             **(env or {}),
         }
         return Environment(name, settings)
@@ -80,20 +80,30 @@ class LedgerApplication(Application[UUID]):
         create: bool = True,
         master_key: MasterKey | None = None,
     ) -> None:
-        super().__init__({**storage.settings, "CREATE_TABLE": "y" if create else "n"})
         self.storage = storage
         self.backend = backend_for(storage)
+        self._create, self._master_key = create, master_key
+        super().__init__({**storage.settings, "CREATE_TABLE": "y" if create else "n"})
         self.cache = AggregateCache(AGGREGATE_CACHE_SIZE)
-        self.keys = self.backend.key_store(
-            getattr(self.recorder, "datastore", None), master_key
-        )
-        if create:
-            self.keys.create_table()
-        self.keys.check_master_key(create=create)
-        cast(PydanticMapper, self.mapper).keys = self.keys
-        self.records = RecordReader(cast(PydanticMapper, self.mapper), self.keys)
+        self.records = RecordReader(self._mapper, self.keys)
         self._log_reader: ApplicationRecorder | None = None
         self._reader_lock = threading.Lock()
+
+    def construct_mapper(self) -> Mapper[UUID]:
+        """The mapper, composed with the users' data keys. The keys live beside
+        the events, so the recorder is made first (``construct_recorder`` then
+        returns it)."""
+        self._recorder = super().construct_recorder()
+        self.keys = self.backend.key_store(
+            getattr(self._recorder, "datastore", None), self._master_key
+        )
+        if self._create:
+            self.keys.create_table()
+        self.keys.check_master_key(create=self._create)
+        return PydanticMapper(self.construct_transcoder(), keys=self.keys)
+
+    def construct_recorder(self) -> ApplicationRecorder:
+        return self._recorder
 
     @property
     def _mapper(self) -> PydanticMapper:

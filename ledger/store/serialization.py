@@ -17,6 +17,7 @@ from eventsourcing.persistence import (
     Mapper,
     MapperDeserialisationError,
     StoredEvent,
+    Transcoder,
 )
 from pydantic import BaseModel
 
@@ -71,8 +72,11 @@ class PydanticMapper(Mapper[UUID]):
       event keeps its JSON form as written, which the chain covers.
     """
 
-    keys: KeyStore | None = None
-    """Set by the application: without it, nothing sealed can be stored or read."""
+    def __init__(self, transcoder: Transcoder, *, keys: KeyStore | None = None) -> None:
+        super().__init__(transcoder)
+        self.keys = keys
+        """The users' data keys (``LedgerApplication.construct_mapper`` gives
+        them): without them, nothing sealed can be stored or read."""
 
     def to_stored_event(self, domain_event: DomainEventProtocol[UUID]) -> StoredEvent:
         model = cast(BaseModel, domain_event)
