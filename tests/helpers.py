@@ -58,6 +58,20 @@ def run(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
     )
 
 
+def cli_on(*args: str, url: str, stdin: str = "") -> subprocess.CompletedProcess[str]:
+    """``ctxledger --db URL ARGS`` with ``stdin``, as an operator types it."""
+    environment = {k: v for k, v in os.environ.items() if k != "CTXLEDGER_URL"}
+    return subprocess.run(
+        [CTXLEDGER, "--db", url, *args],
+        input=stdin,
+        env=environment,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+
+
 def one_line_error(result: subprocess.CompletedProcess[str], name: str) -> str:
     """The stderr of a command that failed with ``name``: one line, no traceback."""
     assert "Traceback" not in result.stderr

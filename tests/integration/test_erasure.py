@@ -27,7 +27,7 @@ from ledger.domain.events import ContextCreated
 from ledger.domain.hashing import chain_hash, record_hash
 from ledger.store.application import SNAPSHOT_INTERVAL
 from projections import Projections
-from tests.helpers import CTXLEDGER, OpenLedger, dsn_and_schema
+from tests.helpers import OpenLedger, cli_on, dsn_and_schema
 from tests.tampering import (
     append_raw_event,
     execute_sql,
@@ -414,38 +414,25 @@ def test_a_process_that_cached_the_user_does_not_resurrect_it(
         assert ledger.history("alice")[-1].details["metadata"] == {"after": "yes"}
 
 
-def _cli(*args: str, url: str, stdin: str = "") -> subprocess.CompletedProcess[str]:
-    environment = {k: v for k, v in os.environ.items() if k != "CTXLEDGER_URL"}
-    return subprocess.run(
-        [CTXLEDGER, "--db", url, *args],
-        input=stdin,
-        env=environment,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
-
-
 def test_cli_forget_asks_then_erases(durable_url: str) -> None:
     with ContextLedger.open(durable_url) as ledger:
         ledger.open_context("alice", "t1", metadata={"name": SECRET})
         ledger.open_context("bob", "t1", metadata={"name": "bob"})
 
-    refused = _cli("forget", "alice", url=durable_url, stdin="n\n")
+    refused = cli_on("forget", "alice", url=durable_url, stdin="n\n")
     assert refused.returncode == 1, refused
-    no_answer = _cli("forget", "alice", url=durable_url)
+    no_answer = cli_on("forget", "alice", url=durable_url)
     assert no_answer.returncode == 1, no_answer
     with ContextLedger.open(durable_url) as ledger:
         assert not ledger.history("alice")[-1].erased
 
-    done = _cli("forget", "alice", "--reason", "ticket 7", "--yes", url=durable_url)
+    done = cli_on("forget", "alice", "--reason", "ticket 7", "--yes", url=durable_url)
     assert done.returncode == 0, done.stderr
     assert "forgot alice: the personal data of 1 event(s) is erased" in done.stdout
-    again = _cli("forget", "alice", "--yes", url=durable_url)
+    again = cli_on("forget", "alice", "--yes", url=durable_url)
     assert again.returncode == 0
     assert "no readable personal data" in again.stdout
-    shown = _cli("history", "alice", "--json", url=durable_url)
+    shown = cli_on("history", "alice", "--json", url=durable_url)
     assert SECRET not in shown.stdout
     assert json.loads(shown.stdout)[-1]["details"]["reason"] == "ticket 7"
 
@@ -461,7 +448,7 @@ def test_cli_forget_asks_then_erases(durable_url: str) -> None:
 def test_cli_forget_usage_errors(sqlite_url: str, args: tuple[str, ...]) -> None:
     with ContextLedger.open(sqlite_url) as ledger:
         ledger.open_context("alice", "t1", metadata={"name": SECRET})
-    result = _cli(*args, "--yes", url=sqlite_url)
+    result = cli_on(*args, "--yes", url=sqlite_url)
     assert result.returncode == 2, result
     with ContextLedger.open(sqlite_url) as ledger:
         assert not ledger.history("alice")[-1].erased
@@ -469,7 +456,7 @@ def test_cli_forget_usage_errors(sqlite_url: str, args: tuple[str, ...]) -> None
 
 def test_cli_forget_without_a_ledger_creates_nothing(tmp_path: Path) -> None:
     url = f"sqlite:///{tmp_path / 'none.db'}"
-    result = _cli("forget", "alice", "--yes", url=url)
+    result = cli_on("forget", "alice", "--yes", url=url)
     assert result.returncode == 1
     assert "LedgerNotFound" in result.stderr
     assert not (tmp_path / "none.db").exists()
@@ -586,7 +573,7 @@ def test_cli_forget_on_a_store_of_the_previous_release(sqlite_url: str) -> None:
     )
     execute_sql(sqlite_url, "DROP TABLE ctxledger_keys")
 
-    result = _cli("forget", "alice", "--yes", url=sqlite_url)
+    result = cli_on("forget", "alice", "--yes", url=sqlite_url)
 
     assert result.returncode == 0, result.stderr
     assert "written before sealing" in result.stderr
@@ -598,11 +585,11 @@ def test_cli_forget_on_a_store_of_the_previous_release(sqlite_url: str) -> None:
 def test_cli_forget_of_a_user_with_no_events_says_so(sqlite_url: str) -> None:
     with ContextLedger.open(sqlite_url) as ledger:
         ledger.open_context("alice", "t1", metadata={"name": SECRET})
-    result = _cli("forget", "alcie", "--yes", url=sqlite_url)
+    result = cli_on("forget", "alcie", "--yes", url=sqlite_url)
     assert result.returncode == 0
     assert "user 'alcie' has no events" in result.stderr
     assert result.stdout == ""
-    empty_reason = _cli(
+    empty_reason = cli_on(
         "forget",
         "--inactive-since",
         "2999-01-01",

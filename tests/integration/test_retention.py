@@ -2,8 +2,6 @@
 the users idle since a time, leave one who wrote after the listing, and go on past a
 damaged user. On SQLite and PostgreSQL (and memory)."""
 
-import os
-import subprocess
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -11,23 +9,10 @@ from freezegun import freeze_time
 
 from ledger import ContextLedger, InvalidContextInput, LedgerCorrupted
 from ledger.domain.contexts import UserContexts
-from tests.helpers import CTXLEDGER, OpenLedger
+from tests.helpers import OpenLedger, cli_on
 from tests.tampering import execute_sql, stream_key
 
 SECRET = "erase-me-4f1c9b"
-
-
-def _cli(*args: str, url: str, stdin: str = "") -> subprocess.CompletedProcess[str]:
-    environment = {k: v for k, v in os.environ.items() if k != "CTXLEDGER_URL"}
-    return subprocess.run(
-        [CTXLEDGER, "--db", url, *args],
-        input=stdin,
-        env=environment,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
 
 
 def test_forget_inactive_forgets_only_users_idle_since(open_ledger: OpenLedger) -> None:
@@ -58,10 +43,10 @@ def test_cli_forget_inactive_since(durable_url: str) -> None:
     future = (datetime.now(tz=UTC) + timedelta(days=1)).isoformat()
     past = "2000-01-01T00:00:00Z"
 
-    nothing = _cli("forget", "--inactive-since", past, "--yes", url=durable_url)
+    nothing = cli_on("forget", "--inactive-since", past, "--yes", url=durable_url)
     assert nothing.returncode == 0
     assert "nothing to forget" in nothing.stdout
-    done = _cli("forget", "--inactive-since", future, url=durable_url, stdin="y\n")
+    done = cli_on("forget", "--inactive-since", future, url=durable_url, stdin="y\n")
     assert done.returncode == 0, done.stderr
     assert "forgot 1 user(s); 1 event(s) erased in all" in done.stdout
     with ContextLedger.open(durable_url) as ledger:
