@@ -176,6 +176,12 @@ class LogSource:
         reading up to it skips nothing; 0 for an empty ledger."""
         return safe_head(self._app.log_reader)
 
+    @property
+    def reads_apart(self) -> bool:
+        """Whether the log is read on connections of its own (PostgreSQL's
+        readers' pool), so a read overlaps a write instead of waiting for it."""
+        return self._app.log_reader is not self._app.recorder
+
     def count_after(self, position: int) -> int:
         """How many events are stored after ``position`` (positions skip numbers)."""
         return self._app.backend.count_after(self._app.recorder, position)

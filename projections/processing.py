@@ -11,6 +11,7 @@ import sqlite3
 import threading
 from collections import Counter
 from collections.abc import Callable, Sequence
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 
 import psycopg
@@ -117,7 +118,7 @@ class Processor:
         going = list(targets)
         stopped: list[ViewCannotApply] = []
         applied: Counter[str] = Counter()
-        with ReadAhead(self.reader) as reader:
+        with self._reading() as reader:
             while going and (start := min(positions[t.key] for t in going)) < up_to:
                 batch = reader.batch(start, self.batch_size, up_to)
                 if not batch:
@@ -132,6 +133,14 @@ class Processor:
                 stopped[0].add_note(str(other))
             raise stopped[0]
         return applied, {t.view.name: positions[t.key] for t in targets}
+
+    def _reading(self) -> AbstractContextManager[LogReader | ReadAhead]:
+        """The reader of a run: one that reads the next batch while the views
+        write, where the log is read apart from the writes (on SQLite a read
+        waits for the write and for the interpreter, so it only costs)."""
+        if self.reader.source.reads_apart:
+            return ReadAhead(self.reader)
+        return nullcontext(self.reader)
 
     def _write_batch(
         self,
