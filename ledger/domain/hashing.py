@@ -109,10 +109,19 @@ def chain_form(record: Mapping[str, Any]) -> dict[str, Any]:
     without the erasure mark; the commitment stands for them.
     """
     details = record["details"]
+    kept = chain_details(details)
+    return dict(record) if kept is details else {**record, "details": kept}
+
+
+def chain_details(details: dict[str, Any]) -> dict[str, Any]:
+    """The part of an event's details the chain covers (``chain_form``'s rule):
+    ``details`` itself in format 1, else a copy without ``SEALED_DETAILS``."""
     if details.get("metadata_commitment") is None:
-        return dict(record)
-    kept = {k: v for k, v in details.items() if k not in SEALED_DETAILS}
-    return {**record, "details": kept}
+        return details
+    kept = dict(details)
+    for key in SEALED_DETAILS:
+        kept.pop(key, None)
+    return kept
 
 
 def chain_hash(record: Mapping[str, Any]) -> str:

@@ -24,7 +24,7 @@ from uuid import UUID
 from eventsourcing.persistence import MapperDeserialisationError, StoredEvent
 
 from ledger.domain.events import ContextEvent, ledger_form, shape_details
-from ledger.domain.hashing import chain_form
+from ledger.domain.hashing import chain_details, chain_form
 from ledger.domain.models import EventKind, LedgerEvent
 from ledger.errors import LedgerError
 from ledger.store.codec import (
@@ -50,6 +50,7 @@ __all__ = [
 ]
 
 PLACES_KEPT = 50_000
+_STR = frozenset({str})
 
 
 @dataclass(slots=True, kw_only=True)
@@ -116,7 +117,7 @@ class EventRecord:
         hash: without a commitment, its details are the record's own, not a copy."""
         if self.written is not None:
             return chain_form(self.written)
-        return chain_form(self._form(json_time(self.timestamp), self.details))
+        return self._form(json_time(self.timestamp), chain_details(self.details))
 
     def to_ledger_event(self) -> LedgerEvent:
         """The auditor's view of it (validated: pydantic's validator, in Rust,
@@ -285,7 +286,7 @@ class RecordReader:
         if (
             type(metadata) is not dict
             or type(salt) is not bytes
-            or not all(type(key) is str for key in metadata)
+            or not _STR.issuperset(map(type, metadata))
         ):
             return None
         return metadata, salt.hex()
