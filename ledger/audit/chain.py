@@ -76,7 +76,7 @@ class Link:
     problem: str | None = None
 
 
-def find_break(  # noqa: PLR0911  (one return per kind of fault)
+def find_break(
     links: Sequence[Link], *, first_version: int = 1, first_prev: str | None
 ) -> ChainBreak | None:
     """The first fault in ``links``, stored order; None when the chain holds.
@@ -94,50 +94,65 @@ def find_break(  # noqa: PLR0911  (one return per kind of fault)
     version, prev = first_version, first_prev
     for index, link in enumerate(links):
         if link.version != version:
-            if version in versions:
-                return ChainBreak(
-                    version=version,
-                    fault="reordered",
-                    detail=f"version {version} is stored out of place, "
-                    f"after version {links[index - 1].version}"
-                    if index
-                    else f"version {version} is not stored first",
-                )
-            if link.version > version:
-                gap = (
-                    f"version {version}"
-                    if link.version == version + 1
-                    else f"versions {version} to {link.version - 1}"
-                )
-                return ChainBreak(
-                    version=version,
-                    fault="missing",
-                    detail=f"{gap} absent: version {link.version} follows "
-                    + (f"version {version - 1}" if index else "nothing"),
-                )
-            return ChainBreak(
-                version=link.version,
-                fault="reordered",
-                detail=f"version {link.version} is stored again after "
-                f"version {version - 1}",
-            )
+            return _out_of_place(links, index, version, versions)
         if link.hash is None:
             return ChainBreak(
                 version=version, fault="altered", detail=link.problem or "unreadable"
             )
         if prev is not None and link.prev_hash != prev:
-            moved = by_prev.get(prev)
-            if moved is not None and moved != index:
-                return ChainBreak(
-                    version=version,
-                    fault="reordered",
-                    detail=f"the event that follows version {version - 1} is "
-                    f"stored as version {links[moved].version}",
-                )
-            return _altered(links, index, version)
+            return _unlinked(links, index, version, by_prev.get(prev))
         prev = link.hash
         version += 1
     return None
+
+
+def _out_of_place(
+    links: Sequence[Link], index: int, version: int, versions: set[int]
+) -> ChainBreak:
+    """The fault where the link at ``index`` is not the ``version`` expected:
+    that version stored elsewhere, absent, or this one stored again."""
+    link = links[index]
+    if version in versions:
+        return ChainBreak(
+            version=version,
+            fault="reordered",
+            detail=f"version {version} is stored out of place, "
+            f"after version {links[index - 1].version}"
+            if index
+            else f"version {version} is not stored first",
+        )
+    if link.version > version:
+        gap = (
+            f"version {version}"
+            if link.version == version + 1
+            else f"versions {version} to {link.version - 1}"
+        )
+        return ChainBreak(
+            version=version,
+            fault="missing",
+            detail=f"{gap} absent: version {link.version} follows "
+            + (f"version {version - 1}" if index else "nothing"),
+        )
+    return ChainBreak(
+        version=link.version,
+        fault="reordered",
+        detail=f"version {link.version} is stored again after version {version - 1}",
+    )
+
+
+def _unlinked(
+    links: Sequence[Link], index: int, version: int, moved: int | None
+) -> ChainBreak:
+    """The fault where the link at ``index`` does not point to the event before
+    it: reordered if the event that does (at ``moved``) is stored elsewhere."""
+    if moved is not None and moved != index:
+        return ChainBreak(
+            version=version,
+            fault="reordered",
+            detail=f"the event that follows version {version - 1} is "
+            f"stored as version {links[moved].version}",
+        )
+    return _altered(links, index, version)
 
 
 def _altered(links: Sequence[Link], index: int, version: int) -> ChainBreak:
