@@ -159,37 +159,16 @@ def _check_sqlite_folder(path: Path) -> None:
 
 def _postgres(url: str) -> Storage:
     parts = _split(url)
-    options = {
-        key: values[-1]
-        for key, values in parse_qs(parts.query, keep_blank_values=True).items()
-    }
-    unknown = sorted(set(options) - _POSTGRES_OPTIONS)
-    if unknown:
-        raise LedgerConfigError(
-            f"unknown PostgreSQL URL option(s) {unknown}; the options are "
-            f"{', '.join(sorted(_POSTGRES_OPTIONS))}"
-        )
+    options = _postgres_options(parts)
     dbname = unquote(parts.path.lstrip("/"))
     if not dbname or not parts.username:
         raise LedgerConfigError(
             f"PostgreSQL URL {_shown(url)} needs a user and a database "
             "name: postgresql://user[:password]@host[:port]/dbname"
         )
-    schema = options.get("schema", "public")
-    if not _SCHEMA_NAME.fullmatch(schema):
-        raise LedgerConfigError(
-            f"schema name {shorten(schema)} is not a plain lower-case SQL "
-            "identifier; use a-z, 0-9 and _, starting with a letter or _, at most 63 "
-            "characters"
-        )
+    schema = _schema(options)
     port = _port(parts, url)
-    host = options.get("host") or unquote(parts.hostname or "")
-    if not host:
-        raise LedgerConfigError(
-            f"PostgreSQL URL {_shown(url)} has no host; name one "
-            "(postgresql://user@HOST/dbname), or a Unix socket folder with "
-            "?host=/var/run/postgresql"
-        )
+    host = _host(options, parts, url)
     user = unquote(parts.username)
     password = (
         unquote(parts.password)
@@ -213,6 +192,46 @@ def _postgres(url: str) -> Storage:
     }
     where = f"postgresql {host}:{port}/{dbname} schema {schema}"
     return Storage("postgres", settings, where)
+
+
+def _postgres_options(parts: SplitResult) -> dict[str, str]:
+    """The URL's query options (the last of a repeated one); LedgerConfigError
+    for one the ledger does not know."""
+    options = {
+        key: values[-1]
+        for key, values in parse_qs(parts.query, keep_blank_values=True).items()
+    }
+    unknown = sorted(set(options) - _POSTGRES_OPTIONS)
+    if unknown:
+        raise LedgerConfigError(
+            f"unknown PostgreSQL URL option(s) {unknown}; the options are "
+            f"{', '.join(sorted(_POSTGRES_OPTIONS))}"
+        )
+    return options
+
+
+def _schema(options: dict[str, str]) -> str:
+    """The schema option (default ``public``), a plain lower-case SQL identifier."""
+    schema = options.get("schema", "public")
+    if not _SCHEMA_NAME.fullmatch(schema):
+        raise LedgerConfigError(
+            f"schema name {shorten(schema)} is not a plain lower-case SQL "
+            "identifier; use a-z, 0-9 and _, starting with a letter or _, at most 63 "
+            "characters"
+        )
+    return schema
+
+
+def _host(options: dict[str, str], parts: SplitResult, url: str) -> str:
+    """The host option (a Unix socket folder), else the URL's host; one is needed."""
+    host = options.get("host") or unquote(parts.hostname or "")
+    if not host:
+        raise LedgerConfigError(
+            f"PostgreSQL URL {_shown(url)} has no host; name one "
+            "(postgresql://user@HOST/dbname), or a Unix socket folder with "
+            "?host=/var/run/postgresql"
+        )
+    return host
 
 
 def _split(url: str) -> SplitResult:
