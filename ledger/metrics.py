@@ -58,6 +58,12 @@ class ViewFigures(Protocol):
 
 class _Figures:
     def __init__(self, client: Any) -> None:
+        self._command_figures(client)
+        self._feed_figures(client)
+        self._view_figures(client)
+
+    def _command_figures(self, client: Any) -> None:
+        """The commands: how many, their outcomes, what they stored, how long."""
         self.commands = client.Counter(
             "ctxledger_commands",
             "Commands of the ledger, by name and outcome.",
@@ -83,6 +89,9 @@ class _Figures:
             ["command"],
             buckets=LATENCY_BUCKETS,
         )
+
+    def _feed_figures(self, client: Any) -> None:
+        """The change feeds: how many are open, how often one fell behind."""
         self.feeds_open = client.Gauge(
             "ctxledger_feeds_open",
             "Change feeds open in this process.",
@@ -93,6 +102,9 @@ class _Figures:
             "Times a feed's consumer left too many events untaken, so the feed "
             "read the store by itself until it caught up.",
         )
+
+    def _view_figures(self, client: Any) -> None:
+        """The views: where each stands against the log's head."""
         self.view_position = client.Gauge(
             "ctxledger_view_position", "The last position each view applied.", ["view"]
         )
