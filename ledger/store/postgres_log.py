@@ -178,18 +178,7 @@ class ParallelPostgresRecorder(PostgresApplicationRecorder):
         """
         if not stored_events:
             return []
-        statement = self._append_statement
-        params: tuple[Any, ...] = (
-            [event.originator_id for event in stored_events],
-            [event.originator_version for event in stored_events],
-            [event.topic for event in stored_events],
-            [event.state for event in stored_events],
-        )
-        if len(stored_events) == 1:
-            statement, params = (
-                self._append_one_statement,
-                tuple(values[0] for values in params),
-            )
+        statement, params = self._append_of(stored_events)
         try:
             with self.datastore.get_connection() as conn, conn.cursor() as curs:
                 curs.execute(statement, params, prepare=True, binary=True)
@@ -211,6 +200,25 @@ class ParallelPostgresRecorder(PostgresApplicationRecorder):
             # writes again.
             self.datastore.pool.check()
             raise AppendOutcomeUnknown(str(error)) from error
+
+    def _append_of(
+        self, stored_events: Sequence[StoredEvent]
+    ) -> tuple[Composed, tuple[Any, ...]]:
+        """The append statement and its parameters (a column of values each); the
+        one-row form, with plain values, for a single event."""
+        statement = self._append_statement
+        params: tuple[Any, ...] = (
+            [event.originator_id for event in stored_events],
+            [event.originator_version for event in stored_events],
+            [event.topic for event in stored_events],
+            [event.state for event in stored_events],
+        )
+        if len(stored_events) == 1:
+            statement, params = (
+                self._append_one_statement,
+                tuple(values[0] for values in params),
+            )
+        return statement, params
 
     def subscribe(
         self, gt: int | None = None, topics: Sequence[str] = ()
