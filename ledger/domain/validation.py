@@ -3,7 +3,6 @@
 The rules are pydantic types; a ``ValidationError`` becomes ``InvalidContextInput``.
 """
 
-import math
 import re
 from collections.abc import Mapping
 from datetime import datetime
@@ -20,14 +19,18 @@ from ledger.domain.models import (
     OnLimit,
     UtcDatetime,
 )
+from ledger.domain.plain_json import (
+    MAX_METADATA_DEPTH,
+    contents,
+    plain_json,
+    plain_text,
+)
 from ledger.errors import InvalidContextInput, LedgerConfigError
 
 MAX_ID_CHARS = 256
 MAX_REASON_CHARS = 256
 MAX_METADATA_BYTES = 64 * 1024
-MAX_METADATA_DEPTH = 8
 MAX_TTL_SECONDS = 100 * 366 * 24 * 3600
-_INT64 = 2**63
 
 PLACEHOLDERS = frozenset(
     {
@@ -84,84 +87,8 @@ def _check_id(value: str) -> str:
     return value
 
 
-def _normalized(value: object, path: str, depth: int) -> Any:
-    """A plain-JSON copy of a metadata value, or ValueError.
-
-    Tuples become lists and subclasses of str, int and float (enums, say) their
-    plain values, keys included, so what is returned is what a replay will read
-    back and what the chain hashes. ``depth`` counts the containers around
-    ``value``; metadata itself is the first.
-    """
-    if isinstance(value, Mapping | list | tuple) and depth > MAX_METADATA_DEPTH:
-        raise ValueError(f"{path} nests deeper than {MAX_METADATA_DEPTH} levels")
-    if isinstance(value, Mapping):
-        result = {}
-        for key, item in _contents(value, path):
-            if not isinstance(key, str):
-                raise ValueError(f"{path} has a key {key!r} that is not a str")
-            plain = _text(key, f"{path} key")
-            if plain in result:
-                raise ValueError(f"{path} has the key {plain!r} twice")
-            result[plain] = _normalized(item, f"{path}[{plain!r}]", depth + 1)
-        return result
-    if isinstance(value, list | tuple):
-        return [
-            _normalized(item, f"{path}[{i}]", depth + 1)
-            for i, item in enumerate(_items(value, path))
-        ]
-    if value is None or isinstance(value, bool):
-        return value
-    if isinstance(value, str):
-        return _text(value, path)
-    # Subclasses become plain values first, so the checks see what will be stored.
-    if isinstance(value, float):
-        number = value if type(value) is float else float.__float__(value)
-        if not math.isfinite(number):
-            raise ValueError(f"{path} is {number!r}; only finite numbers are stored")
-        return number
-    if isinstance(value, int):
-        integer = value if type(value) is int else int.__index__(value)
-        if not -_INT64 <= integer < _INT64:
-            raise ValueError(f"{path} is an integer outside the signed 64-bit range")
-        return integer
-    raise ValueError(f"{path} is of type {type(value).__name__}, which is not stored")
-
-
-def _text(value: str, path: str) -> str:
-    """A plain str of the same characters; NUL and lone surrogates are refused
-    (PostgreSQL's text and jsonb cannot hold the first, UTF-8 the second)."""
-    plain = value if type(value) is str else str.__str__(value)
-    if "\x00" in plain:
-        raise ValueError(
-            f"{path} contains a NUL character (\\x00), which is not stored"
-        )
-    try:
-        plain.encode("utf-8")
-    except UnicodeEncodeError:
-        raise ValueError(
-            f"{path} contains a lone surrogate, which is not valid UTF-8"
-        ) from None
-    return plain
-
-
-def _contents(value: Mapping[Any, Any], path: str) -> list[tuple[Any, Any]]:
-    """The mapping's items, read once; a mapping that fails to give them is
-    refused with ValueError instead of letting its own error through."""
-    try:
-        return list(value.items())
-    except Exception as error:  # noqa: BLE001  (any error of the caller's type)
-        raise ValueError(f"{path} could not be read: {error!r}") from None
-
-
-def _items(value: list[Any] | tuple[Any, ...], path: str) -> list[Any]:
-    try:
-        return list(value)
-    except Exception as error:  # noqa: BLE001  (any error of the caller's type)
-        raise ValueError(f"{path} could not be read: {error!r}") from None
-
-
 def _check_metadata(value: dict[str, Any]) -> dict[str, Any]:
-    normalized: dict[str, Any] = _normalized(value, "metadata", 1)
+    normalized: dict[str, Any] = plain_json(value, "metadata", 1)
     try:
         size = len(msgpack.packb(normalized, use_bin_type=True))
     except (TypeError, ValueError, OverflowError) as error:
@@ -204,7 +131,7 @@ Reason = Annotated[
     str,
     Strict(),
     Field(min_length=1, max_length=MAX_REASON_CHARS),
-    AfterValidator(lambda text: _text(text, "reason")),
+    AfterValidator(lambda text: plain_text(text, "reason")),
 ]
 
 _IDENTIFIER: TypeAdapter[str] = TypeAdapter(Identifier)
@@ -276,7 +203,7 @@ def metadata(value: object) -> dict[str, Any]:
         # Read once, as a plain dict; keys that are the same string twice (a str
         # subclass beside its plain value) are refused, not silently merged.
         try:
-            items = _contents(value, "metadata")
+            items = contents(value, "metadata")
         except ValueError as error:
             raise InvalidContextInput(
                 "metadata", type(value).__name__, str(error), _FIXES["metadata"]
