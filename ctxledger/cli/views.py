@@ -217,6 +217,11 @@ def audit(
             some = bool(filters) and bool(views.audit_rows(user_id))
             render.no_events(user_id, filters if some else (), "in the audit view")
         _warn_if_behind(views, "audit")
+    _print_audit_rows(rows, form)
+
+
+def _print_audit_rows(rows: list[AuditRow], form: str) -> None:
+    """The audit view's rows as JSON, CSV or a table."""
     if form == "json":
         render.print_json([row.model_dump(mode="json") for row in rows])
     elif form == "csv":
