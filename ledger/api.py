@@ -330,7 +330,6 @@ class ContextLedger(LedgerQueries):
         """Appends the user's ``forgotten`` event (if there is anything to forget,
         and the user is still inactive), then destroys the retired keys: whether it
         appended, and how many events were erased."""
-
         try:
             appended, generation, forgotten = self._commands.run(
                 user, lambda aggregate: self._forget_in(aggregate, why, inactive_since)
