@@ -94,8 +94,13 @@ class ChainVerifier:
     def all_users(self, on_page: Progress | None = None) -> ChainReport:
         """Every stream in the log up to its safe head when the pass begins (an
         event committed later is left to the next pass, never half-seen)."""
+        shared = self.records
         with self.keys.reading():  # each user's key looked up once a pass
-            return self._all_users(on_page)
+            self.records = shared.in_scope()
+            try:
+                return self._all_users(on_page)
+            finally:
+                self.records = shared
 
     def _all_users(self, on_page: Progress | None) -> ChainReport:
         streams: dict[UUID | str, _Stream] = {}

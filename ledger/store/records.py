@@ -21,6 +21,7 @@ from datetime import datetime
 from typing import Any, cast
 from uuid import UUID
 
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from eventsourcing.persistence import MapperDeserialisationError, StoredEvent
 
 from ledger.domain.events import ContextEvent, ledger_form, shape_details
@@ -169,6 +170,18 @@ class RecordReader:
         self._places: dict[tuple[UUID | str, int], tuple[UUID, bytes]] = {}
         """Each stream's id and associated data, worked out once (a UUID's bytes
         are computed anew on every access)."""
+        self._ciphers: dict[tuple[UUID | str, int], AESGCM | None] | None = None
+        """The keys a ``keys.reading()`` scope gave (``in_scope``); None: ask the
+        key store each time."""
+
+    def in_scope(self) -> "RecordReader":
+        """A reader for one ``keys.reading()`` scope (a verification pass), used
+        only inside it: it keeps each key (or its absence) the scope gave, which
+        the scope would give again unchanged, so a key is asked for once a stream
+        and generation rather than once an event. Failures are not kept."""
+        reader = RecordReader(self.mapper, self.keys)
+        reader._ciphers = {}
+        return reader
 
     def read(self, stored: StoredEvent) -> EventRecord:
         """The record of ``stored``: MapperDeserialisationError for a stored event
@@ -271,15 +284,22 @@ class RecordReader:
         """(metadata, salt hex) of a sealed value; (None, None) once its key is
         destroyed; None when it is not what this release seals (the mapper
         decides: it raises for a value that does not open)."""
-        known = self._places.get((stream, generation))
+        at = stream, generation
+        known = self._places.get(at)
         if known is None:
             if len(self._places) >= PLACES_KEPT:
                 self._places.clear()
             stream_id = as_uuid(stream)
             known = stream_id, place_of(_EVENT, stream_id, 0, generation)
-            self._places[stream, generation] = known
+            self._places[at] = known
         stream_id, place = known
-        cipher = self.keys.for_reading(stream_id, generation)
+        ciphers = self._ciphers
+        if ciphers is None:
+            cipher = self.keys.for_reading(stream_id, generation)
+        elif at in ciphers:
+            cipher = ciphers[at]
+        else:
+            cipher = ciphers[at] = self.keys.for_reading(stream_id, generation)
         if cipher is None:
             return None, None
         metadata, salt = self._decode(unseal(cipher, place, sealed))
