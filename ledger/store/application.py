@@ -12,10 +12,9 @@ from uuid import UUID
 from eventsourcing.application import Application
 from eventsourcing.persistence import (
     ApplicationRecorder,
-    IntegrityError,
+    EventStore,
     Mapper,
     PersistenceError,
-    StoredEvent,
 )
 from eventsourcing.utils import Environment, get_topic
 
@@ -36,11 +35,11 @@ from ledger.errors import (
     LedgerNotFound,
     StorageUnavailable,
 )
+from ledger.store.appends import Appends
 from ledger.store.backends import backend_for
 from ledger.store.cache import AggregateCache
 from ledger.store.failures import DATABASE_ERRORS, storage_failures
 from ledger.store.keys import KeyDestroyed, KeyRowRefused, MasterKey
-from ledger.store.postgres_log import AppendOutcomeUnknown
 from ledger.store.records import EventRecord, RecordReader
 from ledger.store.serialization import MsgpackTranscoder, PydanticMapper
 from ledger.store.snapshot_rule import trusted_snapshot
@@ -85,6 +84,7 @@ class LedgerApplication(Application[UUID]):
         self._create, self._master_key = create, master_key
         super().__init__({**storage.settings, "CREATE_TABLE": "y" if create else "n"})
         self.cache = AggregateCache(AGGREGATE_CACHE_SIZE)
+        self._appends = Appends(self.events, self.recorder, self.storage)
         self.records = RecordReader(self._mapper, self.keys)
         self._log_reader: ApplicationRecorder | None = None
         self._reader_lock = threading.Lock()
@@ -194,14 +194,14 @@ class LedgerApplication(Application[UUID]):
         # The event store's put is what save() does for us; save() would first run
         # runtime Protocol checks that cost more than the rest of the Python work.
         try:
-            self._put(events)
+            self._appends.put(events)
         except KeyRowRefused as refused:  # a planted or altered key row
             raise LedgerCorrupted(aggregate.user_id, str(refused)) from refused
         except KeyDestroyed as destroyed:
             # Sealed under a key destroyed since: a conflict if the user's
             # forgotten event took the version (the retry reloads), else the key
             # went without one (the user was damaged when forgotten).
-            if not self._taken(events[0]):
+            if not self._appends.taken(events[0]):
                 raise LedgerCorrupted(
                     aggregate.user_id,
                     f"{destroyed}, but no forgotten event was recorded (its events "
@@ -214,78 +214,21 @@ class LedgerApplication(Application[UUID]):
         if self.snapshots is not None and (
             aggregate.version // SNAPSHOT_INTERVAL > before // SNAPSHOT_INTERVAL
         ):
-            try:
-                self.snapshots.put([UserSnapshot.take(aggregate)])
-            except PersistenceError as error:
-                # The events are stored: failing the call now would make callers
-                # retry a command that already took effect. Loading just replays more.
-                _log.warning(
-                    "snapshot of %s at version %d not stored: %s",
-                    aggregate.id,
-                    aggregate.version,
-                    error,
-                )
+            self._snapshot(self.snapshots, aggregate)
 
-    def _put(self, events: list[ContextEvent]) -> None:
-        """Stores the events; a failure whose outcome is unknown is settled.
-
-        Where a failed write may still be stored (PostgreSQL: the connection failed
-        while the append ran, AppendOutcomeUnknown), the same events are written
-        again: the unique key waits for the first try to end, then stores them once
-        or refuses them (IntegrityError), and a refusal is ours if the stored
-        event carries our command id. If that fails too, the outcome stays
-        unknown and the error says so. Every other failure appended nothing, and a
-        refusal of the first try is another writer's (IntegrityError).
-        """
+    def _snapshot(self, snapshots: EventStore[UUID], aggregate: UserContexts) -> None:
+        """Stores a snapshot of the aggregate just recorded. A failure is logged:
+        the events are stored, so failing the call now would make callers retry
+        a command that already took effect; loading just replays more."""
         try:
-            with storage_failures(self.storage, writing=True):
-                self.events.put(events)
-        except StorageUnavailable as failure:
-            if not isinstance(failure.cause, AppendOutcomeUnknown):
-                raise
-            try:
-                with storage_failures(self.storage, writing=True):
-                    self.events.put(events)
-            except IntegrityError:
-                # Another writer's events, or ours from the try whose reply was lost.
-                if not self._ours(events[0]):
-                    raise
-            except StorageUnavailable as again:
-                raise StorageUnavailable(
-                    self.storage.description, again.cause, writing=True, unknown=True
-                ) from failure
-
-    def _taken(self, first: ContextEvent) -> bool:
-        """Whether an event is stored at ``first``'s version."""
-        with storage_failures(self.storage):
-            return self._stored_at(first) is not None
-
-    def _ours(self, first: ContextEvent) -> bool:
-        """Whether the stored event at ``first``'s version is ``first``'s call's:
-        its command id is read from the stored state, nothing else is decoded."""
-        if first.command_id is None:
-            return False
-        try:
-            with storage_failures(self.storage):
-                stored = self._stored_at(first)
-        except StorageUnavailable as unreadable:
-            raise StorageUnavailable(
-                self.storage.description, unreadable.cause, writing=True, unknown=True
-            ) from unreadable
-        if stored is None:
-            return False
-        try:
-            state = self.mapper.transcoder.decode(stored.state)
-        except (ValueError, TypeError, OverflowError):
-            return False  # damaged: not ours; the retry's reload reports it
-        return isinstance(state, dict) and state.get("command_id") == first.command_id
-
-    def _stored_at(self, first: ContextEvent) -> StoredEvent | None:
-        version = first.originator_version
-        found = self.recorder.select_events(
-            first.originator_id, gt=version - 1, lte=version
-        )
-        return found[0] if found else None
+            snapshots.put([UserSnapshot.take(aggregate)])
+        except PersistenceError as error:
+            _log.warning(
+                "snapshot of %s at version %d not stored: %s",
+                aggregate.id,
+                aggregate.version,
+                error,
+            )
 
     def state_at(self, user_id: str, version: int) -> UserContexts:
         """The user's aggregate right after ``version`` (from a snapshot at or
