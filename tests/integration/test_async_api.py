@@ -76,21 +76,26 @@ async def _worst_delay_while(work: Coroutine[Any, Any, Any]) -> tuple[float, Any
 def test_the_event_loop_is_not_blocked_by_500_concurrent_calls(
     durable_url: str,
 ) -> None:
-    async def scenario() -> tuple[float, list[Any]]:
+    async def scenario() -> tuple[float, float, list[Any]]:
         async with AsyncContextLedger.open(durable_url) as ledger:
             calls: list[Coroutine[Any, Any, Any]] = [
                 ledger.open_context(f"user-{i % 40}", f"t{i % 3}", request_id=f"r{i}")
                 for i in range(500)
             ]
             calls += [ledger.history(f"user-{i}") for i in range(20)]
-            return await _worst_delay_while(_all(calls))
+            started = time.perf_counter()
+            worst, results = await _worst_delay_while(_all(calls))
+            return worst, time.perf_counter() - started, results
 
-    worst, results = _run(scenario())
+    worst, elapsed, results = _run(scenario())
 
     assert len(results) == 520
-    # The target is 50 ms (the benchmark reports the figure); the bound is generous
-    # because the test shares a 2-core machine with the rest of the suite.
-    assert worst < 0.25, f"the loop was late by {worst * 1000:.1f} ms"
+    # Calls run on the loop would hold it for most of the run; calls in threads
+    # hold it for moments. The bound scales with the run, so a machine loaded by
+    # the rest of the suite slows both alike (the benchmark reports the figure).
+    assert worst < max(0.25, elapsed / 4), (
+        f"the loop was late by {worst * 1000:.1f} ms in {elapsed:.2f} s"
+    )
 
 
 def test_a_burst_of_10000_calls_runs_on_a_bounded_number_of_threads(
