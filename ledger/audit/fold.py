@@ -15,6 +15,7 @@ from typing import Any
 
 from ledger.domain.contexts import remember_request
 from ledger.domain.snapshot import UserSnapshot
+from ledger.domain.streams import check_generation, check_same_thread
 from ledger.domain.transitions import ContextFields, evolve_fields
 from ledger.store.records import EventRecord
 
@@ -49,16 +50,13 @@ class Fold:
         """Folds the next event (``hashed``: its chain hash); ValueError where
         ``UserContexts.apply`` refuses it."""
         kind = record.KIND
-        committed = record.details.get("metadata_commitment") is not None
-        if (kind == "forgotten" or committed) and (
-            record.key_generation != self.key_generation
-        ):
-            msg = (
-                f"event version {record.version} names key generation "
-                f"{record.key_generation}, but the stream is at generation "
-                f"{self.key_generation}"
-            )
-            raise ValueError(msg)
+        check_generation(
+            kind,
+            sealing=record.details.get("metadata_commitment") is not None,
+            named=record.key_generation,
+            stream=self.key_generation,
+            where=f"event version {record.version} of user {record.user_id!r}",
+        )
         if kind == "forgotten":
             self.contexts.clear()
             self.key_generation = record.key_generation + 1
@@ -85,13 +83,13 @@ class Fold:
 
     def _evolve(self, record: EventRecord) -> None:
         current = self.contexts.get(record.context_id)
-        if current is not None and current["thread_id"] != record.thread_id:
-            msg = (
-                f"event version {record.version} of context {record.context_id!r} "
-                f"names thread {record.thread_id!r}, but the context belongs to "
-                f"thread {current['thread_id']!r}"
+        if current is not None:
+            check_same_thread(
+                current["thread_id"],
+                record.thread_id,
+                record.version,
+                record.context_id,
             )
-            raise ValueError(msg)
         fields = evolve_fields(current, record)
         if fields is None:
             del self.contexts[record.context_id]

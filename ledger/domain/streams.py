@@ -26,26 +26,49 @@ def check_follows(
             f"does not follow version {version}"
         )
         raise ValueError(msg)
-    if (
-        isinstance(event, UserForgotten)
-        or (
-            isinstance(event, CarriesMetadata) and event.metadata_commitment is not None
-        )
-    ) and event.key_generation != key_generation:
+    sealing = (
+        isinstance(event, CarriesMetadata) and event.metadata_commitment is not None
+    )
+    check_generation(
+        event.KIND,
+        sealing=sealing,
+        named=event.key_generation,
+        stream=key_generation,
+        where=f"event version {event.originator_version} of user {user_id!r}",
+    )
+
+
+def check_generation(
+    kind: str, *, sealing: bool, named: int, stream: int, where: str
+) -> None:
+    """ValueError unless an event that seals metadata or erases (``forgotten``)
+    names the stream's key generation: the rule for domain events and for the
+    read side's records alike."""
+    if (kind == UserForgotten.KIND or sealing) and named != stream:
         msg = (
-            f"event version {event.originator_version} of user {user_id!r} "
-            f"names key generation {event.key_generation}, but the stream is at "
-            f"generation {key_generation}"
+            f"{where} names key generation {named}, but the stream is at "
+            f"generation {stream}"
         )
         raise ValueError(msg)
 
 
 def check_thread(current: Context | None, event: ContextEvent) -> None:
     """ValueError if ``event`` names another thread than its context's."""
-    if current is not None and current.thread_id != event.thread_id:
+    if current is not None:
+        check_same_thread(
+            current.thread_id,
+            event.thread_id,
+            event.originator_version,
+            event.context_id,
+        )
+
+
+def check_same_thread(current: str, named: str, version: int, context_id: str) -> None:
+    """ValueError if the event of ``version`` names another thread than its
+    context's (``current``)."""
+    if current != named:
         msg = (
-            f"event version {event.originator_version} of context "
-            f"{event.context_id!r} names thread {event.thread_id!r}, but the "
-            f"context belongs to thread {current.thread_id!r}"
+            f"event version {version} of context {context_id!r} names thread "
+            f"{named!r}, but the context belongs to thread {current!r}"
         )
         raise ValueError(msg)
