@@ -368,7 +368,9 @@ class ContextLedger(LedgerQueries):
             reason=why, now=self._now(), inactive_since=inactive_since
         )
         if appended:  # marked before the append: an interruption is found
-            self._erasure.begin(aggregate.user_id, aggregate.key_generation)
+            self._erasure.begin(
+                aggregate.user_id, aggregate.key_generation, aggregate.version
+            )
         forgotten = aggregate.version == aggregate.forgotten_at
         return appended, aggregate.key_generation, forgotten
 
@@ -381,7 +383,7 @@ class ContextLedger(LedgerQueries):
 
     def _settle_erasures(self) -> dict[str, int]:
         """Finishes the erasures that were cut short (see ``ledger.store.erasure``)."""
-        return self._erasure.settle(lambda user: self._app.load(user, self._now()))
+        return self._erasure.settle()
 
     def _before_close(self) -> None:
         # Its feeds end (reads under way finish first), then the connections close.

@@ -39,6 +39,9 @@ from ledger.store.cache import RecordedCall
 
 T = TypeVar("T")
 CONFLICT_SECONDS = 10.0
+MAX_ATTEMPTS = 1000
+"""Attempts after which a conflict is given up even if CONFLICT_SECONDS has not
+passed (a clock frozen by a test never lets it pass)."""
 FIRST_BACKOFF_SECONDS = 0.002
 MAX_BACKOFF_SECONDS = 0.2
 LOCK_STRIPES = 256
@@ -104,7 +107,7 @@ class CommandRunner:
                     # The first loss is retried at once: the retry's reload is
                     # the catching up. Jitter spreads only those that lose again.
                     pause = 0.0 if attempts == 1 else random.uniform(0, backoff)  # noqa: S311
-                    if time.monotonic() + pause > deadline:
+                    if time.monotonic() + pause > deadline or attempts >= MAX_ATTEMPTS:
                         raise ConcurrencyConflict(user_id, attempts) from None
                     if pause:
                         time.sleep(pause)

@@ -12,15 +12,14 @@ a release without marks are found in the log: retention lists them and
 """
 
 import logging
-from collections.abc import Callable
 from datetime import datetime
 from uuid import UUID
 
-from ledger.domain.contexts import UserContexts, user_aggregate_id
+from ledger.domain.contexts import user_aggregate_id
 from ledger.domain.events import EVENT_TOPICS, UserForgotten
-from ledger.errors import LedgerCorrupted
 from ledger.store.application import MAX_PAGE, LedgerApplication
 from ledger.store.backends import safe_head
+from ledger.store.codec import DECODE_ERRORS, unpack_state
 from ledger.store.failures import storage_failures
 
 _log = logging.getLogger(__name__)
@@ -46,36 +45,45 @@ class Erasure:
     def _sealed_under(self, stream: UUID, generation: int) -> bool:
         return self._sealed_events(stream, {generation})[0] > 0
 
-    def begin(self, user_id: str, below: int) -> None:
+    def begin(self, user_id: str, below: int, version: int) -> None:
         """Marks the user's erasure of the key generations below ``below`` as in
-        progress; called before its ``forgotten`` event is appended."""
+        progress; called before its ``forgotten`` event is appended at
+        ``version``."""
         with storage_failures(self.app.storage, writing=True):
-            self.marks.add(user_aggregate_id(user_id), user_id, below)
+            self.marks.add(user_aggregate_id(user_id), user_id, below, version)
 
     def finish(self, user_id: str, below: int) -> int:
         """Destroys the user's keys below ``below`` and the user's snapshots, then
-        removes the mark; how many events' personal data that erased."""
+        removes the marks it finishes; how many events' personal data that
+        erased."""
         erased = self.destroy_keys(user_id, below)
         with storage_failures(self.app.storage):
             self.marks.remove(user_aggregate_id(user_id), below)
         return erased
 
-    def settle(self, load: Callable[[str], UserContexts]) -> dict[str, int]:
-        """Finishes every marked erasure whose ``forgotten`` event is stored; how
-        many events each erased. A mark whose event is not stored (the append
-        failed, or has not happened yet in another process) stays: it is
-        harmless, and the user's next erasure replaces it."""
+    def settle(self) -> dict[str, int]:
+        """Settles every marked erasure by the event stored at its version (no
+        replay, so a user whose events do not decode is settled too): finished
+        when it is the ``forgotten`` event, dropped when another event took the
+        version, left while the version is free (the append failed, or another
+        process has not made it yet). How many events each finished one erased."""
         with storage_failures(self.app.storage):
             marks = self.marks.all()
         finished: dict[str, int] = {}
-        for user_id, below in marks:
-            try:
-                stored = load(user_id).key_generation >= below
-            except LedgerCorrupted:
-                finished[user_id] = self.destroy_all_keys(user_id)
+        for user_id, below, version in marks:
+            stream = user_aggregate_id(user_id)
+            with storage_failures(self.app.storage):
+                found = self.app.recorder.select_events(
+                    stream, gt=version - 1, lte=version
+                )
+            if not found:
                 continue
-            if stored:
-                finished[user_id] = self.finish(user_id, below)
+            if _retires(found[0].topic, found[0].state, below):
+                erased = self.finish(user_id, below)
+                finished[user_id] = finished.get(user_id, 0) + erased
+            else:
+                with storage_failures(self.app.storage):
+                    self.marks.drop(stream, below)
         return finished
 
     def destroy_keys(self, user_id: str, below: int) -> int:
@@ -185,3 +193,15 @@ def _note(last: LastEvents, topic: str, data: bytes, app: LedgerApplication) -> 
         return  # undecodable: verify_chain reports it
     if isinstance(user, str) and isinstance(at, datetime):
         last[user] = (at, retired if isinstance(retired, int) else None)
+
+
+def _retires(topic: str, data: bytes, below: int) -> bool:
+    """Whether a stored event is the ``forgotten`` event that retires the key
+    generations below ``below`` (read from its stored state, nothing opened)."""
+    if topic != UserForgotten.TOPIC:
+        return False
+    try:
+        generation = unpack_state(data).get("key_generation", 0)
+    except DECODE_ERRORS:
+        return False
+    return type(generation) is int and generation + 1 == below

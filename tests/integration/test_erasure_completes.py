@@ -158,50 +158,107 @@ def test_retention_lists_a_user_whose_erasure_is_pending(durable_url: str) -> No
     assert _pending(durable_url) == []
 
 
-def test_an_erasure_whose_event_was_never_stored_leaves_the_data(
-    durable_url: str,
-) -> None:
-    """A failed append (the events table refuses it) erases nothing, and the
-    mark it left is settled without destroying anything."""
-    with ContextLedger.open(durable_url) as ledger:
-        ledger.open_context("ann", "t1", metadata=SECRET)
-    table = "stored_events" if durable_url.startswith("sqlite") else "ctxledger_events"
-    if durable_url.startswith("sqlite:///"):
+def _events_table(url: str) -> str:
+    return "stored_events" if url.startswith("sqlite") else "ctxledger_events"
+
+
+def _block_appends(url: str) -> None:
+    """Makes the database refuse every new event, as a full disk does."""
+    table = _events_table(url)
+    if url.startswith("sqlite:///"):
         execute_sql(
-            durable_url,
+            url,
             f"CREATE TRIGGER block_events BEFORE INSERT ON {table} "
             "BEGIN SELECT RAISE(ABORT, 'database or disk is full'); END",
         )
-    else:
-        execute_sql(
-            durable_url,
-            "CREATE FUNCTION block_events() RETURNS trigger LANGUAGE plpgsql AS "
-            "$$ BEGIN RAISE EXCEPTION 'No space left on device'; END $$",
-        )
-        execute_sql(
-            durable_url,
-            f"CREATE TRIGGER block_events BEFORE INSERT ON {table} "
-            "FOR EACH ROW EXECUTE FUNCTION block_events()",
-        )
-    # SQLite's trigger refuses with a constraint error, which reads as another
-    # writer's append: retried, then ConcurrencyConflict (not applied).
-    with (
-        ContextLedger.open(durable_url) as ledger,
-        pytest.raises(
-            (StorageUnavailable, ConcurrencyConflict), match=r"No space|not applied"
-        ),
-    ):
-        ledger.forget_user("ann")
+        return
     execute_sql(
-        durable_url,
-        "DROP TRIGGER block_events"
-        + ("" if durable_url.startswith("sqlite") else f" ON {table}"),
+        url,
+        "CREATE OR REPLACE FUNCTION block_events() RETURNS trigger LANGUAGE plpgsql "
+        "AS $$ BEGIN RAISE EXCEPTION 'No space left on device'; END $$",
+    )
+    execute_sql(
+        url,
+        f"CREATE TRIGGER block_events BEFORE INSERT ON {table} "
+        "FOR EACH ROW EXECUTE FUNCTION block_events()",
     )
 
+
+def _unblock_appends(url: str) -> None:
+    on = "" if url.startswith("sqlite") else f" ON {_events_table(url)}"
+    execute_sql(url, "DROP TRIGGER block_events" + on)
+
+
+def _forget_refused(ledger: ContextLedger, user: str) -> None:
+    # SQLite's trigger refuses with a constraint error, which reads as another
+    # writer's append: retried, then ConcurrencyConflict (not applied).
+    with pytest.raises(
+        (StorageUnavailable, ConcurrencyConflict), match=r"No space|not applied"
+    ):
+        ledger.forget_user(user)
+
+
+def _marks(url: str) -> list[tuple[int, int]]:
+    return [
+        (int(below), int(version))
+        for below, version in execute_sql(
+            url, "SELECT below, version FROM ctxledger_erasures ORDER BY below"
+        )
+    ]
+
+
+def test_an_erasure_whose_event_was_never_stored_leaves_the_data(
+    durable_url: str,
+) -> None:
+    """A failed append erases nothing; its mark stays while its version is free
+    and is dropped, destroying nothing, once another event takes the version."""
     with ContextLedger.open(durable_url) as ledger:
+        ledger.open_context("ann", "t1", metadata=SECRET)
+    _block_appends(durable_url)
+    with ContextLedger.open(durable_url) as ledger:
+        _forget_refused(ledger, "ann")
+    _unblock_appends(durable_url)
+
+    with ContextLedger.open(durable_url) as ledger:
+        assert _marks(durable_url) == [(1, 2)]
         assert not _erased(ledger, "ann")
         assert ledger.active_contexts("ann")[0].metadata == SECRET
+        ledger.open_context("ann", "t2", metadata=SECRET)  # takes version 2
+    with ContextLedger.open(durable_url) as ledger:
+        assert _marks(durable_url) == []
+        assert ledger.active_contexts("ann")[0].metadata == SECRET
         assert ledger.verify_chain().holds
+
+
+def test_a_failed_second_erasure_does_not_hide_an_unfinished_first(
+    durable_url: str,
+) -> None:
+    """The first erasure is recorded but its key survives; the user writes again
+    under the next key; a second erasure's append fails. The next opening still
+    finishes the first (each erasure has its own mark) and leaves the second
+    period's data, which no erasure was recorded for."""
+    with ContextLedger.open(durable_url) as ledger:
+        ledger.open_context("ann", "t1", metadata=SECRET)
+        _block_key_deletion(durable_url, "raise")
+        with pytest.raises(REFUSED, match=r"full|No space"):
+            ledger.forget_user("ann")
+        _unblock(durable_url)
+        ledger.open_context("ann", "t2", metadata={"period": "second"})
+        _block_appends(durable_url)
+        _forget_refused(ledger, "ann")
+        _unblock_appends(durable_url)
+    assert _marks(durable_url) == [(1, 2), (2, 4)]
+    assert _pending(durable_url) == ["ann"]
+
+    with ContextLedger.open(durable_url) as ledger:
+        first, _, second = ledger.history("ann")
+        active = ledger.active_contexts("ann")
+
+    assert first.erased
+    assert not second.erased
+    assert active[0].metadata == {"period": "second"}
+    assert _marks(durable_url) == [(2, 4)]
+    assert _pending(durable_url) == []
 
 
 _ERASER = """
