@@ -23,7 +23,7 @@ OURS = ("ledger", "projections")
 def main() -> None:
     """Runs the ``ctxledger`` command on our packages, whatever else is on the path."""
     put_ours_first()
-    from ctxledger.cli import main as cli  # noqa: PLC0415 - only once the path is ours
+    from ctxledger._cli import main as cli  # noqa: PLC0415 - only once the path is ours
 
     cli()
 

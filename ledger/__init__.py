@@ -3,13 +3,13 @@
 Everything a backend needs is importable from here; the rest is internal.
 """
 
-from ledger.aio import AsyncContextLedger
-from ledger.aio_feed import AsyncChangeFeed
-from ledger.api import ContextLedger
-from ledger.audit.chain import ChainBreak, ChainReport, UserChain
-from ledger.audit.export import ExportFault, ExportManifest, ExportReport
-from ledger.audit.export_check import verify_export
-from ledger.domain.events import (
+from ledger._aio import AsyncContextLedger
+from ledger._aio_feed import AsyncChangeFeed
+from ledger._api import ContextLedger
+from ledger._audit.chain import ChainBreak, ChainReport, UserChain
+from ledger._audit.export import ExportFault, ExportManifest, ExportReport
+from ledger._audit.export_check import verify_export
+from ledger._domain.events import (
     ContextCleared,
     ContextCreated,
     ContextExpired,
@@ -17,8 +17,10 @@ from ledger.domain.events import (
     ContextUpdated,
     UserForgotten,
 )
-from ledger.domain.models import EVENT_KINDS, Context, EventKind, LedgerEvent
-from ledger.domain.validation import PLACEHOLDERS
+from ledger._domain.models import EVENT_KINDS, Context, EventKind, LedgerEvent
+from ledger._domain.validation import PLACEHOLDERS
+from ledger._store.codec import register as register_event_class
+from ledger._store.feed import ChangeFeed
 from ledger.errors import (
     ConcurrencyConflict,
     ContextLimitExceeded,
@@ -31,8 +33,6 @@ from ledger.errors import (
     LedgerNotFound,
     StorageUnavailable,
 )
-from ledger.store.codec import register as register_event_class
-from ledger.store.feed import ChangeFeed
 
 __all__ = [
     "EVENT_KINDS",

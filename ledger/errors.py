@@ -17,7 +17,7 @@
         ├── ViewNotBuilt                        a reader asked a view never built
         └── ViewsNeedDurableStorage             memory:// keeps no tables for views
 
-The projections' branch is defined in ``projections.errors``.
+The projections' branch is defined in ``projections._errors``.
 
 Each error carries the values that explain it and says what to do.
 """

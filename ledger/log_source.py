@@ -4,7 +4,7 @@ A read model needs little of the ledger: where it is and whether it lasts, the
 log's safe head, batches of decoded events after a position, the users' data keys
 to seal and open its cells, and the database the ledger lives in, to keep its
 tables and tracking positions beside the events. This module gives exactly that,
-over the store's pieces, so nothing outside ``ledger`` reaches into ``ledger.store``.
+over the store's pieces, so nothing outside ``ledger`` reaches into ``ledger._store``.
 It reads; it never writes an event.
 """
 
@@ -16,15 +16,15 @@ from uuid import UUID
 
 from eventsourcing.persistence import TrackingRecorder
 
-from ledger.domain.contexts import user_aggregate_id
+from ledger._domain.contexts import user_aggregate_id
+from ledger._store.application import LedgerApplication, open_application
+from ledger._store.backends import Dialect, backend_for, safe_head
+from ledger._store.failures import StorageClient, storage_failures
+from ledger._store.keys import KeyStore, place_of, resolve_master_key, seal, unseal
+from ledger._store.records import EventRecord, RecordReader, as_uuid, unpack_state
+from ledger._store.serialization import _EVENT, PydanticMapper
+from ledger._store.urls import Storage, resolve_url, storage_for
 from ledger.errors import LedgerError
-from ledger.store.application import LedgerApplication, open_application
-from ledger.store.backends import Dialect, backend_for, safe_head
-from ledger.store.failures import StorageClient, storage_failures
-from ledger.store.keys import KeyStore, place_of, resolve_master_key, seal, unseal
-from ledger.store.records import EventRecord, RecordReader, as_uuid, unpack_state
-from ledger.store.serialization import _EVENT, PydanticMapper
-from ledger.store.urls import Storage, resolve_url, storage_for
 
 __all__ = [
     "Batch",

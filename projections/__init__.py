@@ -3,9 +3,9 @@
 Open them with ``Projections.open(url)`` on the ledger's own database URL.
 """
 
-from projections.api import VIEW_NAMES, Projections
-from projections.continuity import continuity_of
-from projections.errors import (
+from projections._api import VIEW_NAMES, Projections
+from projections._continuity import continuity_of
+from projections._errors import (
     ProjectionError,
     UndecodableEvent,
     UnknownView,
@@ -13,7 +13,7 @@ from projections.errors import (
     ViewNotBuilt,
     ViewsNeedDurableStorage,
 )
-from projections.models import AuditRow, ContinuityFigures, ViewStatus
+from projections._models import AuditRow, ContinuityFigures, ViewStatus
 
 __all__ = [
     "VIEW_NAMES",

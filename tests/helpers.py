@@ -21,7 +21,7 @@ import psycopg
 import pytest
 
 from ledger import ConcurrencyConflict, ContextLedger, ContextNotFound
-from ledger.domain.contexts import user_aggregate_id
+from ledger._domain.contexts import user_aggregate_id
 
 # Tampering lives in tests/tampering.py; these names stay importable from here too
 # (as ... as marks them re-exported for mypy).

@@ -10,12 +10,12 @@ from typing import Any
 import psycopg
 
 from ledger import ContextLedger
-from ledger.domain.contexts import UserSnapshot, user_aggregate_id
-from ledger.domain.events import ContextCreated, ContextEvent, ContextUpdated
-from ledger.store.application import open_application
-from ledger.store.keys import place_of, seal
-from ledger.store.serialization import MsgpackTranscoder
-from ledger.store.urls import storage_for
+from ledger._domain.contexts import UserSnapshot, user_aggregate_id
+from ledger._domain.events import ContextCreated, ContextEvent, ContextUpdated
+from ledger._store.application import open_application
+from ledger._store.keys import place_of, seal
+from ledger._store.serialization import MsgpackTranscoder
+from ledger._store.urls import storage_for
 from projections import Projections
 
 # The metadata store_as_an_older_release stores: NUL characters, refused today.

@@ -19,9 +19,9 @@ from selenium.webdriver.common.by import By
 from selenium.webdriver.remote.webdriver import WebDriver
 from selenium.webdriver.remote.webelement import WebElement
 
-from ctxledger.cli.report import render_report
+from ctxledger._cli.report import render_report
 from ledger import ContextLedger, LedgerEvent, UserChain
-from projections.continuity import continuity_of
+from projections._continuity import continuity_of
 from tests.helpers import run
 from tests.tampering import edit_event, execute_sql, stream_key
 

@@ -13,8 +13,8 @@ from ledger import (
     InvalidContextInput,
     LedgerEvent,
 )
-from ledger.store.application import SNAPSHOT_INTERVAL
-from ledger.store.serialization import MsgpackTranscoder
+from ledger._store.application import SNAPSHOT_INTERVAL
+from ledger._store.serialization import MsgpackTranscoder
 from tests.helpers import OpenLedger
 from tests.tampering import execute_sql, stream_key
 

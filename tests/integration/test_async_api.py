@@ -21,7 +21,7 @@ from ledger import (
     LedgerClosed,
     LedgerError,
 )
-from ledger.aio import DEFAULT_MAX_THREADS
+from ledger._aio import DEFAULT_MAX_THREADS
 
 PUBLIC = sorted(
     name

@@ -2,7 +2,7 @@
 begins: events appended during the pass are left to the next one, not faults."""
 
 from ledger import ContextLedger
-from ledger.store.application import SNAPSHOT_INTERVAL
+from ledger._store.application import SNAPSHOT_INTERVAL
 
 
 def test_events_appended_while_all_chains_are_checked_are_not_faults(

@@ -3,7 +3,7 @@
 from freezegun import freeze_time
 
 from ledger import ContextLedger, LedgerEvent
-from ledger.domain.hashing import (
+from ledger._domain.hashing import (
     GENESIS_HASH,
     canonical_encoding,
     chain_hash,

@@ -15,8 +15,8 @@ import pytest
 from freezegun import freeze_time
 
 from ledger import ContextLedger, LedgerCorrupted
-from ledger.store.application import SNAPSHOT_INTERVAL
-from ledger.store.serialization import MsgpackTranscoder
+from ledger._store.application import SNAPSHOT_INTERVAL
+from ledger._store.serialization import MsgpackTranscoder
 from tests.helpers import run
 from tests.tampering import (
     delete_event,

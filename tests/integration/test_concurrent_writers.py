@@ -7,7 +7,7 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 
 from ledger import ContextLedger, LedgerEvent
-from ledger.domain.hashing import GENESIS_HASH, chain_hash
+from ledger._domain.hashing import GENESIS_HASH, chain_hash
 from tests.helpers import USERS, hammer
 
 PROCESSES = 4

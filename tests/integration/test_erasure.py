@@ -21,11 +21,11 @@ from ledger import (
     LedgerCorrupted,
     verify_export,
 )
-from ledger.audit.export import FORMATS
-from ledger.domain.contexts import user_aggregate_id
-from ledger.domain.events import ContextCreated
-from ledger.domain.hashing import chain_hash, record_hash
-from ledger.store.application import SNAPSHOT_INTERVAL
+from ledger._audit.export import FORMATS
+from ledger._domain.contexts import user_aggregate_id
+from ledger._domain.events import ContextCreated
+from ledger._domain.hashing import chain_hash, record_hash
+from ledger._store.application import SNAPSHOT_INTERVAL
 from projections import Projections
 from tests.helpers import OpenLedger, cli_on, dsn_and_schema
 from tests.tampering import (

@@ -13,7 +13,7 @@ from ledger import (
     InvalidContextInput,
     StorageUnavailable,
 )
-from ledger.domain import contexts as domain_contexts
+from ledger._domain import contexts as domain_contexts
 from tests.helpers import CuttingProxy
 from tests.tampering import execute_sql
 

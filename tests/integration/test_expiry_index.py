@@ -9,7 +9,7 @@ import pytest
 from eventsourcing.persistence import ApplicationRecorder, Notification
 
 from ledger import ContextLedger
-from ledger.store.due import DueIndex
+from ledger._store.due import DueIndex
 from tests.helpers import OpenLedger
 
 T0 = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)

@@ -12,7 +12,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from ledger import ContextLedger, InvalidContextInput, verify_export
-from ledger.domain.hashing import canonical_encoding, chain_hash, record_hash
+from ledger._domain.hashing import canonical_encoding, chain_hash, record_hash
 from tests.helpers import CTXLEDGER, run
 
 T0 = datetime(2026, 6, 1, 8, 0, tzinfo=UTC)

@@ -14,7 +14,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from ledger import ContextLedger, ExportReport, InvalidContextInput, verify_export
-from ledger.domain.hashing import canonical_encoding
+from ledger._domain.hashing import canonical_encoding
 from tests.helpers import one_line_error, run
 
 

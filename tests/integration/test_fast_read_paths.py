@@ -1,6 +1,6 @@
 """The read side's fast paths against the domain's definitions.
 
-``ledger.store.records`` decodes stored states straight into records, and the views
+``ledger._store.records`` decodes stored states straight into records, and the views
 evolve contexts with ``evolve_fields``. On random histories stored in a real SQLite
 file, each fast path must give what the domain gives: the mapper's decoded event
 and its JSON form, the aggregate's contexts, and the history the domain events
@@ -22,12 +22,12 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from ledger import ContextLedger, LedgerCorrupted, LedgerError
-from ledger.domain.contexts import ContextFields, evolve_fields, project_user
-from ledger.domain.events import ContextEvent
-from ledger.domain.hashing import record_hash
-from ledger.store.application import LedgerApplication
-from ledger.store.chain_reads import Read, exact_read, quick_read
-from ledger.store.records import EventRecord
+from ledger._domain.contexts import ContextFields, evolve_fields, project_user
+from ledger._domain.events import ContextEvent
+from ledger._domain.hashing import record_hash
+from ledger._store.application import LedgerApplication
+from ledger._store.chain_reads import Read, exact_read, quick_read
+from ledger._store.records import EventRecord
 from projections import Projections
 from tests.helpers import execute_sql
 

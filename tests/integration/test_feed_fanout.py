@@ -19,8 +19,8 @@ from ledger import (
     LedgerCorrupted,
     LedgerEvent,
 )
-from ledger.domain.contexts import user_aggregate_id
-from ledger.store import feed as feed_module
+from ledger._domain.contexts import user_aggregate_id
+from ledger._store import feed as feed_module
 from tests.helpers import dsn_and_schema, wait_until
 from tests.tampering import execute_sql
 

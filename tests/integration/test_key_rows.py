@@ -8,8 +8,8 @@ from typing import Any
 import pytest
 
 from ledger import ContextLedger, LedgerConfigError, LedgerCorrupted
-from ledger.domain.contexts import user_aggregate_id
-from ledger.store.keys import MasterKey
+from ledger._domain.contexts import user_aggregate_id
+from ledger._store.keys import MasterKey
 from tests.helpers import execute_sql
 
 MASTER = "5a" * 32

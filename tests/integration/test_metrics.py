@@ -122,7 +122,7 @@ def test_without_prometheus_client_the_ledger_works_and_records_nothing(
     script = f"""
 import sys
 sys.modules["prometheus_client"] = None  # as if the extra were not installed
-from ledger import ContextLedger, LedgerConfigError, metrics
+from ledger import ContextLedger, LedgerConfigError, _metrics as metrics
 assert not metrics.enabled()
 with ContextLedger.open("sqlite:///{tmp_path / "plain.db"}") as ledger:
     ledger.open_context("alice", "t")

@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
 from ledger import ContextLedger, ContextLimitExceeded, ContextNotFound
-from ledger.domain.hashing import GENESIS_HASH, chain_hash
+from ledger._domain.hashing import GENESIS_HASH, chain_hash
 
 USERS = st.sampled_from(["ann", "ben", "cat"])
 THREADS = st.sampled_from(["t1", "t2", "t3", "t4"])

@@ -10,9 +10,9 @@ import pytest
 from eventsourcing.persistence import OperationalError, StoredEvent
 
 from ledger import ContextLedger, LedgerConfigError, StorageUnavailable
-from ledger.store.application import open_application
-from ledger.store.postgres_log import CONNECT_TIMEOUT_SETTING
-from ledger.store.urls import storage_for
+from ledger._store.application import open_application
+from ledger._store.postgres_log import CONNECT_TIMEOUT_SETTING
+from ledger._store.urls import storage_for
 
 URL = "postgresql://app@db.internal/ctx"
 

@@ -14,15 +14,15 @@ import pytest
 from eventsourcing.persistence import StoredEvent
 
 from ledger import ContextLedger, StorageUnavailable
-from ledger.domain.contexts import user_aggregate_id
-from ledger.store.application import open_application
-from ledger.store.backends import safe_head
-from ledger.store.postgres_log import (
+from ledger._domain.contexts import user_aggregate_id
+from ledger._store.application import open_application
+from ledger._store.backends import safe_head
+from ledger._store.postgres_log import (
     AppendOutcomeUnknown,
     ParallelPostgresRecorder,
     SafeHeadTimeout,
 )
-from ledger.store.urls import storage_for
+from ledger._store.urls import storage_for
 from projections import Projections
 from tests.helpers import (
     appends_held,

@@ -8,7 +8,7 @@ import pytest
 from freezegun import freeze_time
 
 from ledger import ContextLedger, InvalidContextInput, LedgerCorrupted
-from ledger.domain.contexts import UserContexts
+from ledger._domain.contexts import UserContexts
 from tests.helpers import OpenLedger, cli_on
 from tests.tampering import execute_sql, stream_key
 

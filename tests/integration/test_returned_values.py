@@ -7,7 +7,7 @@ import pytest
 from freezegun import freeze_time
 
 from ledger import ContextLedger, InvalidContextInput, LedgerConfigError
-from ledger.store.application import SNAPSHOT_INTERVAL
+from ledger._store.application import SNAPSHOT_INTERVAL
 
 
 def test_changing_a_returned_context_does_not_change_the_ledger(

@@ -12,8 +12,8 @@ from typing import Any, ClassVar
 import pytest
 
 from ledger import ContextLedger, LedgerCorrupted, verify_export
-from ledger.domain.events import ContextCreated
-from ledger.store.serialization import MsgpackTranscoder, register
+from ledger._domain.events import ContextCreated
+from ledger._store.serialization import MsgpackTranscoder, register
 from projections import Projections
 from tests.tampering import execute_sql, stream_key
 

@@ -16,9 +16,9 @@ from freezegun import freeze_time
 from msgpack import ExtType
 
 from ledger import ContextLedger
-from ledger.domain.contexts import UserSnapshot, project_user, user_aggregate_id
-from ledger.store.application import SNAPSHOT_INTERVAL
-from ledger.store.serialization import MsgpackTranscoder, PydanticMapper
+from ledger._domain.contexts import UserSnapshot, project_user, user_aggregate_id
+from ledger._store.application import SNAPSHOT_INTERVAL
+from ledger._store.serialization import MsgpackTranscoder, PydanticMapper
 from tests.tampering import (
     execute_sql,
     store_snapshot,

@@ -12,7 +12,7 @@ import psycopg
 import pytest
 
 from ledger import ContextLedger, LedgerConfigError, LedgerError, StorageUnavailable
-from ledger.store.urls import DEFAULT_URL, resolve_url, storage_for
+from ledger._store.urls import DEFAULT_URL, resolve_url, storage_for
 from projections import Projections
 from tests.helpers import CTXLEDGER, one_line_error, run
 

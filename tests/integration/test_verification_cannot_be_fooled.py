@@ -16,10 +16,10 @@ import pytest
 from freezegun import freeze_time
 
 from ledger import ContextLedger, ContextNotFound, InvalidContextInput
-from ledger.domain.contexts import user_aggregate_id
-from ledger.store.application import SNAPSHOT_INTERVAL
-from ledger.store.keys import place_of, seal, unseal
-from ledger.store.serialization import MsgpackTranscoder, PydanticMapper
+from ledger._domain.contexts import user_aggregate_id
+from ledger._store.application import SNAPSHOT_INTERVAL
+from ledger._store.keys import place_of, seal, unseal
+from ledger._store.serialization import MsgpackTranscoder, PydanticMapper
 from tests.helpers import execute_sql, run, stream_key
 
 START = datetime(2026, 5, 1, 8, 0, tzinfo=UTC)

@@ -130,7 +130,7 @@ def test_an_event_readers_refuse_is_a_finding_of_verify_chain_for_its_user(
 def test_ctxledger_verify_chain_user_reports_an_event_readers_refuse(
     durable_url: str, case: str
 ) -> None:
-    from ctxledger.cli import main  # noqa: PLC0415  (the CLI, in this process)
+    from ctxledger._cli import main  # noqa: PLC0415  (the CLI, in this process)
 
     version, change = REFUSED[case]
     _write_histories(durable_url)

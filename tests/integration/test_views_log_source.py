@@ -10,7 +10,7 @@ import pytest
 
 from ledger import ContextLedger
 from ledger.log_source import LogSource, locate
-from projections.reader import LogReader, ReadAhead
+from projections._reader import LogReader, ReadAhead
 from tests.helpers import chat
 from tests.tampering import execute_sql
 
@@ -47,7 +47,7 @@ def test_projections_import_nothing_from_ledger_store() -> None:
         f"{path.name}: {module}"
         for path in PROJECTIONS.glob("*.py")
         for module in _imported_modules(path)
-        if module == "ledger.store" or module.startswith("ledger.store.")
+        if module == "ledger._store" or module.startswith("ledger._store.")
     }
 
     assert reaching_in == set()

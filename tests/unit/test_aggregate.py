@@ -7,13 +7,13 @@ from typing import Any
 import pytest
 
 from ledger import ContextLimitExceeded, ContextNotFound
-from ledger.domain.contexts import (
+from ledger._domain.contexts import (
     UserContexts,
     UserSnapshot,
     evolve_context,
     project_user,
 )
-from ledger.domain.events import (
+from ledger._domain.events import (
     ContextCleared,
     ContextCreated,
     ContextEvent,
@@ -21,8 +21,8 @@ from ledger.domain.events import (
     ContextReused,
     ContextUpdated,
 )
-from ledger.domain.hashing import GENESIS_HASH, chain_hash
-from ledger.domain.models import Context
+from ledger._domain.hashing import GENESIS_HASH, chain_hash
+from ledger._domain.models import Context
 
 T0 = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
 

@@ -16,7 +16,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from ledger.domain.hashing import canonical_encoding, metadata_commitment
+from ledger._domain.hashing import canonical_encoding, metadata_commitment
 
 _STDLIB = json.JSONEncoder(
     sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False

@@ -8,8 +8,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from ledger import LedgerEvent
-from ledger.audit.chain import ChainBreak, Link, find_break
-from ledger.domain.hashing import GENESIS_HASH, chain_hash
+from ledger._audit.chain import ChainBreak, Link, find_break
+from ledger._domain.hashing import GENESIS_HASH, chain_hash
 
 T0 = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
 SOME_HASH = "ab" * 32

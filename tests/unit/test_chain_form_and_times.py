@@ -10,8 +10,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from ledger.domain.hashing import SEALED_DETAILS, chain_details, chain_form
-from ledger.store.codec import MsgpackTranscoder, ext_hook
+from ledger._domain.hashing import SEALED_DETAILS, chain_details, chain_form
+from ledger._store.codec import MsgpackTranscoder, ext_hook
 
 SEALED_RECORD: dict[str, Any] = {
     "user_id": "u",

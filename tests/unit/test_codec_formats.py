@@ -6,13 +6,13 @@ from uuid import uuid4
 
 import pytest
 
-from ledger.domain.events import (
+from ledger._domain.events import (
     EVENT_CLASSES,
     CarriesMetadata,
     ContextCleared,
     ContextEvent,
 )
-from ledger.store.codec import (
+from ledger._store.codec import (
     CALL_IDS,
     FORMAT,
     SHAPES,

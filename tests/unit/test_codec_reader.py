@@ -11,19 +11,19 @@ from eventsourcing.persistence import MapperDeserialisationError, StoredEvent
 from hypothesis import given
 from hypothesis import strategies as st
 
-from ledger.domain.contexts import user_aggregate_id
-from ledger.domain.events import (
+from ledger._domain.contexts import user_aggregate_id
+from ledger._domain.events import (
     ContextCleared,
     ContextCreated,
     ContextEvent,
     ContextExpired,
     UserForgotten,
 )
-from ledger.domain.hashing import GENESIS_HASH, metadata_commitment, record_hash
-from ledger.store.chain_reads import Read, exact_read
-from ledger.store.keys import MemoryKeyStore
-from ledger.store.records import EventRecord, RecordReader
-from ledger.store.serialization import MsgpackTranscoder, PydanticMapper
+from ledger._domain.hashing import GENESIS_HASH, metadata_commitment, record_hash
+from ledger._store.chain_reads import Read, exact_read
+from ledger._store.keys import MemoryKeyStore
+from ledger._store.records import EventRecord, RecordReader
+from ledger._store.serialization import MsgpackTranscoder, PydanticMapper
 
 MAPPER = PydanticMapper(transcoder=MsgpackTranscoder())
 MAPPER.keys = MemoryKeyStore(None)

@@ -6,7 +6,7 @@ from itertools import pairwise
 from hypothesis import given
 from hypothesis import strategies as st
 
-from ctxledger.cli.report_axis import MAX_TICKS, nice_step, ticks
+from ctxledger._cli.report_axis import MAX_TICKS, nice_step, ticks
 
 DAY = 86400
 firsts = st.datetimes(

@@ -11,8 +11,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 from pydantic import BaseModel
 
-from ledger.domain.contexts import UserSnapshot
-from ledger.domain.events import (
+from ledger._domain.contexts import UserSnapshot
+from ledger._domain.events import (
     CarriesMetadata,
     ContextCleared,
     ContextCreated,
@@ -23,15 +23,15 @@ from ledger.domain.events import (
     UserForgotten,
     written_record,
 )
-from ledger.domain.hashing import (
+from ledger._domain.hashing import (
     canonical_encoding,
     chain_hash,
     metadata_commitment,
     record_hash,
 )
-from ledger.domain.models import Context
-from ledger.store.keys import MemoryKeyStore
-from ledger.store.serialization import MsgpackTranscoder, PydanticMapper
+from ledger._domain.models import Context
+from ledger._store.keys import MemoryKeyStore
+from ledger._store.serialization import MsgpackTranscoder, PydanticMapper
 
 MAPPER = PydanticMapper(transcoder=MsgpackTranscoder())
 MAPPER.keys = MemoryKeyStore(None)

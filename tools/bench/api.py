@@ -31,7 +31,7 @@ from rich.console import Console
 from rich.table import Table
 
 from ledger import ContextLedger
-from ledger.store.urls import SQLITE_LOCK_TIMEOUT_SECONDS
+from ledger._store.urls import SQLITE_LOCK_TIMEOUT_SECONDS
 
 POSTGRES_DSN = "postgresql://postgres@127.0.0.1:5432/test"
 PAYLOAD = b"x" * 200  # about the size of an encoded reuse event

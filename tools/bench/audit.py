@@ -35,7 +35,7 @@ from rich.console import Console
 from rich.table import Table
 
 from ledger import ContextLedger
-from ledger.domain.contexts import project_user, user_aggregate_id
+from ledger._domain.contexts import project_user, user_aggregate_id
 from tools.bench.api import rss_mb
 from tools.bench.views import write_events
 

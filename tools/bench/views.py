@@ -30,14 +30,14 @@ import psycopg
 from rich.console import Console
 from rich.table import Table
 
-from ledger.domain.contexts import UserContexts, UserSnapshot
-from ledger.log_source import LogSource, locate
-from ledger.store.application import (
+from ledger._domain.contexts import UserContexts, UserSnapshot
+from ledger._store.application import (
     SNAPSHOT_INTERVAL,
     LedgerApplication,
     open_application,
 )
-from ledger.store.urls import storage_for
+from ledger._store.urls import storage_for
+from ledger.log_source import LogSource, locate
 from projections import Projections
 from tools.bench.api import POSTGRES_DSN, postgres_schema, rss_mb
 

@@ -1,0 +1,227 @@
+"""Runs commands on a user's aggregate: once each, in turn within a process, and
+retried on conflicts with other processes.
+
+- Commands of one user take turns in a process (striped locks), so optimistic
+  conflicts happen only between processes.
+- A command first decides on the process's cached aggregate and saves: one
+  round trip. A conflict (another process wrote the user since) is retried at
+  once on state caught up from the store, then with jittered exponential
+  backoff, for at most CONFLICT_SECONDS, then ConcurrencyConflict. A user whose
+  cached state is often stale (other processes write it too) has its commands
+  catch up from the store before they decide: a read instead of a lost write.
+- Every call stamps its events with a fresh command id, and with the caller's
+  request id if given. A request id the user's aggregate remembers (its last
+  REQUEST_WINDOW) is not applied again: ``repeat`` gives the first call's result,
+  from what this ledger kept of it when it recorded it, else rebuilt from the
+  events the call stored.
+- A write whose outcome is unknown (a lost reply) is settled by the store in
+  ``LedgerApplication.record``, so a retry never applies a call twice.
+"""
+
+import random
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime
+from typing import TypeVar
+from uuid import uuid4
+
+from eventsourcing.persistence import IntegrityError
+
+from ledger import _metrics as metrics
+from ledger._domain.contexts import UserContexts, user_aggregate_id
+from ledger._domain.events import CarriesMetadata, ContextEvent
+from ledger._domain.models import Context
+from ledger._store.application import LedgerApplication
+from ledger._store.cache import RecordedCall
+from ledger.errors import ConcurrencyConflict, LedgerError
+
+T = TypeVar("T")
+CONFLICT_SECONDS = 10.0
+MAX_ATTEMPTS = 1000
+"""Attempts after which a conflict is given up even if CONFLICT_SECONDS has not
+passed (a clock frozen by a test never lets it pass)."""
+FIRST_BACKOFF_SECONDS = 0.002
+MAX_BACKOFF_SECONDS = 0.2
+LOCK_STRIPES = 256
+STALE_WEIGHT = 0.125
+"""The weight of a user's latest call in the estimate of how often the user's
+cached state is stale (other processes wrote the user since this one last did)."""
+READ_FIRST_ABOVE = 0.3
+"""Above this estimate, the user's commands catch up from the store before they
+decide. Measured on PostgreSQL: a read costs a writer about 0.13 ms of CPU, a
+lost write 0.30 ms (and the catch-up after it is needed either way), so reading
+first costs less once more than about 0.13 / 0.43 of the cached states are stale."""
+
+
+@dataclass(frozen=True)
+class FirstCall:
+    """What a repeated request id finds: the first call's events, and each
+    context they left, by id, as it stood right after them."""
+
+    events: list[ContextEvent]
+    context_after: Callable[[str], Context]
+
+
+class CommandRunner:
+    """Applies commands to users' aggregates through one application."""
+
+    def __init__(self, app: LedgerApplication, now: Callable[[], datetime]) -> None:
+        self._app = app
+        self._now = now
+        self._locks = [threading.Lock() for _ in range(LOCK_STRIPES)]
+        self._stale = [0.0] * LOCK_STRIPES  # each changed under its stripe's lock
+
+    def run(
+        self,
+        user_id: str,
+        command: Callable[[UserContexts], T],
+        *,
+        request_id: str | None = None,
+        repeat: Callable[[FirstCall], T] | None = None,
+    ) -> T:
+        """The command's result, its events stored; or the first call's result when
+        ``request_id`` was applied before."""
+        command_id = uuid4().hex
+        deadline = time.monotonic() + CONFLICT_SECONDS  # waiting for the turn counts
+        stripe = hash(user_id) % LOCK_STRIPES
+        with self._locks[stripe]:
+            backoff, attempts = FIRST_BACKOFF_SECONDS, 0
+            while True:
+                attempts += 1
+                try:
+                    return self._attempt(
+                        user_id,
+                        command,
+                        command_id=command_id,
+                        request_id=request_id,
+                        repeat=repeat,
+                        stripe=stripe,
+                        first=attempts == 1,
+                    )
+                except IntegrityError:
+                    metrics.count_retry()
+                    if attempts == 1:
+                        self._observe(stripe, stale=True)
+                    # The first loss is retried at once: the retry's reload is
+                    # the catching up. Jitter spreads only those that lose again.
+                    pause = 0.0 if attempts == 1 else random.uniform(0, backoff)  # noqa: S311
+                    if time.monotonic() + pause > deadline or attempts >= MAX_ATTEMPTS:
+                        raise ConcurrencyConflict(user_id, attempts) from None
+                    if pause:
+                        time.sleep(pause)
+                        backoff = min(backoff * 2, MAX_BACKOFF_SECONDS)
+
+    def _attempt(
+        self,
+        user_id: str,
+        command: Callable[[UserContexts], T],
+        *,
+        command_id: str,
+        request_id: str | None,
+        repeat: Callable[[FirstCall], T] | None,
+        stripe: int,
+        first: bool,
+    ) -> T:
+        if first and self._stale[stripe] <= READ_FIRST_ABOVE:
+            # Decided on this process's cached aggregate without reading the store:
+            # if another process wrote since, the save conflicts and the retry
+            # reloads. An answer that appends nothing (a refusal, a repeat, a count
+            # of 0) is never given from the cache; it is decided on stored state.
+            known = self._app.load_cached(user_id, self._now())
+            if request_id is None or request_id not in known.requests:
+                known.attribute_to(command_id, request_id)
+                try:
+                    result = command(known)
+                    appends = bool(known.pending)
+                except LedgerError:  # a refusal is decided again on stored state
+                    appends = False
+                if appends:
+                    self._record(known, request_id)
+                    self._observe(stripe, stale=False)
+                    return result
+        aggregate = self._catch_up(user_id, stripe if first else None)
+        if request_id is not None and request_id in aggregate.requests:
+            if repeat is None:
+                msg = "a command with a request id needs a repeat"
+                raise TypeError(msg)
+            return repeat(self._first_call(user_id, aggregate, request_id))
+        aggregate.attribute_to(command_id, request_id)
+        result = command(aggregate)
+        self._record(aggregate, request_id)
+        return result
+
+    def _catch_up(self, user_id: str, stripe: int | None) -> UserContexts:
+        """The user's aggregate as stored now; on a call's first try, whether
+        that found other processes' events counts in the user's estimate."""
+        seen = self._app.cache.get(user_aggregate_id(user_id))
+        aggregate = self._app.load(user_id, self._now())
+        if stripe is not None and seen is not None:
+            self._observe(stripe, stale=aggregate.version > seen.version)
+        return aggregate
+
+    def _observe(self, stripe: int, *, stale: bool) -> None:
+        self._stale[stripe] += STALE_WEIGHT * (float(stale) - self._stale[stripe])
+
+    def _record(self, aggregate: UserContexts, request_id: str | None) -> None:
+        """Stores the aggregate's new events; keeps the outcome of a call with a
+        request id, for its repeats (``_first_call``)."""
+        events = aggregate.pending
+        self._app.record(aggregate)
+        if request_id is None or not events:
+            return
+        versions = aggregate.requests.get(request_id)
+        if versions is None:
+            return
+        # Recorded, the aggregate is never changed again (others copy it), and its
+        # contexts are frozen: the call keeps references, not copies.
+        left = {
+            event.context_id: aggregate.contexts[event.context_id]
+            for event in events
+            if event.context_id in aggregate.contexts
+        }
+        # A repeat reads the events' kinds and ids, never their metadata: the
+        # kept copies leave it out (the contexts kept hold what the call left).
+        kept = tuple(
+            event.model_copy(update={"metadata": None})
+            if isinstance(event, CarriesMetadata)
+            else event
+            for event in events
+        )
+        call = RecordedCall(versions, aggregate.key_generation, kept, left)
+        self._app.cache.remember_call(aggregate.id, request_id, call)
+
+    def _first_call(
+        self, user_id: str, aggregate: UserContexts, request_id: str
+    ) -> FirstCall:
+        """The first call of ``request_id``, found in ``aggregate``'s window.
+
+        ``aggregate`` was just read from the store, so the window's entry proves
+        that the call is stored. What this ledger kept when it recorded the call
+        answers if it is that call (the same versions: not one applied again
+        after its id left the window) and no erasure came since (the same key
+        generation: the kept contexts may hold metadata an erasure destroyed).
+        The kept contexts are those the aggregate held right after the call,
+        which is what a replay up to its last version rebuilds. Else the events
+        are read from the store, and the state after them too if later events
+        followed.
+        """
+        first, last = aggregate.requests[request_id]
+        kept = self._app.cache.recorded_call(aggregate.id, request_id)
+        if (
+            kept is not None
+            and kept.versions == (first, last)
+            and kept.key_generation == aggregate.key_generation
+        ):
+            return FirstCall(list(kept.events), kept.contexts.__getitem__)
+        events = [
+            event
+            for event in self._app.events_between_versions(user_id, first, last)
+            if event.request_id == request_id
+        ]
+        if last == aggregate.version:
+            return FirstCall(events, aggregate.contexts.__getitem__)
+        return FirstCall(
+            events, lambda context: self._app.state_at(user_id, last).contexts[context]
+        )
