@@ -22,10 +22,8 @@ from eventsourcing.persistence import (
 
 from ledger._store.erasure_marks import ErasureMarks, SQLErasureMarks
 from ledger._store.keys import (
-    KEYS_TABLE,
     KeyStore,
     MasterKey,
-    SQLKeyStore,
 )
 from ledger._store.postgres_log import (
     SAFE_HEAD_TIMEOUT_SECONDS,
@@ -116,9 +114,7 @@ class Backend:
 
     def key_store(self, datastore: Any, master_key: MasterKey | None) -> KeyStore:
         """The users' data keys, in a table beside the events."""
-        return SQLKeyStore(
-            datastore, self._table(KEYS_TABLE), sqlite_path=None, master_key=master_key
-        )
+        raise NotImplementedError
 
     def erasure_marks(self, datastore: Any) -> ErasureMarks:
         """The marks of erasures in progress, in a table beside the events."""

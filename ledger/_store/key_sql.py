@@ -4,10 +4,9 @@ Statements name the table as ``{table}`` and take ``?`` markers (``%s`` on
 PostgreSQL); ``_sql`` fills both in.
 """
 
-import sqlite3
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import Any
+from typing import Any, ClassVar
 
 from ledger._store.key_table import (
     META_GENERATION,
@@ -38,25 +37,34 @@ def _found(row: tuple[Any, ...]) -> Found:
 
 
 class SQLKeyTable(KeyTable):
-    """Keys in a table of the ledger's database (SQLite or PostgreSQL)."""
+    """Keys in a table of the ledger's database. The SQL is the backends' common
+    SQL (``?`` placeholders, turned into the dialect's); what differs is said by
+    each backend's subclass (``ledger._store.sqlite``, ``ledger._store.postgres``)."""
 
-    def __init__(self, datastore: Any, table: str, *, sqlite_path: str | None) -> None:
+    blob: ClassVar[str] = "BLOB"
+    """The column type of the keys' bytes."""
+    lock_for_migration: ClassVar[str | None] = None
+    """A statement that keeps rows from being added or changed while the table
+    is migrated, where the database does not already (``{table}`` is the table)."""
+    secure_delete: ClassVar[str | None] = None
+    """A statement that makes a deletion overwrite the deleted bytes, if any."""
+
+    def __init__(
+        self, datastore: Any, table: str, statement: Callable[[str], str]
+    ) -> None:
         self.datastore = datastore
         self.table = table
-        self.sqlite_path = sqlite_path
-        self.postgres = sqlite_path is None
+        self._statement = statement
 
     def _sql(self, text: str) -> str:
-        text = text.replace("{table}", self.table)
-        return text.replace("?", "%s") if self.postgres else text
+        return self._statement(text.replace("{table}", self.table))
 
     def create(self) -> None:
-        blob = "BYTEA" if self.postgres else "BLOB"
         with self.datastore.transaction(commit=True) as cursor:
             cursor.execute(
                 f"CREATE TABLE IF NOT EXISTS {self.table} ("
                 "stream_id TEXT NOT NULL, generation BIGINT NOT NULL, "
-                f"data_key {blob} NOT NULL, wrapped INTEGER NOT NULL, "
+                f"data_key {self.blob} NOT NULL, wrapped INTEGER NOT NULL, "
                 "destroyed INTEGER NOT NULL DEFAULT 0, "
                 "PRIMARY KEY (stream_id, generation))"
             )
@@ -150,8 +158,8 @@ class SQLKeyTable(KeyTable):
 
     def migrate(self, old: bytes, new: bytes, vouch: Vouch, *, adopting: bool) -> None:
         with self.datastore.transaction(commit=True) as cursor:
-            if self.postgres:  # no key row is added or changed meanwhile
-                cursor.execute(f"LOCK TABLE {self.table} IN SHARE ROW EXCLUSIVE MODE")
+            if self.lock_for_migration is not None:
+                cursor.execute(self._sql(self.lock_for_migration))
             cursor.execute(
                 self._sql(
                     "UPDATE {table} SET data_key = ?, wrapped = 1 WHERE "
@@ -202,11 +210,8 @@ class SQLKeyTable(KeyTable):
         return [int(row[0]) for row in self._rows(query, (stream, below), None)]
 
     def destroy_on(self, cursor: Any, stream: str, tombstones: Tombstones) -> None:
-        if not self.postgres:
-            # Overwrite the deleted keys' bytes instead of leaving them in a free
-            # page of the file (a connection setting; it may be set in a
-            # transaction).
-            cursor.execute("PRAGMA secure_delete = ON")
+        if self.secure_delete is not None:
+            cursor.execute(self.secure_delete)
         cursor.execute(
             self._sql(
                 "DELETE FROM {table} WHERE stream_id = ? AND generation >= 0 "
@@ -236,15 +241,5 @@ class SQLKeyTable(KeyTable):
                 raise
 
     def checkpoint(self) -> None:
-        """Copies the WAL into the database file and truncates it, so the pages
-        that held a destroyed key do not stay in the WAL file (SQLite only). A
-        busy reader may keep the WAL; its pages are overwritten as it is reused."""
-        if self.postgres:
-            return
-        connection = sqlite3.connect(self.sqlite_path or "", timeout=5)
-        try:
-            connection.execute("PRAGMA wal_checkpoint(TRUNCATE)")
-        except sqlite3.OperationalError:
-            pass  # busy: the next checkpoint copies it
-        finally:
-            connection.close()
+        """After keys were destroyed and committed: makes the database files drop
+        their bytes (SQLite's subclass); nothing to do elsewhere."""

@@ -348,16 +348,8 @@ class MemoryKeyStore(KeyStore):
 
 
 class SQLKeyStore(KeyStore):
-    """Keys in a table of the ledger's database (SQLite or PostgreSQL)."""
+    """Keys in a table of the ledger's database: ``table`` is the backend's
+    (``ledger._store.sqlite``, ``ledger._store.postgres``)."""
 
-    def __init__(
-        self,
-        datastore: Any,
-        table: str,
-        *,
-        sqlite_path: str | None,
-        master_key: MasterKey | None,
-    ) -> None:
-        super().__init__(
-            SQLKeyTable(datastore, table, sqlite_path=sqlite_path), master_key
-        )
+    def __init__(self, table: SQLKeyTable, master_key: MasterKey | None) -> None:
+        super().__init__(table, master_key)

@@ -20,6 +20,8 @@ from ledger._store.backends import (
     Dialect,
     checked_identifier,
 )
+from ledger._store.key_sql import SQLKeyTable
+from ledger._store.keys import KEYS_TABLE, KeyStore, MasterKey, SQLKeyStore
 from ledger._store.postgres_log import CONNECT_TIMEOUT_SETTING, PostgresLogFactory
 
 
@@ -83,6 +85,12 @@ class PostgresDialect:
 class PostgresBackend(Backend):
     events_table: ClassVar[str] = "ctxledger_events"
     snapshots_table: ClassVar[str] = "ctxledger_snapshots"
+
+    def key_store(self, datastore: Any, master_key: MasterKey | None) -> KeyStore:
+        table = PostgresKeyTable(
+            datastore, self._table(KEYS_TABLE), self.dialect().statement
+        )
+        return SQLKeyStore(table, master_key)
 
     @property
     def schema(self) -> str:
@@ -153,3 +161,13 @@ class PostgresBackend(Backend):
             datastore, tracking_table_name=VIEW_TRACKING_TABLE
         )
         return recorder, self._table(self.tracking_table)
+
+
+class PostgresKeyTable(SQLKeyTable):
+    """The key table in a PostgreSQL schema: a migration locks it, so no key row
+    is added or changed meanwhile."""
+
+    blob: ClassVar[str] = "BYTEA"
+    lock_for_migration: ClassVar[str | None] = (
+        "LOCK TABLE {table} IN SHARE ROW EXCLUSIVE MODE"
+    )

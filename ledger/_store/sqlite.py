@@ -13,6 +13,7 @@ from eventsourcing.persistence import TrackingRecorder
 from eventsourcing.sqlite import SQLiteTrackingRecorder
 
 from ledger._store.backends import Backend, Dialect, checked_identifier
+from ledger._store.key_sql import SQLKeyTable
 from ledger._store.keys import KEYS_TABLE, KeyStore, MasterKey, SQLKeyStore
 
 
@@ -78,12 +79,11 @@ class SQLiteBackend(Backend):
     _position_column = "rowid"
 
     def key_store(self, datastore: Any, master_key: MasterKey | None) -> KeyStore:
-        return SQLKeyStore(
-            datastore,
-            self._table(KEYS_TABLE),
-            sqlite_path=self.storage.settings["SQLITE_DBNAME"],
-            master_key=master_key,
+        table = SQLiteKeyTable(
+            datastore, self._table(KEYS_TABLE), self.dialect().statement
         )
+        table.path = str(self.path)
+        return SQLKeyStore(table, master_key)
 
     def _stream_key(self, stream: UUID) -> Any:
         return stream.hex  # how the library's SQLite recorder stores the id
@@ -110,3 +110,24 @@ class SQLiteBackend(Backend):
     def tracking(self, datastore: Any) -> tuple[TrackingRecorder, str]:
         # SQLite's tracking table is shared: each view tracks under its own key.
         return SQLiteTrackingRecorder(datastore), self._table(self.tracking_table)
+
+
+class SQLiteKeyTable(SQLKeyTable):
+    """The key table in a SQLite file: a deleted key's bytes are overwritten, and
+    the WAL is truncated after an erasure."""
+
+    secure_delete: ClassVar[str | None] = "PRAGMA secure_delete = ON"
+    path = ""
+    """The database file (set by ``SQLiteBackend.key_store``)."""
+
+    def checkpoint(self) -> None:
+        """Copies the WAL into the database file and truncates it, so the pages
+        that held a destroyed key do not stay in the WAL file. A busy reader may
+        keep the WAL; its pages are overwritten as it is reused."""
+        connection = sqlite3.connect(self.path, timeout=5)
+        try:
+            connection.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        except sqlite3.OperationalError:
+            pass  # busy: the next checkpoint copies it
+        finally:
+            connection.close()
