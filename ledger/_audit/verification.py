@@ -36,7 +36,7 @@ from ledger._domain.hashing import GENESIS_HASH
 from ledger._store.application import LedgerApplication
 from ledger._store.backends import as_stream_id, safe_head
 from ledger._store.chain_reads import Read, Stored, exact_read, named_user, quick_read
-from ledger._store.codec import unpack_state
+from ledger._store.erasure import retired_below
 
 PAGE_SIZE = 10_000
 Progress = Callable[[int], None]
@@ -341,12 +341,8 @@ class ChainVerifier:
 
 
 def _note_erasure(stream: _Stream, stored: Stored) -> None:
-    """Notes the key generations a ``forgotten`` event retired (those below the
-    one after its own; a generation of another type is the codec's finding)."""
-    try:
-        generation = unpack_state(stored.state).get("key_generation", 0)
-    except (ValueError, TypeError, KeyError, OverflowError, AttributeError):
-        return  # damaged: the chain's own checks report it
-    if type(generation) is int:
+    """Notes the key generations a ``forgotten`` event retired."""
+    below = retired_below(stored.topic, stored.state)
+    if below:
         stream.forgotten_at = stored.originator_version
-        stream.retired_below = max(stream.retired_below, generation + 1)
+        stream.retired_below = max(stream.retired_below, below)

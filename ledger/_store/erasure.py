@@ -23,11 +23,9 @@ from ledger._store.codec import DECODE_ERRORS, unpack_state
 from ledger._store.failures import storage_failures
 
 _log = logging.getLogger(__name__)
-_UNREADABLE = (ValueError, TypeError, KeyError, OverflowError)
-"""What decoding a stored state may raise: the state is damaged."""
-LastEvents = dict[str, tuple[datetime, int | None]]
+LastEvents = dict[str, tuple[datetime, int]]
 """Per user, the time of the last event and, if it is a ``forgotten`` event, the
-key generation it retired."""
+key generations it retired (``retired_below``; 0 for any other event)."""
 
 
 class Erasure:
@@ -78,7 +76,7 @@ class Erasure:
                 )
             if not found:
                 continue
-            if _retires(found[0].topic, found[0].state, below):
+            if retired_below(found[0].topic, found[0].state) == below:
                 erased = self.finish(user_id, below)
                 finished[user_id] = finished.get(user_id, 0) + erased
             else:
@@ -122,13 +120,12 @@ class Erasure:
         """How many of the stream's stored events are sealed under one of
         ``generations``, and how many hold metadata in plain form (format 1)."""
         sealed = plain = version = 0
-        decode = self.app.mapper.transcoder.decode
         while True:
             page = self.app.recorder.select_events(stream, gt=version, limit=MAX_PAGE)
             for stored in page:
                 try:
-                    state = decode(stored.state)
-                except _UNREADABLE:
+                    state = unpack_state(stored.state)
+                except DECODE_ERRORS:
                     continue  # damaged: nothing of it can be read anyway
                 if not isinstance(state, dict):
                     continue
@@ -149,16 +146,15 @@ class Erasure:
         last = self._last_events()
         inactive = [
             user
-            for user, (at, retired) in last.items()
-            if (retired is None and at < since)
-            or (retired is not None and self._pending(user, retired))
+            for user, (at, below) in last.items()
+            if (not below and at < since) or (below and self._pending(user, below))
         ]
         return sorted(inactive)
 
-    def _pending(self, user_id: str, retired: int) -> bool:
+    def _pending(self, user_id: str, below: int) -> bool:
         stream = user_aggregate_id(user_id)
         with storage_failures(self.app.storage):
-            return bool(self.app.keys.live_generations(stream, retired + 1))
+            return bool(self.app.keys.live_generations(stream, below))
 
     def _last_events(self) -> LastEvents:
         app = self.app
@@ -175,33 +171,32 @@ class Erasure:
                     inclusive_of_start=False,
                 )
                 for notification in page:
-                    _note(last, notification.topic, notification.state, app)
+                    _note(last, notification.topic, notification.state)
                 if len(page) < MAX_PAGE:
                     break
                 position = page[-1].id
         return last
 
 
-def _note(last: LastEvents, topic: str, data: bytes, app: LedgerApplication) -> None:
+def _note(last: LastEvents, topic: str, data: bytes) -> None:
     try:
-        state = app.mapper.transcoder.decode(data)
+        state = unpack_state(data)
         user, at = state["user_id"], state["timestamp"]
-        retired = (
-            state.get("key_generation", 0) if topic == UserForgotten.TOPIC else None
-        )
-    except _UNREADABLE:
+    except DECODE_ERRORS:
         return  # undecodable: verify_chain reports it
     if isinstance(user, str) and isinstance(at, datetime):
-        last[user] = (at, retired if isinstance(retired, int) else None)
+        last[user] = (at, retired_below(topic, data))
 
 
-def _retires(topic: str, data: bytes, below: int) -> bool:
-    """Whether a stored event is the ``forgotten`` event that retires the key
-    generations below ``below`` (read from its stored state, nothing opened)."""
+def retired_below(topic: str, data: bytes) -> int:
+    """The key generations a stored ``forgotten`` event retired: those below the
+    number returned (its own generation and every one before); 0 for any other
+    event, or one whose generation does not read (the chain's checks report it).
+    Read from the stored state, nothing opened."""
     if topic != UserForgotten.TOPIC:
-        return False
+        return 0
     try:
         generation = unpack_state(data).get("key_generation", 0)
     except DECODE_ERRORS:
-        return False
-    return type(generation) is int and generation + 1 == below
+        return 0
+    return generation + 1 if type(generation) is int else 0

@@ -22,7 +22,7 @@ from eventsourcing.persistence import PersistenceError
 from freezegun import freeze_time
 
 from ledger import ConcurrencyConflict, ContextLedger, StorageUnavailable
-from tests.helpers import dsn_and_schema, execute_sql
+from tests.helpers import cli_on, dsn_and_schema, execute_sql
 
 START = datetime(2026, 6, 1, 9, 0, tzinfo=UTC)
 SECRET = {"card": "4111-1111"}
@@ -331,3 +331,20 @@ def _cancel_sleepers(url: str) -> None:
             if not rows:
                 return
             time.sleep(0.1)
+
+
+def test_the_cli_retention_run_finishes_a_pending_erasure(durable_url: str) -> None:
+    _cut_short_erasure(durable_url)
+    # Pending without a mark, as a release before marks left it.
+    execute_sql(durable_url, "DELETE FROM ctxledger_erasures")
+    long_ago = "2000-01-01T00:00:00Z"
+
+    result = cli_on("forget", "--inactive-since", long_ago, "--yes", url=durable_url)
+
+    assert result.returncode == 0, result.stderr
+    assert "forgot ann: the personal data of 1 event(s) is erased" in result.stdout
+    assert "forgot 1 user(s)" in result.stdout
+    assert _pending(durable_url) == []
+    with ContextLedger.open(durable_url, create=False) as reader:
+        assert _erased(reader, "ann")
+        assert not _erased(reader, "bob")
