@@ -46,6 +46,8 @@ def _in_thread(
     """The ledger's method as a coroutine that runs it in the pool, in the user's
     turn (the ``user_id`` argument, first or by name, when it has one)."""
 
+    name = method.__name__
+
     async def call(
         owner: "AsyncContextLedger", /, *args: P.args, **kwargs: P.kwargs
     ) -> T:
@@ -58,7 +60,8 @@ def _in_thread(
         except InvalidContextInput:
             user = None
         ledger = await owner.opened()
-        bound = functools.partial(method, ledger, *args, **kwargs)
+        # By name: a sharded ledger routes each method to the user's shard.
+        bound = functools.partial(getattr(ledger, name), *args, **kwargs)
         return await owner.run(bound, user)
 
     call.__name__ = call.__qualname__ = method.__name__

@@ -6,7 +6,7 @@ which ``ContextLedger`` inherits.
 
 import threading
 from datetime import datetime
-from typing import Any, Self
+from typing import Any, Self, cast
 
 from eventsourcing.persistence import PersistenceError
 
@@ -25,7 +25,7 @@ from ledger._store.due import DueIndex
 from ledger._store.erasure import Erasure
 from ledger._store.feed_hub import FeedHub
 from ledger._store.keys import resolve_master_key
-from ledger._store.urls import resolve_url, storage_for
+from ledger._store.urls import Storage, resolve_url, storage_for
 from ledger.errors import LedgerConfigError, LedgerCorrupted, LedgerError
 
 
@@ -93,15 +93,26 @@ class ContextLedger(LedgerQueries):
         )
         if url is not None and not isinstance(url, str):
             raise LedgerConfigError(f"url={url!r} is not a str; pass a database URL")
-        storage = storage_for(resolve_url(url))
-        application = open_application(
-            storage, create=create, master_key=resolve_master_key(master_key)
-        )
-        with closed_on_failure(application):
-            ledger = cls(application, create=create, **settings)
-            if create:  # a reader (create=False) may not write
-                ledger._settle_erasures()
-        return ledger
+        resolved = resolve_url(url)
+        storage = storage_for(resolved)
+        key = resolve_master_key(master_key)
+
+        def single(storage: Storage) -> ContextLedger:
+            application = open_application(storage, create=create, master_key=key)
+            with closed_on_failure(application):
+                ledger: ContextLedger = cls(application, create=create, **settings)
+                if create:  # a reader (create=False) may not write
+                    ledger._settle_erasures()
+            return ledger
+
+        ledger = single(storage)
+        if storage.kind == "postgres":  # a shard directory there routes each user
+            from ledger._sharded import sharded_if_directory  # noqa: PLC0415 - cycle
+
+            ledger = sharded_if_directory(
+                ledger, resolved, lambda shard_url: single(storage_for(shard_url))
+            )
+        return cast(Self, ledger)
 
     # Commands.
 

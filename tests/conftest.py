@@ -11,6 +11,7 @@ import psycopg
 import pytest
 
 from ledger import ContextLedger
+from ledger._shard_admin import add_shard
 from tests.helpers import OpenLedger
 
 # Database drivers keep real time under freezegun; ledger event times still freeze.
@@ -50,6 +51,32 @@ def postgres_url(postgres_dsn: str) -> Iterator[str]:
     yield f"{postgres_dsn}?schema={schema}"
     with psycopg.connect(postgres_dsn, autocommit=True) as connection:
         connection.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
+
+
+SHARDS = 3
+
+
+@pytest.fixture
+def shard_urls(postgres_dsn: str) -> Iterator[list[str]]:
+    """Three fresh PostgreSQL databases (each a shard's), dropped afterwards."""
+    base, _, _ = postgres_dsn.rpartition("/")
+    names = [f"ctxl_shard_{uuid.uuid4().hex[:10]}_{i}" for i in range(SHARDS)]
+    with psycopg.connect(postgres_dsn, autocommit=True) as connection:
+        for name in names:
+            connection.execute(f'CREATE DATABASE "{name}"')
+    yield [f"{base}/{name}?schema=ctxl" for name in names]
+    with psycopg.connect(postgres_dsn, autocommit=True) as connection:
+        for name in names:
+            # FORCE ends only the connections to this test's own database.
+            connection.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@pytest.fixture
+def sharded_url(shard_urls: list[str]) -> str:
+    """The URL of a ledger over the three shards (shard 0 holds the directory)."""
+    for shard_url in shard_urls[1:]:
+        add_shard(shard_urls[0], shard_url)
+    return shard_urls[0]
 
 
 @pytest.fixture

@@ -1,0 +1,132 @@
+"""The operator's commands on shards: add, list, drain and reopen.
+
+Each takes the ledger's URL (the database that holds, or will hold, the directory:
+shard 0) and the shard's URL. A shard URL's password is never stored; see
+``ledger._store.shard_directory``.
+"""
+
+from dataclasses import dataclass
+
+from ledger._api import ContextLedger
+from ledger._store.postgres import PostgresBackend
+from ledger._store.shard_directory import (
+    DRAINING,
+    OPEN,
+    Shard,
+    ShardDirectory,
+    stored_url,
+)
+from ledger._store.shard_guard import install_guard
+from ledger._store.urls import resolve_url, shown_url, storage_for
+from ledger.errors import LedgerConfigError
+
+
+@dataclass(frozen=True)
+class ShardFigures:
+    """A shard as ``ctxledger shards list`` shows it."""
+
+    shard_id: int
+    url: str
+    state: str
+    """``open``, ``draining``, or ``unreachable`` when it could not be read."""
+    users: int
+    events: int | None
+    """Events stored there now; None when unreachable."""
+
+
+def add_shard(url: str | None, shard_url: str) -> Shard:
+    """Registers the empty PostgreSQL database at ``shard_url`` as a new shard of
+    the ledger at ``url`` (set up there first); the first one makes the directory."""
+    ledger_url = _postgres_url(url)
+    stored_url(shard_url)  # a PostgreSQL URL, or LedgerConfigError
+    if _same(ledger_url, shard_url):
+        raise LedgerConfigError(
+            f"{shown_url(shard_url)} is the ledger's own database (shard 0); "
+            "add another database"
+        )
+    ContextLedger.open(ledger_url).close()  # shard 0's tables exist
+    directory = ShardDirectory(storage_for(ledger_url), ledger_url)
+    try:
+        for shard in directory.shards() if directory.exists() else []:
+            if _same(shard.url, shard_url):
+                raise LedgerConfigError(
+                    f"{shown_url(shard_url)} is already shard {shard.shard_id}; "
+                    "ctxledger shards list shows every shard"
+                )
+        with ContextLedger.open(shard_url) as shard_ledger:
+            if shard_ledger.chain_size():
+                raise LedgerConfigError(
+                    f"{shown_url(shard_url)} already holds events; a new shard "
+                    "must be an empty database or schema"
+                )
+        _guard(shard_url)
+        return directory.add(shard_url, PostgresBackend.events_table)
+    finally:
+        directory.close()
+
+
+def list_shards(url: str | None) -> list[ShardFigures]:
+    """Every shard with its users, events and state."""
+    with ContextLedger.open(_postgres_url(url), create=False) as ledger:
+        from ledger._sharded import ShardedLedger  # noqa: PLC0415 - a cycle
+
+        if not isinstance(ledger, ShardedLedger):
+            return [
+                ShardFigures(
+                    0, stored_url(_postgres_url(url)), OPEN, -1, ledger.chain_size()
+                )
+            ]
+        figures = []
+        for shard in ledger.shards():
+            try:
+                events: int | None = ledger.shard(shard.shard_id).chain_size()
+                state = shard.state
+            except Exception:  # noqa: BLE001
+                events, state = None, "unreachable"
+            figures.append(
+                ShardFigures(shard.shard_id, shard.url, state, shard.users, events)
+            )
+        return figures
+
+
+def drain_shard(url: str | None, shard_url: str, *, reopen: bool = False) -> Shard:
+    """Stops new users going to the shard (``reopen``: lets them go there again)."""
+    ledger_url = _postgres_url(url)
+    directory = ShardDirectory(storage_for(ledger_url), ledger_url)
+    try:
+        if not directory.exists():
+            raise LedgerConfigError(
+                "this ledger has no shards yet; add one with ctxledger shards add URL"
+            )
+        return directory.set_state(shard_url, OPEN if reopen else DRAINING)
+    finally:
+        directory.close()
+
+
+def _guard(shard_url: str) -> None:
+    storage = storage_for(shard_url)
+    directory = ShardDirectory(storage, shard_url)
+    try:
+        with directory.connection() as connection, connection.transaction():
+            install_guard(
+                connection,
+                storage.settings["POSTGRES_SCHEMA"],
+                PostgresBackend.events_table,
+                directory=False,
+            )
+    finally:
+        directory.close()
+
+
+def _same(first: str, second: str) -> bool:
+    return stored_url(first) == stored_url(second)
+
+
+def _postgres_url(url: str | None) -> str:
+    resolved = resolve_url(url)
+    if storage_for(resolved).kind != "postgres":
+        raise LedgerConfigError(
+            f"shards need a PostgreSQL ledger; {shown_url(resolved)} is not one "
+            "(SQLite and memory:// keep one database)"
+        )
+    return resolved

@@ -1,0 +1,348 @@
+"""The shard directory: which PostgreSQL database holds each user's stream.
+
+A deployment that outgrows one database registers more with ``ctxledger shards
+add URL``. The directory lives in the first database (shard 0), in the ledger's
+schema, as two tables: the shards (URL without its password, and whether new users
+may go there) and the assignment of each user's stream to one shard. A user is
+assigned on first write by rendezvous hashing over the shards open to new users,
+and the row is the authority: every process reads the same row, so adding a shard
+moves no existing user. The users shard 0 held when the directory was made stay
+there (they are assigned to it in the same transaction).
+
+Every shard also carries a guard on its events table (``shard_guard``): an append
+of a stream that moved away, or (on shard 0) the first event of a stream the
+directory gives to no shard or to another, is refused by the database itself. So a
+process that routes by an old cache entry, or that opened the ledger before the
+directory existed, can never write a user to the wrong shard.
+"""
+
+import hashlib
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import quote
+from uuid import UUID
+
+import psycopg
+from psycopg import sql
+
+from ledger._store.shard_guard import install_guard
+from ledger._store.urls import Storage, shown_url, storage_for
+from ledger.errors import LedgerConfigError
+
+SHARDS_TABLE = "ctxledger_shards"
+USERS_TABLE = "ctxledger_shard_users"
+OPEN, DRAINING = "open", "draining"
+CACHE_SECONDS = 5.0
+"""How long a process trusts an assignment it read (a move's writes are fenced by
+the source shard's guard, so this bounds only how stale a read can be)."""
+CACHE_ENTRIES = 100_000
+KEPT_CONNECTIONS = 4
+"""Idle directory connections a process keeps for its next lookups."""
+
+_CREATE = (
+    "CREATE TABLE IF NOT EXISTS {shards} ("
+    " shard_id integer PRIMARY KEY,"
+    " url text NOT NULL UNIQUE,"
+    " state text NOT NULL CHECK (state IN ('open', 'draining')),"
+    " added_at timestamptz NOT NULL DEFAULT now())",
+    "CREATE TABLE IF NOT EXISTS {users} ("
+    " stream_id uuid PRIMARY KEY,"
+    " shard_id integer NOT NULL REFERENCES {shards},"
+    " moving_to integer REFERENCES {shards})",
+    "CREATE INDEX IF NOT EXISTS {users_by_shard} ON {users} (shard_id)",
+)
+
+
+@dataclass(frozen=True)
+class Shard:
+    """One database of a sharded ledger, as the directory records it."""
+
+    shard_id: int
+    url: str
+    """Without a password: the connection takes it from the caller's URL (same
+    user and host), PGPASSWORD or a pgpass file."""
+    state: str
+    users: int
+
+
+@dataclass(frozen=True)
+class Assignment:
+    shard_id: int
+    moving_to: int | None
+
+
+def shard_score(shard_id: int, stream: UUID) -> int:
+    """The rendezvous weight of a shard for a stream: the highest open one wins."""
+    digest = hashlib.blake2b(f"{shard_id}:{stream}".encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "big")
+
+
+def rendezvous(shard_ids: list[int], stream: UUID) -> int:
+    return max(shard_ids, key=lambda shard: (shard_score(shard, stream), -shard))
+
+
+class ShardDirectory:
+    """The directory in shard 0's database, with this process's cache of it."""
+
+    def __init__(self, storage: Storage, url: str) -> None:
+        settings = storage.settings
+        self.storage = storage
+        self.url = url
+        self.schema = settings["POSTGRES_SCHEMA"]
+        self._conninfo: dict[str, Any] = {
+            "dbname": settings["POSTGRES_DBNAME"],
+            "host": settings["POSTGRES_HOST"],
+            "port": settings["POSTGRES_PORT"],
+            "user": settings["POSTGRES_USER"],
+            "password": settings["POSTGRES_PASSWORD"],
+            "connect_timeout": int(settings.get("POSTGRES_LIBPQ_CONNECT_TIMEOUT", 5)),
+        }
+        self._connections: list[psycopg.Connection[Any]] = []
+        self._lock = threading.Lock()
+        self._cache: OrderedDict[UUID, tuple[int, float]] = OrderedDict()
+        self._open_shards: tuple[list[int], float] | None = None
+        self.cache_seconds = CACHE_SECONDS
+        self.reads = 0
+        """Directory queries this process made for routing (for tests and metrics)."""
+
+    # Connections: a few of its own, reused, so routing never takes one that
+    # the shard's commands need.
+
+    @contextmanager
+    def connection(self) -> Iterator[psycopg.Connection[Any]]:
+        with self._lock:
+            connection = self._connections.pop() if self._connections else None
+        if connection is None or connection.closed:
+            connection = psycopg.connect(**self._conninfo, autocommit=True)
+        try:
+            yield connection
+        except BaseException:
+            connection.close()
+            raise
+        with self._lock:
+            if len(self._connections) < KEPT_CONNECTIONS:
+                self._connections.append(connection)
+                return
+        connection.close()
+
+    def close(self) -> None:
+        with self._lock:
+            connections, self._connections = self._connections, []
+        for connection in connections:
+            connection.close()
+
+    def table(self, name: str) -> sql.Identifier:
+        return sql.Identifier(self.schema, name)
+
+    def exists(self) -> bool:
+        with self.connection() as connection:
+            row = connection.execute(
+                "SELECT to_regclass(%s) IS NOT NULL",
+                (f'"{self.schema}"."{SHARDS_TABLE}"',),
+            ).fetchone()
+        return bool(row and row[0])
+
+    # Reading.
+
+    def shards(self) -> list[Shard]:
+        statement = sql.SQL(
+            "SELECT s.shard_id, s.url, s.state,"
+            " (SELECT count(*) FROM {users} u WHERE u.shard_id = s.shard_id)"
+            " FROM {shards} s ORDER BY s.shard_id"
+        ).format(users=self.table(USERS_TABLE), shards=self.table(SHARDS_TABLE))
+        with self.connection() as connection:
+            rows = connection.execute(statement).fetchall()
+        return [Shard(int(i), str(u), str(s), int(n)) for i, u, s, n in rows]
+
+    def lookup(self, stream: UUID, *, fresh: bool = False) -> Assignment | None:
+        """The stream's shard (cached for ``cache_seconds``), None if unassigned."""
+        if not fresh:
+            with self._lock:
+                cached = self._cache.get(stream)
+            if cached is not None and cached[1] > time.monotonic():
+                return Assignment(cached[0], None)
+        statement = sql.SQL(
+            "SELECT shard_id, moving_to FROM {users} WHERE stream_id = %s"
+        ).format(users=self.table(USERS_TABLE))
+        with self.connection() as connection:
+            row = connection.execute(statement, (stream,)).fetchone()
+        self.reads += 1
+        if row is None:
+            return None
+        assignment = Assignment(int(row[0]), None if row[1] is None else int(row[1]))
+        self._remember(stream, assignment.shard_id)
+        return assignment
+
+    def assign(self, stream: UUID) -> Assignment:
+        """The stream's shard, assigning it by rendezvous over the open shards
+        when it has none (every process gets the row the first one wrote)."""
+        known = self.lookup(stream)
+        if known is not None:
+            return known
+        candidate = rendezvous(self._open_shard_ids(), stream)
+        statement = sql.SQL(
+            "INSERT INTO {users} (stream_id, shard_id) VALUES (%s, %s)"
+            " ON CONFLICT (stream_id) DO NOTHING"
+        ).format(users=self.table(USERS_TABLE))
+        with self.connection() as connection:
+            connection.execute(statement, (stream, candidate))
+        assigned = self.lookup(stream, fresh=True)
+        if assigned is None:  # only a directory edited by hand gets here
+            raise LedgerConfigError(
+                f"the shard directory lost the assignment of stream {stream}; "
+                "check its table for manual changes"
+            )
+        return assigned
+
+    def forget_cached(self, stream: UUID) -> None:
+        with self._lock:
+            self._cache.pop(stream, None)
+
+    def _remember(self, stream: UUID, shard_id: int) -> None:
+        with self._lock:
+            self._cache[stream] = (shard_id, time.monotonic() + self.cache_seconds)
+            self._cache.move_to_end(stream)
+            while len(self._cache) > CACHE_ENTRIES:
+                self._cache.popitem(last=False)
+
+    def _open_shard_ids(self) -> list[int]:
+        now = time.monotonic()
+        if self._open_shards is not None and self._open_shards[1] > now:
+            return self._open_shards[0]
+        statement = sql.SQL(
+            "SELECT shard_id FROM {shards} WHERE state = 'open' ORDER BY shard_id"
+        ).format(shards=self.table(SHARDS_TABLE))
+        with self.connection() as connection:
+            ids = [int(row[0]) for row in connection.execute(statement)]
+        self.reads += 1
+        if not ids:
+            raise LedgerConfigError(
+                "every shard is draining, so no shard takes new users; add one "
+                "(ctxledger shards add URL) or reopen one (ctxledger shards open URL)"
+            )
+        self._open_shards = (ids, now + self.cache_seconds)
+        return ids
+
+    # Changing (the CLI's ``shards`` commands).
+
+    def create(self, connection: psycopg.Connection[Any]) -> None:
+        names = {
+            "shards": self.table(SHARDS_TABLE),
+            "users": self.table(USERS_TABLE),
+            "users_by_shard": sql.Identifier(f"{USERS_TABLE}_by_shard"),
+        }
+        for statement in _CREATE:
+            connection.execute(sql.SQL(statement).format(**names))
+
+    def add(self, url: str, events_table: str) -> Shard:
+        """Registers another database (set up by the caller) as a new shard; the
+        first call makes the directory and assigns shard 0's users to it."""
+        public = stored_url(url)
+        with self.connection() as connection, connection.transaction():
+            connection.execute(
+                "SELECT pg_advisory_xact_lock(hashtext(%s))",
+                (f"ctxledger shards {self.schema}",),
+            )
+            self.create(connection)
+            shards = self._rows(connection)
+            if not shards:
+                self._make_shard_zero(connection, events_table)
+                shards = self._rows(connection)
+            for shard_id, known in shards:
+                if same_database(known, public):
+                    raise LedgerConfigError(
+                        f"{shown_url(url)} is already shard {shard_id}; "
+                        "ctxledger shards list shows every shard"
+                    )
+            new_id = max(shard_id for shard_id, _ in shards) + 1
+            connection.execute(
+                sql.SQL(
+                    "INSERT INTO {shards} (shard_id, url, state) VALUES (%s, %s, %s)"
+                ).format(shards=self.table(SHARDS_TABLE)),
+                (new_id, public, OPEN),
+            )
+        self._open_shards = None
+        return Shard(new_id, public, OPEN, 0)
+
+    def _make_shard_zero(
+        self, connection: psycopg.Connection[Any], events_table: str
+    ) -> None:
+        connection.execute(
+            sql.SQL(
+                "INSERT INTO {shards} (shard_id, url, state) VALUES (0, %s, %s)"
+            ).format(shards=self.table(SHARDS_TABLE)),
+            (stored_url(self.url), OPEN),
+        )
+        # The guard first: its trigger takes the events table's lock, so no
+        # append runs between assigning shard 0's users and guarding its table.
+        install_guard(connection, self.schema, events_table, directory=True)
+        connection.execute(
+            sql.SQL(
+                "INSERT INTO {users} (stream_id, shard_id) "
+                "SELECT DISTINCT originator_id, 0 FROM {events} "
+                "ON CONFLICT (stream_id) DO NOTHING"
+            ).format(users=self.table(USERS_TABLE), events=self.table(events_table))
+        )
+
+    def set_state(self, url: str, state: str) -> Shard:
+        public = stored_url(url)
+        statement = sql.SQL(
+            "UPDATE {shards} SET state = %s WHERE shard_id = %s"
+        ).format(shards=self.table(SHARDS_TABLE))
+        with self.connection() as connection:
+            for shard_id, known in self._rows(connection):
+                if same_database(known, public):
+                    connection.execute(statement, (state, shard_id))
+                    break
+            else:
+                raise LedgerConfigError(
+                    f"{shown_url(url)} is not a shard of this ledger; "
+                    "ctxledger shards list shows them"
+                )
+        self._open_shards = None
+        return next(s for s in self.shards() if s.shard_id == shard_id)
+
+    def _rows(self, connection: psycopg.Connection[Any]) -> list[tuple[int, str]]:
+        statement = sql.SQL("SELECT shard_id, url FROM {} ORDER BY shard_id").format(
+            self.table(SHARDS_TABLE)
+        )
+        return [(int(i), str(u)) for i, u in connection.execute(statement)]
+
+
+def stored_url(url: str) -> str:
+    """A shard's URL as the directory keeps it: never with a password."""
+    parts = storage_for(url)
+    if parts.kind != "postgres":
+        raise LedgerConfigError(
+            f"{shown_url(url)} is not a PostgreSQL URL; shards are PostgreSQL "
+            "databases (postgresql://user@host[:port]/dbname[?schema=NAME])"
+        )
+    settings = parts.settings
+    return (
+        f"postgresql://{_quote(settings['POSTGRES_USER'])}@"
+        f"{_host_part(settings['POSTGRES_HOST'])}:{settings['POSTGRES_PORT']}/"
+        f"{_quote(settings['POSTGRES_DBNAME'])}?schema={settings['POSTGRES_SCHEMA']}"
+        + _socket_option(settings["POSTGRES_HOST"])
+    )
+
+
+def same_database(first: str, second: str) -> bool:
+    """Whether two URLs name one schema of one database (passwords aside)."""
+    return stored_url(first) == stored_url(second)
+
+
+def _quote(text: str) -> str:
+    return quote(text, safe="")
+
+
+def _host_part(host: str) -> str:
+    return "localhost" if host.startswith("/") else host
+
+
+def _socket_option(host: str) -> str:
+    return f"&host={_quote(host)}" if host.startswith("/") else ""
