@@ -25,6 +25,7 @@ from ledger._store.due import DueIndex
 from ledger._store.erasure import Erasure
 from ledger._store.feed_hub import FeedHub
 from ledger._store.keys import resolve_master_key
+from ledger._store.shard_guard import refusal_of
 from ledger._store.urls import Storage, resolve_url, storage_for
 from ledger.errors import LedgerConfigError, LedgerCorrupted, LedgerError
 
@@ -268,6 +269,8 @@ class ContextLedger(LedgerQueries):
             except LedgerCorrupted as corrupted:
                 damaged[user_aggregate_id(user)] = corrupted
             except (LedgerError, PersistenceError) as error:
+                if refusal_of(error):  # moved to another shard, which expires it
+                    continue
                 if expired:
                     error.add_note(
                         f"expire_due had already recorded {expired} expiries of "
@@ -322,6 +325,10 @@ class ContextLedger(LedgerQueries):
             except LedgerCorrupted as corrupted:  # its keys are destroyed anyway
                 damaged.append(corrupted)
                 continue
+            except LedgerError as error:
+                if refusal_of(error):  # moved to another shard, which forgets it
+                    continue
+                raise
             if appended or erased:
                 forgotten[user] = erased
         if damaged:

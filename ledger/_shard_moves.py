@@ -1,14 +1,387 @@
-"""Moving a user to another shard (being written)."""
+"""Moving a user's stream to another shard, exactly once, safe to kill at any step.
 
-from typing import TYPE_CHECKING
+The steps, each committed before the next (``on_step`` names them):
+
+1. ``mark``: the directory records the move (``moving_to``); writers that meet
+   the fence below wait for it to end.
+2. ``fence``: the source refuses the stream's appends (``ctxledger_moved_out``),
+   taken under a lock that waits for appends under way, so none lands later.
+3. ``copy``: events, snapshots, key rows and erasure marks go to the target in
+   one transaction; each copied event is recorded in ``ctxledger_moved_in`` with
+   its position on the source, so log readers take it once (``shard_copies``).
+4. ``verify``: the target's chain of the user must hold and end at the source's
+   head; else the copy is removed and the move undone.
+5. ``switch``: the directory gives the user to the target.
+6. ``clean``: after the routing caches have expired, the source's copy is
+   deleted (its fence stays, so a stale route is refused, never misplaced).
+
+A mover holds a session lock on the user in the directory's database. A writer
+that finds the user moving while no mover holds the lock undoes a move cut short
+before the switch (the source still holds everything); a move cut short after it
+is finished by the next ``move_user`` or ``finish_departures``.
+"""
+
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 from uuid import UUID
+
+import psycopg
+from psycopg import sql
+
+from ledger._api import ContextLedger
+from ledger._audit.chain import ChainReport
+from ledger._domain import validation
+from ledger._domain.contexts import user_aggregate_id
+from ledger._store.erasure_marks import ERASURES_TABLE
+from ledger._store.keys import KEYS_TABLE
+from ledger._store.postgres import PostgresBackend
+from ledger._store.shard_directory import conninfo, same_database
+from ledger._store.shard_guard import MOVED_IN_TABLE, MOVED_OUT_TABLE
+from ledger._store.urls import shown_url
+from ledger.errors import LedgerConfigError, LedgerCorrupted
 
 if TYPE_CHECKING:
     from ledger._sharded import ShardedLedger
 
+EVENTS = PostgresBackend.events_table
+SNAPSHOTS = PostgresBackend.snapshots_table
+_UUID_STREAM = ((EVENTS, "originator_id"), (SNAPSHOTS, "originator_id"))
+_TEXT_STREAM = ((KEYS_TABLE, "stream_id"), (ERASURES_TABLE, "stream_id"))
+
+
+@dataclass(frozen=True)
+class MoveResult:
+    """What ``move_user`` did."""
+
+    user_id: str
+    from_shard: int
+    to_shard: int
+    events: int
+
+
+def move_user(
+    url: str | None,
+    user_id: str,
+    to_url: str,
+    *,
+    on_step: Callable[[str], None] | None = None,
+) -> MoveResult:
+    """Moves ``user_id``'s stream, keys and snapshots to the shard at ``to_url``."""
+    from ledger._sharded import ShardedLedger  # noqa: PLC0415 - a cycle
+
+    user = validation.identifier("user_id", user_id)
+    stream = user_aggregate_id(user)
+    step = on_step or (lambda _: None)
+    with ContextLedger.open(url) as ledger:
+        if not isinstance(ledger, ShardedLedger):
+            raise LedgerConfigError(
+                "this ledger has no shards; add one with ctxledger shards add URL"
+            )
+        target = _shard_id(ledger, to_url)
+        finish_departures(ledger)
+        with _move_lock(ledger, stream, wait=True):
+            _undo_if_cut_short(ledger, stream)
+            source = ledger.directory.place(stream, target)
+            if source == target:  # a user without events is placed, not moved
+                raise LedgerConfigError(
+                    f"user {user!r} is already on shard {target}; nothing to move"
+                )
+            events = _move(ledger, user, source, target, step)
+    return MoveResult(user, source, target, events)
+
+
+def _move(
+    ledger: "ShardedLedger",
+    user: str,
+    source: int,
+    target: int,
+    step: Callable[[str], None],
+) -> int:
+    directory = ledger.directory
+    stream = user_aggregate_id(user)
+    directory.set_moving(stream, source, target)
+    step("mark")
+    with _shard(ledger, source) as (conn, schema):
+        _fence(conn, schema, stream, target)
+    step("fence")
+    with _shard(ledger, source) as (src, src_schema):
+        rows = _stream_rows(src, src_schema, stream)
+    with _shard(ledger, target) as (dst, dst_schema):
+        copied = _copy_in(dst, dst_schema, stream, source, rows)
+    step("copy")
+    before = ledger.shard(source).verify_chain(user)
+    after = ledger.shard(target).verify_chain(user)
+    if not (before.holds and after.holds) or _heads(after) != _heads(before):
+        _undo(ledger, stream, source, target)
+        raise LedgerCorrupted(
+            str(stream), "the copy on the target shard does not verify; move undone"
+        )
+    step("verify")
+    directory.switch(stream, target)
+    step("switch")
+    time.sleep(directory.cache_seconds)  # stale routes now read the directory
+    with _shard(ledger, source) as (conn, schema):
+        _delete_stream(conn, schema, stream)
+    step("clean")
+    return copied
+
 
 def recover_move(ledger: "ShardedLedger", stream: UUID) -> bool:
-    """Finishes or undoes a move of ``stream`` whose mover died; False when a
-    mover is still at work."""
-    del ledger, stream
-    return False
+    """Undoes a move of ``stream`` cut short before its switch, if its mover is
+    gone: True when it did (or the move is over); False while a mover works."""
+    try:
+        with _move_lock(ledger, stream, wait=False):
+            _undo_if_cut_short(ledger, stream)
+    except _Busy:
+        return False
+    return True
+
+
+def finish_departures(ledger: "ShardedLedger") -> int:
+    """Deletes what moves cut short after their switch left on their source
+    shards (the users the directory gives elsewhere); how many streams."""
+    finished = 0
+    for shard_id in ledger.shard_ids():
+        with _shard(ledger, shard_id) as (conn, schema):
+            for stream in _departed_with_events(conn, schema):
+                found = ledger.directory.lookup(stream, fresh=True)
+                if found is not None and found.shard_id != shard_id:
+                    _delete_stream(conn, schema, stream)
+                    finished += 1
+    return finished
+
+
+def _heads(report: ChainReport) -> list[tuple[int, int, str]]:
+    return [(c.events, c.head_version, c.head_hash) for c in report.users]
+
+
+class _Busy(Exception):
+    """Another mover holds the user's lock."""
+
+
+@contextmanager
+def _move_lock(ledger: "ShardedLedger", stream: UUID, *, wait: bool) -> Iterator[None]:
+    key = f"ctxledger move {stream}"
+    with psycopg.connect(**conninfo(ledger.storage), autocommit=True) as connection:
+        if wait:
+            connection.execute("SELECT pg_advisory_lock(hashtext(%s))", (key,))
+        else:
+            row = connection.execute(
+                "SELECT pg_try_advisory_lock(hashtext(%s))", (key,)
+            ).fetchone()
+            if not (row and row[0]):
+                raise _Busy
+        yield  # closing the connection releases the lock
+
+
+def _undo_if_cut_short(ledger: "ShardedLedger", stream: UUID) -> None:
+    found = ledger.directory.lookup(stream, fresh=True)
+    if found is not None and found.moving_to is not None:
+        _undo(ledger, stream, found.shard_id, found.moving_to)
+
+
+def _undo(ledger: "ShardedLedger", stream: UUID, source: int, target: int) -> None:
+    """The source keeps the user: the target's copy goes, then the fence."""
+    with _shard(ledger, target) as (conn, schema):
+        _delete_stream(conn, schema, stream)
+        conn.execute(
+            sql.SQL("DELETE FROM {} WHERE stream_id = %s").format(
+                sql.Identifier(schema, MOVED_IN_TABLE)
+            ),
+            (stream,),
+        )
+    with _shard(ledger, source) as (conn, schema):
+        conn.execute(
+            sql.SQL("DELETE FROM {} WHERE stream_id = %s").format(
+                sql.Identifier(schema, MOVED_OUT_TABLE)
+            ),
+            (stream,),
+        )
+    ledger.directory.set_moving(stream, source, None)
+
+
+@contextmanager
+def _shard(
+    ledger: "ShardedLedger", shard_id: int
+) -> Iterator[tuple[psycopg.Connection[Any], str]]:
+    storage = ledger.shard(shard_id).storage
+    with psycopg.connect(**conninfo(storage), autocommit=True) as connection:
+        yield connection, storage.settings["POSTGRES_SCHEMA"]
+
+
+def _fence(
+    conn: psycopg.Connection[Any], schema: str, stream: UUID, target: int
+) -> None:
+    with conn.transaction():
+        # Waits for the appends under way; later ones see the fence.
+        conn.execute(
+            sql.SQL("LOCK TABLE {} IN SHARE ROW EXCLUSIVE MODE").format(
+                sql.Identifier(schema, EVENTS)
+            )
+        )
+        conn.execute(
+            sql.SQL(
+                "INSERT INTO {} (stream_id, to_shard) VALUES (%s, %s) "
+                "ON CONFLICT (stream_id) DO UPDATE SET to_shard = EXCLUDED.to_shard"
+            ).format(sql.Identifier(schema, MOVED_OUT_TABLE)),
+            (stream, target),
+        )
+
+
+Rows = dict[str, tuple[list[str], list[tuple[Any, ...]]]]
+
+
+def _stream_rows(conn: psycopg.Connection[Any], schema: str, stream: UUID) -> Rows:
+    """Every row of the stream in the tables a move carries, by table."""
+    rows: Rows = {}
+    for table, column, key in _tables(stream):
+        cursor = conn.execute(
+            sql.SQL("SELECT * FROM {} WHERE {} = %s").format(
+                sql.Identifier(schema, table), sql.Identifier(column)
+            ),
+            (key,),
+        )
+        names = [c.name for c in cursor.description or ()]
+        rows[table] = (names, cursor.fetchall())
+    names, events = rows[EVENTS]
+    version = names.index("originator_version")
+    rows[EVENTS] = (names, sorted(events, key=lambda row: int(row[version])))
+    return rows
+
+
+def _tables(stream: UUID) -> Iterator[tuple[str, str, Any]]:
+    for table, column in _UUID_STREAM:
+        yield table, column, stream
+    for table, column in _TEXT_STREAM:  # their rows name the stream in hex
+        yield table, column, stream.hex
+
+
+def _copy_in(
+    conn: psycopg.Connection[Any],
+    schema: str,
+    stream: UUID,
+    source: int,
+    rows: Rows,
+) -> int:
+    """Writes the rows on the target in one transaction; how many events. A copy
+    that a cut-short move already committed is kept as it is."""
+    names, events = rows[EVENTS]
+    with conn.transaction():
+        conn.execute("SET LOCAL ctxledger.copying = 'on'")
+        conn.execute("SELECT pg_current_xact_id()")  # before any position: gap-free
+        present = conn.execute(
+            sql.SQL("SELECT count(*) FROM {} WHERE originator_id = %s").format(
+                sql.Identifier(schema, EVENTS)
+            ),
+            (stream,),
+        ).fetchone()
+        if present and present[0]:
+            if present[0] != len(events):
+                raise LedgerCorrupted(
+                    str(stream), "the target shard holds part of this stream"
+                )
+            return len(events)
+        conn.execute(
+            sql.SQL("DELETE FROM {} WHERE stream_id = %s").format(
+                sql.Identifier(schema, MOVED_OUT_TABLE)
+            ),
+            (stream,),
+        )
+        for row in events:
+            _copy_event(conn, schema, source, dict(zip(names, row, strict=True)))
+        for table in (SNAPSHOTS, KEYS_TABLE, ERASURES_TABLE):
+            _insert_rows(conn, schema, table, *rows[table])
+    return len(events)
+
+
+def _copy_event(
+    conn: psycopg.Connection[Any], schema: str, source: int, event: dict[str, Any]
+) -> None:
+    found = conn.execute(
+        sql.SQL(
+            "INSERT INTO {} (originator_id, originator_version, topic, state) "
+            "VALUES (%s, %s, %s, %s) RETURNING notification_id"
+        ).format(sql.Identifier(schema, EVENTS)),
+        (
+            event["originator_id"],
+            event["originator_version"],
+            event["topic"],
+            event["state"],
+        ),
+    ).fetchone()
+    if found is None:
+        raise LedgerCorrupted(
+            str(event["originator_id"]), "a copied event got no position"
+        )
+    conn.execute(
+        sql.SQL(
+            "INSERT INTO {} (position, stream_id, version, from_shard, from_position) "
+            "VALUES (%s, %s, %s, %s, %s)"
+        ).format(sql.Identifier(schema, MOVED_IN_TABLE)),
+        (
+            found[0],
+            event["originator_id"],
+            event["originator_version"],
+            source,
+            event["notification_id"],
+        ),
+    )
+
+
+def _insert_rows(
+    conn: psycopg.Connection[Any],
+    schema: str,
+    table: str,
+    names: list[str],
+    rows: list[tuple[Any, ...]],
+) -> None:
+    if not rows:
+        return
+    statement = sql.SQL(
+        "INSERT INTO {} ({}) VALUES ({}) ON CONFLICT DO NOTHING"
+    ).format(
+        sql.Identifier(schema, table),
+        sql.SQL(", ").join(map(sql.Identifier, names)),
+        sql.SQL(", ").join(sql.Placeholder() * len(names)),
+    )
+    with conn.cursor() as cursor:
+        cursor.executemany(statement, rows)
+
+
+def _delete_stream(conn: psycopg.Connection[Any], schema: str, stream: UUID) -> None:
+    """Deletes the stream's rows (events, snapshots, keys, marks) in one
+    transaction; its fence, if any, stays."""
+    with conn.transaction():
+        for table, column, key in _tables(stream):
+            conn.execute(
+                sql.SQL("DELETE FROM {} WHERE {} = %s").format(
+                    sql.Identifier(schema, table), sql.Identifier(column)
+                ),
+                (key,),
+            )
+
+
+def _departed_with_events(conn: psycopg.Connection[Any], schema: str) -> list[UUID]:
+    cursor = conn.execute(
+        sql.SQL(
+            "SELECT o.stream_id FROM {moved_out} o WHERE EXISTS "
+            "(SELECT 1 FROM {events} e WHERE e.originator_id = o.stream_id)"
+        ).format(
+            moved_out=sql.Identifier(schema, MOVED_OUT_TABLE),
+            events=sql.Identifier(schema, EVENTS),
+        )
+    )
+    return [UUID(str(row[0])) for row in cursor.fetchall()]
+
+
+def _shard_id(ledger: "ShardedLedger", to_url: str) -> int:
+    for shard in ledger.shards():
+        if same_database(shard.url, to_url):
+            return shard.shard_id
+    raise LedgerConfigError(
+        f"{shown_url(to_url)} is not a shard of this ledger; add it first "
+        "(ctxledger shards add URL) or pick one from ctxledger shards list"
+    )

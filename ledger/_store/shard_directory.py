@@ -17,6 +17,7 @@ directory existed, can never write a user to the wrong shard.
 """
 
 import hashlib
+import os
 import threading
 import time
 from collections import OrderedDict
@@ -94,19 +95,14 @@ class ShardDirectory:
         self.storage = storage
         self.url = url
         self.schema = settings["POSTGRES_SCHEMA"]
-        self._conninfo: dict[str, Any] = {
-            "dbname": settings["POSTGRES_DBNAME"],
-            "host": settings["POSTGRES_HOST"],
-            "port": settings["POSTGRES_PORT"],
-            "user": settings["POSTGRES_USER"],
-            "password": settings["POSTGRES_PASSWORD"],
-            "connect_timeout": int(settings.get("POSTGRES_LIBPQ_CONNECT_TIMEOUT", 5)),
-        }
+        self._conninfo = conninfo(storage)
         self._connections: list[psycopg.Connection[Any]] = []
         self._lock = threading.Lock()
         self._cache: OrderedDict[UUID, tuple[int, float]] = OrderedDict()
         self._open_shards: tuple[list[int], float] | None = None
-        self.cache_seconds = CACHE_SECONDS
+        self.cache_seconds = float(
+            os.environ.get("CTXLEDGER_SHARD_CACHE_SECONDS") or CACHE_SECONDS
+        )
         self.reads = 0
         """Directory queries this process made for routing (for tests and metrics)."""
 
@@ -198,6 +194,45 @@ class ShardDirectory:
                 "check its table for manual changes"
             )
         return assigned
+
+    def place(self, stream: UUID, shard_id: int) -> int:
+        """The stream's shard; a stream with none is placed on ``shard_id``."""
+        statement = sql.SQL(
+            "INSERT INTO {users} (stream_id, shard_id) VALUES (%s, %s)"
+            " ON CONFLICT (stream_id) DO NOTHING"
+        ).format(users=self.table(USERS_TABLE))
+        with self.connection() as connection:
+            connection.execute(statement, (stream, shard_id))
+        found = self.lookup(stream, fresh=True)
+        return shard_id if found is None else found.shard_id
+
+    def set_moving(self, stream: UUID, shard_id: int, to: int | None) -> None:
+        """Records (or with ``to=None`` clears) a move of the stream off its shard."""
+        self._update(
+            "UPDATE {users} SET moving_to = %s WHERE stream_id = %s AND shard_id = %s",
+            (to, stream, shard_id),
+            stream,
+        )
+
+    def switch(self, stream: UUID, to: int) -> None:
+        """Gives the moving stream to its target: the move's point of no return."""
+        self._update(
+            "UPDATE {users} SET shard_id = moving_to, moving_to = NULL"
+            " WHERE stream_id = %s AND moving_to = %s",
+            (stream, to),
+            stream,
+        )
+
+    def _update(self, statement: str, params: tuple[Any, ...], stream: UUID) -> None:
+        query = sql.SQL(statement).format(users=self.table(USERS_TABLE))
+        with self.connection() as connection:
+            changed = connection.execute(query, params).rowcount
+        if changed != 1:
+            raise LedgerConfigError(
+                "the shard directory changed under a move (another mover, or a "
+                "manual edit); run ctxledger shards move again"
+            )
+        self.forget_cached(stream)
 
     def forget_cached(self, stream: UUID) -> None:
         with self._lock:
@@ -312,6 +347,19 @@ class ShardDirectory:
             self.table(SHARDS_TABLE)
         )
         return [(int(i), str(u)) for i, u in connection.execute(statement)]
+
+
+def conninfo(storage: Storage) -> dict[str, Any]:
+    """psycopg's connection arguments for a PostgreSQL storage."""
+    settings = storage.settings
+    return {
+        "dbname": settings["POSTGRES_DBNAME"],
+        "host": settings["POSTGRES_HOST"],
+        "port": settings["POSTGRES_PORT"],
+        "user": settings["POSTGRES_USER"],
+        "password": settings["POSTGRES_PASSWORD"],
+        "connect_timeout": int(settings.get("POSTGRES_LIBPQ_CONNECT_TIMEOUT", 5)),
+    }
 
 
 def stored_url(url: str) -> str:
