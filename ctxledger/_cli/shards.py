@@ -1,0 +1,112 @@
+"""``ctxledger shards``: add, list, drain, reopen PostgreSQL shards and move users.
+
+Every command runs on the ledger's URL (``--db`` or ``$CTXLEDGER_URL``: shard 0,
+which holds the directory). A shard's URL may carry a password for connecting;
+the directory never stores it and nothing here prints it.
+"""
+
+from dataclasses import asdict
+
+import click
+
+from ctxledger._cli import render
+from ctxledger._cli.errors import reports_ledger_errors
+from ctxledger._cli.render import Column
+from ledger._shard_admin import ShardFigures, add_shard, drain_shard, list_shards
+from ledger._store.urls import shown_url
+
+SHARD_COLUMNS = (
+    Column("shard", "number"),
+    Column("url"),
+    Column("state"),
+    Column("users", "number"),
+    Column("events", "number"),
+)
+
+
+@click.group()
+def shards() -> None:
+    """Spread users over several PostgreSQL databases (shards).
+
+    Shard 0 is the ledger's own database (--db); it holds the directory that
+    gives each user one shard. Passwords in URLs are used to connect, never
+    stored or shown.
+    """
+
+
+@shards.command()
+@click.argument("shard_url", metavar="URL")
+@click.pass_obj
+@reports_ledger_errors
+def add(url: str, shard_url: str) -> None:
+    """Add the empty PostgreSQL database at URL as a new shard, open to new users.
+
+    Existing users stay where they are.
+    """
+    shard = add_shard(url, shard_url)
+    render.line(f"added shard {shard.shard_id}: {shard.url} (open to new users)")
+
+
+@shards.command("list")
+@click.option("--json", "as_json", is_flag=True, help="One JSON array of shards.")
+@click.pass_obj
+@reports_ledger_errors
+def list_command(url: str, as_json: bool) -> None:
+    """Every shard with its state, users and events (unreachable ones say so)."""
+    figures = list_shards(url)
+    if as_json:
+        render.print_json([_json_row(shard) for shard in figures])
+        return
+    render.print_table(SHARD_COLUMNS, (_row(shard) for shard in figures))
+    unreachable = [str(shard.shard_id) for shard in figures if shard.events is None]
+    if unreachable:
+        render.note(
+            f"shard(s) {', '.join(unreachable)} could not be read: their users' "
+            "calls fail with StorageUnavailable until they are back"
+        )
+
+
+@shards.command()
+@click.argument("shard_url", metavar="URL")
+@click.pass_obj
+@reports_ledger_errors
+def drain(url: str, shard_url: str) -> None:
+    """Stop new users going to the shard at URL; its users stay and keep working."""
+    shard = drain_shard(url, shard_url)
+    render.line(
+        f"shard {shard.shard_id} ({shard.url}) is draining: no new users go "
+        f"there; its {shard.users} user(s) stay"
+    )
+
+
+@shards.command("open")
+@click.argument("shard_url", metavar="URL")
+@click.pass_obj
+@reports_ledger_errors
+def open_command(url: str, shard_url: str) -> None:
+    """Let new users go to the shard at URL again (undoes drain)."""
+    shard = drain_shard(url, shard_url, reopen=True)
+    render.line(f"shard {shard.shard_id} ({shard.url}) is open to new users")
+
+
+def _row(shard: ShardFigures) -> tuple[int, str, str, int | None, int | None]:
+    return (
+        shard.shard_id,
+        shown_url(shard.url),
+        shard.state,
+        _users(shard),
+        shard.events,
+    )
+
+
+def _json_row(shard: ShardFigures) -> dict[str, object]:
+    return asdict(shard) | {"url": shown_url(shard.url), "users": _users(shard)}
+
+
+def _users(shard: ShardFigures) -> int | None:
+    """None where the directory does not count users (a ledger without shards)."""
+    return shard.users if shard.users >= 0 else None
+
+
+def register(main: click.Group) -> None:
+    main.add_command(shards)
