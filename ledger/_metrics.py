@@ -20,6 +20,21 @@ Recorded in the default registry (names as Prometheus exposes them):
 - ``ctxledger_view_position{view}``, ``ctxledger_view_head`` and
   ``ctxledger_view_lag_events{view}``: where each view is, the log's head, and how
   many events are stored after the view's position (set by ``record_views``).
+
+A sharded ledger (users spread over several PostgreSQL databases) records the
+figures above as before, summed over its shards, so dashboards and alerts on them
+keep working unchanged, and the same figures by shard id in families of their own
+(a family keeps one set of labels, so a single database's series stay exactly as
+they were):
+
+- ``ctxledger_shard_commands_total{shard, command, outcome}`` and
+  ``ctxledger_shard_command_duration_seconds{shard, command}``: the commands each
+  shard ran (set by ``label_shard`` on each shard's ledger);
+- ``ctxledger_shard_directory_reads_total``: queries of the shard directory for
+  routing (a cold cache costs one per user);
+- ``ctxledger_shard_view_position{shard, view}``, ``ctxledger_shard_view_head{shard}``
+  and ``ctxledger_shard_view_lag_events{shard, view}``: each view on each shard's
+  log (set by ``record_shard_views``).
 """
 
 import functools
@@ -61,6 +76,7 @@ class _Figures:
         self._command_figures(client)
         self._feed_figures(client)
         self._view_figures(client)
+        self._shard_figures(client)
 
     def _command_figures(self, client: Any) -> None:
         """The commands: how many, their outcomes, what they stored, how long."""
@@ -117,8 +133,41 @@ class _Figures:
             ["view"],
         )
 
+    def _shard_figures(self, client: Any) -> None:
+        """A sharded ledger's commands and views by shard, and its directory reads."""
+        self.shard_commands = client.Counter(
+            "ctxledger_shard_commands",
+            "Commands of a sharded ledger, by shard, name and outcome.",
+            ["shard", "command", "outcome"],
+        )
+        self.shard_latency = client.Histogram(
+            "ctxledger_shard_command_duration_seconds",
+            "How long commands of a sharded ledger take, by shard and name.",
+            ["shard", "command"],
+            buckets=LATENCY_BUCKETS,
+        )
+        self.directory_reads = client.Counter(
+            "ctxledger_shard_directory_reads",
+            "Queries of the shard directory made to route users.",
+        )
+        self.shard_view_position = client.Gauge(
+            "ctxledger_shard_view_position",
+            "The last position of each shard's log each view applied.",
+            ["shard", "view"],
+        )
+        self.shard_view_head = client.Gauge(
+            "ctxledger_shard_view_head", "Each shard's log head position.", ["shard"]
+        )
+        self.shard_view_lag = client.Gauge(
+            "ctxledger_shard_view_lag_events",
+            "Events stored on each shard after each view's position there.",
+            ["shard", "view"],
+        )
+
 
 _FIGURES = None if prometheus_client is None else _Figures(prometheus_client)
+_SHARD = "_metrics_shard"
+"""The attribute that names the shard a ledger serves (set by ``label_shard``)."""
 
 
 def enabled() -> bool:
@@ -126,20 +175,43 @@ def enabled() -> bool:
     return _FIGURES is not None
 
 
+class _Series:
+    """The series of one command (on one shard), looked up once: a lookup per call
+    costs more than the count itself."""
+
+    def __init__(self, counter: Any, histogram: Any, *labels: str) -> None:
+        self.outcomes = {
+            outcome: counter.labels(*labels, outcome)
+            for outcome in ("ok", "refused", "error")
+        }
+        self.latency = histogram.labels(*labels)
+
+    def record(self, outcome: str, seconds: float) -> None:
+        self.outcomes[outcome].inc()
+        self.latency.observe(seconds)
+
+
 def metered(command: str) -> Callable[[Callable[P, T]], Callable[P, T]]:
-    """Counts and times each call of a command method."""
+    """Counts and times each call of a command method; by shard too when the
+    ledger is a shard's (``label_shard``)."""
 
     def decorate(method: Callable[P, T]) -> Callable[P, T]:
         if _FIGURES is None:
             return method
         figures = _FIGURES
-        # The labelled series, looked up once (a lookup per call costs more than
-        # the count itself).
-        outcomes = {
-            outcome: figures.commands.labels(command, outcome)
-            for outcome in ("ok", "refused", "error")
-        }
-        latency = figures.latency.labels(command)
+        totals = _Series(figures.commands, figures.latency, command)
+        shards: dict[str, _Series] = {}
+
+        def record(ledger: object, outcome: str, seconds: float) -> None:
+            totals.record(outcome, seconds)
+            shard = getattr(ledger, _SHARD, None)
+            if shard is not None:
+                series = shards.get(shard)
+                if series is None:
+                    series = shards[shard] = _Series(
+                        figures.shard_commands, figures.shard_latency, shard, command
+                    )
+                series.record(outcome, seconds)
 
         @functools.wraps(method)
         def call(*args: P.args, **kwargs: P.kwargs) -> T:
@@ -157,12 +229,25 @@ def metered(command: str) -> Callable[[Callable[P, T]], Callable[P, T]]:
                 outcome = "ok"
                 return result
             finally:
-                outcomes[outcome].inc()
-                latency.observe(time.perf_counter() - started)
+                record(
+                    args[0] if args else None, outcome, time.perf_counter() - started
+                )
 
         return call
 
     return decorate
+
+
+def label_shard(ledger: object, shard_id: int) -> None:
+    """Marks ``ledger`` as the ledger of shard ``shard_id`` of a sharded ledger:
+    its commands are counted by shard as well."""
+    setattr(ledger, _SHARD, str(shard_id))
+
+
+def count_directory_read() -> None:
+    """One query of the shard directory to route a user."""
+    if _FIGURES is not None:
+        _FIGURES.directory_reads.inc()
 
 
 _EVENT_SERIES: dict[str, Any] = {}
@@ -206,6 +291,17 @@ def record_views(statuses: Iterable[ViewFigures]) -> None:
         _FIGURES.view_position.labels(status.view).set(status.position)
         _FIGURES.view_lag.labels(status.view).set(status.lag)
         _FIGURES.view_head.set(status.head)
+
+
+def record_shard_views(shard_id: int, statuses: Iterable[ViewFigures]) -> None:
+    """Sets the by-shard views' gauges from the statuses of one shard's log."""
+    if _FIGURES is None:
+        return
+    shard = str(shard_id)
+    for status in statuses:
+        _FIGURES.shard_view_position.labels(shard, status.view).set(status.position)
+        _FIGURES.shard_view_lag.labels(shard, status.view).set(status.lag)
+        _FIGURES.shard_view_head.labels(shard).set(status.head)
 
 
 def serve(port: int, host: str = DEFAULT_HOST) -> None:
