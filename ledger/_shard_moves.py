@@ -21,6 +21,7 @@ before the switch (the source still holds everything); a move cut short after it
 is finished by the next ``move_user`` or ``finish_departures``.
 """
 
+import logging
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -41,7 +42,7 @@ from ledger._store.postgres import PostgresBackend
 from ledger._store.shard_directory import conninfo, same_database
 from ledger._store.shard_guard import MOVED_IN_TABLE, MOVED_OUT_TABLE
 from ledger._store.urls import shown_url
-from ledger.errors import LedgerConfigError, LedgerCorrupted
+from ledger.errors import LedgerConfigError, LedgerCorrupted, LedgerError
 
 if TYPE_CHECKING:
     from ledger._sharded import ShardedLedger
@@ -49,6 +50,7 @@ if TYPE_CHECKING:
 EVENTS = PostgresBackend.events_table
 SNAPSHOTS = PostgresBackend.snapshots_table
 _UUID_STREAM = ((EVENTS, "originator_id"), (SNAPSHOTS, "originator_id"))
+_log = logging.getLogger(__name__)
 _TEXT_STREAM = ((KEYS_TABLE, "stream_id"), (ERASURES_TABLE, "stream_id"))
 
 
@@ -83,7 +85,7 @@ def move_user(
         target = _shard_id(ledger, to_url)
         finish_departures(ledger)
         with _move_lock(ledger, stream, wait=True):
-            _undo_if_cut_short(ledger, stream)
+            _settle_cut_short(ledger, stream)
             source = ledger.directory.place(stream, target)
             if source == target:  # a user without events is placed, not moved
                 raise LedgerConfigError(
@@ -107,17 +109,22 @@ def _move(
     with _shard(ledger, source) as (conn, schema):
         _fence(conn, schema, stream, target)
     step("fence")
+    before = ledger.shard(source).verify_chain(user)
+    if not before.holds:
+        _undo(ledger, stream, source, target)
+        raise LedgerCorrupted(
+            user, f"its chain on shard {source} does not verify, so it was not moved"
+        )
     with _shard(ledger, source) as (src, src_schema):
         rows = _stream_rows(src, src_schema, stream)
     with _shard(ledger, target) as (dst, dst_schema):
         copied = _copy_in(dst, dst_schema, stream, source, rows)
     step("copy")
-    before = ledger.shard(source).verify_chain(user)
     after = ledger.shard(target).verify_chain(user)
-    if not (before.holds and after.holds) or _heads(after) != _heads(before):
+    if not after.holds or _heads(after) != _heads(before):
         _undo(ledger, stream, source, target)
         raise LedgerCorrupted(
-            str(stream), "the copy on the target shard does not verify; move undone"
+            user, f"its copy on shard {target} does not verify; the move was undone"
         )
     step("verify")
     directory.switch(stream, target)
@@ -130,27 +137,39 @@ def _move(
 
 
 def recover_move(ledger: "ShardedLedger", stream: UUID) -> bool:
-    """Undoes a move of ``stream`` cut short before its switch, if its mover is
+    """Ends a move of ``stream`` cut short before its switch, if its mover is
     gone: True when it did (or the move is over); False while a mover works."""
     try:
         with _move_lock(ledger, stream, wait=False):
-            _undo_if_cut_short(ledger, stream)
+            _settle_cut_short(ledger, stream)
     except _Busy:
         return False
     return True
 
 
-def finish_departures(ledger: "ShardedLedger") -> int:
+def finish_departures(ledger: "ShardedLedger", stream: UUID | None = None) -> int:
     """Deletes what moves cut short after their switch left on their source
-    shards (the users the directory gives elsewhere); how many streams."""
+    shards (streams the directory gives elsewhere): all, or ``stream``'s; how
+    many copies it deleted. A shard it cannot reach is left for the next call."""
     finished = 0
     for shard_id in ledger.shard_ids():
-        with _shard(ledger, shard_id) as (conn, schema):
-            for stream in _departed_with_events(conn, schema):
-                found = ledger.directory.lookup(stream, fresh=True)
-                if found is not None and found.shard_id != shard_id:
-                    _delete_stream(conn, schema, stream)
-                    finished += 1
+        try:
+            finished += _finish_on(ledger, shard_id, stream)
+        except (LedgerError, psycopg.Error) as error:
+            _log.warning(
+                "left moved streams on shard %s for later: %s", shard_id, error
+            )
+    return finished
+
+
+def _finish_on(ledger: "ShardedLedger", shard_id: int, stream: UUID | None) -> int:
+    finished = 0
+    with _shard(ledger, shard_id) as (conn, schema):
+        for departed in _departed_with_events(conn, schema, stream):
+            found = ledger.directory.lookup(departed, fresh=True)
+            if found is not None and found.shard_id != shard_id:
+                _delete_stream(conn, schema, departed)
+                finished += 1
     return finished
 
 
@@ -177,10 +196,30 @@ def _move_lock(ledger: "ShardedLedger", stream: UUID, *, wait: bool) -> Iterator
         yield  # closing the connection releases the lock
 
 
-def _undo_if_cut_short(ledger: "ShardedLedger", stream: UUID) -> None:
+def _settle_cut_short(ledger: "ShardedLedger", stream: UUID) -> None:
+    """Ends a move whose mover died: forward when the target holds the whole
+    copy (it is written in one transaction, and readers may have taken it),
+    else back (the source still holds everything)."""
     found = ledger.directory.lookup(stream, fresh=True)
-    if found is not None and found.moving_to is not None:
-        _undo(ledger, stream, found.shard_id, found.moving_to)
+    if found is None or found.moving_to is None:
+        return
+    source, target = found.shard_id, found.moving_to
+    copied = _count(ledger, target, stream)
+    if copied and copied == _count(ledger, source, stream):
+        ledger.directory.switch(stream, target)
+    else:
+        _undo(ledger, stream, source, target)
+
+
+def _count(ledger: "ShardedLedger", shard_id: int, stream: UUID) -> int:
+    with _shard(ledger, shard_id) as (conn, schema):
+        row = conn.execute(
+            sql.SQL("SELECT count(*) FROM {} WHERE originator_id = %s").format(
+                sql.Identifier(schema, EVENTS)
+            ),
+            (stream,),
+        ).fetchone()
+    return int(row[0]) if row else 0
 
 
 def _undo(ledger: "ShardedLedger", stream: UUID, source: int, target: int) -> None:
@@ -207,9 +246,9 @@ def _undo(ledger: "ShardedLedger", stream: UUID, source: int, target: int) -> No
 def _shard(
     ledger: "ShardedLedger", shard_id: int
 ) -> Iterator[tuple[psycopg.Connection[Any], str]]:
-    storage = ledger.shard(shard_id).storage
-    with psycopg.connect(**conninfo(storage), autocommit=True) as connection:
-        yield connection, storage.settings["POSTGRES_SCHEMA"]
+    connections = ledger.connections(shard_id)
+    with connections.connection() as connection:
+        yield connection, connections.storage.settings["POSTGRES_SCHEMA"]
 
 
 def _fence(
@@ -364,15 +403,19 @@ def _delete_stream(conn: psycopg.Connection[Any], schema: str, stream: UUID) -> 
             )
 
 
-def _departed_with_events(conn: psycopg.Connection[Any], schema: str) -> list[UUID]:
+def _departed_with_events(
+    conn: psycopg.Connection[Any], schema: str, stream: UUID | None
+) -> list[UUID]:
     cursor = conn.execute(
         sql.SQL(
             "SELECT o.stream_id FROM {moved_out} o WHERE EXISTS "
-            "(SELECT 1 FROM {events} e WHERE e.originator_id = o.stream_id)"
+            "(SELECT 1 FROM {events} e WHERE e.originator_id = o.stream_id) "
+            "AND (%s::uuid IS NULL OR o.stream_id = %s::uuid)"
         ).format(
             moved_out=sql.Identifier(schema, MOVED_OUT_TABLE),
             events=sql.Identifier(schema, EVENTS),
-        )
+        ),
+        (stream, stream),
     )
     return [UUID(str(row[0])) for row in cursor.fetchall()]
 

@@ -29,7 +29,8 @@ from ledger._audit.export import ExportManifest
 from ledger._domain import validation
 from ledger._domain.contexts import user_aggregate_id
 from ledger._domain.models import Context, LedgerEvent
-from ledger._store.shard_directory import Shard, ShardDirectory
+from ledger._shard_moves import finish_departures, recover_move
+from ledger._store.shard_directory import Connections, Shard, ShardDirectory
 from ledger._store.shard_guard import refusal_of
 from ledger._store.urls import Storage, storage_for
 from ledger.errors import LedgerError, StorageUnavailable
@@ -54,6 +55,7 @@ class ShardedLedger(ContextLedger):
         self.storage = shard_zero.storage
         self._opener = opener
         self._ledgers: dict[int, ContextLedger] = {0: shard_zero}
+        self._connections: dict[int, Connections] = {}
         self._urls: dict[int, str] = {}
         self._lock = threading.Lock()
         self._app = shard_zero._app
@@ -97,6 +99,12 @@ class ShardedLedger(ContextLedger):
                 return self._ledgers[shard_id]
             self._ledgers[shard_id] = ledger
         return ledger
+
+    def connections(self, shard_id: int) -> Connections:
+        """Connections of the ledger's own to a shard's database (for moves)."""
+        storage = self.shard(shard_id).storage
+        with self._lock:
+            return self._connections.setdefault(shard_id, Connections(storage))
 
     def shard_ids(self) -> list[int]:
         self._refresh_shards()
@@ -150,8 +158,6 @@ class ShardedLedger(ContextLedger):
     def _settled(self, stream: UUID) -> int:
         """The stream's shard once no move of it is under way (a move whose mover
         died is finished or undone first)."""
-        from ledger._shard_moves import recover_move  # noqa: PLC0415 - a cycle
-
         deadline = time.monotonic() + MOVE_WAIT_SECONDS
         pause = 0.01
         while True:
@@ -202,9 +208,12 @@ class ShardedLedger(ContextLedger):
         )
 
     def forget_user(self, user_id: str, **options: Any) -> int:
-        return self._routed(
+        erased = self._routed(
             user_id, lambda shard: shard.forget_user(user_id, **options), write=True
         )
+        # A copy that a move cut short left on its source holds the user's keys.
+        finish_departures(self, user_aggregate_id(user_id))
+        return erased
 
     def get_context(self, user_id: str, thread_id: str) -> Context | None:
         return self._routed(
@@ -241,11 +250,13 @@ class ShardedLedger(ContextLedger):
     # Calls across users: on every shard.
 
     def expire_due(self) -> int:
+        finish_departures(self)
         return sum(self._on_every_shard("expire_due", lambda s: s.expire_due()))
 
     def forget_inactive(
         self, inactive_since: datetime, *, reason: str | None = None
     ) -> dict[str, int]:
+        finish_departures(self)
         forgotten: dict[str, int] = {}
         for part in self._on_every_shard(
             "forget_inactive",
@@ -309,6 +320,8 @@ class ShardedLedger(ContextLedger):
             ledgers, self._ledgers = list(self._ledgers.values()), {}
         for ledger in ledgers:
             ledger.close()
+        for connections in self._connections.values():
+            connections.close()
         self.directory.close()
 
 

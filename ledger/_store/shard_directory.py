@@ -22,7 +22,7 @@ import threading
 import time
 from collections import OrderedDict
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import quote
@@ -95,8 +95,9 @@ class ShardDirectory:
         self.storage = storage
         self.url = url
         self.schema = settings["POSTGRES_SCHEMA"]
-        self._conninfo = conninfo(storage)
-        self._connections: list[psycopg.Connection[Any]] = []
+        self.connections = Connections(storage)
+        """A few connections of its own: routing never takes one that the
+        shard's commands need."""
         self._lock = threading.Lock()
         self._cache: OrderedDict[UUID, tuple[int, float]] = OrderedDict()
         self._open_shards: tuple[list[int], float] | None = None
@@ -106,31 +107,11 @@ class ShardDirectory:
         self.reads = 0
         """Directory queries this process made for routing (for tests and metrics)."""
 
-    # Connections: a few of its own, reused, so routing never takes one that
-    # the shard's commands need.
-
-    @contextmanager
-    def connection(self) -> Iterator[psycopg.Connection[Any]]:
-        with self._lock:
-            connection = self._connections.pop() if self._connections else None
-        if connection is None or connection.closed:
-            connection = psycopg.connect(**self._conninfo, autocommit=True)
-        try:
-            yield connection
-        except BaseException:
-            connection.close()
-            raise
-        with self._lock:
-            if len(self._connections) < KEPT_CONNECTIONS:
-                self._connections.append(connection)
-                return
-        connection.close()
+    def connection(self) -> AbstractContextManager[psycopg.Connection[Any]]:
+        return self.connections.connection()
 
     def close(self) -> None:
-        with self._lock:
-            connections, self._connections = self._connections, []
-        for connection in connections:
-            connection.close()
+        self.connections.close()
 
     def table(self, name: str) -> sql.Identifier:
         return sql.Identifier(self.schema, name)
@@ -347,6 +328,39 @@ class ShardDirectory:
             self.table(SHARDS_TABLE)
         )
         return [(int(i), str(u)) for i, u in connection.execute(statement)]
+
+
+class Connections:
+    """Autocommit connections to one database, a few kept for reuse."""
+
+    def __init__(self, storage: Storage) -> None:
+        self.storage = storage
+        self._conninfo = conninfo(storage)
+        self._idle: list[psycopg.Connection[Any]] = []
+        self._lock = threading.Lock()
+
+    @contextmanager
+    def connection(self) -> Iterator[psycopg.Connection[Any]]:
+        with self._lock:
+            connection = self._idle.pop() if self._idle else None
+        if connection is None or connection.closed:
+            connection = psycopg.connect(**self._conninfo, autocommit=True)
+        try:
+            yield connection
+        except BaseException:
+            connection.close()
+            raise
+        with self._lock:
+            if len(self._idle) < KEPT_CONNECTIONS:
+                self._idle.append(connection)
+                return
+        connection.close()
+
+    def close(self) -> None:
+        with self._lock:
+            idle, self._idle = self._idle, []
+        for connection in idle:
+            connection.close()
 
 
 def conninfo(storage: Storage) -> dict[str, Any]:
