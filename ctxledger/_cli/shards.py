@@ -13,8 +13,17 @@ from ctxledger._cli import render
 from ctxledger._cli.errors import reports_ledger_errors
 from ctxledger._cli.render import Column
 from ledger._shard_admin import ShardFigures, add_shard, drain_shard, list_shards
+from ledger._shard_moves import move_user
 from ledger._store.urls import shown_url
 
+MOVE_STEPS = {
+    "mark": "the directory marks the move",
+    "fence": "the source shard refuses the user's writes",
+    "copy": "events, snapshots and keys are copied",
+    "verify": "the user's chain verifies on the target",
+    "switch": "the directory gives the user to the target",
+    "clean": "the source's copy is deleted",
+}
 SHARD_COLUMNS = (
     Column("shard", "number"),
     Column("url"),
@@ -87,6 +96,30 @@ def open_command(url: str, shard_url: str) -> None:
     """Let new users go to the shard at URL again (undoes drain)."""
     shard = drain_shard(url, shard_url, reopen=True)
     render.line(f"shard {shard.shard_id} ({shard.url}) is open to new users")
+
+
+@shards.command()
+@click.argument("user_id", metavar="USER")
+@click.option(
+    "--to", "to_url", required=True, metavar="URL", help="The shard to move to."
+)
+@click.pass_obj
+@reports_ledger_errors
+def move(url: str, user_id: str, to_url: str) -> None:
+    """Move USER's events, keys and snapshots to the shard at URL.
+
+    Writes of the user during the move wait for it and land once, on the right
+    shard. A move cut short is finished or undone by the next one.
+    """
+    moved = move_user(url, user_id, to_url, on_step=_step_done)
+    render.line(
+        f"moved {moved.user_id} from shard {moved.from_shard} to shard "
+        f"{moved.to_shard}: {moved.events} event(s)"
+    )
+
+
+def _step_done(step: str) -> None:
+    render.note(f"{step}: {MOVE_STEPS.get(step, 'done')}")
 
 
 def _row(shard: ShardFigures) -> tuple[int, str, str, int | None, int | None]:
