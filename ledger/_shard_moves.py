@@ -86,8 +86,12 @@ def move_user(
         finish_departures(ledger)
         with _move_lock(ledger, stream, wait=True):
             _settle_cut_short(ledger, stream)
-            source = ledger.directory.place(stream, target)
-            if source == target:  # a user without events is placed, not moved
+            found = ledger.directory.lookup(stream, fresh=True)
+            if found is None:  # no events yet: placed there for its first write
+                ledger.directory.place(stream, target)
+                return MoveResult(user, target, target, 0)
+            source = found.shard_id
+            if source == target:
                 raise LedgerConfigError(
                     f"user {user!r} is already on shard {target}; nothing to move"
                 )
