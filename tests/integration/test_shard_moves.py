@@ -8,6 +8,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 
 import psycopg
+import psycopg.sql
 import pytest
 
 from ledger import ContextLedger
@@ -30,8 +31,10 @@ def stored_versions(url: str, user: str) -> list[int]:
     dsn, _, schema = url.partition("?schema=")
     with psycopg.connect(dsn) as connection:
         rows = connection.execute(
-            f'SELECT originator_version FROM "{schema}".ctxledger_events '
-            "WHERE originator_id = %s ORDER BY originator_version",
+            psycopg.sql.SQL(
+                "SELECT originator_version FROM {} WHERE originator_id = %s "
+                "ORDER BY originator_version"
+            ).format(psycopg.sql.Identifier(schema, "ctxledger_events")),
             (user_aggregate_id(user),),
         ).fetchall()
     return [int(row[0]) for row in rows]
@@ -210,4 +213,4 @@ def test_a_user_without_events_is_placed_on_the_chosen_shard(
     assert (placed.from_shard, placed.to_shard, placed.events) == (2, 2, 0)
     with sharded(sharded_url) as ledger:
         ledger.open_context("erin", "thread")
-        assert ledger.shard_of("erin") == 2  # noqa: PLR2004
+        assert ledger.shard_of("erin") == 2
