@@ -30,7 +30,12 @@ from ledger._domain import validation
 from ledger._domain.contexts import user_aggregate_id
 from ledger._domain.models import Context, LedgerEvent
 from ledger._shard_moves import finish_departures, recover_move
-from ledger._store.shard_directory import Connections, Shard, ShardDirectory
+from ledger._store.shard_directory import (
+    Connections,
+    Shard,
+    ShardDirectory,
+    directory_table,
+)
 from ledger._store.shard_guard import refusal_of
 from ledger._store.urls import Storage, storage_for
 from ledger.errors import LedgerError, StorageUnavailable
@@ -346,14 +351,21 @@ def sharded_if_directory(
     shard_zero: ContextLedger, url: str, opener: Callable[[str], ContextLedger]
 ) -> ContextLedger:
     """``shard_zero`` itself when its database holds no shard directory (one query
-    at opening, nothing per call); else the sharded ledger over it."""
-    directory = ShardDirectory(shard_zero.storage, url)
+    at opening, on the ledger's own pool; nothing per call); else the sharded
+    ledger over it."""
     try:
-        if not directory.exists():
-            directory.close()
+        recorder: Any = shard_zero._app.recorder  # a PostgreSQL recorder here
+        with recorder.datastore.transaction() as cursor:
+            cursor.execute(
+                "SELECT to_regclass(%s) IS NOT NULL AS found",
+                (directory_table(shard_zero.storage),),
+            )
+            row = cursor.fetchone()
+        if not (row and row["found"]):
             return shard_zero
-        return ShardedLedger(directory, opener, shard_zero)
+        return ShardedLedger(
+            ShardDirectory(shard_zero.storage, url), opener, shard_zero
+        )
     except BaseException:
-        directory.close()
         shard_zero.close()
         raise

@@ -119,8 +119,7 @@ class ShardDirectory:
     def exists(self) -> bool:
         with self.connection() as connection:
             row = connection.execute(
-                "SELECT to_regclass(%s) IS NOT NULL",
-                (f'"{self.schema}"."{SHARDS_TABLE}"',),
+                "SELECT to_regclass(%s) IS NOT NULL", (directory_table(self.storage),)
             ).fetchone()
         return bool(row and row[0])
 
@@ -361,6 +360,11 @@ class Connections:
             idle, self._idle = self._idle, []
         for connection in idle:
             connection.close()
+
+
+def directory_table(storage: Storage) -> str:
+    """The directory's table, quoted for ``to_regclass``."""
+    return f'"{storage.settings["POSTGRES_SCHEMA"]}"."{SHARDS_TABLE}"'
 
 
 def conninfo(storage: Storage) -> dict[str, Any]:
