@@ -30,6 +30,7 @@ from ledger._domain import validation
 from ledger._domain.contexts import user_aggregate_id
 from ledger._domain.models import Context, LedgerEvent
 from ledger._shard_moves import finish_departures, recover_move
+from ledger._sharded_feed import ShardedChangeFeed, sharded_changes
 from ledger._store.shard_directory import (
     Connections,
     Shard,
@@ -296,6 +297,18 @@ class ShardedLedger(ContextLedger):
 
     def chain_size(self) -> int:
         return sum(self._on_every_shard("chain_size", lambda s: s.chain_size()))
+
+    # The change feed: each shard's log through that shard's own reader.
+
+    def changes(  # type: ignore[override]  # a position per shard: text, not int
+        self, user_id: str | None = None, *, after: int | str | None = None
+    ) -> ShardedChangeFeed:
+        """Every event stored after ``after`` on any shard, each shard's in log
+        order, each once (also across a move), as ``(position, event)``: the
+        position is text with a position per shard (``0:120.1:57.2:9``), which
+        ``after`` takes back; an int (or its digits) is shard 0's. A shard out of
+        reach holds back only its own events (``ledger._sharded_feed``)."""
+        return sharded_changes(self, user_id, after)
 
     def _on_every_shard(self, name: str, call: Callable[[ContextLedger], T]) -> list[T]:
         """``call`` on each shard in turn; a shard that fails does not stop the
