@@ -17,12 +17,21 @@ from uuid import UUID
 from eventsourcing.persistence import TrackingRecorder
 
 from ledger._domain.contexts import user_aggregate_id
+from ledger._feed_positions import sharded_position
+from ledger._sharded import connect_url
 from ledger._store.application import LedgerApplication, open_application
 from ledger._store.backends import Dialect, backend_for, safe_head
 from ledger._store.failures import StorageClient, storage_failures
 from ledger._store.keys import KeyStore, place_of, resolve_master_key, seal, unseal
 from ledger._store.records import EventRecord, RecordReader, as_uuid, unpack_state
 from ledger._store.serialization import _EVENT, PydanticMapper
+from ledger._store.shard_copies import (
+    MovesAround,
+    copy_position,
+    moves_around,
+    taken_elsewhere,
+)
+from ledger._store.shard_directory import ShardDirectory
 from ledger._store.urls import Storage, resolve_url, storage_for
 from ledger.errors import LedgerError
 
@@ -31,12 +40,17 @@ __all__ = [
     "Dialect",
     "EventRecord",
     "LogSource",
+    "MovesAround",
     "Positioned",
     "SourceKeys",
+    "Storage",
     "StorageClient",
     "Where",
     "locate",
+    "shard_urls",
+    "sharded_position",
     "storage_failures",
+    "taken_elsewhere",
 ]
 
 Positioned = tuple[int, EventRecord]
@@ -61,6 +75,28 @@ def locate(url: str | None) -> Where:
     """Where the ledger at ``url`` (else CTXLEDGER_URL, else the default) is."""
     resolved = resolve_url(url)
     return Where(resolved, storage_for(resolved))
+
+
+def shard_urls(where: Where) -> dict[int, str] | None:
+    """Each shard's URL to connect with, by shard id, when the PostgreSQL database
+    at ``where`` holds a shard directory (shard 0 is ``where.url`` itself); None
+    for any other ledger (one query on PostgreSQL, none on SQLite)."""
+    if where.storage.kind != "postgres":
+        return None
+    directory = ShardDirectory(where.storage, where.url)
+    try:
+        if not directory.exists():
+            return None
+        return {
+            shard.shard_id: (
+                where.url
+                if shard.shard_id == 0
+                else connect_url(shard.url, where.storage)
+            )
+            for shard in directory.shards()
+        }
+    finally:
+        directory.close()
 
 
 @dataclass(frozen=True)
@@ -181,6 +217,30 @@ class LogSource:
         """Whether the log is read on connections of its own (PostgreSQL's
         readers' pool), so a read overlaps a write instead of waiting for it."""
         return self._app.log_reader is not self._app.recorder
+
+    # A shard's log: the copies a move made, and the streams that moved away.
+
+    def moves(self, first: int, last: int) -> MovesAround:
+        """The copies among positions ``first``..``last`` of this log and the
+        streams that moved to other shards (``ledger._store.shard_copies``)."""
+        with self._reading_cursor() as cursor:
+            return moves_around(cursor, self._schema, first, last)
+
+    def copy_position(self, stream: UUID, version: int) -> int | None:
+        """The position of the copy of ``stream``'s event ``version`` that a move
+        made in this log; None if there is none."""
+        with self._reading_cursor() as cursor:
+            return copy_position(cursor, self._schema, stream, version)
+
+    @contextmanager
+    def _reading_cursor(self) -> Iterator[Any]:
+        datastore = self._app.log_reader.datastore  # type: ignore[attr-defined]
+        with datastore.transaction(commit=False) as cursor:
+            yield cursor
+
+    @property
+    def _schema(self) -> str:
+        return str(self.storage.settings["POSTGRES_SCHEMA"])
 
     def count_after(self, position: int) -> int:
         """How many events are stored after ``position`` (positions skip numbers)."""

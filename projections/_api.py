@@ -4,21 +4,34 @@ import logging
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime
-from typing import Self
+from typing import Any
 
 from ledger import _metrics as metrics
 from ledger._domain import validation
 from ledger._domain.models import Context, EventKind
 from ledger.errors import StorageUnavailable
-from ledger.log_source import LogSource, StorageClient, locate, storage_failures
+from ledger.log_source import (
+    LogSource,
+    StorageClient,
+    locate,
+    shard_urls,
+    sharded_position,
+    storage_failures,
+)
 from projections._active import ActiveContextsView
+from projections._applying import OnBatch, Target
 from projections._audit import AuditView
 from projections._continuity import ContinuityView
-from projections._errors import UnknownView, ViewNotBuilt, ViewsNeedDurableStorage
+from projections._errors import (
+    PositionsPerShard,
+    UnknownView,
+    ViewNotBuilt,
+    ViewsNeedDurableStorage,
+)
 from projections._models import AuditRow, ContinuityFigures, ViewStatus
-from projections._processing import OnBatch, Processor, Target
+from projections._processing import Processor
 from projections._reader import LogReader
 from projections._store import ViewStore
 from projections._view import Generation, View, live_tables_exist, missing_columns
@@ -42,7 +55,8 @@ class Projections(StorageClient):
     """The views of the ledger at one database URL.
 
     Open with ``Projections.open(url)`` (the same URL as the ledger). Views are
-    tables beside the ledger's events; each keeps its own tracking position.
+    tables beside the ledger's events; each keeps its own tracking position. On
+    a ledger with shards it is a ``ShardedProjections`` (``projections._sharded``).
     """
 
     def __init__(
@@ -77,7 +91,7 @@ class Projections(StorageClient):
         batch_size: int = DEFAULT_BATCH_SIZE,
         create: bool = True,
         master_key: bytes | str | None = None,
-    ) -> Self:
+    ) -> "Projections":
         """Opens the views of the ledger at ``url``; creates their tables if need be.
 
         With ``create=False`` nothing is created or changed: a URL that holds no
@@ -85,6 +99,9 @@ class Projections(StorageClient):
         raises ViewNotBuilt when it is read (``status`` shows it at position 0).
         ``master_key`` (else CTXLEDGER_MASTER_KEY) opens the data keys, as for
         ``ContextLedger.open``: the views seal personal data with them.
+
+        When the PostgreSQL database at ``url`` holds a shard directory, the
+        views' tables stay there (shard 0) and they read every shard's log.
         """
         size = validation.positive_int("batch_size", batch_size, setting=True)
         where = locate(url)
@@ -93,16 +110,31 @@ class Projections(StorageClient):
         source = LogSource.open(where, create=create, master_key=master_key)
         try:
             with storage_failures(where.storage):
-                return cls._beside(source, size, create)
+                urls = shard_urls(where)
+                if urls is None:
+                    return cls._beside(source, size, create)
+                from projections._sharded import sharded_views  # noqa: PLC0415
+
+                return sharded_views(
+                    where,
+                    urls,
+                    source,
+                    batch_size=size,
+                    create=create,
+                    master_key=master_key,
+                )
         except BaseException:
             source.close()
             raise
 
     @classmethod
-    def _beside(cls, source: LogSource, batch_size: int, create: bool) -> Self:
+    def _beside(
+        cls, source: LogSource, batch_size: int, create: bool, **extra: Any
+    ) -> "Projections":
+        """The views over ``source``'s database (``extra``: the subclass's)."""
         if not create:
             store = ViewStore.beside(source, create=False)
-            reader = cls(source, store, batch_size, built=())
+            reader = cls(source, store, batch_size, built=(), **extra)
             with store.reading() as tx:
                 if tx.dialect.exists(tx.cursor, source.tracking_table):
                     reader._built = frozenset(
@@ -126,10 +158,13 @@ class Projections(StorageClient):
             return reader
         with source.setup_lock():
             store = ViewStore.beside(source)
-        projections = cls(source, store, batch_size)
+        projections = cls(source, store, batch_size, **extra)
         for view in projections.views.values():
-            projections._processor.ensure_live(view)
+            projections._processor.ensure_live(view, projections._shard_ids())
         return projections
+
+    def _shard_ids(self) -> list[int]:
+        return [0]
 
     # Processing.
 
@@ -162,7 +197,7 @@ class Projections(StorageClient):
         problem ends it: UndecodableEvent, ViewCannotApply, LedgerCorrupted.
         """
         targets = self._live(names)
-        report = on_failure or _log_failure
+        report = on_failure or log_failure
         pause = FIRST_RETRY_SECONDS
         reached: dict[str, int] = {}
         figures_due = 0.0
@@ -191,7 +226,7 @@ class Projections(StorageClient):
         see the old views until then. How many events each applied."""
         views = [self.views[name] for name in self._selected(names)]
         try:
-            applied: Counter[str] = self._processor.rebuild(views, on_batch)
+            applied = self._rebuilt(views, on_batch)
         finally:  # the views swapped in, even if another could not be rebuilt
             with self._store.reading() as tx:
                 self._built |= {v.name for v in views if live_tables_exist(tx, v)}
@@ -199,20 +234,35 @@ class Projections(StorageClient):
                 self._missing.pop(view.name, None)
         return {view.name: applied[view.name] for view in views}
 
-    def wait(self, position: int, timeout: float = 10.0) -> None:
-        """Blocks until every view has applied ``position`` (TimeoutError if not)."""
-        if position <= 0:
+    def _rebuilt(self, views: list[View], on_batch: OnBatch | None) -> Counter[str]:
+        return self._processor.rebuild(views, on_batch)
+
+    def wait(
+        self, position: int | str | Mapping[int, int], timeout: float = 10.0
+    ) -> None:
+        """Blocks until every view has applied ``position`` (TimeoutError if not):
+        a position of the log, or one per shard as ``heads()`` gives it (here
+        ``{0: position}``) or as a change feed writes it (``"0:120"``)."""
+        at = by_shard(position)
+        if at.keys() - {0}:
+            raise PositionsPerShard("wait() of a ledger without shards")
+        if at.get(0, 0) <= 0:
             return
         for view in self.views.values():
             self._names(view)
             key = Generation(view.name, rebuild=False).key
-            self._store.recorder.wait(key, position, timeout=timeout)
+            self._store.recorder.wait(key, at[0], timeout=timeout)
 
     # State of the processing.
 
     def head(self) -> int:
         """The position of the ledger's last event."""
         return self._reader.head()
+
+    def heads(self) -> dict[int, int]:
+        """Each shard's head position, by shard id (``{0: head()}`` here): what
+        ``wait`` takes on any ledger."""
+        return {0: self._reader.head()}
 
     def status(self) -> list[ViewStatus]:
         """Each view's position, the ledger's head position, and how many events
@@ -368,10 +418,21 @@ class Projections(StorageClient):
         ]
 
 
+def by_shard(position: int | str | Mapping[int, int]) -> dict[int, int]:
+    """A position to wait for, by shard: an int is shard 0's; a change feed's
+    text names each shard (a shard it reached at its head: nothing to wait for)."""
+    if isinstance(position, Mapping):
+        return {int(shard): int(at) for shard, at in position.items()}
+    if isinstance(position, str):
+        parts = sharded_position("position", position)
+        return {shard: at for shard, at in parts.items() if at is not None}
+    return {0: position}
+
+
 def _optional_user(user_id: str | None) -> str | None:
     """A user id to filter by, checked as the ledger checks it; None for all."""
     return None if user_id is None else validation.identifier("user_id", user_id)
 
 
-def _log_failure(failure: StorageUnavailable, pause: float) -> None:
+def log_failure(failure: StorageUnavailable, pause: float) -> None:
     _log.warning("%s; trying again in %g s", failure, pause)

@@ -32,6 +32,7 @@ SEALED = "sealed"
 
 class AuditView(View):
     name: ClassVar[str] = "audit"
+    replay_by_position: ClassVar[bool] = True  # differences merge by position
     tables: ClassVar[tuple[Table, ...]] = (
         Table(
             "audit",

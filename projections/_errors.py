@@ -90,3 +90,37 @@ class ViewNotBuilt(ProjectionError):
             f"the {view} view {problem}; run `ctxledger project` (or "
             f"Projections.open(url).catch_up()) to {action} it"
         )
+
+
+class PositionsPerShard(ProjectionError, TypeError):
+    """A sharded ledger's views keep one position per shard, so a single position
+    does not say how far they are."""
+
+    _fields = ("call",)
+
+    def __init__(self, call: str) -> None:
+        self.call = call
+        super().__init__(
+            f"{call} takes or gives one position, but the views of a sharded "
+            "ledger keep one per shard: use heads() and pass that mapping "
+            "(shard -> position) to wait()"
+        )
+
+
+class RebuildPartFailed(ProjectionError):
+    """The process that read one shard's log for a rebuild ended without
+    finishing; nothing was swapped in."""
+
+    _fields = ("shard", "exit_code", "detail")
+
+    def __init__(
+        self, shard: int, exit_code: int | None, detail: str | None = None
+    ) -> None:
+        self.shard = shard
+        self.exit_code = exit_code
+        self.detail = detail
+        how = detail or f"it ended with exit code {exit_code}"
+        super().__init__(
+            f"the rebuild's process for shard {shard} did not finish ({how}); "
+            "the live views are unchanged: run the rebuild again"
+        )

@@ -56,3 +56,12 @@ class ViewStatus(BaseModel):
     position: int
     head: int
     lag: int
+
+
+class ShardViewStatus(ViewStatus):
+    """How far a view has processed one shard's log (a sharded ledger);
+    ``reachable`` is False when the shard could not be read (then ``head`` is
+    the view's position and ``lag`` 0: unknown)."""
+
+    shard: int
+    reachable: bool = True

@@ -4,26 +4,31 @@ Each batch of a view is one transaction that holds the view's lock, rereads the
 view's tracking position, applies only the events after it, and records the last
 one's position. So a worker killed at any instant, two workers on one view, or a
 rebuild swapped in under a running worker never lose or repeat an event.
+
+On a sharded ledger each shard's log has a Processor of its own, with a
+``BatchRule`` (``projections._moved``): the locks a batch takes besides its own,
+and which of its events the view takes (an event a move copied is taken once).
 """
 
-import bisect
-import sqlite3
 import threading
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from contextlib import AbstractContextManager, nullcontext
-from dataclasses import dataclass
-
-import psycopg
-from eventsourcing.persistence import DataError, IntegrityError
 
 from ledger.log_source import Positioned
+from projections._applying import (
+    BatchRule,
+    OnBatch,
+    Target,
+    Unappliable,
+    after,
+    apply_events,
+)
 from projections._errors import ViewCannotApply
 from projections._reader import LogReader, ReadAhead
 from projections._store import Tx, ViewStore
 from projections._view import (
     Generation,
-    Names,
     View,
     create_tables,
     index_loaded_tables,
@@ -32,61 +37,32 @@ from projections._view import (
     upgrade_tables,
 )
 
-OnBatch = Callable[[int], None]
-"""Called after each batch with how far (in positions) the batch advanced."""
-
-DATA_ERRORS = (
-    DataError,  # the library's names for the drivers' errors below
-    IntegrityError,
-    psycopg.DataError,
-    psycopg.IntegrityError,
-    sqlite3.DataError,
-    sqlite3.IntegrityError,
-    ValueError,  # raised before the database: a value that does not convert
-    TypeError,
-    OverflowError,
-)
-"""Failures of a view's write that come from the values written (a value the column
-cannot hold, a row that contradicts the view), not from an unreachable database:
-trying again cannot help, so they stop the view with ViewCannotApply."""
-
-
-class _Unappliable(Exception):
-    """A batch failed with one of DATA_ERRORS; the event is found by ``_write``."""
-
-    def __init__(self, cause: BaseException) -> None:
-        super().__init__(f"{type(cause).__name__}: {cause}")
-        self.cause = cause
-
-
-@dataclass(frozen=True)
-class Target:
-    """A view and the generation of its tables that a run writes to."""
-
-    view: View
-    generation: Generation
-
-    @property
-    def key(self) -> str:
-        return self.generation.key
-
 
 class Processor:
     """Applies the ledger's events to views, a batch per transaction."""
 
-    def __init__(self, store: ViewStore, reader: LogReader, batch_size: int) -> None:
+    def __init__(
+        self,
+        store: ViewStore,
+        reader: LogReader,
+        batch_size: int,
+        rule: BatchRule | None = None,
+    ) -> None:
         self.store = store
         self.reader = reader
         self.batch_size = batch_size
+        self.rule = rule
 
-    def ensure_live(self, view: View) -> None:
-        """Creates the view's live tables if any is missing (from position 0), or
-        adds the columns that tables of an earlier release lack."""
+    def ensure_live(self, view: View, shards: Sequence[int] = (0,)) -> None:
+        """Creates the view's live tables if any is missing (from position 0 of
+        every one of ``shards``), or adds the columns that tables of an earlier
+        release lack."""
         live = Generation(view.name, rebuild=False)
         with self.store.writing(live.key) as tx:
             if not live_tables_exist(tx, view):
                 create_tables(tx, view, live)
-                self.store.forget(tx, live.key)
+                for shard in shards:
+                    self.store.forget(tx, live.of_shard(shard).key)
             else:
                 upgrade_tables(tx, view, live)
 
@@ -153,10 +129,10 @@ class Processor:
         """Applies a batch to every target still going, in one transaction for
         all; if that fails for a value, one transaction per target, so a target
         that cannot apply an event stops (into ``stopped``) and the others go on."""
-        work = [(t, todo) for t in going if (todo := _after(batch, positions[t.key]))]
+        work = [(t, todo) for t in going if (todo := after(batch, positions[t.key]))]
         try:
             reached = self._together(work, positions)
-        except _Unappliable:
+        except Unappliable:
             reached = {}
             for target, todo in work:
                 try:
@@ -180,7 +156,8 @@ class Processor:
         holding every target's lock; each target's new position and count."""
         if not work:
             return {}
-        with self.store.writing(*(target.key for target, _ in work)) as tx:
+        longest = max((todo for _, todo in work), key=len)
+        with self._writing([target for target, _ in work], longest) as tx:
             return {
                 target.key: self._in(tx, target, todo, positions[target.key])
                 for target, todo in work
@@ -198,7 +175,7 @@ class Processor:
         """
         try:
             return self._transaction(target, events, expected)
-        except _Unappliable as failure:
+        except Unappliable as failure:
             if len(events) == 1:
                 at, culprit = events[0]
                 raise ViewCannotApply(
@@ -215,8 +192,17 @@ class Processor:
     def _transaction(
         self, target: Target, events: Sequence[Positioned], expected: int
     ) -> tuple[int, int]:
-        with self.store.writing(target.key) as tx:
+        with self._writing([target], events) as tx:
             return self._in(tx, target, events, expected)
+
+    def _writing(
+        self, targets: Sequence[Target], events: Sequence[Positioned]
+    ) -> AbstractContextManager[Tx]:
+        """A transaction holding the targets' locks (and the rule's)."""
+        keys = [target.key for target in targets]
+        if self.rule is not None:
+            keys += self.rule.locks(targets, events)
+        return self.store.writing(*keys)
 
     def _in(
         self, tx: Tx, target: Target, events: Sequence[Positioned], expected: int
@@ -226,13 +212,15 @@ class Processor:
         stored = self.store.position(tx, target.key)
         if stored < expected:  # the view went back (reset): reread from there
             return stored, 0
-        todo = _after(events, stored)
+        todo = after(events, stored)
         if not todo:
             return stored, 0
-        names = target.view.names(tx.dialect, target.generation)
-        _apply(target.view, tx, names, todo)
+        taken = todo if self.rule is None else self.rule.select(tx, target, todo)
+        if taken:
+            names = target.view.names(tx.dialect, target.generation)
+            apply_events(target.view, tx, names, taken)
         self.store.track(tx, target.key, todo[-1][0])
-        return todo[-1][0], len(todo)
+        return todo[-1][0], len(taken)
 
     def rebuild(
         self, views: Sequence[View], on_batch: OnBatch | None = None
@@ -271,7 +259,7 @@ class Processor:
         head = self.reader.head()
         try:
             return self._swap_at(target, head)
-        except _Unappliable:
+        except Unappliable:
             # The last events, one per transaction: ViewCannotApply names the
             # culprit; if none fails alone, the tail is applied and the swap is
             # tried once more, with nothing left to apply.
@@ -280,30 +268,21 @@ class Processor:
 
     def _swap_at(self, target: Target, head: int) -> int:
         live = Generation(target.view.name, rebuild=False)
-        names = target.view.names(self.store.dialect, target.generation)
         with self.store.writing(live.key, target.key) as tx:  # live lock first
-            position = self.store.position(tx, target.key)
-            tail = list(self.reader.events(position, head, self.batch_size))
-            for start in range(0, len(tail), self.batch_size):
-                _apply(target.view, tx, names, tail[start : start + self.batch_size])
-            if tail:
-                self.store.track(tx, target.key, tail[-1][0])
+            applied = self.apply_tail(tx, target, head)
             swap_in_rebuild(tx, target.view)
             self.store.move_tracking(tx, target.key, live.key)
-        return len(tail)
+        return applied
 
-
-def _apply(view: View, tx: Tx, names: Names, events: Sequence[Positioned]) -> None:
-    """``view.apply``; a failure for the values written becomes _Unappliable (the
-    transaction it leaves is rolled back)."""
-    try:
-        view.apply(tx, names, events)
-    except DATA_ERRORS as error:
-        raise _Unappliable(error) from error
-
-
-def _after(events: Sequence[Positioned], position: int) -> Sequence[Positioned]:
-    """The events (in log order) after ``position``."""
-    if not events or events[0][0] > position:
-        return events
-    return events[bisect.bisect_right(events, position, key=lambda e: e[0]) :]
+    def apply_tail(self, tx: Tx, target: Target, head: int) -> int:
+        """Applies the events after the target's position up to ``head`` in
+        ``tx`` (which holds the target's lock, and the rule's); how many."""
+        position = self.store.position(tx, target.key)
+        tail = list(self.reader.events(position, head, self.batch_size))
+        taken = tail if self.rule is None else self.rule.select(tx, target, tail)
+        names = target.view.names(tx.dialect, target.generation)
+        for start in range(0, len(taken), self.batch_size):
+            apply_events(target.view, tx, names, taken[start : start + self.batch_size])
+        if tail:
+            self.store.track(tx, target.key, tail[-1][0])
+        return len(taken)

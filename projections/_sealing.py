@@ -7,7 +7,7 @@ which opens as the event's ``[metadata, salt]``. Once ``forget_user`` destroys t
 key, the view's copy is erased with the ledger's, without rewriting the view, and
 no plaintext metadata is ever written to the views' tables. Values of events
 stored before sealing (format 1) are kept as plain JSON, as the ledger keeps them.
-The keys, places and ciphers are the ledger's (``ledger.log_source.SourceKeys``).
+The keys, places and ciphers are the ledger's (``projections._store.Keys``).
 """
 
 import base64
@@ -16,7 +16,7 @@ import json
 from collections.abc import Iterable
 from typing import Any, cast
 
-from ledger.log_source import SourceKeys
+from projections._store import Keys
 
 PREFIX = "sealed:"
 ERASED = f"{PREFIX}erased"
@@ -31,9 +31,7 @@ def event_cell(generation: int, sealed: bytes) -> str:
     return f"{_EVENT_CELL}{generation}:{text}"
 
 
-def seal_json(
-    keys: SourceKeys, user_id: str, generation: int, value: Any
-) -> str | None:
+def seal_json(keys: Keys, user_id: str, generation: int, value: Any) -> str | None:
     """``value`` as JSON text sealed under the user's key of ``generation``; None
     if that key is destroyed (the value is erased)."""
     plain = json.dumps(value, ensure_ascii=False).encode("utf-8")
@@ -43,7 +41,7 @@ def seal_json(
     return f"{PREFIX}{generation}:{base64.b64encode(sealed).decode('ascii')}"
 
 
-def prefetch(keys: SourceKeys, cells: Iterable[tuple[str, object]]) -> None:
+def prefetch(keys: Keys, cells: Iterable[tuple[str, object]]) -> None:
     """Looks up the keys of many sealed cells (user id, cell) at once."""
     wanted = []
     for user_id, cell in cells:
@@ -60,7 +58,7 @@ def is_sealed(cell: object) -> bool:
     return isinstance(cell, str) and cell.startswith(PREFIX)
 
 
-def open_json(keys: SourceKeys, user_id: str, cell: str) -> tuple[bool, Any]:
+def open_json(keys: Keys, user_id: str, cell: str) -> tuple[bool, Any]:
     """(True, value) for a sealed cell whose key exists; (False, None) once the
     key is destroyed. ValueError if the cell is not one this module wrote."""
     if cell == ERASED:

@@ -6,19 +6,36 @@ were before or both as they are after. The SQL of the views is written once, wit
 ``?`` parameters and type names in braces; each dialect fills those in.
 """
 
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
-from typing import Any
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import AbstractContextManager, contextmanager
+from typing import Any, Protocol
 
 from eventsourcing.persistence import Tracking, TrackingRecorder
 
-from ledger.log_source import Dialect, LogSource, SourceKeys
+from ledger.log_source import Dialect, LogSource
+
+
+class Keys(Protocol):
+    """The users' data keys as the views use them: ``ledger.log_source.SourceKeys``
+    of one ledger, or ``projections._shard_keys.ShardedKeys`` over its shards."""
+
+    def reading(self, cursor: Any = None) -> AbstractContextManager[None]: ...
+    def prefetch(self, wanted: Iterable[tuple[str, int]]) -> None: ...
+    def seal_cell(
+        self, user_id: str, generation: int, plain: bytes
+    ) -> bytes | None: ...
+    def open_cell(
+        self, user_id: str, generation: int, sealed: bytes
+    ) -> bytes | None: ...
+    def open_event_value(
+        self, user_id: str, generation: int, sealed: bytes
+    ) -> tuple[Any, Any] | None: ...
 
 
 class Tx:
     """One transaction on the views' database, in the dialect's terms."""
 
-    def __init__(self, cursor: Any, dialect: Dialect, keys: SourceKeys) -> None:
+    def __init__(self, cursor: Any, dialect: Dialect, keys: Keys) -> None:
         self.cursor = cursor
         self.dialect = dialect
         self.keys = keys
@@ -49,7 +66,7 @@ class ViewStore:
         recorder: TrackingRecorder,
         dialect: Dialect,
         tracking_table: str,
-        keys: SourceKeys,
+        keys: Keys,
     ) -> None:
         self.recorder: Any = recorder  # the SQL recorders' private helpers are used
         self.dialect = dialect
@@ -62,6 +79,10 @@ class ViewStore:
         tracking table is created if ``create``."""
         recorder, tracking_table = source.tracking(create=create)
         return cls(recorder, source.dialect, tracking_table, source.keys)
+
+    def with_keys(self, keys: Keys) -> "ViewStore":
+        """The same store (database, pool, tracking table) with other keys."""
+        return ViewStore(self.recorder, self.dialect, self.tracking_table, keys)
 
     @contextmanager
     def writing(self, *locks: str) -> Iterator[Tx]:

@@ -152,15 +152,27 @@ class Table:
 
 @dataclass(frozen=True)
 class Generation:
-    """The physical tables of a view: the live ones or a rebuild's."""
+    """The physical tables of a view: the live ones or a rebuild's; with
+    ``shard``, as fed by that shard's log (a sharded ledger)."""
 
     view: str
     rebuild: bool
+    shard: int = 0
 
     @property
     def key(self) -> str:
-        """Its tracking key, which is also the name of its write lock."""
-        return f"view:{self.view}" + (":rebuild" if self.rebuild else "")
+        """Its tracking key, which is also the name of its write lock. Shard 0
+        keeps the key of a ledger without shards, so a database that becomes
+        shard 0 keeps its views' positions."""
+        return (
+            f"view:{self.view}"
+            + (":rebuild" if self.rebuild else "")
+            + (f"@shard{self.shard}" if self.shard else "")
+        )
+
+    def of_shard(self, shard: int) -> "Generation":
+        """The same tables, as fed by ``shard``'s log."""
+        return Generation(self.view, self.rebuild, shard)
 
     def physical(self, table: str) -> str:
         return f"ctxl_{table}" + ("__rebuild" if self.rebuild else "")
@@ -175,6 +187,9 @@ class View(ABC):
 
     name: ClassVar[str]
     tables: ClassVar[tuple[Table, ...]]
+    replay_by_position: ClassVar[bool] = False
+    """Whether ``differences`` wants the replay in order of position (else in
+    log order: on a sharded ledger the two differ, see ``_shard_replay``)."""
 
     def names(self, dialect: Dialect, generation: Generation) -> Names:
         return {t.name: dialect.table(generation.physical(t.name)) for t in self.tables}

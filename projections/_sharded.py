@@ -1,0 +1,330 @@
+"""``ShardedProjections``: the views of a ledger whose users live on several shards.
+
+``Projections.open(url)`` returns one when the PostgreSQL database at ``url``
+holds a shard directory (``ledger._sharded``). The views' tables stay in that
+database (shard 0) and every shard's log feeds them, each view keeping one
+tracking position per shard (``projections._shard_work``); queries are unchanged.
+What takes or gives a position takes or gives one per shard: ``heads()`` and
+``wait()`` a mapping shard -> position, ``status()`` a row per view and shard.
+
+A shard that cannot be reached stops only the work on its log: ``catch_up``
+brings the other shards' parts up to date and then raises its failure, and
+``follow`` goes on with the others, reports the failure and tries that shard
+again (after a pause that doubles up to 30 s) until it catches up by itself.
+"""
+
+import threading
+import time
+from collections import Counter
+from collections.abc import Mapping, Sequence
+
+from ledger import _metrics as metrics
+from ledger.errors import LedgerError, StorageUnavailable
+from ledger.log_source import LogSource, Where
+from projections._api import (
+    DEFAULT_POLL_SECONDS,
+    FIGURES_SECONDS,
+    FIRST_RETRY_SECONDS,
+    LONGEST_RETRY_SECONDS,
+    VIEW_NAMES,
+    OnFailure,
+    Projections,
+    by_shard,
+    log_failure,
+)
+from projections._applying import OnBatch
+from projections._errors import PositionsPerShard, ViewNotBuilt
+from projections._models import ShardViewStatus, ViewStatus
+from projections._shard_rebuild import rebuild_over_shards
+from projections._shard_replay import ShardReplay
+from projections._shard_set import ShardSet
+from projections._shard_work import ShardWorkers
+from projections._store import ViewStore
+from projections._view import Generation, View
+
+
+def sharded_views(
+    where: Where,
+    urls: dict[int, str],
+    source: LogSource,
+    *,
+    batch_size: int,
+    create: bool,
+    master_key: bytes | str | None,
+) -> "ShardedProjections":
+    """The views of the sharded ledger whose shard 0 is ``source``."""
+    shards = ShardSet(where, urls, source, master_key)
+    made = ShardedProjections._beside(source, batch_size, create, shards=shards)
+    if not isinstance(made, ShardedProjections):  # _beside makes its own class
+        raise TypeError(made)
+    return made
+
+
+class ShardedProjections(Projections):
+    """The views of a sharded ledger (see the module's docstring)."""
+
+    def __init__(
+        self,
+        source: LogSource,
+        store: ViewStore,
+        batch_size: int,
+        built: Sequence[str] = VIEW_NAMES,
+        *,
+        shards: ShardSet,
+    ) -> None:
+        self._shards = shards
+        self._work = ShardWorkers(shards, store, batch_size)
+        super().__init__(source, self._work.store, batch_size, built)
+        self._retries: dict[int, tuple[float, float]] = {}
+        """Shards whose last try failed: (when to try again, the pause after)."""
+
+    def _shard_ids(self) -> list[int]:
+        return self._shards.ids()
+
+    def _before_close(self) -> None:
+        self._shards.close()
+
+    # Processing.
+
+    def catch_up(
+        self, names: Sequence[str] | None = None, *, on_batch: OnBatch | None = None
+    ) -> dict[str, int]:
+        """Applies every event stored now on every shard; how many each view
+        applied. A shard that fails does not stop the others: its failure is
+        raised after them, with a note of what they did."""
+        targets = self._live(names)
+        self._shards.refresh(now=True)
+        applied: Counter[str] = Counter()
+        failures: list[tuple[int, LedgerError]] = []
+        for shard in self._shards.ids():
+            try:
+                applied += self._work.advance(shard, targets, on_batch)[0]
+            except LedgerError as error:
+                failures.append((shard, error))
+                if isinstance(error, StorageUnavailable):
+                    self._shards.lost(shard)
+        if metrics.enabled():
+            self._record_figures()
+        if failures:
+            raise _noted(failures, len(self._shards.ids()))
+        return {name: applied[name] for name in self._selected(names)}
+
+    def follow(
+        self,
+        stop: threading.Event,
+        names: Sequence[str] | None = None,
+        *,
+        poll_seconds: float = DEFAULT_POLL_SECONDS,
+        on_batch: OnBatch | None = None,
+        on_failure: OnFailure | None = None,
+    ) -> dict[str, int]:
+        """``Projections.follow`` over every shard; a failure of one shard is
+        reported (``on_failure``) and that shard alone is tried again after a
+        pause. Returns each view's position on each shard as of its last batch,
+        by ``view`` (shard 0) and ``view@shardN``."""
+        targets = self._live(names)
+        report = on_failure or log_failure
+        reached: dict[str, int] = {}
+        figures_due = 0.0
+        while not stop.is_set():
+            for shard in self._due_shards(report):
+                if stop.is_set():
+                    break
+                try:
+                    _, at = self._work.advance(shard, targets, on_batch, stop)
+                except StorageUnavailable as failure:
+                    report(failure, self._failed(shard))
+                    continue
+                self._retries.pop(shard, None)
+                suffix = f"@shard{shard}" if shard else ""
+                reached.update({f"{name}{suffix}": p for name, p in at.items()})
+            if metrics.enabled() and time.monotonic() >= figures_due:
+                self._record_figures()
+                figures_due = time.monotonic() + FIGURES_SECONDS
+            stop.wait(poll_seconds)
+        return reached
+
+    def _due_shards(self, report: OnFailure) -> list[int]:
+        """The shards to work on now: all but those waiting to be tried again."""
+        try:
+            self._shards.refresh()
+        except StorageUnavailable as failure:  # the directory's database: shard 0
+            report(failure, self._failed(0))
+        now = time.monotonic()
+        return [
+            shard
+            for shard in self._shards.ids()
+            if self._retries.get(shard, (0.0, 0.0))[0] <= now
+        ]
+
+    def _failed(self, shard: int) -> float:
+        """Notes a failure of ``shard``: the pause before it is tried again."""
+        pause = self._retries.get(shard, (0.0, FIRST_RETRY_SECONDS))[1]
+        self._retries[shard] = (
+            time.monotonic() + pause,
+            min(pause * 2, LONGEST_RETRY_SECONDS),
+        )
+        self._shards.lost(shard)
+        return pause
+
+    def _rebuilt(self, views: list[View], on_batch: OnBatch | None) -> Counter[str]:
+        """Every shard's log read by a process of its own; one swap at the end."""
+        self._shards.refresh(now=True)
+        return rebuild_over_shards(self._work, views, on_batch)
+
+    def wait(
+        self, position: int | str | Mapping[int, int], timeout: float = 10.0
+    ) -> None:
+        """Blocks until every view has applied, on each shard, the position given
+        for it: a mapping shard -> position (``heads()``) or a change feed's
+        position text; TimeoutError if not within ``timeout``. A plain int is
+        refused (PositionsPerShard): it does not say which shard."""
+        if isinstance(position, int):
+            raise PositionsPerShard("wait(position)")
+        deadline = time.monotonic() + timeout
+        for view in self.views.values():
+            self._names(view)
+            for shard, at in sorted(by_shard(position).items()):
+                if at > 0:
+                    key = Generation(view.name, rebuild=False, shard=shard).key
+                    left = max(deadline - time.monotonic(), 0.0)
+                    self._store.recorder.wait(key, at, timeout=left)
+
+    # State of the processing.
+
+    def head(self) -> int:
+        """Refused: each shard has a head of its own (``heads()``)."""
+        raise PositionsPerShard("head()")
+
+    def heads(self) -> dict[int, int]:
+        """Each shard's head position, by shard id (StorageUnavailable naming a
+        shard that cannot be reached)."""
+        return {shard: self._head_of(shard) for shard in self._shards.ids()}
+
+    def status(self) -> list[ViewStatus]:
+        """A row per view and shard: the view's position on that shard's log, the
+        shard's head and how many events are stored after the position. A shard
+        that cannot be reached shows ``reachable=False`` (its head and lag as
+        last known to the view: its position and 0)."""
+        shards = self._shards.ids()
+        heads = {shard: self._reachable_head(shard) for shard in shards}
+        with self._store.reading() as tx:
+            positions = {
+                (name, shard): self._store.position(
+                    tx, Generation(name, False, shard).key
+                )
+                if name in self._built
+                else 0
+                for name in self.views
+                for shard in shards
+            }
+        return [
+            self._row(name, shard, position, heads[shard])
+            for (name, shard), position in positions.items()
+        ]
+
+    def _row(
+        self, name: str, shard: int, position: int, head: int | None
+    ) -> ShardViewStatus:
+        if head is None:
+            return ShardViewStatus(
+                view=name,
+                shard=shard,
+                position=position,
+                head=position,
+                lag=0,
+                reachable=False,
+            )
+        lag = 0
+        if position < head:
+            with self._shards.failures(shard):
+                lag = self._shards.source(shard).count_after(position)
+        return ShardViewStatus(
+            view=name, shard=shard, position=position, head=head, lag=lag
+        )
+
+    def _head_of(self, shard: int) -> int:
+        with self._shards.failures(shard):
+            return self._shards.source(shard).head()
+
+    def _reachable_head(self, shard: int) -> int | None:
+        try:
+            return self._head_of(shard)
+        except StorageUnavailable:
+            self._shards.lost(shard)
+            return None
+
+    def _record_figures(self) -> None:
+        rows = [row for row in self.status() if isinstance(row, ShardViewStatus)]
+        metrics.record_views(summed(rows))
+        for shard in self._shards.ids():
+            metrics.record_shard_views(shard, [r for r in rows if r.shard == shard])
+
+    # Checking.
+
+    def verify(self, names: Sequence[str] | None = None) -> dict[str, list[str]]:
+        """Compares each view with a replay of every shard's log up to the view's
+        positions (each event once, as the views take it); the differences per
+        view. A view behind a shard's head is not equal to the ledger: its
+        first difference says how far behind."""
+        heads = self.heads()
+        found: dict[str, list[str]] = {}
+        for name in self._selected(names):
+            view = self.views[name]
+            if name not in self._built:
+                found[name] = [str(ViewNotBuilt(name, self._missing.get(name, ())))]
+                continue
+            with self._store.reading() as tx:
+                positions = {
+                    shard: self._store.position(tx, Generation(name, False, shard).key)
+                    for shard in heads
+                }
+                replay = ShardReplay(self._shards, positions, self._work.batch_size)
+                events = (
+                    replay.by_position()
+                    if view.replay_by_position
+                    else replay.in_log_order()
+                )
+                rows = view.differences(tx, self._names(view), events)
+            found[name] = [*self._behind_shards(positions, heads), *rows]
+        return found
+
+    def _behind_shards(
+        self, positions: dict[int, int], heads: dict[int, int]
+    ) -> list[str]:
+        found = []
+        for shard, head in heads.items():
+            if positions[shard] < head:
+                with self._shards.failures(shard):
+                    lag = self._shards.source(shard).count_after(positions[shard])
+                found.append(
+                    f"shard {shard}: behind its log by {lag} event(s): at position "
+                    f"{positions[shard]}, the head is {head}; run `ctxledger project`"
+                )
+        return found
+
+
+def summed(rows: list[ShardViewStatus]) -> list[ViewStatus]:
+    """Each view's figures summed over the shards (the metrics without labels)."""
+    totals: dict[str, list[int]] = {}
+    for row in rows:
+        total = totals.setdefault(row.view, [0, 0, 0])
+        total[0] += row.position
+        total[1] += row.head
+        total[2] += row.lag
+    return [
+        ViewStatus(view=name, position=p, head=h, lag=lag)
+        for name, (p, h, lag) in totals.items()
+    ]
+
+
+def _noted(failures: list[tuple[int, LedgerError]], shards: int) -> LedgerError:
+    first = failures[0][1]
+    first.add_note(
+        f"the views caught up on {shards - len(failures)} other shard(s); "
+        f"shard(s) {', '.join(str(s) for s, _ in failures)} failed: run it again "
+        "when they are back"
+    )
+    for _, other in failures[1:]:
+        first.add_note(str(other))
+    return first
