@@ -202,12 +202,14 @@ class AsyncContextLedger:
             self._turns[user_id] = (lock, calls - 1)
 
     def changes(
-        self, user_id: str | None = None, *, after: int | None = None
+        self, user_id: str | None = None, *, after: int | str | None = None
     ) -> AsyncChangeFeed:
         """``(position, event)`` of every event stored after ``after``, by any
         process, in log order, each once; only ``user_id``'s when given. With
         ``after=None`` it starts at the log's head when ``async with`` is entered
-        (or the iteration starts)."""
+        (or the iteration starts). On a sharded ledger the position is text, a
+        position per shard, and each shard's log is in order (see
+        ``ContextLedger.changes``)."""
         return AsyncChangeFeed(self, user_id, after)
 
     @property

@@ -1,17 +1,27 @@
 """``AsyncChangeFeed``: a ledger's change feed on the event loop."""
 
 import asyncio
+import functools
+from collections.abc import Callable
 from contextlib import suppress
 from types import TracebackType
 from typing import TYPE_CHECKING, Self
 
 from ledger._api import ContextLedger
-from ledger._store.feed import Change, ChangeFeed
+from ledger._domain.models import LedgerEvent
+from ledger._feed_positions import Position, single_position
+from ledger._sharded import ShardedLedger
+from ledger._sharded_feed import ShardedChangeFeed, open_sharded_feed
+from ledger._store.feed import ChangeFeed
 from ledger._store.feed_items import beyond
 from ledger.errors import LedgerClosed
 
 if TYPE_CHECKING:
     from ledger._aio import AsyncContextLedger
+
+AsyncChange = tuple[Position, LedgerEvent]
+"""``(position, event)``: an int position on one database, text on a sharded
+ledger (a position per shard)."""
 
 
 class AsyncChangeFeed:
@@ -22,15 +32,20 @@ class AsyncChangeFeed:
     position, or left more than FEED_BUFFER events untaken) reads the store by
     itself in the ledger's reader threads, never in the threads commands use.
     ``async with`` starts it (at the head, if ``after`` is None) and closes it;
-    ``async for`` starts it if need be."""
+    ``async for`` starts it if need be. On a sharded ledger it is a
+    ``ShardedChangeFeed`` on the loop the same way: its shards' heads are
+    awaited on the loop, and the moves it needs are read by the shards' links."""
 
     def __init__(
-        self, ledger: "AsyncContextLedger", user_id: str | None, after: int | None
+        self,
+        ledger: "AsyncContextLedger",
+        user_id: str | None,
+        after: Position | None,
     ) -> None:
         self._ledger = ledger
         self._user_id = user_id
         self._after = after
-        self._feed: ChangeFeed | None = None
+        self._feed: ChangeFeed | ShardedChangeFeed | None = None
         self._arrived: asyncio.Future[None] | None = None  # what a wait awaits
         self._reading: asyncio.Future[bool] | None = None
         self._taking = asyncio.Lock()
@@ -44,20 +59,48 @@ class AsyncChangeFeed:
 
     async def _start(self) -> None:
         ledger = await self._ledger.opened()
-        after = self._after
+        if isinstance(ledger, ShardedLedger):
+            self._feed = await self._start_sharded(ledger)
+        else:
+            self._feed = await self._start_single(ledger)
+
+    async def _start_single(self, ledger: ContextLedger) -> ChangeFeed:
+        after = None if self._after is None else single_position("after", self._after)
         if after is None:
             after = await _fresh_head(ledger)
         elif after > ledger._feeds.known_head():
             beyond(after, await _fresh_head(ledger))  # (then no I/O below)
+        feed = ledger.changes(self._user_id, after=after)  # no I/O: ``after`` is known
+        feed.set_waker(self._waker())
+        return feed
+
+    async def _start_sharded(self, ledger: ShardedLedger) -> ShardedChangeFeed:
+        """Opens the shards (in a reader thread: rarely any I/O), then awaits the
+        heads of the shards it starts at on the loop."""
+        opening = functools.partial(
+            open_sharded_feed, ledger, self._user_id, self._after
+        )
+        feed = await self._ledger.read(opening)
+        try:
+            feed.set_waker(self._waker())
+            feed.ask_heads()
+            while not feed.started:
+                arrived = self._arrived_future()  # a wake from here on ends the wait
+                if not feed.started:
+                    await arrived
+        except BaseException:
+            feed.close()
+            raise
+        return feed
+
+    def _waker(self) -> Callable[[], None]:
         loop = asyncio.get_running_loop()
 
         def wake() -> None:
             with suppress(RuntimeError):  # the loop is closed: nobody waits
                 loop.call_soon_threadsafe(self._woken)
 
-        feed = ledger.changes(self._user_id, after=after)  # no I/O: ``after`` is known
-        feed.set_waker(wake)
-        self._feed = feed
+        return wake
 
     def _woken(self) -> None:
         arrived = self._arrived
@@ -70,7 +113,7 @@ class AsyncChangeFeed:
         return self._arrived
 
     @property
-    def position(self) -> int | None:
+    def position(self) -> Position | None:
         """The position through which the feed has read the log, taken or not
         (None before it starts); resume from the last event taken instead."""
         return None if self._feed is None else self._feed.position
@@ -78,11 +121,11 @@ class AsyncChangeFeed:
     def __aiter__(self) -> Self:
         return self
 
-    async def __anext__(self) -> Change:
+    async def __anext__(self) -> AsyncChange:
         async with self._taking:  # one taker at a time, in the order they came
             return await self._next()
 
-    async def _next(self) -> Change:
+    async def _next(self) -> AsyncChange:
         try:
             await self.start()
         except LedgerClosed:

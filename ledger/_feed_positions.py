@@ -16,6 +16,7 @@ the ledger had shards: it is shard 0's).
 import re
 from collections.abc import Iterable, Mapping
 
+from ledger._domain import validation
 from ledger.errors import InvalidContextInput
 
 Position = int | str
@@ -31,15 +32,9 @@ _FIX = "pass the position of the last event a feed of this ledger gave, or None"
 
 def single_position(field: str, value: object) -> int:
     """A position of one database's log: an int of 0 or more, or its digits."""
-    if isinstance(value, int) and not isinstance(value, bool):
-        plain = int.__index__(value)
-        if plain >= 0:
-            return plain
     if isinstance(value, str) and _DIGITS.fullmatch(value):
         return int(value)
-    raise InvalidContextInput(
-        field, value, "is not a position of this ledger's log (0 or more)", _FIX
-    )
+    return validation.log_position(field, value)
 
 
 def sharded_position(field: str, value: object) -> dict[int, int | None]:

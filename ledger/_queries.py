@@ -15,6 +15,7 @@ from ledger._audit.history import History
 from ledger._audit.verification import ChainVerifier
 from ledger._domain import validation
 from ledger._domain.models import Context, LedgerEvent
+from ledger._feed_positions import single_position
 from ledger._results import detached
 from ledger._store.application import LedgerApplication
 from ledger._store.failures import StorageClient
@@ -117,7 +118,7 @@ class LedgerQueries(StorageClient):
         return ChainVerifier(self._app).head()
 
     def changes(
-        self, user_id: str | None = None, *, after: int | None = None
+        self, user_id: str | None = None, *, after: int | str | None = None
     ) -> ChangeFeed:
         """Every event stored after position ``after`` (the log's head now when
         None), by any process, in log order, each once, as ``(position, event)``;
@@ -128,10 +129,11 @@ class LedgerQueries(StorageClient):
         feed costs memory, not queries. With ``after`` given, the head is read
         only if ``after`` lies beyond the head this ledger last read: a start
         beyond the log's head is refused (InvalidContextInput), since this
-        ledger never gave that position.
+        ledger never gave that position. ``after`` may be given as its digits
+        (a position that came back through a URL).
         """
         user = validation.optional_identifier("user_id", user_id)
-        start = None if after is None else validation.log_position("after", after)
+        start = None if after is None else single_position("after", after)
         return ChangeFeed(self._feeds, user, start)
 
     def export(

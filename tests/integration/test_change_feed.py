@@ -134,7 +134,7 @@ def test_close_ends_a_waiting_feed(ledger: ContextLedger) -> None:
     assert reader.changes == []
 
 
-@pytest.mark.parametrize("after", [-1, True, "0", 1.5])
+@pytest.mark.parametrize("after", [-1, True, "0:1", " 0", 1.5])
 def test_a_bad_position_or_user_is_refused(ledger: ContextLedger, after: Any) -> None:
     with pytest.raises(InvalidContextInput):
         ledger.changes(after=after)
