@@ -34,7 +34,9 @@ they were):
   routing (a cold cache costs one per user);
 - ``ctxledger_shard_view_position{shard, view}``, ``ctxledger_shard_view_head{shard}``
   and ``ctxledger_shard_view_lag_events{shard, view}``: each view on each shard's
-  log (set by ``record_shard_views``).
+  log, and ``ctxledger_shard_reachable{shard}`` (1 or 0) as the views last found
+  it (set by ``record_shard_views``). The views' figures without a shard are
+  then sums over the shards (head minus position is still the lag).
 """
 
 import functools
@@ -163,6 +165,11 @@ class _Figures:
             "Events stored on each shard after each view's position there.",
             ["shard", "view"],
         )
+        self.shard_reachable = client.Gauge(
+            "ctxledger_shard_reachable",
+            "1 if the views could read the shard's log when last asked, else 0.",
+            ["shard"],
+        )
 
 
 _FIGURES = None if prometheus_client is None else _Figures(prometheus_client)
@@ -284,7 +291,8 @@ def count_feed_behind() -> None:
 
 
 def record_views(statuses: Iterable[ViewFigures]) -> None:
-    """Sets the views' gauges from ``Projections.status()``."""
+    """Sets the views' gauges from ``Projections.status()`` (a sharded ledger's:
+    summed over its shards)."""
     if _FIGURES is None:
         return
     for status in statuses:
@@ -294,14 +302,18 @@ def record_views(statuses: Iterable[ViewFigures]) -> None:
 
 
 def record_shard_views(shard_id: int, statuses: Iterable[ViewFigures]) -> None:
-    """Sets the by-shard views' gauges from the statuses of one shard's log."""
+    """Sets the by-shard views' gauges from the statuses of one shard's log; a
+    status with ``reachable`` False keeps the shard's last figures."""
     if _FIGURES is None:
         return
     shard = str(shard_id)
     for status in statuses:
-        _FIGURES.shard_view_position.labels(shard, status.view).set(status.position)
-        _FIGURES.shard_view_lag.labels(shard, status.view).set(status.lag)
-        _FIGURES.shard_view_head.labels(shard).set(status.head)
+        reachable = bool(getattr(status, "reachable", True))
+        _FIGURES.shard_reachable.labels(shard).set(1 if reachable else 0)
+        if reachable:
+            _FIGURES.shard_view_position.labels(shard, status.view).set(status.position)
+            _FIGURES.shard_view_lag.labels(shard, status.view).set(status.lag)
+            _FIGURES.shard_view_head.labels(shard).set(status.head)
 
 
 def serve(port: int, host: str = DEFAULT_HOST) -> None:
