@@ -10,7 +10,8 @@ import pytest
 from ledger import ContextLedger
 from ledger._domain.contexts import user_aggregate_id
 from ledger._sharded import ShardedLedger
-from tests.helpers import cli_on, execute_sql
+from tests.helpers import cli_on
+from tests.shard_sql import shard_sql
 
 pytestmark = pytest.mark.postgres
 
@@ -29,7 +30,7 @@ def _listed(url: str) -> list[dict[str, Any]]:
 
 
 def _stored_events(url: str) -> int:
-    return int(execute_sql(url, "SELECT count(*) FROM {events}")[0][0])
+    return int(shard_sql(url, "SELECT count(*) FROM ctxledger_events")[0][0])
 
 
 def _output(done: subprocess.CompletedProcess[str]) -> str:
@@ -111,8 +112,10 @@ def test_move_puts_a_users_events_on_the_target_shard_only(
     assert "switch: " in done.stderr
     stream = user_aggregate_id(user)
     held = [
-        execute_sql(
-            url, "SELECT count(*) FROM {events} WHERE originator_id = {p}", (stream,)
+        shard_sql(
+            url,
+            "SELECT count(*) FROM ctxledger_events WHERE originator_id = %s",
+            (stream,),
         )[0][0]
         for url in shard_urls
     ]
@@ -169,7 +172,7 @@ def test_the_directory_stores_no_password(shard_urls: list[str]) -> None:
         assert added.returncode == 0, added.stderr
     _write(ledger, [f"user-{n}" for n in range(10)])
 
-    stored = execute_sql(
+    stored = shard_sql(
         shard_urls[0],
         "SELECT row_to_json(s)::text FROM ctxledger_shards s "
         "UNION ALL SELECT row_to_json(u)::text FROM ctxledger_shard_users u",

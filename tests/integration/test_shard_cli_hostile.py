@@ -7,14 +7,15 @@ import pytest
 
 from ledger import ContextLedger
 from ledger._sharded import ShardedLedger
-from tests.helpers import cli_on, execute_sql, one_line_error, table_names
+from tests.helpers import cli_on, one_line_error
+from tests.shard_sql import shard_sql, table_names
 
 pytestmark = pytest.mark.postgres
 
 
 def _directory(url: str) -> list[Any]:
     """The shards and assignments in the directory at ``url`` (raw SQL)."""
-    return execute_sql(
+    return shard_sql(
         url,
         "SELECT 'shard', shard_id, url, state FROM ctxledger_shards "
         "UNION ALL SELECT 'user', shard_id, stream_id::text, '' "
@@ -165,8 +166,8 @@ def test_moving_a_user_to_its_own_shard_is_refused(sharded_url: str) -> None:
     with ContextLedger.open(sharded_url) as ledger:
         assert isinstance(ledger, ShardedLedger)
         home = ledger.shard_of("alice")
-    shard_url = execute_sql(
-        sharded_url, "SELECT url FROM ctxledger_shards WHERE shard_id = {p}", (home,)
+    shard_url = shard_sql(
+        sharded_url, "SELECT url FROM ctxledger_shards WHERE shard_id = %s", (home,)
     )[0][0]
 
     done = cli_on("shards", "move", "alice", "--to", shard_url, url=sharded_url)

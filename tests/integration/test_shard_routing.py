@@ -13,13 +13,12 @@ from uuid import UUID, uuid4
 
 import psycopg
 import pytest
-from psycopg import sql
 
 from ledger import ContextLedger, LedgerError
 from ledger._domain.contexts import user_aggregate_id
 from ledger._shard_admin import add_shard, drain_shard
 from ledger._sharded import ShardedLedger
-from tests.helpers import dsn_and_schema, raw_connection
+from tests.shard_sql import shard_sql
 
 pytestmark = pytest.mark.postgres
 
@@ -44,13 +43,10 @@ with ContextLedger.open(url) as ledger:
 
 def _stored_streams(url: str) -> dict[UUID, int]:
     """Events per stream in the shard database at ``url`` (raw SQL)."""
-    _, schema = dsn_and_schema(url)
-    with raw_connection(url) as connection:
-        rows = connection.execute(
-            sql.SQL(
-                "SELECT originator_id, count(*) FROM {} GROUP BY originator_id"
-            ).format(sql.Identifier(schema, "ctxledger_events"))
-        ).fetchall()
+    rows = shard_sql(
+        url,
+        "SELECT originator_id, count(*) FROM ctxledger_events GROUP BY originator_id",
+    )
     return {UUID(str(stream)): int(count) for stream, count in rows}
 
 
