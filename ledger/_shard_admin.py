@@ -7,18 +7,24 @@ shard 0) and the shard's URL. A shard URL's password is never stored; see
 
 from dataclasses import dataclass
 
+import psycopg
+from psycopg import sql
+
 from ledger._api import ContextLedger
 from ledger._store.postgres import PostgresBackend
 from ledger._store.shard_directory import (
     DRAINING,
     OPEN,
+    Connections,
     Shard,
     ShardDirectory,
     stored_url,
 )
 from ledger._store.shard_guard import install_guard
 from ledger._store.urls import resolve_url, shown_url, storage_for
-from ledger.errors import LedgerConfigError
+from ledger.errors import LedgerConfigError, LedgerError
+
+UNREACHABLE = "unreachable"
 
 
 @dataclass(frozen=True)
@@ -66,27 +72,46 @@ def add_shard(url: str | None, shard_url: str) -> Shard:
 
 
 def list_shards(url: str | None) -> list[ShardFigures]:
-    """Every shard with its users, events and state."""
-    with ContextLedger.open(_postgres_url(url), create=False) as ledger:
-        from ledger._sharded import ShardedLedger  # noqa: PLC0415 - a cycle
+    """Every shard with its users, events and state (a database without a
+    directory is shard 0 alone, its users counted from its events)."""
+    from ledger._sharded import ShardedLedger  # noqa: PLC0415 - a cycle
 
+    ledger_url = _postgres_url(url)
+    with ContextLedger.open(ledger_url, create=False) as ledger:
         if not isinstance(ledger, ShardedLedger):
-            return [
-                ShardFigures(
-                    0, stored_url(_postgres_url(url)), OPEN, -1, ledger.chain_size()
-                )
-            ]
+            users, events = _stored(Connections(ledger.storage))
+            return [ShardFigures(0, stored_url(ledger_url), OPEN, users, events)]
         figures = []
         for shard in ledger.shards():
             try:
-                events: int | None = ledger.shard(shard.shard_id).chain_size()
-                state = shard.state
-            except Exception:  # noqa: BLE001
-                events, state = None, "unreachable"
-            figures.append(
-                ShardFigures(shard.shard_id, shard.url, state, shard.users, events)
-            )
+                _, events = _stored(ledger.connections(shard.shard_id))
+                figures.append(
+                    ShardFigures(
+                        shard.shard_id, shard.url, shard.state, shard.users, events
+                    )
+                )
+            except (LedgerError, psycopg.Error):
+                figures.append(
+                    ShardFigures(
+                        shard.shard_id, shard.url, UNREACHABLE, shard.users, None
+                    )
+                )
         return figures
+
+
+def _stored(connections: Connections) -> tuple[int, int]:
+    """The streams and events stored in a database."""
+    schema = connections.storage.settings["POSTGRES_SCHEMA"]
+    try:
+        with connections.connection() as connection:
+            row = connection.execute(
+                sql.SQL(
+                    "SELECT count(DISTINCT originator_id), count(*) FROM {}"
+                ).format(sql.Identifier(schema, PostgresBackend.events_table))
+            ).fetchone()
+    finally:
+        connections.close()
+    return (int(row[0]), int(row[1])) if row else (0, 0)
 
 
 def drain_shard(url: str | None, shard_url: str, *, reopen: bool = False) -> Shard:

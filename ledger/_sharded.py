@@ -31,6 +31,7 @@ from ledger._domain.contexts import user_aggregate_id
 from ledger._domain.models import Context, LedgerEvent
 from ledger._shard_moves import finish_departures, recover_move
 from ledger._sharded_feed import ShardedChangeFeed, sharded_changes
+from ledger._store.postgres_log import CONNECT_TIMEOUT_SETTING
 from ledger._store.shard_directory import (
     Connections,
     Shard,
@@ -343,21 +344,32 @@ class ShardedLedger(ContextLedger):
         self.directory.close()
 
 
+_POOL_OPTIONS = {
+    "pool_size": "POSTGRES_POOL_SIZE",
+    "max_overflow": "POSTGRES_MAX_OVERFLOW",
+    "pool_timeout": "POSTGRES_CONNECT_TIMEOUT",
+    "connect_timeout": CONNECT_TIMEOUT_SETTING,
+}
+
+
 def connect_url(stored: str, caller: Storage) -> str:
-    """A shard's URL to connect with: the caller's password when the shard has the
-    same user, host and port (else PGPASSWORD or a pgpass file supplies one)."""
+    """A shard's URL to connect with: the pool options of the caller's URL, and
+    the caller's password when the shard has the same user, host and port (else
+    PGPASSWORD or a pgpass file supplies one)."""
     shard = storage_for(stored).settings
     mine = caller.settings
+    pool = "".join(f"&{option}={mine[key]}" for option, key in _POOL_OPTIONS.items())
     same = all(
         shard[key] == mine[key]
         for key in ("POSTGRES_USER", "POSTGRES_HOST", "POSTGRES_PORT")
     )
     password = mine["POSTGRES_PASSWORD"]
     if not same or not password:
-        return stored
+        return stored + pool
     user = quote(shard["POSTGRES_USER"], safe="")
     prefix = f"postgresql://{user}@"
-    return stored.replace(prefix, f"postgresql://{user}:{quote(password, safe='')}@", 1)
+    with_password = f"postgresql://{user}:{quote(password, safe='')}@"
+    return stored.replace(prefix, with_password, 1) + pool
 
 
 def sharded_if_directory(

@@ -64,7 +64,8 @@ def shard_urls(postgres_dsn: str) -> Iterator[list[str]]:
     with psycopg.connect(postgres_dsn, autocommit=True) as connection:
         for name in names:
             connection.execute(f'CREATE DATABASE "{name}"')
-    yield [f"{base}/{name}?schema=ctxl" for name in names]
+    # Small pools: a sharded ledger holds one per shard, and the server is shared.
+    yield [f"{base}/{name}?schema=ctxl&pool_size=2" for name in names]
     with psycopg.connect(postgres_dsn, autocommit=True) as connection:
         for name in names:
             # FORCE ends only the connections to this test's own database.

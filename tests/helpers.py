@@ -227,8 +227,9 @@ HELD_WAIT_SECONDS = 60
 
 
 def dsn_and_schema(url: str) -> tuple[str, str]:
-    dsn, _, schema = url.partition("?schema=")
-    return dsn, schema
+    """The server's DSN and the schema of a test URL (``...?schema=NAME[&...]``)."""
+    dsn, _, options = url.partition("?schema=")
+    return dsn, options.partition("&")[0]
 
 
 @contextmanager

@@ -42,7 +42,7 @@ CACHE_SECONDS = 5.0
 """How long a process trusts an assignment it read (a move's writes are fenced by
 the source shard's guard, so this bounds only how stale a read can be)."""
 CACHE_ENTRIES = 100_000
-KEPT_CONNECTIONS = 4
+KEPT_CONNECTIONS = 2
 """Idle directory connections a process keeps for its next lookups."""
 
 _CREATE = (

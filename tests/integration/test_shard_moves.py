@@ -16,6 +16,7 @@ from ledger._domain.contexts import user_aggregate_id
 from ledger._shard_moves import finish_departures, move_user
 from ledger._sharded import ShardedLedger
 from ledger.errors import LedgerConfigError
+from tests.helpers import dsn_and_schema
 
 pytestmark = pytest.mark.postgres
 
@@ -28,7 +29,7 @@ def short_route_cache(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def stored_versions(url: str, user: str) -> list[int]:
-    dsn, _, schema = url.partition("?schema=")
+    dsn, schema = dsn_and_schema(url)
     with psycopg.connect(dsn) as connection:
         rows = connection.execute(
             psycopg.sql.SQL(
