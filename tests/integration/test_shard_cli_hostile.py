@@ -181,3 +181,14 @@ def test_moving_a_user_on_a_ledger_without_shards_is_refused(postgres_url: str) 
     done = cli_on("shards", "move", "alice", "--to", postgres_url, url=postgres_url)
 
     assert "has no shards" in one_line_error(done, "LedgerConfigError")
+
+
+@pytest.mark.parametrize("command", ["drain", "open"])
+def test_changing_a_shards_state_on_an_unreachable_ledger_is_storage_unavailable(
+    shard_urls: list[str], command: str
+) -> None:
+    unreachable = shard_urls[0].replace(":5432/", ":1/", 1)
+
+    done = cli_on("shards", command, shard_urls[1], url=unreachable)
+
+    one_line_error(done, "StorageUnavailable")
