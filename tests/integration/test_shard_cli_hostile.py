@@ -192,3 +192,14 @@ def test_changing_a_shards_state_on_an_unreachable_ledger_is_storage_unavailable
     done = cli_on("shards", command, shard_urls[1], url=unreachable)
 
     one_line_error(done, "StorageUnavailable")
+
+
+def test_control_characters_in_a_shard_url_are_shown_escaped(sharded_url: str) -> None:
+    hostile = sharded_url.replace("?schema=", "\x1b[2J\u202e?schema=", 1)
+
+    done = cli_on("shards", "drain", hostile, url=sharded_url)
+
+    said = one_line_error(done, "LedgerConfigError")
+    assert "\\u001b[2J\\u202e" in said
+    assert "\x1b" not in said
+    assert "\u202e" not in said
