@@ -122,23 +122,18 @@ def _step_done(step: str) -> None:
     render.note(f"{step}: {MOVE_STEPS.get(step, 'done')}")
 
 
-def _row(shard: ShardFigures) -> tuple[int, str, str, int | None, int | None]:
+def _row(shard: ShardFigures) -> tuple[int, str, str, int, int | None]:
     return (
         shard.shard_id,
         shown_url(shard.url),
         shard.state,
-        _users(shard),
+        shard.users,
         shard.events,
     )
 
 
 def _json_row(shard: ShardFigures) -> dict[str, object]:
-    return asdict(shard) | {"url": shown_url(shard.url), "users": _users(shard)}
-
-
-def _users(shard: ShardFigures) -> int | None:
-    """None where the directory does not count users (a ledger without shards)."""
-    return shard.users if shard.users >= 0 else None
+    return asdict(shard) | {"url": shown_url(shard.url)}
 
 
 def register(main: click.Group) -> None:
