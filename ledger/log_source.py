@@ -31,7 +31,7 @@ from ledger._store.shard_copies import (
     moves_around,
     taken_elsewhere,
 )
-from ledger._store.shard_directory import ShardDirectory
+from ledger._store.shard_directory import ShardDirectory, directory_table
 from ledger._store.urls import Storage, resolve_url, storage_for
 from ledger.errors import LedgerError
 
@@ -47,7 +47,6 @@ __all__ = [
     "StorageClient",
     "Where",
     "locate",
-    "shard_urls",
     "sharded_position",
     "storage_failures",
     "taken_elsewhere",
@@ -75,28 +74,6 @@ def locate(url: str | None) -> Where:
     """Where the ledger at ``url`` (else CTXLEDGER_URL, else the default) is."""
     resolved = resolve_url(url)
     return Where(resolved, storage_for(resolved))
-
-
-def shard_urls(where: Where) -> dict[int, str] | None:
-    """Each shard's URL to connect with, by shard id, when the PostgreSQL database
-    at ``where`` holds a shard directory (shard 0 is ``where.url`` itself); None
-    for any other ledger (one query on PostgreSQL, none on SQLite)."""
-    if where.storage.kind != "postgres":
-        return None
-    directory = ShardDirectory(where.storage, where.url)
-    try:
-        if not directory.exists():
-            return None
-        return {
-            shard.shard_id: (
-                where.url
-                if shard.shard_id == 0
-                else connect_url(shard.url, where.storage)
-            )
-            for shard in directory.shards()
-        }
-    finally:
-        directory.close()
 
 
 @dataclass(frozen=True)
@@ -217,6 +194,33 @@ class LogSource:
         """Whether the log is read on connections of its own (PostgreSQL's
         readers' pool), so a read overlaps a write instead of waiting for it."""
         return self._app.log_reader is not self._app.recorder
+
+    # Shards.
+
+    def shard_urls(self, url: str) -> dict[int, str] | None:
+        """Each shard's URL to connect with, by shard id, when this ledger's
+        PostgreSQL database (at ``url``) holds a shard directory (shard 0 is
+        ``url`` itself); None for any other ledger. One query on the ledger's own
+        pool for a ledger without shards, none on SQLite."""
+        if self.storage.kind != "postgres":
+            return None
+        with self._app.recorder.datastore.transaction(commit=False) as cursor:  # type: ignore[attr-defined]
+            cursor.execute(
+                "SELECT to_regclass(%s) IS NOT NULL AS found",
+                (directory_table(self.storage),),
+            )
+            row = cursor.fetchone()
+        if not (row and row["found"]):
+            return None
+        directory = ShardDirectory(self.storage, url)
+        try:
+            shards = directory.shards()
+        finally:
+            directory.close()
+        return {
+            s.shard_id: url if s.shard_id == 0 else connect_url(s.url, self.storage)
+            for s in shards
+        }
 
     # A shard's log: the copies a move made, and the streams that moved away.
 

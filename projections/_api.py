@@ -16,7 +16,6 @@ from ledger.log_source import (
     LogSource,
     StorageClient,
     locate,
-    shard_urls,
     sharded_position,
     storage_failures,
 )
@@ -110,7 +109,7 @@ class Projections(StorageClient):
         source = LogSource.open(where, create=create, master_key=master_key)
         try:
             with storage_failures(where.storage):
-                urls = shard_urls(where)
+                urls = source.shard_urls(where.url)
                 if urls is None:
                     return cls._beside(source, size, create)
                 from projections._sharded import sharded_views  # noqa: PLC0415
@@ -159,12 +158,13 @@ class Projections(StorageClient):
         with source.setup_lock():
             store = ViewStore.beside(source)
         projections = cls(source, store, batch_size, **extra)
-        for view in projections.views.values():
-            projections._processor.ensure_live(view, projections._shard_ids())
+        projections._set_up()
         return projections
 
-    def _shard_ids(self) -> list[int]:
-        return [0]
+    def _set_up(self) -> None:
+        """Creates the views' live tables (and upgrades those of a release before)."""
+        for view in self.views.values():
+            self._processor.ensure_live(view)
 
     # Processing.
 
@@ -327,8 +327,9 @@ class Projections(StorageClient):
         until: datetime | None = None,
         kind: EventKind | None = None,
     ) -> list[AuditRow]:
-        """Events in ledger order, by user, period (since inclusive, until
-        exclusive) and kind; each filter is optional."""
+        """Events in ledger order (on a sharded ledger: in order of time, then
+        position), by user, period (since inclusive, until exclusive) and kind;
+        each filter is optional."""
         start, end = validation.period(since, until)
         chosen = None if kind is None else validation.event_kind(kind)
         with self._store.reading() as tx:

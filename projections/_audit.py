@@ -42,6 +42,15 @@ class AuditView(View):
         ),
     )
 
+    order = "position"
+    """How ``query`` orders rows: by position (the ledger's order) on one
+    database; by time, then position, across shards (``by_time``)."""
+
+    def by_time(self) -> None:
+        """Rows are read in order of time: a sharded ledger has no order across
+        its logs, and a moved user's events stand in two of them."""
+        self.order = "occurred_at, position"
+
     def apply(self, tx: Tx, names: Names, events: Sequence[Positioned]) -> None:
         time_param = tx.dialect.time_param
         rows = [
@@ -88,7 +97,7 @@ class AuditView(View):
         until: datetime | None = None,
         kind: EventKind | None = None,
     ) -> list[AuditRow]:
-        """Rows in ledger order; ``since`` inclusive, ``until`` exclusive."""
+        """Rows in ``order``; ``since`` inclusive, ``until`` exclusive."""
         conditions: list[str] = []
         params: list[Any] = []
         for column, operator, value in (
@@ -101,7 +110,7 @@ class AuditView(View):
                 conditions.append(f"{column} {operator} ?")
                 params.append(value)
         where = f"WHERE {' AND '.join(conditions)}" if conditions else ""
-        text = f"SELECT {_SELECT} FROM {names['audit']} {where} ORDER BY position"
+        text = f"SELECT {_SELECT} FROM {names['audit']} {where} ORDER BY {self.order}"
         return _audit_rows(tx, tx.rows(text, params))
 
     def count(self, tx: Tx, names: Names) -> int:

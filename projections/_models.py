@@ -13,6 +13,9 @@ class AuditRow(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
     position: int
+    """The event's position in the ledger's log. On a sharded ledger: shard 0's
+    events keep theirs, another shard's are ``shard * 2**48 + position``, and an
+    event a move copied keeps the one it had where it was first read from."""
     user_id: str
     kind: EventKind
     context_id: str

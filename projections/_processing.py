@@ -12,7 +12,7 @@ and which of its events the view takes (an event a move copied is taken once).
 
 import threading
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager, nullcontext
 
 from ledger.log_source import Positioned
@@ -53,16 +53,25 @@ class Processor:
         self.batch_size = batch_size
         self.rule = rule
 
-    def ensure_live(self, view: View, shards: Sequence[int] = (0,)) -> None:
+    def ensure_live(
+        self,
+        view: View,
+        shards: Sequence[int] = (0,),
+        forget: Callable[[Tx, list[str]], None] | None = None,
+    ) -> None:
         """Creates the view's live tables if any is missing (from position 0 of
-        every one of ``shards``), or adds the columns that tables of an earlier
-        release lack."""
+        every one of ``shards``; ``forget`` drops what else is kept under their
+        tracking keys), or adds the columns that tables of an earlier release
+        lack."""
         live = Generation(view.name, rebuild=False)
         with self.store.writing(live.key) as tx:
             if not live_tables_exist(tx, view):
                 create_tables(tx, view, live)
-                for shard in shards:
-                    self.store.forget(tx, live.of_shard(shard).key)
+                keys = [live.of_shard(shard).key for shard in shards]
+                for key in keys:
+                    self.store.forget(tx, key)
+                if forget is not None:
+                    forget(tx, keys)
             else:
                 upgrade_tables(tx, view, live)
 

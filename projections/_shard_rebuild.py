@@ -19,6 +19,7 @@ from multiprocessing.queues import Queue
 from typing import Any
 
 from ledger.errors import LedgerError, StorageUnavailable
+from projections import _moved_reads as moved_reads
 from projections._active import ActiveContextsView
 from projections._applying import OnBatch, Target, Unappliable
 from projections._audit import AuditView
@@ -68,6 +69,7 @@ def _fresh_tables(work: ShardWorkers, target: Target, shards: list[int]) -> None
         create_tables(tx, target.view, target.generation, loading=True)
         for key in keys:
             work.store.forget(tx, key)
+        moved_reads.forget(tx, keys)
 
 
 def _in_processes(
@@ -205,11 +207,10 @@ def _swap_at(
                 )
             swap_in_rebuild(tx, target.view)
             for shard in heads:
-                work.store.move_tracking(
-                    tx,
-                    target.generation.of_shard(shard).key,
-                    Generation(target.view.name, False, shard).key,
-                )
+                rebuilt = target.generation.of_shard(shard).key
+                live_key = Generation(target.view.name, False, shard).key
+                work.store.move_tracking(tx, rebuilt, live_key)
+                moved_reads.move(tx, rebuilt, live_key)
     return applied
 
 

@@ -29,12 +29,14 @@ class ShardReplay:
         self.bounds = dict(bounds)
         self.size = size
         self._read: dict[int, int] = {}
+        self._read_moved: dict[tuple[int, UUID], int] = {}
+        """How far the replay read a stream on a shard it moved away from."""
         self._left_out: dict[int, set[int]] = {}
         self._copies: list[Positioned] = []
 
     def in_log_order(self) -> Iterator[Positioned]:
         """Shard after shard, each in log order (a user's events in order)."""
-        self._read, self._left_out, self._copies = {}, {}, []
+        self._read, self._read_moved, self._left_out, self._copies = {}, {}, {}, []
         for shard in self.shards.ids():
             yield from self._shard(shard)
             self._read[shard] = self.bounds.get(shard, 0)
@@ -50,17 +52,29 @@ class ShardReplay:
     def _shard(self, shard: int) -> Iterator[Positioned]:
         left_out = self._left_out.setdefault(shard, set())
         source = self.shards.source(shard)
+        before = 0
         for page in self._pages(shard):
             with self.shards.failures(shard):
                 moves = source.moves(page[0][0], page[-1][0])
-            judged = judge(shard, page, moves, lambda: self._read, self._copy_at)
-            for position, kept, event in judged:
+            for stream in moves.departed:  # as the views' workers keep it
+                self._read_moved.setdefault((shard, stream), before)
+            before = page[-1][0]
+            judged = judge(shard, page, moves, self._positions, self._copy_at)
+            for position, kept, event, stream in judged:
+                if stream in moves.departed:
+                    self._read_moved[shard, stream] = position
                 if kept is None or position in moves.copies:
                     left_out.add(position)  # by position: placed by where it began
                 if kept is not None:
                     if position in moves.copies:
                         self._copies.append((kept, event))
                     yield kept, event
+
+    def _positions(self, stream: UUID) -> dict[int, int]:
+        return {
+            shard: self._read_moved.get((shard, stream), self._read.get(shard, 0))
+            for shard in self.shards.ids()
+        }
 
     def _kept(self, shard: int) -> Iterator[Positioned]:
         left_out = self._left_out.get(shard, set())

@@ -24,7 +24,6 @@ from ledger.log_source import (
     Storage,
     Where,
     locate,
-    shard_urls,
     storage_failures,
 )
 from projections._shard_keys import ShardKeys
@@ -80,7 +79,7 @@ class ShardSet:
         if not now and time.monotonic() - self._refreshed < REFRESH_SECONDS:
             return
         with storage_failures(self.where.storage):
-            urls = shard_urls(self.where) or {0: self.where.url}
+            urls = self._sources[0].shard_urls(self.where.url) or {0: self.where.url}
         with self._lock:
             self._urls.update(urls)
             self._refreshed = time.monotonic()

@@ -21,6 +21,7 @@ from collections.abc import Mapping, Sequence
 from ledger import _metrics as metrics
 from ledger.errors import LedgerError, StorageUnavailable
 from ledger.log_source import LogSource, Where
+from projections import _moved_reads as moved_reads
 from projections._api import (
     DEFAULT_POLL_SECONDS,
     FIGURES_SECONDS,
@@ -75,11 +76,15 @@ class ShardedProjections(Projections):
         self._shards = shards
         self._work = ShardWorkers(shards, store, batch_size)
         super().__init__(source, self._work.store, batch_size, built)
+        self._audit.by_time()
         self._retries: dict[int, tuple[float, float]] = {}
         """Shards whose last try failed: (when to try again, the pause after)."""
 
-    def _shard_ids(self) -> list[int]:
-        return self._shards.ids()
+    def _set_up(self) -> None:
+        with self._shards.failures(0), self._store.writing() as tx:
+            moved_reads.create_table(tx)
+        for view in self.views.values():
+            self._processor.ensure_live(view, self._shards.ids(), moved_reads.forget)
 
     def _before_close(self) -> None:
         self._shards.close()

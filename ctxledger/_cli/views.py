@@ -18,7 +18,7 @@ from ctxledger._cli.render import Column, utc_time
 from ledger import EVENT_KINDS, StorageUnavailable
 from ledger import _metrics as metrics
 from ledger._store.urls import shown_url
-from projections import VIEW_NAMES, Projections
+from projections import VIEW_NAMES, Projections, ShardViewStatus, ViewStatus
 from projections._api import DEFAULT_BATCH_SIZE
 from projections._models import AuditRow
 
@@ -32,6 +32,13 @@ BATCH_OPTION = click.option(
 AUDIT_FIELDS = tuple(AuditRow.model_fields)
 STATUS_COLUMNS = (
     Column("view"),
+    Column("position", "number"),
+    Column("head position", "number"),
+    Column("events behind", "number"),
+)
+SHARD_STATUS_COLUMNS = (
+    Column("view"),
+    Column("shard", "number"),
     Column("position", "number"),
     Column("head position", "number"),
     Column("events behind", "number"),
@@ -104,10 +111,7 @@ def project(
             render.note(f"following {shown_url(url)}; Ctrl-C or SIGTERM stops")
             reached = views.follow(stop, on_failure=_report_failure)
         # Not read again: the database may be the reason it was stopped.
-        if reached:
-            render.line(f"stopped at position {min(reached.values())}")
-        else:
-            render.line("stopped before the views could be read")
+        render.line(_stopped_line(reached))
 
 
 @click.command()
@@ -119,7 +123,7 @@ def rebuild(url: str, names: tuple[str, ...], batch_size: int) -> None:
     """Rebuild views from the first event (all when none named), then swap them in."""
     with (
         Projections.open(url, batch_size=batch_size) as views,
-        render.progress("rebuilding", views.head()) as advance,
+        render.progress("rebuilding", sum(views.heads().values())) as advance,
     ):
         applied = views.rebuild(list(names), on_batch=advance)
     for name, count in applied.items():
@@ -138,9 +142,20 @@ def status(url: str, as_json: bool) -> None:
     if as_json:
         render.print_json([row.model_dump() for row in rows])
         return
+    by_shard = [row for row in rows if isinstance(row, ShardViewStatus)]
+    if by_shard:
+        render.print_table(SHARD_STATUS_COLUMNS, map(_shard_status_row, by_shard))
+        return
     render.print_table(
         STATUS_COLUMNS, ((row.view, row.position, row.head, row.lag) for row in rows)
     )
+
+
+def _shard_status_row(row: ShardViewStatus) -> tuple[render.Value, ...]:
+    """A view on a shard's log; an unreachable shard shows no head, and says so."""
+    if not row.reachable:
+        return row.view, row.shard, row.position, None, "shard unreachable"
+    return row.view, row.shard, row.position, row.head, row.lag
 
 
 @click.command()
@@ -306,20 +321,54 @@ def verify(url: str, chain: bool, user_id: str | None, as_json: bool) -> None:
 
 
 def caught_up(views: Projections, label: str) -> dict[str, int]:
-    """Catches up every view, with a progress bar over the positions to apply."""
-    behind = max((s.head - s.position for s in views.status()), default=0)
-    with render.progress(label, behind) as advance:
+    """Catches up every view, with a progress bar over the positions to apply
+    (on each shard's log, the farthest any view is behind)."""
+    behind: dict[int, int] = {}
+    for row in views.status():
+        shard = _shard_of(row)
+        behind[shard] = max(behind.get(shard, 0), row.head - row.position)
+    with render.progress(label, sum(behind.values())) as advance:
         return views.catch_up(on_batch=advance)
 
 
 def _warn_if_behind(views: Projections, name: str) -> None:
     """A view read while behind the ledger misses its newest events: say so."""
-    for row in views.status():
-        if row.view == name and row.lag:
-            render.note(
-                f"the {name} view is {row.lag} event(s) behind the ledger: "
-                "run `ctxledger project` to bring it up to date"
-            )
+    rows = [row for row in views.status() if row.view == name]
+    lag = sum(row.lag for row in rows)
+    if lag:
+        render.note(
+            f"the {name} view is {lag} event(s) behind the ledger: "
+            "run `ctxledger project` to bring it up to date"
+        )
+    unreachable = [_shard_of(row) for row in rows if not _reachable(row)]
+    if unreachable:
+        render.note(
+            f"the {name} view could not be compared with shard(s) "
+            f"{', '.join(map(str, unreachable))}: unreachable, it may be behind them"
+        )
+
+
+def _shard_of(row: ViewStatus) -> int:
+    return row.shard if isinstance(row, ShardViewStatus) else 0
+
+
+def _reachable(row: ViewStatus) -> bool:
+    return row.reachable if isinstance(row, ShardViewStatus) else True
+
+
+def _stopped_line(reached: dict[str, int]) -> str:
+    """Where ``follow`` stopped: a position (one database) or one per shard
+    (keys ``view@shardN``), each the lowest of the views'."""
+    if not reached:
+        return "stopped before the views could be read"
+    by_shard: dict[int, int] = {}
+    for key, position in reached.items():
+        shard = int(key.partition("@shard")[2] or 0)
+        by_shard[shard] = min(by_shard.get(shard, position), position)
+    if list(by_shard) == [0]:
+        return f"stopped at position {by_shard[0]}"
+    shown = ", ".join(f"shard {s}: {p}" for s, p in sorted(by_shard.items()))
+    return f"stopped at positions {shown}"
 
 
 def _report_failure(failure: StorageUnavailable, pause: float) -> None:

@@ -88,9 +88,7 @@ def test_each_view_keeps_a_position_per_shard(
     assert all(isinstance(row, ShardViewStatus) for row in rows)
     heads = views.heads()
     assert sorted(heads) == [0, 1, 2]
-    assert {
-        (row.view, row.shard): (row.position, row.lag) for row in rows
-    } == {
+    assert {(row.view, row.shard): (row.position, row.lag) for row in rows} == {
         (view, shard): (heads[shard], 0)
         for view in ("active", "audit", "continuity")
         for shard in heads
