@@ -223,8 +223,8 @@ class ShardedChangeFeed(Iterator[ShardedChange]):
         with self._signal:
             parts = [(s, slot.part) for s, slot in self._parts.slots.items()]
         for shard, part in parts:
-            if part is None:
-                continue
+            if part is None or self._failing(shard):
+                continue  # take() tells a failure without waiting for it again
             try:
                 polled = part.poll()
             except StorageUnavailable as error:
@@ -233,6 +233,14 @@ class ShardedChangeFeed(Iterator[ShardedChange]):
                 continue
             with self._signal:
                 self._parts.slots[shard].held.extend(polled)
+
+    def _failing(self, shard: int) -> bool:
+        """Whether the shard's last read failed (its hub's, or its link's)."""
+        hub = self._source.link(shard).hub()
+        try:
+            return hub is None or hub.last_head() < -1
+        except LedgerError:
+            return True
 
     def _judging(self) -> bool:
         """Whether events wait for the moves around them (and their shard's link
