@@ -59,11 +59,14 @@ class ViewsResult:
     rebuild_rss_mb_at_end: float
 
 
-def write_events(url: str, events: int, seed: int, *, snapshots: bool = False) -> int:
+def write_events(
+    url: str, events: int, seed: int, *, snapshots: bool = False, prefix: str = "user"
+) -> int:
     """Appends about ``events`` events of a simulated chat; returns how many.
 
     With ``snapshots``, each user's snapshots are stored as the ledger stores them
-    (when a save crosses a multiple of SNAPSHOT_INTERVAL)."""
+    (when a save crosses a multiple of SNAPSHOT_INTERVAL). User ids start with
+    ``prefix`` (shards of one ledger need users of their own)."""
     rng = random.Random(seed)
     application = open_application(storage_for(url))
     users: dict[str, UserContexts] = {}
@@ -72,7 +75,7 @@ def write_events(url: str, events: int, seed: int, *, snapshots: bool = False) -
     pending: list[Any] = []
     taken: list[Any] = []
     while written + len(pending) < events:
-        user = f"user-{int(rng.paretovariate(1.1)) % 20_000:05d}"
+        user = f"{prefix}-{int(rng.paretovariate(1.1)) % 20_000:05d}"
         aggregate = users.get(user) or users.setdefault(
             user, UserContexts.start(user, now)
         )
