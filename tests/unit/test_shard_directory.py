@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 
 from ledger import LedgerConfigError
 from ledger._sharded import connect_url
-from ledger._store.shard_directory import rendezvous, same_database, stored_url
+from ledger._store.shard_directory import rendezvous, stored_url
 from ledger._store.urls import storage_for
 
 SHARD_SETS = st.lists(st.integers(0, 63), min_size=1, max_size=12, unique=True)
@@ -100,10 +100,12 @@ def test_a_stored_shard_url_never_holds_the_password(password: str) -> None:
 
 
 @given(PASSWORDS, PASSWORDS)
-def test_two_urls_of_one_database_are_the_same_shard_whatever_their_passwords(
+def test_two_urls_of_one_database_are_stored_alike_whatever_their_passwords(
     first: str, second: str
 ) -> None:
-    assert same_database(_with_password(BASE, first), _with_password(BASE, second))
+    assert stored_url(_with_password(BASE, first)) == stored_url(
+        _with_password(BASE, second)
+    )
 
 
 @pytest.mark.parametrize(
@@ -115,8 +117,10 @@ def test_two_urls_of_one_database_are_the_same_shard_whatever_their_passwords(
         BASE.replace("alice@", "bob@"),
     ],
 )
-def test_another_schema_database_port_or_user_is_another_shard(other: str) -> None:
-    assert not same_database(BASE, other)
+def test_another_schema_database_port_or_user_is_stored_as_another_url(
+    other: str,
+) -> None:
+    assert stored_url(other) != stored_url(BASE)
 
 
 def test_a_stored_url_keeps_everything_needed_to_connect_but_the_password() -> None:
