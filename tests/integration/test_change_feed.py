@@ -27,6 +27,7 @@ from ledger import (
 from tests.helpers import CuttingProxy, appends_held, held_backend
 
 Change = tuple[int, LedgerEvent]
+AsyncChange = tuple[int | str, LedgerEvent]  # text on a sharded ledger
 
 
 def _write(url: str, prefix: str, count: int) -> None:
@@ -175,9 +176,9 @@ def test_a_feed_waits_for_an_event_that_commits_late(
 
 
 def test_the_async_feed_gives_a_users_events(durable_url: str) -> None:
-    async def scenario() -> list[Change]:
+    async def scenario() -> list[AsyncChange]:
         async with AsyncContextLedger.open(durable_url) as ledger:
-            seen: list[Change] = []
+            seen: list[AsyncChange] = []
 
             async def read() -> None:
                 async for change in ledger.changes("alice"):
@@ -227,12 +228,12 @@ def test_closing_the_ledger_ends_its_feeds(durable_url: str) -> None:
 def test_an_async_feed_whose_reads_are_cancelled_loses_nothing(
     durable_url: str,
 ) -> None:
-    async def scenario() -> list[int]:
+    async def scenario() -> list[int | str]:
         async with AsyncContextLedger.open(durable_url) as ledger:
             async with ledger.changes() as feed:
                 for n in range(60):
                     await ledger.open_context(f"user-{n % 9}", f"t{n}")
-                seen: list[int] = []
+                seen: list[int | str] = []
                 deadline = time.monotonic() + 30
                 while len(seen) < 60 and time.monotonic() < deadline:
                     try:  # a consumer that gives up on each wait very early
@@ -364,7 +365,7 @@ def test_a_closed_ledger_refuses_calls_with_ledger_closed(ledger_url: str) -> No
 def test_several_takers_of_one_async_feed_each_get_another_event(
     durable_url: str,
 ) -> None:
-    async def scenario() -> list[int]:
+    async def scenario() -> list[int | str]:
         async with (
             AsyncContextLedger.open(durable_url) as ledger,
             ledger.changes() as feed,

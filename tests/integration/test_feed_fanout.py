@@ -127,7 +127,7 @@ def test_a_feed_that_starts_behind_joins_the_shared_reader_once_level(
 def test_async_idle_feeds_wait_without_threads_and_the_writers_feed_gets_its_events(
     durable_url: str,
 ) -> None:
-    async def scenario() -> tuple[list[Change], int, int]:
+    async def scenario() -> tuple[list[tuple[int | str, LedgerEvent]], int, int]:
         async with AsyncContextLedger.open(durable_url, max_threads=2) as ledger:
             await asyncio.gather(  # the command threads exist from here on
                 ledger.open_context("warm-1", "t"), ledger.open_context("warm-2", "t")
