@@ -18,6 +18,7 @@ from ledger._store.shard_directory import (
     Connections,
     Shard,
     ShardDirectory,
+    identity_of,
     stored_url,
 )
 from ledger._store.shard_guard import install_guard
@@ -45,18 +46,19 @@ def add_shard(url: str | None, shard_url: str) -> Shard:
     the ledger at ``url`` (set up there first); the first one makes the directory."""
     ledger_url = _postgres_url(url)
     stored_url(shard_url)  # a PostgreSQL URL, or LedgerConfigError
-    if _same(ledger_url, shard_url):
+    ContextLedger.open(ledger_url).close()  # shard 0's tables exist
+    if identity_of(shard_url) == identity_of(ledger_url):
         raise LedgerConfigError(
             f"{shown_url(shard_url)} is the ledger's own database (shard 0); "
             "add another database"
         )
-    ContextLedger.open(ledger_url).close()  # shard 0's tables exist
     directory = ShardDirectory(storage_for(ledger_url), ledger_url)
     try:
-        for shard in directory.shards() if directory.exists() else []:
-            if _same(shard.url, shard_url):
+        identity = identity_of(shard_url)
+        for shard_id, known in directory.identities():
+            if known == identity:
                 raise LedgerConfigError(
-                    f"{shown_url(shard_url)} is already shard {shard.shard_id}; "
+                    f"{shown_url(shard_url)} is already shard {shard_id}; "
                     "ctxledger shards list shows every shard"
                 )
         with ContextLedger.open(shard_url) as shard_ledger:
@@ -66,7 +68,7 @@ def add_shard(url: str | None, shard_url: str) -> Shard:
                     "must be an empty database or schema"
                 )
         _guard(shard_url)
-        return directory.add(shard_url, PostgresBackend.events_table)
+        return directory.add(shard_url, PostgresBackend.events_table, identity)
     finally:
         directory.close()
 
@@ -123,7 +125,9 @@ def drain_shard(url: str | None, shard_url: str, *, reopen: bool = False) -> Sha
             raise LedgerConfigError(
                 "this ledger has no shards yet; add one with ctxledger shards add URL"
             )
-        return directory.set_state(shard_url, OPEN if reopen else DRAINING)
+        return directory.set_state(
+            directory.shard_named(shard_url), OPEN if reopen else DRAINING
+        )
     finally:
         directory.close()
 
@@ -141,10 +145,6 @@ def _guard(shard_url: str) -> None:
             )
     finally:
         directory.close()
-
-
-def _same(first: str, second: str) -> bool:
-    return stored_url(first) == stored_url(second)
 
 
 def _postgres_url(url: str | None) -> str:

@@ -37,11 +37,11 @@ from ledger._audit.chain import ChainReport
 from ledger._domain import validation
 from ledger._domain.contexts import user_aggregate_id
 from ledger._store.erasure_marks import ERASURES_TABLE
+from ledger._store.failures import storage_failures
 from ledger._store.keys import KEYS_TABLE
 from ledger._store.postgres import PostgresBackend
-from ledger._store.shard_directory import conninfo, same_database
+from ledger._store.shard_directory import conninfo
 from ledger._store.shard_guard import MOVED_IN_TABLE, MOVED_OUT_TABLE
-from ledger._store.urls import shown_url
 from ledger.errors import LedgerConfigError, LedgerCorrupted, LedgerError
 
 if TYPE_CHECKING:
@@ -188,7 +188,10 @@ class _Busy(Exception):
 @contextmanager
 def _move_lock(ledger: "ShardedLedger", stream: UUID, *, wait: bool) -> Iterator[None]:
     key = f"ctxledger move {stream}"
-    with psycopg.connect(**conninfo(ledger.storage), autocommit=True) as connection:
+    with (
+        storage_failures(ledger.storage),
+        psycopg.connect(**conninfo(ledger.storage), autocommit=True) as connection,
+    ):
         if wait:
             connection.execute("SELECT pg_advisory_lock(hashtext(%s))", (key,))
         else:
@@ -425,10 +428,4 @@ def _departed_with_events(
 
 
 def _shard_id(ledger: "ShardedLedger", to_url: str) -> int:
-    for shard in ledger.shards():
-        if same_database(shard.url, to_url):
-            return shard.shard_id
-    raise LedgerConfigError(
-        f"{shown_url(to_url)} is not a shard of this ledger; add it first "
-        "(ctxledger shards add URL) or pick one from ctxledger shards list"
-    )
+    return ledger.directory.shard_named(to_url)

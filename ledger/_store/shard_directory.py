@@ -31,12 +31,14 @@ from uuid import UUID
 import psycopg
 from psycopg import sql
 
+from ledger._store.failures import storage_failures
 from ledger._store.shard_guard import install_guard
 from ledger._store.urls import Storage, shown_url, storage_for
-from ledger.errors import LedgerConfigError
+from ledger.errors import LedgerConfigError, StorageUnavailable
 
 SHARDS_TABLE = "ctxledger_shards"
 USERS_TABLE = "ctxledger_shard_users"
+IDENTITY_TABLE = "ctxledger_identity"
 OPEN, DRAINING = "open", "draining"
 CACHE_SECONDS = 5.0
 """How long a process trusts an assignment it read (a move's writes are fenced by
@@ -50,6 +52,7 @@ _CREATE = (
     " shard_id integer PRIMARY KEY,"
     " url text NOT NULL UNIQUE,"
     " state text NOT NULL CHECK (state IN ('open', 'draining')),"
+    " identity uuid NOT NULL UNIQUE,"
     " added_at timestamptz NOT NULL DEFAULT now())",
     "CREATE TABLE IF NOT EXISTS {users} ("
     " stream_id uuid PRIMARY KEY,"
@@ -254,9 +257,10 @@ class ShardDirectory:
         for statement in _CREATE:
             connection.execute(sql.SQL(statement).format(**names))
 
-    def add(self, url: str, events_table: str) -> Shard:
-        """Registers another database (set up by the caller) as a new shard; the
-        first call makes the directory and assigns shard 0's users to it."""
+    def add(self, url: str, events_table: str, identity: UUID) -> Shard:
+        """Registers another database (set up by the caller; ``identity`` is its
+        ``database_identity``) as a new shard; the first call makes the directory
+        and assigns shard 0's users to it."""
         public = stored_url(url)
         with self.connection() as connection, connection.transaction():
             connection.execute(
@@ -269,7 +273,7 @@ class ShardDirectory:
                 self._make_shard_zero(connection, events_table)
                 shards = self._rows(connection)
             for shard_id, known in shards:
-                if same_database(known, public):
+                if known == identity:  # the same database, however it is named
                     raise LedgerConfigError(
                         f"{shown_url(url)} is already shard {shard_id}; "
                         "ctxledger shards list shows every shard"
@@ -277,9 +281,10 @@ class ShardDirectory:
             new_id = max(shard_id for shard_id, _ in shards) + 1
             connection.execute(
                 sql.SQL(
-                    "INSERT INTO {shards} (shard_id, url, state) VALUES (%s, %s, %s)"
+                    "INSERT INTO {shards} (shard_id, url, state, identity) "
+                    "VALUES (%s, %s, %s, %s)"
                 ).format(shards=self.table(SHARDS_TABLE)),
-                (new_id, public, OPEN),
+                (new_id, public, OPEN, identity),
             )
         self._open_shards = None
         return Shard(new_id, public, OPEN, 0)
@@ -289,9 +294,10 @@ class ShardDirectory:
     ) -> None:
         connection.execute(
             sql.SQL(
-                "INSERT INTO {shards} (shard_id, url, state) VALUES (0, %s, %s)"
+                "INSERT INTO {shards} (shard_id, url, state, identity) "
+                "VALUES (0, %s, %s, %s)"
             ).format(shards=self.table(SHARDS_TABLE)),
-            (stored_url(self.url), OPEN),
+            (stored_url(self.url), OPEN, database_identity(connection, self.schema)),
         )
         # The guard first: its trigger takes the events table's lock, so no
         # append runs between assigning shard 0's users and guarding its table.
@@ -304,29 +310,47 @@ class ShardDirectory:
             ).format(users=self.table(USERS_TABLE), events=self.table(events_table))
         )
 
-    def set_state(self, url: str, state: str) -> Shard:
+    def identities(self) -> list[tuple[int, UUID]]:
+        """Each shard's id and database identity; none before the first add."""
+        if not self.exists():
+            return []
+        with self.connection() as connection:
+            return self._rows(connection)
+
+    def shard_named(self, url: str) -> int:
+        """The id of the shard at ``url``: by its URL (so a shard that is down can
+        be named), else by its database identity (another host name or alias)."""
         public = stored_url(url)
+        for shard in self.shards():
+            if shard.url == public:
+                return shard.shard_id
+        not_a_shard = LedgerConfigError(
+            f"{shown_url(url)} is not a shard of this ledger; "
+            "ctxledger shards list shows them"
+        )
+        try:
+            identity = identity_of(url)
+        except StorageUnavailable as unreachable:  # no URL of the directory's
+            raise not_a_shard from unreachable
+        for shard_id, known in self.identities():
+            if known == identity:
+                return shard_id
+        raise not_a_shard
+
+    def set_state(self, shard_id: int, state: str) -> Shard:
         statement = sql.SQL(
             "UPDATE {shards} SET state = %s WHERE shard_id = %s"
         ).format(shards=self.table(SHARDS_TABLE))
         with self.connection() as connection:
-            for shard_id, known in self._rows(connection):
-                if same_database(known, public):
-                    connection.execute(statement, (state, shard_id))
-                    break
-            else:
-                raise LedgerConfigError(
-                    f"{shown_url(url)} is not a shard of this ledger; "
-                    "ctxledger shards list shows them"
-                )
+            connection.execute(statement, (state, shard_id))
         self._open_shards = None
         return next(s for s in self.shards() if s.shard_id == shard_id)
 
-    def _rows(self, connection: psycopg.Connection[Any]) -> list[tuple[int, str]]:
-        statement = sql.SQL("SELECT shard_id, url FROM {} ORDER BY shard_id").format(
-            self.table(SHARDS_TABLE)
-        )
-        return [(int(i), str(u)) for i, u in connection.execute(statement)]
+    def _rows(self, connection: psycopg.Connection[Any]) -> list[tuple[int, UUID]]:
+        statement = sql.SQL(
+            "SELECT shard_id, identity FROM {} ORDER BY shard_id"
+        ).format(self.table(SHARDS_TABLE))
+        return [(int(i), UUID(str(u))) for i, u in connection.execute(statement)]
 
 
 class Connections:
@@ -340,6 +364,12 @@ class Connections:
 
     @contextmanager
     def connection(self) -> Iterator[psycopg.Connection[Any]]:
+        """A connection; the database's failures inside become StorageUnavailable."""
+        with storage_failures(self.storage), self._connected() as connection:
+            yield connection
+
+    @contextmanager
+    def _connected(self) -> Iterator[psycopg.Connection[Any]]:
         with self._lock:
             connection = self._idle.pop() if self._idle else None
         if connection is None or connection.closed:
@@ -360,6 +390,42 @@ class Connections:
             idle, self._idle = self._idle, []
         for connection in idle:
             connection.close()
+
+
+def database_identity(connection: psycopg.Connection[Any], schema: str) -> UUID:
+    """A random id that a ledger's schema keeps for good (made on first use): two
+    URLs name one database and schema, by whatever host or alias, when their ids
+    agree."""
+    table = sql.Identifier(schema, IDENTITY_TABLE)
+    connection.execute(
+        sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(sql.Identifier(schema))
+    )
+    connection.execute(
+        sql.SQL(
+            "CREATE TABLE IF NOT EXISTS {} (only_row boolean PRIMARY KEY DEFAULT true "
+            "CHECK (only_row), id uuid NOT NULL)"
+        ).format(table)
+    )
+    connection.execute(
+        sql.SQL(
+            "INSERT INTO {} (id) VALUES (gen_random_uuid()) ON CONFLICT DO NOTHING"
+        ).format(table)
+    )
+    row = connection.execute(sql.SQL("SELECT id FROM {}").format(table)).fetchone()
+    if row is None:  # only a table emptied by hand between the two statements
+        raise LedgerConfigError(f"the table {IDENTITY_TABLE} lost its row; try again")
+    return UUID(str(row[0]))
+
+
+def identity_of(url: str) -> UUID:
+    """The database identity of the schema at ``url``."""
+    storage = storage_for(url)
+    connections = Connections(storage)
+    try:
+        with connections.connection() as connection:
+            return database_identity(connection, storage.settings["POSTGRES_SCHEMA"])
+    finally:
+        connections.close()
 
 
 def directory_table(storage: Storage) -> str:
@@ -395,11 +461,6 @@ def stored_url(url: str) -> str:
         f"{_quote(settings['POSTGRES_DBNAME'])}?schema={settings['POSTGRES_SCHEMA']}"
         + _socket_option(settings["POSTGRES_HOST"])
     )
-
-
-def same_database(first: str, second: str) -> bool:
-    """Whether two URLs name one schema of one database (passwords aside)."""
-    return stored_url(first) == stored_url(second)
 
 
 def _quote(text: str) -> str:
