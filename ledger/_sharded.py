@@ -23,6 +23,7 @@ from typing import Any, TypeVar
 from urllib.parse import quote
 from uuid import UUID
 
+from ledger import _metrics as metrics
 from ledger._api import ContextLedger
 from ledger._audit.chain import ChainReport
 from ledger._audit.export import ExportManifest
@@ -62,6 +63,7 @@ class ShardedLedger(ContextLedger):
         self.storage = shard_zero.storage
         self._opener = opener
         self._ledgers: dict[int, ContextLedger] = {0: shard_zero}
+        metrics.label_shard(shard_zero, 0)
         self._connections: dict[int, Connections] = {}
         self._urls: dict[int, str] = {}
         self._lock = threading.Lock()
@@ -100,6 +102,7 @@ class ShardedLedger(ContextLedger):
                 LookupError(f"the shard directory lists no shard {shard_id}"),
             )
         ledger = self._opener(url)
+        metrics.label_shard(ledger, shard_id)
         with self._lock:
             if shard_id in self._ledgers:  # another thread opened it meanwhile
                 ledger.close()

@@ -31,6 +31,7 @@ from uuid import UUID
 import psycopg
 from psycopg import sql
 
+from ledger import _metrics as metrics
 from ledger._store.failures import storage_failures
 from ledger._store.shard_guard import install_guard
 from ledger._store.urls import Storage, shown_url, storage_for
@@ -151,6 +152,7 @@ class ShardDirectory:
         with self.connection() as connection:
             row = connection.execute(statement, (stream,)).fetchone()
         self.reads += 1
+        metrics.count_directory_read()
         if row is None:
             return None
         assignment = Assignment(int(row[0]), None if row[1] is None else int(row[1]))
@@ -238,6 +240,7 @@ class ShardDirectory:
         with self.connection() as connection:
             ids = [int(row[0]) for row in connection.execute(statement)]
         self.reads += 1
+        metrics.count_directory_read()
         if not ids:
             raise LedgerConfigError(
                 "every shard is draining, so no shard takes new users; add one "
