@@ -1,17 +1,21 @@
 """The capacity model at 4, 16 and 64 shards, from the figures of one shard.
 
-Shards share nothing but two databases: shard 0 holds the directory (every
-process reads a user's row there on a cold cache, and writes it for a new user),
-and the views' database (shard 0's too) takes every shard's events. So, with each
-shard on a primary of its own and the writers on hosts of their own:
+Shards share nothing but shard 0's database: it holds the directory (a process
+reads a user's row there when its cache has none, and writes it for a new user)
+and the views' tables, which take every shard's events. So, with each shard on a
+primary of its own and the writers on hosts of their own:
 
-- the write rate is the shards' count times one shard's rate, as long as shard
-  0's server has the CPU for the directory's reads, and no user needs more than
-  the rate of one stream (a user's stream lives on one shard);
-- storage grows as the write rate times the bytes an event takes;
-- the views keep up while the events written per second stay below what the
-  views' database applies per second; their catch-up runs one worker a shard, so
-  it is bounded by the shards' workers and by that one database.
+- the write rate is the shards' count times one shard's rate, and storage that
+  rate times the bytes an event takes;
+- shard 0's server spends one directory read's CPU on each call that misses the
+  cache (every call, on a cold cache);
+- the views' database spends its CPU per event on every shard's events, to keep
+  up; to catch up, each shard's worker reads and applies at its own rate, all at
+  once, and the views' database needs the CPU for their sum;
+- no user goes faster than one stream: a user's stream lives on one shard.
+
+Each chat call appends one event (a message ``reused``, a reply ``updated``, a
+new user's first message ``created``).
 """
 
 from dataclasses import dataclass, field
@@ -33,6 +37,7 @@ class Measured:
     throughput: Throughput
     server_ms_per_call: float | None
     server_cores: list[float | None]
+    directory_reads: float
     floor_ops_per_s: float
     over_floor: float
 
@@ -52,22 +57,34 @@ class Row:
     write_rate: float
     storage_gb_a_day: float
     directory_cores_cold: float | None
-    """Shard 0's CPU for the directory if every call missed the cache."""
-    views_catch_up: float | None
-    """Events/s the views apply at most: the shards' workers or the views' database."""
+    """Shard 0's server CPU for the directory if every call missed the cache."""
+    views_cores_keep_up: float | None
+    """The views' database's server CPU to apply every shard's events live."""
+    views_cores_catch_up: float | None
+    """... to apply them as fast as every shard's worker reads them."""
 
 
 @dataclass
 class Capacity:
     per_shard_write_rate: float
-    """Calls/s of one shard here (8 writers and the server on the same 2 cores)."""
+    """Calls/s of one shard here (its writers and server on the same 2 cores)."""
     server_ms_per_call: float | None
-    directory_read_server_us: float | None
+    directory_read_us: float | None
+    """Shard 0's server CPU a directory read."""
     hot_user_rate: float | None
     bytes_per_event: int | None
-    rebuild_per_shard: float | None
-    views_database_events_per_core: float | None
+    worker_events_per_s: float | None
+    """One shard's rebuild worker, alone."""
+    views_server_ms_per_event: float | None
     rows: list[Row] = field(default_factory=list)
+
+    @property
+    def catch_up_minutes_an_hour(self) -> float | None:
+        """Minutes to catch up an hour behind, at the workers' rate."""
+        rate, worker = self.per_shard_write_rate, self.worker_events_per_s
+        if worker is None or worker <= rate:
+            return None
+        return round(60 * rate / (worker - rate), 1)
 
 
 def model(
@@ -78,16 +95,16 @@ def model(
     rebuild: Rebuild | None,
 ) -> Capacity:
     """The model from one shard's figures (a sharded ledger on one shard)."""
-    first = rebuild.rows[0] if rebuild and rebuild.rows else None
-    views_ms = first.views_server_ms_per_event if first else None
+    rows = rebuild.rows if rebuild else []
     capacity = Capacity(
         per_shard_write_rate=one_shard.throughput.ops_per_s,
         server_ms_per_call=one_shard.server_ms_per_call,
-        directory_read_server_us=directory_read_us,
+        directory_read_us=directory_read_us,
         hot_user_rate=hot_user.ops_per_s if hot_user else None,
         bytes_per_event=storage.bytes_per_event if storage else None,
-        rebuild_per_shard=first.per_shard_events_per_s if first else None,
-        views_database_events_per_core=round(1000 / views_ms) if views_ms else None,
+        worker_events_per_s=rows[0].per_shard_events_per_s if rows else None,
+        # The widest rebuild: the views' database taking the most shards.
+        views_server_ms_per_event=rows[-1].views_server_ms_per_event if rows else None,
     )
     capacity.rows = [_row(capacity, shards) for shards in SHARD_COUNTS]
     return capacity
@@ -95,42 +112,42 @@ def model(
 
 def _row(capacity: Capacity, shards: int) -> Row:
     rate = capacity.per_shard_write_rate * shards
-    read = capacity.directory_read_server_us
-    catch_up = None
-    if capacity.rebuild_per_shard and capacity.views_database_events_per_core:
-        catch_up = min(
-            capacity.rebuild_per_shard * shards,
-            capacity.views_database_events_per_core,
-        )
+    read, views = capacity.directory_read_us, capacity.views_server_ms_per_event
+    worker = capacity.worker_events_per_s
     return Row(
         shards=shards,
         write_rate=round(rate),
         storage_gb_a_day=round(
             rate * SECONDS_A_DAY * (capacity.bytes_per_event or 0) / 1e9, 1
         ),
-        directory_cores_cold=None if read is None else round(rate * read / 1e6, 2),
-        views_catch_up=catch_up,
+        directory_cores_cold=_cores(rate, read, 1e6),
+        views_cores_keep_up=_cores(rate, views, 1e3),
+        views_cores_catch_up=_cores(worker * shards if worker else None, views, 1e3),
     )
+
+
+def _cores(rate: float | None, cost: float | None, per_second: float) -> float | None:
+    return None if rate is None or cost is None else round(rate * cost / per_second, 2)
 
 
 def render_capacity(capacity: Capacity, console: Console) -> None:
     table = Table(
         "shards",
-        "write rate (calls/s)",
+        "write rate, calls/s",
         "storage a day",
-        "directory on a cold cache (shard 0 cores)",
-        "views catch-up bound (events/s; one core)",
-        title="capacity model: each shard on a primary like this run's",
+        "shard 0 cores: directory, cold cache",
+        "views' database cores: keep up",
+        "cores: catch up at the workers' rate",
+        title="capacity model: each shard on a primary like one shard of this run",
     )
     for row in capacity.rows:
         table.add_row(
             str(row.shards),
             f"{row.write_rate:,.0f}",
             f"{row.storage_gb_a_day:,.1f} GB",
-            "-"
-            if row.directory_cores_cold is None
-            else f"{row.directory_cores_cold:.2f}",
-            "-" if row.views_catch_up is None else f"{row.views_catch_up:,.0f}",
+            _figure(row.directory_cores_cold, ""),
+            _figure(row.views_cores_keep_up, ""),
+            _figure(row.views_cores_catch_up, ""),
         )
     console.print(table)
     for line in _bounds(capacity):
@@ -138,29 +155,24 @@ def render_capacity(capacity: Capacity, console: Console) -> None:
 
 
 def _bounds(capacity: Capacity) -> list[str]:
-    read = _figure(capacity.directory_read_server_us, "us")
-    views = _figure(capacity.views_database_events_per_core, "events/s")
-    lines = [
+    return [
         f"one shard: {capacity.per_shard_write_rate:,.0f} calls/s here; its server "
         f"spends {_figure(capacity.server_ms_per_call, 'ms')} of CPU a call",
-        f"a directory read on a cold cache: {read} of shard 0's server CPU (each "
-        "process reads a user's row once per cache lifetime, 5 s, and on every "
-        "call when the cache is cold)",
+        f"a directory read: {_figure(capacity.directory_read_us, 'us')} of shard "
+        "0's server CPU",
         f"one user's stream, every process writing it: "
         f"{_figure(capacity.hot_user_rate, 'calls/s')}, whatever the shards",
         f"storage: {_figure(capacity.bytes_per_event, 'bytes')} an event, "
-        "indexes and snapshots included",
+        "indexes, snapshots and keys included",
+        f"views: one shard's worker applies "
+        f"{_figure(capacity.worker_events_per_s, 'events/s')}; the views' "
+        f"database's server spends {_figure(capacity.views_server_ms_per_event, 'ms')}"
+        " an event; an hour behind is caught up in "
+        f"{_figure(capacity.catch_up_minutes_an_hour, 'minutes')}",
     ]
-    if capacity.rebuild_per_shard is None:
-        lines.append("views: not measured (see the rebuild's note)")
-    else:
-        lines.append(
-            f"views: one shard's rebuild worker {capacity.rebuild_per_shard:,.0f} "
-            f"events/s; the views' database applies {views} a core of its "
-            "server, and every shard's events go there"
-        )
-    return lines
 
 
 def _figure(value: float | None, unit: str) -> str:
-    return "not measured" if value is None else f"{value:,.3g} {unit}"
+    if value is None:
+        return "not measured"
+    return f"{value:,.3g} {unit}".rstrip()

@@ -148,7 +148,7 @@ def render_rebuild(rebuild: Rebuild | None, console: Console) -> None:
     )
     for row in rebuild.rows:
         table.add_row(
-            str(row.shards),
+            str(row.shards) if row.shards > 1 else "1, no directory",
             f"{row.events:,}",
             f"{row.seconds:.2f}",
             f"{row.events_per_s:,.0f}",

@@ -82,11 +82,17 @@ class ChatMix:
 
     url: str
     keys: ChatKeys
+    reports: Path
+    """Where each process writes the directory queries of its timed calls."""
 
     @contextmanager
     def steps(self, worker: int, calls: int) -> Iterator[Step]:
         with open_ledger(self.url, self.keys, None) as ledger:
-            yield chat_calls(ledger, self.keys, worker, calls)
+            step = chat_calls(ledger, self.keys, worker, calls)
+            before = directory_reads(ledger)
+            yield step
+            reads = directory_reads(ledger) - before
+            (self.reports / f"{worker}.reads").write_text(str(reads))
 
 
 @dataclass(frozen=True)

@@ -79,6 +79,8 @@ class Run:
 
     throughput: Throughput
     server_cpu_s: list[float | None]
+    directory_reads: float = 0.0
+    """Directory queries a call."""
 
     @property
     def server_ms_per_call(self) -> float | None:
@@ -204,8 +206,13 @@ def run_rounds(all_setups: list[Setup], options: Options, console: Console) -> N
             f"{processes} processes x {calls} calls"
         )
         for n, setup in enumerate(all_setups):
-            workload = ChatMix(setup.url, options.keys(f"r{round_}-c{n}"))
-            setup.runs.append(measure(workload, setup.servers, processes, calls))
+            with tempfile.TemporaryDirectory() as folder:
+                keys = options.keys(f"r{round_}-c{n}")
+                workload = ChatMix(setup.url, keys, Path(folder))
+                found = measure(workload, setup.servers, processes, calls)
+                reads = sum(int(p.read_text()) for p in Path(folder).glob("*.reads"))
+            found.directory_reads = round(reads / found.throughput.calls, 3)
+            setup.runs.append(found)
             if setup.floor is not None:
                 floor = measure(setup.floor, setup.servers, processes, calls)
                 setup.floor_runs.append(floor)
@@ -222,6 +229,7 @@ def summarise(all_setups: list[Setup]) -> dict[str, Measured]:
             throughput=run.throughput,
             server_ms_per_call=run.server_ms_per_call,
             server_cores=run.server_cores,
+            directory_reads=run.directory_reads,
             floor_ops_per_s=floor.throughput.ops_per_s,
             over_floor=round(run.throughput.ops_per_s / floor.throughput.ops_per_s, 2),
         )
@@ -324,6 +332,7 @@ def render_setups(result: ShardsResult, console: Console) -> None:
         "writer CPU ms/call",
         "server CPU ms/call",
         "server cores, by shard",
+        "directory queries",
         "floor ops/s",
         "/ floor",
         title=(
@@ -343,6 +352,7 @@ def render_setups(result: ShardsResult, console: Console) -> None:
             f"{figures.cpu_ms_per_call:.3f}",
             _cell(measured.server_ms_per_call, ".3f"),
             cores,
+            f"{measured.directory_reads:.3f}",
             f"{measured.floor_ops_per_s:,.0f}",
             f"{measured.over_floor:.2f}x",
         )
