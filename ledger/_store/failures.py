@@ -25,8 +25,9 @@ from eventsourcing.persistence import (
 )
 from psycopg_pool import PoolClosed
 
+from ledger._store.shard_guard import refusal_of
 from ledger._store.urls import Storage
-from ledger.errors import LedgerClosed, StorageUnavailable
+from ledger.errors import LedgerClosed, LedgerConfigError, StorageUnavailable
 
 DATABASE_ERRORS = (PersistenceError, psycopg.Error, sqlite3.Error)
 
@@ -56,6 +57,13 @@ def ledger_error(
         return LedgerClosed()
     if not isinstance(error, DATABASE_ERRORS) or isinstance(error, IntegrityError):
         return error
+    if refusal_of(error) is not None:  # a shard's guard: nothing was stored
+        return LedgerConfigError(
+            f"{storage.description} refused a write of a user that belongs to "
+            f"another shard ({error}); nothing was stored. This ledger was opened "
+            "before its database became a shard or the user moved: reopen it with "
+            "ContextLedger.open(url) to route each user to its shard"
+        )
     unavailable = StorageUnavailable(storage.description, error, writing=writing)
     for note in getattr(error, "__notes__", ()):
         unavailable.add_note(note)
