@@ -12,6 +12,7 @@ from collections.abc import Iterable, Iterator
 from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
 from typing import Any, cast
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 from uuid import UUID
 
 from eventsourcing.persistence import TrackingRecorder
@@ -32,7 +33,7 @@ from ledger._store.shard_copies import (
     taken_elsewhere,
 )
 from ledger._store.shard_directory import ShardDirectory, directory_table
-from ledger._store.urls import Storage, resolve_url, storage_for
+from ledger._store.urls import POSTGRES_POOL, Storage, resolve_url, storage_for
 from ledger.errors import LedgerError
 
 __all__ = [
@@ -74,6 +75,18 @@ def locate(url: str | None) -> Where:
     """Where the ledger at ``url`` (else CTXLEDGER_URL, else the default) is."""
     resolved = resolve_url(url)
     return Where(resolved, storage_for(resolved))
+
+
+def with_pool_options(shard_url: str, url: str) -> str:
+    """A shard's URL with the pool options of the ledger's (``pool_size`` and the
+    others): one process sizes its pools alike on every shard."""
+    given = parse_qsl(urlsplit(url).query)
+    options = [(name, value) for name, value in given if name in POSTGRES_POOL]
+    if not options:
+        return shard_url
+    parts = urlsplit(shard_url)
+    query = [(n, v) for n, v in parse_qsl(parts.query) if n not in POSTGRES_POOL]
+    return urlunsplit(parts._replace(query=urlencode([*query, *options])))
 
 
 @dataclass(frozen=True)
@@ -218,7 +231,9 @@ class LogSource:
         finally:
             directory.close()
         return {
-            s.shard_id: url if s.shard_id == 0 else connect_url(s.url, self.storage)
+            s.shard_id: url
+            if s.shard_id == 0
+            else with_pool_options(connect_url(s.url, self.storage), url)
             for s in shards
         }
 
