@@ -10,11 +10,14 @@ feed could not reach when it started at the head is written ``SHARD:head``: a
 feed resumed from it starts that shard at its head once it reaches it. A shard
 that a position does not name (added after it was given) is read from its start;
 so is every shard but shard 0 when ``after`` is a plain position (given before
-the ledger had shards: it is shard 0's).
+the ledger had shards: it is shard 0's). A feed of every user may add, for a user
+that moved off a shard, how far it read that user's stream there, as
+``SHARD:STREAM:POSITION`` (``ledger._sharded_feed_reads``).
 """
 
 import re
 from collections.abc import Iterable, Mapping
+from uuid import UUID
 
 from ledger._domain import validation
 from ledger.errors import InvalidContextInput
@@ -26,7 +29,7 @@ position per shard (a sharded ledger)."""
 MAX_TEXT = 65_536
 """The longest position text taken (about 2,500 shards)."""
 _DIGITS = re.compile(r"[0-9]{1,18}")
-_PART = re.compile(r"([0-9]{1,9}):([0-9]{1,18}|head)")
+_PART = re.compile(r"([0-9]{1,9}):(?:([0-9a-f]{32}):)?([0-9]{1,18}|head)")
 _FIX = "pass the position of the last event a feed of this ledger gave, or None"
 
 
@@ -46,20 +49,42 @@ def sharded_position(field: str, value: object) -> dict[int, int | None]:
 
 
 def _parts(field: str, value: str) -> dict[int, int | None]:
+    return {
+        shard: position
+        for shard, stream, position in _entries(field, value)
+        if stream is None
+    }
+
+
+def moved_reads(field: str, value: object) -> dict[tuple[int, UUID], int]:
+    """The ``SHARD:STREAM:POSITION`` parts of a sharded feed's position."""
+    if not isinstance(value, str) or _DIGITS.fullmatch(value):
+        return {}
+    return {
+        (shard, stream): position or 0
+        for shard, stream, position in _entries(field, value)
+        if stream is not None
+    }
+
+
+def _entries(field: str, value: str) -> list[tuple[int, UUID | None, int | None]]:
     if len(value) > MAX_TEXT:
         raise InvalidContextInput(field, value, "is too long", _FIX)
-    positions: dict[int, int | None] = {}
+    entries: list[tuple[int, UUID | None, int | None]] = []
+    seen: set[tuple[int, str | None]] = set()
     for part in value.split("."):
         found = _PART.fullmatch(part)
-        if found is None:
+        if found is None or (found[2] is not None and found[3] == "head"):
             raise InvalidContextInput(
                 field, value, "is not SHARD:POSITION joined by dots", _FIX
             )
-        shard = int(found[1])
-        if shard in positions:
-            raise InvalidContextInput(field, value, f"names shard {shard} twice", _FIX)
-        positions[shard] = None if found[2] == "head" else int(found[2])
-    return positions
+        key = (int(found[1]), found[2])
+        if key in seen:
+            raise InvalidContextInput(field, value, f"names shard {key[0]} twice", _FIX)
+        seen.add(key)
+        stream = None if found[2] is None else UUID(hex=found[2])
+        entries.append((key[0], stream, None if found[3] == "head" else int(found[3])))
+    return entries
 
 
 def unknown_shards(
@@ -76,9 +101,12 @@ def unknown_shards(
         )
 
 
-def position_text(positions: Mapping[int, int | None]) -> str:
-    """The text of a sharded feed's position, by shard."""
+def position_text(positions: Mapping[int, int | None], more: Iterable[str] = ()) -> str:
+    """The text of a sharded feed's position, by shard (then ``more`` parts)."""
     return ".".join(
-        f"{shard}:{'head' if positions[shard] is None else positions[shard]}"
-        for shard in sorted(positions)
+        [
+            f"{shard}:{'head' if positions[shard] is None else positions[shard]}"
+            for shard in sorted(positions)
+        ]
+        + list(more)
     )

@@ -24,9 +24,15 @@ from collections.abc import Callable, Iterator
 from contextlib import suppress
 from types import TracebackType
 from typing import TYPE_CHECKING, Self
+from uuid import UUID
 
 from ledger._domain import validation
-from ledger._feed_positions import position_text, sharded_position, unknown_shards
+from ledger._feed_positions import (
+    moved_reads,
+    position_text,
+    sharded_position,
+    unknown_shards,
+)
 from ledger._sharded_feed_parts import Failures, ShardedChange, ShardParts
 from ledger._sharded_feed_source import FeedSource, source_of
 from ledger._store.feed import SYNC_WAIT_SECONDS
@@ -50,10 +56,11 @@ class ShardedChangeFeed(Iterator[ShardedChange]):
         source: FeedSource,
         user_id: str | None,
         after: dict[int, int | None] | None,
+        reads: dict[tuple[int, UUID], int] | None = None,
     ) -> None:
         self._source = source
         self._signal = threading.Condition()
-        self._parts = ShardParts(source, user_id, after, self.wake)
+        self._parts = ShardParts(source, user_id, after, self.wake, reads)
         self._woken = False
         self._waker: Callable[[], None] | None = None
         self._closed = False
@@ -131,16 +138,16 @@ class ShardedChangeFeed(Iterator[ShardedChange]):
     def _raise_failure(self, failing: Failures) -> None:
         home, every = self._parts.home, self._parts.stream is None
         for shard, failure in sorted(failing.items()):
-            if every or home is None or home == shard:
-                error = StorageUnavailable(
-                    f"shard {shard}: {getattr(failure, 'where', 'its database')}",
-                    getattr(failure, "cause", failure),
-                )
-                error.add_note(
-                    "the feed goes on with the other shards' events, and with this "
-                    "shard's from its position when it is back: iterate again"
-                )
-                raise error from failure
+            if not (every or home is None or home == shard):
+                continue
+            if not isinstance(failure, StorageUnavailable):
+                raise failure  # not the database's: a fault to see as it is
+            error = StorageUnavailable(f"shard {shard}: {failure.where}", failure.cause)
+            error.add_note(
+                "the feed goes on with the other shards' events, and with this "
+                "shard's from its position when it is back: iterate again"
+            )
+            raise error from failure
 
     @property
     def live(self) -> bool:
@@ -295,10 +302,12 @@ def open_sharded_feed(
     ``ask_heads`` then wait for ``started``."""
     user = validation.optional_identifier("user_id", user_id)
     start = None if after is None else sharded_position("after", after)
+    reads = moved_reads("after", after)
     source = source_of(ledger)
     if start is not None:
-        unknown_shards("after", after, start, source.shard_ids())
-    feed = ShardedChangeFeed(source, user, start)
+        named = {*start, *(shard for shard, _ in reads)}
+        unknown_shards("after", after, dict.fromkeys(named), source.shard_ids())
+    feed = ShardedChangeFeed(source, user, start, reads)
     try:
         feed.prepare()
     except BaseException:

@@ -3,11 +3,12 @@
 A ``ShardLink`` holds the shard's ledger (opened on first use; its ``FeedHub``
 reads the shard's log once for every feed of the process), whether the shard can
 be reached, and what the feeds need to take each event once across shards: the
-moves around its log (``shard_copies.moves_around``) and the positions of copies
-there (``shard_copies.copy_position``). Feeds ask; the link's own thread reads,
-once for every feed that asked meanwhile, keeps the answer for the feeds after
-them, and wakes the askers. So a feed never queries the database for these, and
-an asyncio feed never waits for them in a thread.
+moves around its log (``shard_copies.moves_around``), the positions of copies
+there (``shard_copies.copy_position``) and where copies end
+(``ledger._sharded_feed_sql``). Feeds ask; the link's own thread reads, once for
+every feed that asked meanwhile, keeps the answer for the feeds after them, and
+wakes the askers. So a feed never queries the database for these, and an
+asyncio feed never waits for them in a thread.
 
 An answer carries the stamp of its read (``stamps()``, taken before the read): a
 feed that needs an answer newer than something it did (took a copy, resumed from
@@ -19,11 +20,13 @@ import time
 from collections import OrderedDict, deque
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
-from typing import Any
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
 from uuid import UUID
 
+from ledger import _sharded_feed_sql as reads
 from ledger._api import ContextLedger
+from ledger._sharded_feed_sql import Ends, Moving
 from ledger._store.failures import storage_failures
 from ledger._store.feed_hub import FeedHub
 from ledger._store.shard_copies import MovesAround, copy_position, moves_around
@@ -32,13 +35,15 @@ from ledger.errors import LedgerClosed
 WINDOW_SPAN = 2000
 """Positions of a shard's log one read of its moves covers at most."""
 WINDOWS_KEPT = 8
-COPIES_KEPT = 10_000
+KEPT = 10_000
+"""Answers of each kind a link keeps."""
 RETRY_SECONDS = 1.0
 """How long a link that failed waits before it reads the shard again."""
 IDLE_SECONDS = 1.0
 
 Wake = Callable[[], None]
 Copy = tuple[UUID, int]
+Ahead = tuple[int, int]  # (from shard, after position)
 UNKNOWN = -1
 """``copy_at``: not read yet (asked for)."""
 
@@ -53,10 +58,23 @@ class _Window:
 
 @dataclass
 class _Asks:
-    windows: dict[int, int]  # position -> the settled position it may read up to
-    copies: set[Copy]
-    reach: bool
-    woken: set[Wake]
+    windows: dict[int, int] = field(default_factory=dict)  # position -> settled
+    copies: set[Copy] = field(default_factory=set)
+    ends: set[Copy] = field(default_factory=set)  # (stream, from shard)
+    ahead: set[Ahead] = field(default_factory=set)
+    moving: bool = False
+    reach: bool = False
+    woken: set[Wake] = field(default_factory=set)
+
+    def __bool__(self) -> bool:
+        return bool(
+            self.windows
+            or self.copies
+            or self.ends
+            or self.ahead
+            or self.moving
+            or self.reach
+        )
 
 
 class ShardLink:
@@ -82,7 +100,12 @@ class ShardLink:
         self.reached_head: int | None = None
         self._windows: deque[_Window] = deque(maxlen=WINDOWS_KEPT)
         self._copies: OrderedDict[Copy, tuple[int | None, int]] = OrderedDict()
-        self._asks = _Asks({}, set(), False, set())
+        self._ends: OrderedDict[Copy, Ends] = OrderedDict()
+        self._ahead: OrderedDict[Ahead, tuple[int, dict[UUID, Ends]]] = OrderedDict()
+        self._moving: tuple[int, Moving] | None = None
+        self._departures: list[UUID] = []
+        self._departed: set[UUID] = set()
+        self._asks = _Asks()
         self._thread: threading.Thread | None = None
 
     # What feeds read without waiting.
@@ -112,6 +135,34 @@ class ShardLink:
             return UNKNOWN
         return found[0]
 
+    def copies_end(self, stream: UUID, from_shard: int) -> Ends | None:
+        """Where the copies here of ``stream`` from ``from_shard`` end, once read
+        and made."""
+        with self._lock:
+            return self._ends.get((stream, from_shard))
+
+    def copies_after(
+        self, from_shard: int, after: int, *, newer_than: int
+    ) -> dict[UUID, Ends] | None:
+        """The streams with copies here from ``from_shard`` past ``after``, as
+        read after stamp ``newer_than``."""
+        with self._lock:
+            found = self._ahead.get((from_shard, after))
+        return None if found is None or found[0] <= newer_than else found[1]
+
+    def moving(self, newer_than: int) -> tuple[int, Moving] | None:
+        """The users being moved and the stamp of that read, if read after
+        ``newer_than`` (shard 0 only: the directory's database)."""
+        with self._lock:
+            moving = self._moving
+        return None if moving is None or moving[0] <= newer_than else moving
+
+    def departures(self, since: int = 0) -> list[UUID]:
+        """The streams that moved off this shard, in the order this process first
+        read them gone (again, after one came back and left again)."""
+        with self._lock:
+            return self._departures[since:]
+
     # What feeds ask for; ``wake`` is called once it is answered or failed.
 
     def ask_window(self, position: int, settled: int, wake: Wake) -> None:
@@ -121,6 +172,15 @@ class ShardLink:
 
     def ask_copy(self, stream: UUID, version: int, wake: Wake) -> None:
         self._ask(wake, lambda asks: asks.copies.add((stream, version)))
+
+    def ask_copies_end(self, stream: UUID, from_shard: int, wake: Wake) -> None:
+        self._ask(wake, lambda asks: asks.ends.add((stream, from_shard)))
+
+    def ask_copies_after(self, from_shard: int, after: int, wake: Wake) -> None:
+        self._ask(wake, lambda asks: asks.ahead.add((from_shard, after)))
+
+    def ask_moving(self, wake: Wake) -> None:
+        self._ask(wake, lambda asks: setattr(asks, "moving", True))
 
     def ask_reach(self, wake: Wake) -> None:
         """Opens the shard's ledger and reads its head (``reached_head``)."""
@@ -176,7 +236,7 @@ class ShardLink:
             while True:
                 now = time.monotonic()
                 asks = self._asks
-                if not (asks.windows or asks.copies or asks.reach or asks.woken):
+                if not asks and not asks.woken:
                     if now >= idle_until:
                         self._thread = None
                         return None
@@ -186,7 +246,7 @@ class ShardLink:
                 if self.failure is not None and now < retry_at:
                     self._asked.wait(retry_at - now)
                     continue
-                self._asks = _Asks({}, set(), False, set())
+                self._asks = _Asks()
                 return asks
 
     def _answer(self, asks: _Asks, stamp: int) -> None:
@@ -196,30 +256,37 @@ class ShardLink:
             with self._lock:
                 self.reached_head = head
                 self.reaches += 1
-        if not (asks.windows or asks.copies):
+        if not asks:
             return
         schema = ledger.storage.settings["POSTGRES_SCHEMA"]
         with self._cursor(ledger) as cursor:
+            moving = reads.moving(cursor, schema) if asks.moving else None
             windows = [
                 _Window(first, last, stamp, moves_around(cursor, schema, first, last))
-                for first, last in _spans(asks.windows)
+                for first, last in reads.spans(asks.windows, WINDOW_SPAN)
             ]
-            copies = {
-                (stream, version): copy_position(cursor, schema, stream, version)
-                for stream, version in asks.copies
+            copies = {key: copy_position(cursor, schema, *key) for key in asks.copies}
+            ends = {key: reads.copies_end(cursor, schema, *key) for key in asks.ends}
+            ahead = {
+                key: reads.copies_after(cursor, schema, *key) for key in asks.ahead
             }
-        self._keep(windows, copies, stamp)
+        with self._lock:
+            self._keep(windows, copies, stamp)
+            _kept(self._ends, {k: e for k, e in ends.items() if e is not None})
+            _kept(self._ahead, {k: (stamp, a) for k, a in ahead.items()})
+            if moving is not None:  # stamped once read: later reads pass it
+                self._moving = (self._stamps(), moving)
 
     def _keep(
         self, windows: list[_Window], copies: dict[Copy, int | None], stamp: int
     ) -> None:
-        with self._lock:
-            self._windows.extend(windows)
-            for key, position in copies.items():
-                self._copies[key] = (position, stamp)
-                self._copies.move_to_end(key)
-            while len(self._copies) > COPIES_KEPT:
-                self._copies.popitem(last=False)
+        """Keeps what was read (under ``_lock``); notes the streams newly gone."""
+        self._windows.extend(windows)
+        _kept(self._copies, {k: (p, stamp) for k, p in copies.items()})
+        if windows:
+            departed = windows[-1].moves.departed
+            self._departures += [s for s in departed if s not in self._departed]
+            self._departed = set(departed)
 
     def _opened(self) -> ContextLedger:
         with self._lock:
@@ -243,14 +310,13 @@ class ShardLink:
                 yield cursor
 
 
-def _spans(asked: dict[int, int]) -> list[tuple[int, int]]:
-    """The windows to read for the positions asked: each from a position to its
-    settled bound (at most WINDOW_SPAN on), one per run of positions it covers."""
-    spans: list[tuple[int, int]] = []
-    for position in sorted(asked):
-        if spans and position <= spans[-1][1]:
-            continue
-        spans.append(
-            (position, max(position, min(asked[position], position + WINDOW_SPAN)))
-        )
-    return spans
+K = TypeVar("K")
+V = TypeVar("V")
+
+
+def _kept(kept: "OrderedDict[K, V]", new: dict[K, V]) -> None:
+    for key, value in new.items():
+        kept[key] = value
+        kept.move_to_end(key)
+    while len(kept) > KEPT:
+        kept.popitem(last=False)

@@ -12,7 +12,7 @@ its docstring says it may block.
 import threading
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from uuid import UUID
 
@@ -20,6 +20,7 @@ from ledger._domain.contexts import user_aggregate_id
 from ledger._domain.models import LedgerEvent
 from ledger._feed_positions import position_text
 from ledger._sharded_feed_links import RETRY_SECONDS, UNKNOWN, ShardLink
+from ledger._sharded_feed_reads import MovedReads
 from ledger._sharded_feed_source import FeedSource
 from ledger._store.feed import ChangeFeed
 from ledger._store.feed_hub import FeedHub
@@ -56,6 +57,7 @@ class ShardParts:
         user_id: str | None,
         after: dict[int, int | None] | None,
         wake: Callable[[], None],
+        reads: Mapping[tuple[int, UUID], int] | None = None,
     ) -> None:
         self.source = source
         self.user_id = user_id
@@ -72,6 +74,11 @@ class ShardParts:
             self._add(shard, None if after is None else after.get(shard, 0))
             if after is not None:  # copies taken before: moves read from now on
                 self.newer_than[shard] = source.stamp()
+        self.reads = None  # a user's feed: its positions are its stream's
+        if self.stream is None:
+            loaded = None if after is None else dict(reads or {})
+            shards = sorted(self.slots)
+            self.reads = MovedReads(self.link, shards, loaded, source.stamp())
 
     def _add(self, shard: int, start: int | None) -> None:
         self.slots[shard] = Slot(start)
@@ -83,6 +90,11 @@ class ShardParts:
 
     def positions(self) -> dict[int, int | None]:
         return {shard: self.taken.get(shard) for shard in self.slots}
+
+    def text(self) -> str:
+        """The feed's position as text (with what ``reads`` keeps below it)."""
+        more = () if self.reads is None else self.reads.text_parts(self.taken)
+        return position_text(self.positions(), more)
 
     # Heads.
 
@@ -216,18 +228,38 @@ class ShardParts:
             settled = slot.part.position if slot.part is not None else position
             link.ask_window(position, settled, self.wake)
             return None
+        copied_from = _copied_from(moves, position)
+        stream = user_aggregate_id(event.user_id)
+        positions = self._positions_for(shard, stream, moves, copied_from)
+        if positions is None:
+            return None
         try:
             taken = taken_elsewhere(
                 position,
-                user_aggregate_id(event.user_id),
+                stream,
                 event.version,
                 moves=moves,
-                positions=self.taken,
+                positions=positions,
                 copy_at=self._copy_at(newer_than),
             )
         except _NotRead:
             return None
-        return taken, _copied_from(moves, position)
+        if self.reads is not None and stream in moves.departed:
+            self.reads.read(shard, stream, position)
+        return taken, copied_from
+
+    def _positions_for(
+        self, shard: int, stream: UUID, moves: MovesAround, copied_from: int | None
+    ) -> Mapping[int, int] | None:
+        """The positions the rule takes for ``stream`` (None: being read)."""
+        reads = self.reads
+        if reads is None:
+            return self.taken
+        for judged in {shard} if copied_from is None else {shard, copied_from}:
+            if not reads.ready(judged, self.taken, self.wake):
+                return None
+        reads.notice(shard, moves, before=self.taken.get(shard, 0))
+        return reads.positions(stream, self.taken)
 
     def _copy_at(self, newer_than: int) -> CopyPosition:
         def copy_at(target: int, stream: UUID, version: int) -> int | None:
@@ -247,7 +279,9 @@ class ShardParts:
             self.newer_than[copied_from] = self.source.stamp()
         if self.stream is not None:
             self.home = shard
-        return position_text(self.positions()), event
+        if self.reads is not None:
+            self.reads.prune(self.taken, self.wake)
+        return self.text(), event
 
     def _new_shards(self) -> None:
         if self.source.version == self._seen:
@@ -256,6 +290,8 @@ class ShardParts:
         for shard in self.source.shard_ids():
             if shard not in self.slots:  # added after the feed started: all of it
                 self._add(shard, 0)
+                if self.reads is not None:
+                    self.reads.add_shard(shard)
 
     # What needs a thread (``catch_up``).
 

@@ -9,6 +9,7 @@ from collections.abc import Callable, Iterator
 import pytest
 
 from ledger import ContextLedger, LedgerEvent
+from ledger._domain.contexts import user_aggregate_id
 from ledger._feed_positions import position_text, sharded_position
 from ledger._shard_moves import move_user
 from ledger._sharded import ShardedLedger
@@ -163,6 +164,65 @@ def test_a_feed_resumed_from_a_position_before_a_move_gives_each_event_once(
 
     assert _versions(first + resumed_during) == [1, 2, 3, 4, 5]
     assert _versions(first + resumed_after) == list(range(1, 8))
+
+
+def test_a_feed_from_before_a_finished_move_gives_the_moved_users_events_once(
+    sharded_url: str, shard_urls: list[str], ledger: ShardedLedger
+) -> None:
+    start = ledger.changes().position  # before alice's events
+    _write(ledger, "alice", range(4))
+    source = ledger.shard_of("alice")
+    neighbours = _users_on(ledger, source, 3)  # written after alice, on her shard
+    _move(sharded_url, shard_urls, ledger)  # her originals there are gone now
+
+    resumed = _quiet(ledger.changes(after=start))
+    from_zero = _quiet(ledger.changes(after="0:0.1:0.2:0"))
+
+    for taken in (resumed, from_zero):
+        assert _versions(taken) == [1, 2, 3, 4]
+        assert {e.user_id for _, e in taken} >= set(neighbours)
+
+
+def test_a_position_past_a_moved_users_deleted_events_resumes_with_them_once(
+    sharded_url: str, shard_urls: list[str], ledger: ShardedLedger
+) -> None:
+    user = _user_on(ledger, 0)  # shard 0 comes first in a feed's turn
+    neighbours = _users_on(ledger, 0, 2)
+    start = ledger.changes().position  # only shard 0's users write after it
+    _write(ledger, user, range(1, 4))
+    _write(ledger, neighbours[0], range(1, 3))
+    move_user(sharded_url, user, shard_urls[2])  # her events on shard 0 are gone
+
+    for _ in range(5):  # (until the neighbour's event comes first in turn)
+        feed = ledger.changes(after=start)
+        first = next(feed)
+        feed.close()
+        rest = _quiet(ledger.changes(after=first[0]), 0.5)
+
+        assert _versions([first, *rest], user) == [2, 3, 4]
+        if first[1].user_id == neighbours[0]:  # past her positions on shard 0
+            assert user_aggregate_id(user).hex in first[0]  # how far it read her
+            return
+    pytest.fail("the moved user's copies came first every time")
+
+
+def _user_on(ledger: ShardedLedger, shard: int) -> str:
+    for n in range(100):
+        ledger.open_context(f"mover-{n}", "t0")
+        if ledger.shard_of(f"mover-{n}") == shard:
+            return f"mover-{n}"
+    pytest.fail(f"no user went to shard {shard}")
+
+
+def _users_on(ledger: ShardedLedger, shard: int | None, count: int) -> list[str]:
+    found: list[str] = []
+    for n in range(200):
+        ledger.open_context(f"neighbour-{n}", "t")
+        if ledger.shard_of(f"neighbour-{n}") == shard:
+            found.append(f"neighbour-{n}")
+            if len(found) == count:
+                return found
+    pytest.fail(f"no {count} users went to shard {shard}")
 
 
 def test_a_position_past_the_copies_does_not_give_the_originals_again(
