@@ -9,8 +9,9 @@ primary of its own and the writers on hosts of their own:
   rate times the bytes an event takes;
 - shard 0's server spends one directory read's CPU on each call that misses the
   cache (every call, on a cold cache);
-- the views' database spends its CPU per event on every shard's events, to keep
-  up; to catch up, each shard's worker reads and applies at its own rate, all at
+- the live views are applied by one process (``ctxledger project --follow``),
+  the shards in turn: they keep up while the write rate stays below that
+  process's rate, whatever the shards; a rebuild runs a worker per shard at
   once, and the views' database needs the CPU for their sum;
 - no user goes faster than one stream: a user's stream lives on one shard.
 
@@ -58,10 +59,11 @@ class Row:
     storage_gb_a_day: float
     directory_cores_cold: float | None
     """Shard 0's server CPU for the directory if every call missed the cache."""
-    views_cores_keep_up: float | None
-    """The views' database's server CPU to apply every shard's events live."""
-    views_cores_catch_up: float | None
-    """... to apply them as fast as every shard's worker reads them."""
+    follower_over_write_rate: float | None
+    """The live follower's rate over the write rate: below 1, the views fall
+    further behind."""
+    views_cores_rebuild: float | None
+    """The views' database's server CPU for a rebuild at every worker's rate."""
 
 
 @dataclass
@@ -73,18 +75,20 @@ class Capacity:
     """Shard 0's server CPU a directory read."""
     hot_user_rate: float | None
     bytes_per_event: int | None
+    follower_events_per_s: float | None
+    """One process applying every shard's log in turn (the widest catch-up)."""
     worker_events_per_s: float | None
     """One shard's rebuild worker, alone."""
     views_server_ms_per_event: float | None
     rows: list[Row] = field(default_factory=list)
 
     @property
-    def catch_up_minutes_an_hour(self) -> float | None:
-        """Minutes to catch up an hour behind, at the workers' rate."""
-        rate, worker = self.per_shard_write_rate, self.worker_events_per_s
-        if worker is None or worker <= rate:
+    def rebuild_hours_a_day(self) -> float | None:
+        """Hours to rebuild a day of writes, every shard's worker at its rate
+        (the same at any number of shards)."""
+        if not self.worker_events_per_s:
             return None
-        return round(60 * rate / (worker - rate), 1)
+        return round(24 * self.per_shard_write_rate / self.worker_events_per_s, 1)
 
 
 def model(
@@ -102,6 +106,7 @@ def model(
         directory_read_us=directory_read_us,
         hot_user_rate=hot_user.ops_per_s if hot_user else None,
         bytes_per_event=storage.bytes_per_event if storage else None,
+        follower_events_per_s=rows[-1].catch_up_events_per_s if rows else None,
         worker_events_per_s=rows[0].per_shard_events_per_s if rows else None,
         # The widest rebuild: the views' database taking the most shards.
         views_server_ms_per_event=rows[-1].views_server_ms_per_event if rows else None,
@@ -113,7 +118,7 @@ def model(
 def _row(capacity: Capacity, shards: int) -> Row:
     rate = capacity.per_shard_write_rate * shards
     read, views = capacity.directory_read_us, capacity.views_server_ms_per_event
-    worker = capacity.worker_events_per_s
+    worker, follower = capacity.worker_events_per_s, capacity.follower_events_per_s
     return Row(
         shards=shards,
         write_rate=round(rate),
@@ -121,8 +126,8 @@ def _row(capacity: Capacity, shards: int) -> Row:
             rate * SECONDS_A_DAY * (capacity.bytes_per_event or 0) / 1e9, 1
         ),
         directory_cores_cold=_cores(rate, read, 1e6),
-        views_cores_keep_up=_cores(rate, views, 1e3),
-        views_cores_catch_up=_cores(worker * shards if worker else None, views, 1e3),
+        follower_over_write_rate=round(follower / rate, 2) if follower else None,
+        views_cores_rebuild=_cores(worker * shards if worker else None, views, 1e3),
     )
 
 
@@ -136,8 +141,8 @@ def render_capacity(capacity: Capacity, console: Console) -> None:
         "write rate, calls/s",
         "storage a day",
         "shard 0 cores: directory, cold cache",
-        "views' database cores: keep up",
-        "cores: catch up at the workers' rate",
+        "live views: follower / write rate",
+        "rebuild: views' database cores",
         title="capacity model: each shard on a primary like one shard of this run",
     )
     for row in capacity.rows:
@@ -146,8 +151,8 @@ def render_capacity(capacity: Capacity, console: Console) -> None:
             f"{row.write_rate:,.0f}",
             f"{row.storage_gb_a_day:,.1f} GB",
             _figure(row.directory_cores_cold, ""),
-            _figure(row.views_cores_keep_up, ""),
-            _figure(row.views_cores_catch_up, ""),
+            _figure(row.follower_over_write_rate, "x"),
+            _figure(row.views_cores_rebuild, ""),
         )
     console.print(table)
     for line in _bounds(capacity):
@@ -164,11 +169,13 @@ def _bounds(capacity: Capacity) -> list[str]:
         f"{_figure(capacity.hot_user_rate, 'calls/s')}, whatever the shards",
         f"storage: {_figure(capacity.bytes_per_event, 'bytes')} an event, "
         "indexes, snapshots and keys included",
-        f"views: one shard's worker applies "
+        f"live views: one follower applies "
+        f"{_figure(capacity.follower_events_per_s, 'events/s')} over all shards",
+        f"rebuild: one shard's worker applies "
         f"{_figure(capacity.worker_events_per_s, 'events/s')}; the views' "
         f"database's server spends {_figure(capacity.views_server_ms_per_event, 'ms')}"
-        " an event; an hour behind is caught up in "
-        f"{_figure(capacity.catch_up_minutes_an_hour, 'minutes')}",
+        " an event; a day of writes is rebuilt in "
+        f"{_figure(capacity.rebuild_hours_a_day, 'hours')}",
     ]
 
 
