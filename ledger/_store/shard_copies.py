@@ -17,9 +17,10 @@ stored positions decides the same. For a stream that moved off a shard, the
 position on that shard must be how far the reader *read that stream* there: a
 move deletes the originals when it ends, and a reader that gets there later
 passes their positions without reading them (the views keep it in
-``projections._moved_reads``, the feeds in ``ledger._sharded_feed_reads``). Two readers that share positions (a view's
-workers of two shards) must decide one stream at a time (a view takes a lock per
-moved stream; see ``projections``).
+``projections._moved_reads``, the feeds in ``ledger._sharded_feed_reads``).
+Two readers that share positions (a view's workers of two shards) must decide
+one stream at a time (a view takes a lock per moved stream; see
+``projections``).
 """
 
 from collections.abc import Callable, Iterable, Mapping
