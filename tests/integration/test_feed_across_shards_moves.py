@@ -3,6 +3,7 @@ whether it read through the move, read both logs while the copy and the original
 were both stored, or resumed from a position given before or during the move;
 a feed of that user follows it to its new shard."""
 
+import threading
 import time
 from collections.abc import Callable, Iterator
 
@@ -261,3 +262,36 @@ def test_a_users_feed_follows_the_user_to_its_new_shard(
     moved_on = [sharded_position("after", p) for p, _ in after]
     assert all(p[target] for p in moved_on)
     assert ledger.shard_of("alice") == target != source
+
+
+def test_feeds_give_each_event_once_while_writers_race_a_move(
+    sharded_url: str, shard_urls: list[str], ledger: ShardedLedger
+) -> None:
+    _write(ledger, "alice", range(2))
+    everyone, alices = ledger.changes(), ledger.changes("alice")
+    stop = threading.Event()
+
+    def write(writer: ContextLedger, user: str) -> None:
+        n = 0
+        while not stop.is_set():
+            writer.open_context(user, f"t{n % 5}")
+            n += 1
+
+    with ContextLedger.open(sharded_url) as writer:
+        writers = [
+            threading.Thread(target=write, args=(writer, user))
+            for user in ("alice", "alice", "bob", "carol")
+        ]
+        for thread in writers:
+            thread.start()
+        _move(sharded_url, shard_urls, ledger)
+        stop.set()
+        for thread in writers:
+            thread.join(30)
+    taken, users_taken = _quiet(everyone, 2.0), _quiet(alices, 2.0)
+
+    for user, before in (("alice", 2), ("bob", 0), ("carol", 0)):
+        stored = [e.version for e in ledger.history(user)][before:]
+        assert sorted(_versions(taken, user)) == stored  # each once
+        assert len(stored) > 10
+    assert _versions(users_taken) == [e.version for e in ledger.history("alice")][2:]
