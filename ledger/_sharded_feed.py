@@ -33,7 +33,8 @@ from ledger._feed_positions import (
     sharded_position,
     unknown_shards,
 )
-from ledger._sharded_feed_parts import Failures, ShardedChange, ShardParts
+from ledger._sharded_feed_parts import ShardParts
+from ledger._sharded_feed_slots import Failures, ShardedChange, told_failure
 from ledger._sharded_feed_source import FeedSource, source_of
 from ledger._store.feed import SYNC_WAIT_SECONDS
 from ledger.errors import LedgerError, StorageUnavailable
@@ -132,22 +133,9 @@ class ShardedChangeFeed(Iterator[ShardedChange]):
             failing: Failures = {}
             change = self._parts.take(failing)
             if change is None:
-                self._raise_failure(failing)
+                parts = self._parts
+                told_failure(failing, parts.home, every=parts.stream is None)
             return change
-
-    def _raise_failure(self, failing: Failures) -> None:
-        home, every = self._parts.home, self._parts.stream is None
-        for shard, failure in sorted(failing.items()):
-            if not (every or home is None or home == shard):
-                continue
-            if not isinstance(failure, StorageUnavailable):
-                raise failure  # not the database's: a fault to see as it is
-            error = StorageUnavailable(f"shard {shard}: {failure.where}", failure.cause)
-            error.add_note(
-                "the feed goes on with the other shards' events, and with this "
-                "shard's from its position when it is back: iterate again"
-            )
-            raise error from failure
 
     @property
     def live(self) -> bool:

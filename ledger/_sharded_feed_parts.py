@@ -11,9 +11,7 @@ its docstring says it may block.
 
 import threading
 import time
-from collections import deque
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
 from uuid import UUID
 
 from ledger._domain.contexts import user_aggregate_id
@@ -21,31 +19,16 @@ from ledger._domain.models import LedgerEvent
 from ledger._feed_positions import position_text
 from ledger._sharded_feed_links import RETRY_SECONDS, UNKNOWN, ShardLink
 from ledger._sharded_feed_reads import MovedReads
+from ledger._sharded_feed_slots import Failures, ShardedChange, Slot
 from ledger._sharded_feed_source import FeedSource
 from ledger._store.feed import ChangeFeed
 from ledger._store.feed_hub import FeedHub
 from ledger._store.shard_copies import CopyPosition, MovesAround, taken_elsewhere
 from ledger.errors import StorageUnavailable
 
-ShardedChange = tuple[str, LedgerEvent]
-Failures = dict[int, BaseException]
-
 
 class _NotRead(Exception):
     """A copy's position is being read for the feed."""
-
-
-@dataclass
-class Slot:
-    """The feed's part of one shard."""
-
-    start: int | None  # None: the shard's head, once reached
-    part: ChangeFeed | None = None
-    held: deque[tuple[int, LedgerEvent]] = field(default_factory=deque)
-    asking: bool = False  # a head was asked of the shard's hub
-    reach_from: int | None = None  # waits for a reach of the link after this many
-    failure: BaseException | None = None
-    retry_at: float = 0.0  # a part that failed to catch up tries again then
 
 
 class ShardParts:
