@@ -5,16 +5,13 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
-from datetime import datetime
 from typing import Any
 
 from ledger import _metrics as metrics
 from ledger._domain import validation
-from ledger._domain.models import Context, EventKind
 from ledger.errors import StorageUnavailable
 from ledger.log_source import (
     LogSource,
-    StorageClient,
     locate,
     sharded_position,
     storage_failures,
@@ -29,8 +26,9 @@ from projections._errors import (
     ViewNotBuilt,
     ViewsNeedDurableStorage,
 )
-from projections._models import AuditRow, ContinuityFigures, ViewStatus
+from projections._models import ViewStatus
 from projections._processing import Processor
+from projections._queries import ViewQueries
 from projections._reader import LogReader
 from projections._store import ViewStore
 from projections._view import Generation, View, live_tables_exist, missing_columns
@@ -41,7 +39,6 @@ FIRST_RETRY_SECONDS = 0.5
 LONGEST_RETRY_SECONDS = 30.0
 FIGURES_SECONDS = 1.0
 """How often ``follow`` sets the views' metrics (status() counts the lag)."""
-MAX_ROWS = 2**63 - 1
 OnFailure = Callable[[StorageUnavailable, float], None]
 """Called by ``follow`` with a database failure and the seconds until it retries."""
 _log = logging.getLogger(__name__)
@@ -50,7 +47,7 @@ VIEW_NAMES = tuple(
 )
 
 
-class Projections(StorageClient):
+class Projections(ViewQueries):
     """The views of the ledger at one database URL.
 
     Open with ``Projections.open(url)`` (the same URL as the ledger). Views are
@@ -285,76 +282,6 @@ class Projections(StorageClient):
             for name, position in positions.items()
         ]
 
-    # Queries of the active contexts view.
-
-    def active_contexts(
-        self, user_id: str | None = None, *, limit: int = 1000
-    ) -> list[Context]:
-        """The user's active contexts (everyone's, up to ``limit``), oldest first."""
-        # More rows than a 64-bit LIMIT can count is no limit at all.
-        most = min(validation.positive_int("limit", limit), MAX_ROWS)
-        with self._store.reading() as tx:
-            names = self._names(self._active)
-            if user_id is None:
-                return self._active.everyone(tx, names, most)
-            user = validation.identifier("user_id", user_id)
-            return self._active.by_user(tx, names, user, most)
-
-    def active_context(self, context_id: str) -> Context | None:
-        """The active context with this id (of any user), or None."""
-        checked = validation.identifier("context_id", context_id)
-        with self._store.reading() as tx:
-            return self._active.by_context(tx, self._names(self._active), checked)
-
-    def count_active(self, user_id: str | None = None) -> int:
-        user = _optional_user(user_id)
-        with self._store.reading() as tx:
-            return self._active.count(tx, self._names(self._active), user)
-
-    def expiring_before(self, at: datetime) -> list[Context]:
-        """Active contexts whose expiry time is before ``at``, soonest first."""
-        when = validation.aware_time("at", at)
-        with self._store.reading() as tx:
-            return self._active.expiring_before(tx, self._names(self._active), when)
-
-    # Queries of the audit view.
-
-    def audit_rows(
-        self,
-        user_id: str | None = None,
-        *,
-        since: datetime | None = None,
-        until: datetime | None = None,
-        kind: EventKind | None = None,
-    ) -> list[AuditRow]:
-        """Events in ledger order (on a sharded ledger: in order of time, then
-        position), by user, period (since inclusive, until exclusive) and kind;
-        each filter is optional."""
-        start, end = validation.period(since, until)
-        chosen = None if kind is None else validation.event_kind(kind)
-        with self._store.reading() as tx:
-            return self._audit.query(
-                tx,
-                self._names(self._audit),
-                user_id=_optional_user(user_id),
-                since=start,
-                until=end,
-                kind=chosen,
-            )
-
-    def count_audit(self) -> int:
-        with self._store.reading() as tx:
-            return self._audit.count(tx, self._names(self._audit))
-
-    # Queries of the continuity view.
-
-    def continuity(self, user_id: str | None = None) -> ContinuityFigures:
-        """One user's continuity figures, or the totals over all users."""
-        user = _optional_user(user_id)
-        with self._store.reading() as tx:
-            names = self._names(self._continuity)
-            return self._continuity.figures(tx, names, user)
-
     # Checking.
 
     def verify(self, names: Sequence[str] | None = None) -> dict[str, list[str]]:
@@ -389,12 +316,6 @@ class Projections(StorageClient):
             "event)"
         ]
 
-    def _names(self, view: View) -> dict[str, str]:
-        """The view's live tables; ViewNotBuilt for a reader's view never built."""
-        if view.name not in self._built:
-            raise ViewNotBuilt(view.name, self._missing.get(view.name, ()))
-        return view.names(self._store.dialect, Generation(view.name, rebuild=False))
-
     def _selected(self, names: Sequence[str] | None) -> list[str]:
         known = tuple(self.views)
         if names is None or (isinstance(names, Sequence) and not names):
@@ -428,11 +349,6 @@ def by_shard(position: int | str | Mapping[int, int]) -> dict[int, int]:
         parts = sharded_position("position", position)
         return {shard: at for shard, at in parts.items() if at is not None}
     return {0: position}
-
-
-def _optional_user(user_id: str | None) -> str | None:
-    """A user id to filter by, checked as the ledger checks it; None for all."""
-    return None if user_id is None else validation.identifier("user_id", user_id)
 
 
 def log_failure(failure: StorageUnavailable, pause: float) -> None:

@@ -16,6 +16,7 @@ position it had on the shard it was copied from.
 import threading
 import time
 from contextlib import AbstractContextManager
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 from ledger.errors import StorageUnavailable
 from ledger.log_source import (
@@ -107,7 +108,9 @@ class ShardSet:
             return opened
         with self.failures(shard):
             opened = LogSource.open(
-                locate(self._url(shard)), create=False, master_key=self._master_key
+                locate(_one_kept(self._url(shard))),
+                create=False,
+                master_key=self._master_key,
             )
         with self._lock:
             known = self._sources.setdefault(shard, opened)
@@ -158,3 +161,11 @@ class ShardSet:
         with self._lock:
             opened = sorted(self._sources.items())
         return [(shard, s.keys, self.storage(shard)) for shard, s in opened]
+
+
+def _one_kept(url: str) -> str:
+    """A shard's URL whose pool keeps one connection: the views read each shard
+    one batch at a time (its pool opens more, up to ``max_overflow``, if asked)."""
+    parts = urlsplit(url)
+    query = [(n, v) for n, v in parse_qsl(parts.query) if n != "pool_size"]
+    return urlunsplit(parts._replace(query=urlencode([*query, ("pool_size", "1")])))

@@ -39,6 +39,7 @@ from projections._models import ShardViewStatus, ViewStatus
 from projections._shard_rebuild import rebuild_over_shards
 from projections._shard_replay import ShardReplay
 from projections._shard_set import ShardSet
+from projections._shard_status import record_figures, shard_status
 from projections._shard_work import ShardWorkers
 from projections._store import ViewStore
 from projections._view import Generation, View
@@ -207,63 +208,19 @@ class ShardedProjections(Projections):
         return {shard: self._head_of(shard) for shard in self._shards.ids()}
 
     def status(self) -> list[ViewStatus]:
-        """A row per view and shard: the view's position on that shard's log, the
-        shard's head and how many events are stored after the position. A shard
-        that cannot be reached shows ``reachable=False`` (its head and lag as
-        last known to the view: its position and 0)."""
-        shards = self._shards.ids()
-        heads = {shard: self._reachable_head(shard) for shard in shards}
-        with self._store.reading() as tx:
-            positions = {
-                (name, shard): self._store.position(
-                    tx, Generation(name, False, shard).key
-                )
-                if name in self._built
-                else 0
-                for name in self.views
-                for shard in shards
-            }
-        return [
-            self._row(name, shard, position, heads[shard])
-            for (name, shard), position in positions.items()
-        ]
+        """A row per view and shard (``ShardViewStatus``): the view's position on
+        that shard's log, the shard's head and how many events are stored after
+        the position. A shard that cannot be reached shows ``reachable=False``
+        (its head and lag as last known to the view: its position and 0)."""
+        return [*shard_status(self._shards, self._store, self.views, self._built)]
 
-    def _row(
-        self, name: str, shard: int, position: int, head: int | None
-    ) -> ShardViewStatus:
-        if head is None:
-            return ShardViewStatus(
-                view=name,
-                shard=shard,
-                position=position,
-                head=position,
-                lag=0,
-                reachable=False,
-            )
-        lag = 0
-        if position < head:
-            with self._shards.failures(shard):
-                lag = self._shards.source(shard).count_after(position)
-        return ShardViewStatus(
-            view=name, shard=shard, position=position, head=head, lag=lag
-        )
+    def _record_figures(self) -> None:
+        rows = [row for row in self.status() if isinstance(row, ShardViewStatus)]
+        record_figures(rows, self._shards.ids())
 
     def _head_of(self, shard: int) -> int:
         with self._shards.failures(shard):
             return self._shards.source(shard).head()
-
-    def _reachable_head(self, shard: int) -> int | None:
-        try:
-            return self._head_of(shard)
-        except StorageUnavailable:
-            self._shards.lost(shard)
-            return None
-
-    def _record_figures(self) -> None:
-        rows = [row for row in self.status() if isinstance(row, ShardViewStatus)]
-        metrics.record_views(summed(rows))
-        for shard in self._shards.ids():
-            metrics.record_shard_views(shard, [r for r in rows if r.shard == shard])
 
     # Checking.
 
@@ -307,20 +264,6 @@ class ShardedProjections(Projections):
                     f"{positions[shard]}, the head is {head}; run `ctxledger project`"
                 )
         return found
-
-
-def summed(rows: list[ShardViewStatus]) -> list[ViewStatus]:
-    """Each view's figures summed over the shards (the metrics without labels)."""
-    totals: dict[str, list[int]] = {}
-    for row in rows:
-        total = totals.setdefault(row.view, [0, 0, 0])
-        total[0] += row.position
-        total[1] += row.head
-        total[2] += row.lag
-    return [
-        ViewStatus(view=name, position=p, head=h, lag=lag)
-        for name, (p, h, lag) in totals.items()
-    ]
 
 
 def _noted(failures: list[tuple[int, LedgerError]], shards: int) -> LedgerError:

@@ -15,10 +15,16 @@ from ctxledger._cli import render
 from ctxledger._cli.audit import print_contexts_as_of, verify_chains
 from ctxledger._cli.errors import reports_ledger_errors
 from ctxledger._cli.render import Column, utc_time
+from ctxledger._cli.view_positions import (
+    shard_of,
+    shard_status_row,
+    stopped_line,
+    warn_if_behind,
+)
 from ledger import EVENT_KINDS, StorageUnavailable
 from ledger import _metrics as metrics
 from ledger._store.urls import shown_url
-from projections import VIEW_NAMES, Projections, ShardViewStatus, ViewStatus
+from projections import VIEW_NAMES, Projections, ShardViewStatus
 from projections._api import DEFAULT_BATCH_SIZE
 from projections._models import AuditRow
 
@@ -111,7 +117,7 @@ def project(
             render.note(f"following {shown_url(url)}; Ctrl-C or SIGTERM stops")
             reached = views.follow(stop, on_failure=_report_failure)
         # Not read again: the database may be the reason it was stopped.
-        render.line(_stopped_line(reached))
+        render.line(stopped_line(reached))
 
 
 @click.command()
@@ -144,18 +150,11 @@ def status(url: str, as_json: bool) -> None:
         return
     by_shard = [row for row in rows if isinstance(row, ShardViewStatus)]
     if by_shard:
-        render.print_table(SHARD_STATUS_COLUMNS, map(_shard_status_row, by_shard))
+        render.print_table(SHARD_STATUS_COLUMNS, map(shard_status_row, by_shard))
         return
     render.print_table(
         STATUS_COLUMNS, ((row.view, row.position, row.head, row.lag) for row in rows)
     )
-
-
-def _shard_status_row(row: ShardViewStatus) -> tuple[render.Value, ...]:
-    """A view on a shard's log; an unreachable shard shows no head, and says so."""
-    if not row.reachable:
-        return row.view, row.shard, row.position, None, "shard unreachable"
-    return row.view, row.shard, row.position, row.head, row.lag
 
 
 @click.command()
@@ -169,7 +168,7 @@ def active(url: str, user_id: str | None, limit: int, as_json: bool) -> None:
     with Projections.open(url, create=False) as views:
         contexts = views.active_contexts(user_id, limit=limit)
         total = views.count_active(user_id)
-        _warn_if_behind(views, "active")
+        warn_if_behind(views, "active")
     if as_json:
         render.print_json([c.model_dump(mode="json") for c in contexts])
         return
@@ -232,7 +231,7 @@ def audit(
             filters += ["--kind"] if kind else []
             some = bool(filters) and bool(views.audit_rows(user_id))
             render.no_events(user_id, filters if some else (), "in the audit view")
-        _warn_if_behind(views, "audit")
+        warn_if_behind(views, "audit")
     _print_audit_rows(rows, form)
 
 
@@ -271,7 +270,7 @@ def continuity(url: str, user_id: str | None, as_json: bool) -> None:
         figures = views.continuity(user_id)
         if user_id is not None and not figures.users:
             render.no_events(user_id, where="in the continuity view")
-        _warn_if_behind(views, "continuity")
+        warn_if_behind(views, "continuity")
     if as_json:
         render.print_json(figures.model_dump())
         return
@@ -325,50 +324,10 @@ def caught_up(views: Projections, label: str) -> dict[str, int]:
     (on each shard's log, the farthest any view is behind)."""
     behind: dict[int, int] = {}
     for row in views.status():
-        shard = _shard_of(row)
+        shard = shard_of(row)
         behind[shard] = max(behind.get(shard, 0), row.head - row.position)
     with render.progress(label, sum(behind.values())) as advance:
         return views.catch_up(on_batch=advance)
-
-
-def _warn_if_behind(views: Projections, name: str) -> None:
-    """A view read while behind the ledger misses its newest events: say so."""
-    rows = [row for row in views.status() if row.view == name]
-    lag = sum(row.lag for row in rows)
-    if lag:
-        render.note(
-            f"the {name} view is {lag} event(s) behind the ledger: "
-            "run `ctxledger project` to bring it up to date"
-        )
-    unreachable = [_shard_of(row) for row in rows if not _reachable(row)]
-    if unreachable:
-        render.note(
-            f"the {name} view could not be compared with shard(s) "
-            f"{', '.join(map(str, unreachable))}: unreachable, it may be behind them"
-        )
-
-
-def _shard_of(row: ViewStatus) -> int:
-    return row.shard if isinstance(row, ShardViewStatus) else 0
-
-
-def _reachable(row: ViewStatus) -> bool:
-    return row.reachable if isinstance(row, ShardViewStatus) else True
-
-
-def _stopped_line(reached: dict[str, int]) -> str:
-    """Where ``follow`` stopped: a position (one database) or one per shard
-    (keys ``view@shardN``), each the lowest of the views'."""
-    if not reached:
-        return "stopped before the views could be read"
-    by_shard: dict[int, int] = {}
-    for key, position in reached.items():
-        shard = int(key.partition("@shard")[2] or 0)
-        by_shard[shard] = min(by_shard.get(shard, position), position)
-    if list(by_shard) == [0]:
-        return f"stopped at position {by_shard[0]}"
-    shown = ", ".join(f"shard {s}: {p}" for s, p in sorted(by_shard.items()))
-    return f"stopped at positions {shown}"
 
 
 def _report_failure(failure: StorageUnavailable, pause: float) -> None:

@@ -140,12 +140,11 @@ def test_two_followers_count_each_event_once_while_writes_race_a_move(
     stop, written = threading.Event(), threading.Event()
 
     def keep_writing() -> None:
-        with ContextLedger.open(sharded_url) as writer:
-            n = 0
-            while not stop.is_set():
-                n += 1
-                writer.update_context(mover, context.context_id, metadata={"n": n})
-                written.set()
+        n = 0
+        while not stop.is_set():
+            n += 1
+            ledger.update_context(mover, context.context_id, metadata={"n": n})
+            written.set()
 
     with (
         Projections.open(sharded_url, batch_size=3) as first,
