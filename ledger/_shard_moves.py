@@ -41,7 +41,7 @@ from ledger._store.failures import storage_failures
 from ledger._store.keys import KEYS_TABLE
 from ledger._store.postgres import PostgresBackend
 from ledger._store.shard_directory import conninfo
-from ledger._store.shard_guard import MOVED_IN_TABLE, MOVED_OUT_TABLE
+from ledger._store.shard_guard import MOVED_IN_TABLE, MOVED_OUT_TABLE, MOVING_IN_TABLE
 from ledger.errors import LedgerConfigError, LedgerCorrupted, LedgerError
 
 if TYPE_CHECKING:
@@ -51,6 +51,9 @@ EVENTS = PostgresBackend.events_table
 SNAPSHOTS = PostgresBackend.snapshots_table
 _UUID_STREAM = ((EVENTS, "originator_id"), (SNAPSHOTS, "originator_id"))
 _log = logging.getLogger(__name__)
+FENCE_ATTEMPTS = 5
+FENCE_LOCK_MS = 2000
+FENCE_PAUSE_SECONDS = 1.0
 _TEXT_STREAM = ((KEYS_TABLE, "stream_id"), (ERASURES_TABLE, "stream_id"))
 
 
@@ -110,8 +113,12 @@ def _move(
     stream = user_aggregate_id(user)
     directory.set_moving(stream, source, target)
     step("mark")
-    with _shard(ledger, source) as (conn, schema):
-        _fence(conn, schema, stream, target)
+    try:
+        with _shard(ledger, source) as (conn, schema):
+            _fence(conn, schema, stream, target)
+    except BaseException:
+        directory.set_moving(stream, source, None)
+        raise
     step("fence")
     before = ledger.shard(source).verify_chain(user)
     if not before.holds:
@@ -131,7 +138,7 @@ def _move(
             user, f"its copy on shard {target} does not verify; the move was undone"
         )
     step("verify")
-    directory.switch(stream, target)
+    _arrive(ledger, stream, target)
     step("switch")
     time.sleep(directory.cache_seconds)  # stale routes now read the directory
     with _shard(ledger, source) as (conn, schema):
@@ -212,10 +219,19 @@ def _settle_cut_short(ledger: "ShardedLedger", stream: UUID) -> None:
         return
     source, target = found.shard_id, found.moving_to
     copied = _count(ledger, target, stream)
-    if copied and copied == _count(ledger, source, stream):
-        ledger.directory.switch(stream, target)
-    else:
+    if copied and copied >= _count(ledger, source, stream):
+        _arrive(ledger, stream, target)
+    else:  # the copy is one transaction: here there is none
         _undo(ledger, stream, source, target)
+
+
+def _arrive(ledger: "ShardedLedger", stream: UUID, target: int) -> None:
+    """The target takes the stream's appends, then the directory gives it the
+    stream (a mover cut short between the two is settled forward: the target
+    holds the whole copy, and maybe appends after it)."""
+    with _shard(ledger, target) as (conn, schema):
+        _unfence(conn, schema, MOVING_IN_TABLE, stream)
+    ledger.directory.switch(stream, target)
 
 
 def _count(ledger: "ShardedLedger", shard_id: int, stream: UUID) -> int:
@@ -233,20 +249,21 @@ def _undo(ledger: "ShardedLedger", stream: UUID, source: int, target: int) -> No
     """The source keeps the user: the target's copy goes, then the fence."""
     with _shard(ledger, target) as (conn, schema):
         _delete_stream(conn, schema, stream)
-        conn.execute(
-            sql.SQL("DELETE FROM {} WHERE stream_id = %s").format(
-                sql.Identifier(schema, MOVED_IN_TABLE)
-            ),
-            (stream,),
-        )
+        _unfence(conn, schema, MOVING_IN_TABLE, stream)
     with _shard(ledger, source) as (conn, schema):
-        conn.execute(
-            sql.SQL("DELETE FROM {} WHERE stream_id = %s").format(
-                sql.Identifier(schema, MOVED_OUT_TABLE)
-            ),
-            (stream,),
-        )
+        _unfence(conn, schema, MOVED_OUT_TABLE, stream)
     ledger.directory.set_moving(stream, source, None)
+
+
+def _unfence(
+    conn: psycopg.Connection[Any], schema: str, table: str, stream: UUID
+) -> None:
+    conn.execute(
+        sql.SQL("DELETE FROM {} WHERE stream_id = %s").format(
+            sql.Identifier(schema, table)
+        ),
+        (stream,),
+    )
 
 
 @contextmanager
@@ -261,8 +278,25 @@ def _shard(
 def _fence(
     conn: psycopg.Connection[Any], schema: str, stream: UUID, target: int
 ) -> None:
+    for attempt in range(FENCE_ATTEMPTS):
+        try:
+            _fence_once(conn, schema, stream, target)
+        except psycopg.errors.LockNotAvailable:
+            if attempt == FENCE_ATTEMPTS - 1:
+                raise
+            time.sleep(FENCE_PAUSE_SECONDS * (attempt + 1))
+        else:
+            return
+
+
+def _fence_once(
+    conn: psycopg.Connection[Any], schema: str, stream: UUID, target: int
+) -> None:
     with conn.transaction():
-        # Waits for the appends under way; later ones see the fence.
+        # Waits for the appends under way; later ones see the fence. Appends
+        # queue behind the lock while it waits, so it waits briefly (a VACUUM
+        # may hold a conflicting lock for long) and tries again later.
+        conn.execute(f"SET LOCAL lock_timeout = '{FENCE_LOCK_MS}ms'")
         conn.execute(
             sql.SQL("LOCK TABLE {} IN SHARE ROW EXCLUSIVE MODE").format(
                 sql.Identifier(schema, EVENTS)
@@ -295,7 +329,27 @@ def _stream_rows(conn: psycopg.Connection[Any], schema: str, stream: UUID) -> Ro
     names, events = rows[EVENTS]
     version = names.index("originator_version")
     rows[EVENTS] = (names, sorted(events, key=lambda row: int(row[version])))
+    cursor = conn.execute(
+        sql.SQL(
+            "SELECT position, from_shard, from_position, earlier_shards, "
+            "earlier_positions FROM {} WHERE stream_id = %s"
+        ).format(sql.Identifier(schema, MOVED_IN_TABLE)),
+        (stream,),
+    )
+    rows[MOVED_IN_TABLE] = (["position"], cursor.fetchall())
     return rows
+
+
+def _earlier(rows: Rows) -> dict[int, tuple[list[int], list[int]]]:
+    """For each of the source's records that is itself a copy, every place the
+    event had before the source, oldest first."""
+    places = {}
+    for position, shard, at, shards, positions in rows[MOVED_IN_TABLE][1]:
+        places[int(position)] = (
+            [*map(int, shards), int(shard)],
+            [*map(int, positions), int(at)],
+        )
+    return places
 
 
 def _tables(stream: UUID) -> Iterator[tuple[str, str, Any]]:
@@ -325,26 +379,45 @@ def _copy_in(
             (stream,),
         ).fetchone()
         if present and present[0]:
-            if present[0] != len(events):
+            if present[0] < len(events):
                 raise LedgerCorrupted(
                     str(stream), "the target shard holds part of this stream"
                 )
             return len(events)
+        # No appends here until the directory gives the stream to this shard.
         conn.execute(
-            sql.SQL("DELETE FROM {} WHERE stream_id = %s").format(
-                sql.Identifier(schema, MOVED_OUT_TABLE)
-            ),
+            sql.SQL(
+                "INSERT INTO {} (stream_id) VALUES (%s) ON CONFLICT DO NOTHING"
+            ).format(sql.Identifier(schema, MOVING_IN_TABLE)),
             (stream,),
         )
+        _unfence(conn, schema, MOVED_OUT_TABLE, stream)
+        # What an earlier stay left (a key a stale route made, copies' records).
+        for table, column, key in _tables(stream):
+            if table != EVENTS:
+                conn.execute(
+                    sql.SQL("DELETE FROM {} WHERE {} = %s").format(
+                        sql.Identifier(schema, table), sql.Identifier(column)
+                    ),
+                    (key,),
+                )
+        _unfence(conn, schema, MOVED_IN_TABLE, stream)
+        earlier = _earlier(rows)
         for row in events:
-            _copy_event(conn, schema, source, dict(zip(names, row, strict=True)))
+            event = dict(zip(names, row, strict=True))
+            before = earlier.get(int(event["notification_id"]), ([], []))
+            _copy_event(conn, schema, source, event, before)
         for table in (SNAPSHOTS, KEYS_TABLE, ERASURES_TABLE):
             _insert_rows(conn, schema, table, *rows[table])
     return len(events)
 
 
 def _copy_event(
-    conn: psycopg.Connection[Any], schema: str, source: int, event: dict[str, Any]
+    conn: psycopg.Connection[Any],
+    schema: str,
+    source: int,
+    event: dict[str, Any],
+    earlier: tuple[list[int], list[int]],
 ) -> None:
     found = conn.execute(
         sql.SQL(
@@ -364,8 +437,9 @@ def _copy_event(
         )
     conn.execute(
         sql.SQL(
-            "INSERT INTO {} (position, stream_id, version, from_shard, from_position) "
-            "VALUES (%s, %s, %s, %s, %s)"
+            "INSERT INTO {} (position, stream_id, version, from_shard, "
+            "from_position, earlier_shards, earlier_positions) "
+            "VALUES (%s, %s, %s, %s, %s, %s, %s)"
         ).format(sql.Identifier(schema, MOVED_IN_TABLE)),
         (
             found[0],
@@ -373,6 +447,7 @@ def _copy_event(
             event["originator_version"],
             source,
             event["notification_id"],
+            *earlier,
         ),
     )
 
@@ -408,6 +483,7 @@ def _delete_stream(conn: psycopg.Connection[Any], schema: str, stream: UUID) -> 
                 ),
                 (key,),
             )
+        _unfence(conn, schema, MOVED_IN_TABLE, stream)  # records of gone rows
 
 
 def _departed_with_events(

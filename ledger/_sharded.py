@@ -19,7 +19,7 @@ import time
 from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, NoReturn, TypeVar
 from urllib.parse import quote
 from uuid import UUID
 
@@ -39,9 +39,9 @@ from ledger._store.shard_directory import (
     ShardDirectory,
     directory_table,
 )
-from ledger._store.shard_guard import refusal_of
+from ledger._store.shard_guard import MOVED_IN_TABLE, refusal_of
 from ledger._store.urls import Storage, storage_for
-from ledger.errors import LedgerError, StorageUnavailable
+from ledger.errors import LedgerConfigError, LedgerError, StorageUnavailable
 
 T = TypeVar("T")
 MOVE_WAIT_SECONDS = 30.0
@@ -260,13 +260,13 @@ class ShardedLedger(ContextLedger):
     # Calls across users: on every shard.
 
     def expire_due(self) -> int:
-        finish_departures(self)
+        self._settle_moves()
         return sum(self._on_every_shard("expire_due", lambda s: s.expire_due()))
 
     def forget_inactive(
         self, inactive_since: datetime, *, reason: str | None = None
     ) -> dict[str, int]:
-        finish_departures(self)
+        self._settle_moves()
         forgotten: dict[str, int] = {}
         for part in self._on_every_shard(
             "forget_inactive",
@@ -313,6 +313,14 @@ class ShardedLedger(ContextLedger):
         ``after`` takes back; an int (or its digits) is shard 0's. A shard out of
         reach holds back only its own events (``ledger._sharded_feed``)."""
         return sharded_changes(self, user_id, after)
+
+    def _settle_moves(self) -> None:
+        """Before a sweep over every shard: moves whose mover died are ended and
+        the copies they left are deleted, so each user is swept on one shard (a
+        user a live mover is moving is swept by the next run)."""
+        for stream in self.directory.moving():
+            recover_move(self, stream)
+        finish_departures(self)
 
     def _on_every_shard(self, name: str, call: Callable[[ContextLedger], T]) -> list[T]:
         """``call`` on each shard in turn; a shard that fails does not stop the
@@ -384,11 +392,15 @@ def sharded_if_directory(
     try:
         recorder: Any = shard_zero._app.recorder  # a PostgreSQL recorder here
         with recorder.datastore.transaction() as cursor:
+            schema = shard_zero.storage.settings["POSTGRES_SCHEMA"]
             cursor.execute(
-                "SELECT to_regclass(%s) IS NOT NULL AS found",
-                (directory_table(shard_zero.storage),),
+                "SELECT to_regclass(%s) IS NOT NULL AS found, "
+                "to_regclass(%s) IS NOT NULL AS guarded",
+                (directory_table(shard_zero.storage), f'"{schema}"."{MOVED_IN_TABLE}"'),
             )
             row = cursor.fetchone()
+        if row and row["guarded"] and not row["found"]:
+            _not_a_ledger(shard_zero.storage)
         if not (row and row["found"]):
             return shard_zero
         return ShardedLedger(
@@ -397,3 +409,11 @@ def sharded_if_directory(
     except BaseException:
         shard_zero.close()
         raise
+
+
+def _not_a_ledger(storage: Storage) -> NoReturn:
+    raise LedgerConfigError(
+        f"{storage.description} is a shard of a sharded ledger, not a ledger of "
+        "its own: open the ledger's URL (the database that holds the shard "
+        "directory) and it routes each user here"
+    )

@@ -10,8 +10,9 @@ from ledger._domain.events import ContextEvent
 from ledger._store.codec import DECODE_ERRORS, unpack_state
 from ledger._store.failures import storage_failures
 from ledger._store.postgres_log import AppendOutcomeUnknown
+from ledger._store.shard_guard import refusal_of
 from ledger._store.urls import Storage
-from ledger.errors import StorageUnavailable
+from ledger.errors import LedgerConfigError, StorageUnavailable
 
 
 class Appends:
@@ -47,6 +48,11 @@ class Appends:
             except IntegrityError:
                 # Another writer's events, or ours from the try whose reply was lost.
                 if not self.ours(events[0]):
+                    raise
+            except LedgerConfigError as refused:
+                # A shard's guard (the user is moving away): the first try's
+                # events, if stored, are still here to be found.
+                if refusal_of(refused) is None or not self.ours(events[0]):
                     raise
             except StorageUnavailable as again:
                 raise StorageUnavailable(

@@ -39,6 +39,19 @@ class Copy:
 
     from_shard: int
     from_position: int
+    earlier: tuple[tuple[int, int], ...] = ()
+    """Where it stood before that, oldest first, when it was a copy there too (a
+    user moved A -> B -> A): (shard, position) of each earlier copy."""
+
+    @property
+    def places(self) -> tuple[tuple[int, int], ...]:
+        """Every (shard, position) the event had before this copy, oldest first."""
+        return (*self.earlier, (self.from_shard, self.from_position))
+
+    @property
+    def first(self) -> tuple[int, int]:
+        """Where the event was first stored: its identity across moves."""
+        return self.places[0]
 
 
 @dataclass(frozen=True)
@@ -64,12 +77,15 @@ def moves_around(cursor: Any, schema: str, first: int, last: int) -> MovesAround
         return NO_MOVES
     cursor.execute(
         sql.SQL(
-            "SELECT position, from_shard, from_position FROM {} "
-            "WHERE position BETWEEN %s AND %s"
+            "SELECT position, from_shard, from_position, earlier_shards, "
+            "earlier_positions FROM {} WHERE position BETWEEN %s AND %s"
         ).format(sql.Identifier(schema, MOVED_IN_TABLE)),
         (first, last),
     )
-    copies = {int(p): Copy(int(s), int(f)) for p, s, f in _rows(cursor)}
+    copies = {
+        int(p): Copy(int(s), int(f), tuple(zip(es or (), ep or (), strict=True)))
+        for p, s, f, es, ep in _rows(cursor)
+    }
     cursor.execute(
         sql.SQL("SELECT stream_id, to_shard FROM {}").format(
             sql.Identifier(schema, MOVED_OUT_TABLE)
@@ -106,8 +122,8 @@ def taken_elsewhere(
     """Whether a reader at ``positions`` (shard -> position read through) has
     already taken this record's event from another shard's log."""
     copy = moves.copies.get(position)
-    if copy is not None:
-        return positions.get(copy.from_shard, 0) >= copy.from_position
+    if copy is not None:  # taken wherever the reader read it before
+        return any(positions.get(at, 0) >= where for at, where in copy.places)
     target = moves.departed.get(stream)
     if target is None:
         return False

@@ -180,6 +180,14 @@ class ShardDirectory:
             )
         return assigned
 
+    def moving(self) -> list[UUID]:
+        """The streams being moved (or whose move was cut short)."""
+        statement = sql.SQL(
+            "SELECT stream_id FROM {users} WHERE moving_to IS NOT NULL"
+        ).format(users=self.table(USERS_TABLE))
+        with self.connection() as connection:
+            return [UUID(str(row[0])) for row in connection.execute(statement)]
+
     def place(self, stream: UUID, shard_id: int) -> int:
         """The stream's shard; a stream with none is placed on ``shard_id``."""
         statement = sql.SQL(
@@ -332,7 +340,7 @@ class ShardDirectory:
             "ctxledger shards list shows them"
         )
         try:
-            identity = identity_of(url)
+            identity = existing_identity(url)
         except StorageUnavailable as unreachable:  # no URL of the directory's
             raise not_a_shard from unreachable
         for shard_id, known in self.identities():
@@ -421,12 +429,37 @@ def database_identity(connection: psycopg.Connection[Any], schema: str) -> UUID:
 
 
 def identity_of(url: str) -> UUID:
-    """The database identity of the schema at ``url``."""
+    """The database identity of the schema at ``url`` (made there if it has none)."""
     storage = storage_for(url)
+    with _connected(storage) as connection:
+        return database_identity(connection, storage.settings["POSTGRES_SCHEMA"])
+
+
+def existing_identity(url: str) -> UUID | None:
+    """The database identity of the schema at ``url``, None if it has none; it
+    writes nothing there."""
+    storage = storage_for(url)
+    table = f'"{storage.settings["POSTGRES_SCHEMA"]}"."{IDENTITY_TABLE}"'
+    with _connected(storage) as connection:
+        found = connection.execute(
+            "SELECT to_regclass(%s) IS NOT NULL", (table,)
+        ).fetchone()
+        if not (found and found[0]):
+            return None
+        row = connection.execute(
+            sql.SQL("SELECT id FROM {}").format(
+                sql.Identifier(storage.settings["POSTGRES_SCHEMA"], IDENTITY_TABLE)
+            )
+        ).fetchone()
+    return None if row is None else UUID(str(row[0]))
+
+
+@contextmanager
+def _connected(storage: Storage) -> Iterator[psycopg.Connection[Any]]:
     connections = Connections(storage)
     try:
         with connections.connection() as connection:
-            return database_identity(connection, storage.settings["POSTGRES_SCHEMA"])
+            yield connection
     finally:
         connections.close()
 

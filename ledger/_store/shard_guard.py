@@ -24,6 +24,7 @@ from psycopg import sql
 
 MOVED_OUT_TABLE = "ctxledger_moved_out"
 MOVED_IN_TABLE = "ctxledger_moved_in"
+MOVING_IN_TABLE = "ctxledger_moving_in"
 MOVED_STATE = "CLM01"
 """SQLSTATE of an append refused because the stream moved to another shard."""
 UNROUTED_STATE = "CLU01"
@@ -39,7 +40,10 @@ _TABLES = (
     " stream_id uuid NOT NULL,"
     " version bigint NOT NULL,"
     " from_shard integer NOT NULL,"
-    " from_position bigint NOT NULL)",
+    " from_position bigint NOT NULL,"
+    " earlier_shards integer[] NOT NULL DEFAULT '{{}}',"
+    " earlier_positions bigint[] NOT NULL DEFAULT '{{}}')",
+    "CREATE TABLE IF NOT EXISTS {moving_in} (stream_id uuid PRIMARY KEY)",
     "CREATE INDEX IF NOT EXISTS ctxledger_moved_in_by_stream "
     "ON {moved_in} (stream_id, version)",
 )
@@ -47,8 +51,9 @@ _FUNCTION = (
     "CREATE OR REPLACE FUNCTION {function}() RETURNS trigger "
     "LANGUAGE plpgsql AS $body$ BEGIN "
     "IF current_setting('ctxledger.copying', true) = 'on' THEN RETURN NEW; END IF; "
-    "IF EXISTS (SELECT 1 FROM {moved_out} WHERE stream_id = NEW.originator_id) THEN "
-    "RAISE EXCEPTION 'stream % moved to another shard', NEW.originator_id "
+    "IF EXISTS (SELECT 1 FROM {moved_out} WHERE stream_id = NEW.originator_id) "
+    "OR EXISTS (SELECT 1 FROM {moving_in} WHERE stream_id = NEW.originator_id) THEN "
+    "RAISE EXCEPTION 'stream % moved to or from another shard', NEW.originator_id "
     "USING ERRCODE = 'CLM01'; END IF; "
     "{directory_check}"
     "RETURN NEW; END $body$"
@@ -77,6 +82,7 @@ def install_guard(
     names = {
         "moved_out": sql.Identifier(schema, MOVED_OUT_TABLE),
         "moved_in": sql.Identifier(schema, MOVED_IN_TABLE),
+        "moving_in": sql.Identifier(schema, MOVING_IN_TABLE),
         "function": sql.Identifier(schema, "ctxledger_shard_guard"),
         "events": sql.Identifier(schema, events_table),
         "users": sql.Identifier(schema, "ctxledger_shard_users"),
