@@ -49,7 +49,8 @@ class MovedStreams:
         if not events:
             return []
         moves = self._read(events[0][0], events[-1][0])
-        others = sorted({c.from_shard for c in moves.copies.values()} - {self.shard})
+        places = {at for c in moves.copies.values() for at, _ in c.places}
+        others = sorted(places - {self.shard})
         return [t.generation.of_shard(s).key for t in targets for s in others]
 
     def select(
@@ -161,5 +162,5 @@ def judge(
         elif copy is None:
             yield position, view_position(shard, position), event, stream
         else:
-            kept = view_position(copy.from_shard, copy.from_position)
+            kept = view_position(*copy.first)  # where it was first stored
             yield position, kept, event, stream
