@@ -35,6 +35,13 @@ class Deployment:
         assert isinstance(ledger, ShardedLedger)
         return ledger
 
+    def open_elsewhere(self) -> ShardedLedger:
+        """The ledger of a host that reaches shard 2 by a route of its own."""
+        ledger = self.open()
+        ledger._urls[DOWN] = self.down_url  # (before its first use of the shard)
+        ledger.shard(DOWN)
+        return ledger
+
     def cut(self) -> None:
         self.proxy.refuse = True
         self.proxy.cut_all()
@@ -101,7 +108,7 @@ def test_a_shard_out_of_reach_holds_back_only_its_own_events(
     with (
         deployment.open() as reader,
         deployment.open() as writer,
-        ContextLedger.open(deployment.down_url) as elsewhere,
+        deployment.open_elsewhere() as elsewhere,
         reader.changes() as feed,
     ):
         deployment.cut()
