@@ -71,6 +71,7 @@ def test_a_user_moved_away_and_back_counts_once_in_the_views(
         ContextLedger.open(sharded_url) as ledger,
         Projections.open(sharded_url) as views,
     ):
+        assert isinstance(ledger, ShardedLedger)
         context = ledger.open_context("carol", "thread")
         ledger.update_context("carol", context.context_id, metadata={"n": 1})
         home = ledger.shard_of("carol")
