@@ -276,6 +276,7 @@ class ShardedLedger(ContextLedger):
         return forgotten
 
     def inactive_users(self, inactive_since: datetime) -> list[str]:
+        self._settle_moves()  # a copy a cut-short move left is not a user there
         users: set[str] = set()  # a copy a cut-short move left is listed once
         for part in self._on_every_shard(
             "inactive_users", lambda s: s.inactive_users(inactive_since)

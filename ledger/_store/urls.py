@@ -16,7 +16,7 @@ a pool option or timeout outside its range.
 import os
 import re
 import stat
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import SplitResult, parse_qs, unquote, urlsplit
 
@@ -69,8 +69,8 @@ class Storage:
     """Where a ledger keeps its events, as the library's settings."""
 
     kind: str
-    settings: dict[str, str]
-    description: str
+    settings: dict[str, str] = field(repr=False)  # holds the password
+    description: str = ""
 
 
 def resolve_url(url: object) -> str:
