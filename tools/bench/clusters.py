@@ -35,9 +35,17 @@ class Server:
     dsn: str
     postmaster: int | None
     """None where this process cannot see the server's processes (another host)."""
+    pool: str = ""
+    """The pool options of the ledgers' URLs on this server: small ones on a
+    server shared with other jobs, so that the run fits its connections."""
 
     def url(self, database: str) -> str:
         return urlsplit(self.dsn)._replace(path=f"/{database}").geturl()
+
+
+def ledger_url(url: str, server: Server) -> str:
+    """``url`` (of a database on ``server``) as the ledgers open it."""
+    return f"{url}?{server.pool}" if server.pool else url
 
 
 def cpu_seconds(postmaster: int) -> float:

@@ -21,7 +21,7 @@ from ledger._shard_admin import add_shard
 from ledger._store.shard_directory import USERS_TABLE
 from ledger.errors import LedgerError
 from projections import ProjectionError, Projections
-from tools.bench.clusters import Server, cpu_seconds, databases
+from tools.bench.clusters import Server, cpu_seconds, databases, ledger_url
 from tools.bench.views import write_events
 
 SHARD_COUNTS = (1, 2, 4)
@@ -59,9 +59,10 @@ def measure_rebuilds(servers: list[Server], events: int, console: Console) -> Re
         console.print(f"rebuild over {shards} shard(s), {events:,} events each ...")
         used = servers[:shards] if len(servers) >= shards else servers[:1]
         with databases(servers, f"rebuild{shards}", shards) as urls:
-            written = _load(urls, events)
+            first = ledger_url(urls[0], servers[0])
+            written = _load(first, urls, events)
             try:
-                row = _rebuild(urls, written, used)
+                row = _rebuild(first, shards, written, used)
             except (ProjectionError, LedgerError) as error:
                 result.not_measured = f"{type(error).__name__}: {error}"
                 return result
@@ -72,11 +73,12 @@ def measure_rebuilds(servers: list[Server], events: int, console: Console) -> Re
     return result
 
 
-def _load(urls: list[str], events: int) -> int:
-    """Writes ``events`` events on each shard; how many in all."""
-    written = write_events(urls[0], events, 1, prefix="shard0")
+def _load(ledger: str, urls: list[str], events: int) -> int:
+    """Writes ``events`` events on each shard (``ledger``: shard 0's URL as the
+    ledger opens it); how many in all."""
+    written = write_events(ledger, events, 1, prefix="shard0")
     for shard_id, url in enumerate(urls[1:], start=1):
-        add_shard(urls[0], url)
+        add_shard(ledger, url)
         written += write_events(url, events, 1 + shard_id, prefix=f"shard{shard_id}")
         _assign(urls[0], url, shard_id)
     return written
@@ -96,8 +98,10 @@ def _assign(directory_url: str, url: str, shard_id: int) -> None:
         cursor.executemany(statement, [(stream, shard_id) for (stream,) in streams])
 
 
-def _rebuild(urls: list[str], written: int, servers: list[Server]) -> RebuildRow | str:
-    with Projections.open(urls[0]) as views:
+def _rebuild(
+    url: str, shards: int, written: int, servers: list[Server]
+) -> RebuildRow | str:
+    with Projections.open(url) as views:
         start = perf_counter()
         caught_up = views.catch_up()
         catch_up = written / (perf_counter() - start)
@@ -110,7 +114,7 @@ def _rebuild(urls: list[str], written: int, servers: list[Server]) -> RebuildRow
         short = {name: count for name, count in counts.items() if count != written}
         if short:
             return (
-                f"the {step} over {len(urls)} shards applied {short} of "
+                f"the {step} over {shards} shards applied {short} of "
                 f"{written:,} events: the views do not span shards in this tree"
             )
     used = [
@@ -119,12 +123,12 @@ def _rebuild(urls: list[str], written: int, servers: list[Server]) -> RebuildRow
     ]
     views_cpu = used[0]
     return RebuildRow(
-        shards=len(urls),
+        shards=shards,
         events=written,
         catch_up_events_per_s=round(catch_up),
         seconds=round(seconds, 2),
         events_per_s=round(written / seconds),
-        per_shard_events_per_s=round(written / len(urls) / seconds),
+        per_shard_events_per_s=round(written / shards / seconds),
         server_cores=[None if u is None else round(u / seconds, 2) for u in used],
         views_server_ms_per_event=(
             None if views_cpu is None else round(views_cpu * 1000 / written, 4)

@@ -24,7 +24,7 @@ from rich.table import Table
 
 from ledger import ContextLedger
 from ledger._shard_admin import add_shard, drain_shard
-from tools.bench.clusters import Server, databases
+from tools.bench.clusters import Server, databases, ledger_url
 from tools.bench.processes import run_processes
 from tools.bench.shard_window import CpuWindow
 from tools.bench.shard_workloads import Interleaved, Options, Variant
@@ -89,15 +89,17 @@ def measure_router(
 @contextmanager
 def ledgers(servers: list[Server]) -> Iterator[tuple[Variant, ...]]:
     with ExitStack() as stack:
-        plain = stack.enter_context(databases(servers[:1], "rplain", 1))[0]
+        plain_db = stack.enter_context(databases(servers[:1], "rplain", 1))[0]
+        plain = ledger_url(plain_db, servers[0])
         ContextLedger.open(plain).close()
         variants = [Variant(PLAIN, plain)]
         for (label, cache), server in zip(CACHES.items(), servers[1:], strict=True):
             urls = stack.enter_context(databases([server], "rshard", 2))
-            ContextLedger.open(urls[0]).close()
-            add_shard(urls[0], urls[1])
-            drain_shard(urls[0], urls[1])
-            variants.append(Variant(label, urls[0], cache))
+            url = ledger_url(urls[0], server)
+            ContextLedger.open(url).close()
+            add_shard(url, urls[1])
+            drain_shard(url, urls[1])
+            variants.append(Variant(label, url, cache))
         yield tuple(variants)
 
 

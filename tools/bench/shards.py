@@ -44,6 +44,7 @@ from tools.bench.clusters import (
     Server,
     cluster_problem,
     databases,
+    ledger_url,
     local_clusters,
     postmaster_of,
     server_version,
@@ -69,6 +70,9 @@ from tools.bench.shard_workloads import NEW_USERS, ChatMix, Options, SpreadFloor
 from tools.bench.workloads import PostgresFloor
 
 FLOOR_SCHEMA = "ctxlbench_floor"
+SHARED_POOL = "pool_size=1&max_overflow=2"
+"""On the shared server: each writer process holds several ledgers, one call at a
+time, and the server's connections are shared with other jobs."""
 SHARD_COUNTS = (2, 4)
 PLAIN, ONE = "1 database, no directory", "1 shard"
 
@@ -146,7 +150,7 @@ def made_servers(
             yield f"one PostgreSQL cluster per shard (ports {ports})", servers
         return
     console.print(f"shards are databases on {dsn}: {problem}", style="yellow")
-    shared = Server("shared", dsn, postmaster_of(dsn))
+    shared = Server("shared", dsn, postmaster_of(dsn), SHARED_POOL)
     yield f"databases on the shared server {dsn} ({problem})", [shared]
 
 
@@ -159,28 +163,35 @@ def setups(servers: list[Server]) -> Iterator[list[Setup]]:
         spread = {
             n: stack.enter_context(databases(servers, f"s{n}", n)) for n in SHARD_COUNTS
         }
-        ContextLedger.open(plain[0]).close()
-        _shard(one)
-        drain_shard(one[0], one[1])
-        for urls in spread.values():
-            _shard(urls)
+        first = servers[:1]
+        plain_url = ledger_url(plain[0], servers[0])
+        ContextLedger.open(plain_url).close()
+        one_url = _shard(one, servers[0])
+        drain_shard(one_url, one[1])
         for urls in (plain, *spread.values()):
             _create_floors(urls)
-        first = servers[:1]
         yield [
-            Setup(PLAIN, plain[0], first, _floor(plain)),
-            Setup(ONE, one[0], first, None),
+            Setup(PLAIN, plain_url, first, _floor(plain)),
+            Setup(ONE, one_url, first, None),
             *(
-                Setup(f"{n} shards", urls[0], _used(servers, n), _floor(urls))
+                Setup(
+                    f"{n} shards",
+                    _shard(urls, servers[0]),
+                    _used(servers, n),
+                    _floor(urls),
+                )
                 for n, urls in spread.items()
             ),
         ]
 
 
-def _shard(urls: list[str]) -> None:
-    ContextLedger.open(urls[0]).close()
-    for url in urls[1:]:
-        add_shard(urls[0], url)
+def _shard(urls: list[str], server: Server) -> str:
+    """Shard 0's URL as the ledgers open it, the other databases added."""
+    url = ledger_url(urls[0], server)
+    ContextLedger.open(url).close()
+    for other in urls[1:]:
+        add_shard(url, other)
+    return url
 
 
 def _create_floors(urls: list[str]) -> None:
