@@ -6,6 +6,11 @@ to seal and open its cells, and the database the ledger lives in, to keep its
 tables and tracking positions beside the events. This module gives exactly that,
 over the store's pieces, so nothing outside ``ledger`` reaches into ``ledger._store``.
 It reads; it never writes an event.
+
+On a sharded ledger it also gives what views need to read every shard: the
+shards' URLs (``LogSource.shard_urls``), and for each shard's log the copies a
+move made and the streams that moved away, judged by the one rule of
+``ledger._store.shard_copies`` (``taken_elsewhere``).
 """
 
 from collections.abc import Iterable, Iterator

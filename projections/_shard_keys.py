@@ -23,6 +23,8 @@ class Shards(Protocol):
     def source(self, shard: int) -> LogSource: ...
     def failures(self, shard: int) -> AbstractContextManager[None]: ...
     def opened(self) -> list[tuple[int, SourceKeys, Storage]]: ...
+    def unreachable(self, shard: int) -> None: ...
+    def down(self, shard: int) -> bool: ...
 
 
 class ShardKeys:
@@ -36,10 +38,11 @@ class ShardKeys:
         return self._shards.opened()
 
     def _order(self) -> list[int]:
+        """The preferred shard first, shards that failed lately last."""
         order = self._shards.ids()
-        if self._prefer is None:
-            return order
-        return [self._prefer, *(shard for shard in order if shard != self._prefer)]
+        if self._prefer is not None:
+            order = [self._prefer, *(s for s in order if s != self._prefer)]
+        return sorted(order, key=self._shards.down)  # a stable sort
 
     @contextmanager
     def reading(self, cursor: Any = None) -> Iterator[None]:
@@ -55,8 +58,8 @@ class ShardKeys:
         shard when none is preferred)."""
         pairs = list(wanted)
         for shard, keys, storage in self._opened():
-            if self._prefer in (None, shard):
-                _prefetch(keys, storage, pairs)
+            if self._prefer in (None, shard) and not _prefetch(keys, storage, pairs):
+                self._shards.unreachable(shard)
 
     def seal_cell(self, user_id: str, generation: int, plain: bytes) -> bytes | None:
         return self._first(lambda keys: keys.seal_cell(user_id, generation, plain))
@@ -82,6 +85,7 @@ class ShardKeys:
                 with self._shards.failures(shard):
                     return call(self._shards.source(shard).keys)
             except StorageUnavailable as failure:
+                self._shards.unreachable(shard)
                 unreachable = unreachable or failure
             except LedgerError:
                 raise  # a master key that does not open the keys: a setting
@@ -95,11 +99,13 @@ class ShardKeys:
         raise ValueError(msg)
 
 
-def _prefetch(keys: SourceKeys, storage: Storage, pairs: list[tuple[str, int]]) -> None:
-    """Prefetches on one shard. An unreachable shard is passed over here: its
-    keys are looked up again, and the failure raised, only if they are needed."""
+def _prefetch(keys: SourceKeys, storage: Storage, pairs: list[tuple[str, int]]) -> bool:
+    """Prefetches on one shard; False if it cannot be reached. Such a shard is
+    passed over here: its keys are looked up again, and the failure raised, only
+    when no other shard has them."""
     try:
         with storage_failures(storage):
             keys.prefetch(pairs)
     except StorageUnavailable:
-        return
+        return False
+    return True

@@ -33,6 +33,8 @@ SHARD_BITS = 48
 """Bits of a view position that hold the shard's own position (2**48 events)."""
 REFRESH_SECONDS = 5.0
 """How often a running worker reads the directory again for shards added since."""
+DOWN_SECONDS = 5.0
+"""How long a shard that failed is asked for keys only when no other has them."""
 
 
 def view_position(shard: int, position: int) -> int:
@@ -60,6 +62,7 @@ class ShardSet:
         self._master_key = master_key
         self._lock = threading.Lock()
         self._refreshed = time.monotonic()
+        self._failed: dict[int, float] = {}
 
     def ids(self) -> list[int]:
         with self._lock:
@@ -118,21 +121,26 @@ class ShardSet:
             opened.close()
         return known
 
-    def is_open(self, shard: int) -> bool:
+    def unreachable(self, shard: int) -> None:
+        """Notes a failure on ``shard`` (``down`` for DOWN_SECONDS)."""
         with self._lock:
-            return shard in self._sources
+            self._failed[shard] = time.monotonic()
+
+    def down(self, shard: int) -> bool:
+        """Whether ``shard`` failed in the last DOWN_SECONDS."""
+        with self._lock:
+            failed = self._failed.get(shard)
+        return failed is not None and time.monotonic() - failed < DOWN_SECONDS
 
     def lost(self, shard: int) -> None:
-        """After a failure on ``shard``: its source is opened again on next use
-        (shard 0's, the views' own, gets its broken connections replaced)."""
-        if shard == 0:
-            with self.failures(0):
-                self._sources[0].check_connections()
-            return
+        """After a failure on ``shard``: its broken connections are replaced (if
+        it is still away, the next try finds it out), and its keys are asked
+        last for a while (``down``)."""
+        self.unreachable(shard)
         with self._lock:
-            dropped = self._sources.pop(shard, None)
-        if dropped is not None:
-            dropped.close()
+            source = self._sources.get(shard)
+        if source is not None:
+            source.check_connections()
 
     def keys(self, prefer: int | None = None) -> ShardKeys:
         """The users' data keys over every shard, ``prefer`` asked first."""
@@ -157,10 +165,15 @@ class ShardSet:
         return url
 
     def opened(self) -> list[tuple[int, SourceKeys, Storage]]:
-        """The keys of the shards opened so far: (shard, keys, storage)."""
+        """The keys of the shards opened so far and not ``down``: (shard, keys,
+        storage)."""
         with self._lock:
             opened = sorted(self._sources.items())
-        return [(shard, s.keys, self.storage(shard)) for shard, s in opened]
+        return [
+            (shard, s.keys, self.storage(shard))
+            for shard, s in opened
+            if not self.down(shard)
+        ]
 
 
 def _one_kept(url: str) -> str:

@@ -24,9 +24,6 @@ from ledger.log_source import LogSource, Where
 from projections import _moved_reads as moved_reads
 from projections._api import (
     DEFAULT_POLL_SECONDS,
-    FIGURES_SECONDS,
-    FIRST_RETRY_SECONDS,
-    LONGEST_RETRY_SECONDS,
     VIEW_NAMES,
     OnFailure,
     Projections,
@@ -36,6 +33,7 @@ from projections._api import (
 from projections._applying import OnBatch
 from projections._errors import PositionsPerShard, ViewNotBuilt
 from projections._models import ShardViewStatus, ViewStatus
+from projections._shard_follow import ShardFollowers
 from projections._shard_rebuild import rebuild_over_shards
 from projections._shard_replay import ShardReplay
 from projections._shard_set import ShardSet
@@ -78,8 +76,6 @@ class ShardedProjections(Projections):
         self._work = ShardWorkers(shards, store, batch_size)
         super().__init__(source, self._work.store, batch_size, built)
         self._audit.by_time()
-        self._retries: dict[int, tuple[float, float]] = {}
-        """Shards whose last try failed: (when to try again, the pause after)."""
 
     def _set_up(self) -> None:
         with self._shards.failures(0), self._store.writing() as tx:
@@ -124,54 +120,19 @@ class ShardedProjections(Projections):
         on_batch: OnBatch | None = None,
         on_failure: OnFailure | None = None,
     ) -> dict[str, int]:
-        """``Projections.follow`` over every shard; a failure of one shard is
-        reported (``on_failure``) and that shard alone is tried again after a
-        pause. Returns each view's position on each shard as of its last batch,
-        by ``view`` (shard 0) and ``view@shardN``."""
-        targets = self._live(names)
-        report = on_failure or log_failure
-        reached: dict[str, int] = {}
-        figures_due = 0.0
-        while not stop.is_set():
-            for shard in self._due_shards(report):
-                if stop.is_set():
-                    break
-                try:
-                    _, at = self._work.advance(shard, targets, on_batch, stop)
-                except StorageUnavailable as failure:
-                    report(failure, self._failed(shard))
-                    continue
-                self._retries.pop(shard, None)
-                suffix = f"@shard{shard}" if shard else ""
-                reached.update({f"{name}{suffix}": p for name, p in at.items()})
-            if metrics.enabled() and time.monotonic() >= figures_due:
-                self._record_figures()
-                figures_due = time.monotonic() + FIGURES_SECONDS
-            stop.wait(poll_seconds)
-        return reached
-
-    def _due_shards(self, report: OnFailure) -> list[int]:
-        """The shards to work on now: all but those waiting to be tried again."""
-        try:
-            self._shards.refresh()
-        except StorageUnavailable as failure:  # the directory's database: shard 0
-            report(failure, self._failed(0))
-        now = time.monotonic()
-        return [
-            shard
-            for shard in self._shards.ids()
-            if self._retries.get(shard, (0.0, 0.0))[0] <= now
-        ]
-
-    def _failed(self, shard: int) -> float:
-        """Notes a failure of ``shard``: the pause before it is tried again."""
-        pause = self._retries.get(shard, (0.0, FIRST_RETRY_SECONDS))[1]
-        self._retries[shard] = (
-            time.monotonic() + pause,
-            min(pause * 2, LONGEST_RETRY_SECONDS),
+        """``Projections.follow`` with a thread per shard's log: a failure of one
+        shard is reported (``on_failure``, from that shard's thread, as is
+        ``on_batch``) and that shard alone is tried again after a pause, while
+        the others go on. Returns each view's position on each shard as of its
+        last batch, by ``view`` (shard 0) and ``view@shardN``."""
+        followers = ShardFollowers(
+            self._work,
+            self._live(names),
+            poll_seconds=poll_seconds,
+            on_batch=on_batch,
+            report=on_failure or log_failure,
         )
-        self._shards.lost(shard)
-        return pause
+        return followers.run(stop, self._record_figures if metrics.enabled() else None)
 
     def _rebuilt(self, views: list[View], on_batch: OnBatch | None) -> Counter[str]:
         """Every shard's log read by a process of its own; one swap at the end."""

@@ -83,9 +83,9 @@ def test_each_view_keeps_a_position_per_shard(
     chat(ledger, users=USERS, messages=3)
 
     views.catch_up()
-    rows = views.status()
+    rows = [row for row in views.status() if isinstance(row, ShardViewStatus)]
 
-    assert all(isinstance(row, ShardViewStatus) for row in rows)
+    assert len(rows) == len(views.status())
     heads = views.heads()
     assert sorted(heads) == [0, 1, 2]
     assert {(row.view, row.shard): (row.position, row.lag) for row in rows} == {

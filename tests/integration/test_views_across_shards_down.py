@@ -19,7 +19,7 @@ pytestmark = pytest.mark.postgres
 
 DOWN = 2
 USERS = [f"user-{n}" for n in range(24)]
-EQUAL = {"active": [], "audit": [], "continuity": []}
+EQUAL: dict[str, list[str]] = {"active": [], "audit": [], "continuity": []}
 
 
 @dataclass
@@ -139,3 +139,34 @@ def test_follow_goes_on_while_a_shard_is_cut_and_catches_it_up_when_it_is_back(
     )
     assert found == EQUAL
     assert audited == 2 * len(USERS) * 2
+
+
+def test_a_rebuild_with_a_shard_cut_fails_naming_it_and_keeps_the_live_views(
+    deployment: Deployment, ledger: ShardedLedger
+) -> None:
+    elsewhere = on_shard(ledger, down=False)[0]
+    with Projections.open(deployment.url) as views:
+        views.catch_up()
+        before = (views.count_audit(), views.audit_rows(elsewhere), views.continuity())
+        deployment.cut()
+
+        with pytest.raises(
+            StorageUnavailable, match=f"127.0.0.1:{deployment.proxy.port}/"
+        ):
+            views.rebuild()
+
+        after = (views.count_audit(), views.audit_rows(elsewhere), views.continuity())
+    assert after == before
+
+
+def test_the_users_of_the_shards_still_reached_read_in_the_views(
+    deployment: Deployment, ledger: ShardedLedger
+) -> None:
+    with Projections.open(deployment.url) as views:
+        views.catch_up()
+        deployment.cut()
+
+        for user in on_shard(ledger, down=False):
+            assert views.active_contexts(user) == ledger.active_contexts(user)
+        with pytest.raises(StorageUnavailable):
+            views.active_contexts(on_shard(ledger, down=True)[0])

@@ -14,7 +14,7 @@ from projections import Projections, continuity_of
 
 pytestmark = pytest.mark.postgres
 
-EQUAL = {"active": [], "audit": [], "continuity": []}
+EQUAL: dict[str, list[str]] = {"active": [], "audit": [], "continuity": []}
 USERS = [f"user-{n}" for n in range(30)]
 
 
