@@ -8,6 +8,7 @@ from collections.abc import Iterator
 import pytest
 
 from ledger import ContextLedger
+from ledger._shard_admin import add_shard
 from ledger._sharded import ShardedLedger
 from projections import (
     PositionsPerShard,
@@ -133,3 +134,48 @@ def test_a_rebuild_over_shards_gives_the_views_incremental_processing_built(
     assert applied == dict.fromkeys(("active", "audit", "continuity"), written(ledger))
     assert (views.active_contexts(), views.audit_rows(), views.continuity()) == before
     assert views.verify() == {"active": [], "audit": [], "continuity": []}
+
+
+def test_views_of_a_database_that_becomes_shard_0_keep_their_positions(
+    shard_urls: list[str],
+) -> None:
+    with ContextLedger.open(shard_urls[0]) as single:
+        chat(single, users=3, messages=4)
+    with Projections.open(shard_urls[0]) as views:
+        before = views.catch_up()["audit"]
+    for shard_url in shard_urls[1:]:
+        add_shard(shard_urls[0], shard_url)
+    with ContextLedger.open(shard_urls[0]) as ledger:
+        assert isinstance(ledger, ShardedLedger)
+        for n in range(USERS):
+            ledger.open_context(f"newcomer-{n}", "t")
+
+        with Projections.open(shard_urls[0]) as views:
+            applied = views.catch_up()
+            found = views.verify()
+            counted = views.count_audit()
+
+    assert applied["audit"] == USERS
+    assert counted == before + USERS
+    assert found == {"active": [], "audit": [], "continuity": []}
+
+
+def test_wait_takes_the_position_a_change_feed_gave(
+    ledger: ShardedLedger, views: Projections
+) -> None:
+    feed = ledger.changes(after="0:0.1:0.2:0")
+    chat(ledger, users=USERS, messages=2)
+    changes = feed.poll()
+    while len(changes) < written(ledger):
+        changes += feed.poll()
+    feed.close()
+    stop = threading.Event()
+    follower = threading.Thread(target=views.follow, args=(stop,))
+    follower.start()
+    try:
+        views.wait(changes[-1][0], timeout=30)
+    finally:
+        stop.set()
+        follower.join()
+
+    assert views.count_audit() == written(ledger)
