@@ -19,6 +19,7 @@ from ledger.log_source import (
     storage_failures,
 )
 from projections._applying import OnBatch, Target
+from projections._errors import ProjectionError
 from projections._moved import MovedStreams
 from projections._processing import Processor
 from projections._reader import LogReader
@@ -104,11 +105,17 @@ class ShardWorkers:
         on_batch: OnBatch | None = None,
         stop: threading.Event | None = None,
     ) -> tuple[Counter[str], dict[str, int]]:
-        """Brings the targets up to the shard's head (``Processor.advance``)."""
-        with self.shards.failures(0):  # the views' database
-            worker = self.worker(shard)
-            head = worker.reader.head()
-            return worker.advance(of_shard(targets, shard), head, on_batch, stop)
+        """Brings the targets up to the shard's head (``Processor.advance``); an
+        event that stops a view is named with its shard."""
+        try:
+            with self.shards.failures(0):  # the views' database
+                worker = self.worker(shard)
+                head = worker.reader.head()
+                return worker.advance(of_shard(targets, shard), head, on_batch, stop)
+        except ProjectionError as error:
+            where = self.shards.storage(shard).description
+            error.add_note(f"the position is in the log of shard {shard} ({where})")
+            raise
 
 
 def of_shard(targets: Sequence[Target], shard: int) -> list[Target]:

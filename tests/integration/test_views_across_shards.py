@@ -14,9 +14,11 @@ from projections import (
     PositionsPerShard,
     Projections,
     ShardViewStatus,
+    UndecodableEvent,
     continuity_of,
 )
 from tests.helpers import chat
+from tests.tampering import set_stored_event_bytes
 
 pytestmark = pytest.mark.postgres
 
@@ -179,3 +181,19 @@ def test_wait_takes_the_position_a_change_feed_gave(
         follower.join()
 
     assert views.count_audit() == written(ledger)
+
+
+def test_an_undecodable_event_stops_only_its_shards_part_and_names_the_shard(
+    ledger: ShardedLedger, views: Projections, shard_urls: list[str]
+) -> None:
+    chat(ledger, users=USERS, messages=2)
+    user = next(f"u{n}" for n in range(USERS) if ledger.shard_of(f"u{n}") == 1)
+    set_stored_event_bytes(shard_urls[1].split("&")[0], user, 2, b"\xc1")
+
+    with pytest.raises(UndecodableEvent, match="cannot be decoded") as raised:
+        views.catch_up()
+
+    assert any("shard 1" in note for note in raised.value.__notes__)
+    rows = [row for row in views.status() if isinstance(row, ShardViewStatus)]
+    assert all(row.lag == 0 for row in rows if row.shard != 1)
+    assert all(row.lag > 0 for row in rows if row.shard == 1)
