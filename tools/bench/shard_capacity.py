@@ -9,8 +9,8 @@ primary of its own and the writers on hosts of their own:
   rate times the bytes an event takes;
 - shard 0's server spends one directory read's CPU on each call that misses the
   cache (every call, on a cold cache);
-- the live views are applied by one process (``ctxledger project --follow``),
-  the shards in turn: they keep up while the write rate stays below that
+- the live views are applied by one process (``ctxledger project --follow``, a
+  thread per shard's log): they keep up while the write rate stays below that
   process's rate, whatever the shards; a rebuild runs a worker per shard at
   once, and the views' database needs the CPU for their sum;
 - no user goes faster than one stream: a user's stream lives on one shard.
@@ -76,7 +76,7 @@ class Capacity:
     hot_user_rate: float | None
     bytes_per_event: int | None
     follower_events_per_s: float | None
-    """One process applying every shard's log in turn (the widest catch-up)."""
+    """One process following every shard's log (the widest run's)."""
     worker_events_per_s: float | None
     """One shard's rebuild worker, alone."""
     views_server_ms_per_event: float | None
@@ -106,7 +106,7 @@ def model(
         directory_read_us=directory_read_us,
         hot_user_rate=hot_user.ops_per_s if hot_user else None,
         bytes_per_event=storage.bytes_per_event if storage else None,
-        follower_events_per_s=rows[-1].catch_up_events_per_s if rows else None,
+        follower_events_per_s=rows[-1].follow_events_per_s if rows else None,
         worker_events_per_s=rows[0].per_shard_events_per_s if rows else None,
         # The widest rebuild: the views' database taking the most shards.
         views_server_ms_per_event=rows[-1].views_server_ms_per_event if rows else None,
