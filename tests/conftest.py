@@ -13,6 +13,7 @@ import pytest
 from ledger import ContextLedger
 from ledger._shard_admin import add_shard
 from tests.helpers import OpenLedger
+from tests.shard_proxy import ProxiedShards, proxied_shards_on
 
 # Database drivers keep real time under freezegun; ledger event times still freeze.
 freezegun.configure(
@@ -78,6 +79,13 @@ def sharded_url(shard_urls: list[str]) -> str:
     for shard_url in shard_urls[1:]:
         add_shard(shard_urls[0], shard_url)
     return shard_urls[0]
+
+
+@pytest.fixture
+def proxied_shards(shard_urls: list[str]) -> Iterator[ProxiedShards]:
+    """Three shards; shard 2 registered by the URL of a proxy the test can cut."""
+    with proxied_shards_on(shard_urls) as shards:
+        yield shards
 
 
 @pytest.fixture

@@ -5,64 +5,34 @@ with it by themselves."""
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from urllib.parse import urlsplit, urlunsplit
 
 import pytest
 
 from ledger import ContextLedger, StorageUnavailable
-from ledger._shard_admin import add_shard
 from ledger._sharded import ShardedLedger
 from projections import Projections, ShardViewStatus
-from tests.helpers import CuttingProxy
+from tests.shard_proxy import DOWN, ProxiedShards
 
 pytestmark = pytest.mark.postgres
 
-DOWN = 2
 USERS = [f"user-{n}" for n in range(24)]
 EQUAL: dict[str, list[str]] = {"active": [], "audit": [], "continuity": []}
 
 
 @dataclass
-class Deployment:
-    url: str
-    down_url: str
-    proxy: CuttingProxy
-    failures: list[StorageUnavailable] = field(default_factory=list)
+class Failures:
+    """What ``follow`` reported through its ``on_failure`` hook."""
 
-    def cut(self) -> None:
-        self.proxy.refuse = True
-        self.proxy.cut_all()
+    noted: list[StorageUnavailable] = field(default_factory=list)
 
-    def restore(self) -> None:
-        self.proxy.refuse = False
-
-    def noted(self, failure: StorageUnavailable, pause: float) -> None:
+    def note(self, failure: StorageUnavailable, pause: float) -> None:
         assert pause > 0
-        self.failures.append(failure)
-
-
-def _through(url: str, port: int) -> str:
-    parts = urlsplit(url)
-    netloc = parts.netloc.replace(f"{parts.hostname}:{parts.port}", f"127.0.0.1:{port}")
-    return urlunsplit(parts._replace(netloc=netloc))
+        self.noted.append(failure)
 
 
 @pytest.fixture
-def deployment(shard_urls: list[str]) -> Iterator[Deployment]:
-    """Three shards; shard 2 registered by the URL of a proxy in front of it."""
-    target = urlsplit(shard_urls[DOWN])
-    proxy = CuttingProxy((target.hostname or "127.0.0.1", target.port or 5432))
-    down_url = _through(shard_urls[DOWN], proxy.port)
-    add_shard(shard_urls[0], shard_urls[1])
-    add_shard(shard_urls[0], down_url)
-    yield Deployment(shard_urls[0], down_url, proxy)
-    proxy.refuse = False
-    proxy.close()
-
-
-@pytest.fixture
-def ledger(deployment: Deployment) -> Iterator[ShardedLedger]:
-    with ContextLedger.open(deployment.url) as opened:
+def ledger(proxied_shards: ProxiedShards) -> Iterator[ShardedLedger]:
+    with ContextLedger.open(proxied_shards.url) as opened:
         assert isinstance(opened, ShardedLedger)
         write(opened, USERS)
         yield opened
@@ -84,12 +54,12 @@ def reachable_heads(views: Projections) -> dict[int, int]:
 
 
 def test_catch_up_goes_on_with_the_other_shards_then_names_the_one_cut(
-    deployment: Deployment, ledger: ShardedLedger
+    proxied_shards: ProxiedShards, ledger: ShardedLedger
 ) -> None:
     assert on_shard(ledger, down=True)
-    deployment.cut()
+    proxied_shards.cut()
 
-    with Projections.open(deployment.url) as views:
+    with Projections.open(proxied_shards.url) as views:
         with pytest.raises(StorageUnavailable, match="failed") as raised:
             views.catch_up()
         rows = [r for r in views.status() if isinstance(r, ShardViewStatus)]
@@ -105,26 +75,27 @@ def test_catch_up_goes_on_with_the_other_shards_then_names_the_one_cut(
 
 
 def test_follow_goes_on_while_a_shard_is_cut_and_catches_it_up_when_it_is_back(
-    deployment: Deployment, ledger: ShardedLedger
+    proxied_shards: ProxiedShards, ledger: ShardedLedger
 ) -> None:
-    with Projections.open(deployment.url) as views:
+    with Projections.open(proxied_shards.url) as views:
         views.catch_up()
-    deployment.cut()
+    proxied_shards.cut()
+    failures = Failures()
     stop = threading.Event()
     with (
-        Projections.open(deployment.url) as follower,
-        Projections.open(deployment.url) as reader,
+        Projections.open(proxied_shards.url) as follower,
+        Projections.open(proxied_shards.url) as reader,
     ):
         running = threading.Thread(
             target=follower.follow,
             args=(stop,),
-            kwargs={"poll_seconds": 0.05, "on_failure": deployment.noted},
+            kwargs={"poll_seconds": 0.05, "on_failure": failures.note},
         )
         running.start()
         try:
             write(ledger, on_shard(ledger, down=False), thread="while-cut")
             reader.wait(reachable_heads(reader), timeout=30)
-            deployment.restore()
+            proxied_shards.restore()
             write(ledger, on_shard(ledger, down=True), thread="once-back")
             reader.wait(reader.heads(), timeout=60)
         finally:
@@ -133,25 +104,25 @@ def test_follow_goes_on_while_a_shard_is_cut_and_catches_it_up_when_it_is_back(
         found = reader.verify()
         audited = reader.count_audit()
 
-    assert deployment.failures
+    assert failures.noted
     assert all(
-        f"127.0.0.1:{deployment.proxy.port}/" in str(f) for f in deployment.failures
+        f"127.0.0.1:{proxied_shards.proxy.port}/" in str(f) for f in failures.noted
     )
     assert found == EQUAL
     assert audited == 2 * len(USERS) * 2
 
 
 def test_a_rebuild_with_a_shard_cut_fails_naming_it_and_keeps_the_live_views(
-    deployment: Deployment, ledger: ShardedLedger
+    proxied_shards: ProxiedShards, ledger: ShardedLedger
 ) -> None:
     elsewhere = on_shard(ledger, down=False)[0]
-    with Projections.open(deployment.url) as views:
+    with Projections.open(proxied_shards.url) as views:
         views.catch_up()
         before = (views.count_audit(), views.audit_rows(elsewhere), views.continuity())
-        deployment.cut()
+        proxied_shards.cut()
 
         with pytest.raises(
-            StorageUnavailable, match=f"127.0.0.1:{deployment.proxy.port}/"
+            StorageUnavailable, match=f"127.0.0.1:{proxied_shards.proxy.port}/"
         ):
             views.rebuild()
 
@@ -160,11 +131,11 @@ def test_a_rebuild_with_a_shard_cut_fails_naming_it_and_keeps_the_live_views(
 
 
 def test_the_users_of_the_shards_still_reached_read_in_the_views(
-    deployment: Deployment, ledger: ShardedLedger
+    proxied_shards: ProxiedShards, ledger: ShardedLedger
 ) -> None:
-    with Projections.open(deployment.url) as views:
+    with Projections.open(proxied_shards.url) as views:
         views.catch_up()
-        deployment.cut()
+        proxied_shards.cut()
 
         for user in on_shard(ledger, down=False):
             assert views.active_contexts(user) == ledger.active_contexts(user)
