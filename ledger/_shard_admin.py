@@ -21,7 +21,7 @@ from ledger._store.shard_directory import (
     identity_of,
     stored_url,
 )
-from ledger._store.shard_guard import install_guard
+from ledger._store.shard_guard import MOVED_IN_TABLE, install_guard
 from ledger._store.urls import resolve_url, shown_url, storage_for
 from ledger.errors import LedgerConfigError, LedgerError
 
@@ -61,12 +61,14 @@ def add_shard(url: str | None, shard_url: str) -> Shard:
                     f"{shown_url(shard_url)} is already shard {shard_id}; "
                     "ctxledger shards list shows every shard"
                 )
-        with ContextLedger.open(shard_url) as shard_ledger:
-            if shard_ledger.chain_size():
-                raise LedgerConfigError(
-                    f"{shown_url(shard_url)} already holds events; a new shard "
-                    "must be an empty database or schema"
-                )
+        shard_storage = storage_for(shard_url)
+        if not _guarded(Connections(shard_storage)):  # else an add cut short
+            ContextLedger.open(shard_url).close()  # the ledger's tables there
+        if _stored(Connections(shard_storage))[1]:
+            raise LedgerConfigError(
+                f"{shown_url(shard_url)} already holds events; a new shard "
+                "must be an empty database or schema"
+            )
         _guard(shard_url)
         return directory.add(shard_url, PostgresBackend.events_table, identity)
     finally:
@@ -99,6 +101,20 @@ def list_shards(url: str | None) -> list[ShardFigures]:
                     )
                 )
         return figures
+
+
+def _guarded(connections: Connections) -> bool:
+    """Whether a shard's guard is in the database (an add that was cut short)."""
+    schema = connections.storage.settings["POSTGRES_SCHEMA"]
+    try:
+        with connections.connection() as connection:
+            row = connection.execute(
+                "SELECT to_regclass(%s) IS NOT NULL",
+                (f'"{schema}"."{MOVED_IN_TABLE}"',),
+            ).fetchone()
+    finally:
+        connections.close()
+    return bool(row and row[0])
 
 
 def _stored(connections: Connections) -> tuple[int, int]:

@@ -218,8 +218,12 @@ def _settle_cut_short(ledger: "ShardedLedger", stream: UUID) -> None:
     if found is None or found.moving_to is None:
         return
     source, target = found.shard_id, found.moving_to
+    with _shard(ledger, target) as (conn, schema):
+        arrived = _arriving(conn, schema, stream)
+        # Lifted but not switched: the copy, with no fence of an earlier stay.
+        lifted = not arrived and not _fenced(conn, schema, stream)
     copied = _count(ledger, target, stream)
-    if copied and copied >= _count(ledger, source, stream):
+    if arrived or (lifted and copied and copied >= _count(ledger, source, stream)):
         _arrive(ledger, stream, target)
     else:  # the copy is one transaction: here there is none
         _undo(ledger, stream, source, target)
@@ -232,6 +236,28 @@ def _arrive(ledger: "ShardedLedger", stream: UUID, target: int) -> None:
     with _shard(ledger, target) as (conn, schema):
         _unfence(conn, schema, MOVING_IN_TABLE, stream)
     ledger.directory.switch(stream, target)
+
+
+def _arriving(conn: psycopg.Connection[Any], schema: str, stream: UUID) -> bool:
+    """Whether a move's copy of the stream arrived here and awaits its switch."""
+    row = conn.execute(
+        sql.SQL("SELECT count(*) FROM {} WHERE stream_id = %s").format(
+            sql.Identifier(schema, MOVING_IN_TABLE)
+        ),
+        (stream,),
+    ).fetchone()
+    return bool(row and row[0])
+
+
+def _fenced(conn: psycopg.Connection[Any], schema: str, stream: UUID) -> bool:
+    """Whether the stream is fenced here because it moved away."""
+    row = conn.execute(
+        sql.SQL("SELECT count(*) FROM {} WHERE stream_id = %s AND active").format(
+            sql.Identifier(schema, MOVED_OUT_TABLE)
+        ),
+        (stream,),
+    ).fetchone()
+    return bool(row and row[0])
 
 
 def _count(ledger: "ShardedLedger", shard_id: int, stream: UUID) -> int:
@@ -251,8 +277,19 @@ def _undo(ledger: "ShardedLedger", stream: UUID, source: int, target: int) -> No
         _delete_stream(conn, schema, stream)
         _unfence(conn, schema, MOVING_IN_TABLE, stream)
     with _shard(ledger, source) as (conn, schema):
-        _unfence(conn, schema, MOVED_OUT_TABLE, stream)
+        _stay(conn, schema, stream)
     ledger.directory.set_moving(stream, source, None)
+
+
+def _stay(conn: psycopg.Connection[Any], schema: str, stream: UUID) -> None:
+    """Lifts a shard's fence of the stream; the row stays, inactive, so readers
+    of this log know the stream left it once (``shard_copies``)."""
+    conn.execute(
+        sql.SQL("UPDATE {} SET active = false WHERE stream_id = %s").format(
+            sql.Identifier(schema, MOVED_OUT_TABLE)
+        ),
+        (stream,),
+    )
 
 
 def _unfence(
@@ -305,7 +342,8 @@ def _fence_once(
         conn.execute(
             sql.SQL(
                 "INSERT INTO {} (stream_id, to_shard) VALUES (%s, %s) "
-                "ON CONFLICT (stream_id) DO UPDATE SET to_shard = EXCLUDED.to_shard"
+                "ON CONFLICT (stream_id) DO UPDATE "
+                "SET to_shard = EXCLUDED.to_shard, active = true"
             ).format(sql.Identifier(schema, MOVED_OUT_TABLE)),
             (stream, target),
         )
@@ -367,22 +405,13 @@ def _copy_in(
     rows: Rows,
 ) -> int:
     """Writes the rows on the target in one transaction; how many events. A copy
-    that a cut-short move already committed is kept as it is."""
+    that a cut-short move already committed (its arrival fence is there) is kept
+    as it is; anything else of the stream there is what an earlier stay left."""
     names, events = rows[EVENTS]
     with conn.transaction():
         conn.execute("SET LOCAL ctxledger.copying = 'on'")
         conn.execute("SELECT pg_current_xact_id()")  # before any position: gap-free
-        present = conn.execute(
-            sql.SQL("SELECT count(*) FROM {} WHERE originator_id = %s").format(
-                sql.Identifier(schema, EVENTS)
-            ),
-            (stream,),
-        ).fetchone()
-        if present and present[0]:
-            if present[0] < len(events):
-                raise LedgerCorrupted(
-                    str(stream), "the target shard holds part of this stream"
-                )
+        if _arriving(conn, schema, stream):
             return len(events)
         # No appends here until the directory gives the stream to this shard.
         conn.execute(
@@ -391,17 +420,10 @@ def _copy_in(
             ).format(sql.Identifier(schema, MOVING_IN_TABLE)),
             (stream,),
         )
-        _unfence(conn, schema, MOVED_OUT_TABLE, stream)
-        # What an earlier stay left (a key a stale route made, copies' records).
-        for table, column, key in _tables(stream):
-            if table != EVENTS:
-                conn.execute(
-                    sql.SQL("DELETE FROM {} WHERE {} = %s").format(
-                        sql.Identifier(schema, table), sql.Identifier(column)
-                    ),
-                    (key,),
-                )
-        _unfence(conn, schema, MOVED_IN_TABLE, stream)
+        _stay(conn, schema, stream)
+        # What an earlier stay left (a copy a cut-short move left, a key a stale
+        # route made, copies' records) goes first.
+        _delete_stream(conn, schema, stream)
         earlier = _earlier(rows)
         for row in events:
             event = dict(zip(names, row, strict=True))
@@ -493,7 +515,7 @@ def _departed_with_events(
         sql.SQL(
             "SELECT o.stream_id FROM {moved_out} o WHERE EXISTS "
             "(SELECT 1 FROM {events} e WHERE e.originator_id = o.stream_id) "
-            "AND (%s::uuid IS NULL OR o.stream_id = %s::uuid)"
+            "AND o.active AND (%s::uuid IS NULL OR o.stream_id = %s::uuid)"
         ).format(
             moved_out=sql.Identifier(schema, MOVED_OUT_TABLE),
             events=sql.Identifier(schema, EVENTS),

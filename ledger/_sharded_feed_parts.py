@@ -213,7 +213,9 @@ class ShardParts:
             return None
         copied_from = _copied_from(moves, position)
         stream = user_aggregate_id(event.user_id)
-        positions = self._positions_for(shard, stream, moves, copied_from)
+        copy = moves.copies.get(position)
+        places = set() if copy is None else {at for at, _ in copy.places}
+        positions = self._positions_for(shard, stream, moves, places)
         if positions is None:
             return None
         try:
@@ -227,18 +229,19 @@ class ShardParts:
             )
         except _NotRead:
             return None
-        if self.reads is not None and stream in moves.departed:
-            self.reads.read(shard, stream, position)
+        departed = stream in moves.departed
+        if self.reads is not None and departed and position not in moves.copies:
+            self.reads.read(shard, stream, position)  # an original read here
         return taken, copied_from
 
     def _positions_for(
-        self, shard: int, stream: UUID, moves: MovesAround, copied_from: int | None
+        self, shard: int, stream: UUID, moves: MovesAround, places: set[int]
     ) -> Mapping[int, int] | None:
         """The positions the rule takes for ``stream`` (None: being read)."""
         reads = self.reads
         if reads is None:
             return self.taken
-        for judged in {shard} if copied_from is None else {shard, copied_from}:
+        for judged in {shard} | places:
             if not reads.ready(judged, self.taken, self.wake):
                 return None
         reads.notice(shard, moves, before=self.taken.get(shard, 0))

@@ -70,7 +70,11 @@ class MovedStreams:
         positions = _Positions(tx, target, self._shards.ids(), self._store)
         positions.streams = _judged_streams(events, moves)
         judged = list(judge(self.shard, events, moves, positions.of, self._copy_at))
-        read = {stream: at for at, _, _, stream in judged if stream in moves.departed}
+        read = {  # originals only: a copy read here is no original read here
+            stream: at
+            for at, _, _, stream in judged
+            if stream in moves.departed and at not in moves.copies
+        }
         if read:
             moved_reads.raise_to(tx, own, read)
         return [(kept, event) for _, kept, event, _ in judged if kept is not None]

@@ -61,8 +61,8 @@ class ShardReplay:
             before = page[-1][0]
             judged = judge(shard, page, moves, self._positions, self._copy_at)
             for position, kept, event, stream in judged:
-                if stream in moves.departed:
-                    self._read_moved[shard, stream] = position
+                if stream in moves.departed and position not in moves.copies:
+                    self._read_moved[shard, stream] = position  # an original
                 if kept is None or position in moves.copies:
                     left_out.add(position)  # by position: placed by where it began
                 if kept is not None:

@@ -2,8 +2,10 @@
 
 A trigger, installed when a database becomes a shard, refuses an append
 
-- of a stream listed in ``ctxledger_moved_out`` (it moved to another shard: a
-  process that routed it by an old cache entry is told to look again), and
+- of a stream fenced in ``ctxledger_moved_out`` (it moved to another shard: a
+  process that routed it by an old cache entry is told to look again; a stream
+  that came back keeps its row, inactive, so readers know it left once), or
+  in ``ctxledger_moving_in`` (a move's copy arrived, the switch is to come), and
 - on shard 0, of the first event of a stream that the directory (in the same
   database) does not give to shard 0: a process that opened the ledger before the
   directory existed cannot place a new user on the wrong shard.
@@ -34,6 +36,7 @@ _TABLES = (
     "CREATE TABLE IF NOT EXISTS {moved_out} ("
     " stream_id uuid PRIMARY KEY,"
     " to_shard integer NOT NULL,"
+    " active boolean NOT NULL DEFAULT true,"
     " moved_at timestamptz NOT NULL DEFAULT now())",
     "CREATE TABLE IF NOT EXISTS {moved_in} ("
     " position bigint PRIMARY KEY,"
@@ -51,7 +54,8 @@ _FUNCTION = (
     "CREATE OR REPLACE FUNCTION {function}() RETURNS trigger "
     "LANGUAGE plpgsql AS $body$ BEGIN "
     "IF current_setting('ctxledger.copying', true) = 'on' THEN RETURN NEW; END IF; "
-    "IF EXISTS (SELECT 1 FROM {moved_out} WHERE stream_id = NEW.originator_id) "
+    "IF EXISTS (SELECT 1 FROM {moved_out} "
+    "WHERE stream_id = NEW.originator_id AND active) "
     "OR EXISTS (SELECT 1 FROM {moving_in} WHERE stream_id = NEW.originator_id) THEN "
     "RAISE EXCEPTION 'stream % moved to or from another shard', NEW.originator_id "
     "USING ERRCODE = 'CLM01'; END IF; "
