@@ -6,6 +6,7 @@ shard 0) and the shard's URL. A shard URL's password is never stored; see
 """
 
 from dataclasses import dataclass
+from typing import Any
 
 import psycopg
 from psycopg import sql
@@ -15,14 +16,14 @@ from ledger._store.postgres import PostgresBackend
 from ledger._store.shard_directory import (
     DRAINING,
     OPEN,
-    Connections,
     Shard,
     ShardDirectory,
+    connected,
     identity_of,
     stored_url,
 )
 from ledger._store.shard_guard import MOVED_IN_TABLE, install_guard
-from ledger._store.urls import resolve_url, shown_url, storage_for
+from ledger._store.urls import Storage, resolve_url, shown_url, storage_for
 from ledger.errors import LedgerConfigError, LedgerError
 
 UNREACHABLE = "unreachable"
@@ -62,9 +63,13 @@ def add_shard(url: str | None, shard_url: str) -> Shard:
                     "ctxledger shards list shows every shard"
                 )
         shard_storage = storage_for(shard_url)
-        if not _guarded(Connections(shard_storage)):  # else an add cut short
+        with connected(shard_storage) as connection:
+            guarded = _guarded(connection, shard_storage)
+        if not guarded:  # else an add cut short after installing the guard
             ContextLedger.open(shard_url).close()  # the ledger's tables there
-        if _stored(Connections(shard_storage))[1]:
+        with connected(shard_storage) as connection:
+            events = _stored(connection, shard_storage)[1]
+        if events:
             raise LedgerConfigError(
                 f"{shown_url(shard_url)} already holds events; a new shard "
                 "must be an empty database or schema"
@@ -83,12 +88,15 @@ def list_shards(url: str | None) -> list[ShardFigures]:
     ledger_url = _postgres_url(url)
     with ContextLedger.open(ledger_url, create=False) as ledger:
         if not isinstance(ledger, ShardedLedger):
-            users, events = _stored(Connections(ledger.storage))
+            with connected(ledger.storage) as connection:
+                users, events = _stored(connection, ledger.storage)
             return [ShardFigures(0, stored_url(ledger_url), OPEN, users, events)]
         figures = []
         for shard in ledger.shards():
             try:
-                _, events = _stored(ledger.connections(shard.shard_id))
+                connections = ledger.connections(shard.shard_id)
+                with connections.connection() as connection:
+                    _, events = _stored(connection, connections.storage)
                 figures.append(
                     ShardFigures(
                         shard.shard_id, shard.url, shard.state, shard.users, events
@@ -103,32 +111,23 @@ def list_shards(url: str | None) -> list[ShardFigures]:
         return figures
 
 
-def _guarded(connections: Connections) -> bool:
+def _guarded(connection: psycopg.Connection[Any], storage: Storage) -> bool:
     """Whether a shard's guard is in the database (an add that was cut short)."""
-    schema = connections.storage.settings["POSTGRES_SCHEMA"]
-    try:
-        with connections.connection() as connection:
-            row = connection.execute(
-                "SELECT to_regclass(%s) IS NOT NULL",
-                (f'"{schema}"."{MOVED_IN_TABLE}"',),
-            ).fetchone()
-    finally:
-        connections.close()
+    schema = storage.settings["POSTGRES_SCHEMA"]
+    row = connection.execute(
+        "SELECT to_regclass(%s) IS NOT NULL", (f'"{schema}"."{MOVED_IN_TABLE}"',)
+    ).fetchone()
     return bool(row and row[0])
 
 
-def _stored(connections: Connections) -> tuple[int, int]:
+def _stored(connection: psycopg.Connection[Any], storage: Storage) -> tuple[int, int]:
     """The streams and events stored in a database."""
-    schema = connections.storage.settings["POSTGRES_SCHEMA"]
-    try:
-        with connections.connection() as connection:
-            row = connection.execute(
-                sql.SQL(
-                    "SELECT count(DISTINCT originator_id), count(*) FROM {}"
-                ).format(sql.Identifier(schema, PostgresBackend.events_table))
-            ).fetchone()
-    finally:
-        connections.close()
+    events = sql.Identifier(
+        storage.settings["POSTGRES_SCHEMA"], PostgresBackend.events_table
+    )
+    row = connection.execute(
+        sql.SQL("SELECT count(DISTINCT originator_id), count(*) FROM {}").format(events)
+    ).fetchone()
     return (int(row[0]), int(row[1])) if row else (0, 0)
 
 
@@ -150,17 +149,13 @@ def drain_shard(url: str | None, shard_url: str, *, reopen: bool = False) -> Sha
 
 def _guard(shard_url: str) -> None:
     storage = storage_for(shard_url)
-    directory = ShardDirectory(storage, shard_url)
-    try:
-        with directory.connection() as connection, connection.transaction():
-            install_guard(
-                connection,
-                storage.settings["POSTGRES_SCHEMA"],
-                PostgresBackend.events_table,
-                directory=False,
-            )
-    finally:
-        directory.close()
+    with connected(storage) as connection, connection.transaction():
+        install_guard(
+            connection,
+            storage.settings["POSTGRES_SCHEMA"],
+            PostgresBackend.events_table,
+            directory=False,
+        )
 
 
 def _postgres_url(url: str | None) -> str:

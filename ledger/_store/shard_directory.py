@@ -30,6 +30,7 @@ from uuid import UUID
 
 import psycopg
 from psycopg import sql
+from psycopg_pool import ConnectionPool
 
 from ledger import _metrics as metrics
 from ledger._store.failures import storage_failures
@@ -45,8 +46,9 @@ CACHE_SECONDS = 5.0
 """How long a process trusts an assignment it read (a move's writes are fenced by
 the source shard's guard, so this bounds only how stale a read can be)."""
 CACHE_ENTRIES = 100_000
-KEPT_CONNECTIONS = 2
-"""Idle directory connections a process keeps for its next lookups."""
+MOST_CONNECTIONS = 4
+"""Connections a process opens at most to one database for routing, moves and
+the shards commands (apart from the ledger's own pools)."""
 
 _CREATE = (
     "CREATE TABLE IF NOT EXISTS {shards} ("
@@ -365,42 +367,28 @@ class ShardDirectory:
 
 
 class Connections:
-    """Autocommit connections to one database, a few kept for reuse."""
+    """Autocommit connections to one database, from a pool of its own (psycopg's,
+    opening none until asked and at most MOST_CONNECTIONS)."""
 
     def __init__(self, storage: Storage) -> None:
         self.storage = storage
-        self._conninfo = conninfo(storage)
-        self._idle: list[psycopg.Connection[Any]] = []
-        self._lock = threading.Lock()
+        self._pool = ConnectionPool(
+            kwargs={**conninfo(storage), "autocommit": True},
+            min_size=0,
+            max_size=MOST_CONNECTIONS,
+            timeout=float(storage.settings.get("POSTGRES_CONNECT_TIMEOUT", 5)),
+            num_workers=1,
+            open=True,
+        )
 
     @contextmanager
     def connection(self) -> Iterator[psycopg.Connection[Any]]:
         """A connection; the database's failures inside become StorageUnavailable."""
-        with storage_failures(self.storage), self._connected() as connection:
+        with storage_failures(self.storage), self._pool.connection() as connection:
             yield connection
-
-    @contextmanager
-    def _connected(self) -> Iterator[psycopg.Connection[Any]]:
-        with self._lock:
-            connection = self._idle.pop() if self._idle else None
-        if connection is None or connection.closed:
-            connection = psycopg.connect(**self._conninfo, autocommit=True)
-        try:
-            yield connection
-        except BaseException:
-            connection.close()
-            raise
-        with self._lock:
-            if len(self._idle) < KEPT_CONNECTIONS:
-                self._idle.append(connection)
-                return
-        connection.close()
 
     def close(self) -> None:
-        with self._lock:
-            idle, self._idle = self._idle, []
-        for connection in idle:
-            connection.close()
+        self._pool.close()
 
 
 def database_identity(connection: psycopg.Connection[Any], schema: str) -> UUID:
@@ -431,7 +419,7 @@ def database_identity(connection: psycopg.Connection[Any], schema: str) -> UUID:
 def identity_of(url: str) -> UUID:
     """The database identity of the schema at ``url`` (made there if it has none)."""
     storage = storage_for(url)
-    with _connected(storage) as connection:
+    with connected(storage) as connection:
         return database_identity(connection, storage.settings["POSTGRES_SCHEMA"])
 
 
@@ -440,7 +428,7 @@ def existing_identity(url: str) -> UUID | None:
     writes nothing there."""
     storage = storage_for(url)
     table = f'"{storage.settings["POSTGRES_SCHEMA"]}"."{IDENTITY_TABLE}"'
-    with _connected(storage) as connection:
+    with connected(storage) as connection:
         found = connection.execute(
             "SELECT to_regclass(%s) IS NOT NULL", (table,)
         ).fetchone()
@@ -455,7 +443,8 @@ def existing_identity(url: str) -> UUID | None:
 
 
 @contextmanager
-def _connected(storage: Storage) -> Iterator[psycopg.Connection[Any]]:
+def connected(storage: Storage) -> Iterator[psycopg.Connection[Any]]:
+    """One connection to the database, closed after (for one-off queries)."""
     connections = Connections(storage)
     try:
         with connections.connection() as connection:
