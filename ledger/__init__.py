@@ -7,8 +7,11 @@ from ledger._aio import AsyncContextLedger
 from ledger._aio_feed import AsyncChangeFeed
 from ledger._api import ContextLedger
 from ledger._audit.chain import ChainBreak, ChainReport, UserChain
+from ledger._audit.checkpoint_files import write_key_pair as write_checkpoint_key
+from ledger._audit.checkpoints import CheckpointReport, LeafFault, SignedCheckpoint
 from ledger._audit.export import ExportFault, ExportManifest, ExportReport
 from ledger._audit.export_check import verify_export
+from ledger._audit.log_tree import TreeHead
 from ledger._domain.events import (
     ContextCleared,
     ContextCreated,
@@ -22,6 +25,7 @@ from ledger._domain.validation import PLACEHOLDERS
 from ledger._store.codec import register as register_event_class
 from ledger._store.feed import ChangeFeed
 from ledger.errors import (
+    CheckpointError,
     ConcurrencyConflict,
     ContextLimitExceeded,
     ContextNotFound,
@@ -42,6 +46,8 @@ __all__ = [
     "ChainBreak",
     "ChainReport",
     "ChangeFeed",
+    "CheckpointError",
+    "CheckpointReport",
     "ConcurrencyConflict",
     "Context",
     "ContextCleared",
@@ -57,15 +63,19 @@ __all__ = [
     "ExportManifest",
     "ExportReport",
     "InvalidContextInput",
+    "LeafFault",
     "LedgerClosed",
     "LedgerConfigError",
     "LedgerCorrupted",
     "LedgerError",
     "LedgerEvent",
     "LedgerNotFound",
+    "SignedCheckpoint",
     "StorageUnavailable",
+    "TreeHead",
     "UserChain",
     "UserForgotten",
     "register_event_class",
     "verify_export",
+    "write_checkpoint_key",
 ]

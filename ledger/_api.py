@@ -12,11 +12,12 @@ from eventsourcing.persistence import PersistenceError
 
 from ledger import _metrics as metrics
 from ledger._audit.history import History
+from ledger._checkpoint_calls import CheckpointCalls
 from ledger._domain import validation
 from ledger._domain.contexts import UserContexts, user_aggregate_id
 from ledger._domain.models import Context, OnLimit
 from ledger._domain.transitions import evicts_context
-from ledger._queries import Clock, LedgerQueries
+from ledger._queries import Clock
 from ledger._results import context_of, detached, ended
 from ledger._settings import closed_on_failure, settings_of
 from ledger._store.application import LedgerApplication, open_application, utc_now
@@ -30,7 +31,7 @@ from ledger._store.urls import Storage, resolve_url, storage_for
 from ledger.errors import LedgerConfigError, LedgerCorrupted, LedgerError
 
 
-class ContextLedger(LedgerQueries):
+class ContextLedger(CheckpointCalls):
     """Per-user execution contexts, every change an event in the user's stream.
 
     Open one with ``ContextLedger.open(url)``; it is safe to share between threads,

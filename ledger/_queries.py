@@ -10,7 +10,9 @@ from itertools import islice
 from pathlib import Path
 
 from ledger._audit.chain import ChainReport
+from ledger._audit.checkpoint_files import KeyInput
 from ledger._audit.export import ExportManifest, write_export
+from ledger._audit.export_proofs import ExportLog
 from ledger._audit.history import History
 from ledger._audit.verification import ChainVerifier
 from ledger._domain import validation
@@ -143,13 +145,18 @@ class LedgerQueries(StorageClient):
         *,
         since: datetime | None = None,
         until: datetime | None = None,
+        sign_with: KeyInput | None = None,
     ) -> ExportManifest:
         """Writes the user's events (in the period) to an export file at ``path``.
 
         The file is written whole or not at all; check it with ``verify_export``.
+        It carries the latest signed checkpoint and each event's inclusion proof;
+        ``sign_with`` (a checkpoint signer key, text or file) signs a checkpoint
+        first, so that every event exported is covered.
         """
         user = validation.identifier("user_id", user_id)
         start, end = validation.period(since, until)
+        prove = self._proofs(user, sign_with)
         events = self._history.events_between(user, start, end)
         return write_export(
             path,
@@ -160,7 +167,16 @@ class LedgerQueries(StorageClient):
             since=start,
             until=end,
             exported_at=self._now(),
+            prove=prove,
         )
+
+    def _proofs(
+        self, user_id: str, sign_with: KeyInput | None
+    ) -> Callable[[list[int]], ExportLog | None]:
+        """How an export proves its events in the signed log (none here)."""
+        if sign_with is not None:
+            raise LedgerConfigError("this ledger keeps no signed checkpoints")
+        return lambda _: None
 
     def _now(self) -> datetime:
         now = self._clock()

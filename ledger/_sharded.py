@@ -26,7 +26,11 @@ from uuid import UUID
 from ledger import _metrics as metrics
 from ledger._api import ContextLedger
 from ledger._audit.chain import ChainReport
+from ledger._audit.checkpoint_files import KeyInput
+from ledger._audit.checkpoints import CheckpointReport, SignedCheckpoint
 from ledger._audit.export import ExportManifest
+from ledger._audit.log_tree import TreeHead
+from ledger._audit.notes import Verifier, open_checkpoint
 from ledger._domain import validation
 from ledger._domain.contexts import user_aggregate_id
 from ledger._domain.models import Context, LedgerEvent
@@ -102,6 +106,7 @@ class ShardedLedger(ContextLedger):
                 LookupError(f"the shard directory lists no shard {shard_id}"),
             )
         ledger = self._opener(url)
+        ledger.log_shard = shard_id
         metrics.label_shard(ledger, shard_id)
         with self._lock:
             if shard_id in self._ledgers:  # another thread opened it meanwhile
@@ -302,6 +307,33 @@ class ShardedLedger(ContextLedger):
 
     def chain_size(self) -> int:
         return sum(self._on_every_shard("chain_size", lambda s: s.chain_size()))
+
+    # Signed checkpoints: a Merkle tree per shard (``ledger._checkpoint_calls``).
+
+    def catch_up_tree(self) -> TreeHead:
+        """Every shard's tree caught up; shard 0's head (``shard(i)`` has each)."""
+        return self._on_every_shard("catch_up_tree", lambda s: s.catch_up_tree())[0]
+
+    def sign_checkpoint(self, key: KeyInput) -> SignedCheckpoint:
+        raise LedgerConfigError(
+            "a sharded ledger has a log per shard: sign_checkpoints signs each"
+        )
+
+    def sign_checkpoints(self, key: KeyInput) -> list[SignedCheckpoint]:
+        return self._on_every_shard("sign_checkpoint", lambda s: s.sign_checkpoint(key))
+
+    def latest_checkpoint(self) -> str | None:
+        """Each shard's latest note, separated by a blank line (None: none)."""
+        notes = self._on_every_shard(
+            "latest_checkpoint", lambda s: s.latest_checkpoint()
+        )
+        return "\n".join(note for note in notes if note) or None
+
+    def _verify_note(
+        self, note: str, verifier: Verifier, public_key: KeyInput
+    ) -> CheckpointReport:
+        shard = self._shard_of(open_checkpoint(note, verifier).origin, verifier.name)
+        return self.shard(shard).verify_checkpoint(note, public_key)
 
     # The change feed: each shard's log through that shard's own reader.
 

@@ -22,6 +22,7 @@ from uuid import UUID
 
 from eventsourcing.persistence import TrackingRecorder
 
+from ledger._audit.log_tree import LogTree
 from ledger._domain.contexts import user_aggregate_id
 from ledger._feed_positions import sharded_position
 from ledger._sharded import connect_url
@@ -179,6 +180,7 @@ class LogSource:
         self._records = RecordReader(
             cast(PydanticMapper, application.mapper), application.keys
         )
+        self._tree: LogTree | None = None
 
     @classmethod
     def open(
@@ -206,6 +208,16 @@ class LogSource:
         """The log's safe head: no event can still appear at or before it, so
         reading up to it skips nothing; 0 for an empty ledger."""
         return safe_head(self._app.log_reader)
+
+    def extend_tree(self, up_to: int) -> int:
+        """Takes the log's events up to ``up_to`` (a safe head) into the log's
+        Merkle tree, which signed checkpoints sign; the tree's size after. A
+        memory:// ledger keeps no tree (0)."""
+        if self.storage.kind == "memory":
+            return 0
+        if self._tree is None:
+            self._tree = LogTree(self._app)
+        return self._tree.catch_up(up_to).size
 
     @property
     def reads_apart(self) -> bool:

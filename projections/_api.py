@@ -169,7 +169,9 @@ class Projections(ViewQueries):
         self, names: Sequence[str] | None = None, *, on_batch: OnBatch | None = None
     ) -> dict[str, int]:
         """Applies every event stored now to the views; how many each applied."""
-        applied = self._processor.run(self._live(names), self.head(), on_batch)
+        head = self.head()
+        applied = self._processor.run(self._live(names), head, on_batch)
+        self._source.extend_tree(head)  # the log's Merkle tree, for checkpoints
         if metrics.enabled():
             metrics.record_views(self.status())
         return {name: applied[name] for name in self._selected(names)}
@@ -203,6 +205,7 @@ class Projections(ViewQueries):
                 with storage_failures(self.storage):
                     head = self._reader.head()
                     _, reached = self._processor.advance(targets, head, on_batch, stop)
+                    self._source.extend_tree(head)
                     if metrics.enabled() and time.monotonic() >= figures_due:
                         metrics.record_views(self.status())
                         figures_due = time.monotonic() + FIGURES_SECONDS

@@ -111,11 +111,14 @@ class ShardWorkers:
             with self.shards.failures(0):  # the views' database
                 worker = self.worker(shard)
                 head = worker.reader.head()
-                return worker.advance(of_shard(targets, shard), head, on_batch, stop)
+                done = worker.advance(of_shard(targets, shard), head, on_batch, stop)
         except ProjectionError as error:
             where = self.shards.storage(shard).description
             error.add_note(f"the position is in the log of shard {shard} ({where})")
             raise
+        with self.shards.failures(shard):  # the log's Merkle tree, for checkpoints
+            self.shards.source(shard).extend_tree(head)
+        return done
 
 
 def of_shard(targets: Sequence[Target], shard: int) -> list[Target]:

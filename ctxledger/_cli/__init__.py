@@ -9,7 +9,7 @@ from pathlib import Path
 import click
 
 from ctxledger._cli import audit as audit_commands
-from ctxledger._cli import governance, render, shards
+from ctxledger._cli import checkpoints, governance, render, shards
 from ctxledger._cli.demo import DemoOptions, DemoSummary, run_demo
 from ctxledger._cli.errors import reports_ledger_errors
 from ctxledger._cli.render import Column, utc_time
@@ -175,3 +175,4 @@ register(main)
 audit_commands.register(main)
 governance.register(main)
 shards.register(main)
+checkpoints.register(main)

@@ -10,11 +10,14 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict
 
-Fault = Literal["altered", "missing", "reordered", "erasure-pending", "key-rows"]
+Fault = Literal[
+    "altered", "missing", "reordered", "erasure-pending", "key-rows", "unproven"
+]
 """How a user's chain or its keys fail: ``erasure-pending`` when a ``forgotten``
 event is stored but a key it retired still lives; ``key-rows`` when the key table
 disagrees with the events (a key destroyed with no ``forgotten`` event, or a row
-the master key does not vouch for)."""
+the master key does not vouch for); ``unproven`` when an export's event is not
+proved in a signed checkpoint."""
 
 
 class ChainBreak(BaseModel):

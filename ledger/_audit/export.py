@@ -13,26 +13,32 @@ metadata is erased). The last line is the manifest::
      "head_hash":"...","last_version":3,"since":null,"until":null,"user_id":"alice",...}}
 
 ``head_hash`` is the hash of the last event line; record it elsewhere and even a
-rewrite of the whole file shows. ``verify_export`` detects an edited, deleted or
-reordered line: every line must be canonical, each event must link to the one
-before, and the manifest must match what the file holds. Whatever bytes the
-file holds, the answer is a report; only a path that names no readable regular
-file raises (InvalidContextInput).
+rewrite of the whole file shows. Format 3 (``ctxledger-export/3``) adds the
+manifest's ``log``: the ledger's latest signed checkpoint and an inclusion
+proof per event (``ledger._audit.export_proofs``), which
+``verify_export(path, public_key=...)`` checks offline.
+
+``verify_export`` detects an edited, deleted or reordered line: every line must
+be canonical, each event must link to the one before, and the manifest must
+match what the file holds. Whatever bytes the file holds, the answer is a
+report; only a path that names no readable regular file raises
+(InvalidContextInput).
 """
 
 import os
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from datetime import datetime
 
 from pydantic import BaseModel, ConfigDict
 
 from ledger._audit.chain import Fault
+from ledger._audit.export_proofs import ExportLog
 from ledger._audit.files import replaced_whole
 from ledger._domain.hashing import canonical_encoding, chain_hash, record_hash
 from ledger._domain.models import LedgerEvent, UtcDatetime
 
-FORMAT = "ctxledger-export/2"
-FORMATS = ("ctxledger-export/1", FORMAT)
+FORMAT = "ctxledger-export/3"
+FORMATS = ("ctxledger-export/1", "ctxledger-export/2", FORMAT)
 """The formats ``verify_export`` reads: exports of every release."""
 MAX_DEPTH = 64
 """Deepest nesting of a line's containers; an event's is about 11 (its metadata
@@ -56,9 +62,13 @@ class ExportManifest(BaseModel):
     exported_at: UtcDatetime
     digest: str = ""
     """The hash of the manifest's other fields, so an edit to any of them shows."""
+    log: ExportLog | None = None
+    """Format 3: the signed checkpoint and the events' inclusion proofs."""
 
     def expected_digest(self) -> str:
-        return record_hash(self.model_dump(mode="json", exclude={"digest"}))
+        # An export of format 1 or 2 has no ``log``: its digest leaves it out.
+        left_out = {"digest"} if self.log is not None else {"digest", "log"}
+        return record_hash(self.model_dump(mode="json", exclude=left_out))
 
 
 class ExportFault(BaseModel):
@@ -101,16 +111,20 @@ def write_export(
     since: datetime | None,
     until: datetime | None,
     exported_at: datetime,
+    prove: Callable[[list[int]], ExportLog | None] = lambda _: None,
 ) -> ExportManifest:
-    """Writes the export to ``path`` atomically: a complete file or none at all."""
+    """Writes the export to ``path`` atomically: a complete file or none at all.
+    ``prove`` gives the log proofs of the versions written."""
     with replaced_whole(path) as handle:
-        count, first, last, head = 0, None, None, None
+        versions: list[int] = []
+        head = None
         for event in events:
             record = event.model_dump(mode="json")
             handle.write(canonical_encoding(record) + b"\n")
-            count += 1
-            first = event.version if first is None else first
-            last, head = event.version, chain_hash(record)
+            versions.append(event.version)
+            head = chain_hash(record)
+        count = len(versions)
+        first, last = (versions[0], versions[-1]) if versions else (None, None)
         manifest = ExportManifest(
             format=FORMAT,
             user_id=user_id,
@@ -121,6 +135,7 @@ def write_export(
             since=since,
             until=until,
             exported_at=exported_at,
+            log=prove(versions),
         )
         manifest = manifest.model_copy(update={"digest": manifest.expected_digest()})
         handle.write(manifest_line(manifest) + b"\n")

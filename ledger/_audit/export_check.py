@@ -7,11 +7,12 @@ import os
 import re
 import stat
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import Any, NoReturn, cast
 
 from pydantic import ValidationError
 
 from ledger._audit.chain import Fault, Link, find_break
+from ledger._audit.checkpoint_files import KeyInput, verifier_from
 from ledger._audit.export import (
     FORMATS,
     SEALED_DETAILS_SHOWN,
@@ -20,7 +21,9 @@ from ledger._audit.export import (
     ExportReport,
     manifest_line,
 )
+from ledger._audit.export_proofs import LogProblem, check_log
 from ledger._audit.files import file_path
+from ledger._audit.notes import Verifier
 from ledger._domain.hashing import (
     GENESIS_HASH,
     canonical_encoding,
@@ -38,14 +41,21 @@ _INT64 = 2**63
 _INT64_DIGITS = len(str(-_INT64))
 
 
-def verify_export(path: str | os.PathLike[str]) -> ExportReport:
+def verify_export(
+    path: str | os.PathLike[str], *, public_key: KeyInput | None = None
+) -> ExportReport:
     """Checks an export file offline; the report says where it first fails.
 
+    With ``public_key`` (the checkpoint verifier key's text or file) it also
+    proves each event in the signed log the export carries, and that the export
+    reaches the user's last signed event (``ledger._audit.export_proofs``).
     Whatever the file holds, the answer is a report; a path that names no
-    readable file raises InvalidContextInput.
+    readable file raises InvalidContextInput, a key that is not one
+    CheckpointError.
     """
     source = file_path(path)
-    checker = _Checker(str(source))
+    verifier = None if public_key is None else verifier_from(public_key)
+    checker = _Checker(str(source), verifier)
     return checker.run(_read(source))
 
 
@@ -87,8 +97,9 @@ class _Fault(Exception):
 
 
 class _Checker:
-    def __init__(self, path: str) -> None:
+    def __init__(self, path: str, verifier: Verifier | None) -> None:
         self.path = path
+        self.verifier = verifier
         self.manifest: ExportManifest | None = None
         self.events = 0
 
@@ -120,6 +131,8 @@ class _Checker:
         _check_chain(links, self.manifest, len(lines))
         _check_versions(links, self.manifest, len(lines))
         _check_head(links, self.manifest, len(lines))
+        if self.verifier is not None:
+            _check_proofs(links, self.manifest, self.verifier, len(lines))
 
 
 def _lines(data: bytes) -> list[bytes]:
@@ -212,6 +225,19 @@ def _check_head(links: list[Link], manifest: ExportManifest, last_line: int) -> 
             "altered",
             "the last event's hash differs from the manifest's head_hash",
         )
+
+
+def _check_proofs(
+    links: list[Link], manifest: ExportManifest, verifier: Verifier, last_line: int
+) -> None:
+    """Every event is proved in the signed log the export carries."""
+    try:
+        check_log(manifest.log, links, verifier, whole=manifest.until is None)
+    except LogProblem as problem:
+        version = problem.version
+        lines = [n for n, link in enumerate(links, 1) if link.version == version]
+        fault = cast(Fault, problem.fault)
+        _fail(lines[0] if lines else last_line, version, fault, problem.detail)
 
 
 def _fail(line: int, version: int | None, fault: Fault, detail: str) -> NoReturn:

@@ -1,0 +1,160 @@
+"""What an export carries to prove its events are in the signed log, offline.
+
+The manifest's ``log`` holds the ledger's latest signed checkpoint, and for each
+exported event covered by it, its leaf index and RFC 9162 inclusion proof (the
+``tlog-proof`` content, with the checkpoint given once for all events). It also
+names the user's last leaf in that checkpoint, with its hash and proof: an
+export that ends before it (a tail cut from the store before exporting) fails.
+
+``verify_export(path, public_key=...)`` checks the signature with the verifier
+key, each exported event's inclusion, and that the export reaches the user's
+last signed event (unless the export ends at an ``until``).
+"""
+
+import base64
+import binascii
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
+from pydantic import BaseModel, ConfigDict
+
+from ledger._audit.chain import Link
+from ledger._audit.merkle import leaf_hash, verify_inclusion
+from ledger._audit.notes import Checkpoint, Verifier, open_checkpoint
+from ledger._domain.contexts import user_aggregate_id
+from ledger.errors import CheckpointError
+
+if TYPE_CHECKING:
+    from ledger._audit.log_tree import LogTree
+
+
+class ExportLeaf(BaseModel):
+    """An event's leaf in the signed log and its inclusion proof (base64)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    version: int
+    leaf: int
+    proof: tuple[str, ...]
+    leaf_hash: str | None = None
+    """The leaf's hash (hex), given for the user's last leaf only."""
+
+
+class ExportLog(BaseModel):
+    """The signed checkpoint an export is proved against, and the proofs."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    checkpoint: str
+    """The signed note (C2SP ``signed-note`` of a ``tlog-checkpoint``)."""
+    leaves: tuple[ExportLeaf, ...]
+    user_last: ExportLeaf | None
+    """The user's last leaf in the checkpoint (None: no event of the user)."""
+
+
+def prove_export(
+    tree: "LogTree", user_id: str, versions: Sequence[int]
+) -> ExportLog | None:
+    """The proofs of ``versions`` of the user's stream against the ledger's
+    latest signed checkpoint; None if it has signed none."""
+    tree.ensure_tables()
+    kept = tree.store.latest()
+    if kept is None:
+        return None
+    mine = tree.store.leaves_of(str(user_aggregate_id(user_id)), kept.size)
+    by_version = {leaf.version: leaf.number for leaf in mine}
+    covered = [(v, by_version[v]) for v in versions if v in by_version]
+    last = [(mine[-1].version, mine[-1].number)] if mine else []
+    proofs = tree.inclusion_proofs([i for _, i in covered + last], kept.size)
+    leaves = [
+        ExportLeaf(version=v, leaf=i, proof=_encoded(proof))
+        for (v, i), proof in zip(covered + last, proofs, strict=True)
+    ]
+    user_last = None
+    if last:
+        digest = tree.leaf_hashes([last[0][1]])[last[0][1]]
+        user_last = leaves.pop().model_copy(update={"leaf_hash": digest.hex()})
+    return ExportLog(checkpoint=kept.note, leaves=tuple(leaves), user_last=user_last)
+
+
+def _encoded(proof: Sequence[bytes]) -> tuple[str, ...]:
+    return tuple(base64.b64encode(digest).decode("ascii") for digest in proof)
+
+
+class LogProblem(Exception):
+    """The first thing an export's proofs fail on: its version and why."""
+
+    def __init__(self, version: int | None, fault: str, detail: str) -> None:
+        super().__init__(detail)
+        self.version, self.fault, self.detail = version, fault, detail
+
+
+def check_log(
+    log: ExportLog | None, links: Sequence[Link], verifier: Verifier, *, whole: bool
+) -> None:
+    """Raises LogProblem unless every event is proved in the signed log (and,
+    for an export not ended by ``until`` (``whole``), it reaches the user's
+    last signed event)."""
+    if log is None:
+        raise LogProblem(
+            None,
+            "unproven",
+            "the export carries no signed checkpoint: sign one (ctxledger "
+            "checkpoint sign), then export again",
+        )
+    try:
+        checkpoint = open_checkpoint(log.checkpoint, verifier)
+    except CheckpointError as error:
+        raise LogProblem(None, "altered", f"its checkpoint: {error}") from None
+    proved = {leaf.version: leaf for leaf in log.leaves}
+    for link in links:
+        _check_event(link, proved.get(link.version), checkpoint)
+    if whole and log.user_last is not None:
+        _check_last(log.user_last, links, checkpoint)
+
+
+def _check_event(link: Link, leaf: ExportLeaf | None, checkpoint: Checkpoint) -> None:
+    if leaf is None:
+        raise LogProblem(
+            link.version,
+            "unproven",
+            f"it is not in the export's checkpoint ({checkpoint.size} events): "
+            "sign a checkpoint after it was written, then export again",
+        )
+    digest = leaf_hash(bytes.fromhex(link.hash or ""))
+    if not _included(leaf, digest, checkpoint):
+        raise LogProblem(
+            link.version,
+            "altered",
+            f"it is not the event the signed log holds at leaf {leaf.leaf}",
+        )
+
+
+def _check_last(
+    last: ExportLeaf, links: Sequence[Link], checkpoint: Checkpoint
+) -> None:
+    try:
+        digest = bytes.fromhex(last.leaf_hash or "")
+    except ValueError:
+        digest = b""
+    if not _included(last, digest, checkpoint):
+        raise LogProblem(
+            last.version, "altered", "the user's last signed leaf is not proved"
+        )
+    ended = links[-1].version if links else 0
+    if ended < last.version:
+        raise LogProblem(
+            ended + 1,
+            "missing",
+            f"the signed log holds version {last.version} of this user (leaf "
+            f"{last.leaf}); the export ends at version {ended}: events were cut "
+            "from the store",
+        )
+
+
+def _included(leaf: ExportLeaf, digest: bytes, checkpoint: Checkpoint) -> bool:
+    try:
+        proof = [base64.b64decode(item, validate=True) for item in leaf.proof]
+    except (binascii.Error, ValueError):
+        return False
+    return verify_inclusion(leaf.leaf, checkpoint.size, digest, proof, checkpoint.root)
