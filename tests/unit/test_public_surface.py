@@ -43,6 +43,12 @@ LEDGER_NAMES = {
     "StorageUnavailable",
     "UserChain",
     "verify_export",
+    "CheckpointError",
+    "CheckpointReport",
+    "LeafFault",
+    "SignedCheckpoint",
+    "TreeHead",
+    "write_checkpoint_key",
 }
 PROJECTIONS_NAMES = {
     "VIEW_NAMES",
