@@ -9,6 +9,7 @@
     ├── LedgerNotFound (also LookupError)       no ledger at the URL (create=False)
     ├── LedgerClosed (also RuntimeError)        a call on a ledger already closed
     ├── LedgerCorrupted                         stored events cannot be replayed
+    ├── CheckpointError (also ValueError)       a checkpoint, note or key is bad
     ├── StorageUnavailable (also ConnectionError)  the database failed
     └── ProjectionError                         a view cannot go on
         ├── UndecodableEvent                    a stored event cannot be decoded
@@ -196,3 +197,8 @@ class LedgerCorrupted(LedgerError):
             f"{' '.join(detail.split())[:300]}; nothing was appended; find the "
             f"fault with `ctxledger verify --chain --user {shlex.quote(user_id)}`"
         )
+
+
+class CheckpointError(LedgerError, ValueError):
+    """A checkpoint, a signed note or a key is malformed or does not verify; says
+    which."""
