@@ -27,7 +27,7 @@ from ledger import _metrics as metrics
 from ledger._api import ContextLedger
 from ledger._audit.chain import ChainReport
 from ledger._audit.checkpoint_files import KeyInput
-from ledger._audit.checkpoints import CheckpointReport, SignedCheckpoint
+from ledger._audit.checkpoints import CheckpointReport, SignedCheckpoint, verify_tree
 from ledger._audit.export import ExportManifest
 from ledger._audit.log_tree import TreeHead
 from ledger._audit.notes import Verifier, open_checkpoint
@@ -35,6 +35,7 @@ from ledger._domain import validation
 from ledger._domain.contexts import user_aggregate_id
 from ledger._domain.models import Context, LedgerEvent
 from ledger._shard_moves import finish_departures, recover_move
+from ledger._sharded_checkpoints import departed_from
 from ledger._sharded_feed import ShardedChangeFeed, sharded_changes
 from ledger._store.postgres_log import CONNECT_TIMEOUT_SETTING
 from ledger._store.shard_directory import (
@@ -332,8 +333,10 @@ class ShardedLedger(ContextLedger):
     def _verify_note(
         self, note: str, verifier: Verifier, public_key: KeyInput
     ) -> CheckpointReport:
-        shard = self._shard_of(open_checkpoint(note, verifier).origin, verifier.name)
-        return self.shard(shard).verify_checkpoint(note, public_key)
+        checkpoint = open_checkpoint(note, verifier)
+        shard = self._shard_of(checkpoint.origin, verifier.name)
+        tree = self.shard(shard)._tree()
+        return verify_tree(tree, checkpoint, departed_from(self, shard))
 
     # The change feed: each shard's log through that shard's own reader.
 

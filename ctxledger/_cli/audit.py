@@ -120,19 +120,32 @@ def verify_chains(url: str, user_id: str | None, as_json: bool) -> None:
 @click.option("--since", callback=utc_time, help="From this ISO 8601 time (inclusive).")
 @click.option("--until", callback=utc_time, help="Before this time (exclusive).")
 @out_option("The JSON Lines file to write.")
+@click.option(
+    "--sign-with",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    default=None,
+    help="Sign a checkpoint first with this key (PREFIX.key), so that every "
+    "event exported is proved in it.",
+)
 @click.pass_obj
 @reports_ledger_errors
-def export(
+def export(  # noqa: PLR0917  (click passes the options by position)
     url: str,
     user_id: str,
     since: datetime | None,
     until: datetime | None,
     out: Path,
+    sign_with: Path | None,
 ) -> None:
-    """Write a user's events and a manifest to a file that verify-export checks."""
+    """Write a user's events and a manifest to a file that verify-export checks.
+
+    The manifest carries the latest signed checkpoint and an inclusion proof
+    per event that it covers (see `ctxledger checkpoint`)."""
     writable(out, "out")  # a bad path is refused before the history is read
     with ContextLedger.open(url, create=False) as ledger, out_named():
-        manifest = ledger.export(user_id, out, since=since, until=until)
+        manifest = ledger.export(
+            user_id, out, since=since, until=until, sign_with=sign_with
+        )
     versions = (
         f"versions {manifest.first_version} to {manifest.last_version}"
         if manifest.count
@@ -150,10 +163,19 @@ def export(
 @click.argument(
     "path", metavar="FILE", type=click.Path(exists=True, dir_okay=False, path_type=Path)
 )
+@click.option(
+    "--public-key",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    default=None,
+    help="Also prove each event in the signed checkpoint the export carries, "
+    "with this verifier key (PREFIX.pub).",
+)
 @reports_ledger_errors
-def verify_export_command(path: Path) -> None:
-    """Check an export offline: exit 1 if a line was edited, deleted or moved."""
-    report = verify_export(path)
+def verify_export_command(path: Path, public_key: Path | None) -> None:
+    """Check an export offline: exit 1 if a line was edited, deleted or moved
+    (and, with --public-key, if an event is not proved in the signed log, or
+    the export ends before the user's last signed event)."""
+    report = verify_export(path, public_key=public_key)
     if report.fault is not None:
         render.line(f"{path}: NOT INTACT: {report.fault}")
         sys.exit(1)
@@ -163,6 +185,7 @@ def verify_export_command(path: Path) -> None:
         f"{path}: intact: {manifest.count} event(s) of user {manifest.user_id}, "
         f"versions {manifest.first_version} to {manifest.last_version}, head hash "
         f"{manifest.head_hash or '-'}"
+        + ("" if public_key is None else ", each event proved in the signed log")
     )
 
 

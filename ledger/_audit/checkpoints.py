@@ -11,7 +11,7 @@ its place now, so the first event deleted, altered, added or reordered is named
 with its user and version.
 """
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict
@@ -23,6 +23,9 @@ from ledger._store.tree_store import Kept, Leaf
 from ledger.errors import CheckpointError
 
 LeafFaultKind = Literal["missing", "altered", "added", "reordered", "inconsistent"]
+Departed = Callable[[Leaf, bytes], bool]
+"""Whether a leaf's event left this log for another shard's, which holds it
+(``ledger._sharded_checkpoints``)."""
 
 
 class SignedCheckpoint(BaseModel):
@@ -98,13 +101,15 @@ def sign_tree(tree: LogTree, signer: Signer, origin: str) -> SignedCheckpoint:
     )
 
 
-def verify_tree(tree: LogTree, checkpoint: Checkpoint) -> CheckpointReport:
+def verify_tree(
+    tree: LogTree, checkpoint: Checkpoint, departed: Departed | None = None
+) -> CheckpointReport:
     """Whether the log (through its tree) still extends ``checkpoint``, whose
     signature the caller has checked."""
     head = tree.catch_up()
     kept = Kept(checkpoint.size, checkpoint.root, "")
     consistent = _extends(tree, kept, head.size, head.root)
-    fault = first_mismatch(tree)
+    fault = first_mismatch(tree, departed)
     if fault is None and not consistent:
         fault = LeafFault(
             fault="inconsistent",
@@ -134,17 +139,24 @@ def _extends(tree: LogTree, kept: Kept, size: int, root: bytes) -> bool:
     return verify_consistency(kept.size, size, kept.root, root, proof)
 
 
-def first_mismatch(tree: LogTree) -> LeafFault | None:
+def first_mismatch(tree: LogTree, departed: Departed | None = None) -> LeafFault | None:
     """The first leaf of the stored tree that the log does not hold as it is,
-    or an event of the log (up to where the tree has read) the tree lacks."""
+    or an event of the log (up to where the tree has read) the tree lacks. A
+    leaf whose event ``departed`` to another shard is passed over."""
     logged = _log_leaves(tree)
+    found = next(logged, None)
     for leaf, digest in _tree_leaves(tree):
-        found = next(logged, None)
+        gone = found is None or (
+            found.hash != digest and found.leaf.position > leaf.position
+        )
+        if gone and departed is not None and departed(leaf, digest):
+            continue
         if found is None:
             return _fault("missing", leaf, "the log ends before it")
         if found.hash != digest:
-            return _classify(tree, leaf, found)
-    extra = next(logged, None)
+            return _classify(leaf, found)
+        found = next(logged, None)
+    extra = found
     if extra is not None:
         return _fault(
             "added", extra.leaf, "an event the tree never took stands in the log"
@@ -152,7 +164,7 @@ def first_mismatch(tree: LogTree) -> LeafFault | None:
     return None
 
 
-def _classify(tree: LogTree, leaf: Leaf, found: LoggedLeaf) -> LeafFault:
+def _classify(leaf: Leaf, found: LoggedLeaf) -> LeafFault:
     other = found.leaf
     if other.position > leaf.position:
         return _fault("missing", leaf, "its event is no longer in the log")

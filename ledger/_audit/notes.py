@@ -1,6 +1,7 @@
 """Signed checkpoints in the C2SP formats: Ed25519 keys as golang.org/x/mod/sumdb/note
 writes them, signed notes (c2sp.org/signed-note), checkpoints
-(c2sp.org/tlog-checkpoint) and offline proofs (c2sp.org/tlog-proof), with no I/O.
+(c2sp.org/tlog-checkpoint), with no I/O; offline proofs (c2sp.org/tlog-proof) are
+``ledger._audit.tlog_proof``.
 
 Every malformed text or failed signature raises ``CheckpointError`` saying which.
 """
@@ -9,7 +10,6 @@ import base64
 import binascii
 import hashlib
 import re
-from collections.abc import Sequence
 from dataclasses import dataclass
 
 from cryptography.exceptions import InvalidSignature
@@ -23,7 +23,6 @@ from ledger.errors import CheckpointError
 ED25519 = 0x01  # the signature type byte of Ed25519 in key texts and key ids
 MAX_SIGNATURES = 100  # signature lines per note: the spec asks for 16 at least, Go 100
 MAX_SIZE = 2**64 - 1  # the largest tree size or index: Go's readers take a uint64
-PROOF_HEADER = "c2sp.org/tlog-proof@v1"
 _SIGNATURE_PREFIX = "\u2014 "
 _HASH_SIZE = 32
 _KEY_ID_SIZE = 4
@@ -322,78 +321,26 @@ class Checkpoint:
 
 
 def sign_checkpoint(checkpoint: Checkpoint, signer: Signer) -> str:
-    """The signed note of ``checkpoint``, whose origin must be the key's name."""
-    if checkpoint.origin != signer.name:
-        raise CheckpointError(
-            f"checkpoint origin {checkpoint.origin!r} is not the key's name "
-            f"{signer.name!r}: sign a log's checkpoints with a key named after it"
-        )
+    """The signed note of ``checkpoint``, whose origin must be the key's log."""
+    _speaks_for(checkpoint.origin, signer.name)
     return sign_note(checkpoint.text(), signer)
 
 
 def open_checkpoint(note: str, verifier: Verifier) -> Checkpoint:
-    """The checkpoint of a signed note that ``verifier`` signed for its own origin."""
+    """The checkpoint of a signed note that ``verifier`` signed for its own log."""
     checkpoint = Checkpoint.parse(open_note(note, verifier))
-    if checkpoint.origin != verifier.name:
-        raise CheckpointError(
-            f"checkpoint origin {checkpoint.origin!r} is not the key's name "
-            f"{verifier.name!r}: this key does not speak for that log"
-        )
+    _speaks_for(checkpoint.origin, verifier.name)
     return checkpoint
 
 
-def format_proof(
-    index: int, proof: Sequence[bytes], note: str, extra: bytes | None = None
-) -> str:
-    """A c2sp.org/tlog-proof: header, optional extra, index, the inclusion proof's
-    hashes, a blank line and the signed checkpoint verbatim."""
-    _decimal(str(index), "the leaf index")
-    if any(not isinstance(h, bytes) or len(h) != _HASH_SIZE for h in proof):
-        raise CheckpointError("every hash of an inclusion proof must be 32 bytes")
-    _check_proof_note(note)
-    lines = [PROOF_HEADER]
-    if extra is not None:
-        lines.append(f"extra {_b64(extra)}")
-    lines.append(f"index {index}")
-    lines.extend(_b64(h) for h in proof)
-    return "\n".join(lines) + "\n\n" + note
-
-
-def parse_proof(text: str) -> tuple[int, list[bytes], str]:
-    """The leaf index, inclusion proof and signed checkpoint of a tlog-proof."""
-    index, proof, note, _extra = parse_proof_with_extra(text)
-    return index, proof, note
-
-
-def parse_proof_with_extra(text: str) -> tuple[int, list[bytes], str, bytes | None]:
-    """``parse_proof`` with the unauthenticated extra data (None when absent)."""
-    head, separator, note = text.partition("\n\n")
-    if not separator:
-        raise CheckpointError("the proof has no blank line before its checkpoint")
-    lines = head.split("\n")
-    if lines[0] != PROOF_HEADER:
-        raise CheckpointError(f"a tlog proof must start with the line {PROOF_HEADER}")
-    extra = None
-    rest = lines[1:]
-    if rest and rest[0].startswith("extra "):
-        extra = _b64decode(rest.pop(0).removeprefix("extra "), "the proof's extra data")
-    if not rest or not rest[0].startswith("index "):
-        raise CheckpointError("the proof has no 'index N' line after its header")
-    index = _decimal(rest.pop(0).removeprefix("index "), "the leaf index")
-    proof = [_proof_hash(line) for line in rest]
-    _check_proof_note(note)
-    return index, proof, note, extra
-
-
-def _proof_hash(line: str) -> bytes:
-    data = _b64decode(line, "an inclusion proof line")
-    if len(data) != _HASH_SIZE:
-        raise CheckpointError(f"inclusion proof hash {line[:50]!r} is not 32 bytes")
-    return data
-
-
-def _check_proof_note(note: str) -> None:
-    """The checkpoint of a proof must be a well-formed note of a checkpoint; its
-    signatures are checked by ``open_checkpoint``."""
-    text, _lines = split_note(note)
-    Checkpoint.parse(text)
+def _speaks_for(origin: str, name: str) -> None:
+    """A key speaks for its own log and for its shards' (``name/shard/N``)."""
+    shard = origin.removeprefix(f"{name}/shard/")
+    if origin == name or (
+        shard != origin and shard.isdigit() and shard == str(int(shard))
+    ):
+        return
+    raise CheckpointError(
+        f"checkpoint origin {origin!r} is not the key's log {name!r} (or one of its "
+        f"shards', {name}/shard/N): this key does not speak for that log"
+    )

@@ -18,9 +18,11 @@ def test_the_python_examples_run_in_order(
     for code in blocks:  # in order: auditing reads the quick start's database
         exec(compile(code, str(README), "exec"), {})  # noqa: S102  (our own README)
 
-    assert len(blocks) == 4  # quick start, asyncio, the FastAPI app, auditing
+    assert len(blocks) == 5  # quick start, asyncio, FastAPI, auditing, checkpoints
     assert (tmp_path / "contexts.db").exists()
     assert (tmp_path / "user-42.jsonl").exists()
+    assert (tmp_path / "checkpoints.key").stat().st_mode & 0o777 == 0o600
+    assert (tmp_path / "user-42-proved.jsonl").exists()
 
 
 def test_the_readme_lists_exactly_the_placeholders_the_code_refuses() -> None:

@@ -15,16 +15,14 @@ from ledger._audit.notes import (
     Checkpoint,
     Signer,
     Verifier,
-    format_proof,
     generate_key,
     open_checkpoint,
     open_note,
-    parse_proof,
-    parse_proof_with_extra,
     sign_checkpoint,
     sign_note,
     split_note,
 )
+from ledger._audit.tlog_proof import format_proof, parse_proof, parse_proof_with_extra
 from ledger.errors import CheckpointError, LedgerError
 
 DASH = "\u2014"
@@ -396,10 +394,26 @@ def test_a_checkpoint_of_another_origin_is_neither_signed_nor_opened(
 ) -> None:
     foreign = Checkpoint("example.com/other-log", 7, ROOT)
 
-    with pytest.raises(CheckpointError, match="is not the key's name"):
+    with pytest.raises(CheckpointError, match="is not the key's log"):
         sign_checkpoint(foreign, signer)
     with pytest.raises(CheckpointError, match="does not speak for that log"):
         open_checkpoint(sign_note(foreign.text(), signer), signer.verifier())
+
+
+def test_a_key_speaks_for_its_shards_logs_and_no_other_name_under_it(
+    signer: Signer,
+) -> None:
+    shard = Checkpoint(f"{ORIGIN}/shard/3", 7, ROOT)
+    assert open_checkpoint(sign_checkpoint(shard, signer), signer.verifier()) == shard
+
+    for origin in (
+        f"{ORIGIN}/shard/03",
+        f"{ORIGIN}/shard/",
+        f"{ORIGIN}/other",
+        f"{ORIGIN}x",
+    ):
+        with pytest.raises(CheckpointError, match="is not the key's log"):
+            sign_checkpoint(Checkpoint(origin, 7, ROOT), signer)
 
 
 def test_a_signed_checkpoint_with_a_changed_size_does_not_verify(
