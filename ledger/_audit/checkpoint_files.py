@@ -82,14 +82,27 @@ def split_notes(text: str) -> list[str]:
 
 def _key_text(key: KeyInput) -> str:
     if not _is_path(key):
-        return str(key).strip()
+        text = str(key).strip()
+        if "+" not in text:
+            raise CheckpointError(
+                f"{text[:80]!r} is neither a file that can be read nor a key's "
+                "text (name+keyid+base64): give the key file ctxledger checkpoint "
+                "keygen wrote"
+            )
+        return text
     return _text(key, MAX_KEY_FILE).strip()
 
 
 def _is_path(value: KeyInput) -> bool:
+    """A path object, or a string that names an existing file; else the text."""
     if isinstance(value, os.PathLike):
         return True
-    return "\n" not in value and "+" not in value
+    if not isinstance(value, str):
+        raise CheckpointError(f"a key or note is text or a path, not {type(value)}")
+    try:
+        return "\n" not in value and Path(value).is_file()
+    except (OSError, ValueError):  # too long for a file name, a NUL in it
+        return False
 
 
 def _text(path: KeyInput, limit: int) -> str:
