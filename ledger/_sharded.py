@@ -26,16 +26,12 @@ from uuid import UUID
 from ledger import _metrics as metrics
 from ledger._api import ContextLedger
 from ledger._audit.chain import ChainReport
-from ledger._audit.checkpoint_files import KeyInput
-from ledger._audit.checkpoints import CheckpointReport, SignedCheckpoint, verify_tree
 from ledger._audit.export import ExportManifest
-from ledger._audit.log_tree import TreeHead
-from ledger._audit.notes import Verifier, open_checkpoint
 from ledger._domain import validation
 from ledger._domain.contexts import user_aggregate_id
 from ledger._domain.models import Context, LedgerEvent
 from ledger._shard_moves import finish_departures, recover_move
-from ledger._sharded_checkpoints import departed_from
+from ledger._sharded_checkpoints import ShardedCheckpoints
 from ledger._sharded_feed import ShardedChangeFeed, sharded_changes
 from ledger._store.postgres_log import CONNECT_TIMEOUT_SETTING
 from ledger._store.shard_directory import (
@@ -54,7 +50,7 @@ MOVE_WAIT_SECONDS = 30.0
 _ROUTE_ATTEMPTS = 5
 
 
-class ShardedLedger(ContextLedger):
+class ShardedLedger(ShardedCheckpoints):
     """The ledger of a deployment whose users are spread over several databases."""
 
     def __init__(
@@ -308,35 +304,6 @@ class ShardedLedger(ContextLedger):
 
     def chain_size(self) -> int:
         return sum(self._on_every_shard("chain_size", lambda s: s.chain_size()))
-
-    # Signed checkpoints: a Merkle tree per shard (``ledger._checkpoint_calls``).
-
-    def catch_up_tree(self) -> TreeHead:
-        """Every shard's tree caught up; shard 0's head (``shard(i)`` has each)."""
-        return self._on_every_shard("catch_up_tree", lambda s: s.catch_up_tree())[0]
-
-    def sign_checkpoint(self, key: KeyInput) -> SignedCheckpoint:
-        raise LedgerConfigError(
-            "a sharded ledger has a log per shard: sign_checkpoints signs each"
-        )
-
-    def sign_checkpoints(self, key: KeyInput) -> list[SignedCheckpoint]:
-        return self._on_every_shard("sign_checkpoint", lambda s: s.sign_checkpoint(key))
-
-    def latest_checkpoint(self) -> str | None:
-        """Each shard's latest note, separated by a blank line (None: none)."""
-        notes = self._on_every_shard(
-            "latest_checkpoint", lambda s: s.latest_checkpoint()
-        )
-        return "\n".join(note for note in notes if note) or None
-
-    def _verify_note(
-        self, note: str, verifier: Verifier, public_key: KeyInput
-    ) -> CheckpointReport:
-        checkpoint = open_checkpoint(note, verifier)
-        shard = self._shard_of(checkpoint.origin, verifier.name)
-        tree = self.shard(shard)._tree()
-        return verify_tree(tree, checkpoint, departed_from(self, shard))
 
     # The change feed: each shard's log through that shard's own reader.
 

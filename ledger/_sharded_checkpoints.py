@@ -9,19 +9,67 @@ same version with the same hash: a copy has its original's chain form, so its
 leaf is the same. Anything else is reported as ``missing``.
 """
 
-from typing import TYPE_CHECKING
+from collections.abc import Callable
+from typing import TYPE_CHECKING, TypeVar
 from uuid import UUID
 
-from ledger._audit.checkpoints import Departed
+from ledger._api import ContextLedger
+from ledger._audit.checkpoint_files import KeyInput
+from ledger._audit.checkpoints import (
+    CheckpointReport,
+    Departed,
+    SignedCheckpoint,
+    verify_tree,
+)
+from ledger._audit.log_tree import TreeHead
+from ledger._audit.notes import Verifier, open_checkpoint
 from ledger._store.shard_copies import moves_around
 from ledger._store.tree_store import Leaf
+from ledger.errors import LedgerConfigError
 
-if TYPE_CHECKING:
-    from ledger._api import ContextLedger
-    from ledger._sharded import ShardedLedger
+T = TypeVar("T")
 
 
-def departed_from(ledger: "ShardedLedger", shard: int) -> Departed:
+class ShardedCheckpoints(ContextLedger):
+    """The checkpoint calls of ``ShardedLedger``: a Merkle tree per shard."""
+
+    if TYPE_CHECKING:  # ShardedLedger's
+
+        def shard(self, shard_id: int) -> ContextLedger: ...
+        def shard_ids(self) -> list[int]: ...
+        def _on_every_shard(
+            self, name: str, call: Callable[[ContextLedger], T]
+        ) -> list[T]: ...
+
+    def catch_up_tree(self) -> TreeHead:
+        """Every shard's tree caught up; shard 0's head (``shard(i)`` has each)."""
+        return self._on_every_shard("catch_up_tree", lambda s: s.catch_up_tree())[0]
+
+    def sign_checkpoint(self, key: KeyInput) -> SignedCheckpoint:
+        raise LedgerConfigError(
+            "a sharded ledger has a log per shard: sign_checkpoints signs each"
+        )
+
+    def sign_checkpoints(self, key: KeyInput) -> list[SignedCheckpoint]:
+        return self._on_every_shard("sign_checkpoint", lambda s: s.sign_checkpoint(key))
+
+    def latest_checkpoint(self) -> str | None:
+        """Each shard's latest note, separated by a blank line (None: none)."""
+        notes = self._on_every_shard(
+            "latest_checkpoint", lambda s: s.latest_checkpoint()
+        )
+        return "\n".join(note for note in notes if note) or None
+
+    def _verify_note(
+        self, note: str, verifier: Verifier, public_key: KeyInput
+    ) -> CheckpointReport:
+        checkpoint = open_checkpoint(note, verifier)
+        shard = self._shard_of(checkpoint.origin, verifier.name)
+        tree = self.shard(shard)._tree()
+        return verify_tree(tree, checkpoint, departed_from(self, shard))
+
+
+def departed_from(ledger: ShardedCheckpoints, shard: int) -> Departed:
     """Whether a leaf of ``shard``'s tree stands for an event that moved on."""
     hops = len(ledger.shard_ids())
     where: dict[int, dict[UUID, int]] = {}
@@ -42,14 +90,14 @@ def departed_from(ledger: "ShardedLedger", shard: int) -> Departed:
     return moved_on
 
 
-def _departures(shard: "ContextLedger") -> dict[UUID, int]:
+def _departures(shard: ContextLedger) -> dict[UUID, int]:
     datastore = shard._app.recorder.datastore  # type: ignore[attr-defined]
     schema = str(shard.storage.settings["POSTGRES_SCHEMA"])
     with datastore.transaction(commit=False) as cursor:
         return dict(moves_around(cursor, schema, 0, 0).departed)
 
 
-def _holds(shard: "ContextLedger", leaf: Leaf, digest: bytes) -> bool:
+def _holds(shard: ContextLedger, leaf: Leaf, digest: bytes) -> bool:
     """Whether the shard's tree has a leaf of that event with that hash."""
     tree = shard._tree()
     tree.ensure_tables()

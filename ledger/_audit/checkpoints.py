@@ -11,21 +11,16 @@ its place now, so the first event deleted, altered, added or reordered is named
 with its user and version.
 """
 
-from collections.abc import Callable, Iterator
-from typing import Literal
-
 from pydantic import BaseModel, ConfigDict
 
-from ledger._audit.log_tree import BATCH, LoggedLeaf, LogTree
+from ledger._audit.log_tree import LogTree
 from ledger._audit.merkle import verify_consistency
 from ledger._audit.notes import Checkpoint, Signer, sign_checkpoint
-from ledger._store.tree_store import Kept, Leaf
-from ledger.errors import CheckpointError
+from ledger._audit.tree_scan import Departed, LeafFault, Scan, scan
+from ledger._store.tree_store import Kept
+from ledger.errors import CheckpointError, LedgerCorrupted
 
-LeafFaultKind = Literal["missing", "altered", "added", "reordered", "inconsistent"]
-Departed = Callable[[Leaf, bytes], bool]
-"""Whether a leaf's event left this log for another shard's, which holds it
-(``ledger._sharded_checkpoints``)."""
+__all__ = ["CheckpointReport", "Departed", "LeafFault", "SignedCheckpoint"]
 
 
 class SignedCheckpoint(BaseModel):
@@ -39,29 +34,6 @@ class SignedCheckpoint(BaseModel):
     """The tree's root, hex."""
     note: str
     """The signed note (C2SP ``signed-note`` of a ``tlog-checkpoint``)."""
-
-
-class LeafFault(BaseModel):
-    """The first leaf of the tree that the log no longer matches."""
-
-    model_config = ConfigDict(frozen=True, extra="forbid")
-
-    fault: LeafFaultKind
-    leaf: int | None
-    """Its index in the tree (None when no leaf can be named)."""
-    user_id: str | None
-    version: int | None
-    position: int | None
-    """Its position in the log."""
-    detail: str
-
-    def __str__(self) -> str:
-        if self.leaf is None:
-            return f"{self.fault}: {self.detail}"
-        return (
-            f"leaf {self.leaf} (user {self.user_id!r}, version {self.version}, "
-            f"log position {self.position}): {self.fault}: {self.detail}"
-        )
 
 
 class CheckpointReport(BaseModel):
@@ -104,25 +76,16 @@ def sign_tree(tree: LogTree, signer: Signer, origin: str) -> SignedCheckpoint:
 def verify_tree(
     tree: LogTree, checkpoint: Checkpoint, departed: Departed | None = None
 ) -> CheckpointReport:
-    """Whether the log (through its tree) still extends ``checkpoint``, whose
-    signature the caller has checked."""
+    """Whether the log still extends ``checkpoint`` (whose signature the caller
+    checked), and the first leaf of the tree the log no longer matches."""
     head = tree.catch_up()
     kept = Kept(checkpoint.size, checkpoint.root, "")
-    consistent = _extends(tree, kept, head.size, head.root)
-    fault = first_mismatch(tree, departed)
-    if fault is None and not consistent:
-        fault = LeafFault(
-            fault="inconsistent",
-            leaf=None,
-            user_id=None,
-            version=None,
-            position=None,
-            detail=(
-                f"the log's first {checkpoint.size} events do not give the "
-                "checkpoint's root: the log and its tree were both rewritten, "
-                f"the tree now holds {head.size} leaves"
-            ),
-        )
+    try:
+        consistent = _extends(tree, kept, head.size, head.root)
+    except LedgerCorrupted:  # a node the proof needs was deleted
+        consistent = False
+    found = scan(tree, checkpoint.size, departed)
+    fault = _verdict(found, checkpoint, consistent)
     return CheckpointReport(
         origin=checkpoint.origin,
         checkpoint_size=checkpoint.size,
@@ -132,84 +95,43 @@ def verify_tree(
     )
 
 
+def _verdict(found: Scan, checkpoint: Checkpoint, consistent: bool) -> LeafFault | None:
+    """The first fault: the first mismatch when the tree's own leaves give the
+    checkpoint's root (they are then the signed ones); else the tree's tables
+    were changed, and the log's own root says whether the log was too."""
+    size, root = checkpoint.size, checkpoint.root
+    if found.tree_root.size >= size and found.tree_root.root() == root:
+        if found.mismatch is not None or consistent:
+            return found.mismatch
+        return _inconsistent(
+            "the tree's inner nodes were changed; the log and "
+            "the tree's leaves extend it"
+        )
+    where = "" if found.mismatch is None else f"; first difference: {found.mismatch}"
+    if found.log_root.size >= size and found.log_root.root() == root:
+        return _inconsistent(
+            "the log extends it, but the tree's leaves no longer give its root: "
+            f"the tree's tables were changed{where}"
+        )
+    return _inconsistent(
+        f"the log's first {size} events do not give its root, and the tree's "
+        f"tables were changed too, so the first changed event cannot be named{where}"
+    )
+
+
+def _inconsistent(detail: str) -> LeafFault:
+    return LeafFault(
+        fault="inconsistent",
+        leaf=None,
+        user_id=None,
+        version=None,
+        position=None,
+        detail=detail,
+    )
+
+
 def _extends(tree: LogTree, kept: Kept, size: int, root: bytes) -> bool:
     if size < kept.size:
         return False
     proof = tree.consistency_proof(kept.size, size)
     return verify_consistency(kept.size, size, kept.root, root, proof)
-
-
-def first_mismatch(tree: LogTree, departed: Departed | None = None) -> LeafFault | None:
-    """The first leaf of the stored tree that the log does not hold as it is,
-    or an event of the log (up to where the tree has read) the tree lacks. A
-    leaf whose event ``departed`` to another shard is passed over."""
-    logged = _log_leaves(tree)
-    found = next(logged, None)
-    for leaf, digest in _tree_leaves(tree):
-        gone = found is None or (
-            found.hash != digest and found.leaf.position > leaf.position
-        )
-        if gone and departed is not None and departed(leaf, digest):
-            continue
-        if found is None:
-            return _fault("missing", leaf, "the log ends before it")
-        if found.hash != digest:
-            return _classify(leaf, found)
-        found = next(logged, None)
-    extra = found
-    if extra is not None:
-        return _fault(
-            "added", extra.leaf, "an event the tree never took stands in the log"
-        )
-    return None
-
-
-def _classify(leaf: Leaf, found: LoggedLeaf) -> LeafFault:
-    other = found.leaf
-    if other.position > leaf.position:
-        return _fault("missing", leaf, "its event is no longer in the log")
-    if other.position < leaf.position:
-        return _fault(
-            "added",
-            other._replace(number=leaf.number),
-            "an event the tree never took stands before this leaf's event",
-        )
-    if (other.stream, other.version) != (leaf.stream, leaf.version):
-        return _fault(
-            "reordered",
-            leaf,
-            f"its place in the log holds version {other.version} of "
-            f"{'its user' if other.stream == leaf.stream else 'another stream'}",
-        )
-    problem = found.problem or "its hash is not the one the tree took"
-    return _fault("altered", leaf, problem)
-
-
-def _fault(kind: LeafFaultKind, leaf: Leaf, detail: str) -> LeafFault:
-    return LeafFault(
-        fault=kind,
-        leaf=None if leaf.number < 0 else leaf.number,
-        user_id=leaf.user_id or None,
-        version=leaf.version,
-        position=leaf.position,
-        detail=detail,
-    )
-
-
-def _tree_leaves(tree: LogTree) -> Iterator[tuple[Leaf, bytes]]:
-    first = 0
-    while page := tree.store.leaves(first, BATCH):
-        yield from page
-        first = page[-1][0].number + 1
-
-
-def _log_leaves(tree: LogTree) -> Iterator[LoggedLeaf]:
-    """The log's events up to the position the tree has read, as leaves."""
-    end = tree.store.state().position
-    after = 0
-    while after < end:
-        rows = tree.log_rows(after, BATCH, end)
-        if not rows:
-            return
-        yield from tree.read(rows)
-        after = rows[-1][0]

@@ -143,5 +143,9 @@ def write_export(
 
 
 def manifest_line(manifest: ExportManifest) -> bytes:
-    """The manifest as the export's last line holds it (without its newline)."""
-    return canonical_encoding({"manifest": manifest.model_dump(mode="json")})
+    """The manifest as the export's last line holds it (without its newline):
+    without ``log`` when it has none, as formats 1 and 2 wrote it."""
+    left_out = None if manifest.log is not None else {"log"}
+    return canonical_encoding(
+        {"manifest": manifest.model_dump(mode="json", exclude=left_out)}
+    )

@@ -125,21 +125,23 @@ class LogTree:
         """The log's rows as leaves, decoded by the readers' one decoder."""
         app = self._app
         streams = {stream: as_uuid(stream) for stream in {row[1] for row in rows}}
+        names = {stream: str(uuid) for stream, uuid in streams.items()}
         with app.keys.reading():
             app.keys.prefetch_streams(streams.values())
-            return [self._leaf(row, streams[row[1]]) for row in rows]
+            return [self._leaf(row, names[row[1]]) for row in rows]
 
-    def _leaf(self, row: LogRow, stream: object) -> LoggedLeaf:
+    def _leaf(self, row: LogRow, stream: str) -> LoggedLeaf:
         position, stored_stream, version, topic, state = row
-        where = Leaf(-1, position, str(stream), version, "")
         try:
             record = self._app.records.read_row(stored_stream, version, topic, state)
             chain = bytes.fromhex(record_hash(record.chain_record()))
         except LedgerConfigError:
             raise
         except Exception as error:  # noqa: BLE001  (reported with its position)
+            where = Leaf(-1, position, stream, version, "")
             return LoggedLeaf(where, None, " ".join(str(error).split())[:300])
-        return LoggedLeaf(where._replace(user_id=record.user_id), leaf_hash(chain))
+        leaf = Leaf(-1, position, stream, version, record.user_id)
+        return LoggedLeaf(leaf, leaf_hash(chain))
 
     def _checked(self, logged: LoggedLeaf) -> tuple[Leaf, bytes]:
         leaf = logged.leaf
@@ -166,7 +168,7 @@ class LogTree:
                 for node, hashed in new_nodes(size, digest, known.__getitem__):
                     known[node] = hashed
                     created.append((node, hashed))
-                leaves.append(leaf._replace(number=size))
+                leaves.append(Leaf(size, *leaf[1:]))
                 size += 1
             last = logged[-1][0].position
             self.store.add(cursor, created, leaves, TreeState(size, last))

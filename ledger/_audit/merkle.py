@@ -224,6 +224,27 @@ def new_nodes(
     return completed
 
 
+class Frontier:
+    """The root of a tree that grows a leaf at a time, kept as its complete
+    subtrees only (O(log n) memory): how verification hashes a whole log."""
+
+    def __init__(self) -> None:
+        self._stack: list[tuple[int, bytes]] = []
+        self.size = 0
+
+    def append(self, leaf: bytes) -> None:
+        """Adds a leaf hash."""
+        level, digest = 0, leaf
+        while self._stack and self._stack[-1][0] == level:
+            digest = node_hash(self._stack.pop()[1], digest)
+            level += 1
+        self._stack.append((level, digest))
+        self.size += 1
+
+    def root(self) -> bytes:
+        return fold([digest for _, digest in self._stack])
+
+
 class MemoryTree:
     """A tree held in memory, every complete node in a dict: a test oracle of the
     stores and a fast path for small logs."""

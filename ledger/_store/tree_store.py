@@ -121,34 +121,39 @@ class TreeStore:
             with self.datastore.transaction(commit=False) as read:
                 return self.nodes(ids, read)
         for start in range(0, len(ids), _NODES_PER_QUERY):
-            part = ids[start : start + _NODES_PER_QUERY]
-            pairs = ", ".join("(?, ?)" for _ in part)
+            where, params = _by_level(ids[start : start + _NODES_PER_QUERY])
             cursor.execute(
                 self.dialect.statement(
-                    f"SELECT level, idx, hash FROM {self.nodes_table} "  # noqa: S608  (our table name)
-                    f"WHERE (level, idx) IN ({pairs})"
+                    f"SELECT level, idx, hash FROM {self.nodes_table} WHERE {where}"  # noqa: S608  (our table name)
                 ),
-                [value for node in part for value in node],
+                params,
             )
             for row in cursor.fetchall():
                 level, index, digest = self.dialect.row(row)
                 found[int(level), int(index)] = bytes(digest)
         return found
 
-    def leaves(self, first: int, limit: int) -> list[tuple[Leaf, bytes]]:
-        """Up to ``limit`` leaves from index ``first``, each with its hash."""
+    def leaves(self, first: int, limit: int) -> list[tuple[int, bytes, Leaf | None]]:
+        """Up to ``limit`` leaves of the tree from index ``first``: each index,
+        hash and the row naming its event (None if that row is gone). The
+        leaves are the nodes of level 0, so a leaf whose row was deleted still
+        shows; a deleted node shows as a gap in the indexes."""
         query = self.dialect.statement(
-            "SELECT l.leaf, l.position, l.stream_id, l.version, l.user_id, n.hash "  # noqa: S608  (our table names)
-            f"FROM {self.leaves_table} l LEFT JOIN {self.nodes_table} n "
-            "ON n.level = 0 AND n.idx = l.leaf "
-            "WHERE l.leaf >= ? ORDER BY l.leaf LIMIT ?"
+            "SELECT n.idx, n.hash, l.position, l.stream_id, l.version, l.user_id "  # noqa: S608  (our table names)
+            f"FROM {self.nodes_table} n LEFT JOIN {self.leaves_table} l "
+            "ON l.leaf = n.idx WHERE n.level = 0 AND n.idx >= ? "
+            "ORDER BY n.idx LIMIT ?"
         )
         with self.datastore.transaction(commit=False) as cursor:
             cursor.execute(query, (first, limit))
             rows = [self.dialect.row(row) for row in cursor.fetchall()]
         return [
-            (Leaf(int(i), int(p), str(s), int(v), str(u)), bytes(h or b""))
-            for i, p, s, v, u, h in rows
+            (
+                int(i),
+                bytes(h),
+                None if p is None else Leaf(int(i), int(p), str(s), int(v), str(u)),
+            )
+            for i, h, p, s, v, u in rows
         ]
 
     def leaves_of(self, stream: str, below: int) -> list[Leaf]:
@@ -233,3 +238,18 @@ class TreeStore:
             ),
             (kept.size, kept.root, kept.note),
         )
+
+
+def _by_level(nodes: Sequence[NodeId]) -> tuple[str, list[int]]:
+    """A condition matching ``nodes``, one ``level = ? AND idx IN (...)`` per
+    level, which both databases answer from the primary key (SQLite reads the
+    whole table for a row-value ``(level, idx) IN (...)``)."""
+    by_level: dict[int, list[int]] = {}
+    for level, index in nodes:
+        by_level.setdefault(level, []).append(index)
+    terms: list[str] = []
+    params: list[int] = []
+    for level, indexes in by_level.items():
+        terms.append(f"(level = ? AND idx IN ({', '.join('?' * len(indexes))}))")
+        params += [level, *indexes]
+    return " OR ".join(terms), params

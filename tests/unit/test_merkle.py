@@ -12,6 +12,7 @@ import pytest
 from ledger._audit.merkle import (
     EMPTY_ROOT,
     HASH_SIZE,
+    Frontier,
     MemoryTree,
     NodeId,
     consistency_nodes,
@@ -529,3 +530,13 @@ def test_new_nodes_completes_one_parent_per_trailing_one_bit() -> None:
         (2, 1),
         (3, 0),
     ]
+
+
+def test_a_frontier_gives_the_root_of_every_size_it_passes() -> None:
+    tree, frontier = MemoryTree(), Frontier()
+    for n in range(300):
+        leaf = leaf_hash(n.to_bytes(4, "big"))
+        assert frontier.root() == tree.root()
+        tree.append(leaf)
+        frontier.append(leaf)
+    assert (frontier.size, frontier.root()) == (300, tree.root())
