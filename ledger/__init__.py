@@ -12,6 +12,7 @@ from ledger._audit.checkpoints import CheckpointReport, LeafFault, SignedCheckpo
 from ledger._audit.export import ExportFault, ExportManifest, ExportReport
 from ledger._audit.export_check import verify_export
 from ledger._audit.log_tree import TreeHead
+from ledger._audit.tlog_proof import verify_event_proof
 from ledger._domain.events import (
     ContextCleared,
     ContextCreated,
@@ -76,6 +77,7 @@ __all__ = [
     "UserChain",
     "UserForgotten",
     "register_event_class",
+    "verify_event_proof",
     "verify_export",
     "write_checkpoint_key",
 ]

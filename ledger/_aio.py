@@ -276,3 +276,4 @@ class AsyncContextLedger:
     verify_checkpoint = _in_thread(ContextLedger.verify_checkpoint)
     verify_checkpoints = _in_thread(ContextLedger.verify_checkpoints)
     latest_checkpoint = _in_thread(ContextLedger.latest_checkpoint)
+    prove_event = _in_thread(ContextLedger.prove_event)

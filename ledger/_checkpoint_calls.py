@@ -24,6 +24,9 @@ from ledger._audit.checkpoints import (
 from ledger._audit.export_proofs import ExportLog, prove_export
 from ledger._audit.log_tree import LogTree, TreeHead
 from ledger._audit.notes import Verifier, open_checkpoint
+from ledger._audit.tlog_proof import format_proof
+from ledger._domain import validation
+from ledger._domain.contexts import user_aggregate_id
 from ledger._queries import LedgerQueries
 from ledger._store.application import LedgerApplication
 from ledger.errors import CheckpointError
@@ -81,6 +84,26 @@ class CheckpointCalls(LedgerQueries):
         return [
             self._verify_note(text, verifier, public_key) for text in notes_from(notes)
         ]
+
+    def prove_event(self, user_id: str, version: int) -> str:
+        """A C2SP ``tlog-proof`` of the user's event ``version`` in the latest
+        signed checkpoint: its leaf index, inclusion proof and the checkpoint,
+        which ``verify_event_proof`` checks offline with the event and the
+        verifier key. CheckpointError if no checkpoint covers the event."""
+        user = validation.identifier("user_id", user_id)
+        tree = self._tree()
+        tree.ensure_tables()
+        kept = tree.store.latest()
+        stream = str(user_aggregate_id(user))
+        leaves = [] if kept is None else tree.store.leaves_of(stream, kept.size)
+        found = [leaf.number for leaf in leaves if leaf.version == version]
+        if kept is None or not found:
+            raise CheckpointError(
+                f"no signed checkpoint covers version {version} of user {user!r}: "
+                "sign one after the event was written (ctxledger checkpoint sign)"
+            )
+        proof = tree.inclusion_proof(found[-1], kept.size)
+        return format_proof(found[-1], proof, kept.note)
 
     def latest_checkpoint(self) -> str | None:
         """The note of the last checkpoint this ledger signed (None: none yet)."""

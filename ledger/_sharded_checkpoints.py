@@ -40,6 +40,9 @@ class ShardedCheckpoints(ContextLedger):
         def _on_every_shard(
             self, name: str, call: Callable[[ContextLedger], T]
         ) -> list[T]: ...
+        def _routed(
+            self, user_id: str, call: Callable[[ContextLedger], T], *, write: bool
+        ) -> T: ...
 
     def catch_up_tree(self) -> TreeHead:
         """Every shard's tree caught up; shard 0's head (``shard(i)`` has each)."""
@@ -52,6 +55,12 @@ class ShardedCheckpoints(ContextLedger):
 
     def sign_checkpoints(self, key: KeyInput) -> list[SignedCheckpoint]:
         return self._on_every_shard("sign_checkpoint", lambda s: s.sign_checkpoint(key))
+
+    def prove_event(self, user_id: str, version: int) -> str:
+        """``prove_event`` on the user's shard, in that shard's checkpoint."""
+        return self._routed(
+            user_id, lambda s: s.prove_event(user_id, version), write=False
+        )
 
     def latest_checkpoint(self) -> str | None:
         """Each shard's latest note, separated by a blank line (None: none)."""

@@ -91,5 +91,16 @@ def verify(url: str, path: Path, public_key: Path) -> None:
         sys.exit(1)
 
 
+@checkpoint.command()
+@click.argument("user_id", metavar="USER")
+@click.argument("version", type=click.IntRange(1))
+@click.pass_obj
+@reports_ledger_errors
+def prove(url: str, user_id: str, version: int) -> None:
+    """Print a C2SP tlog-proof of one event in the latest signed checkpoint."""
+    with ContextLedger.open(url, create=False) as ledger:
+        sys.stdout.write(ledger.prove_event(user_id, version))
+
+
 def register(main: click.Group) -> None:
     main.add_command(checkpoint)

@@ -1,17 +1,23 @@
 """Offline inclusion proofs in the C2SP format (c2sp.org/tlog-proof): a header,
 an optional extra line, the leaf index, the proof's hashes, a blank line and the
-signed checkpoint verbatim. No I/O; malformed text raises ``CheckpointError``."""
+signed checkpoint verbatim; malformed text raises ``CheckpointError``."""
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
+from ledger._audit.checkpoint_files import KeyInput, verifier_from
+from ledger._audit.merkle import leaf_hash, verify_inclusion
 from ledger._audit.notes import (
     _HASH_SIZE,
     Checkpoint,
     _b64,
     _b64decode,
     _decimal,
+    open_checkpoint,
     split_note,
 )
+from ledger._domain.hashing import chain_hash
+from ledger._domain.models import LedgerEvent
 from ledger.errors import CheckpointError
 
 PROOF_HEADER = "c2sp.org/tlog-proof@v1"
@@ -72,3 +78,17 @@ def _check_proof_note(note: str) -> None:
     signatures are checked by ``open_checkpoint``."""
     text, _lines = split_note(note)
     Checkpoint.parse(text)
+
+
+def verify_event_proof(
+    proof: str, event: LedgerEvent | Mapping[str, Any], public_key: KeyInput
+) -> bool:
+    """Whether ``proof`` (from ``prove_event``) proves ``event`` (a
+    ``LedgerEvent`` or its JSON form, as an export line holds it) in a
+    checkpoint signed by ``public_key`` (text or file). CheckpointError if the
+    proof is malformed or its checkpoint's signature does not verify."""
+    index, hashes, note = parse_proof(proof)
+    checkpoint = open_checkpoint(note, verifier_from(public_key))
+    record = event.model_dump(mode="json") if isinstance(event, LedgerEvent) else event
+    digest = leaf_hash(bytes.fromhex(chain_hash(record)))
+    return verify_inclusion(index, checkpoint.size, digest, hashes, checkpoint.root)

@@ -12,6 +12,7 @@ from ledger import (
     CheckpointError,
     ContextLedger,
     LedgerConfigError,
+    verify_event_proof,
     verify_export,
     write_checkpoint_key,
 )
@@ -125,3 +126,35 @@ def test_a_key_file_is_never_overwritten(tmp_path: Path) -> None:
 
     assert (tmp_path / "log.key").read_bytes() == before
     assert (tmp_path / "log.key").stat().st_mode & 0o777 == 0o600
+
+
+def test_one_events_tlog_proof_verifies_offline_and_not_for_another_event(
+    durable_url: str, keys: tuple[Path, Path]
+) -> None:
+    key, public_key = keys
+    with ContextLedger.open(durable_url) as ledger:
+        write_some(ledger)
+        ledger.sign_checkpoint(key)
+        proof = ledger.prove_event("user-1", 2)
+        first, second = ledger.history("user-1")
+
+    assert proof.startswith("c2sp.org/tlog-proof@v1\nindex ")
+    assert verify_event_proof(proof, second, public_key)
+    assert not verify_event_proof(proof, first, public_key)
+    assert not verify_event_proof(
+        proof, second.model_copy(update={"thread_id": "other"}), public_key
+    )
+
+
+def test_an_event_after_the_latest_checkpoint_has_no_proof_yet(
+    sqlite_url: str, keys: tuple[Path, Path]
+) -> None:
+    key, _ = keys
+    with ContextLedger.open(sqlite_url) as ledger:
+        write_some(ledger, users=1)
+        with pytest.raises(CheckpointError, match="no signed checkpoint covers"):
+            ledger.prove_event("user-0", 1)
+        ledger.sign_checkpoint(key)
+        ledger.open_context("user-0", "later")
+        with pytest.raises(CheckpointError, match="version 3 of user 'user-0'"):
+            ledger.prove_event("user-0", 3)

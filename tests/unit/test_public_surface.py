@@ -49,6 +49,7 @@ LEDGER_NAMES = {
     "SignedCheckpoint",
     "TreeHead",
     "write_checkpoint_key",
+    "verify_event_proof",
 }
 PROJECTIONS_NAMES = {
     "VIEW_NAMES",
