@@ -9,9 +9,10 @@ from typing import Any
 
 import psycopg
 
-from ledger import ContextLedger
+from ledger import ContextLedger, LedgerEvent
 from ledger._domain.contexts import UserSnapshot, user_aggregate_id
 from ledger._domain.events import ContextCreated, ContextEvent, ContextUpdated
+from ledger._domain.hashing import GENESIS_HASH, chain_hash
 from ledger._store.application import open_application
 from ledger._store.keys import place_of, seal
 from ledger._store.serialization import MsgpackTranscoder
@@ -247,3 +248,20 @@ def store_snapshot_as_format_2(url: str, user: str) -> int:
         state["format"] = 2
     store_snapshot(url, user, snapshot.originator_version, state)
     return snapshot.originator_version
+
+
+def _events_up_to(url: str, user: str, version: int | None) -> list[LedgerEvent]:
+    with ContextLedger.open(url) as ledger:
+        return ledger.history(user, limit=version)
+
+
+def rewrite_stream(url: str, user: str, **changes: object) -> None:
+    """Rewrites every event of the user's stream with ``changes``, each encoded
+    again by the ledger's codec and carrying the hash of the event rewritten
+    before it, as an intruder who knows the chain's rule would: ``verify_chain``
+    still holds. The user must have no snapshot (its last hash would differ)."""
+    previous = GENESIS_HASH
+    for version in range(1, len(_events_up_to(url, user, None)) + 1):
+        edit_event(url, user, version, prev_hash=previous, **changes)
+        event = _events_up_to(url, user, version)[-1]
+        previous = chain_hash(event.model_dump(mode="json"))
