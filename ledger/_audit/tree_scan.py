@@ -39,10 +39,14 @@ class LeafFault(BaseModel):
     def __str__(self) -> str:
         if self.leaf is None:
             return f"{self.fault}: {self.detail}"
-        return (
-            f"leaf {self.leaf} (user {self.user_id!r}, version {self.version}, "
-            f"log position {self.position}): {self.fault}: {self.detail}"
-        )
+        if self.user_id is None:
+            named = "the tree's row naming its event is gone"
+        else:
+            named = (
+                f"user {self.user_id!r}, version {self.version}, "
+                f"log position {self.position}"
+            )
+        return f"leaf {self.leaf} ({named}): {self.fault}: {self.detail}"
 
 
 @dataclass
