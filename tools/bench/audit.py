@@ -1,6 +1,8 @@
 """Benchmark of the auditor queries on SQLite, beside plain-sqlite3 floors.
 
-    python -m tools.bench.audit [--user-events N] [--chain-events N] [--json FILE]
+    python -m tools.bench.audit [--user-events N] [--chain-events N]
+                                [--tree-events N] [--tree-postgres-events N]
+                                [--json FILE]
 
 Part 1, one user with N events (10,000) appended through ContextLedger, so the
 ledger's own snapshots are there: contexts_as_of at 300 random instants (each
@@ -15,6 +17,9 @@ one pass over the log read it; no replay), beside the floor of reading the same
 rows in the same order with plain sqlite3. The machine may be shared, so the
 figures are given twice: by the wall clock, and by this process's CPU time (the
 ``_cpu`` ones, steadier under others' load). The floor is the best of three reads.
+
+Part 3, the log's Merkle tree and signed checkpoints, on SQLite and (its upkeep only)
+PostgreSQL: ``tools.bench.tree``.
 """
 
 import json
@@ -36,6 +41,7 @@ from rich.table import Table
 
 from ledger import ContextLedger
 from ledger._domain.contexts import project_user, user_aggregate_id
+from tools.bench import tree
 from tools.bench.api import rss_mb
 from tools.bench.views import write_events
 
@@ -245,22 +251,33 @@ def _render(title: str, figures: object, console: Console) -> None:
 @click.command()
 @click.option("--user-events", default=10_000, show_default=True)
 @click.option("--chain-events", default=1_000_000, show_default=True)
+@click.option("--tree-events", default=1_000_000, show_default=True, help="0 skips.")
+@click.option(
+    "--tree-postgres-events", default=200_000, show_default=True, help="0 skips."
+)
 @click.option("--seed", default=1, show_default=True)
 @click.option("--json", "json_path", type=click.Path(dir_okay=False, path_type=Path))
 def main(
-    user_events: int, chain_events: int, seed: int, json_path: Path | None
+    *,
+    user_events: int,
+    chain_events: int,
+    tree_events: int,
+    tree_postgres_events: int,
+    seed: int,
+    json_path: Path | None,
 ) -> None:
-    """contexts_as_of, history and verify_chain, beside plain-sqlite3 floors."""
+    """contexts_as_of, history, verify_chain and the Merkle tree, beside floors."""
     console = Console()
     with tempfile.TemporaryDirectory() as folder:
         user = measure_user(str(Path(folder) / "user.db"), user_events, seed)
         _render(f"one user, {user.events:,} events (SQLite)", user, console)
         chain = measure_chain(str(Path(folder) / "chain.db"), chain_events, seed)
         _render(f"verify_chain, {chain.events:,} events (SQLite)", chain, console)
+        trees = tree.measure_tree(Path(folder), tree_events, tree_postgres_events, seed)
+        tree.render(trees, console)
     if json_path is not None:
-        json_path.write_text(
-            json.dumps({"user": asdict(user), "chain": asdict(chain)}, indent=2)
-        )
+        figures = {"user": asdict(user), "chain": asdict(chain), "tree": asdict(trees)}
+        json_path.write_text(json.dumps(figures, indent=2))
 
 
 if __name__ == "__main__":
