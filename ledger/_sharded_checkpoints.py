@@ -24,6 +24,7 @@ from ledger._audit.checkpoints import (
 from ledger._audit.log_tree import TreeHead
 from ledger._audit.notes import Verifier, open_checkpoint
 from ledger._store.shard_copies import moves_around
+from ledger._store.shard_directory import ShardDirectory
 from ledger._store.tree_store import Leaf
 from ledger.errors import LedgerConfigError
 
@@ -37,6 +38,9 @@ class ShardedCheckpoints(ContextLedger):
 
         def shard(self, shard_id: int) -> ContextLedger: ...
         def shard_ids(self) -> list[int]: ...
+
+        directory: ShardDirectory
+
         def _on_every_shard(
             self, name: str, call: Callable[[ContextLedger], T]
         ) -> list[T]: ...
@@ -79,22 +83,28 @@ class ShardedCheckpoints(ContextLedger):
 
 
 def departed_from(ledger: ShardedCheckpoints, shard: int) -> Departed:
-    """Whether a leaf of ``shard``'s tree stands for an event that moved on."""
+    """Whether a leaf of ``shard``'s tree stands for an event that moved on: the
+    moves recorded from ``shard`` lead to the shard the directory gives the
+    user now, and a shard on that way holds the event with the same hash."""
     hops = len(ledger.shard_ids())
     where: dict[int, dict[UUID, int]] = {}
+    caught_up: set[int] = set()
 
     def moved_on(leaf: Leaf, digest: bytes) -> bool:
-        stream, at = UUID(leaf.stream), shard
+        stream, at, held = UUID(leaf.stream), shard, False
         for _ in range(hops):
             if at not in where:
                 where[at] = _departures(ledger.shard(at))
             target = where[at].get(stream)
             if target is None:
-                return False
-            if _holds(ledger.shard(target), leaf, digest):
-                return True
+                break
+            if target not in caught_up:  # the copies there are in its tree
+                ledger.shard(target).catch_up_tree()
+                caught_up.add(target)
+            held = held or _holds(ledger.shard(target), leaf, digest)
             at = target
-        return False
+        owner = ledger.directory.lookup(stream, fresh=True)
+        return held and owner is not None and owner.shard_id == at
 
     return moved_on
 
@@ -109,7 +119,6 @@ def _departures(shard: ContextLedger) -> dict[UUID, int]:
 def _holds(shard: ContextLedger, leaf: Leaf, digest: bytes) -> bool:
     """Whether the shard's tree has a leaf of that event with that hash."""
     tree = shard._tree()
-    tree.ensure_tables()
     size = tree.store.state().size
     there = [
         found.number

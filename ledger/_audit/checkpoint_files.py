@@ -7,6 +7,7 @@ per shard), separated by a blank line (``split_notes``).
 """
 
 import os
+import stat
 from pathlib import Path
 
 from ledger._audit.notes import Signer, Verifier, generate_key
@@ -106,14 +107,25 @@ def _is_path(value: KeyInput) -> bool:
 
 
 def _text(path: KeyInput, limit: int) -> str:
+    """A regular file's text (a pipe or device put at the path is refused,
+    never waited on)."""
+    shown = os.fspath(path)
     try:
-        with Path(path).open("rb") as handle:
+        descriptor = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+    except OSError as error:
+        raise CheckpointError(f"cannot read {shown}: {error}") from error
+    try:
+        if not stat.S_ISREG(os.fstat(descriptor).st_mode):
+            raise CheckpointError(f"{shown} is not a regular file")
+        with os.fdopen(descriptor, "rb", closefd=False) as handle:
             data = handle.read(limit + 1)
     except OSError as error:
-        raise CheckpointError(f"cannot read {os.fspath(path)}: {error}") from error
+        raise CheckpointError(f"cannot read {shown}: {error}") from error
+    finally:
+        os.close(descriptor)
     if len(data) > limit:
-        raise CheckpointError(f"{os.fspath(path)} is over {limit} bytes")
+        raise CheckpointError(f"{shown} is over {limit} bytes")
     try:
         return data.decode("utf-8")
     except UnicodeDecodeError as error:
-        raise CheckpointError(f"{os.fspath(path)} is not UTF-8 text") from error
+        raise CheckpointError(f"{shown} is not UTF-8 text") from error

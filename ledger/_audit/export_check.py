@@ -12,7 +12,7 @@ from typing import Any, NoReturn, cast
 from pydantic import ValidationError
 
 from ledger._audit.chain import Fault, Link, find_break
-from ledger._audit.checkpoint_files import KeyInput, verifier_from
+from ledger._audit.checkpoint_files import KeyInput
 from ledger._audit.export import (
     FORMATS,
     SEALED_DETAILS_SHOWN,
@@ -21,9 +21,9 @@ from ledger._audit.export import (
     ExportReport,
     manifest_line,
 )
-from ledger._audit.export_proofs import LogProblem, check_log
+from ledger._audit.export_proofs import LogProblem, check_log, signed_by
 from ledger._audit.files import file_path
-from ledger._audit.notes import Verifier
+from ledger._audit.notes import Checkpoint, Verifier
 from ledger._domain.hashing import (
     GENESIS_HASH,
     canonical_encoding,
@@ -42,20 +42,25 @@ _INT64_DIGITS = len(str(-_INT64))
 
 
 def verify_export(
-    path: str | os.PathLike[str], *, public_key: KeyInput | None = None
+    path: str | os.PathLike[str],
+    *,
+    public_key: KeyInput | None = None,
+    checkpoint: KeyInput | None = None,
 ) -> ExportReport:
     """Checks an export file offline; the report says where it first fails.
 
     With ``public_key`` (the checkpoint verifier key's text or file) it also
     proves each event in the signed log the export carries, and that the export
-    reaches the user's last signed event (``ledger._audit.export_proofs``).
+    reaches the user's last signed event when it falls in the export's period
+    (``ledger._audit.export_proofs``). ``checkpoint`` (a signed note, text or
+    file, that the auditor holds from where checkpoints are published) also
+    requires the export's checkpoint to be no older than that one.
     Whatever the file holds, the answer is a report; a path that names no
     readable file raises InvalidContextInput, a key that is not one
     CheckpointError.
     """
     source = file_path(path)
-    verifier = None if public_key is None else verifier_from(public_key)
-    checker = _Checker(str(source), verifier)
+    checker = _Checker(str(source), *signed_by(public_key, checkpoint))
     return checker.run(_read(source))
 
 
@@ -97,9 +102,12 @@ class _Fault(Exception):
 
 
 class _Checker:
-    def __init__(self, path: str, verifier: Verifier | None) -> None:
+    def __init__(
+        self, path: str, verifier: Verifier | None, trusted: Checkpoint | None
+    ) -> None:
         self.path = path
         self.verifier = verifier
+        self.trusted = trusted
         self.manifest: ExportManifest | None = None
         self.events = 0
 
@@ -132,7 +140,7 @@ class _Checker:
         _check_versions(links, self.manifest, len(lines))
         _check_head(links, self.manifest, len(lines))
         if self.verifier is not None:
-            _check_proofs(links, self.manifest, self.verifier, len(lines))
+            _check_proofs(links, self.manifest, self.verifier, self.trusted)
 
 
 def _lines(data: bytes) -> list[bytes]:
@@ -228,16 +236,19 @@ def _check_head(links: list[Link], manifest: ExportManifest, last_line: int) -> 
 
 
 def _check_proofs(
-    links: list[Link], manifest: ExportManifest, verifier: Verifier, last_line: int
+    links: list[Link],
+    manifest: ExportManifest,
+    verifier: Verifier,
+    trusted: Checkpoint | None,
 ) -> None:
     """Every event is proved in the signed log the export carries."""
     try:
-        check_log(manifest.log, links, verifier, whole=manifest.until is None)
+        check_log(manifest.log, links, verifier, manifest, trusted)
     except LogProblem as problem:
         version = problem.version
         lines = [n for n, link in enumerate(links, 1) if link.version == version]
         fault = cast(Fault, problem.fault)
-        _fail(lines[0] if lines else last_line, version, fault, problem.detail)
+        _fail(lines[0] if lines else len(links) + 1, version, fault, problem.detail)
 
 
 def _fail(line: int, version: int | None, fault: Fault, detail: str) -> NoReturn:

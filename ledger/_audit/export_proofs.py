@@ -14,17 +14,21 @@ last signed event (unless the export ends at an ``until``).
 import base64
 import binascii
 from collections.abc import Sequence
-from typing import TYPE_CHECKING
+from datetime import datetime
+from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel, ConfigDict
 
 from ledger._audit.chain import Link
+from ledger._audit.checkpoint_files import KeyInput, notes_from, verifier_from
 from ledger._audit.merkle import leaf_hash, verify_inclusion
 from ledger._audit.notes import Checkpoint, Verifier, open_checkpoint
 from ledger._domain.contexts import user_aggregate_id
+from ledger._domain.hashing import chain_hash
 from ledger.errors import CheckpointError
 
 if TYPE_CHECKING:
+    from ledger._audit.export import ExportManifest
     from ledger._audit.log_tree import LogTree
 
 
@@ -38,6 +42,10 @@ class ExportLeaf(BaseModel):
     proof: tuple[str, ...]
     leaf_hash: str | None = None
     """The leaf's hash (hex), given for the user's last leaf only."""
+    record: dict[str, Any] | None = None
+    """For the user's last leaf only: what the chain covers of its event (no
+    personal data), so its time and version are proved by the leaf; None when
+    the store no longer held that event."""
 
 
 class ExportLog(BaseModel):
@@ -73,7 +81,10 @@ def prove_export(
     user_last = None
     if last:
         digest = tree.leaf_hashes([last[0][1]])[last[0][1]]
-        user_last = leaves.pop().model_copy(update={"leaf_hash": digest.hex()})
+        record = tree.chain_record(user_aggregate_id(user_id), last[0][0])
+        user_last = leaves.pop().model_copy(
+            update={"leaf_hash": digest.hex(), "record": record}
+        )
     return ExportLog(checkpoint=kept.note, leaves=tuple(leaves), user_last=user_last)
 
 
@@ -89,12 +100,29 @@ class LogProblem(Exception):
         self.version, self.fault, self.detail = version, fault, detail
 
 
+def signed_by(
+    public_key: KeyInput | None, checkpoint: KeyInput | None
+) -> tuple[Verifier | None, Checkpoint | None]:
+    """The verifier of ``public_key`` and the checkpoint the auditor trusts."""
+    verifier = None if public_key is None else verifier_from(public_key)
+    if checkpoint is None:
+        return verifier, None
+    if verifier is None:
+        raise CheckpointError("a trusted checkpoint needs the public_key too")
+    return verifier, open_checkpoint(notes_from(checkpoint)[0], verifier)
+
+
 def check_log(
-    log: ExportLog | None, links: Sequence[Link], verifier: Verifier, *, whole: bool
+    log: ExportLog | None,
+    links: Sequence[Link],
+    verifier: Verifier,
+    manifest: "ExportManifest",
+    trusted: Checkpoint | None = None,
 ) -> None:
-    """Raises LogProblem unless every event is proved in the signed log (and,
-    for an export not ended by ``until`` (``whole``), it reaches the user's
-    last signed event)."""
+    """Raises LogProblem unless every event is proved in the signed log, the
+    export reaches the user's last signed event when that event falls in its
+    period, and its checkpoint is no older than ``trusted`` (one the auditor
+    holds from where checkpoints are published)."""
     if log is None:
         raise LogProblem(
             None,
@@ -106,11 +134,33 @@ def check_log(
         checkpoint = open_checkpoint(log.checkpoint, verifier)
     except CheckpointError as error:
         raise LogProblem(None, "altered", f"its checkpoint: {error}") from None
+    _check_trusted(checkpoint, trusted)
     proved = {leaf.version: leaf for leaf in log.leaves}
     for link in links:
         _check_event(link, proved.get(link.version), checkpoint)
-    if whole and log.user_last is not None:
-        _check_last(log.user_last, links, checkpoint)
+    if log.user_last is not None:
+        _check_last(log.user_last, links, checkpoint, manifest)
+
+
+def _check_trusted(checkpoint: Checkpoint, trusted: Checkpoint | None) -> None:
+    if trusted is None:
+        return
+    if trusted.origin != checkpoint.origin:
+        raise LogProblem(
+            None,
+            "unproven",
+            f"it is proved in the log {checkpoint.origin!r}, not in {trusted.origin!r}",
+        )
+    if checkpoint.size < trusted.size or (
+        checkpoint.size == trusted.size and checkpoint.root != trusted.root
+    ):
+        raise LogProblem(
+            None,
+            "unproven",
+            f"it is proved against a checkpoint of {checkpoint.size} events, "
+            f"not one extending the checkpoint you trust ({trusted.size} events): "
+            "export again with --sign-with",
+        )
 
 
 def _check_event(link: Link, leaf: ExportLeaf | None, checkpoint: Checkpoint) -> None:
@@ -131,25 +181,51 @@ def _check_event(link: Link, leaf: ExportLeaf | None, checkpoint: Checkpoint) ->
 
 
 def _check_last(
-    last: ExportLeaf, links: Sequence[Link], checkpoint: Checkpoint
+    last: ExportLeaf,
+    links: Sequence[Link],
+    checkpoint: Checkpoint,
+    manifest: "ExportManifest",
 ) -> None:
-    try:
-        digest = bytes.fromhex(last.leaf_hash or "")
-    except ValueError:
-        digest = b""
-    if not _included(last, digest, checkpoint):
+    """The user's last signed event: proved, and in the export if it falls in
+    the export's period."""
+    if last.record is None:
         raise LogProblem(
-            last.version, "altered", "the user's last signed leaf is not proved"
+            last.version,
+            "missing",
+            f"the signed log holds version {last.version} of this user (leaf "
+            f"{last.leaf}), which the store no longer held when it was exported",
+        )
+    digest = leaf_hash(bytes.fromhex(chain_hash(last.record)))
+    if (
+        last.leaf_hash != digest.hex()
+        or not _included(last, digest, checkpoint)
+        or last.record.get("user_id") != manifest.user_id
+        or last.record.get("version") != last.version
+    ):
+        raise LogProblem(
+            last.version, "altered", "the user's last signed event is not proved"
         )
     ended = links[-1].version if links else 0
-    if ended < last.version:
+    if _in_period(last.record, manifest) and ended < last.version:
         raise LogProblem(
             ended + 1,
             "missing",
             f"the signed log holds version {last.version} of this user (leaf "
-            f"{last.leaf}); the export ends at version {ended}: events were cut "
-            "from the store",
+            f"{last.leaf}) in the export's period; the export ends at version "
+            f"{ended}: events were cut from the store",
         )
+
+
+def _in_period(record: dict[str, Any], manifest: "ExportManifest") -> bool:
+    try:
+        at = datetime.fromisoformat(str(record.get("occurred_at")))
+    except ValueError:
+        return True  # proved, yet no time: judge it as in the period
+    if at.tzinfo is None:
+        return True
+    return (manifest.since is None or at >= manifest.since) and (
+        manifest.until is None or at < manifest.until
+    )
 
 
 def _included(leaf: ExportLeaf, digest: bytes, checkpoint: Checkpoint) -> bool:

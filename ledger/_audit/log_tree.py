@@ -11,7 +11,8 @@ exactly where it stopped.
 """
 
 from collections.abc import Sequence
-from typing import NamedTuple
+from typing import Any, NamedTuple
+from uuid import UUID
 
 from ledger._audit.merkle import (
     NodeId,
@@ -25,6 +26,7 @@ from ledger._audit.merkle import (
 from ledger._domain.hashing import record_hash
 from ledger._store.application import LedgerApplication
 from ledger._store.backends import LogRow, safe_head
+from ledger._store.chain_reads import exact_read, named_user
 from ledger._store.records import as_uuid
 from ledger._store.tree_store import Leaf, TreeState, TreeStore
 from ledger.errors import LedgerConfigError, LedgerCorrupted
@@ -38,6 +40,15 @@ class TreeHead(NamedTuple):
 
     size: int
     root: bytes
+
+
+class StoredRow(NamedTuple):
+    """A log row as ``chain_reads`` reads a stored event."""
+
+    originator_id: UUID | str
+    originator_version: int
+    topic: str
+    state: bytes
 
 
 class LoggedLeaf(NamedTuple):
@@ -121,14 +132,40 @@ class LogTree:
         """The log's rows after position ``after``, at most ``up_to``."""
         return self._app.backend.log_rows(self._app.log_reader, after, limit, up_to)
 
-    def read(self, rows: Sequence[LogRow]) -> list[LoggedLeaf]:
-        """The log's rows as leaves, decoded by the readers' one decoder."""
+    def read(self, rows: Sequence[LogRow], *, exact: bool = False) -> list[LoggedLeaf]:
+        """The log's rows as leaves, decoded by the readers' one decoder; with
+        ``exact``, as verification reads them (``chain_reads.exact_read``): an
+        event filed in another user's stream, or whose metadata is not what its
+        commitment was made of, is a problem, not a leaf."""
         app = self._app
         streams = {stream: as_uuid(stream) for stream in {row[1] for row in rows}}
         names = {stream: str(uuid) for stream, uuid in streams.items()}
+        leaf = self._exact_leaf if exact else self._leaf
         with app.keys.reading():
             app.keys.prefetch_streams(streams.values())
-            return [self._leaf(row, names[row[1]]) for row in rows]
+            return [leaf(row, names[row[1]]) for row in rows]
+
+    def chain_record(self, stream: UUID, version: int) -> dict[str, Any] | None:
+        """What the chain covers of the stream's event ``version`` as the log
+        holds it (no personal data); None if the log has no such event."""
+        app = self._app
+        rows = app.backend.stream_rows(app.log_reader, stream, version - 1, 1)
+        if not rows or rows[0][0] != version:
+            return None
+        _, topic, state = rows[0]
+        with app.keys.reading():
+            record = app.records.read_row(stream, version, topic, state)
+        return record.chain_record()
+
+    def _exact_leaf(self, row: LogRow, stream: str) -> LoggedLeaf:
+        position, stored_stream, version, topic, state = row
+        stored = StoredRow(stored_stream, version, topic, state)
+        read = exact_read(stored, self._app.records)
+        if isinstance(read, str):
+            user = named_user(stored) or ""
+            return LoggedLeaf(Leaf(-1, position, stream, version, user), None, read)
+        leaf = Leaf(-1, position, stream, version, read.user_id)
+        return LoggedLeaf(leaf, leaf_hash(bytes.fromhex(read.hash)))
 
     def _leaf(self, row: LogRow, stream: str) -> LoggedLeaf:
         position, stored_stream, version, topic, state = row

@@ -3,7 +3,9 @@ an optional extra line, the leaf index, the proof's hashes, a blank line and the
 signed checkpoint verbatim; malformed text raises ``CheckpointError``."""
 
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import Any, cast
+
+from pydantic import ValidationError
 
 from ledger._audit.checkpoint_files import KeyInput, verifier_from
 from ledger._audit.merkle import leaf_hash, verify_inclusion
@@ -16,7 +18,7 @@ from ledger._audit.notes import (
     open_checkpoint,
     split_note,
 )
-from ledger._domain.hashing import chain_hash
+from ledger._domain.hashing import chain_hash, metadata_commitment
 from ledger._domain.models import LedgerEvent
 from ledger.errors import CheckpointError
 
@@ -83,12 +85,44 @@ def _check_proof_note(note: str) -> None:
 def verify_event_proof(
     proof: str, event: LedgerEvent | Mapping[str, Any], public_key: KeyInput
 ) -> bool:
-    """Whether ``proof`` (from ``prove_event``) proves ``event`` (a
-    ``LedgerEvent`` or its JSON form, as an export line holds it) in a
-    checkpoint signed by ``public_key`` (text or file). CheckpointError if the
-    proof is malformed or its checkpoint's signature does not verify."""
+    """Whether ``proof`` (from ``prove_event``) proves ``event`` in a checkpoint
+    signed by ``public_key`` (text or file). The event is given as written: an
+    export's line (its JSON), or a ``LedgerEvent`` of a class never upcast.
+    Shown metadata must be what its commitment was made of. CheckpointError if
+    the proof or the event is malformed, or the signature does not verify."""
     index, hashes, note = parse_proof(proof)
     checkpoint = open_checkpoint(note, verifier_from(public_key))
-    record = event.model_dump(mode="json") if isinstance(event, LedgerEvent) else event
+    record = _written(event)
+    if not _committed(record["details"]):
+        return False
     digest = leaf_hash(bytes.fromhex(chain_hash(record)))
     return verify_inclusion(index, checkpoint.size, digest, hashes, checkpoint.root)
+
+
+def _written(event: object) -> dict[str, Any]:
+    if isinstance(event, LedgerEvent):
+        return event.model_dump(mode="json")
+    try:
+        LedgerEvent.model_validate(event)
+    except ValidationError as error:
+        raise CheckpointError(
+            f"the event is not a LedgerEvent's JSON form: {error.error_count()} "
+            "problem(s), first: " + str(error.errors()[0]["msg"])
+        ) from None
+    return dict(cast(Mapping[str, Any], event))
+
+
+def _committed(details: Mapping[str, Any]) -> bool:
+    """Whether shown metadata is what the event's commitment was made of."""
+    commitment = details.get("metadata_commitment")
+    metadata, salt = details.get("metadata"), details.get("metadata_salt")
+    if commitment is None or (metadata is None and salt is None):
+        return True
+    try:
+        return (
+            isinstance(salt, str)
+            and isinstance(metadata, Mapping)
+            and metadata_commitment(salt, metadata) == commitment
+        )
+    except (ValueError, TypeError):
+        return False

@@ -133,6 +133,8 @@ def _classify(leaf: Leaf, found: LoggedLeaf) -> LeafFault:
             other._replace(number=leaf.number),
             "an event the tree never took stands before this leaf's event",
         )
+    if found.problem is not None:
+        return _fault("altered", leaf, found.problem)
     if (other.stream, other.version) != (leaf.stream, leaf.version):
         return _fault(
             "reordered",
@@ -140,8 +142,7 @@ def _classify(leaf: Leaf, found: LoggedLeaf) -> LeafFault:
             f"its place in the log holds version {other.version} of "
             f"{'its user' if other.stream == leaf.stream else 'another stream'}",
         )
-    problem = found.problem or "its hash is not the one the tree took"
-    return _fault("altered", leaf, problem)
+    return _fault("altered", leaf, "its hash is not the one the tree took")
 
 
 def _fault(kind: LeafFaultKind, leaf: Leaf, detail: str) -> LeafFault:
@@ -178,5 +179,5 @@ def _log_leaves(tree: LogTree) -> Iterator[LoggedLeaf]:
         rows = tree.log_rows(after, BATCH, end)
         if not rows:
             return
-        yield from tree.read(rows)
+        yield from tree.read(rows, exact=True)
         after = rows[-1][0]

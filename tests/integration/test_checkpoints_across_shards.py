@@ -125,3 +125,19 @@ def test_an_export_from_a_users_shard_is_proved_in_that_shards_checkpoint(
     assert report.intact, report.fault
     assert report.manifest is not None and report.manifest.log is not None
     assert report.manifest.log.checkpoint.startswith(f"{ORIGIN}/shard/1\n")
+
+
+def test_a_checkpoint_holds_right_after_a_move_before_any_tree_catches_up(
+    sharded_url: str, shard_urls: list[str], keys: tuple[Path, Path]
+) -> None:
+    key, public_key = keys
+    with ContextLedger.open(sharded_url) as ledger:
+        assert isinstance(ledger, ShardedLedger)
+        users = spread_users(ledger)
+        before = ledger.sign_checkpoints(key)
+        mover = next(u for u in users if ledger.shard_of(u) == 1)
+        move_user(sharded_url, mover, shard_urls[2])
+
+        report = ledger.verify_checkpoint(before[1].note, public_key)
+
+    assert report.holds, report.fault
