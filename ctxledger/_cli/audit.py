@@ -170,12 +170,21 @@ def export(  # noqa: PLR0917  (click passes the options by position)
     help="Also prove each event in the signed checkpoint the export carries, "
     "with this verifier key (PREFIX.pub).",
 )
+@click.option(
+    "--checkpoint",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    default=None,
+    help="With --public-key: a signed checkpoint you hold from where they are "
+    "published; the export's must be no older.",
+)
 @reports_ledger_errors
-def verify_export_command(path: Path, public_key: Path | None) -> None:
+def verify_export_command(
+    path: Path, public_key: Path | None, checkpoint: Path | None
+) -> None:
     """Check an export offline: exit 1 if a line was edited, deleted or moved
     (and, with --public-key, if an event is not proved in the signed log, or
     the export ends before the user's last signed event)."""
-    report = verify_export(path, public_key=public_key)
+    report = verify_export(path, public_key=public_key, checkpoint=checkpoint)
     if report.fault is not None:
         render.line(f"{path}: NOT INTACT: {report.fault}")
         sys.exit(1)
