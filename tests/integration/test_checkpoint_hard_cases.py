@@ -173,7 +173,8 @@ def test_an_event_proof_refuses_forged_metadata_and_malformed_events(
 
     assert verify_event_proof(proof, event, public_key)
     assert not verify_event_proof(proof, forged, public_key)
-    for malformed in ({}, {"details": 1}, [], "x", None):
+    malformed_events: list[object] = [{}, {"details": 1}, [], "x", None]
+    for malformed in malformed_events:
         with pytest.raises(CheckpointError, match="not a LedgerEvent"):
             verify_event_proof(proof, malformed, public_key)  # type: ignore[arg-type]
 

@@ -123,7 +123,8 @@ def test_an_export_from_a_users_shard_is_proved_in_that_shards_checkpoint(
     report = verify_export(tmp_path / "proved.jsonl", public_key=public_key)
 
     assert report.intact, report.fault
-    assert report.manifest is not None and report.manifest.log is not None
+    assert report.manifest is not None
+    assert report.manifest.log is not None
     assert report.manifest.log.checkpoint.startswith(f"{ORIGIN}/shard/1\n")
 
 
