@@ -10,8 +10,13 @@ two random sizes and ``LogTree.inclusion_proof`` of a random leaf (200 of each,
 every proof verified, the verification timed apart), and ``verify_checkpoint``,
 which reads every event. On PostgreSQL, in a fresh schema dropped afterwards: the
 maintenance figure beside the floor of reading the rows with plain psycopg.
+
+Growth, on a second SQLite log grown in stretches to 10,000, 100,000, ... events
+and N: at each size, the last stretch's catch-up by CPU time beside the floor of
+reading the whole log, sign_checkpoint (10) and proofs (50 of each) at that size.
 """
 
+import itertools
 import random
 import sqlite3
 import statistics
@@ -34,6 +39,11 @@ from tools.bench.views import write_events
 
 SIGNS = 20
 PROOFS = 200
+GROWTH_SIGNS = 10
+GROWTH_PROOFS = 50
+FIRST_DECADE = 10_000
+GROWTH_HEADERS = "events|catch up|floor|sign p50|sign max|cons. p50|cons. max|incl. p50"
+"""The growth table's columns, in ``GrowthFigures``' order (short, to fit 80)."""
 TARGET = 0.5
 """Issue 23: tree maintenance at least this share of the floor's events/s."""
 SIGNER = "tree-bench"
@@ -83,12 +93,28 @@ class CheckpointFigures:
 
 
 @dataclass
+class GrowthFigures:
+    """The tree at one size of a growing log: the last stretch's catch-up and the
+    floor of reading the whole log (CPU µs), and latencies at that size (ms)."""
+
+    events: int
+    catch_up_cpu_us_per_event: float
+    floor_cpu_us_per_row: float
+    sign_p50_ms: float
+    sign_max_ms: float
+    consistency_proof_p50_ms: float
+    consistency_proof_max_ms: float
+    inclusion_proof_p50_ms: float
+
+
+@dataclass
 class TreeFigures:
-    """Part 3's figures; None where its flag skipped it."""
+    """Part 3's figures; None (growth: empty) where its flag skipped it."""
 
     sqlite: MaintenanceFigures | None
     checkpoints: CheckpointFigures | None
     postgres: MaintenanceFigures | None
+    growth: list[GrowthFigures]
 
 
 def _timed(call: Callable[[], T]) -> tuple[float, float, T]:
@@ -149,30 +175,32 @@ def measure_maintenance(
     )
 
 
-def _sign_latencies(ledger: ContextLedger, key: Path) -> list[float]:
-    """``SIGNS`` signs, each after one more event, so each signs a new tree
-    that must extend the one before (the first sign, untimed, has none)."""
+def _sign_latencies(
+    ledger: ContextLedger, key: Path, signs: int = SIGNS
+) -> list[float]:
+    """``signs`` signs, each after one more event, so each signs a new tree
+    that must extend the one before (the first sign, untimed, may have none)."""
     context = ledger.open_context(SIGNER, "signing")
     first = ledger.sign_checkpoint(key).size
     took, sizes = [], []
-    for turn in range(SIGNS):
+    for turn in range(signs):
         ledger.update_context(SIGNER, context.context_id, metadata={"turn": turn})
         ms, signed = _ms(lambda: ledger.sign_checkpoint(key))
         took.append(ms)
         sizes.append(signed.size)
-    if sizes != list(range(first + 1, first + SIGNS + 1)):
+    if sizes != list(range(first + 1, first + signs + 1)):
         msg = f"the signs after tree size {first} signed the sizes {sizes}"
         raise RuntimeError(msg)
     return took
 
 
 def _consistency_latencies(
-    tree: LogTree, size: int, rng: random.Random
+    tree: LogTree, size: int, rng: random.Random, samples: int = PROOFS
 ) -> tuple[list[float], list[float]]:
-    """Milliseconds of ``PROOFS`` consistency proofs between two random sizes
+    """Milliseconds of ``samples`` consistency proofs between two random sizes
     up to ``size``, and of their verification (the roots read untimed)."""
     proofs, checks = [], []
-    for _ in range(PROOFS):
+    for _ in range(samples):
         old, new = sorted(rng.sample(range(1, size + 1), 2))
         ms, proof = _ms(partial(tree.consistency_proof, old, new))
         roots = tree.root(old), tree.root(new)
@@ -185,10 +213,12 @@ def _consistency_latencies(
     return proofs, checks
 
 
-def _inclusion_latencies(tree: LogTree, size: int, rng: random.Random) -> list[float]:
-    """Milliseconds of ``PROOFS`` inclusion proofs of random leaves in the tree
+def _inclusion_latencies(
+    tree: LogTree, size: int, rng: random.Random, samples: int = PROOFS
+) -> list[float]:
+    """Milliseconds of ``samples`` inclusion proofs of random leaves in the tree
     of ``size`` leaves, each verified untimed."""
-    indexes = [rng.randrange(size) for _ in range(PROOFS)]
+    indexes = [rng.randrange(size) for _ in range(samples)]
     leaves, root = tree.leaf_hashes(indexes), tree.root(size)
     took = []
     for index in indexes:
@@ -247,6 +277,56 @@ def measure_sqlite(
     return maintenance, measure_checkpoints(url, path.parent, seed)
 
 
+def growth_sizes(events: int) -> list[int]:
+    """The sizes the growth is measured at: each decade from ``FIRST_DECADE``
+    below ``events``, then ``events``."""
+    decades = (FIRST_DECADE * 10**power for power in itertools.count())
+    return [*itertools.takewhile(lambda size: size < events, decades), events]
+
+
+def measure_growth(path: Path, events: int, seed: int) -> list[GrowthFigures]:
+    """A SQLite log grown to each of ``growth_sizes(events)`` in turn, each
+    stretch written by ``write_events`` with users of its own; its tree caught
+    up and measured at each size (the signs add a few events of their own)."""
+    url = f"sqlite:///{path}"
+    key, _ = write_checkpoint_key("bench.example/growth", path.parent / "growth")
+    rng, size, figures = random.Random(seed), 0, []
+    for stage, target in enumerate(growth_sizes(events)):
+        write_events(url, max(target - size, 1), seed + stage, prefix=f"g{stage}")
+        row, size = _measure_size(url, path, key, size, rng)
+        figures.append(row)
+    return figures
+
+
+def _measure_size(
+    url: str, path: Path, key: Path, before: int, rng: random.Random
+) -> tuple[GrowthFigures, int]:
+    """The catch-up from ``before`` leaves and the floor, then signs and proofs;
+    the figures and the tree's size after the signs."""
+    query = LOG_ORDER.format(position="rowid", table="stored_events")
+    with ContextLedger.open(url) as ledger:
+        _, cpu_s, head = _timed(ledger.catch_up_tree)
+        _, floor_cpu_s, rows = read_floor(lambda: sqlite3.connect(path), query)
+        signs = _sign_latencies(ledger, key, GROWTH_SIGNS)
+        tree = LogTree(ledger._app)
+        size = tree.head().size
+        proofs, _ = _consistency_latencies(tree, size, rng, GROWTH_PROOFS)
+        inclusion = _inclusion_latencies(tree, size, rng, GROWTH_PROOFS)
+    if rows != head.size:
+        msg = f"the tree took {head.size} events and the floor read {rows}"
+        raise RuntimeError(msg)
+    return GrowthFigures(
+        events=head.size,
+        catch_up_cpu_us_per_event=round(cpu_s * 1e6 / (head.size - before), 2),
+        floor_cpu_us_per_row=round(floor_cpu_s * 1e6 / rows, 2),
+        sign_p50_ms=_p50(signs),
+        sign_max_ms=round(max(signs), 3),
+        consistency_proof_p50_ms=_p50(proofs),
+        consistency_proof_max_ms=round(max(proofs), 3),
+        inclusion_proof_p50_ms=_p50(inclusion),
+    ), size
+
+
 def measure_postgres(events: int, seed: int, dsn: str) -> MaintenanceFigures:
     """The maintenance figure in a fresh PostgreSQL schema, dropped afterwards."""
     with postgres_schema(dsn, "postgres") as schema:
@@ -269,18 +349,23 @@ def measure_tree(
     seed: int,
     dsn: str = POSTGRES_DSN,
 ) -> TreeFigures:
-    """Part 3: SQLite over ``events`` (0 skips), PostgreSQL's maintenance over
-    ``postgres_events`` (0 skips)."""
+    """Part 3: SQLite over ``events`` and its growth to ``events`` (0 skips
+    both), PostgreSQL's maintenance over ``postgres_events`` (0 skips)."""
     sqlite = checkpoints = postgres = None
+    growth = []
     if events:
         sqlite, checkpoints = measure_sqlite(folder / "tree.db", events, seed)
+        growth = measure_growth(folder / "growth.db", events, seed)
     if postgres_events:
         postgres = measure_postgres(postgres_events, seed, dsn)
-    return TreeFigures(sqlite=sqlite, checkpoints=checkpoints, postgres=postgres)
+    return TreeFigures(
+        sqlite=sqlite, checkpoints=checkpoints, postgres=postgres, growth=growth
+    )
 
 
 def render(figures: TreeFigures, console: Console) -> None:
-    """The maintenance table (a column per backend) and the latencies table."""
+    """The maintenance table (a column per backend), the latencies table and
+    the growth table (a row per size)."""
     measured = [m for m in (figures.sqlite, figures.postgres) if m is not None]
     if measured:
         table = Table("figure", *(m.backend for m in measured), title="Merkle tree")
@@ -293,6 +378,18 @@ def render(figures: TreeFigures, console: Console) -> None:
         for name, value in asdict(figures.checkpoints).items():
             table.add_row(name, _cell(value))
         console.print(table)
+    if figures.growth:
+        _render_growth(figures.growth, console)
+
+
+def _render_growth(growth: list[GrowthFigures], console: Console) -> None:
+    title = "growth (SQLite): catch-up and floor in CPU µs per event, the rest in ms"
+    table = Table(title=title)
+    for header in GROWTH_HEADERS.split("|"):  # sizes whole, the rest wrapped at 80
+        table.add_column(header, justify="right", no_wrap=header == "events")
+    for row in growth:
+        table.add_row(*(_cell(value) for value in asdict(row).values()))
+    console.print(table)
 
 
 def _cell(value: object) -> str:
