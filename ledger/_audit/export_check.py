@@ -28,7 +28,7 @@ from ledger._domain.hashing import (
     GENESIS_HASH,
     canonical_encoding,
     chain_hash,
-    metadata_commitment,
+    commitment_opens,
 )
 from ledger._domain.models import LedgerEvent
 from ledger.errors import InvalidContextInput, shorten
@@ -385,8 +385,7 @@ def _opens(commitment: str, salt: object, metadata: object) -> bool:
     return (
         isinstance(salt, str)
         and _HEX_64.fullmatch(salt) is not None
-        and isinstance(metadata, dict)
-        and metadata_commitment(salt, metadata) == commitment
+        and commitment_opens(commitment, salt, metadata)
     )
 
 

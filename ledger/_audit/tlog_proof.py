@@ -18,7 +18,7 @@ from ledger._audit.notes import (
     open_checkpoint,
     split_note,
 )
-from ledger._domain.hashing import chain_hash, metadata_commitment
+from ledger._domain.hashing import chain_hash, commitment_opens
 from ledger._domain.models import LedgerEvent
 from ledger.errors import CheckpointError
 
@@ -118,11 +118,4 @@ def _committed(details: Mapping[str, Any]) -> bool:
     metadata, salt = details.get("metadata"), details.get("metadata_salt")
     if commitment is None or (metadata is None and salt is None):
         return True
-    try:
-        return (
-            isinstance(salt, str)
-            and isinstance(metadata, Mapping)
-            and metadata_commitment(salt, metadata) == commitment
-        )
-    except (ValueError, TypeError):
-        return False
+    return commitment_opens(commitment, salt, metadata)

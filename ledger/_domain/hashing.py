@@ -94,6 +94,20 @@ def metadata_commitment(salt: str, metadata: Mapping[str, Any]) -> str:
     return salted_commitment(bytes.fromhex(salt), metadata)
 
 
+def commitment_opens(commitment: object, salt: object, metadata: object) -> bool:
+    """Whether shown ``metadata`` and its ``salt`` (hex) are what ``commitment``
+    was made of; False for values of the wrong kind, never an error."""
+    try:
+        return (
+            isinstance(salt, str)
+            and len(salt) == 2 * SALT_BYTES
+            and isinstance(metadata, dict)
+            and metadata_commitment(salt, metadata) == commitment
+        )
+    except (ValueError, TypeError, RecursionError):
+        return False
+
+
 def salted_commitment(salt: bytes, metadata: Mapping[str, Any]) -> str:
     """``metadata_commitment`` with the salt as bytes (as it is sealed)."""
     return hashlib.sha256(

@@ -40,6 +40,15 @@ def url(durable_url: str) -> str:
     return durable_url
 
 
+@pytest.fixture
+def sqlite_ledger(sqlite_url: str) -> str:
+    """A SQLite ledger with a few users' events: where the refusals of hostile
+    files are checked (reading a note or key is the same on every backend)."""
+    with ContextLedger.open(sqlite_url) as ledger:
+        chat(ledger, users=3, messages=4)
+    return sqlite_url
+
+
 def _events(url: str) -> int:
     ((count,),) = execute_sql(url, "SELECT COUNT(*) FROM {events}")
     return int(count)
@@ -212,8 +221,9 @@ def _note_signed_by_another_key(url: str, tmp_path: Path) -> Path:
     ids=["empty", "plain text", "bad signature line", "binary"],
 )
 def test_verify_refuses_a_malformed_note_file_in_one_line(
-    url: str, keys: tuple[Path, Path], tmp_path: Path, text: str
+    sqlite_ledger: str, keys: tuple[Path, Path], tmp_path: Path, text: str
 ) -> None:
+    url = sqlite_ledger
     note = tmp_path / "note.txt"
     note.write_text(text, encoding="utf-8", errors="surrogateescape")
 
@@ -224,8 +234,9 @@ def test_verify_refuses_a_malformed_note_file_in_one_line(
 
 
 def test_verify_refuses_a_note_signed_by_another_key_in_one_line(
-    url: str, keys: tuple[Path, Path], tmp_path: Path
+    sqlite_ledger: str, keys: tuple[Path, Path], tmp_path: Path
 ) -> None:
+    url = sqlite_ledger
     note = _note_signed_by_another_key(url, tmp_path)
 
     done = _verify(url, note, keys[1])
@@ -236,8 +247,9 @@ def test_verify_refuses_a_note_signed_by_another_key_in_one_line(
 
 @pytest.mark.parametrize("command", ["sign", "verify", "verify-export"])
 def test_a_key_file_that_is_not_a_key_is_refused_in_one_line(
-    url: str, keys: tuple[Path, Path], tmp_path: Path, command: str
+    sqlite_ledger: str, keys: tuple[Path, Path], tmp_path: Path, command: str
 ) -> None:
+    url = sqlite_ledger
     note = tmp_path / "checkpoint.txt"
     _sign(url, keys[0], note)
     path = _export(url, "u0", tmp_path / "u0.jsonl", keys[0])
@@ -256,9 +268,9 @@ def test_a_key_file_that_is_not_a_key_is_refused_in_one_line(
 
 
 def test_the_verifier_key_given_as_the_signer_key_is_refused_in_one_line(
-    url: str, keys: tuple[Path, Path]
+    sqlite_ledger: str, keys: tuple[Path, Path]
 ) -> None:
-    done = cli_on("checkpoint", "sign", "--key", str(keys[1]), url=url)
+    done = cli_on("checkpoint", "sign", "--key", str(keys[1]), url=sqlite_ledger)
 
     assert done.returncode == 1
     one_line_error(done, "CheckpointError")
