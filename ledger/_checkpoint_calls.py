@@ -136,7 +136,9 @@ class CheckpointCalls(LedgerQueries):
         if sign_with is not None:
             signer = signer_from(sign_with)
             sign_tree(tree, signer, self._origin(signer.name))
-        return lambda versions: prove_export(tree, user_id, versions)
+        tree.ensure_tables()
+        kept = tree.store.latest()
+        return lambda versions: prove_export(tree, user_id, versions, kept)
 
     def _origin(self, name: str) -> str:
         """The origin of this database's log under the key ``name``."""

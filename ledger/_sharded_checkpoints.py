@@ -84,27 +84,36 @@ class ShardedCheckpoints(ContextLedger):
 
 def departed_from(ledger: ShardedCheckpoints, shard: int) -> Departed:
     """Whether a leaf of ``shard``'s tree stands for an event that moved on: the
-    moves recorded from ``shard`` lead to the shard the directory gives the
-    user now, and a shard on that way holds the event with the same hash."""
-    hops = len(ledger.shard_ids())
+    moves recorded from ``shard`` lead, without a loop, to the shard the
+    directory gives the user now, and that shard's tree holds the event with
+    the same hash (after a move away and back, as another leaf of its own)."""
     where: dict[int, dict[UUID, int]] = {}
     caught_up: set[int] = set()
 
-    def moved_on(leaf: Leaf, digest: bytes) -> bool:
-        stream, at, held = UUID(leaf.stream), shard, False
-        for _ in range(hops):
+    def owner_reached(stream: UUID, owner: int) -> bool:
+        at, seen = shard, set[int]()
+        while True:
             if at not in where:
                 where[at] = _departures(ledger.shard(at))
             target = where[at].get(stream)
-            if target is None:
-                break
-            if target not in caught_up:  # the copies there are in its tree
-                ledger.shard(target).catch_up_tree()
-                caught_up.add(target)
-            held = held or _holds(ledger.shard(target), leaf, digest)
+            if target is None or target in seen:
+                return False
+            if target == owner:
+                return True
+            seen.add(target)
             at = target
-        owner = ledger.directory.lookup(stream, fresh=True)
-        return held and owner is not None and owner.shard_id == at
+
+    def moved_on(leaf: Leaf, digest: bytes) -> bool:
+        stream = UUID(leaf.stream)
+        found = ledger.directory.lookup(stream, fresh=True)
+        if found is None or not owner_reached(stream, found.shard_id):
+            return False
+        owner = found.shard_id
+        if owner not in caught_up:  # the copies there are in its tree
+            ledger.shard(owner).catch_up_tree()
+            caught_up.add(owner)
+        itself = leaf.number if owner == shard else None
+        return _holds(ledger.shard(owner), leaf, digest, itself)
 
     return moved_on
 
@@ -116,13 +125,14 @@ def _departures(shard: ContextLedger) -> dict[UUID, int]:
         return dict(moves_around(cursor, schema, 0, 0).departed)
 
 
-def _holds(shard: ContextLedger, leaf: Leaf, digest: bytes) -> bool:
-    """Whether the shard's tree has a leaf of that event with that hash."""
+def _holds(shard: ContextLedger, leaf: Leaf, digest: bytes, itself: int | None) -> bool:
+    """Whether the shard's tree has a leaf of that event with that hash (other
+    than the leaf ``itself``)."""
     tree = shard._tree()
     size = tree.store.state().size
     there = [
         found.number
         for found in tree.store.leaves_of(leaf.stream, size)
-        if found.version == leaf.version
+        if found.version == leaf.version and found.number != itself
     ]
     return digest in tree.leaf_hashes(there).values()

@@ -103,7 +103,7 @@ class _Fault(Exception):
 
 class _Checker:
     def __init__(
-        self, path: str, verifier: Verifier | None, trusted: Checkpoint | None
+        self, path: str, verifier: Verifier | None, trusted: list[Checkpoint]
     ) -> None:
         self.path = path
         self.verifier = verifier
@@ -239,7 +239,7 @@ def _check_proofs(
     links: list[Link],
     manifest: ExportManifest,
     verifier: Verifier,
-    trusted: Checkpoint | None,
+    trusted: list[Checkpoint],
 ) -> None:
     """Every event is proved in the signed log the export carries."""
     try:

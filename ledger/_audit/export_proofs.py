@@ -21,7 +21,7 @@ from pydantic import BaseModel, ConfigDict
 
 from ledger._audit.chain import Link
 from ledger._audit.checkpoint_files import KeyInput, notes_from, verifier_from
-from ledger._audit.merkle import leaf_hash, verify_inclusion
+from ledger._audit.merkle import leaf_hash, verify_consistency, verify_inclusion
 from ledger._audit.notes import Checkpoint, Verifier, open_checkpoint
 from ledger._domain.contexts import user_aggregate_id
 from ledger._domain.hashing import chain_hash
@@ -30,6 +30,7 @@ from ledger.errors import CheckpointError
 if TYPE_CHECKING:
     from ledger._audit.export import ExportManifest
     from ledger._audit.log_tree import LogTree
+    from ledger._store.tree_store import Kept
 
 
 class ExportLeaf(BaseModel):
@@ -48,6 +49,16 @@ class ExportLeaf(BaseModel):
     the store no longer held that event."""
 
 
+class ExportConsistency(BaseModel):
+    """An RFC 9162 consistency proof (base64) from an earlier checkpoint's size
+    to the export's checkpoint."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    size: int
+    proof: tuple[str, ...]
+
+
 class ExportLog(BaseModel):
     """The signed checkpoint an export is proved against, and the proofs."""
 
@@ -58,15 +69,22 @@ class ExportLog(BaseModel):
     leaves: tuple[ExportLeaf, ...]
     user_last: ExportLeaf | None
     """The user's last leaf in the checkpoint (None: no event of the user)."""
+    consistency: tuple[ExportConsistency, ...] = ()
+    """Proofs from the sizes of the checkpoints signed before it (the last
+    ``EARLIER_CHECKPOINTS``), so an auditor holding one of them can check that
+    the export's checkpoint extends it."""
+
+
+EARLIER_CHECKPOINTS = 16
 
 
 def prove_export(
-    tree: "LogTree", user_id: str, versions: Sequence[int]
+    tree: "LogTree", user_id: str, versions: Sequence[int], kept: "Kept | None"
 ) -> ExportLog | None:
-    """The proofs of ``versions`` of the user's stream against the ledger's
-    latest signed checkpoint; None if it has signed none."""
-    tree.ensure_tables()
-    kept = tree.store.latest()
+    """The proofs of ``versions`` of the user's stream against ``kept``, the
+    ledger's latest signed checkpoint when the export began (taken before the
+    events were read, so that none signed later claims events the export did
+    not read); None if it had signed none."""
     if kept is None:
         return None
     mine = tree.store.leaves_of(str(user_aggregate_id(user_id)), kept.size)
@@ -85,7 +103,23 @@ def prove_export(
         user_last = leaves.pop().model_copy(
             update={"leaf_hash": digest.hex(), "record": record}
         )
-    return ExportLog(checkpoint=kept.note, leaves=tuple(leaves), user_last=user_last)
+    return ExportLog(
+        checkpoint=kept.note,
+        leaves=tuple(leaves),
+        user_last=user_last,
+        consistency=_from_earlier(tree, kept.size),
+    )
+
+
+def _from_earlier(tree: "LogTree", size: int) -> tuple[ExportConsistency, ...]:
+    earlier = tree.store.recent(EARLIER_CHECKPOINTS + 1)
+    return tuple(
+        ExportConsistency(
+            size=kept.size, proof=_encoded(tree.consistency_proof(kept.size, size))
+        )
+        for kept in earlier
+        if kept.size < size
+    )
 
 
 def _encoded(proof: Sequence[bytes]) -> tuple[str, ...]:
@@ -102,14 +136,15 @@ class LogProblem(Exception):
 
 def signed_by(
     public_key: KeyInput | None, checkpoint: KeyInput | None
-) -> tuple[Verifier | None, Checkpoint | None]:
-    """The verifier of ``public_key`` and the checkpoint the auditor trusts."""
+) -> tuple[Verifier | None, list[Checkpoint]]:
+    """The verifier of ``public_key`` and the checkpoints the auditor trusts
+    (one per log: a sharded ledger's file holds one per shard)."""
     verifier = None if public_key is None else verifier_from(public_key)
     if checkpoint is None:
-        return verifier, None
+        return verifier, []
     if verifier is None:
         raise CheckpointError("a trusted checkpoint needs the public_key too")
-    return verifier, open_checkpoint(notes_from(checkpoint)[0], verifier)
+    return verifier, [open_checkpoint(n, verifier) for n in notes_from(checkpoint)]
 
 
 def check_log(
@@ -117,7 +152,7 @@ def check_log(
     links: Sequence[Link],
     verifier: Verifier,
     manifest: "ExportManifest",
-    trusted: Checkpoint | None = None,
+    trusted: Sequence[Checkpoint] = (),
 ) -> None:
     """Raises LogProblem unless every event is proved in the signed log, the
     export reaches the user's last signed event when that event falls in its
@@ -134,7 +169,7 @@ def check_log(
         checkpoint = open_checkpoint(log.checkpoint, verifier)
     except CheckpointError as error:
         raise LogProblem(None, "altered", f"its checkpoint: {error}") from None
-    _check_trusted(checkpoint, trusted)
+    _check_trusted(checkpoint, trusted, log.consistency)
     proved = {leaf.version: leaf for leaf in log.leaves}
     for link in links:
         _check_event(link, proved.get(link.version), checkpoint)
@@ -142,25 +177,45 @@ def check_log(
         _check_last(log.user_last, links, checkpoint, manifest)
 
 
-def _check_trusted(checkpoint: Checkpoint, trusted: Checkpoint | None) -> None:
-    if trusted is None:
+def _check_trusted(
+    checkpoint: Checkpoint,
+    trusted: Sequence[Checkpoint],
+    consistency: Sequence[ExportConsistency],
+) -> None:
+    """The export's checkpoint extends the one the auditor holds of its log:
+    the same, or a consistency proof from it that the export carries."""
+    if not trusted:
         return
-    if trusted.origin != checkpoint.origin:
+    mine = [held for held in trusted if held.origin == checkpoint.origin]
+    if not mine:
         raise LogProblem(
             None,
             "unproven",
-            f"it is proved in the log {checkpoint.origin!r}, not in {trusted.origin!r}",
+            f"no checkpoint you trust is of its log {checkpoint.origin!r}",
         )
-    if checkpoint.size < trusted.size or (
-        checkpoint.size == trusted.size and checkpoint.root != trusted.root
+    held = mine[0]
+    if (held.size, held.root) == (checkpoint.size, checkpoint.root):
+        return
+    proofs = [c.proof for c in consistency if c.size == held.size]
+    if (
+        held.size > checkpoint.size
+        or not proofs
+        or not _consistent(held, checkpoint, proofs[0])
     ):
         raise LogProblem(
             None,
             "unproven",
-            f"it is proved against a checkpoint of {checkpoint.size} events, "
-            f"not one extending the checkpoint you trust ({trusted.size} events): "
-            "export again with --sign-with",
+            f"it is proved against a checkpoint of {checkpoint.size} events that "
+            f"is not shown to extend the one you trust ({held.size} events): "
+            "export again with --sign-with, or check the log with checkpoint verify",
         )
+
+
+def _consistent(held: Checkpoint, checkpoint: Checkpoint, proof: Sequence[str]) -> bool:
+    hashes = _decoded(proof)
+    return hashes is not None and verify_consistency(
+        held.size, checkpoint.size, held.root, checkpoint.root, hashes
+    )
 
 
 def _check_event(link: Link, leaf: ExportLeaf | None, checkpoint: Checkpoint) -> None:
@@ -195,9 +250,13 @@ def _check_last(
             f"the signed log holds version {last.version} of this user (leaf "
             f"{last.leaf}), which the store no longer held when it was exported",
         )
-    digest = leaf_hash(bytes.fromhex(chain_hash(last.record)))
+    try:
+        digest = leaf_hash(bytes.fromhex(chain_hash(last.record)))
+    except (KeyError, TypeError, AttributeError, ValueError, RecursionError):
+        digest = b""  # not an event's JSON form: not proved
     if (
-        last.leaf_hash != digest.hex()
+        not digest
+        or last.leaf_hash != digest.hex()
         or not _included(last, digest, checkpoint)
         or last.record.get("user_id") != manifest.user_id
         or last.record.get("version") != last.version
@@ -229,8 +288,14 @@ def _in_period(record: dict[str, Any], manifest: "ExportManifest") -> bool:
 
 
 def _included(leaf: ExportLeaf, digest: bytes, checkpoint: Checkpoint) -> bool:
+    proof = _decoded(leaf.proof)
+    return proof is not None and verify_inclusion(
+        leaf.leaf, checkpoint.size, digest, proof, checkpoint.root
+    )
+
+
+def _decoded(proof: Sequence[str]) -> list[bytes] | None:
     try:
-        proof = [base64.b64decode(item, validate=True) for item in leaf.proof]
+        return [base64.b64decode(item, validate=True) for item in proof]
     except (binascii.Error, ValueError):
-        return False
-    return verify_inclusion(leaf.leaf, checkpoint.size, digest, proof, checkpoint.root)
+        return None

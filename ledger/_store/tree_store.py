@@ -214,18 +214,23 @@ class TreeStore:
 
     def latest(self) -> Kept | None:
         """The last checkpoint the ledger signed (the largest), if any."""
+        found = self.recent(1)
+        return found[0] if found else None
+
+    def recent(self, limit: int) -> list[Kept]:
+        """The last ``limit`` checkpoints the ledger signed, largest first."""
         with self.datastore.transaction(commit=False) as cursor:
             if not self.dialect.exists(cursor, CHECKPOINTS_TABLE):
-                return None
+                return []
             cursor.execute(
-                f"SELECT size, root, note FROM {self.checkpoints_table} "  # noqa: S608  (our table name)
-                "ORDER BY size DESC LIMIT 1"
+                self.dialect.statement(
+                    f"SELECT size, root, note FROM {self.checkpoints_table} "  # noqa: S608  (our table name)
+                    "ORDER BY size DESC LIMIT ?"
+                ),
+                (limit,),
             )
-            row = cursor.fetchone()
-        if row is None:
-            return None
-        size, root, note = self.dialect.row(row)
-        return Kept(int(size), bytes(root), str(note))
+            rows = [self.dialect.row(row) for row in cursor.fetchall()]
+        return [Kept(int(size), bytes(root), str(note)) for size, root, note in rows]
 
     def keep(self, cursor: Any, kept: Kept) -> None:
         """Records a signed checkpoint (a second one of the same size replaces

@@ -3,6 +3,7 @@ filed under another stream, sealed metadata swapped between events, a tail cut
 before a bounded export, an older checkpoint kept to prove an export against,
 forged metadata beside a proof; and an auditor whose role may not write."""
 
+import json
 import os
 import subprocess
 import sys
@@ -20,6 +21,7 @@ from ledger import (
     verify_export,
     write_checkpoint_key,
 )
+from ledger._domain.hashing import canonical_encoding, record_hash
 from tests.tampering import (
     delete_event,
     execute_sql,
@@ -157,7 +159,7 @@ def test_an_export_proved_against_an_older_checkpoint_than_the_trusted_one_fails
     assert alone.intact
     assert trusted.fault is not None
     assert trusted.fault.fault == "unproven"
-    assert "not one extending the checkpoint you trust" in trusted.fault.detail
+    assert "not shown to extend the one you trust" in trusted.fault.detail
 
 
 def test_an_event_proof_refuses_forged_metadata_and_malformed_events(
@@ -217,3 +219,67 @@ def test_an_auditor_whose_role_may_not_write_verifies_against_the_tree_as_it_sta
     )
 
     assert done.stdout.strip() == "True", done.stderr
+
+
+def test_an_export_of_a_log_forked_after_the_trusted_checkpoint_fails(
+    sqlite_url: str, keys: tuple[Path, Path], tmp_path: Path
+) -> None:
+    # The intruder cuts alice's tail, drops the tree and the kept checkpoints,
+    # and lets the ledger sign a larger tree over the rewritten log.
+    key, public_key = keys
+    chat(sqlite_url)
+    trusted = tmp_path / "published.txt"
+    trusted.write_text(sign(sqlite_url, key), encoding="utf-8")
+    delete_event(sqlite_url, "alice", 4)
+    for table in ("tree", "tree_nodes", "tree_leaves", "checkpoints"):
+        execute_sql(sqlite_url, f"DROP TABLE ctxledger_{table}")
+    chat(sqlite_url, "bob")
+    with ContextLedger.open(sqlite_url) as ledger:
+        ledger.export("alice", tmp_path / "alice.jsonl", sign_with=key)
+
+    report = verify_export(
+        tmp_path / "alice.jsonl", public_key=public_key, checkpoint=trusted
+    )
+
+    assert report.fault is not None
+    assert report.fault.fault == "unproven"
+
+
+def test_an_export_extending_a_trusted_checkpoint_passes_with_it(
+    sqlite_url: str, keys: tuple[Path, Path], tmp_path: Path
+) -> None:
+    key, public_key = keys
+    chat(sqlite_url)
+    trusted = tmp_path / "published.txt"
+    trusted.write_text(sign(sqlite_url, key), encoding="utf-8")
+    chat(sqlite_url, "bob")
+    with ContextLedger.open(sqlite_url) as ledger:
+        ledger.export("alice", tmp_path / "alice.jsonl", sign_with=key)
+
+    report = verify_export(
+        tmp_path / "alice.jsonl", public_key=public_key, checkpoint=trusted
+    )
+
+    assert report.intact, report.fault
+
+
+def test_a_malformed_last_event_record_in_an_export_is_a_fault_not_a_crash(
+    sqlite_url: str, keys: tuple[Path, Path], tmp_path: Path
+) -> None:
+    key, public_key = keys
+    chat(sqlite_url)
+    with ContextLedger.open(sqlite_url) as ledger:
+        ledger.export("alice", tmp_path / "alice.jsonl", sign_with=key)
+    path = tmp_path / "alice.jsonl"
+    *lines, last = path.read_text(encoding="utf-8").splitlines()
+    manifest = json.loads(last)["manifest"]
+    manifest["log"]["user_last"]["record"] = {"details": 1}
+    manifest.pop("digest")
+    manifest["digest"] = record_hash(manifest)
+    encoded = canonical_encoding({"manifest": manifest}).decode("utf-8")
+    path.write_text("\n".join([*lines, encoded]) + "\n", encoding="utf-8")
+
+    report = verify_export(path, public_key=public_key)
+
+    assert report.fault is not None
+    assert report.fault.fault == "altered"

@@ -142,3 +142,45 @@ def test_a_checkpoint_holds_right_after_a_move_before_any_tree_catches_up(
         report = ledger.verify_checkpoint(before[1].note, public_key)
 
     assert report.holds, report.fault
+
+
+def test_a_users_move_away_and_back_keeps_every_shards_checkpoints_holding(
+    sharded_url: str, shard_urls: list[str], keys: tuple[Path, Path]
+) -> None:
+    key, public_key = keys
+    with ContextLedger.open(sharded_url) as ledger:
+        assert isinstance(ledger, ShardedLedger)
+        users = spread_users(ledger)
+        mover = next(u for u in users if ledger.shard_of(u) == 1)
+        before = ledger.sign_checkpoints(key)
+        move_user(sharded_url, mover, shard_urls[2])
+        between = ledger.sign_checkpoints(key)
+        move_user(sharded_url, mover, shard_urls[1])
+
+        reports = [
+            ledger.verify_checkpoint(s.note, public_key) for s in (*before, *between)
+        ]
+
+    assert all(r.holds for r in reports), [str(r.fault) for r in reports]
+
+
+def test_an_export_checks_against_the_trusted_note_of_its_own_shard(
+    sharded_url: str, keys: tuple[Path, Path], tmp_path: Path
+) -> None:
+    key, public_key = keys
+    with ContextLedger.open(sharded_url) as ledger:
+        assert isinstance(ledger, ShardedLedger)
+        users = spread_users(ledger)
+        published = tmp_path / "published.txt"
+        published.write_text(
+            "\n".join(s.note for s in ledger.sign_checkpoints(key)), encoding="utf-8"
+        )
+        user = next(u for u in users if ledger.shard_of(u) == 1)
+        ledger.open_context(user, "later")
+        ledger.export(user, tmp_path / "proved.jsonl", sign_with=key)
+
+    report = verify_export(
+        tmp_path / "proved.jsonl", public_key=public_key, checkpoint=published
+    )
+
+    assert report.intact, report.fault
