@@ -13,7 +13,14 @@ from ctxledger._cli.render import utc_time
 from ledger import ContextLedger, LedgerCorrupted
 
 
-@click.command()
+class _OneUserOrRetention(click.Command):
+    """``forget``'s usage line: a USER, or --inactive-since TIME."""
+
+    def collect_usage_pieces(self, ctx: click.Context) -> list[str]:
+        return [self.options_metavar or "[OPTIONS]", "(USER | --inactive-since TIME)"]
+
+
+@click.command(cls=_OneUserOrRetention)
 @click.argument("user_id", metavar="USER", required=False)
 @click.option(
     "--inactive-since",
@@ -37,7 +44,8 @@ def forget(
     reason: str | None,
     yes: bool,
 ) -> None:
-    """Erase a user's personal data (their metadata), keeping the chain whole.
+    """Erase a USER's personal data (their metadata), keeping the chain whole;
+    or, with --inactive-since TIME and no USER, every user with no event since.
 
     The user's data key is destroyed and a `forgotten` event is appended, which
     ends the user's active contexts. The events stay, their metadata erased. It
