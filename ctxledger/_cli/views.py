@@ -5,7 +5,7 @@ import sys
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
-from datetime import datetime
+from datetime import UTC, datetime
 from types import FrameType
 from typing import Any
 
@@ -21,7 +21,7 @@ from ctxledger._cli.view_positions import (
     stopped_line,
     warn_if_behind,
 )
-from ledger import EVENT_KINDS, StorageUnavailable
+from ledger import EVENT_KINDS, Context, StorageUnavailable
 from ledger import _metrics as metrics
 from ledger._store.urls import shown_url
 from projections import VIEW_NAMES, Projections, ShardViewStatus
@@ -164,11 +164,22 @@ def status(url: str, as_json: bool) -> None:
 @click.pass_obj
 @reports_ledger_errors
 def active(url: str, user_id: str | None, limit: int, as_json: bool) -> None:
-    """Active contexts from the view (run `project` first to bring it up to date)."""
+    """Active contexts from the view (run `project` first to bring it up to date).
+
+    A context whose time to live has run out is left out, as `active_contexts`
+    leaves it out; how many were is said on stderr until `expire` records it."""
+    now = datetime.now(tz=UTC)
     with Projections.open(url, create=False) as views:
-        contexts = views.active_contexts(user_id, limit=limit)
-        total = views.count_active(user_id)
+        listed = views.active_contexts(user_id, limit=limit)
+        due = _past_due(views, user_id, listed, now)
+        total = views.count_active(user_id) - len(due)
         warn_if_behind(views, "active")
+    contexts = [c for c in listed if c.context_id not in due]
+    if due:
+        render.note(
+            f"{len(due)} context(s) past their time to live left out; `ctxledger "
+            "expire` records their expiry (then `ctxledger project`)"
+        )
     if as_json:
         render.print_json([c.model_dump(mode="json") for c in contexts])
         return
@@ -188,6 +199,17 @@ def active(url: str, user_id: str | None, limit: int, as_json: bool) -> None:
         ),
     )
     render.line(f"{len(contexts)} of {total} active context(s) shown")
+
+
+def _past_due(
+    views: Projections, user_id: str | None, listed: list[Context], now: datetime
+) -> set[str]:
+    """The ids of the view's contexts (the user's) whose time has run out."""
+    due = {c.context_id for c in listed if c.is_due(now)}
+    for context in views.expiring_before(now):
+        if user_id is None or context.user_id == user_id:
+            due.add(context.context_id)
+    return due
 
 
 @click.command()
