@@ -201,9 +201,14 @@ def verify_export_command(
 @click.command()
 @click.argument("user_id", metavar="USER")
 @out_option("The HTML file to write.")
+@click.option(
+    "--show-commitments",
+    is_flag=True,
+    help="Show each event's metadata commitment and salt in the details.",
+)
 @click.pass_obj
 @reports_ledger_errors
-def report(url: str, user_id: str, out: Path) -> None:
+def report(url: str, user_id: str, out: Path, show_commitments: bool) -> None:
     """Write a self-contained HTML timeline of a user's contexts and events."""
     writable(out, "out")  # a bad path is refused before the history is read
     with ContextLedger.open(url, create=False) as ledger:
@@ -213,7 +218,7 @@ def report(url: str, user_id: str, out: Path) -> None:
     if not events:
         render.no_events(user_id)
     figures = continuity_of(user_id, events)
-    page = render_report(user_id, events, now, figures, chain)
+    page = render_report(user_id, events, now, figures, chain, sealing=show_commitments)
     with replaced_whole(out, "out") as handle:
         handle.write(page.encode("utf-8"))
     render.line(f"wrote the timeline of {len(events)} event(s) of {user_id} to {out}")

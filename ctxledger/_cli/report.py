@@ -13,7 +13,7 @@ history by ``ctxledger._cli.report_bars``.
 import json
 from collections import Counter
 from dataclasses import dataclass, field, replace
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from html import escape
 from itertools import accumulate, pairwise
 
@@ -27,6 +27,10 @@ FULL = LEFT + WIDTH + RIGHT
 TOP, ROW, BAR = 40, 42, 20  # px: axis, a lane's row, a bar
 UPDATES, REUSES = 4, 8  # px: the strips of updates above a bar and reuses below
 BIN = 3  # px of time axis per bin of reuses or updates
+MARGIN = 0.04  # of the axis after the last event shown
+SEALING = frozenset({"metadata_commitment", "metadata_salt"})
+"""What the details column leaves out unless asked: the sealed metadata's
+commitment and salt (64 hex digits each), which mean nothing to a reader."""
 MONO = 6.7  # px per character of the 11 px monospace context ids
 FIGURES = (
     ("created", "contexts created"),
@@ -47,8 +51,11 @@ def render_report(
     now: datetime,
     figures: ContinuityFigures,
     chain: UserChain,
+    *,
+    sealing: bool = False,
 ) -> str:
-    """The page for ``user_id``'s ``events`` (oldest first), made at ``now``."""
+    """The page for ``user_id``'s ``events`` (oldest first), made at ``now``;
+    the details show the metadata's commitment and salt only with ``sealing``."""
     now = now.astimezone(UTC)
     bars, problem = bars_of(events, now)
     return _PAGE.format(
@@ -58,7 +65,7 @@ def render_report(
         chain=_chain(chain),
         timeline=(_timeline(bars) if bars else '<p id="empty">No contexts.</p>')
         + _stops(problem),
-        rows="\n".join(_row(event) for event in events),
+        rows="\n".join(_row(event, sealing) for event in events),
     )
 
 
@@ -124,9 +131,12 @@ class Scale:
 
     @classmethod
     def of(cls, bars: list[Bar]) -> "Scale":
+        """The scale of the events shown: an open context runs on to the right
+        edge rather than stretching the axis to the time of the report."""
         first = min(bar.start for bar in bars)
-        last = max(bar.end for bar in bars)
-        scale = cls(first, max((last - first).total_seconds(), 1.0))
+        last = max(_shown_until(bar) for bar in bars)
+        span = max((last - first).total_seconds(), 1.0)
+        scale = cls(first, span * (1 + MARGIN))
         return replace(
             scale,
             peaks={
@@ -135,8 +145,13 @@ class Scale:
             },
         )
 
+    @property
+    def last(self) -> datetime:
+        return self.first + timedelta(seconds=self.seconds)
+
     def x(self, at: datetime) -> float:
-        return LEFT + (at - self.first).total_seconds() / self.seconds * WIDTH
+        seconds = min((at - self.first).total_seconds(), self.seconds)
+        return LEFT + seconds / self.seconds * WIDTH
 
     def bins(self, times: list[datetime]) -> Counter[int]:
         return Counter(int((self.x(at) - LEFT) // BIN) for at in times)
@@ -145,12 +160,19 @@ class Scale:
         return max(self.bins(times).values(), default=0)
 
 
+def _shown_until(bar: Bar) -> datetime:
+    """The last instant a bar shows: its end, unless it is still open (then its
+    last event: an open bar runs on to the axis's right edge)."""
+    ended = [bar.end] if bar.ending != "open" else []
+    return max([bar.start, *bar.reuses, *bar.updates, *ended])
+
+
 def _timeline(bars: list[Bar]) -> str:
     scale = Scale.of(bars)
     lanes = _lanes(bars)
     tops = list(accumulate((ROW * len(rows) for rows in lanes.values()), initial=TOP))
     step = nice_step(scale.seconds)
-    instants = ticks(scale.first, max(bar.end for bar in bars), step)
+    instants = ticks(scale.first, scale.last, step)
     bands = (
         f'<rect class="band{i % 2}" x="0" y="{top}" width="{FULL}" '
         f'height="{below - top}"/>'
@@ -271,7 +293,8 @@ def _marks(
     return "".join(parts)
 
 
-def _row(event: LedgerEvent) -> str:
+def _row(event: LedgerEvent, sealing: bool) -> str:
+    details = {k: v for k, v in event.details.items() if sealing or k not in SEALING}
     cells = (
         str(event.version),
         _t(event.occurred_at),
@@ -279,7 +302,7 @@ def _row(event: LedgerEvent) -> str:
         event.thread_id,
         event.context_id,
         event.run_id or "",
-        json.dumps(event.details, ensure_ascii=False, sort_keys=True),
+        json.dumps(details, ensure_ascii=False, sort_keys=True),
     )
     body = "".join(f"<td>{escape(cell)}</td>" for cell in cells)
     return f'<tr class="{event.kind}" data-version="{event.version}">{body}</tr>'
