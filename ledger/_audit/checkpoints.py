@@ -16,7 +16,7 @@ import logging
 from pydantic import BaseModel, ConfigDict
 
 from ledger._audit.log_tree import LogTree, TreeHead
-from ledger._audit.merkle import verify_consistency
+from ledger._audit.merkle import EMPTY_ROOT, verify_consistency
 from ledger._audit.notes import Checkpoint, Signer, sign_checkpoint
 from ledger._audit.tree_scan import Departed, LeafFault, Scan, scan
 from ledger._store.failures import DATABASE_ERRORS
@@ -68,6 +68,15 @@ def sign_tree(tree: LogTree, signer: Signer, origin: str) -> SignedCheckpoint:
             f"checkpoint of {last.size} leaves this ledger signed last, so the log "
             "or its tree was rewritten; find where with `ctxledger checkpoint "
             "verify` on that checkpoint"
+        )
+    # The tree is derived data: what it took since the last checkpoint is
+    # proved against the log's events before it is signed.
+    base = last or Kept(0, EMPTY_ROOT, "")
+    if tree.proved_root(base.size, base.root, head.size) != head.root:
+        raise CheckpointError(
+            f"refusing to sign: the tree's leaves after the checkpoint of "
+            f"{base.size} leaves are not the log's events; find where with "
+            "`ctxledger checkpoint verify`"
         )
     note = sign_checkpoint(Checkpoint(origin, head.size, head.root), signer)
     with tree.store.datastore.transaction(commit=True) as cursor:

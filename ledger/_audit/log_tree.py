@@ -15,6 +15,7 @@ from typing import Any, NamedTuple
 from uuid import UUID
 
 from ledger._audit.merkle import (
+    Frontier,
     NodeId,
     consistency_nodes,
     fold,
@@ -94,6 +95,34 @@ class LogTree:
                 break
             self._extend(state, [self._checked(row) for row in self.read(rows)])
         return self.head()
+
+    def proved_root(self, proved: int, root: bytes, size: int) -> bytes | None:
+        """The root of the first ``size`` leaves as the log gives it: the frontier
+        of the first ``proved`` leaves, if it folds to ``root`` (a checkpoint's),
+        extended by the log's events the tree took after them, read and hashed
+        again. None when that frontier does not give ``root`` or the log does
+        not hold as many events there."""
+        hashes = self._hashes(root_nodes(proved))
+        if fold(hashes) != root:
+            return None
+        frontier = Frontier.of(proved, hashes)
+        after, end = self._position(proved - 1), self._position(size - 1)
+        if after is None or end is None:
+            return None
+        while after < end and (rows := self.log_rows(after, BATCH, end)):
+            for _, digest in map(self._checked, self.read(rows)):
+                frontier.append(digest)
+            after = rows[-1][0]
+        return frontier.root() if frontier.size == size else None
+
+    def _position(self, index: int) -> int | None:
+        """The log position of leaf ``index`` (0 before the first leaf)."""
+        if index < 0:
+            return 0
+        found = self.store.leaves(index, 1)
+        if not found or found[0][0] != index or found[0][2] is None:
+            return None
+        return found[0][2].position
 
     def head(self) -> TreeHead:
         """The tree as stored now."""

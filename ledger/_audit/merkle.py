@@ -232,6 +232,18 @@ class Frontier:
         self._stack: list[tuple[int, bytes]] = []
         self.size = 0
 
+    @classmethod
+    def of(cls, size: int, hashes: Sequence[bytes]) -> "Frontier":
+        """The frontier of a tree of ``size`` leaves, from the hashes of its
+        ``root_nodes`` in order."""
+        frontier = cls()
+        nodes = root_nodes(size)
+        frontier._stack = [
+            (level, digest) for (level, _), digest in zip(nodes, hashes, strict=True)
+        ]
+        frontier.size = size
+        return frontier
+
     def append(self, leaf: bytes) -> None:
         """Adds a leaf hash."""
         level, digest = 0, leaf

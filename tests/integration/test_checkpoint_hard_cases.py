@@ -283,3 +283,27 @@ def test_a_malformed_last_event_record_in_an_export_is_a_fault_not_a_crash(
 
     assert report.fault is not None
     assert report.fault.fault == "altered"
+
+
+def test_sign_refuses_a_tree_whose_leaves_after_the_last_checkpoint_are_not_the_logs(
+    durable_url: str, keys: tuple[Path, Path]
+) -> None:
+    key, _ = keys
+    chat(durable_url)
+    sign(durable_url, key)
+    with ContextLedger.open(durable_url) as ledger:
+        ledger.open_context("bob", "t")
+        # An odd size: the last leaf is a node the root is folded from.
+        while (size := ledger.catch_up_tree().size) % 2 == 0:
+            ledger.open_context("bob", f"t{size}")
+    execute_sql(
+        durable_url,
+        "UPDATE ctxledger_tree_nodes SET hash = {p} WHERE level = 0 AND idx = {p}",
+        (b"\x00" * 32, size - 1),
+    )
+
+    with (
+        ContextLedger.open(durable_url) as ledger,
+        pytest.raises(CheckpointError, match="are not the log's events"),
+    ):
+        ledger.sign_checkpoint(key)
