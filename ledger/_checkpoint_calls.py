@@ -23,15 +23,18 @@ from ledger._audit.checkpoints import (
 )
 from ledger._audit.export_proofs import ExportLog, prove_export
 from ledger._audit.log_tree import LogTree, TreeHead
-from ledger._audit.notes import Verifier, open_checkpoint
+from ledger._audit.notes import (
+    Verifier,
+    open_checkpoint,
+    origin_of,
+    shard_of_origin,
+)
 from ledger._audit.tlog_proof import format_proof
 from ledger._domain import validation
 from ledger._domain.contexts import user_aggregate_id
 from ledger._queries import LedgerQueries
 from ledger._store.application import LedgerApplication
 from ledger.errors import CheckpointError
-
-SHARD_ORIGIN = "/shard/"
 
 
 class CheckpointCalls(LedgerQueries):
@@ -117,7 +120,7 @@ class CheckpointCalls(LedgerQueries):
     ) -> CheckpointReport:
         """One note's check: its signature, then the log of its shard."""
         checkpoint = open_checkpoint(note, verifier)
-        shard = self._shard_of(checkpoint.origin, verifier.name)
+        shard = shard_of_origin(checkpoint.origin, verifier.name)
         if shard != self.log_shard:
             raise CheckpointError(
                 f"the checkpoint is of the log of shard {shard}; this ledger's "
@@ -142,28 +145,10 @@ class CheckpointCalls(LedgerQueries):
 
     def _origin(self, name: str) -> str:
         """The origin of this database's log under the key ``name``."""
-        return name if self.log_shard == 0 else f"{name}{SHARD_ORIGIN}{self.log_shard}"
+        return origin_of(name, self.log_shard)
 
     def _tree(self) -> LogTree:
         with self._tree_lock:
             if self._log_tree is None:
                 self._log_tree = LogTree(self._app)
             return self._log_tree
-
-    @staticmethod
-    def _shard_of(origin: str, name: str) -> int:
-        """The shard whose log an origin names (``name`` is the key's)."""
-        if origin == name:
-            return 0
-        prefix = name + SHARD_ORIGIN
-        number = origin.removeprefix(prefix)
-        if (
-            origin.startswith(prefix)
-            and number.isdigit()
-            and number == str(int(number))
-        ):
-            return int(number)
-        raise CheckpointError(
-            f"the checkpoint's origin {origin!r} is not this key's log "
-            f"({name!r}, or {prefix}<shard>)"
-        )

@@ -22,7 +22,7 @@ from ledger._audit.checkpoints import (
     verify_tree,
 )
 from ledger._audit.log_tree import TreeHead
-from ledger._audit.notes import Verifier, open_checkpoint
+from ledger._audit.notes import Verifier, open_checkpoint, shard_of_origin
 from ledger._store.shard_copies import moves_around
 from ledger._store.shard_directory import ShardDirectory
 from ledger._store.tree_store import Leaf
@@ -77,7 +77,7 @@ class ShardedCheckpoints(ContextLedger):
         self, note: str, verifier: Verifier, public_key: KeyInput
     ) -> CheckpointReport:
         checkpoint = open_checkpoint(note, verifier)
-        shard = self._shard_of(checkpoint.origin, verifier.name)
+        shard = shard_of_origin(checkpoint.origin, verifier.name)
         tree = self.shard(shard)._tree()
         return verify_tree(tree, checkpoint, departed_from(self, shard))
 

@@ -217,7 +217,7 @@ class LogSource:
             return 0
         if self._tree is None:
             self._tree = LogTree(self._app)
-        return self._tree.catch_up(up_to).size
+        return self._tree.extend(up_to)
 
     @property
     def reads_apart(self) -> bool:

@@ -87,6 +87,11 @@ class LogTree:
     def catch_up(self, up_to: int | None = None) -> TreeHead:
         """Takes every event up to ``up_to`` (the log's safe head when None) into
         the tree; the tree's head after it."""
+        self.extend(up_to)
+        return self.head()
+
+    def extend(self, up_to: int | None = None) -> int:
+        """``catch_up`` without reading the root: the tree's size after it."""
         self.ensure_tables()
         head = safe_head(self._app.log_reader) if up_to is None else up_to
         while (state := self.store.state()).position < head:
@@ -94,7 +99,7 @@ class LogTree:
             if not rows:
                 break
             self._extend(state, [self._checked(row) for row in self.read(rows)])
-        return self.head()
+        return state.size
 
     def proved_root(self, proved: int, root: bytes, size: int) -> bytes | None:
         """The root of the first ``size`` leaves as the log gives it: the frontier

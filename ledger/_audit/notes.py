@@ -23,6 +23,7 @@ from ledger.errors import CheckpointError
 ED25519 = 0x01  # the signature type byte of Ed25519 in key texts and key ids
 MAX_SIGNATURES = 100  # signature lines per note: the spec asks for 16 at least, Go 100
 MAX_SIZE = 2**64 - 1  # the largest tree size or index: Go's readers take a uint64
+SHARD_ORIGIN = "/shard/"
 _SIGNATURE_PREFIX = "\u2014 "
 _HASH_SIZE = 32
 _KEY_ID_SIZE = 4
@@ -335,12 +336,23 @@ def open_checkpoint(note: str, verifier: Verifier) -> Checkpoint:
 
 def _speaks_for(origin: str, name: str) -> None:
     """A key speaks for its own log and for its shards' (``name/shard/N``)."""
-    shard = origin.removeprefix(f"{name}/shard/")
-    if origin == name or (
-        shard != origin and shard.isdigit() and shard == str(int(shard))
-    ):
-        return
+    shard_of_origin(origin, name)
+
+
+def shard_of_origin(origin: str, name: str) -> int:
+    """The shard whose log ``origin`` names under the key ``name``: 0 for the
+    key's own log, N for ``name/shard/N``; CheckpointError for any other."""
+    number = origin.removeprefix(f"{name}{SHARD_ORIGIN}")
+    if origin == name:
+        return 0
+    if number != origin and number.isdigit() and number == str(int(number)):
+        return int(number)
     raise CheckpointError(
         f"checkpoint origin {origin!r} is not the key's log {name!r} (or one of its "
-        f"shards', {name}/shard/N): this key does not speak for that log"
+        f"shards', {name}{SHARD_ORIGIN}N): this key does not speak for that log"
     )
+
+
+def origin_of(name: str, shard: int) -> str:
+    """The origin of shard ``shard``'s log under the key ``name``."""
+    return name if shard == 0 else f"{name}{SHARD_ORIGIN}{shard}"
