@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from ledger import ContextLedger
+from ledger import ContextLedger, verify_event_proof
 from tests.helpers import chat, cli_on, execute_sql, one_line_error
 from tests.tampering import delete_event
 
@@ -274,3 +274,48 @@ def test_the_verifier_key_given_as_the_signer_key_is_refused_in_one_line(
 
     assert done.returncode == 1
     one_line_error(done, "CheckpointError")
+
+
+# prove, and verify-export --checkpoint
+
+
+def test_prove_prints_a_tlog_proof_of_one_event_that_verifies_offline(
+    url: str, keys: tuple[Path, Path], tmp_path: Path
+) -> None:
+    _sign(url, keys[0], tmp_path / "checkpoint.txt")
+
+    done = cli_on("checkpoint", "prove", "u1", "2", url=url)
+
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.startswith("c2sp.org/tlog-proof@v1\nindex ")
+    with ContextLedger.open(url) as ledger:
+        event = ledger.history("u1")[1]
+    assert verify_event_proof(done.stdout, event, keys[1])
+
+
+def test_prove_before_any_checkpoint_is_refused_in_one_line(url: str) -> None:
+    done = cli_on("checkpoint", "prove", "u1", "1", url=url)
+
+    assert done.returncode == 1
+    assert "no signed checkpoint covers" in one_line_error(done, "CheckpointError")
+
+
+def test_verify_export_with_a_newer_trusted_checkpoint_exits_1(
+    url: str, keys: tuple[Path, Path], tmp_path: Path
+) -> None:
+    older = tmp_path / "older.txt"
+    _sign(url, keys[0], older)
+    path = cli_on("export", "u0", "--out", str(tmp_path / "u0.jsonl"), url=url)
+    assert path.returncode == 0, path.stderr
+    with ContextLedger.open(url) as ledger:
+        ledger.open_context("u2", "later")
+    newer = tmp_path / "newer.txt"
+    _sign(url, keys[0], newer)
+    arguments = ("verify-export", str(tmp_path / "u0.jsonl"), "--public-key")
+
+    with_older = cli_on(*arguments, str(keys[1]), "--checkpoint", str(older), url=url)
+    with_newer = cli_on(*arguments, str(keys[1]), "--checkpoint", str(newer), url=url)
+
+    assert with_older.returncode == 0, with_older.stdout
+    assert with_newer.returncode == 1
+    assert "unproven" in with_newer.stdout
