@@ -23,6 +23,7 @@ from ledger._domain.events import (
 )
 from ledger._domain.models import EVENT_KINDS, Context, EventKind, LedgerEvent
 from ledger._domain.validation import PLACEHOLDERS
+from ledger._exposition import metrics_exposition
 from ledger._store.codec import register as register_event_class
 from ledger._store.feed import ChangeFeed
 from ledger.errors import (
@@ -76,6 +77,7 @@ __all__ = [
     "TreeHead",
     "UserChain",
     "UserForgotten",
+    "metrics_exposition",
     "register_event_class",
     "verify_event_proof",
     "verify_export",

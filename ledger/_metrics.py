@@ -1,25 +1,31 @@
 """Prometheus figures of the ledger and its views, when ``prometheus-client`` is
 installed (``pip install 'ctxledger[metrics]'``); without it every function here
-does nothing.
+does nothing. docs/operations/monitoring.md holds the one table of them all.
 
-Recorded in the default registry (names as Prometheus exposes them):
+Recorded in the default registry, or under prometheus_client's multiprocess mode
+(``PROMETHEUS_MULTIPROC_DIR`` set before the process starts) in that directory's
+files, which ``ledger.metrics_exposition`` and ``serve`` add up over the processes
+(ledger/_exposition.py). Names as Prometheus exposes them:
 
 - ``ctxledger_commands_total{command, outcome}``: commands by name (open_context,
-  update_context, clear_context, clear_user, expire_due) and outcome: ``ok``,
-  ``refused`` (a LedgerError: bad input, not found, limit, conflict, corrupted)
-  or ``error`` (the database failed: StorageUnavailable, or anything else);
+  update_context, clear_context, clear_user, expire_due, forget_user,
+  forget_inactive) and outcome: ``ok``, ``refused`` (a LedgerError: bad input,
+  not found, limit, conflict, corrupted) or ``error`` (the database failed:
+  StorageUnavailable, or anything else);
 - ``ctxledger_refusals_total{error}``: refused commands by error type;
 - ``ctxledger_events_appended_total{kind}``: events stored, by kind;
 - ``ctxledger_evictions_total``: contexts the ledger cleared to make room for a
   new one (``on_limit="evict"``), also counted as ``cleared`` events above;
 - ``ctxledger_conflict_retries_total``: saves retried after another process won;
 - ``ctxledger_command_duration_seconds{command}``: a latency histogram;
-- ``ctxledger_feeds_open``: change feeds open in this process;
-  ``ctxledger_feeds_fell_behind_total``: times a feed's consumer left more than
-  FEED_BUFFER events untaken, so that feed read the store by itself;
+- ``ctxledger_feeds_open``: change feeds open (``livesum``: over the living
+  processes); ``ctxledger_feeds_fell_behind_total``: times a feed's consumer
+  left more than FEED_BUFFER events untaken, so that feed read the store by
+  itself;
 - ``ctxledger_view_position{view}``, ``ctxledger_view_head`` and
   ``ctxledger_view_lag_events{view}``: where each view is, the log's head, and how
-  many events are stored after the view's position (set by ``record_views``).
+  many events are stored after the view's position (set by ``record_views``;
+  ``livemostrecent``: the value last set by a living process).
 
 A sharded ledger (users spread over several PostgreSQL databases) records the
 figures above as before, summed over its shards, so dashboards and alerts on them
@@ -35,15 +41,21 @@ they were):
 - ``ctxledger_shard_view_position{shard, view}``, ``ctxledger_shard_view_head{shard}``
   and ``ctxledger_shard_view_lag_events{shard, view}``: each view on each shard's
   log, and ``ctxledger_shard_reachable{shard}`` (1 or 0) as the views last found
-  it (set by ``record_shard_views``). The views' figures without a shard are
-  then sums over the shards (head minus position is still the lag).
+  it (set by ``record_shard_views``; ``livemostrecent`` like the views' own). The
+  views' figures without a shard are then sums over the shards (head minus
+  position is still the lag).
+
+Counters and histograms add up over every process that ever wrote to the
+multiprocess directory, which is why it starts empty with each deployment.
 """
 
+import atexit
 import functools
 import time
 from collections.abc import Callable, Iterable
 from typing import Any, ParamSpec, Protocol, TypeVar
 
+from ledger import _exposition as exposition
 from ledger.errors import LedgerConfigError, LedgerError, StorageUnavailable
 
 P = ParamSpec("P")
@@ -55,6 +67,10 @@ try:
 except ImportError:  # the metrics extra is not installed
     prometheus_client = None
 
+# Under the multiprocess mode a gauge of the views holds the value last set by any
+# living process: every process that sets it reads the same log, so the latest
+# reading is the truest, and a stopped worker's figures leave with it.
+VIEW_GAUGE_MODE = "livemostrecent"
 # /metrics is served to this machine only unless an operator names another address.
 DEFAULT_HOST = "127.0.0.1"
 LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0)
@@ -124,15 +140,21 @@ class _Figures:
     def _view_figures(self, client: Any) -> None:
         """The views: where each stands against the log's head."""
         self.view_position = client.Gauge(
-            "ctxledger_view_position", "The last position each view applied.", ["view"]
+            "ctxledger_view_position",
+            "The last position each view applied.",
+            ["view"],
+            multiprocess_mode=VIEW_GAUGE_MODE,
         )
         self.view_head = client.Gauge(
-            "ctxledger_view_head", "The ledger log's head position."
+            "ctxledger_view_head",
+            "The ledger log's head position.",
+            multiprocess_mode=VIEW_GAUGE_MODE,
         )
         self.view_lag = client.Gauge(
             "ctxledger_view_lag_events",
             "Events stored after each view's position.",
             ["view"],
+            multiprocess_mode=VIEW_GAUGE_MODE,
         )
 
     def _shard_figures(self, client: Any) -> None:
@@ -156,23 +178,39 @@ class _Figures:
             "ctxledger_shard_view_position",
             "The last position of each shard's log each view applied.",
             ["shard", "view"],
+            multiprocess_mode=VIEW_GAUGE_MODE,
         )
         self.shard_view_head = client.Gauge(
-            "ctxledger_shard_view_head", "Each shard's log head position.", ["shard"]
+            "ctxledger_shard_view_head",
+            "Each shard's log head position.",
+            ["shard"],
+            multiprocess_mode=VIEW_GAUGE_MODE,
         )
         self.shard_view_lag = client.Gauge(
             "ctxledger_shard_view_lag_events",
             "Events stored on each shard after each view's position there.",
             ["shard", "view"],
+            multiprocess_mode=VIEW_GAUGE_MODE,
         )
         self.shard_reachable = client.Gauge(
             "ctxledger_shard_reachable",
             "1 if the views could read the shard's log when last asked, else 0.",
             ["shard"],
+            multiprocess_mode=VIEW_GAUGE_MODE,
         )
 
 
-_FIGURES = None if prometheus_client is None else _Figures(prometheus_client)
+def _start() -> _Figures | None:
+    """The figures, in files under the multiprocess mode (this process's live
+    gauges let go when it exits)."""
+    if prometheus_client is None:
+        return None
+    if exposition.multiprocess_dir() is not None:
+        atexit.register(exposition.forget_this_process)
+    return _Figures(prometheus_client)
+
+
+_FIGURES = _start()
 _SHARD = "_metrics_shard"
 """The attribute that names the shard a ledger serves (set by ``label_shard``)."""
 
@@ -318,15 +356,18 @@ def record_shard_views(shard_id: int, statuses: Iterable[ViewFigures]) -> None:
 
 def serve(port: int, host: str = DEFAULT_HOST) -> None:
     """Serves ``/metrics`` on ``port`` of ``host`` (this machine only, unless told
-    otherwise) from a daemon thread; LedgerConfigError if the metrics extra is not
-    installed."""
+    otherwise) from a daemon thread: this process's figures, or under the
+    multiprocess mode every process's; LedgerConfigError if the metrics extra is
+    not installed."""
     if prometheus_client is None:
         msg = (
             "serving metrics needs prometheus-client: pip install 'ctxledger[metrics]'"
         )
         raise LedgerConfigError(msg)
     try:
-        prometheus_client.start_http_server(port, addr=host)
+        prometheus_client.start_http_server(
+            port, addr=host, registry=exposition.scrape_registry()
+        )
     except OSError as error:
         msg = (
             f"cannot serve metrics on port {port} of {host}: {error}; choose a free "

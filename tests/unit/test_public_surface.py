@@ -50,6 +50,7 @@ LEDGER_NAMES = {
     "TreeHead",
     "write_checkpoint_key",
     "verify_event_proof",
+    "metrics_exposition",
 }
 PROJECTIONS_NAMES = {
     "VIEW_NAMES",
