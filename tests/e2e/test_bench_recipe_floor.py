@@ -1,4 +1,4 @@
-"""The recipe benchmark's floor is the README's app with only its feed removed,
+"""The recipe benchmark's floor is the recipe's app with only its feed removed,
 so `tools/dev bench-recipe` keeps running as the recipe changes."""
 
 import asyncio
@@ -11,7 +11,7 @@ def test_the_floor_app_is_the_recipe_with_a_feed_that_never_yields() -> None:
     floor = without_feed(recipe())
     namespace: dict[str, Any] = {"__name__": "floor_app"}
 
-    exec(compile(floor, "app.py", "exec"), namespace)  # noqa: S102  (our README's app)
+    exec(compile(floor, "app.py", "exec"), namespace)  # noqa: S102  (our recipe's app)
     feed = namespace["_no_feed"]("alice", after=None)
 
     async def started() -> None:

@@ -1,5 +1,5 @@
-"""The README's FastAPI app, exactly as written, under a real uvicorn with 2 worker
-processes on PostgreSQL, driven by real WebSocket clients."""
+"""The recipe's FastAPI app (docs/guide/fastapi.md), exactly as written, under a
+real uvicorn with 2 worker processes on PostgreSQL, driven by real WebSocket clients."""
 
 import asyncio
 import hashlib
@@ -24,10 +24,10 @@ import websockets
 from websockets.asyncio.client import ClientConnection
 
 from ledger import ContextLedger, LedgerConfigError
+from tools.bench.recipe_servers import recipe
 
 pytestmark = pytest.mark.postgres
 
-README = Path(__file__).parents[2] / "README.md"
 USERS, THREADS, MESSAGES = 20, 3, 20
 RESENT = {4, 9, 15}  # these messages of each thread are sent twice
 SECRET = "test-secret"
@@ -38,12 +38,6 @@ QUIET_SECONDS = 1.0  # a socket that received nothing for this long is drained
 def _token(user: str) -> str:
     signature = hmac.new(SECRET.encode(), user.encode(), hashlib.sha256).hexdigest()
     return f"{user}.{signature}"
-
-
-def _recipe() -> str:
-    blocks = [b.split("```", 1)[0] for b in README.read_text().split("```python\n")]
-    (app,) = [block for block in blocks if block.startswith("# app.py\n")]
-    return app
 
 
 def _free_port() -> int:
@@ -79,8 +73,8 @@ def _uvicorn(app_dir: Path, port: int, env: dict[str, str]) -> subprocess.Popen[
 
 @contextmanager
 def _serving(postgres_url: str, app_dir: Path, **settings: str) -> Iterator[str]:
-    """The README's app under uvicorn with 2 workers; yields its address."""
-    (app_dir / "app.py").write_text(_recipe())
+    """The recipe's app under uvicorn with 2 workers; yields its address."""
+    (app_dir / "app.py").write_text(recipe())
     with ContextLedger.open(postgres_url, master_key=MASTER_KEY):
         pass  # the tables exist before two workers start
     port = _free_port()
@@ -368,7 +362,7 @@ def test_the_readme_app_wraps_every_data_key_with_the_master_key(
 def test_the_readme_app_does_not_start_without_a_master_key(
     postgres_url: str, tmp_path: Path
 ) -> None:
-    (tmp_path / "app.py").write_text(_recipe())
+    (tmp_path / "app.py").write_text(recipe())
     env = {k: v for k, v in os.environ.items() if k != "CTXLEDGER_MASTER_KEY"}
     env |= {"CTXLEDGER_URL": postgres_url, "APP_SECRET": SECRET}
     process = _uvicorn(tmp_path, _free_port(), env)

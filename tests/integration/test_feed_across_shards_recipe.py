@@ -1,4 +1,4 @@
-"""The README's FastAPI app, unchanged, under uvicorn with 2 workers on a ledger
+"""The recipe's FastAPI app, unchanged, under uvicorn with 2 workers on a ledger
 over three shards: a socket that reconnects with the last position it got (text,
 a position per shard) gets each later change of its user once."""
 

@@ -1,12 +1,12 @@
-"""The README's FastAPI app under uvicorn with 2 workers on PostgreSQL, driven by
+"""The recipe's FastAPI app under uvicorn with 2 workers on PostgreSQL, driven by
 real WebSocket clients, beside the same app with its change feed removed.
 
     python -m tools.bench.recipe [--users 300] [--light-users 20] [--idle 1000]
                                  [--load full|reconnect|light|light+idle|routing]
                                  [--rounds N] [--json FILE]
 
-Each load runs against the app (``# app.py`` of the README, as the tests run it)
-and then against the floor (the same text with ``ledger.changes(...)`` replaced by
+Each load runs against the app (``# app.py`` of docs/guide/fastapi.md, as the tests
+run it) and then against the floor (the same text with ``ledger.changes(...)`` replaced by
 a feed that never yields: no reads, nothing pushed), each under its own uvicorn
 with 2 workers on its own PostgreSQL schema:
 
@@ -328,7 +328,7 @@ def main(
     dsn: str,
     json_path: Path | None,
 ) -> None:
-    """Measure the README's FastAPI app beside the same app without its feed."""
+    """Measure the recipe's FastAPI app beside the same app without its feed."""
     app = recipe()
     chosen = {
         label: load

@@ -1,4 +1,4 @@
-"""The servers of the recipe benchmark: the README's app and its feedless floor
+"""The servers of the recipe benchmark: the recipe's app and its feedless floor
 under uvicorn, and the CPU and memory of processes read from /proc."""
 
 import os
@@ -18,7 +18,7 @@ import psycopg
 from ledger import ContextLedger
 from tools.bench.recipe_load import SECRET
 
-README = Path(__file__).resolve().parents[2] / "README.md"
+RECIPE = Path(__file__).resolve().parents[2] / "docs" / "guide" / "fastapi.md"
 MASTER_KEY = "5e" * 32
 WORKERS = 2
 TICKS = os.sysconf("SC_CLK_TCK")
@@ -51,8 +51,8 @@ def _no_feed(user_id: str, *, after: int | None) -> _NoFeed:
 
 
 def recipe() -> str:
-    """The README's ``# app.py`` block, exactly as the tests extract it."""
-    blocks = [b.split("```", 1)[0] for b in README.read_text().split("```python\n")]
+    """The recipe's ``# app.py`` block (docs/guide/fastapi.md), as the tests run it."""
+    blocks = [b.split("```", 1)[0] for b in RECIPE.read_text().split("```python\n")]
     (app,) = [block for block in blocks if block.startswith("# app.py\n")]
     return app
 

@@ -1,0 +1,230 @@
+"""Every code block of the README and of the documentation site (docs/, in the
+order of mkdocs.yml's nav) runs as written.
+
+- ``python`` blocks run one by one, each in a fresh interpreter (an example that
+  registers an event class changes nothing else), in a folder of the page's own
+  that starts with the database the README's quick start writes.
+- ``sh`` blocks: a ``ctxledger`` command runs in that folder and must succeed;
+  ``tools/dev TASK`` must name a task of tools/dev, and every ``--flag`` its line
+  names must be one the task's benchmark accepts (benchmarks take minutes: they run
+  in ``tools/dev bench*``, not here); ``pip install`` must name extras that
+  pyproject.toml defines. Any other command fails the test: a new kind of command
+  needs a way to be checked here before a page may show it.
+- Blocks with no language (signatures, synopses, layouts) and ``json`` are not
+  code.
+"""
+
+import os
+import re
+import shlex
+import shutil
+import subprocess
+import sys
+import tomllib
+from dataclasses import dataclass
+from functools import cache
+from pathlib import Path
+
+import pytest
+
+from ledger import PLACEHOLDERS
+
+ROOT = Path(__file__).parents[2]
+README = ROOT / "README.md"
+DOCS = ROOT / "docs"
+NOT_CODE = {"", "json", "text"}
+TIMEOUT = 300
+
+
+@dataclass(frozen=True)
+class Block:
+    page: Path
+    line: int
+    language: str
+    code: str
+
+
+def _nav_pages() -> list[Path]:
+    listed = re.findall(r"^\s*- (?:[^:\n]+: )?([\w/.-]+\.md)\s*$", _mkdocs(), re.M)
+    return [DOCS / name for name in listed]
+
+
+def _mkdocs() -> str:
+    return (ROOT / "mkdocs.yml").read_text()
+
+
+def _blocks(page: Path) -> list[Block]:
+    blocks: list[Block] = []
+    opened: tuple[int, str] | None = None
+    lines: list[str] = []
+    for number, line in enumerate(page.read_text().splitlines(), start=1):
+        if opened is None and line.startswith("```"):
+            opened, lines = (number, line[3:].strip()), []
+        elif opened is not None and line.rstrip() == "```":
+            blocks.append(Block(page, opened[0], opened[1], "\n".join(lines) + "\n"))
+            opened = None
+        elif opened is not None:
+            lines.append(line)
+    assert opened is None, f"{page}: the block opened at line {opened} never closes"
+    return blocks
+
+
+PAGES = [README, *_nav_pages()]
+
+
+def test_every_page_of_docs_is_in_the_nav_and_every_nav_entry_exists() -> None:
+    on_disk = set(DOCS.rglob("*.md"))
+    listed = set(_nav_pages())
+
+    assert listed == on_disk
+    assert len(_nav_pages()) == len(listed)  # no page twice
+
+
+def test_every_block_has_a_language_the_runner_knows() -> None:
+    languages = {block.language for page in PAGES for block in _blocks(page)}
+
+    assert languages <= NOT_CODE | {"python", "sh"}
+
+
+@pytest.fixture(scope="module")
+def quick_start_db(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The database the README's quick start writes, which later pages read."""
+    folder = tmp_path_factory.mktemp("quick-start")
+    (quick_start,) = [b for b in _blocks(README) if b.language == "python"]
+    _run_python(quick_start, folder)
+    return folder / "contexts.db"
+
+
+@pytest.mark.parametrize("page", PAGES, ids=lambda page: str(page.relative_to(ROOT)))
+def test_the_code_blocks_of_the_page_run(
+    page: Path, quick_start_db: Path, tmp_path: Path
+) -> None:
+    shutil.copyfile(quick_start_db, tmp_path / "contexts.db")
+    ran = 0
+    for block in _blocks(page):
+        if block.language == "python":
+            _run_python(block, tmp_path)
+            ran += 1
+        elif block.language == "sh":
+            for command in _commands(block):
+                _run_shell(block, command, tmp_path)
+                ran += 1
+
+    code = [b for b in _blocks(page) if b.language not in NOT_CODE]
+    assert ran >= len(code)  # every block of code ran at least one command
+
+
+def _run_python(block: Block, folder: Path) -> None:
+    script = folder / f"block-{block.page.stem}-{block.line}.py"
+    script.write_text(block.code)
+    done = subprocess.run(
+        [sys.executable, str(script)],
+        cwd=folder,
+        env=_environment(),
+        capture_output=True,
+        text=True,
+        timeout=TIMEOUT,
+        check=False,
+    )
+    where = f"{block.page.relative_to(ROOT)}:{block.line}"
+    assert done.returncode == 0, f"{where} failed:\n{done.stdout}{done.stderr}"
+
+
+def _environment() -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CTXLEDGER_")}
+    env["PYTHONPATH"] = str(ROOT)
+    return env
+
+
+def _commands(block: Block) -> list[tuple[list[str], str]]:
+    """Each line's words (comments dropped) and the line as written."""
+    found = []
+    for line in block.code.splitlines():
+        words = shlex.split(line, comments=True)
+        if words:
+            found.append((words, line))
+    return found
+
+
+def _run_shell(block: Block, command: tuple[list[str], str], folder: Path) -> None:
+    words, line = command
+    where = f"{block.page.relative_to(ROOT)}:{block.line}: {line.strip()}"
+    if words[0] == "ctxledger":
+        done = subprocess.run(
+            [sys.executable, "-m", "ctxledger", *words[1:]],
+            cwd=folder,
+            env=_environment(),
+            capture_output=True,
+            text=True,
+            timeout=TIMEOUT,
+            check=False,
+        )
+        assert done.returncode == 0, f"{where} failed:\n{done.stdout}{done.stderr}"
+    elif words[0] == "tools/dev":
+        _check_dev_task(words[1], line, where)
+    elif words[:2] == ["pip", "install"]:
+        _check_install(words[2:], where)
+    else:
+        pytest.fail(f"{where}: no way to check this command in the docs test")
+
+
+@cache
+def _dev_tasks() -> dict[str, str | None]:
+    """tools/dev's tasks, with the benchmark module each runs (None: not one)."""
+    tasks: dict[str, str | None] = {}
+    script = (ROOT / "tools" / "dev").read_text()
+    cases = script.split('case "$task" in', 1)[1].split("esac", 1)[0]
+    for task, body in re.findall(
+        r"^    ([a-z-]+)\)(.*?)(?=^    [a-z*-]+\)|\Z)", cases, re.M | re.S
+    ):
+        module = re.search(r"-m (tools\.bench\.\w+)", body)
+        tasks[task] = module.group(1) if module else None
+    return tasks
+
+
+@cache
+def _flags_of(module: str) -> str:
+    done = subprocess.run(
+        [sys.executable, "-m", module, "--help"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=TIMEOUT,
+        check=True,
+    )
+    return done.stdout
+
+
+def _check_dev_task(task: str, line: str, where: str) -> None:
+    assert task in _dev_tasks(), f"{where}: tools/dev has no task {task!r}"
+    module = _dev_tasks()[task]
+    flags = set(re.findall(r"(?<![\w-])--[a-z][a-z-]*", line))
+    if module is None:
+        assert not flags, f"{where}: {task} is not a benchmark; flags {flags}"
+        return
+    accepted = _flags_of(module)
+    for flag in flags:
+        assert re.search(rf"{flag}\b", accepted), f"{where}: {module} has no {flag}"
+
+
+def _check_install(requirements: list[str], where: str) -> None:
+    extras = set(
+        tomllib.loads((ROOT / "pyproject.toml").read_text())["project"][
+            "optional-dependencies"
+        ]
+    )
+    for requirement in requirements:
+        name, _, given = requirement.partition("[")
+        assert name == "ctxledger", f"{where}: only ctxledger is installed here"
+        wanted = set(given.rstrip("]").split(",")) - {""}
+        assert wanted <= extras, f"{where}: no extra {wanted - extras}"
+
+
+def test_the_docs_list_exactly_the_placeholders_the_code_refuses() -> None:
+    page = (DOCS / "reference" / "errors.md").read_text()
+    marker = "The placeholder list, `ledger.PLACEHOLDERS`:"
+    listing = page.split(marker, 1)[1].split(".\n", 1)[0]
+
+    listed = {item.strip().strip("`") for item in listing.split(",")}
+
+    assert listed == set(PLACEHOLDERS)
