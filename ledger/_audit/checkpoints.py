@@ -137,6 +137,21 @@ def _verdict(found: Scan, checkpoint: Checkpoint, consistent: bool) -> LeafFault
             "the log extends it, but the tree's leaves no longer give its root: "
             f"the tree's tables were changed{where}"
         )
+    held = max(found.log_root.size, found.tree_root.size)
+    if held < size:
+        return LeafFault(
+            fault="missing",
+            leaf=None,
+            user_id=None,
+            version=None,
+            position=None,
+            detail=(
+                f"the log holds {found.log_root.size} event(s) and the tree "
+                f"{found.tree_root.size} leaf(s), fewer than the checkpoint's {size}: "
+                f"the events from leaf {held} on are gone (a restore of an older "
+                f"backup, or events deleted at the log's end){where}"
+            ),
+        )
     return _inconsistent(
         f"the log's first {size} events do not give its root, and the tree's "
         f"tables were changed too, so the first changed event cannot be named{where}"

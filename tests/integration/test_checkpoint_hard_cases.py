@@ -307,3 +307,40 @@ def test_sign_refuses_a_tree_whose_leaves_after_the_last_checkpoint_are_not_the_
         pytest.raises(CheckpointError, match="are not the log's events"),
     ):
         ledger.sign_checkpoint(key)
+
+
+def test_a_restore_of_an_older_backup_says_how_many_events_a_later_checkpoint_lost(
+    durable_url: str, keys: tuple[Path, Path]
+) -> None:
+    key, public_key = keys
+    chat(durable_url, "alice")
+    early = sign(durable_url, key)  # 4 leaves: the backup is taken here
+    chat(durable_url, "bob")
+    late = sign(durable_url, key)  # 8 leaves
+    # The database as the backup holds it: bob's events and every tree row and
+    # checkpoint after the fourth leaf are not in it.
+    for version in (1, 2, 3, 4):
+        delete_event(durable_url, "bob", version)
+    execute_sql(durable_url, "DELETE FROM ctxledger_tree_leaves WHERE leaf >= 4")
+    execute_sql(
+        durable_url,
+        "DELETE FROM ctxledger_tree_nodes WHERE (idx + 1) * (1 << level) > 4",
+    )
+    execute_sql(durable_url, "DELETE FROM ctxledger_checkpoints WHERE size > 4")
+    (position,) = execute_sql(
+        durable_url, "SELECT position FROM ctxledger_tree_leaves WHERE leaf = 3"
+    )[0]
+    execute_sql(
+        durable_url,
+        "UPDATE ctxledger_tree SET size = 4, position = {p}",
+        (position,),
+    )
+
+    assert verify(durable_url, early, public_key).holds
+    report = verify(durable_url, late, public_key)
+
+    assert not report.holds
+    assert report.fault is not None
+    assert report.fault.fault == "missing"
+    assert "fewer than the checkpoint's 8" in report.fault.detail
+    assert "the events from leaf 4 on are gone" in report.fault.detail
