@@ -3,13 +3,10 @@ conflict retries and latency; the views' position, head and lag; /metrics from
 ``ctxledger project --follow --metrics-port``. Without prometheus-client nothing
 changes and nothing fails."""
 
-import signal
 import socket
 import sqlite3
 import subprocess
 import sys
-import time
-import urllib.request
 from collections.abc import Callable
 from pathlib import Path
 
@@ -18,7 +15,8 @@ from prometheus_client import REGISTRY
 
 from ledger import ContextLedger, InvalidContextInput, StorageUnavailable
 from projections import Projections
-from tests.helpers import CTXLEDGER, run
+from tests.helpers import run
+from tests.metrics_pages import free_port, scrape, start_following, stop
 
 
 def _value(name: str, **labels: str) -> float:
@@ -166,48 +164,6 @@ def views_head(url: str) -> float:
         return float(views.head())
 
 
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port: int = probe.getsockname()[1]
-        return port
-
-
-def _start_following(
-    url: str, cwd: Path, port: int, *options: str
-) -> subprocess.Popen[str]:
-    command = [CTXLEDGER, "--db", url, "project", "--follow", "--metrics-port"]
-    return subprocess.Popen(
-        [*command, str(port), *options],
-        cwd=cwd,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-
-
-def _stop(worker: subprocess.Popen[str]) -> str:
-    """Stops a following worker as an operator would; returns its stderr."""
-    worker.send_signal(signal.SIGTERM)
-    _, err = worker.communicate(timeout=20)
-    return err
-
-
-def _scrape(host: str, port: int, until: str) -> str:
-    """The /metrics page once it shows ``until`` (or the last one after 30 s)."""
-    page = ""
-    deadline = time.monotonic() + 30
-    while until not in page and time.monotonic() < deadline:
-        try:
-            with urllib.request.urlopen(
-                f"http://{host}:{port}/metrics", timeout=1
-            ) as answer:
-                page = answer.read().decode()
-        except OSError:
-            time.sleep(0.2)
-    return page
-
-
 def _listening_addresses(port: int) -> set[str]:
     """The local addresses of this machine's sockets listening on TCP ``port``, as
     Linux lists them in /proc/net/tcp and tcp6 (each 32-bit word little-endian)."""
@@ -227,13 +183,13 @@ def _listening_addresses(port: int) -> set[str]:
 def test_project_follow_serves_metrics(durable_url: str, tmp_path: Path) -> None:
     with ContextLedger.open(durable_url) as ledger:
         ledger.open_context("alice", "t")
-    port = _free_port()
-    worker = _start_following(durable_url, tmp_path, port)
+    port = free_port()
+    worker = start_following(durable_url, tmp_path, port)
     try:
         applied = 'ctxledger_view_position{view="audit"} 1.0'
-        page = _scrape("127.0.0.1", port, until=applied)
+        page = scrape("127.0.0.1", port, until=applied)
     finally:
-        err = _stop(worker)
+        err = stop(worker)
 
     assert 'ctxledger_view_position{view="audit"} 1.0' in page, page
     assert 'ctxledger_view_lag_events{view="active"} 0.0' in page
@@ -243,13 +199,13 @@ def test_project_follow_serves_metrics(durable_url: str, tmp_path: Path) -> None
 def test_metrics_listen_on_this_machine_only_by_default(
     sqlite_url: str, tmp_path: Path
 ) -> None:
-    port = _free_port()
-    worker = _start_following(sqlite_url, tmp_path, port)
+    port = free_port()
+    worker = start_following(sqlite_url, tmp_path, port)
     try:
-        page = _scrape("127.0.0.1", port, until="ctxledger_view_head")
+        page = scrape("127.0.0.1", port, until="ctxledger_view_head")
         listening = _listening_addresses(port)
     finally:
-        err = _stop(worker)
+        err = stop(worker)
 
     assert "ctxledger_view_head" in page, err
     assert listening == {"127.0.0.1"}
@@ -259,13 +215,13 @@ def test_metrics_listen_on_this_machine_only_by_default(
 def test_metrics_host_chooses_the_address_to_listen_on(
     sqlite_url: str, tmp_path: Path
 ) -> None:
-    port = _free_port()
-    worker = _start_following(sqlite_url, tmp_path, port, "--metrics-host", "127.0.0.2")
+    port = free_port()
+    worker = start_following(sqlite_url, tmp_path, port, "--metrics-host", "127.0.0.2")
     try:
-        page = _scrape("127.0.0.2", port, until="ctxledger_view_head")
+        page = scrape("127.0.0.2", port, until="ctxledger_view_head")
         listening = _listening_addresses(port)
     finally:
-        err = _stop(worker)
+        err = stop(worker)
 
     assert "ctxledger_view_head" in page, err
     assert listening == {"127.0.0.2"}
