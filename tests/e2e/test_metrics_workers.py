@@ -1,16 +1,22 @@
 """One scrape of a 2-worker uvicorn app under prometheus_client's multiprocess
-mode shows the commands of both workers: the app serves /metrics with
-``ledger.metrics_exposition``, on PostgreSQL."""
+mode shows the commands of both workers: an app that serves /metrics with
+``ledger.metrics_exposition``, and the FastAPI recipe, on PostgreSQL."""
 
+import asyncio
 import json
 import urllib.request
+from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
 import pytest
+import websockets
+from prometheus_client.multiprocess import MultiProcessCollector
 
 from tests.metrics_pages import value
-from tools.bench.recipe_servers import serving
+from tools.bench.recipe_load import token
+from tools.bench.recipe_servers import recipe, serving
 
 pytestmark = pytest.mark.postgres
 
@@ -52,6 +58,8 @@ async def metrics(request: Request) -> Response:
 async def healthz() -> dict[str, str]:
     return {"status": "ok"}
 """
+_MERGE: Callable[[list[str]], Iterable[Any]] = MultiProcessCollector.merge
+"""Adds up the figures in the given files of the multiprocess directory."""
 BATCH = 20  # requests at once, so that both workers take some
 MOST = 400  # requests before the test gives up on the second worker
 
@@ -87,3 +95,51 @@ def test_one_scrape_counts_the_commands_of_both_workers(
     assert value(page, "ctxledger_commands_total", **opened, outcome="ok") == calls
     assert value(page, "ctxledger_events_appended_total", kind="created") == calls
     assert value(page, "ctxledger_command_duration_seconds_count", **opened) == calls
+
+
+async def _message(address: str, user: str) -> dict[str, Any]:
+    """One message of ``user`` to the recipe on a socket of its own; the reply."""
+    async with websockets.connect(f"ws://{address}/ws?token={token(user)}") as ws:
+        await ws.send(json.dumps({"message_id": "m0", "thread_id": "t"}))
+        while True:
+            reply: dict[str, Any] = json.loads(await ws.recv())
+            if reply["type"] != "change":
+                return reply
+
+
+async def _all(address: str, users: list[str]) -> list[dict[str, Any]]:
+    return list(await asyncio.gather(*[_message(address, user) for user in users]))
+
+
+def _opened_by(directory: Path, pid: int) -> float:
+    """The open_context calls the process ``pid`` counted in its own file."""
+    files = [str(path) for path in directory.glob(f"counter_{pid}.db")]
+    for family in _MERGE(files):
+        for sample in family.samples:
+            wanted = {"command": "open_context", "outcome": "ok"}
+            if sample.name == "ctxledger_commands_total" and sample.labels == wanted:
+                return float(sample.value)
+    return 0.0
+
+
+def test_one_scrape_of_the_recipe_counts_the_messages_of_both_workers(
+    postgres_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    directory = tmp_path / "prometheus"
+    directory.mkdir()
+    monkeypatch.setenv("PROMETHEUS_MULTIPROC_DIR", str(directory))  # for uvicorn
+    with serving("multiprocess-recipe", recipe(), postgres_url) as server:
+        replies: list[dict[str, Any]] = []
+        by_worker: list[float] = []
+        while len(replies) < MOST and not (len(by_worker) == 2 and all(by_worker)):
+            users = [f"user-{len(replies) + n}" for n in range(BATCH)]
+            replies += asyncio.run(_all(server.address, users))
+            by_worker = [_opened_by(directory, pid) for pid in server.workers()]
+        with urllib.request.urlopen(f"http://{server.address}/metrics") as scrape:
+            page = scrape.read().decode()
+
+    assert [reply["type"] for reply in replies] == ["ack"] * len(replies)
+    assert len(by_worker) == 2
+    assert all(by_worker), by_worker
+    opened = {"command": "open_context", "outcome": "ok"}
+    assert value(page, "ctxledger_commands_total", **opened) == len(replies)
