@@ -18,6 +18,7 @@ work that would block the loop in any case; one bounded pool keeps both off it.
 """
 
 import asyncio
+import contextvars
 import functools
 import inspect
 from collections.abc import Callable, Coroutine
@@ -167,7 +168,9 @@ class AsyncContextLedger:
             slots.release()
             release()
             raise LedgerClosed
-        future = loop.run_in_executor(self._pool, call)
+        # In a copy of the caller's context (run_in_executor does not carry it):
+        # the call's span is a child of the awaiting task's current span.
+        future = loop.run_in_executor(self._pool, contextvars.copy_context().run, call)
         self._running.add(future)
         future.add_done_callback(self._running.discard)
         future.add_done_callback(lambda _: slots.release())

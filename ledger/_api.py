@@ -11,6 +11,7 @@ from typing import Any, Self, cast
 from eventsourcing.persistence import PersistenceError
 
 from ledger import _metrics as metrics
+from ledger import _tracing as tracing
 from ledger._audit.history import History
 from ledger._checkpoint_calls import CheckpointCalls
 from ledger._domain import validation
@@ -118,6 +119,7 @@ class ContextLedger(CheckpointCalls):
 
     # Commands.
 
+    @tracing.traced("open_context")
     @metrics.metered("open_context")
     def open_context(
         self,
@@ -176,6 +178,7 @@ class ContextLedger(CheckpointCalls):
         )
         return opened, sum(map(evicts_context, aggregate.pending))
 
+    @tracing.traced("update_context")
     @metrics.metered("update_context")
     def update_context(
         self,
@@ -202,6 +205,7 @@ class ContextLedger(CheckpointCalls):
         )
         return detached(updated)
 
+    @tracing.traced("clear_context")
     @metrics.metered("clear_context")
     def clear_context(
         self,
@@ -224,6 +228,7 @@ class ContextLedger(CheckpointCalls):
             repeat=lambda first: ended(first, context_id=context),
         )
 
+    @tracing.traced("clear_user")
     @metrics.metered("clear_user")
     def clear_user(
         self,
@@ -245,6 +250,7 @@ class ContextLedger(CheckpointCalls):
         )
         return cleared
 
+    @tracing.traced("expire_due")
     @metrics.metered("expire_due")
     def expire_due(self) -> int:
         """Records the expiry of every context past its time, for all users.
@@ -288,6 +294,7 @@ class ContextLedger(CheckpointCalls):
             raise first
         return expired
 
+    @tracing.traced("forget_user")
     @metrics.metered("forget_user")
     def forget_user(self, user_id: str, *, reason: str = "erasure request") -> int:
         """Erases the user's personal data (the metadata of every event and
@@ -303,6 +310,7 @@ class ContextLedger(CheckpointCalls):
         why = validation.reason(reason)
         return self._forget(user, why, inactive_since=None)[1]
 
+    @tracing.traced("forget_inactive")
     @metrics.metered("forget_inactive")
     def forget_inactive(
         self, inactive_since: datetime, *, reason: str | None = None
@@ -393,6 +401,7 @@ class ContextLedger(CheckpointCalls):
         forgotten = aggregate.version == aggregate.forgotten_at
         return appended, aggregate.key_generation, forgotten
 
+    @tracing.traced("inactive_users")
     def inactive_users(self, inactive_since: datetime) -> list[str]:
         """The users ``forget_inactive(inactive_since)`` would forget: whose last
         event is before it and is not their erasure."""

@@ -9,6 +9,7 @@ shards). ``ledger._sharded_checkpoints`` runs them on every shard.
 import threading
 from collections.abc import Callable
 
+from ledger import _tracing as tracing
 from ledger._audit.checkpoint_files import (
     KeyInput,
     notes_from,
@@ -47,11 +48,13 @@ class CheckpointCalls(LedgerQueries):
     a ledger without shards): it names the origin of its checkpoints."""
     _tree_lock = threading.Lock()
 
+    @tracing.traced("catch_up_tree")
     def catch_up_tree(self) -> TreeHead:
         """Takes every event up to the log's safe head into the Merkle tree; its
         size and root. ``ctxledger project`` runs it with the views."""
         return self._tree().catch_up()
 
+    @tracing.traced("sign_checkpoint")
     def sign_checkpoint(self, key: KeyInput) -> SignedCheckpoint:
         """Signs a checkpoint of the log (caught up to its safe head) with
         ``key`` (the signer key's text or file, from ``write_checkpoint_key``)
@@ -60,10 +63,12 @@ class CheckpointCalls(LedgerQueries):
         signer = signer_from(key)
         return sign_tree(self._tree(), signer, self._origin(signer.name))
 
+    @tracing.traced("sign_checkpoints")
     def sign_checkpoints(self, key: KeyInput) -> list[SignedCheckpoint]:
         """``sign_checkpoint`` of every log: one, or one per shard."""
         return [self.sign_checkpoint(key)]
 
+    @tracing.traced("verify_checkpoint")
     def verify_checkpoint(
         self, note: KeyInput, public_key: KeyInput
     ) -> CheckpointReport:
@@ -79,6 +84,7 @@ class CheckpointCalls(LedgerQueries):
             )
         return self.verify_checkpoints(notes[0], public_key)[0]
 
+    @tracing.traced("verify_checkpoints")
     def verify_checkpoints(
         self, notes: KeyInput, public_key: KeyInput
     ) -> list[CheckpointReport]:
@@ -88,6 +94,7 @@ class CheckpointCalls(LedgerQueries):
             self._verify_note(text, verifier, public_key) for text in notes_from(notes)
         ]
 
+    @tracing.traced("prove_event")
     def prove_event(self, user_id: str, version: int) -> str:
         """A C2SP ``tlog-proof`` of the user's event ``version`` in the latest
         signed checkpoint: its leaf index, inclusion proof and the checkpoint,
@@ -108,6 +115,7 @@ class CheckpointCalls(LedgerQueries):
         proof = tree.inclusion_proof(found[-1], kept.size)
         return format_proof(found[-1], proof, kept.note)
 
+    @tracing.traced("latest_checkpoint")
     def latest_checkpoint(self) -> str | None:
         """The note of the last checkpoint this ledger signed (None: none yet)."""
         tree = self._tree()

@@ -9,6 +9,7 @@ from datetime import UTC, datetime
 from itertools import islice
 from pathlib import Path
 
+from ledger import _tracing as tracing
 from ledger._audit.chain import ChainReport
 from ledger._audit.checkpoint_files import KeyInput
 from ledger._audit.export import ExportManifest, write_export
@@ -36,6 +37,7 @@ class LedgerQueries(StorageClient):
     _feeds: FeedHub
     _clock: Clock
 
+    @tracing.traced("get_context")
     def get_context(self, user_id: str, thread_id: str) -> Context | None:
         """The thread's active, unexpired context, or None."""
         user = validation.identifier("user_id", user_id)
@@ -48,6 +50,7 @@ class LedgerQueries(StorageClient):
             return None
         return detached(context)
 
+    @tracing.traced("active_contexts")
     def active_contexts(self, user_id: str) -> list[Context]:
         """The user's active, unexpired contexts, oldest first."""
         user = validation.identifier("user_id", user_id)
@@ -57,6 +60,7 @@ class LedgerQueries(StorageClient):
         ordered = sorted(live, key=lambda c: (c.created_at, c.context_id))
         return [detached(context) for context in ordered]
 
+    @tracing.traced("history")
     def history(
         self,
         user_id: str,
@@ -75,6 +79,7 @@ class LedgerQueries(StorageClient):
         shown = islice(events, None if most is None else min(most, sys.maxsize))
         return [event.to_ledger_event() for event in shown]
 
+    @tracing.traced("contexts_as_of")
     def contexts_as_of(self, user_id: str, as_of: datetime) -> list[Context]:
         """The user's active contexts as they stood at ``as_of``, oldest first.
 
@@ -88,6 +93,7 @@ class LedgerQueries(StorageClient):
         live = [] if state is None else state.live(at)
         return sorted(live, key=lambda c: (c.created_at, c.context_id))
 
+    @tracing.traced("context_history")
     def context_history(self, user_id: str, context_id: str) -> list[LedgerEvent]:
         """Every event of one of the user's contexts, ended ones included.
 
@@ -100,6 +106,7 @@ class LedgerQueries(StorageClient):
             raise ContextNotFound(user, context, in_history=True)
         return events
 
+    @tracing.traced("verify_chain")
     def verify_chain(
         self,
         user_id: str | None = None,
@@ -115,6 +122,7 @@ class LedgerQueries(StorageClient):
             return verifier.all_users(on_page)
         return verifier.one_user(validation.identifier("user_id", user_id))
 
+    @tracing.traced("chain_size")
     def chain_size(self) -> int:
         """How many events ``verify_chain()`` reads at most: the log's last position."""
         return ChainVerifier(self._app).head()
@@ -138,6 +146,7 @@ class LedgerQueries(StorageClient):
         start = None if after is None else single_position("after", after)
         return ChangeFeed(self._feeds, user, start)
 
+    @tracing.traced("export")
     def export(
         self,
         user_id: str,

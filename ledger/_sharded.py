@@ -24,6 +24,7 @@ from urllib.parse import quote
 from uuid import UUID
 
 from ledger import _metrics as metrics
+from ledger import _tracing as tracing
 from ledger._api import ContextLedger
 from ledger._audit.chain import ChainReport
 from ledger._audit.export import ExportManifest
@@ -140,7 +141,9 @@ class ShardedLedger(ShardedCheckpoints):
         user = validation.identifier("user_id", user_id)
         stream = user_aggregate_id(user)
         for _ in range(_ROUTE_ATTEMPTS):
-            ledger = self.shard(self._route(stream, write=write))
+            shard_id = self._route(stream, write=write)
+            tracing.routed_to(shard_id)
+            ledger = self.shard(shard_id)
             try:
                 return call(ledger)
             except LedgerError as error:
@@ -193,6 +196,7 @@ class ShardedLedger(ShardedCheckpoints):
 
     # Commands and queries of one user: on the user's shard.
 
+    @tracing.traced("open_context")
     def open_context(self, user_id: str, thread_id: str, **options: Any) -> Context:
         return self._routed(
             user_id,
@@ -200,6 +204,7 @@ class ShardedLedger(ShardedCheckpoints):
             write=True,
         )
 
+    @tracing.traced("update_context")
     def update_context(self, user_id: str, context_id: str, **options: Any) -> Context:
         return self._routed(
             user_id,
@@ -207,6 +212,7 @@ class ShardedLedger(ShardedCheckpoints):
             write=True,
         )
 
+    @tracing.traced("clear_context")
     def clear_context(self, user_id: str, context_id: str, **options: Any) -> None:
         self._routed(
             user_id,
@@ -214,11 +220,13 @@ class ShardedLedger(ShardedCheckpoints):
             write=True,
         )
 
+    @tracing.traced("clear_user")
     def clear_user(self, user_id: str, **options: Any) -> int:
         return self._routed(
             user_id, lambda shard: shard.clear_user(user_id, **options), write=True
         )
 
+    @tracing.traced("forget_user")
     def forget_user(self, user_id: str, **options: Any) -> int:
         erased = self._routed(
             user_id, lambda shard: shard.forget_user(user_id, **options), write=True
@@ -227,26 +235,31 @@ class ShardedLedger(ShardedCheckpoints):
         finish_departures(self, user_aggregate_id(user_id))
         return erased
 
+    @tracing.traced("get_context")
     def get_context(self, user_id: str, thread_id: str) -> Context | None:
         return self._routed(
             user_id, lambda shard: shard.get_context(user_id, thread_id), write=False
         )
 
+    @tracing.traced("active_contexts")
     def active_contexts(self, user_id: str) -> list[Context]:
         return self._routed(
             user_id, lambda shard: shard.active_contexts(user_id), write=False
         )
 
+    @tracing.traced("history")
     def history(self, user_id: str, **options: Any) -> list[LedgerEvent]:
         return self._routed(
             user_id, lambda shard: shard.history(user_id, **options), write=False
         )
 
+    @tracing.traced("contexts_as_of")
     def contexts_as_of(self, user_id: str, as_of: datetime) -> list[Context]:
         return self._routed(
             user_id, lambda shard: shard.contexts_as_of(user_id, as_of), write=False
         )
 
+    @tracing.traced("context_history")
     def context_history(self, user_id: str, context_id: str) -> list[LedgerEvent]:
         return self._routed(
             user_id,
@@ -254,6 +267,7 @@ class ShardedLedger(ShardedCheckpoints):
             write=False,
         )
 
+    @tracing.traced("export")
     def export(self, user_id: str, path: str | Path, **options: Any) -> ExportManifest:
         return self._routed(
             user_id, lambda shard: shard.export(user_id, path, **options), write=False
@@ -261,10 +275,12 @@ class ShardedLedger(ShardedCheckpoints):
 
     # Calls across users: on every shard.
 
+    @tracing.traced("expire_due")
     def expire_due(self) -> int:
         self._settle_moves()
         return sum(self._on_every_shard("expire_due", lambda s: s.expire_due()))
 
+    @tracing.traced("forget_inactive")
     def forget_inactive(
         self, inactive_since: datetime, *, reason: str | None = None
     ) -> dict[str, int]:
@@ -277,6 +293,7 @@ class ShardedLedger(ShardedCheckpoints):
             forgotten.update(part)
         return forgotten
 
+    @tracing.traced("inactive_users")
     def inactive_users(self, inactive_since: datetime) -> list[str]:
         self._settle_moves()  # a copy a cut-short move left is not a user there
         users: set[str] = set()  # a copy a cut-short move left is listed once
@@ -286,6 +303,7 @@ class ShardedLedger(ShardedCheckpoints):
             users.update(part)
         return sorted(users)
 
+    @tracing.traced("verify_chain")
     def verify_chain(
         self,
         user_id: str | None = None,
@@ -302,6 +320,7 @@ class ShardedLedger(ShardedCheckpoints):
         users = [chain for report in reports for chain in report.users]
         return ChainReport(users=tuple(sorted(users, key=lambda c: c.user_id)))
 
+    @tracing.traced("chain_size")
     def chain_size(self) -> int:
         return sum(self._on_every_shard("chain_size", lambda s: s.chain_size()))
 

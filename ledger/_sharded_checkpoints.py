@@ -13,6 +13,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, TypeVar
 from uuid import UUID
 
+from ledger import _tracing as tracing
 from ledger._api import ContextLedger
 from ledger._audit.checkpoint_files import KeyInput
 from ledger._audit.checkpoints import (
@@ -48,24 +49,29 @@ class ShardedCheckpoints(ContextLedger):
             self, user_id: str, call: Callable[[ContextLedger], T], *, write: bool
         ) -> T: ...
 
+    @tracing.traced("catch_up_tree")
     def catch_up_tree(self) -> TreeHead:
         """Every shard's tree caught up; shard 0's head (``shard(i)`` has each)."""
         return self._on_every_shard("catch_up_tree", lambda s: s.catch_up_tree())[0]
 
+    @tracing.traced("sign_checkpoint")
     def sign_checkpoint(self, key: KeyInput) -> SignedCheckpoint:
         raise LedgerConfigError(
             "a sharded ledger has a log per shard: sign_checkpoints signs each"
         )
 
+    @tracing.traced("sign_checkpoints")
     def sign_checkpoints(self, key: KeyInput) -> list[SignedCheckpoint]:
         return self._on_every_shard("sign_checkpoint", lambda s: s.sign_checkpoint(key))
 
+    @tracing.traced("prove_event")
     def prove_event(self, user_id: str, version: int) -> str:
         """``prove_event`` on the user's shard, in that shard's checkpoint."""
         return self._routed(
             user_id, lambda s: s.prove_event(user_id, version), write=False
         )
 
+    @tracing.traced("latest_checkpoint")
     def latest_checkpoint(self) -> str | None:
         """Each shard's latest note, separated by a blank line (None: none)."""
         notes = self._on_every_shard(

@@ -19,6 +19,7 @@ from eventsourcing.persistence import (
 from eventsourcing.utils import Environment, get_topic
 
 from ledger import _metrics as metrics
+from ledger import _tracing as tracing
 from ledger._domain.contexts import (
     UserContexts,
     UserSnapshot,
@@ -210,6 +211,7 @@ class LedgerApplication(Application[UUID]):
                 ) from destroyed
             raise
         metrics.count_events(event.KIND for event in events)
+        tracing.count_events(len(events))
         self.cache.offer(aggregate)
         if self.snapshots is not None and (
             aggregate.version // SNAPSHOT_INTERVAL > before // SNAPSHOT_INTERVAL

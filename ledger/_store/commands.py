@@ -30,6 +30,7 @@ from uuid import uuid4
 from eventsourcing.persistence import IntegrityError
 
 from ledger import _metrics as metrics
+from ledger import _tracing as tracing
 from ledger._domain.contexts import UserContexts, user_aggregate_id
 from ledger._domain.events import CarriesMetadata, ContextEvent
 from ledger._domain.models import Context
@@ -102,6 +103,7 @@ class CommandRunner:
                     )
                 except IntegrityError:
                     metrics.count_retry()
+                    tracing.count_retry()
                     if attempts == 1:
                         self._observe(stripe, stale=True)
                     # The first loss is retried at once: the retry's reload is
