@@ -49,6 +49,18 @@ with ContextLedger.open(sys.argv[1]) as ledger, ledger.changes("alice"):
     print("ready", flush=True)
     sys.stdin.readline()
 """
+HOLD_SHARD_VIEWS = """
+import sys
+from types import SimpleNamespace
+from ledger import _metrics
+position, head = int(sys.argv[1]), int(sys.argv[2])
+status = SimpleNamespace(
+    view="audit", position=position, head=head, lag=head - position, reachable=True
+)
+_metrics.record_shard_views(1, [status])
+print("ready", flush=True)
+sys.stdin.readline()
+"""
 
 
 def _environment(directory: Path) -> dict[str, str]:
@@ -135,6 +147,30 @@ def test_a_views_gauge_shows_the_latest_reading_of_the_living_processes(
         frozenset({("view", view)}): 3 for view in ("active", "audit", "continuity")
     }
     assert samples(page, "ctxledger_view_head") == {frozenset(): 3}
+
+
+def test_a_shards_views_gauges_show_the_latest_reading_of_the_living_processes(
+    directory: Path,
+) -> None:
+    with (
+        _holding(directory, HOLD_SHARD_VIEWS, "5", "9"),
+        _holding(directory, HOLD_SHARD_VIEWS, "9", "9"),
+    ):
+        page = _exposition(directory)
+
+    audit = {"shard": "1", "view": "audit"}
+    assert samples(page, "ctxledger_shard_view_position") == {
+        frozenset(audit.items()): 9
+    }
+    assert samples(page, "ctxledger_shard_view_lag_events") == {
+        frozenset(audit.items()): 0
+    }
+    assert samples(page, "ctxledger_shard_view_head") == {
+        frozenset({("shard", "1")}): 9
+    }
+    assert samples(page, "ctxledger_shard_reachable") == {
+        frozenset({("shard", "1")}): 1
+    }
 
 
 def test_a_process_that_exits_takes_its_view_figures_along_and_leaves_its_counts(
