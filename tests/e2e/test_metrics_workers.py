@@ -64,6 +64,16 @@ BATCH = 20  # requests at once, so that both workers take some
 MOST = 400  # requests before the test gives up on the second worker
 
 
+@pytest.fixture
+def directory(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """An empty directory of the multiprocess mode, named in the environment
+    uvicorn starts with."""
+    folder = tmp_path / "prometheus"
+    folder.mkdir()
+    monkeypatch.setenv("PROMETHEUS_MULTIPROC_DIR", str(folder))
+    return folder
+
+
 def _open(address: str, number: int) -> int:
     """Opens a context through the app; the pid of the worker that answered."""
     url = f"http://{address}/contexts/{number}"
@@ -73,11 +83,8 @@ def _open(address: str, number: int) -> int:
 
 
 def test_one_scrape_counts_the_commands_of_both_workers(
-    postgres_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    postgres_url: str, directory: Path
 ) -> None:
-    directory = tmp_path / "prometheus"
-    directory.mkdir()
-    monkeypatch.setenv("PROMETHEUS_MULTIPROC_DIR", str(directory))  # for uvicorn
     with serving("multiprocess-metrics", APP, postgres_url) as server:
         answered: list[int] = []
         with ThreadPoolExecutor(BATCH) as pool:
@@ -123,11 +130,8 @@ def _opened_by(directory: Path, pid: int) -> float:
 
 
 def test_one_scrape_of_the_recipe_counts_the_messages_of_both_workers(
-    postgres_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    postgres_url: str, directory: Path
 ) -> None:
-    directory = tmp_path / "prometheus"
-    directory.mkdir()
-    monkeypatch.setenv("PROMETHEUS_MULTIPROC_DIR", str(directory))  # for uvicorn
     with serving("multiprocess-recipe", recipe(), postgres_url) as server:
         replies: list[dict[str, Any]] = []
         by_worker: list[float] = []
