@@ -6,9 +6,9 @@ real WebSocket clients, beside the same app with its change feed removed.
                                  [--rounds N] [--json FILE]
 
 Each load runs against the app (``# app.py`` of docs/guide/fastapi.md, as the tests
-run it) and then against the floor (the same text with ``ledger.changes(...)`` replaced by
-a feed that never yields: no reads, nothing pushed), each under its own uvicorn
-with 2 workers on its own PostgreSQL schema:
+run it) and then against the floor (the same text with ``ledger.changes(...)``
+replaced by a feed that never yields: no reads, nothing pushed), each under its own
+uvicorn with 2 workers on its own PostgreSQL schema:
 
 - users x 2 threads x 10 messages, one socket per thread, each sending its next
   message once the last is acked;
