@@ -10,8 +10,10 @@ order of mkdocs.yml's nav) runs as written.
   in ``tools/dev bench*``, not here); ``pip install`` must name extras that
   pyproject.toml defines. Any other command fails the test: a new kind of command
   needs a way to be checked here before a page may show it.
-- Blocks with no language (signatures, synopses, layouts) and ``json`` are not
-  code.
+- ``yaml`` blocks (Prometheus's alert rules) must parse, and each rule names an
+  alert and its expression.
+- Blocks with no language or ``text`` (signatures, synopses, layouts, a
+  deployment's shell session) and ``json`` are not code.
 """
 
 import os
@@ -26,6 +28,7 @@ from functools import cache
 from pathlib import Path
 
 import pytest
+import yaml
 
 from ledger import PLACEHOLDERS
 
@@ -83,7 +86,7 @@ def test_every_page_of_docs_is_in_the_nav_and_every_nav_entry_exists() -> None:
 def test_every_block_has_a_language_the_runner_knows() -> None:
     languages = {block.language for page in PAGES for block in _blocks(page)}
 
-    assert languages <= NOT_CODE | {"python", "sh"}
+    assert languages <= NOT_CODE | {"python", "sh", "yaml"}
 
 
 @pytest.fixture(scope="module")
@@ -104,6 +107,9 @@ def test_the_code_blocks_of_the_page_run(
     for block in _blocks(page):
         if block.language == "python":
             _run_python(block, tmp_path)
+            ran += 1
+        elif block.language == "yaml":
+            _check_rules(block)
             ran += 1
         elif block.language == "sh":
             for command in _commands(block):
@@ -128,6 +134,20 @@ def _run_python(block: Block, folder: Path) -> None:
     )
     where = f"{block.page.relative_to(ROOT)}:{block.line}"
     assert done.returncode == 0, f"{where} failed:\n{done.stdout}{done.stderr}"
+
+
+def _check_rules(block: Block) -> None:
+    where = f"{block.page.relative_to(ROOT)}:{block.line}"
+    rules = [
+        rule
+        for group in yaml.safe_load(block.code)["groups"]
+        for rule in group["rules"]
+    ]
+    assert rules, f"{where}: no rules"
+    for rule in rules:
+        assert set(rule) <= {"alert", "expr", "for", "labels", "annotations"}, where
+        assert rule["alert"], where
+        assert rule["expr"], where
 
 
 def _environment() -> dict[str, str]:
