@@ -119,7 +119,8 @@ class LedgerQueries(StorageClient):
         """
         verifier = ChainVerifier(self._app)
         if user_id is None:
-            return verifier.all_users(on_page)
+            progress = None if on_page is None else tracing.outside_call(on_page)
+            return verifier.all_users(progress)
         return verifier.one_user(validation.identifier("user_id", user_id))
 
     @tracing.traced("chain_size")

@@ -30,7 +30,9 @@ The errors' messages name users and ids, hence the text left out above.
 
 A ledger call made within another (a sharded ledger routing to a shard's
 ledger, ``verify_checkpoint`` calling ``verify_checkpoints``) adds no span: its
-figures count in the outer call's span.
+figures count in the outer call's span. The caller's own code that a call runs
+(``verify_chain``'s ``on_page``) runs through ``outside_call``: a ledger call
+it makes is a call of its own, with its own span beneath the outer one.
 """
 
 import contextvars
@@ -190,6 +192,24 @@ def _exception_attributes(error: BaseException) -> dict[str, str]:
         + "".join(frames)
         + error_type(error),
     }
+
+
+def outside_call(callback: Callable[P, T]) -> Callable[P, T]:
+    """``callback``, the caller's code that a ledger call runs, run as if no
+    ledger call were under way: a call it makes has its own span (a child of
+    the outer call's) and its own figures, not the outer call's."""
+    if trace is None:
+        return callback
+
+    @functools.wraps(callback)
+    def run(*args: P.args, **kwargs: P.kwargs) -> T:
+        token = _CALL.set(None)
+        try:
+            return callback(*args, **kwargs)
+        finally:
+            _CALL.reset(token)
+
+    return run
 
 
 def routed_to(shard_id: int) -> None:
