@@ -13,7 +13,11 @@ order of mkdocs.yml's nav) runs as written.
 - ``yaml`` blocks (Prometheus's alert rules) must parse, and each rule names an
   alert and its expression.
 - Blocks with no language or ``text`` (signatures, synopses, layouts, a
-  deployment's shell session) and ``json`` are not code.
+  deployment's shell session) and ``json`` are not run, but every ``ctxledger``
+  command line in them must name commands click knows, with options each of
+  them takes; the Python API reference must show every public name.
+- A fence must start at the line's start, with backticks: one that does not
+  would be passed over, so it fails the test.
 """
 
 import os
@@ -27,9 +31,13 @@ from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
 
+import click
 import pytest
 import yaml
 
+import ledger
+import projections
+from ctxledger._cli import main
 from ledger import PLACEHOLDERS
 
 ROOT = Path(__file__).parents[2]
@@ -61,6 +69,11 @@ def _blocks(page: Path) -> list[Block]:
     opened: tuple[int, str] | None = None
     lines: list[str] = []
     for number, line in enumerate(page.read_text().splitlines(), start=1):
+        stripped = line.lstrip()
+        assert not stripped.startswith("~~~"), f"{page}:{number}: use ``` fences"
+        assert not (stripped.startswith("```") and stripped != line), (
+            f"{page}:{number}: an indented fence, which the test would not see"
+        )
         if opened is None and line.startswith("```"):
             opened, lines = (number, line[3:].strip()), []
         elif opened is not None and line.rstrip() == "```":
@@ -248,3 +261,89 @@ def test_the_docs_list_exactly_the_placeholders_the_code_refuses() -> None:
     listed = {item.strip().strip("`") for item in listing.split(",")}
 
     assert listed == set(PLACEHOLDERS)
+
+
+def test_every_synopsis_names_commands_and_options_that_exist() -> None:
+    checked = 0
+    for page in PAGES:
+        for block in _blocks(page):
+            if block.language in {"sh", "python"}:
+                continue
+            for line in _synopsis_lines(block.code):
+                where = f"{page.relative_to(ROOT)}:{block.line}: {line}"
+                _check_synopsis(line.split()[1:], main, where)
+                checked += 1
+
+    assert checked >= 30  # the CLI page's synopsis alone has more
+
+
+def _synopsis_lines(code: str) -> list[str]:
+    """Each ``ctxledger`` line, with the indented lines that continue it; comments
+    dropped."""
+    lines: list[str] = []
+    for raw in code.splitlines():
+        line = raw.split(" #", 1)[0].rstrip()
+        if line.startswith("ctxledger "):
+            lines.append(line)
+        elif lines and raw.startswith(" ") and line.strip().startswith("["):
+            lines[-1] += " " + line.strip()
+    return lines
+
+
+def _check_synopsis(words: list[str], group: click.Group, where: str) -> None:
+    """The first word that is neither an option nor an option's value names a
+    command of ``group``; every ``--option`` after it belongs to that command (or
+    to the group); alternatives after a group's name (``add URL | list [--json]``)
+    are checked each."""
+    options = _option_names(group)
+    after_option = False
+    for index, word in enumerate(words):
+        bare = word.strip("[]")
+        if bare.startswith("-"):
+            assert bare in options, f"{where}: ctxledger has no option {bare}"
+            after_option = True  # the next word may be its value
+            continue
+        command = group.commands.get(bare)
+        if command is None:
+            assert after_option, f"{where}: ctxledger has no command {bare!r}"
+            after_option = False
+            continue
+        rest = words[index + 1 :]
+        if isinstance(command, click.Group):
+            for alternative in " ".join(rest).split(" | "):
+                _check_synopsis(alternative.split(), command, where)
+        else:
+            _check_options(rest, command, options, where)
+        return
+
+
+def _check_options(
+    words: list[str], command: click.Command, outer: set[str], where: str
+) -> None:
+    known = _option_names(command) | outer
+    for word in words:
+        for flag in re.findall(r"(?<![\w-])(--?[a-z][a-z-]*)", word):
+            assert flag in known, f"{where}: {command.name} has no option {flag}"
+
+
+def _option_names(command: click.Command) -> set[str]:
+    return {
+        name
+        for parameter in command.params
+        if isinstance(parameter, click.Option)
+        for name in (*parameter.opts, *parameter.secondary_opts)
+    } | {"--help"}
+
+
+def test_the_api_reference_shows_every_public_name() -> None:
+    page = (DOCS / "reference" / "api.md").read_text()
+    shown = set(re.findall(r"^::: ((?:ledger|projections)\.[\w.]+)$", page, re.M))
+    errors = re.search(r"::: ledger\.errors\n(?:    .*\n)+", page)
+    assert errors is not None
+    shown |= {f"ledger.{name}" for name in re.findall(r"- (\w+)", errors.group(0))}
+
+    public = {f"ledger.{name}" for name in ledger.__all__} | {
+        f"projections.{name}" for name in projections.__all__
+    }
+
+    assert public <= shown, sorted(public - shown)
