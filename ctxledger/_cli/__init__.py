@@ -44,10 +44,30 @@ def main(ctx: click.Context, db: str | None) -> None:
 
 
 @main.command()
-@click.option("--users", default=25, show_default=True, type=click.IntRange(1, 100_000))
-@click.option("--threads", default=3, show_default=True, type=click.IntRange(1, 1000))
-@click.option("--messages", default=1000, show_default=True, type=click.IntRange(1))
-@click.option("--seed", default=7, show_default=True, type=int)
+@click.option(
+    "--users",
+    default=25,
+    show_default=True,
+    type=click.IntRange(1, 100_000),
+    help="Simulated users.",
+)
+@click.option(
+    "--threads",
+    default=3,
+    show_default=True,
+    type=click.IntRange(1, 1000),
+    help="Conversation threads per user.",
+)
+@click.option(
+    "--messages",
+    default=1000,
+    show_default=True,
+    type=click.IntRange(1),
+    help="Messages in all, over every user.",
+)
+@click.option(
+    "--seed", default=7, show_default=True, type=int, help="The simulation's seed."
+)
 @click.pass_obj
 @reports_ledger_errors
 def demo(url: str, users: int, threads: int, messages: int, seed: int) -> None:

@@ -137,7 +137,9 @@ def rebuild(url: str, names: tuple[str, ...], batch_size: int) -> None:
 
 
 @click.command()
-@click.option("--json", "as_json", is_flag=True)
+@click.option(
+    "--json", "as_json", is_flag=True, help="One JSON array: view, position, head, lag."
+)
 @click.pass_obj
 @reports_ledger_errors
 def status(url: str, as_json: bool) -> None:
@@ -159,8 +161,14 @@ def status(url: str, as_json: bool) -> None:
 
 @click.command()
 @click.option("--user", "user_id", metavar="USER", help="Only this user's contexts.")
-@click.option("--limit", default=100, show_default=True, type=click.IntRange(1))
-@click.option("--json", "as_json", is_flag=True)
+@click.option(
+    "--limit",
+    default=100,
+    show_default=True,
+    type=click.IntRange(1),
+    help="At most N contexts.",
+)
+@click.option("--json", "as_json", is_flag=True, help="One JSON array of contexts.")
 @click.pass_obj
 @reports_ledger_errors
 def active(url: str, user_id: str | None, limit: int, as_json: bool) -> None:
@@ -221,9 +229,16 @@ def _past_due(
 )
 @click.option("--since", callback=utc_time, help="From this ISO 8601 time (inclusive).")
 @click.option("--until", callback=utc_time, help="Before this time (exclusive).")
-@click.option("--kind", type=click.Choice(EVENT_KINDS))
 @click.option(
-    "--format", "form", type=click.Choice(["table", "json", "csv"]), default="table"
+    "--kind", type=click.Choice(EVENT_KINDS), help="Only events of this kind."
+)
+@click.option(
+    "--format",
+    "form",
+    type=click.Choice(["table", "json", "csv"]),
+    default="table",
+    show_default=True,
+    help="How the rows are printed.",
 )
 @click.pass_obj
 @reports_ledger_errors
@@ -283,7 +298,7 @@ def _print_audit_rows(rows: list[AuditRow], form: str) -> None:
 
 @click.command()
 @click.option("--user", "user_id", metavar="USER", help="One user (else totals).")
-@click.option("--json", "as_json", is_flag=True)
+@click.option("--json", "as_json", is_flag=True, help="The figures as one JSON object.")
 @click.pass_obj
 @reports_ledger_errors
 def continuity(url: str, user_id: str | None, as_json: bool) -> None:

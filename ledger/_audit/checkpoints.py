@@ -152,6 +152,14 @@ def _verdict(found: Scan, checkpoint: Checkpoint, consistent: bool) -> LeafFault
                 f"backup, or events deleted at the log's end){where}"
             ),
         )
+    if found.mismatch is None:
+        return _inconsistent(
+            f"the log and its tree agree with each other, but their first {size} "
+            "events do not give the checkpoint's root: this log does not extend it "
+            "(it was restored from a backup older than the checkpoint and written "
+            "to since, or rewritten along with its tree); which event differs "
+            "cannot be named without the checkpoint's own tree"
+        )
     return _inconsistent(
         f"the log's first {size} events do not give its root, and the tree's "
         f"tables were changed too, so the first changed event cannot be named{where}"

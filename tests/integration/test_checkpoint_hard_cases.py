@@ -344,3 +344,14 @@ def test_a_restore_of_an_older_backup_says_how_many_events_a_later_checkpoint_lo
     assert report.fault.fault == "missing"
     assert "fewer than the checkpoint's 8" in report.fault.detail
     assert "the events from leaf 4 on are gone" in report.fault.detail
+
+    # Written to after the restore: the log forks from the later checkpoint.
+    chat(durable_url, "carol")
+    chat(durable_url, "dave")
+    forked = verify(durable_url, late, public_key)
+
+    assert verify(durable_url, early, public_key).holds
+    assert forked.fault is not None
+    assert forked.fault.fault == "inconsistent"
+    assert "the log and its tree agree with each other" in forked.fault.detail
+    assert "does not extend it" in forked.fault.detail
