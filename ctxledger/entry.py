@@ -23,9 +23,24 @@ OURS = ("ledger", "projections")
 def main() -> None:
     """Runs the ``ctxledger`` command on our packages, whatever else is on the path."""
     put_ours_first()
-    from ctxledger._cli import main as cli  # noqa: PLC0415 - only once the path is ours
-
+    try:
+        from ctxledger._cli import main as cli  # noqa: PLC0415 - once the path is ours
+    except Exception as error:
+        if not _raised_by_the_ledger(error):
+            raise
+        # Importing ``ledger`` checks its environment (PROMETHEUS_MULTIPROC_DIR):
+        # reported as every command reports the ledger's errors.
+        print(f"{type(error).__name__}: {error}", file=sys.stderr)
+        for note in getattr(error, "__notes__", ()):
+            print(f"  {note}", file=sys.stderr)
+        sys.exit(1)
     cli()
+
+
+def _raised_by_the_ledger(error: BaseException) -> bool:
+    """Whether ``error`` is one of the ledger's own errors, told by its class's
+    module: a failed ``import ledger`` leaves no ``ledger`` to import them from."""
+    return any(kind.__module__ == "ledger.errors" for kind in type(error).__mro__)
 
 
 def put_ours_first() -> None:

@@ -10,6 +10,7 @@ exiting (killed, crashed), which is what gunicorn's ``child_exit`` hook does
 elsewhere and uvicorn has no hook for.
 """
 
+import logging
 import os
 import re
 from collections.abc import Iterable
@@ -31,6 +32,7 @@ except ImportError:  # the metrics extra is not installed
 MULTIPROCESS_VARIABLE = "PROMETHEUS_MULTIPROC_DIR"
 _OLD_VARIABLE = "prometheus_multiproc_dir"  # prometheus_client still reads it
 _LIVE_GAUGE_FILE = re.compile(r"gauge_live[a-z]+_(?P<pid>[0-9]+)\.db")
+_log = logging.getLogger(__name__)
 
 
 def _client() -> Any:
@@ -42,9 +44,9 @@ def _client() -> Any:
     return prometheus_client
 
 
-def multiprocess_dir() -> Path | None:
-    """The directory of prometheus_client's multiprocess mode, None when the mode
-    is off; LedgerConfigError when it is set but unusable."""
+def _configured_dir() -> Path | None:
+    """The directory the variable names, None when it is unset; LedgerConfigError
+    when it is not a directory."""
     value = os.environ.get(MULTIPROCESS_VARIABLE, os.environ.get(_OLD_VARIABLE))
     if value is None or prometheus_client is None:
         return None
@@ -55,14 +57,47 @@ def multiprocess_dir() -> Path | None:
             "each process alone)"
         )
         raise LedgerConfigError(msg)
-    if prometheus_client.values.ValueClass is prometheus_client.values.MutexValue:
+    return Path(value)
+
+
+def _set_too_late() -> bool:
+    """prometheus_client was imported before the variable was set: this process
+    keeps its figures in memory, not in the directory's files."""
+    return bool(
+        prometheus_client.values.ValueClass is prometheus_client.values.MutexValue
+    )
+
+
+_TOO_LATE = (
+    f"{MULTIPROCESS_VARIABLE} was set after prometheus_client was imported, so this "
+    "process keeps its figures in memory, out of the other processes' exposition"
+)
+
+
+def writes_files() -> bool:
+    """Whether this process's figures go to the multiprocess directory (checked as
+    ``ledger`` is imported): LedgerConfigError when the variable names no
+    directory; False, with a warning, when it was set too late."""
+    if _configured_dir() is None:
+        return False
+    if _set_too_late():
+        _log.warning("%s; set it in the environment the process starts with", _TOO_LATE)
+        return False
+    return True
+
+
+def multiprocess_dir() -> Path | None:
+    """The directory of prometheus_client's multiprocess mode, None when the mode
+    is off; LedgerConfigError when it is set but unusable (not a directory, or
+    set too late for this process to write there)."""
+    directory = _configured_dir()
+    if directory is not None and _set_too_late():
         msg = (
-            f"{MULTIPROCESS_VARIABLE} was set after prometheus_client was imported, "
-            "so this process keeps its figures in memory: set it in the environment "
-            "the process starts with"
+            f"{_TOO_LATE}, so its exposition would leave out its own figures: set "
+            "it in the environment the process starts with (or unset it)"
         )
         raise LedgerConfigError(msg)
-    return Path(value)
+    return directory
 
 
 def _alive(pid: int) -> bool:
@@ -76,7 +111,12 @@ def _alive(pid: int) -> bool:
 
 
 def forget_dead_processes(directory: Path) -> None:
-    """Lets go of the live gauges of processes in ``directory`` that no longer run."""
+    """Lets go of the live gauges of processes in ``directory`` that no longer run.
+
+    A process is found by its id in this process's pid namespace: every process
+    that writes to the directory must be in it (docs/operations/monitoring.md),
+    as the files' names, one pid each, require anyway: ``os.kill`` cannot tell
+    a process of another namespace from a dead one."""
     if os.name != "posix":  # os.kill(pid, 0) checks a pid on POSIX only
         return
     for path in directory.glob("gauge_live*_*.db"):
@@ -89,10 +129,14 @@ def forget_dead_processes(directory: Path) -> None:
 
 
 def forget_this_process() -> None:
-    """Lets go of this process's live gauges (it is exiting)."""
-    directory = multiprocess_dir()
-    if directory is not None:
-        prometheus_client.multiprocess.mark_process_dead(os.getpid(), str(directory))
+    """Lets go of this process's live gauges (it is exiting); nothing to do when
+    the directory is gone by then (removed as the deployment stops)."""
+    with suppress(LedgerConfigError, OSError):
+        directory = multiprocess_dir()
+        if directory is not None:
+            prometheus_client.multiprocess.mark_process_dead(
+                os.getpid(), str(directory)
+            )
 
 
 class _LivingProcesses:

@@ -128,7 +128,8 @@ class _Figures:
         """The change feeds: how many are open, how often one fell behind."""
         self.feeds_open = client.Gauge(
             "ctxledger_feeds_open",
-            "Change feeds open in this process.",
+            "Change feeds open (under the multiprocess mode: summed over the "
+            "living processes).",
             multiprocess_mode="livesum",
         )
         self.feeds_behind = client.Counter(
@@ -205,7 +206,7 @@ def _start() -> _Figures | None:
     gauges let go when it exits)."""
     if prometheus_client is None:
         return None
-    if exposition.multiprocess_dir() is not None:
+    if exposition.writes_files():
         atexit.register(exposition.forget_this_process)
     return _Figures(prometheus_client)
 
