@@ -49,6 +49,18 @@ with ContextLedger.open(sys.argv[1]) as ledger, ledger.changes("alice"):
     print("ready", flush=True)
     sys.stdin.readline()
 """
+HOLD_VIEW_FIGURES = """
+import sys
+from types import SimpleNamespace
+from ledger import _metrics
+position, head = int(sys.argv[1]), int(sys.argv[2])
+_metrics.record_views(
+    SimpleNamespace(view=view, position=position, head=head, lag=head - position)
+    for view in ("active", "audit", "continuity")
+)
+print("ready", flush=True)
+sys.stdin.readline()
+"""
 HOLD_SHARD_VIEWS = """
 import sys
 from types import SimpleNamespace
@@ -137,16 +149,21 @@ def test_the_commands_of_two_processes_add_up_in_one_exposition(
 def test_a_views_gauge_shows_the_latest_reading_of_the_living_processes(
     sqlite_url: str, directory: Path
 ) -> None:
-    _python(directory, WRITE, sqlite_url, "alice", "2")
-    with _holding(directory, HOLD_VIEWS, sqlite_url):
-        _python(directory, WRITE, sqlite_url, "bob", "1")
-        with _holding(directory, HOLD_VIEWS, sqlite_url):
-            page = _exposition(directory)
+    _python(directory, WRITE, sqlite_url, "alice", "3")
+    with (
+        _holding(directory, HOLD_VIEWS, sqlite_url),  # each view at 3, lag 0
+        _holding(directory, HOLD_VIEW_FIGURES, "1", "4"),  # lower, and later
+    ):
+        page = _exposition(directory)
 
+    views = ("active", "audit", "continuity")
     assert samples(page, "ctxledger_view_position") == {
-        frozenset({("view", view)}): 3 for view in ("active", "audit", "continuity")
+        frozenset({("view", view)}): 1 for view in views
     }
-    assert samples(page, "ctxledger_view_head") == {frozenset(): 3}
+    assert samples(page, "ctxledger_view_lag_events") == {
+        frozenset({("view", view)}): 3 for view in views
+    }
+    assert samples(page, "ctxledger_view_head") == {frozenset(): 4}
 
 
 def test_a_shards_views_gauges_show_the_latest_reading_of_the_living_processes(
