@@ -4,6 +4,7 @@ mode shows the commands of both workers: an app that serves /metrics with
 
 import asyncio
 import json
+import time
 import urllib.request
 from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
@@ -61,7 +62,9 @@ async def healthz() -> dict[str, str]:
 _MERGE: Callable[[list[str]], Iterable[Any]] = MultiProcessCollector.merge
 """Adds up the figures in the given files of the multiprocess directory."""
 BATCH = 20  # requests at once, so that both workers take some
-MOST = 400  # requests before the test gives up on the second worker
+PATIENCE = 120.0
+"""Seconds of requests before the test gives up on a worker that never answers
+(on a loaded machine the second worker may start long after the first)."""
 
 
 @pytest.fixture
@@ -72,6 +75,15 @@ def directory(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     folder.mkdir()
     monkeypatch.setenv("PROMETHEUS_MULTIPROC_DIR", str(folder))
     return folder
+
+
+def _give_up_after(deadline: float, progress: str) -> None:
+    """Fails the test once ``deadline`` has passed with a worker still silent."""
+    if time.monotonic() > deadline:
+        pytest.fail(
+            f"one of the 2 workers has not answered in {PATIENCE:.0f} s of "
+            f"requests ({progress}); did it start?"
+        )
 
 
 def _open(address: str, number: int) -> int:
@@ -87,8 +99,10 @@ def test_one_scrape_counts_the_commands_of_both_workers(
 ) -> None:
     with serving("multiprocess-metrics", APP, postgres_url) as server:
         answered: list[int] = []
+        deadline = time.monotonic() + PATIENCE
         with ThreadPoolExecutor(BATCH) as pool:
-            while len(set(answered)) < 2 and len(answered) < MOST:
+            while len(set(answered)) < 2:
+                _give_up_after(deadline, f"{len(answered)} answered by {set(answered)}")
                 numbers = range(len(answered), len(answered) + BATCH)
                 answered += pool.map(lambda n: _open(server.address, n), numbers)
         workers = set(server.workers())
@@ -135,7 +149,9 @@ def test_one_scrape_of_the_recipe_counts_the_messages_of_both_workers(
     with serving("multiprocess-recipe", recipe(), postgres_url) as server:
         replies: list[dict[str, Any]] = []
         by_worker: list[float] = []
-        while len(replies) < MOST and not (len(by_worker) == 2 and all(by_worker)):
+        deadline = time.monotonic() + PATIENCE
+        while not (len(by_worker) == 2 and all(by_worker)):
+            _give_up_after(deadline, f"{len(replies)} messages, counted {by_worker}")
             users = [f"user-{len(replies) + n}" for n in range(BATCH)]
             replies += asyncio.run(_all(server.address, users))
             by_worker = [_opened_by(directory, pid) for pid in server.workers()]
