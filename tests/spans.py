@@ -4,6 +4,12 @@ The API lets a process set its tracer provider once, and a pytest-xdist worker
 runs many test files; so the provider is set on first use and records only
 while a test listens (its sampler drops every span otherwise), and the other
 tests on the worker pay no more than a sampling decision per ledger call.
+
+So once a test on a worker has used the recorder, every later test on that
+worker runs the ledger's traced path (a span started, not recorded) instead of
+the untraced one: harmless as long as the provider stays non-recording for
+them, which the switch ensures. The untraced path (no provider set) is tested
+in processes of its own (tests/integration/test_tracing_without_sdk.py).
 """
 
 import functools
