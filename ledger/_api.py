@@ -8,6 +8,7 @@ import threading
 from datetime import datetime
 from typing import Any, Self, cast
 
+import psycopg
 from eventsourcing.persistence import PersistenceError
 
 from ledger import _metrics as metrics
@@ -130,12 +131,20 @@ class ContextLedger(CheckpointCalls):
         metadata: dict[str, Any] | None = None,
         ttl_seconds: float | None = None,
         request_id: str | None = None,
+        connection: psycopg.Connection[Any] | None = None,
     ) -> Context:
         """The thread's active context, reused; a new one if it has none.
 
         A ``request_id`` already applied for this user returns the first call's
         result and appends nothing (as do those of the other commands). A call
         that appended nothing (a refusal) leaves no trace: its repeat runs anew.
+
+        ``connection`` (PostgreSQL, on every command): the caller's open psycopg
+        connection to the ledger's database. The events are appended in the
+        caller's transaction and commit or roll back with it; the ledger does not
+        commit. Refused (InvalidContextInput, LedgerConfigError) in autocommit
+        mode outside a transaction block, in a failed transaction, to another
+        database, and on SQLite.
         """
         user = validation.identifier("user_id", user_id)
         thread = validation.identifier("thread_id", thread_id)
@@ -148,6 +157,7 @@ class ContextLedger(CheckpointCalls):
             user,
             lambda aggregate: self._open_in(aggregate, thread, run, patch, ttl),
             request_id=request,
+            connection=connection,
             repeat=lambda first: (
                 context_of(first, ("created", "reused"), thread=thread),
                 0,  # counted by the first call
@@ -188,6 +198,7 @@ class ContextLedger(CheckpointCalls):
         run_id: str | None = None,
         metadata: dict[str, Any] | None = None,
         request_id: str | None = None,
+        connection: psycopg.Connection[Any] | None = None,
     ) -> Context:
         """Merges ``metadata`` (None removes a key) and may set a new run id."""
         user = validation.identifier("user_id", user_id)
@@ -201,6 +212,7 @@ class ContextLedger(CheckpointCalls):
                 context, run_id=run, metadata=patch, now=self._now()
             ),
             request_id=request,
+            connection=connection,
             repeat=lambda first: context_of(first, ("updated",), context_id=context),
         )
         return detached(updated)
@@ -214,6 +226,7 @@ class ContextLedger(CheckpointCalls):
         *,
         reason: str = "cleared",
         request_id: str | None = None,
+        connection: psycopg.Connection[Any] | None = None,
     ) -> None:
         """Ends one of the user's contexts. The reason ``"evicted"`` is the
         ledger's own (``on_limit="evict"``) and is refused."""
@@ -225,6 +238,7 @@ class ContextLedger(CheckpointCalls):
             user,
             lambda aggregate: aggregate.clear(context, reason=why, now=self._now()),
             request_id=request,
+            connection=connection,
             repeat=lambda first: ended(first, context_id=context),
         )
 
@@ -236,6 +250,7 @@ class ContextLedger(CheckpointCalls):
         *,
         reason: str = "cleared",
         request_id: str | None = None,
+        connection: psycopg.Connection[Any] | None = None,
     ) -> int:
         """Ends all of the user's contexts; returns how many were cleared. The
         reason ``"evicted"`` is refused, as by ``clear_context``."""
@@ -246,6 +261,7 @@ class ContextLedger(CheckpointCalls):
             user,
             lambda aggregate: aggregate.clear_all(reason=why, now=self._now()),
             request_id=request,
+            connection=connection,
             repeat=ended,
         )
         return cleared

@@ -66,6 +66,7 @@ class ShardedLedger(ShardedCheckpoints):
         self._opener = opener
         self._ledgers: dict[int, ContextLedger] = {0: shard_zero}
         metrics.label_shard(shard_zero, 0)
+        shard_zero._app.shard_id = 0
         self._connections: dict[int, Connections] = {}
         self._urls: dict[int, str] = {}
         self._lock = threading.Lock()
@@ -105,6 +106,7 @@ class ShardedLedger(ShardedCheckpoints):
             )
         ledger = self._opener(url)
         ledger.log_shard = shard_id
+        ledger._app.shard_id = shard_id
         metrics.label_shard(ledger, shard_id)
         with self._lock:
             if shard_id in self._ledgers:  # another thread opened it meanwhile

@@ -1,6 +1,7 @@
 """The ``eventsourcing`` application that stores the users' context streams:
 the write path, the cache of aggregates, snapshots and reading a user's events."""
 
+import functools
 import logging
 import threading
 from collections.abc import Iterable, Iterator
@@ -17,6 +18,7 @@ from eventsourcing.persistence import (
     PersistenceError,
 )
 from eventsourcing.utils import Environment, get_topic
+from psycopg import sql
 
 from ledger import _metrics as metrics
 from ledger import _tracing as tracing
@@ -32,6 +34,12 @@ from ledger._domain.events import (
 from ledger._store.appends import Appends
 from ledger._store.backends import backend_for
 from ledger._store.cache import AggregateCache
+from ledger._store.caller_transaction import (
+    CallerTransactions,
+    Port,
+    events_of,
+    ledger_identity,
+)
 from ledger._store.failures import DATABASE_ERRORS, storage_failures
 from ledger._store.keys import KeyDestroyed, KeyRowRefused, MasterKey
 from ledger._store.records import EventRecord, RecordReader
@@ -89,6 +97,8 @@ class LedgerApplication(Application[UUID]):
         self.records = RecordReader(self._mapper, self.keys)
         self._log_reader: ApplicationRecorder | None = None
         self._reader_lock = threading.Lock()
+        self.shard_id: int | None = None
+        """The shard this database is of a sharded ledger (None: a ledger alone)."""
 
     def construct_mapper(self) -> Mapper[UUID]:
         """The mapper, composed with the users' data keys. The keys live beside
@@ -231,6 +241,65 @@ class LedgerApplication(Application[UUID]):
                 aggregate.version,
                 error,
             )
+
+    @functools.cached_property
+    def caller_transactions(self) -> CallerTransactions:
+        """Appends in callers' own PostgreSQL transactions (``connection=``)."""
+        recorder: Any = self.recorder
+        schema = str(self.storage.settings.get("POSTGRES_SCHEMA", "public"))
+        table = getattr(recorder, "_table", sql.Identifier("unused"))
+        return CallerTransactions(
+            self.storage,
+            schema,
+            table,
+            lambda: ledger_identity(self.storage),
+            shard=lambda: self.shard_id,
+        )
+
+    def load_in(self, port: Port, user_id: str, now: datetime) -> UserContexts:
+        """The user's aggregate as the caller's transaction sees it: as committed,
+        then the events after it on the caller's connection (its own too)."""
+        aggregate = self.load(user_id, now)
+        stored = self.caller_transactions.stored_after(
+            port, aggregate.id, aggregate.version
+        )
+        if stored:
+            with replaying(user_id), self.keys.reading(state=True):
+                events = events_of(stored, self.mapper.to_domain_event)
+                project_user(aggregate, events)
+        return aggregate
+
+    def events_in(
+        self, port: Port, user_id: str, first: int, last: int
+    ) -> list[ContextEvent]:
+        """The user's events from ``first`` to ``last`` as the caller's
+        transaction sees them."""
+        stored = self.caller_transactions.stored_after(
+            port, user_aggregate_id(user_id), first - 1
+        )
+        with replaying(user_id), self.keys.reading():
+            return events_of(
+                [event for event in stored if event.originator_version <= last],
+                self.mapper.to_domain_event,
+            )
+
+    def record_in(self, port: Port, aggregate: UserContexts) -> None:
+        """Appends the aggregate's new events in the caller's transaction. What
+        becomes of them is the caller's to decide, so the user's cached state is
+        dropped (the next command reads the store), and no snapshot is taken."""
+        events = aggregate.collect_events()
+        if not events:
+            return
+        self.cache.drop(aggregate.id)
+        try:
+            stored = [self.mapper.to_stored_event(event) for event in events]
+        except KeyRowRefused as refused:  # a planted or altered key row
+            raise LedgerCorrupted(aggregate.user_id, str(refused)) from refused
+        recorder: Any = self.recorder
+        statement, params = recorder.append_of(stored)
+        self.caller_transactions.append(port, statement, params)
+        metrics.count_events(event.KIND for event in events)
+        tracing.count_events(len(events))
 
     def state_at(self, user_id: str, version: int) -> UserContexts:
         """The user's aggregate right after ``version`` (from a snapshot at or

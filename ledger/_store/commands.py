@@ -36,7 +36,8 @@ from ledger._domain.events import CarriesMetadata, ContextEvent
 from ledger._domain.models import Context
 from ledger._store.application import LedgerApplication
 from ledger._store.cache import RecordedCall
-from ledger.errors import ConcurrencyConflict, LedgerError
+from ledger._store.caller_transaction import Port, port_of
+from ledger.errors import ConcurrencyConflict, LedgerCorrupted, LedgerError
 
 T = TypeVar("T")
 CONFLICT_SECONDS = 10.0
@@ -65,6 +66,27 @@ class FirstCall:
     context_after: Callable[[str], Context]
 
 
+class _Retries:
+    """The attempts of one call against conflicts, and the pause after each."""
+
+    def __init__(self) -> None:
+        self.deadline = time.monotonic() + CONFLICT_SECONDS
+        self.backoff = FIRST_BACKOFF_SECONDS
+        self.attempts = 0
+
+    def lost(self, user_id: str) -> None:
+        """After a conflict: pauses before the next attempt, or gives up.
+
+        The first loss is retried at once: the retry's reload is the catching
+        up. Jitter spreads only those that lose again."""
+        pause = 0.0 if self.attempts == 1 else random.uniform(0, self.backoff)  # noqa: S311
+        if time.monotonic() + pause > self.deadline or self.attempts >= MAX_ATTEMPTS:
+            raise ConcurrencyConflict(user_id, self.attempts) from None
+        if pause:
+            time.sleep(pause)
+            self.backoff = min(self.backoff * 2, MAX_BACKOFF_SECONDS)
+
+
 class CommandRunner:
     """Applies commands to users' aggregates through one application."""
 
@@ -81,16 +103,24 @@ class CommandRunner:
         *,
         request_id: str | None = None,
         repeat: Callable[[FirstCall], T] | None = None,
+        connection: object | None = None,
     ) -> T:
         """The command's result, its events stored; or the first call's result when
-        ``request_id`` was applied before."""
+        ``request_id`` was applied before. With ``connection`` (the caller's open
+        psycopg connection), the events are appended in the caller's transaction,
+        uncommitted (``ledger._store.caller_transaction``)."""
+        if connection is not None:
+            port = port_of(connection)
+            self._app.caller_transactions.check(port)
+            return self._run_in(
+                port, user_id, command, request_id=request_id, repeat=repeat
+            )
         command_id = uuid4().hex
-        deadline = time.monotonic() + CONFLICT_SECONDS  # waiting for the turn counts
+        retries = _Retries()  # waiting for the turn counts
         stripe = hash(user_id) % LOCK_STRIPES
         with self._locks[stripe]:
-            backoff, attempts = FIRST_BACKOFF_SECONDS, 0
             while True:
-                attempts += 1
+                retries.attempts += 1
                 try:
                     return self._attempt(
                         user_id,
@@ -99,21 +129,72 @@ class CommandRunner:
                         request_id=request_id,
                         repeat=repeat,
                         stripe=stripe,
-                        first=attempts == 1,
+                        first=retries.attempts == 1,
                     )
                 except IntegrityError:
                     metrics.count_retry()
                     tracing.count_retry()
-                    if attempts == 1:
+                    if retries.attempts == 1:
                         self._observe(stripe, stale=True)
-                    # The first loss is retried at once: the retry's reload is
-                    # the catching up. Jitter spreads only those that lose again.
-                    pause = 0.0 if attempts == 1 else random.uniform(0, backoff)  # noqa: S311
-                    if time.monotonic() + pause > deadline or attempts >= MAX_ATTEMPTS:
-                        raise ConcurrencyConflict(user_id, attempts) from None
-                    if pause:
-                        time.sleep(pause)
-                        backoff = min(backoff * 2, MAX_BACKOFF_SECONDS)
+                    retries.lost(user_id)
+
+    def _run_in(
+        self,
+        port: Port,
+        user_id: str,
+        command: Callable[[UserContexts], T],
+        *,
+        request_id: str | None,
+        repeat: Callable[[FirstCall], T] | None,
+    ) -> T:
+        """``run`` in the caller's transaction. No turn is taken in the process:
+        the append may wait for another transaction that wrote the user (the
+        unique key of its version), and a turn held while waiting would stop the
+        caller's own next command; the database orders them instead."""
+        command_id = uuid4().hex
+        retries = _Retries()
+        while True:
+            retries.attempts += 1
+            try:
+                aggregate = self._app.load_in(port, user_id, self._now())
+                if request_id is not None and request_id in aggregate.requests:
+                    if repeat is None:
+                        msg = "a command with a request id needs a repeat"
+                        raise TypeError(msg)
+                    return repeat(
+                        self._first_call_in(port, user_id, aggregate, request_id)
+                    )
+                aggregate.attribute_to(command_id, request_id)
+                result = command(aggregate)
+                self._app.record_in(port, aggregate)
+            except IntegrityError:
+                metrics.count_retry()
+                tracing.count_retry()
+                retries.lost(user_id)
+            else:
+                return result
+
+    def _first_call_in(
+        self, port: Port, user_id: str, aggregate: UserContexts, request_id: str
+    ) -> FirstCall:
+        """``_first_call`` as the caller's transaction sees the user (the first
+        call may be in it, uncommitted)."""
+        first, last = aggregate.requests[request_id]
+        read = self._app.events_in(port, user_id, 1, aggregate.version)
+        events = [
+            event
+            for event in read
+            if first <= event.originator_version <= last
+            and event.request_id == request_id
+        ]
+        if last == aggregate.version:
+            return FirstCall(events, aggregate.contexts.__getitem__)
+        state = self._app.replay(
+            user_id, None, [e for e in read if e.originator_version <= last]
+        )
+        if state is None:
+            raise LedgerCorrupted(user_id, f"no events up to version {last}")
+        return FirstCall(events, state.contexts.__getitem__)
 
     def _attempt(
         self,

@@ -178,7 +178,7 @@ class ParallelPostgresRecorder(PostgresApplicationRecorder):
         """
         if not stored_events:
             return []
-        statement, params = self._append_of(stored_events)
+        statement, params = self.append_of(stored_events)
         try:
             with self.datastore.get_connection() as conn, conn.cursor() as curs:
                 curs.execute(statement, params, prepare=True, binary=True)
@@ -201,7 +201,7 @@ class ParallelPostgresRecorder(PostgresApplicationRecorder):
             self.datastore.pool.check()
             raise AppendOutcomeUnknown(str(error)) from error
 
-    def _append_of(
+    def append_of(
         self, stored_events: Sequence[StoredEvent]
     ) -> tuple[Composed, tuple[Any, ...]]:
         """The append statement and its parameters (a column of values each); the

@@ -1,0 +1,313 @@
+"""Commands appended in the caller's own PostgreSQL transaction (``connection=``).
+
+A backend that keeps its own rows in the ledger's database passes its open
+psycopg connection, and the command's events are written on it, inside its
+transaction, uncommitted: the caller's COMMIT or ROLLBACK decides both.
+
+- **What the command decides on.** The user's state as committed (the process's
+  cache, caught up from the store), then the user's events that the caller's
+  connection sees after it: its own uncommitted ones too, so two commands in one
+  transaction follow each other, and a request id given earlier in the same
+  transaction answers its repeat.
+- **The append** runs in a savepoint. Another writer of the user who stored the
+  same version first (committed, or in a transaction of its own that commits
+  while this one waits on the unique key) is a conflict: the savepoint is rolled
+  back, so the caller's transaction goes on, and the command is decided again on
+  the new state, as any conflict is. The caller's connection never sees an error
+  of the ledger's own making, except one that the connection itself raised
+  (it was lost, or the server ended the transaction): then nothing is stored,
+  since a transaction cannot commit without its connection.
+- **The ledger's own state** never holds what it cannot know the outcome of: the
+  user's cached state is dropped (the next command reads the user from the store,
+  as after a lost reply), no snapshot is taken, and the outcome of a request id is
+  not kept for repeats (a repeat reads the store). The views, the change feed and
+  the expiry index read the log up to the safe head, which waits for the caller's
+  transaction to end: a rolled-back event is never seen, a committed one is seen
+  in log order.
+- **Refused** (before anything is written): a connection that is not psycopg's,
+  is closed, in autocommit mode outside a transaction block, in a failed or busy
+  transaction, or to another database than the ledger's (with shards: than the
+  user's shard); and any connection on SQLite or memory://.
+"""
+
+import threading
+import weakref
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from typing import Any, Protocol
+from uuid import UUID
+
+import psycopg
+from eventsourcing.persistence import IntegrityError, StoredEvent
+from psycopg import sql
+from psycopg.pq import TransactionStatus
+
+from ledger._domain.contexts import UserSnapshot
+from ledger._domain.events import ContextEvent
+from ledger._store.failures import ledger_error
+from ledger._store.shard_directory import (
+    IDENTITY_TABLE,
+    connected,
+    database_identity,
+)
+from ledger._store.shard_guard import refusal_of
+from ledger._store.urls import Storage
+from ledger.errors import InvalidContextInput, LedgerConfigError
+
+Statement = sql.SQL | sql.Composed
+_SAVEPOINT = sql.SQL("SAVEPOINT ctxledger_append")
+_ROLLBACK = sql.SQL("ROLLBACK TO SAVEPOINT ctxledger_append")
+_RELEASE = sql.SQL("RELEASE SAVEPOINT ctxledger_append")
+_SELECT = sql.SQL(
+    "SELECT originator_version, topic, state FROM {table} "
+    "WHERE originator_id = %s AND originator_version > %s "
+    "ORDER BY originator_version"
+)
+_HAS_IDENTITY = sql.SQL("SELECT to_regclass(%s) IS NOT NULL")
+_IDENTITY = sql.SQL("SELECT id FROM {table}")
+
+_SQLITE_INSTEAD = (
+    "appending in the caller's transaction needs PostgreSQL (the connection is the "
+    "caller's psycopg connection to the ledger's database); on {kind}, keep the "
+    "exactly-once pattern: derive a request_id from your own row's id, commit your "
+    "row, then call the ledger with that request_id until it answers (a retry "
+    "returns the first call's result), or write an outbox row in your transaction "
+    "and let a worker apply it with that request_id"
+)
+
+
+class Port(Protocol):
+    """What a command needs of the caller's connection, sync or async."""
+
+    @property
+    def key(self) -> object:
+        """What the connection is known by (its database identity is kept)."""
+
+    def describe(self) -> tuple[bool, TransactionStatus, bool]:
+        """Whether it is closed, its transaction status, and autocommit."""
+
+    def rows(self, statement: Statement, params: Sequence[Any]) -> list[Any]:
+        """Runs a statement in the caller's transaction; the rows it returns."""
+
+    def run(self, statement: Statement, params: Sequence[Any] = ()) -> None:
+        """Runs a statement that returns nothing needed."""
+
+
+class SyncPort:
+    """A psycopg ``Connection`` of the caller's."""
+
+    def __init__(self, connection: psycopg.Connection[Any]) -> None:
+        self._connection = connection
+
+    @property
+    def key(self) -> object:
+        return self._connection
+
+    def describe(self) -> tuple[bool, TransactionStatus, bool]:
+        connection = self._connection
+        return (
+            connection.closed,
+            connection.info.transaction_status,
+            connection.autocommit,
+        )
+
+    def rows(self, statement: Statement, params: Sequence[Any]) -> list[Any]:
+        with self._connection.cursor(binary=True) as cursor:
+            cursor.execute(statement, params)
+            return cursor.fetchall()
+
+    def run(self, statement: Statement, params: Sequence[Any] = ()) -> None:
+        self._connection.execute(statement, params)
+
+
+def port_of(connection: object) -> Port:
+    """The port of a caller's synchronous connection; InvalidContextInput for
+    anything that is not one (an AsyncConnection goes through AsyncContextLedger)."""
+    if isinstance(connection, psycopg.Connection):
+        return SyncPort(connection)
+    if isinstance(connection, psycopg.AsyncConnection):
+        raise InvalidContextInput(
+            "connection",
+            type(connection).__name__,
+            "is an AsyncConnection, which ContextLedger cannot wait on",
+            "pass it to AsyncContextLedger's command, or give ContextLedger a "
+            "psycopg.Connection",
+        )
+    raise InvalidContextInput(
+        "connection",
+        type(connection).__name__,
+        "is not a psycopg connection",
+        "pass the psycopg.Connection of your open transaction",
+    )
+
+
+class CallerTransactions:
+    """Commands on callers' connections for one application: the connections'
+    checks, and the reads and appends in their transactions."""
+
+    def __init__(
+        self,
+        storage: Storage,
+        schema: str,
+        table: sql.Identifier,
+        identity: Callable[[], UUID],
+        *,
+        shard: Callable[[], int | None],
+    ) -> None:
+        self.storage = storage
+        self._schema = schema
+        self._table = table
+        self._own_identity = identity
+        self._shard = shard
+        self._identity: UUID | None = None
+        self._known: weakref.WeakKeyDictionary[object, UUID] = (
+            weakref.WeakKeyDictionary()
+        )
+        self._lock = threading.Lock()
+
+    def check(self, port: Port) -> None:
+        """Refuses a connection the ledger may not append on (nothing is written)."""
+        if self.storage.kind != "postgres":
+            raise LedgerConfigError(_SQLITE_INSTEAD.format(kind=self.storage.kind))
+        closed, status, autocommit = port.describe()
+        if closed:
+            raise InvalidContextInput(
+                "connection",
+                "closed",
+                "is closed",
+                "pass the connection of your open transaction",
+            )
+        if status == TransactionStatus.INERROR:
+            raise InvalidContextInput(
+                "connection",
+                "failed transaction",
+                "is in a failed transaction, so nothing was appended",
+                "roll it back (or back to a savepoint) first",
+            )
+        if status in (TransactionStatus.ACTIVE, TransactionStatus.UNKNOWN):
+            raise InvalidContextInput(
+                "connection",
+                status.name.lower(),
+                "is running a statement or broken",
+                "call the ledger between your statements, on a working connection",
+            )
+        if autocommit and status == TransactionStatus.IDLE:
+            raise InvalidContextInput(
+                "connection",
+                "autocommit",
+                "is in autocommit mode, where every statement commits alone, so "
+                "the ledger's events could not commit or roll back with your rows",
+                "append inside `with connection.transaction():`, or use a "
+                "connection with autocommit=False",
+            )
+        ours = self._ledger_identity()  # made first, if the schema has none yet
+        if self._identity_of(port) != ours:
+            shard = self._shard()
+            where = (
+                "the ledger's database"
+                if shard is None
+                else f"shard {shard}'s database, which holds this user"
+            )
+            raise LedgerConfigError(
+                f"connection= is to another database or schema than {where} "
+                f"({self.storage.description}): pass a connection to that database; "
+                "nothing was appended"
+            )
+
+    def _ledger_identity(self) -> UUID:
+        with self._lock:
+            if self._identity is None:
+                self._identity = self._own_identity()
+            return self._identity
+
+    def _identity_of(self, port: Port) -> UUID | None:
+        """The identity of the database and schema the connection is to (None:
+        it has no ledger there); kept per connection."""
+        with self._lock:
+            known = self._known.get(port.key)
+        if known is not None:
+            return known
+        schema = self._schema
+        table = sql.Identifier(schema, IDENTITY_TABLE)
+        with self.failures():
+            (exists,) = port.rows(_HAS_IDENTITY, (f'"{schema}"."{IDENTITY_TABLE}"',))[0]
+            if not exists:
+                return None
+            rows = port.rows(_IDENTITY.format(table=table), ())
+        if not rows:
+            return None
+        identity = UUID(str(rows[0][0]))
+        with self._lock:
+            self._known[port.key] = identity
+        return identity
+
+    def stored_after(
+        self, port: Port, aggregate_id: UUID, version: int
+    ) -> list[StoredEvent]:
+        """The user's events after ``version`` as the caller's transaction sees
+        them (its own uncommitted ones included)."""
+        with self.failures():
+            rows = port.rows(_SELECT.format(table=self._table), (aggregate_id, version))
+        return [
+            StoredEvent(
+                originator_id=aggregate_id,
+                originator_version=row[0],
+                topic=row[1],
+                state=bytes(row[2]),
+            )
+            for row in rows
+            if row[1] != UserSnapshot.TOPIC
+        ]
+
+    def append(
+        self,
+        port: Port,
+        statement: Statement,
+        params: Sequence[Any],
+    ) -> None:
+        """Runs the append in a savepoint of the caller's transaction: released
+        when it stores the events; rolled back on a conflict (IntegrityError, the
+        caller's transaction goes on) or a shard's refusal (LedgerConfigError)."""
+        with self.failures():
+            port.run(_SAVEPOINT)
+            try:
+                port.rows(statement, params)
+            except psycopg.errors.UniqueViolation as conflict:
+                port.run(_ROLLBACK)
+                raise IntegrityError(str(conflict)) from conflict
+            except psycopg.Error as error:
+                if refusal_of(error) is None and not _transaction_goes_on(error):
+                    raise
+                port.run(_ROLLBACK)
+                raise
+            port.run(_RELEASE)
+
+    @contextmanager
+    def failures(self) -> Iterator[None]:
+        """A failure of the caller's connection becomes the ledger's error."""
+        try:
+            yield
+        except IntegrityError:
+            raise
+        except psycopg.Error as error:
+            raise ledger_error(self.storage, error, writing=True) from error
+
+
+def _transaction_goes_on(error: psycopg.Error) -> bool:
+    """Whether the caller's transaction is only aborted (not lost with its
+    connection), so rolling back to the savepoint saves it."""
+    return not isinstance(error, (psycopg.OperationalError, psycopg.InterfaceError))
+
+
+def events_of(
+    stored: list[StoredEvent], to_domain: Callable[[StoredEvent], Any]
+) -> list[ContextEvent]:
+    """The stored events decoded by the application's mapper."""
+    events = [to_domain(event) for event in stored]
+    return [event for event in events if isinstance(event, ContextEvent)]
+
+
+def ledger_identity(storage: Storage) -> UUID:
+    """The identity of the ledger's own database and schema (made on first use)."""
+    with connected(storage) as connection:
+        return database_identity(connection, str(storage.settings["POSTGRES_SCHEMA"]))
