@@ -26,9 +26,12 @@ from concurrent.futures import ThreadPoolExecutor
 from types import TracebackType
 from typing import Any, Concatenate, ParamSpec, Self, TypeVar
 
+import psycopg
+
 from ledger._aio_feed import AsyncChangeFeed
 from ledger._api import ContextLedger
 from ledger._domain import validation
+from ledger._store.caller_transaction import AsyncPort
 from ledger.errors import InvalidContextInput, LedgerClosed, LedgerError
 
 P = ParamSpec("P")
@@ -60,6 +63,15 @@ def _in_thread(
             user = validation.optional_identifier("user_id", given)
         except InvalidContextInput:
             user = None
+        connection = kwargs.get("connection")
+        if connection is not None:
+            # In the caller's transaction: no turn, since the append may wait for
+            # another transaction that wrote the user, and a turn held meanwhile
+            # would stop that transaction's own next command; the database
+            # orders them. An AsyncConnection is used through the loop.
+            user = None
+            if isinstance(connection, psycopg.AsyncConnection):
+                kwargs["connection"] = AsyncPort(connection, asyncio.get_running_loop())
         ledger = await owner.opened()
         # By name: a sharded ledger routes each method to the user's shard.
         bound = functools.partial(getattr(ledger, name), *args, **kwargs)

@@ -30,11 +30,12 @@ transaction, uncommitted: the caller's COMMIT or ROLLBACK decides both.
   user's shard); and any connection on SQLite or memory://.
 """
 
+import asyncio
 import threading
 import weakref
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Coroutine, Iterator, Sequence
 from contextlib import contextmanager
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 from uuid import UUID
 
 import psycopg
@@ -55,6 +56,7 @@ from ledger._store.urls import Storage
 from ledger.errors import InvalidContextInput, LedgerConfigError
 
 Statement = sql.SQL | sql.Composed
+T = TypeVar("T")
 _SAVEPOINT = sql.SQL("SAVEPOINT ctxledger_append")
 _ROLLBACK = sql.SQL("ROLLBACK TO SAVEPOINT ctxledger_append")
 _RELEASE = sql.SQL("RELEASE SAVEPOINT ctxledger_append")
@@ -120,9 +122,61 @@ class SyncPort:
         self._connection.execute(statement, params)
 
 
+class AsyncPort:
+    """A psycopg ``AsyncConnection`` of the caller's, used from a thread of
+    AsyncContextLedger's pool while the caller's task awaits the command: each
+    statement runs on the connection's event loop, through its own lock."""
+
+    def __init__(
+        self, connection: psycopg.AsyncConnection[Any], loop: asyncio.AbstractEventLoop
+    ) -> None:
+        self._connection = connection
+        self._loop = loop
+
+    @property
+    def key(self) -> object:
+        return self._connection
+
+    def describe(self) -> tuple[bool, TransactionStatus, bool]:
+        connection = self._connection
+        return (
+            connection.closed,
+            connection.info.transaction_status,
+            connection.autocommit,
+        )
+
+    def rows(self, statement: Statement, params: Sequence[Any]) -> list[Any]:
+        return self._on_loop(self._rows(statement, params))
+
+    def run(self, statement: Statement, params: Sequence[Any] = ()) -> None:
+        self._on_loop(self._run(statement, params))
+
+    async def _rows(self, statement: Statement, params: Sequence[Any]) -> list[Any]:
+        async with self._connection.cursor(binary=True) as cursor:
+            await cursor.execute(statement, params)
+            return await cursor.fetchall()
+
+    async def _run(self, statement: Statement, params: Sequence[Any]) -> None:
+        await self._connection.execute(statement, params)
+
+    def _on_loop(self, work: Coroutine[Any, Any, T]) -> T:
+        try:
+            running = asyncio.get_running_loop()
+        except RuntimeError:
+            running = None
+        if running is self._loop:
+            work.close()
+            msg = "an AsyncConnection's statements cannot wait on its own loop"
+            raise RuntimeError(msg)
+        return asyncio.run_coroutine_threadsafe(work, self._loop).result()
+
+
 def port_of(connection: object) -> Port:
     """The port of a caller's synchronous connection; InvalidContextInput for
-    anything that is not one (an AsyncConnection goes through AsyncContextLedger)."""
+    anything that is not one (an AsyncConnection goes through AsyncContextLedger,
+    which gives its port)."""
+    if isinstance(connection, (SyncPort, AsyncPort)):
+        return connection
     if isinstance(connection, psycopg.Connection):
         return SyncPort(connection)
     if isinstance(connection, psycopg.AsyncConnection):
