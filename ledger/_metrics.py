@@ -25,7 +25,13 @@ files, which ``ledger.metrics_exposition`` and ``serve`` add up over the process
 - ``ctxledger_view_position{view}``, ``ctxledger_view_head`` and
   ``ctxledger_view_lag_events{view}``: where each view is, the log's head, and how
   many events are stored after the view's position (set by ``record_views``;
-  ``livemostrecent``: the value last set by a living process).
+  ``livemostrecent``: the value last set by a living process);
+- ``ctxledger_safe_head_wait_seconds``: how long a reader of the log on
+  PostgreSQL (views, change feed, expiry index) waited at the safe head for
+  transactions that began before its read to end, observed only when it had to
+  wait (a caller's transaction held open, with or without the ledger's events in
+  it, delays readers, never writers); ``ctxledger_safe_head_timeouts_total``:
+  reads that gave up (SafeHeadTimeout).
 
 A sharded ledger (users spread over several PostgreSQL databases) records the
 figures above as before, summed over its shards, so dashboards and alerts on them
@@ -74,6 +80,9 @@ VIEW_GAUGE_MODE = "livemostrecent"
 # /metrics is served to this machine only unless an operator names another address.
 DEFAULT_HOST = "127.0.0.1"
 LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0)
+# A reader waits from a millisecond (a writer committing) to the safe head's
+# timeout (30 s: a transaction left open).
+WAIT_BUCKETS = (0.001, 0.005, 0.025, 0.1, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 
 
 class ViewFigures(Protocol):
@@ -94,6 +103,7 @@ class _Figures:
         self._command_figures(client)
         self._feed_figures(client)
         self._view_figures(client)
+        self._reader_figures(client)
         self._shard_figures(client)
 
     def _command_figures(self, client: Any) -> None:
@@ -156,6 +166,19 @@ class _Figures:
             "Events stored after each view's position.",
             ["view"],
             multiprocess_mode=VIEW_GAUGE_MODE,
+        )
+
+    def _reader_figures(self, client: Any) -> None:
+        """The log's readers on PostgreSQL: their waits at the safe head."""
+        self.safe_head_wait = client.Histogram(
+            "ctxledger_safe_head_wait_seconds",
+            "How long readers of the log waited for transactions older than "
+            "their read to end (only reads that had to wait).",
+            buckets=WAIT_BUCKETS,
+        )
+        self.safe_head_timeouts = client.Counter(
+            "ctxledger_safe_head_timeouts",
+            "Reads of the log that gave up waiting for older transactions to end.",
         )
 
     def _shard_figures(self, client: Any) -> None:
@@ -327,6 +350,15 @@ def feeds_opened(change: int) -> None:
 def count_feed_behind() -> None:
     if _FIGURES is not None:
         _FIGURES.feeds_behind.inc()
+
+
+def record_safe_head_wait(seconds: float, *, timed_out: bool = False) -> None:
+    """A reader of the log waited ``seconds`` at the safe head, and gave up if
+    ``timed_out``."""
+    if _FIGURES is not None:
+        _FIGURES.safe_head_wait.observe(seconds)
+        if timed_out:
+            _FIGURES.safe_head_timeouts.inc()
 
 
 def record_views(statuses: Iterable[ViewFigures]) -> None:

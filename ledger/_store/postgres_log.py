@@ -38,6 +38,8 @@ from psycopg.rows import DictRow
 from psycopg.sql import SQL, Composed, Identifier
 from psycopg_pool import PoolClosed, PoolTimeout, TooManyRequests
 
+from ledger import _metrics as metrics
+
 SAFE_HEAD_TIMEOUT_SECONDS = 30.0
 """How long a reader waits for transactions older than its read to end."""
 
@@ -257,13 +259,8 @@ class ParallelPostgresRecorder(PostgresApplicationRecorder):
             # is stored yet: the head has not moved (one query, not three).
             return int(head)
         own = _fetch(conn, _TAKE_XID)["xid"]  # committed at once
-        deadline = time.monotonic() + timeout
-        pause = _FIRST_PAUSE
-        while not _fetch(conn, _OLDER_ENDED, own)["ended"]:
-            if time.monotonic() >= deadline:
-                raise SafeHeadTimeout(_waited_for(conn, own, timeout))
-            time.sleep(pause)
-            pause = min(pause * 2, _LONGEST_PAUSE)
+        if not _fetch(conn, _OLDER_ENDED, own)["ended"]:
+            _wait_for_older(conn, own, timeout)
         self._proven_head = max(self._proven_head, int(head))
         return int(head)
 
@@ -305,6 +302,23 @@ def _fetch(
         msg = f"no row from {statement.as_string(conn)!r}"
         raise ProgrammingError(msg)
     return row
+
+
+def _wait_for_older(conn: Connection[DictRow], own: str, timeout: float) -> None:
+    """Waits until every transaction older than ``own`` has ended (SafeHeadTimeout
+    after ``timeout`` seconds); the wait is recorded in the metrics."""
+    started = time.monotonic()
+    deadline = started + timeout
+    pause = _FIRST_PAUSE
+    while True:
+        time.sleep(pause)
+        pause = min(pause * 2, _LONGEST_PAUSE)
+        if _fetch(conn, _OLDER_ENDED, own)["ended"]:
+            metrics.record_safe_head_wait(time.monotonic() - started)
+            return
+        if time.monotonic() >= deadline:
+            metrics.record_safe_head_wait(time.monotonic() - started, timed_out=True)
+            raise SafeHeadTimeout(_waited_for(conn, own, timeout))
 
 
 def _waited_for(conn: Connection[DictRow], own: str, timeout: float) -> str:
