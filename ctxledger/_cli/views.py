@@ -138,7 +138,10 @@ def rebuild(url: str, names: tuple[str, ...], batch_size: int) -> None:
 
 @click.command()
 @click.option(
-    "--json", "as_json", is_flag=True, help="One JSON array: view, position, head, lag."
+    "--json",
+    "as_json",
+    is_flag=True,
+    help="One JSON array: view, position, head, lag (and shard, reachable).",
 )
 @click.pass_obj
 @reports_ledger_errors
@@ -166,6 +169,7 @@ def status(url: str, as_json: bool) -> None:
     default=100,
     show_default=True,
     type=click.IntRange(1),
+    metavar="N",
     help="At most N contexts.",
 )
 @click.option("--json", "as_json", is_flag=True, help="One JSON array of contexts.")

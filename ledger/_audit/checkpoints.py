@@ -147,9 +147,13 @@ def _verdict(found: Scan, checkpoint: Checkpoint, consistent: bool) -> LeafFault
             position=None,
             detail=(
                 f"the log holds {found.log_root.size} event(s) and the tree "
-                f"{found.tree_root.size} leaf(s), fewer than the checkpoint's {size}: "
-                f"the events from leaf {held} on are gone (a restore of an older "
-                f"backup, or events deleted at the log's end){where}"
+                f"{found.tree_root.size} leaf(s), fewer than the checkpoint's {size}, "
+                "so events it covers are gone: the events from leaf "
+                f"{held} on if the log was only cut at its end (a restore of an "
+                "older backup not written to since); else (events deleted, the "
+                "tree rebuilt from the altered log, or a restore written to since) "
+                "which ones cannot be named without the checkpoint's own tree"
+                f"{where}"
             ),
         )
     if found.mismatch is None:

@@ -293,21 +293,23 @@ def _synopsis_lines(code: str) -> list[str]:
 def _check_synopsis(words: list[str], group: click.Group, where: str) -> None:
     """The first word that is neither an option nor an option's value names a
     command of ``group``; every ``--option`` after it belongs to that command (or
-    to the group); alternatives after a group's name (``add URL | list [--json]``)
-    are checked each."""
-    options = _option_names(group)
-    after_option = False
+    to the group), an option's value is one it takes, and a flag takes none;
+    alternatives after a group's name (``add URL | list [--json]``) are checked
+    each."""
+    options = _options_of(group)
+    value_of: click.Option | None = None
     for index, word in enumerate(words):
         bare = word.strip("[]")
         if bare.startswith("-"):
             assert bare in options, f"{where}: ctxledger has no option {bare}"
-            after_option = True  # the next word may be its value
+            value_of = None if options[bare].is_flag else options[bare]
+            continue
+        if value_of is not None:
+            _check_value(value_of, bare, where)
+            value_of = None
             continue
         command = group.commands.get(bare)
-        if command is None:
-            assert after_option, f"{where}: ctxledger has no command {bare!r}"
-            after_option = False
-            continue
+        assert command is not None, f"{where}: ctxledger has no command {bare!r}"
         rest = words[index + 1 :]
         if isinstance(command, click.Group):
             for alternative in " ".join(rest).split(" | "):
@@ -315,24 +317,60 @@ def _check_synopsis(words: list[str], group: click.Group, where: str) -> None:
         else:
             _check_options(rest, command, options, where)
         return
+    # No command: only the group's own flags (ctxledger --version).
+    assert all(
+        options[word.strip("[]")].is_flag for word in words if word.startswith("-")
+    ), f"{where}: names no command"
 
 
 def _check_options(
-    words: list[str], command: click.Command, outer: set[str], where: str
+    words: list[str], command: click.Command, outer: dict[str, click.Option], where: str
 ) -> None:
-    known = _option_names(command) | outer
+    known = {**outer, **_options_of(command)}
+    choices = [
+        parameter.type
+        for parameter in command.params
+        if isinstance(parameter, click.Argument)
+        and isinstance(parameter.type, click.Choice)
+    ]
+    value_of: click.Option | None = None
     for word in words:
+        bare = word.strip("[]").removesuffix("...").removesuffix("]")
+        if value_of is not None and not bare.startswith("-"):
+            _check_value(value_of, bare, where)
+            value_of = None
+            continue
+        value_of = None
+        if choices and bare and bare == bare.lower() and not bare.startswith("-"):
+            # A value of the command's argument, such as rebuild's view names.
+            assert bare in choices[0].choices, (
+                f"{where}: {command.name} takes no {bare!r}"
+            )
         for flag in re.findall(r"(?<![\w-])(--?[a-z][a-z-]*)", word):
             assert flag in known, f"{where}: {command.name} has no option {flag}"
+            value_of = None if known[flag].is_flag else known[flag]
 
 
-def _option_names(command: click.Command) -> set[str]:
-    return {
-        name
+def _check_value(option: click.Option, value: str, where: str) -> None:
+    """A value written for ``option``: a metavar (upper case) stands for any; a
+    value of a choice must be one of its choices."""
+    if not isinstance(option.type, click.Choice) or value != value.lower():
+        return
+    for choice in value.split("|"):
+        assert choice in option.type.choices, (
+            f"{where}: {option.opts[0]} takes no {choice!r}"
+        )
+
+
+def _options_of(command: click.Command) -> dict[str, click.Option]:
+    found = {
+        name: parameter
         for parameter in command.params
         if isinstance(parameter, click.Option)
         for name in (*parameter.opts, *parameter.secondary_opts)
-    } | {"--help"}
+    }
+    found["--help"] = click.Option(["--help"], is_flag=True)
+    return found
 
 
 def test_the_api_reference_shows_every_public_name() -> None:

@@ -123,7 +123,9 @@ async def _message(address: str, user: str) -> dict[str, Any]:
     async with websockets.connect(f"ws://{address}/ws?token={token(user)}") as ws:
         await ws.send(json.dumps({"message_id": "m0", "thread_id": "t"}))
         while True:
-            reply: dict[str, Any] = json.loads(await ws.recv())
+            reply: dict[str, Any] = json.loads(
+                await asyncio.wait_for(ws.recv(), timeout=30)
+            )
             if reply["type"] != "change":
                 return reply
 

@@ -11,7 +11,7 @@ import signal
 import subprocess
 import sys
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from pathlib import Path
 
 import pytest
@@ -117,7 +117,9 @@ def _holding(directory: Path, script: str, *args: str) -> Iterator[int]:
         yield process.pid
     finally:
         if process.poll() is None:
-            process.stdin.write("\n")
+            with suppress(BrokenPipeError):
+                process.stdin.write("\n")
+        with suppress(BrokenPipeError):  # a killed process's pipe is broken
             process.stdin.close()
         process.wait(30)
         process.stdout.close()
