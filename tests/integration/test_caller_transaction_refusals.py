@@ -12,6 +12,7 @@ import pytest
 from psycopg import sql
 
 from ledger import ContextLedger, InvalidContextInput, LedgerConfigError
+from ledger._sharded import ShardedLedger
 from tests.caller_app import App, app_on, kinds
 from tests.helpers import dsn_and_schema
 
@@ -175,3 +176,26 @@ def test_an_async_connection_is_refused_by_the_sync_ledger(
 
     asyncio.run(give_async())
     nothing_appended(ledger)
+
+
+def test_on_shards_only_a_connection_to_the_users_shard_is_accepted(
+    sharded_url: str,
+) -> None:
+    with ContextLedger.open(sharded_url) as sharded:
+        assert isinstance(sharded, ShardedLedger)
+        sharded.open_context("alice", "t0")
+        home = sharded.shard_of("alice")
+        assert home is not None
+        databases = {s.shard_id: s.url.partition("?")[0] for s in sharded.shards()}
+        wrong = next(shard for shard in databases if shard != home)
+        refused = pytest.raises(LedgerConfigError, match=f"shard {home}'s database")
+        with psycopg.connect(databases[wrong]) as other, refused:
+            sharded.open_context("alice", "t1", connection=other)
+        with psycopg.connect(databases[home]) as own:
+            sharded.open_context("alice", "t1", connection=own)
+            own.commit()
+
+        assert kinds(sharded.history("alice")) == [
+            (1, "created", "t0"),
+            (2, "created", "t1"),
+        ]
