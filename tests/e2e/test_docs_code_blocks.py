@@ -3,7 +3,9 @@ order of mkdocs.yml's nav) runs as written.
 
 - ``python`` blocks run one by one, each in a fresh interpreter (an example that
   registers an event class changes nothing else), in a folder of the page's own
-  that starts with the database the README's quick start writes.
+  that starts with the database the README's quick start writes. A page that
+  names ``DATABASE_URL`` gets the test PostgreSQL server there, with a schema of
+  its own in ``LEDGER_SCHEMA`` (dropped afterwards).
 - ``sh`` blocks: a ``ctxledger`` command runs in that folder and must succeed;
   ``tools/dev TASK`` must name a task of tools/dev, and every ``--flag`` its line
   names must be one the task's benchmark accepts (benchmarks take minutes: they run
@@ -113,13 +115,19 @@ def quick_start_db(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.mark.parametrize("page", PAGES, ids=lambda page: str(page.relative_to(ROOT)))
 def test_the_code_blocks_of_the_page_run(
-    page: Path, quick_start_db: Path, tmp_path: Path
+    page: Path, quick_start_db: Path, tmp_path: Path, request: pytest.FixtureRequest
 ) -> None:
     shutil.copyfile(quick_start_db, tmp_path / "contexts.db")
+    database: dict[str, str] = {}
+    if "DATABASE_URL" in page.read_text():
+        # A block on PostgreSQL: the test server, in a schema of the page's own.
+        url = request.getfixturevalue("postgres_url")
+        dsn, _, schema = url.partition("?schema=")
+        database = {"DATABASE_URL": dsn, "LEDGER_SCHEMA": schema}
     ran = 0
     for block in _blocks(page):
         if block.language == "python":
-            _run_python(block, tmp_path)
+            _run_python(block, tmp_path, database)
             ran += 1
         elif block.language == "yaml":
             _check_rules(block)
@@ -133,13 +141,15 @@ def test_the_code_blocks_of_the_page_run(
     assert ran >= len(code)  # every block of code ran at least one command
 
 
-def _run_python(block: Block, folder: Path) -> None:
+def _run_python(
+    block: Block, folder: Path, database: dict[str, str] | None = None
+) -> None:
     script = folder / f"block-{block.page.stem}-{block.line}.py"
     script.write_text(block.code)
     done = subprocess.run(
         [sys.executable, str(script)],
         cwd=folder,
-        env=_environment(),
+        env={**_environment(), **(database or {})},
         capture_output=True,
         text=True,
         timeout=TIMEOUT,
