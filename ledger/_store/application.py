@@ -296,7 +296,7 @@ class LedgerApplication(Application[UUID]):
         except KeyRowRefused as refused:  # a planted or altered key row
             raise LedgerCorrupted(aggregate.user_id, str(refused)) from refused
         recorder: Any = self.recorder
-        statement, params = recorder.append_of(stored)
+        statement, params = recorder.bounded_append_of(stored)
         self.caller_transactions.append(port, statement, params)
         metrics.count_events(event.KIND for event in events)
         tracing.count_events(len(events))

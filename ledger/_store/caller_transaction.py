@@ -326,9 +326,19 @@ class CallerTransactions:
             port.run(_SAVEPOINT)
             try:
                 port.rows(statement, params)
-            except psycopg.errors.UniqueViolation as conflict:
+            except (
+                psycopg.errors.UniqueViolation,
+                psycopg.errors.LockNotAvailable,  # waited its while for another
+            ) as conflict:
                 port.run(_ROLLBACK)
                 raise IntegrityError(str(conflict)) from conflict
+            except psycopg.errors.UndefinedFunction as missing:
+                port.run(_ROLLBACK)
+                raise LedgerConfigError(
+                    "the ledger's append for callers' transactions is missing (a "
+                    "store set up by an older release): open the ledger once with "
+                    "create=True to install it; nothing was appended"
+                ) from missing
             except psycopg.Error as error:
                 if refusal_of(error) is None and not _transaction_goes_on(error):
                     raise

@@ -35,7 +35,7 @@ from eventsourcing.utils import Environment, EnvType, retry
 from psycopg import Connection
 from psycopg.errors import UndefinedFunction
 from psycopg.rows import DictRow
-from psycopg.sql import SQL, Composed, Identifier
+from psycopg.sql import SQL, Composed, Identifier, Literal
 from psycopg_pool import PoolClosed, PoolTimeout, TooManyRequests
 
 from ledger import _metrics as metrics
@@ -106,6 +106,27 @@ _APPEND = SQL(
 )
 
 
+# The same append for a caller's own transaction (connection=): a wait for another
+# transaction that wrote the same version ends after CALLER_LOCK_WAIT (the
+# function's own setting, restored when it returns), so that a command never
+# waits without end on a transaction whose progress may need it.
+_CREATE_APPEND_BOUNDED = SQL(
+    "CREATE OR REPLACE FUNCTION {function}("
+    "ids {id_type}[], versions bigint[], topics text[], states bytea[]) "
+    "RETURNS SETOF bigint LANGUAGE plpgsql SET lock_timeout = {wait} AS $body$ "
+    "BEGIN "
+    "PERFORM pg_current_xact_id(); "
+    "RETURN QUERY INSERT INTO {table} "
+    "(originator_id, originator_version, topic, state) "
+    "SELECT * FROM unnest(ids, versions, topics, states) "
+    "RETURNING notification_id; "
+    "END $body$"
+)
+CALLER_LOCK_WAIT_MS = 2000
+"""How long one append in a caller's transaction waits for another transaction
+that holds the same version of the user (then it is retried, as a conflict)."""
+
+
 class SafeHeadTimeout(PersistenceError):
     """Transactions that began before a read of the log stayed open too long."""
 
@@ -166,6 +187,21 @@ class ParallelPostgresRecorder(PostgresApplicationRecorder):
             function=append_one,
             id_type=Identifier(self.datastore.originator_id_type),
         )
+        bounded = Identifier(
+            self.datastore.schema, f"{self.events_table_name}_append_bounded"
+        )
+        self.sql_create_statements.append(
+            _CREATE_APPEND_BOUNDED.format(
+                function=bounded,
+                id_type=Identifier(self.datastore.originator_id_type),
+                table=self._table,
+                wait=Literal(f"{CALLER_LOCK_WAIT_MS}ms"),
+            )
+        )
+        self._append_bounded_statement = _APPEND.format(
+            function=bounded,
+            id_type=Identifier(self.datastore.originator_id_type),
+        )
 
     def insert_events(
         self, stored_events: Sequence[StoredEvent], **kwargs: Any
@@ -221,6 +257,16 @@ class ParallelPostgresRecorder(PostgresApplicationRecorder):
                 tuple(values[0] for values in params),
             )
         return statement, params
+
+    def bounded_append_of(
+        self, stored_events: Sequence[StoredEvent]
+    ) -> tuple[Composed, tuple[Any, ...]]:
+        """The append for a caller's own transaction: its wait for another
+        transaction on the same version is bounded (CALLER_LOCK_WAIT_MS)."""
+        _, params = self.append_of(stored_events)
+        if len(stored_events) == 1:
+            params = tuple([value] for value in params)
+        return self._append_bounded_statement, params
 
     def subscribe(
         self, gt: int | None = None, topics: Sequence[str] = ()
