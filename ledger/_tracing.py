@@ -18,6 +18,8 @@ Each public call of a ledger (a method ``AsyncContextLedger`` also offers; not
 - ``ctxledger.shard``: the shard whose database answered (a sharded ledger's
   call of one user, or a shard's own ledger); left out of calls across shards;
 - ``db.system.name``: ``sqlite`` or ``postgresql`` (left out for memory://);
+- ``ctxledger.caller_transaction``: true when the call appended in the caller's
+  own transaction (``connection=``), whose outcome the span cannot know;
 - on a failure: ``error.type``, status ERROR, and the exception as an event
   whose message and stack trace leave out the error's text.
 
@@ -64,12 +66,13 @@ _MARK = "_ctxledger_span"
 class _Call:
     """The figures of the ledger call under way in this context."""
 
-    __slots__ = ("events", "retries", "shard")
+    __slots__ = ("caller_transaction", "events", "retries", "shard")
 
     def __init__(self, shard: str | None) -> None:
         self.events = 0
         self.retries = 0
         self.shard = shard
+        self.caller_transaction = False
 
 
 _CALL: contextvars.ContextVar[_Call | None] = contextvars.ContextVar(
@@ -160,6 +163,8 @@ def _record_figures(span: Any, outcome: str, figures: _Call) -> None:
     span.set_attribute("ctxledger.conflict_retries", figures.retries)
     if figures.shard is not None:
         span.set_attribute("ctxledger.shard", int(figures.shard))
+    if figures.caller_transaction:
+        span.set_attribute("ctxledger.caller_transaction", True)
 
 
 def _record_failure(span: Any, error: BaseException, figures: _Call) -> None:
@@ -218,6 +223,14 @@ def routed_to(shard_id: int) -> None:
     figures = _CALL.get()
     if figures is not None:
         figures.shard = str(shard_id)
+
+
+def in_caller_transaction() -> None:
+    """The call under way appends in the caller's own transaction
+    (``connection=``): its events commit or roll back with it."""
+    figures = _CALL.get()
+    if figures is not None:
+        figures.caller_transaction = True
 
 
 def count_events(appended: int) -> None:

@@ -153,6 +153,7 @@ class CommandRunner:
         caller's own next command; the database orders them instead."""
         command_id = uuid4().hex
         retries = _Retries()
+        tracing.in_caller_transaction()
         while True:
             retries.attempts += 1
             try:

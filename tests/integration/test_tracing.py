@@ -8,6 +8,7 @@ import inspect
 from collections.abc import Iterator
 from pathlib import Path
 
+import psycopg
 import pytest
 from opentelemetry.instrumentation.psycopg import PsycopgInstrumentor
 from opentelemetry.instrumentation.sqlite3 import SQLite3Instrumentor
@@ -270,3 +271,23 @@ def test_a_call_across_shards_is_one_span_without_a_shard(
     assert span.attributes is not None
     assert "ctxledger.shard" not in span.attributes
     assert span.attributes["db.system.name"] == "postgresql"
+
+
+@pytest.mark.postgres
+def test_a_call_in_the_callers_transaction_says_so(
+    postgres_url: str, postgres_dsn: str, spans: Recorder
+) -> None:
+    with (
+        ContextLedger.open(postgres_url) as ledger,
+        psycopg.connect(postgres_dsn) as connection,
+    ):
+        ledger.open_context(USER, THREAD, connection=connection)
+        connection.commit()
+        ledger.open_context(USER, THREAD)
+        in_theirs, in_ours = spans.ledger_spans()
+
+    assert in_theirs.attributes is not None
+    assert in_theirs.attributes["ctxledger.caller_transaction"] is True
+    assert in_theirs.attributes["ctxledger.events_appended"] == 1
+    assert in_ours.attributes is not None
+    assert "ctxledger.caller_transaction" not in in_ours.attributes
