@@ -131,7 +131,9 @@ class ContextLedger(CheckpointCalls):
         metadata: dict[str, Any] | None = None,
         ttl_seconds: float | None = None,
         request_id: str | None = None,
-        connection: psycopg.Connection[Any] | None = None,
+        connection: psycopg.Connection[Any]
+        | psycopg.AsyncConnection[Any]
+        | None = None,
     ) -> Context:
         """The thread's active context, reused; a new one if it has none.
 
@@ -198,7 +200,9 @@ class ContextLedger(CheckpointCalls):
         run_id: str | None = None,
         metadata: dict[str, Any] | None = None,
         request_id: str | None = None,
-        connection: psycopg.Connection[Any] | None = None,
+        connection: psycopg.Connection[Any]
+        | psycopg.AsyncConnection[Any]
+        | None = None,
     ) -> Context:
         """Merges ``metadata`` (None removes a key) and may set a new run id."""
         user = validation.identifier("user_id", user_id)
@@ -226,7 +230,9 @@ class ContextLedger(CheckpointCalls):
         *,
         reason: str = "cleared",
         request_id: str | None = None,
-        connection: psycopg.Connection[Any] | None = None,
+        connection: psycopg.Connection[Any]
+        | psycopg.AsyncConnection[Any]
+        | None = None,
     ) -> None:
         """Ends one of the user's contexts. The reason ``"evicted"`` is the
         ledger's own (``on_limit="evict"``) and is refused."""
@@ -250,7 +256,9 @@ class ContextLedger(CheckpointCalls):
         *,
         reason: str = "cleared",
         request_id: str | None = None,
-        connection: psycopg.Connection[Any] | None = None,
+        connection: psycopg.Connection[Any]
+        | psycopg.AsyncConnection[Any]
+        | None = None,
     ) -> int:
         """Ends all of the user's contexts; returns how many were cleared. The
         reason ``"evicted"`` is refused, as by ``clear_context``."""

@@ -17,12 +17,6 @@ from tests.helpers import dsn_and_schema
 pytestmark = pytest.mark.postgres
 
 
-def accepted(connection: psycopg.AsyncConnection[Any]) -> Any:
-    """An AsyncConnection as ``connection=`` takes it: the coroutines' signatures
-    are the sync methods', which name only psycopg.Connection."""
-    return connection
-
-
 def run(coroutine: Coroutine[Any, Any, None]) -> None:
     asyncio.run(coroutine)
 
@@ -47,7 +41,7 @@ def test_an_async_connections_commit_and_rollback_decide_the_events(
             with app_on(postgres_url):  # the app's table
                 pass
             async with await psycopg.AsyncConnection.connect(dsn) as connection:
-                given = accepted(connection)
+                given = connection
                 async with connection.transaction():
                     await connection.execute(insert, ("m1",))
                     opened = await ledger.open_context(
@@ -116,7 +110,7 @@ def test_two_async_callers_in_their_own_transactions_both_apply_in_order(
             await psycopg.AsyncConnection.connect(dsn) as connection,
             connection.transaction(),
         ):
-            await ledger.open_context("carol", thread, connection=accepted(connection))
+            await ledger.open_context("carol", thread, connection=connection)
 
     async def scenario() -> None:
         async with AsyncContextLedger.open(postgres_url) as ledger:
