@@ -277,3 +277,24 @@ def test_feed_and_views_hold_exactly_the_committed_events_in_log_order(
     for user in ("u0", "u1", "u2", "plain0", "plain1", "plain2"):
         versions = [e.version for _, e in changes if e.user_id == user]
         assert versions == list(range(1, len(versions) + 1))
+
+
+def test_a_new_users_first_event_rolled_back_leaves_a_key_that_verifies(
+    postgres_url: str,
+) -> None:
+    # The user's data key is made in the ledger's own transaction, before the
+    # event that is sealed with it: a rollback leaves the key without events.
+    with (
+        ContextLedger.open(postgres_url, master_key="7f" * 32) as ledger,
+        app_on(postgres_url) as app,
+    ):
+        ledger.open_context(
+            "newcomer", "t", metadata={"plan": "pro"}, connection=app.connection
+        )
+        app.connection.rollback()
+
+        assert ledger.verify_chain().holds
+        again = ledger.open_context("newcomer", "t", metadata={"plan": "free"})
+        assert again.metadata == {"plan": "free"}
+        assert kinds(ledger.history("newcomer")) == [(1, "created", "t")]
+        assert ledger.verify_chain().holds
