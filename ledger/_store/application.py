@@ -156,30 +156,50 @@ class LedgerApplication(Application[UUID]):
         if reader is not None and reader is not self.recorder:
             reader.datastore.close()  # type: ignore[attr-defined]
 
-    def load(self, user_id: str, now: datetime) -> UserContexts:
-        """The user's aggregate as stored now; an empty one for a new user."""
+    def load(
+        self, user_id: str, now: datetime, *, snapshot_cold: bool = False
+    ) -> UserContexts:
+        """The user's aggregate as stored now; an empty one for a new user.
+
+        ``snapshot_cold``: a load from the store that replays SNAPSHOT_INTERVAL
+        events or more stores a snapshot of what it loaded (for users written in
+        callers' own transactions, which take none)."""
         aggregate_id = user_aggregate_id(user_id)
         cached = self.cache.get(aggregate_id)
+        if cached is None:
+            return self._load_stored(user_id, now, snapshot=snapshot_cold)
         with replaying(user_id), self.keys.reading(state=True):
-            if cached is None:
-                snapshot = trusted_snapshot(self.snapshots, self._mapper, aggregate_id)
-                start = None if snapshot is None else snapshot.originator_version
-                stored = project_user(
-                    None if snapshot is None else UserContexts.from_snapshot(snapshot),
-                    cast(
-                        Iterator[ContextEvent], self.events.get(aggregate_id, gt=start)
-                    ),
-                )
-                if stored is None:
-                    return UserContexts.start(user_id, now)
-                self.cache.offer(stored.copy())
-                return stored
             aggregate = cached.copy()
             newer = list(self.events.get(aggregate_id, gt=aggregate.version))
             project_user(aggregate, cast(list[ContextEvent], newer))
         if newer:
             self.cache.offer(aggregate.copy())
         return aggregate
+
+    def _load_stored(
+        self, user_id: str, now: datetime, *, snapshot: bool
+    ) -> UserContexts:
+        """The user's aggregate from its latest trusted snapshot and the events
+        after it."""
+        aggregate_id = user_aggregate_id(user_id)
+        with replaying(user_id), self.keys.reading(state=True):
+            found = trusted_snapshot(self.snapshots, self._mapper, aggregate_id)
+            start = None if found is None else found.originator_version
+            stored = project_user(
+                None if found is None else UserContexts.from_snapshot(found),
+                cast(Iterator[ContextEvent], self.events.get(aggregate_id, gt=start)),
+            )
+        if stored is None:
+            return UserContexts.start(user_id, now)
+        self.cache.offer(stored.copy())
+        replayed = stored.version - (start or 0)
+        if snapshot and replayed >= SNAPSHOT_INTERVAL and self._writes_snapshots:
+            self._snapshot(cast(EventStore[UUID], self.snapshots), stored)
+        return stored
+
+    @property
+    def _writes_snapshots(self) -> bool:
+        return self._create and self.snapshots is not None
 
     def load_cached(self, user_id: str, now: datetime) -> UserContexts:
         """The user's aggregate as this process last saw it, without reading the store.
@@ -248,10 +268,12 @@ class LedgerApplication(Application[UUID]):
         recorder: Any = self.recorder
         schema = str(self.storage.settings.get("POSTGRES_SCHEMA", "public"))
         table = getattr(recorder, "_table", sql.Identifier("unused"))
+        events_table = str(getattr(recorder, "events_table_name", ""))
         return CallerTransactions(
             self.storage,
             schema,
             table,
+            f"{events_table}_append_bounded",
             lambda: ledger_identity(self.storage),
             shard=lambda: self.shard_id,
         )
@@ -259,7 +281,7 @@ class LedgerApplication(Application[UUID]):
     def load_in(self, port: Port, user_id: str, now: datetime) -> UserContexts:
         """The user's aggregate as the caller's transaction sees it: as committed,
         then the events after it on the caller's connection (its own too)."""
-        aggregate = self.load(user_id, now)
+        aggregate = self.load(user_id, now, snapshot_cold=True)
         stored = self.caller_transactions.stored_after(
             port, aggregate.id, aggregate.version
         )
@@ -285,12 +307,13 @@ class LedgerApplication(Application[UUID]):
 
     def record_in(self, port: Port, aggregate: UserContexts) -> None:
         """Appends the aggregate's new events in the caller's transaction. What
-        becomes of them is the caller's to decide, so the user's cached state is
-        dropped (the next command reads the store), and no snapshot is taken."""
+        becomes of them is the caller's to decide: the cache keeps the user's
+        committed state only, marked unsettled (the user's next command reads the
+        store before it decides), and no snapshot is taken."""
         events = aggregate.collect_events()
         if not events:
             return
-        self.cache.drop(aggregate.id)
+        self.cache.unsettle(aggregate.id)
         try:
             stored = [self.mapper.to_stored_event(event) for event in events]
         except KeyRowRefused as refused:  # a planted or altered key row

@@ -45,6 +45,7 @@ class AggregateCache:
         self._entries: OrderedDict[UUID, UserContexts] = OrderedDict()
         self._calls_size = calls
         self._calls: OrderedDict[tuple[UUID, str], RecordedCall] = OrderedDict()
+        self._unsettled: OrderedDict[UUID, None] = OrderedDict()
         self._lock = threading.Lock()
 
     def get(self, aggregate_id: UUID) -> UserContexts | None:
@@ -81,6 +82,24 @@ class AggregateCache:
         stored it and still keeps it."""
         with self._lock:
             return self._calls.get((aggregate_id, request_id))
+
+    def unsettle(self, aggregate_id: UUID) -> None:
+        """The user has events in a caller's transaction whose outcome this
+        process cannot know: its next command reads the store first."""
+        with self._lock:
+            self._unsettled[aggregate_id] = None
+            self._unsettled.move_to_end(aggregate_id)
+            if len(self._unsettled) > self._maxsize:
+                self._unsettled.popitem(last=False)
+
+    def unsettled(self, aggregate_id: UUID) -> bool:
+        with self._lock:
+            return aggregate_id in self._unsettled
+
+    def settle(self, aggregate_id: UUID) -> None:
+        """The user's state was read from the store by a command of its own."""
+        with self._lock:
+            self._unsettled.pop(aggregate_id, None)
 
     def drop(self, aggregate_id: UUID) -> None:
         """Forgets the user's entry and calls (after an erasure: they hold

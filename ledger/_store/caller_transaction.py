@@ -46,26 +46,24 @@ from psycopg.pq import TransactionStatus
 from ledger._domain.contexts import UserSnapshot
 from ledger._domain.events import ContextEvent
 from ledger._store.failures import ledger_error
+from ledger._store.postgres_log import CALLER_CONFLICT, CALLER_MOVED, CALLER_UNROUTED
 from ledger._store.shard_directory import (
     IDENTITY_TABLE,
     connected,
     database_identity,
 )
-from ledger._store.shard_guard import refusal_of
+from ledger._store.shard_guard import MOVED_STATE, UNROUTED_STATE
 from ledger._store.urls import Storage
 from ledger.errors import InvalidContextInput, LedgerConfigError
 
 Statement = sql.SQL | sql.Composed
 T = TypeVar("T")
-_SAVEPOINT = sql.SQL("SAVEPOINT ctxledger_append")
-_ROLLBACK = sql.SQL("ROLLBACK TO SAVEPOINT ctxledger_append")
-_RELEASE = sql.SQL("RELEASE SAVEPOINT ctxledger_append")
 _SELECT = sql.SQL(
     "SELECT originator_version, topic, state FROM {table} "
     "WHERE originator_id = %s AND originator_version > %s "
     "ORDER BY originator_version"
 )
-_HAS_IDENTITY = sql.SQL("SELECT to_regclass(%s) IS NOT NULL")
+_HAS_LEDGER = sql.SQL("SELECT to_regclass(%s) IS NOT NULL, to_regproc(%s) IS NOT NULL")
 _IDENTITY = sql.SQL("SELECT id FROM {table}")
 
 _SQLITE_INSTEAD = (
@@ -91,9 +89,6 @@ class Port(Protocol):
     def rows(self, statement: Statement, params: Sequence[Any]) -> list[Any]:
         """Runs a statement in the caller's transaction; the rows it returns."""
 
-    def run(self, statement: Statement, params: Sequence[Any] = ()) -> None:
-        """Runs a statement that returns nothing needed."""
-
 
 class SyncPort:
     """A psycopg ``Connection`` of the caller's."""
@@ -117,9 +112,6 @@ class SyncPort:
         with self._connection.cursor(binary=True) as cursor:
             cursor.execute(statement, params)
             return cursor.fetchall()
-
-    def run(self, statement: Statement, params: Sequence[Any] = ()) -> None:
-        self._connection.execute(statement, params)
 
 
 class AsyncPort:
@@ -148,16 +140,10 @@ class AsyncPort:
     def rows(self, statement: Statement, params: Sequence[Any]) -> list[Any]:
         return self._on_loop(self._rows(statement, params))
 
-    def run(self, statement: Statement, params: Sequence[Any] = ()) -> None:
-        self._on_loop(self._run(statement, params))
-
     async def _rows(self, statement: Statement, params: Sequence[Any]) -> list[Any]:
         async with self._connection.cursor(binary=True) as cursor:
             await cursor.execute(statement, params)
             return await cursor.fetchall()
-
-    async def _run(self, statement: Statement, params: Sequence[Any]) -> None:
-        await self._connection.execute(statement, params)
 
     def _on_loop(self, work: Coroutine[Any, Any, T]) -> T:
         try:
@@ -204,6 +190,7 @@ class CallerTransactions:
         storage: Storage,
         schema: str,
         table: sql.Identifier,
+        append_function: str,
         identity: Callable[[], UUID],
         *,
         shard: Callable[[], int | None],
@@ -211,6 +198,7 @@ class CallerTransactions:
         self.storage = storage
         self._schema = schema
         self._table = table
+        self._append_function = append_function
         self._own_identity = identity
         self._shard = shard
         self._identity: UUID | None = None
@@ -283,10 +271,19 @@ class CallerTransactions:
             return known
         schema = self._schema
         table = sql.Identifier(schema, IDENTITY_TABLE)
+        append = f'"{schema}"."{self._append_function}"'
         with self.failures():
-            (exists,) = port.rows(_HAS_IDENTITY, (f'"{schema}"."{IDENTITY_TABLE}"',))[0]
+            (exists, appends) = port.rows(
+                _HAS_LEDGER, (f'"{schema}"."{IDENTITY_TABLE}"', append)
+            )[0]
             if not exists:
                 return None
+            if not appends:
+                raise LedgerConfigError(
+                    "the ledger's append for callers' transactions is missing (a "
+                    "store set up by an older release): open the ledger once with "
+                    "create=True to install it; nothing was appended"
+                )
             rows = port.rows(_IDENTITY.format(table=table), ())
         if not rows:
             return None
@@ -319,32 +316,20 @@ class CallerTransactions:
         statement: Statement,
         params: Sequence[Any],
     ) -> None:
-        """Runs the append in a savepoint of the caller's transaction: released
-        when it stores the events; rolled back on a conflict (IntegrityError, the
-        caller's transaction goes on) or a shard's refusal (LedgerConfigError)."""
+        """Runs the append in the caller's transaction, one round trip. The
+        ledger's function inserts in a subtransaction of its own, so a conflict
+        (IntegrityError: another writer holds the version, or held it longer than
+        its lock wait) or a shard's refusal (LedgerConfigError) leaves the
+        caller's transaction going on, and nothing stored."""
         with self.failures():
-            port.run(_SAVEPOINT)
-            try:
-                port.rows(statement, params)
-            except (
-                psycopg.errors.UniqueViolation,
-                psycopg.errors.LockNotAvailable,  # waited its while for another
-            ) as conflict:
-                port.run(_ROLLBACK)
-                raise IntegrityError(str(conflict)) from conflict
-            except psycopg.errors.UndefinedFunction as missing:
-                port.run(_ROLLBACK)
-                raise LedgerConfigError(
-                    "the ledger's append for callers' transactions is missing (a "
-                    "store set up by an older release): open the ledger once with "
-                    "create=True to install it; nothing was appended"
-                ) from missing
-            except psycopg.Error as error:
-                if refusal_of(error) is None and not _transaction_goes_on(error):
-                    raise
-                port.run(_ROLLBACK)
-                raise
-            port.run(_RELEASE)
+            ids = [row[0] for row in port.rows(statement, params)]
+        if ids and min(ids) == CALLER_CONFLICT:
+            msg = "another transaction stored or holds the user's next version"
+            raise IntegrityError(msg)
+        if ids and min(ids) in (CALLER_MOVED, CALLER_UNROUTED):
+            state = MOVED_STATE if min(ids) == CALLER_MOVED else UNROUTED_STATE
+            refused = _GuardRefused(state)
+            raise ledger_error(self.storage, refused, writing=True) from refused
 
     @contextmanager
     def failures(self) -> Iterator[None]:
@@ -357,10 +342,13 @@ class CallerTransactions:
             raise ledger_error(self.storage, error, writing=True) from error
 
 
-def _transaction_goes_on(error: psycopg.Error) -> bool:
-    """Whether the caller's transaction is only aborted (not lost with its
-    connection), so rolling back to the savepoint saves it."""
-    return not isinstance(error, (psycopg.OperationalError, psycopg.InterfaceError))
+class _GuardRefused(psycopg.DatabaseError):
+    """A shard's guard refused the append (its SQLSTATE, as the trigger raises
+    it), reported by the ledger's function instead of raised."""
+
+    def __init__(self, state: str) -> None:
+        super().__init__(f"the shard's guard refused the write ({state})")
+        self.sqlstate = state
 
 
 def events_of(

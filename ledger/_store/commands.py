@@ -157,6 +157,12 @@ class CommandRunner:
         while True:
             retries.attempts += 1
             try:
+                if retries.attempts == 1:
+                    decided = self._decide_in(
+                        port, user_id, command, command_id, request_id
+                    )
+                    if decided is not None:
+                        return decided[0]
                 aggregate = self._app.load_in(port, user_id, self._now())
                 if request_id is not None and request_id in aggregate.requests:
                     if repeat is None:
@@ -174,6 +180,39 @@ class CommandRunner:
                 retries.lost(user_id)
             else:
                 return result
+
+    def _decide_in(
+        self,
+        port: Port,
+        user_id: str,
+        command: Callable[[UserContexts], T],
+        command_id: str,
+        request_id: str | None,
+    ) -> tuple[T] | None:
+        """The first try in a caller's transaction, in one round trip to it: on
+        the user's committed state (the process's cache; read from the store
+        first when the user has events in callers' transactions whose outcome
+        this process cannot know), as if the caller's transaction held none of
+        the user's events. If it does, the append conflicts with them at once
+        (their versions are taken) and the retry reads them. None when the
+        answer appends nothing: that is decided on what the caller's transaction
+        sees, as a refusal, a repeat or a count of 0 never comes from a cache."""
+        now = self._now()
+        if self._app.cache.unsettled(user_aggregate_id(user_id)):
+            known = self._app.load(user_id, now, snapshot_cold=True)
+        else:
+            known = self._app.load_cached(user_id, now)
+        if request_id is not None and request_id in known.requests:
+            return None
+        known.attribute_to(command_id, request_id)
+        try:
+            result = command(known)
+        except LedgerError:
+            return None
+        if not known.pending:
+            return None
+        self._app.record_in(port, known)
+        return (result,)
 
     def _first_call_in(
         self, port: Port, user_id: str, aggregate: UserContexts, request_id: str
@@ -208,7 +247,8 @@ class CommandRunner:
         stripe: int,
         first: bool,
     ) -> T:
-        if first and self._stale[stripe] <= READ_FIRST_ABOVE:
+        unsettled = self._app.cache.unsettled(user_aggregate_id(user_id))
+        if first and self._stale[stripe] <= READ_FIRST_ABOVE and not unsettled:
             # Decided on this process's cached aggregate without reading the store:
             # if another process wrote since, the save conflicts and the retry
             # reloads. An answer that appends nothing (a refusal, a repeat, a count
@@ -226,6 +266,8 @@ class CommandRunner:
                     self._observe(stripe, stale=False)
                     return result
         aggregate = self._catch_up(user_id, stripe if first else None)
+        if unsettled:
+            self._app.cache.settle(aggregate.id)
         if request_id is not None and request_id in aggregate.requests:
             if repeat is None:
                 msg = "a command with a request id needs a repeat"

@@ -39,6 +39,7 @@ from psycopg.sql import SQL, Composed, Identifier, Literal
 from psycopg_pool import PoolClosed, PoolTimeout, TooManyRequests
 
 from ledger import _metrics as metrics
+from ledger._store.shard_guard import MOVED_STATE, UNROUTED_STATE
 
 SAFE_HEAD_TIMEOUT_SECONDS = 30.0
 """How long a reader waits for transactions older than its read to end."""
@@ -106,22 +107,32 @@ _APPEND = SQL(
 )
 
 
-# The same append for a caller's own transaction (connection=): a wait for another
-# transaction that wrote the same version ends after CALLER_LOCK_WAIT (the
-# function's own setting, restored when it returns), so that a command never
-# waits without end on a transaction whose progress may need it.
+# The same append for a caller's own transaction (connection=), in one round trip
+# that never aborts the caller's transaction for a conflict: the insert runs in a
+# block with an EXCEPTION clause (a subtransaction), and a conflict on the
+# version's unique key, or a wait for another transaction that holds it longer
+# than CALLER_LOCK_WAIT_MS (the function's own lock_timeout, restored when it
+# returns), gives the id CALLER_CONFLICT instead; a shard's guard refusal gives
+# CALLER_MOVED or CALLER_UNROUTED. Notification ids start at 1.
 _CREATE_APPEND_BOUNDED = SQL(
     "CREATE OR REPLACE FUNCTION {function}("
     "ids {id_type}[], versions bigint[], topics text[], states bytea[]) "
     "RETURNS SETOF bigint LANGUAGE plpgsql SET lock_timeout = {wait} AS $body$ "
     "BEGIN "
     "PERFORM pg_current_xact_id(); "
+    "BEGIN "
     "RETURN QUERY INSERT INTO {table} "
     "(originator_id, originator_version, topic, state) "
     "SELECT * FROM unnest(ids, versions, topics, states) "
     "RETURNING notification_id; "
+    "EXCEPTION "
+    "WHEN unique_violation OR lock_not_available THEN RETURN NEXT 0; "
+    "WHEN SQLSTATE {moved} THEN RETURN NEXT -1; "
+    "WHEN SQLSTATE {unrouted} THEN RETURN NEXT -2; "
+    "END; "
     "END $body$"
 )
+CALLER_CONFLICT, CALLER_MOVED, CALLER_UNROUTED = 0, -1, -2
 CALLER_LOCK_WAIT_MS = 2000
 """How long one append in a caller's transaction waits for another transaction
 that holds the same version of the user (then it is retried, as a conflict)."""
@@ -196,6 +207,8 @@ class ParallelPostgresRecorder(PostgresApplicationRecorder):
                 id_type=Identifier(self.datastore.originator_id_type),
                 table=self._table,
                 wait=Literal(f"{CALLER_LOCK_WAIT_MS}ms"),
+                moved=Literal(MOVED_STATE),
+                unrouted=Literal(UNROUTED_STATE),
             )
         )
         self._append_bounded_statement = _APPEND.format(
