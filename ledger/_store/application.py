@@ -273,7 +273,7 @@ class LedgerApplication(Application[UUID]):
             self.storage,
             schema,
             table,
-            f"{events_table}_append_bounded",
+            f"{events_table}_append_checked",
             lambda: ledger_identity(self.storage),
             shard=lambda: self.shard_id,
         )
@@ -305,11 +305,19 @@ class LedgerApplication(Application[UUID]):
                 self.mapper.to_domain_event,
             )
 
-    def record_in(self, port: Port, aggregate: UserContexts) -> None:
+    def record_in(
+        self,
+        port: Port,
+        aggregate: UserContexts,
+        after: tuple[int, bytes] | None = None,
+    ) -> None:
         """Appends the aggregate's new events in the caller's transaction. What
         becomes of them is the caller's to decide: the cache keeps the user's
         committed state only, marked unsettled (the user's next command reads the
-        store before it decides), and no snapshot is taken."""
+        store before it decides), and no snapshot is taken. The state after the
+        append is kept apart, as a speculation that the caller commits: the
+        user's next command in a caller's transaction decides on it, and its
+        append requires the last event appended here (``after``)."""
         events = aggregate.collect_events()
         if not events:
             return
@@ -319,8 +327,10 @@ class LedgerApplication(Application[UUID]):
         except KeyRowRefused as refused:  # a planted or altered key row
             raise LedgerCorrupted(aggregate.user_id, str(refused)) from refused
         recorder: Any = self.recorder
-        statement, params = recorder.bounded_append_of(stored)
+        statement, params = recorder.checked_append_of(stored, after)
         self.caller_transactions.append(port, statement, params)
+        last = stored[-1]
+        self.cache.speculate(aggregate.copy(), (last.originator_version, last.state))
         metrics.count_events(event.KIND for event in events)
         tracing.count_events(len(events))
 

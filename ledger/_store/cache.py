@@ -36,6 +36,11 @@ class RecordedCall:
     contexts: Mapping[str, Context]
 
 
+Speculation = tuple[UserContexts, tuple[int, bytes]]
+"""A user's state if its last append in a caller's transaction commits, and that
+append's last event (version, stored state)."""
+
+
 class AggregateCache:
     """Least recently used users' aggregates, by aggregate id, and the outcomes of
     the last RECORDED_CALLS calls with a request id, by aggregate id and request."""
@@ -46,6 +51,9 @@ class AggregateCache:
         self._calls_size = calls
         self._calls: OrderedDict[tuple[UUID, str], RecordedCall] = OrderedDict()
         self._unsettled: OrderedDict[UUID, None] = OrderedDict()
+        self._speculations: OrderedDict[
+            UUID, tuple[UserContexts, tuple[int, bytes]]
+        ] = OrderedDict()
         self._lock = threading.Lock()
 
     def get(self, aggregate_id: UUID) -> UserContexts | None:
@@ -92,6 +100,25 @@ class AggregateCache:
             if len(self._unsettled) > self._maxsize:
                 self._unsettled.popitem(last=False)
 
+    def speculate(self, aggregate: UserContexts, after: tuple[int, bytes]) -> None:
+        """The user's state if its last append in a caller's transaction
+        commits: ``after`` is that append's last event (version, stored state),
+        which a command decided on this state requires of the store."""
+        with self._lock:
+            self._speculations[aggregate.id] = (aggregate, after)
+            self._speculations.move_to_end(aggregate.id)
+            if len(self._speculations) > self._maxsize:
+                self._speculations.popitem(last=False)
+
+    def speculation(self, aggregate_id: UUID) -> Speculation | None:
+        """The user's speculated state and what it requires; callers copy it."""
+        with self._lock:
+            return self._speculations.get(aggregate_id)
+
+    def forget_speculation(self, aggregate_id: UUID) -> None:
+        with self._lock:
+            self._speculations.pop(aggregate_id, None)
+
     def unsettled(self, aggregate_id: UUID) -> bool:
         with self._lock:
             return aggregate_id in self._unsettled
@@ -106,5 +133,6 @@ class AggregateCache:
         personal data)."""
         with self._lock:
             self._entries.pop(aggregate_id, None)
+            self._speculations.pop(aggregate_id, None)
             for key in [key for key in self._calls if key[0] == aggregate_id]:
                 del self._calls[key]

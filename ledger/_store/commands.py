@@ -190,6 +190,8 @@ class CommandRunner:
         request_id: str | None,
     ) -> tuple[T] | None:
         """The first try in a caller's transaction, in one round trip to it: on
+        the state the user's last append in a caller's transaction left, if it
+        commits (the append then requires that event, stored as it was); else on
         the user's committed state (the process's cache; read from the store
         first when the user has events in callers' transactions whose outcome
         this process cannot know), as if the caller's transaction held none of
@@ -198,7 +200,12 @@ class CommandRunner:
         answer appends nothing: that is decided on what the caller's transaction
         sees, as a refusal, a repeat or a count of 0 never comes from a cache."""
         now = self._now()
-        if self._app.cache.unsettled(user_aggregate_id(user_id)):
+        aggregate_id = user_aggregate_id(user_id)
+        speculated = self._app.cache.speculation(aggregate_id)
+        after: tuple[int, bytes] | None = None
+        if speculated is not None:
+            known, after = speculated[0].copy(), speculated[1]
+        elif self._app.cache.unsettled(aggregate_id):
             known = self._app.load(user_id, now, snapshot_cold=True)
         else:
             known = self._app.load_cached(user_id, now)
@@ -211,7 +218,11 @@ class CommandRunner:
             return None
         if not known.pending:
             return None
-        self._app.record_in(port, known)
+        try:
+            self._app.record_in(port, known, after)
+        except IntegrityError:
+            self._app.cache.forget_speculation(aggregate_id)
+            raise
         return (result,)
 
     def _first_call_in(

@@ -114,12 +114,20 @@ _APPEND = SQL(
 # than CALLER_LOCK_WAIT_MS (the function's own lock_timeout, restored when it
 # returns), gives the id CALLER_CONFLICT instead; a shard's guard refusal gives
 # CALLER_MOVED or CALLER_UNROUTED. Notification ids start at 1.
-_CREATE_APPEND_BOUNDED = SQL(
+# ``after_version`` and ``after_state`` (or nulls): the append was decided on the
+# state after that stored event, which must then be the one the caller's
+# transaction sees there, byte for byte (a speculation of the ledger's that its
+# previous append in a caller's transaction committed), else CALLER_CONFLICT.
+_CREATE_APPEND_CHECKED = SQL(
     "CREATE OR REPLACE FUNCTION {function}("
-    "ids {id_type}[], versions bigint[], topics text[], states bytea[]) "
+    "ids {id_type}[], versions bigint[], topics text[], states bytea[], "
+    "after_version bigint, after_state bytea) "
     "RETURNS SETOF bigint LANGUAGE plpgsql SET lock_timeout = {wait} AS $body$ "
     "BEGIN "
     "PERFORM pg_current_xact_id(); "
+    "IF after_version IS NOT NULL AND NOT EXISTS (SELECT 1 FROM {table} "
+    "WHERE originator_id = ids[1] AND originator_version = after_version "
+    "AND state = after_state) THEN RETURN NEXT 0; RETURN; END IF; "
     "BEGIN "
     "RETURN QUERY INSERT INTO {table} "
     "(originator_id, originator_version, topic, state) "
@@ -136,6 +144,12 @@ CALLER_CONFLICT, CALLER_MOVED, CALLER_UNROUTED = 0, -1, -2
 CALLER_LOCK_WAIT_MS = 2000
 """How long one append in a caller's transaction waits for another transaction
 that holds the same version of the user (then it is retried, as a conflict)."""
+
+
+_APPEND_CHECKED = SQL(
+    "SELECT * FROM {function}(%s::{id_type}[], %s::bigint[], %s::text[], "
+    "%s::bytea[], %s::bigint, %s::bytea) AS ids(id)"
+)
 
 
 class SafeHeadTimeout(PersistenceError):
@@ -199,10 +213,10 @@ class ParallelPostgresRecorder(PostgresApplicationRecorder):
             id_type=Identifier(self.datastore.originator_id_type),
         )
         bounded = Identifier(
-            self.datastore.schema, f"{self.events_table_name}_append_bounded"
+            self.datastore.schema, f"{self.events_table_name}_append_checked"
         )
         self.sql_create_statements.append(
-            _CREATE_APPEND_BOUNDED.format(
+            _CREATE_APPEND_CHECKED.format(
                 function=bounded,
                 id_type=Identifier(self.datastore.originator_id_type),
                 table=self._table,
@@ -211,7 +225,7 @@ class ParallelPostgresRecorder(PostgresApplicationRecorder):
                 unrouted=Literal(UNROUTED_STATE),
             )
         )
-        self._append_bounded_statement = _APPEND.format(
+        self._append_checked_statement = _APPEND_CHECKED.format(
             function=bounded,
             id_type=Identifier(self.datastore.originator_id_type),
         )
@@ -271,15 +285,23 @@ class ParallelPostgresRecorder(PostgresApplicationRecorder):
             )
         return statement, params
 
-    def bounded_append_of(
-        self, stored_events: Sequence[StoredEvent]
+    def checked_append_of(
+        self,
+        stored_events: Sequence[StoredEvent],
+        after: tuple[int, bytes] | None = None,
     ) -> tuple[Composed, tuple[Any, ...]]:
         """The append for a caller's own transaction: its wait for another
-        transaction on the same version is bounded (CALLER_LOCK_WAIT_MS)."""
-        _, params = self.append_of(stored_events)
-        if len(stored_events) == 1:
-            params = tuple([value] for value in params)
-        return self._append_bounded_statement, params
+        transaction on the same version is bounded (CALLER_LOCK_WAIT_MS), and
+        with ``after`` (version, stored state) it is made only if the caller's
+        transaction sees that very event there."""
+        columns = (
+            [event.originator_id for event in stored_events],
+            [event.originator_version for event in stored_events],
+            [event.topic for event in stored_events],
+            [event.state for event in stored_events],
+        )
+        version, state = after if after is not None else (None, None)
+        return self._append_checked_statement, (*columns, version, state)
 
     def subscribe(
         self, gt: int | None = None, topics: Sequence[str] = ()

@@ -298,3 +298,40 @@ def test_a_new_users_first_event_rolled_back_leaves_a_key_that_verifies(
         assert again.metadata == {"plan": "free"}
         assert kinds(ledger.history("newcomer")) == [(1, "created", "t")]
         assert ledger.verify_chain().holds
+
+
+def test_a_rolled_back_append_replaced_by_another_writers_is_never_built_on(
+    postgres_url: str,
+) -> None:
+    # The ledger keeps the state its last append in a caller's transaction left,
+    # and the next such command first tries that state, requiring that very
+    # event in the store. After a rollback and another writer's event at the
+    # same version, it must decide on the stored one instead.
+    with (
+        ContextLedger.open(postgres_url) as ledger,
+        ContextLedger.open(postgres_url) as elsewhere,
+        app_on(postgres_url) as app,
+    ):
+        first = ledger.open_context("alice", "t1", metadata={"n": 1})
+        ledger.update_context(
+            "alice", first.context_id, metadata={"n": 2}, connection=app.connection
+        )
+        app.connection.rollback()
+        elsewhere.update_context("alice", first.context_id, metadata={"n": 3})
+
+        after = ledger.update_context(
+            "alice", first.context_id, run_id="r", connection=app.connection
+        )
+        app.connection.commit()
+
+        assert after.metadata == {"n": 3}
+        assert kinds(ledger.history("alice")) == [
+            (1, "created", "t1"),
+            (2, "updated", "t1"),
+            (3, "updated", "t1"),
+        ]
+        assert [e.details["metadata"] for e in ledger.history("alice")[1:]] == [
+            {"n": 3},
+            {},
+        ]
+        assert ledger.verify_chain().holds
