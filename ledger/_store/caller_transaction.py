@@ -4,23 +4,29 @@ A backend that keeps its own rows in the ledger's database passes its open
 psycopg connection, and the command's events are written on it, inside its
 transaction, uncommitted: the caller's COMMIT or ROLLBACK decides both.
 
-- **What the command decides on.** The user's state as committed (the process's
-  cache, caught up from the store), then the user's events that the caller's
-  connection sees after it: its own uncommitted ones too, so two commands in one
+- **What the command decides on.** First, in one round trip, the state the
+  user's last append in a caller's transaction left (kept apart from the cache),
+  requiring that very event in the store, or else the user's committed state
+  (the process's cache); then, after a conflict, the user's committed state
+  caught up from the store and the user's events that the caller's connection
+  sees after it: its own uncommitted ones too, so two commands in one
   transaction follow each other, and a request id given earlier in the same
   transaction answers its repeat.
-- **The append** runs in a savepoint. Another writer of the user who stored the
-  same version first (committed, or in a transaction of its own that commits
-  while this one waits on the unique key) is a conflict: the savepoint is rolled
-  back, so the caller's transaction goes on, and the command is decided again on
-  the new state, as any conflict is. The caller's connection never sees an error
-  of the ledger's own making, except one that the connection itself raised
-  (it was lost, or the server ended the transaction): then nothing is stored,
-  since a transaction cannot commit without its connection.
+- **The append** is the ledger's function (``postgres_log``), which inserts in a
+  subtransaction of its own. Another writer of the user who stored the same
+  version first (committed, or in a transaction of its own that commits while
+  this one waits on the unique key, 2 s at most a try), or a required event
+  that is not there, is a conflict: nothing is stored, the caller's transaction
+  goes on, and the command is decided again on the new state, as any conflict
+  is. The caller's connection never sees an error of the ledger's own making,
+  except one that the connection itself raised (it was lost, or the server ended
+  the transaction): then nothing is stored, since a transaction cannot commit
+  without its connection.
 - **The ledger's own state** never holds what it cannot know the outcome of: the
-  user's cached state is dropped (the next command reads the user from the store,
-  as after a lost reply), no snapshot is taken, and the outcome of a request id is
-  not kept for repeats (a repeat reads the store). The views, the change feed and
+  cache keeps the user's committed state only, marked unsettled (the user's next
+  command of its own reads the store first, as after a lost reply), no snapshot
+  is taken, and the outcome of a request id is not kept for repeats (a repeat
+  reads the store). The views, the change feed and
   the expiry index read the log up to the safe head, which waits for the caller's
   transaction to end: a rolled-back event is never seen, a committed one is seen
   in log order.
