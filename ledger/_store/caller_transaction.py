@@ -96,11 +96,10 @@ class Port(Protocol):
         """Runs a statement in the caller's transaction; the rows it returns."""
 
 
-class SyncPort:
-    """A psycopg ``Connection`` of the caller's."""
+class _Described:
+    """What a port tells of its connection, sync or async alike."""
 
-    def __init__(self, connection: psycopg.Connection[Any]) -> None:
-        self._connection = connection
+    _connection: psycopg.Connection[Any] | psycopg.AsyncConnection[Any]
 
     @property
     def key(self) -> object:
@@ -114,13 +113,20 @@ class SyncPort:
             connection.autocommit,
         )
 
+
+class SyncPort(_Described):
+    """A psycopg ``Connection`` of the caller's."""
+
+    def __init__(self, connection: psycopg.Connection[Any]) -> None:
+        self._sync = self._connection = connection
+
     def rows(self, statement: Statement, params: Sequence[Any]) -> list[Any]:
-        with self._connection.cursor(binary=True) as cursor:
+        with self._sync.cursor(binary=True) as cursor:
             cursor.execute(statement, params)
             return cursor.fetchall()
 
 
-class AsyncPort:
+class AsyncPort(_Described):
     """A psycopg ``AsyncConnection`` of the caller's, used from a thread of
     AsyncContextLedger's pool while the caller's task awaits the command: each
     statement runs on the connection's event loop, through its own lock."""
@@ -128,26 +134,14 @@ class AsyncPort:
     def __init__(
         self, connection: psycopg.AsyncConnection[Any], loop: asyncio.AbstractEventLoop
     ) -> None:
-        self._connection = connection
+        self._async = self._connection = connection
         self._loop = loop
-
-    @property
-    def key(self) -> object:
-        return self._connection
-
-    def describe(self) -> tuple[bool, TransactionStatus, bool]:
-        connection = self._connection
-        return (
-            connection.closed,
-            connection.info.transaction_status,
-            connection.autocommit,
-        )
 
     def rows(self, statement: Statement, params: Sequence[Any]) -> list[Any]:
         return self._on_loop(self._rows(statement, params))
 
     async def _rows(self, statement: Statement, params: Sequence[Any]) -> list[Any]:
-        async with self._connection.cursor(binary=True) as cursor:
+        async with self._async.cursor(binary=True) as cursor:
             await cursor.execute(statement, params)
             return await cursor.fetchall()
 
