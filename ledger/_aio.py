@@ -71,11 +71,19 @@ def _in_thread(
             # orders them. An AsyncConnection is used through the loop.
             user = None
             if isinstance(connection, psycopg.AsyncConnection):
-                kwargs["connection"] = AsyncPort(connection, asyncio.get_running_loop())
-        ledger = await owner.opened()
-        # By name: a sharded ledger routes each method to the user's shard.
-        bound = functools.partial(getattr(ledger, name), *args, **kwargs)
-        return await owner.run(bound, user)
+                port = AsyncPort(connection, asyncio.get_running_loop())
+                kwargs["connection"] = port
+                try:
+                    result: T = await _called(owner, name, args, kwargs, None)
+                except asyncio.CancelledError:
+                    # Before the caller's transaction can end (its rollback runs
+                    # on this loop after this): the command's thread runs no
+                    # further statement on the connection.
+                    port.cancel()
+                    raise
+                return result
+        called: T = await _called(owner, name, args, kwargs, user)
+        return called
 
     call.__name__ = call.__qualname__ = method.__name__
     call.__doc__ = method.__doc__
@@ -85,6 +93,19 @@ def _in_thread(
     shown = sync.replace(return_annotation=f"Coroutine[{returns}]")
     call.__signature__ = shown  # type: ignore[attr-defined]
     return call
+
+
+async def _called(
+    owner: "AsyncContextLedger",
+    name: str,
+    args: tuple[Any, ...],
+    kwargs: dict[str, Any],
+    user: str | None,
+) -> Any:
+    ledger = await owner.opened()
+    # By name: a sharded ledger routes each method to the user's shard.
+    bound = functools.partial(getattr(ledger, name), *args, **kwargs)
+    return await owner.run(bound, user)
 
 
 class AsyncContextLedger:

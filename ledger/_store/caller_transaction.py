@@ -52,7 +52,12 @@ from psycopg.pq import TransactionStatus
 from ledger._domain.contexts import UserSnapshot
 from ledger._domain.events import ContextEvent
 from ledger._store.failures import ledger_error
-from ledger._store.postgres_log import CALLER_CONFLICT, CALLER_MOVED, CALLER_UNROUTED
+from ledger._store.postgres_log import (
+    CALLER_CONFLICT,
+    CALLER_ISOLATION,
+    CALLER_MOVED,
+    CALLER_UNROUTED,
+)
 from ledger._store.shard_directory import (
     IDENTITY_TABLE,
     connected,
@@ -60,7 +65,7 @@ from ledger._store.shard_directory import (
 )
 from ledger._store.shard_guard import MOVED_STATE, UNROUTED_STATE
 from ledger._store.urls import Storage
-from ledger.errors import InvalidContextInput, LedgerConfigError
+from ledger.errors import InvalidContextInput, LedgerConfigError, StorageUnavailable
 
 Statement = sql.SQL | sql.Composed
 T = TypeVar("T")
@@ -69,7 +74,11 @@ _SELECT = sql.SQL(
     "WHERE originator_id = %s AND originator_version > %s "
     "ORDER BY originator_version"
 )
-_HAS_LEDGER = sql.SQL("SELECT to_regclass(%s) IS NOT NULL, to_regproc(%s) IS NOT NULL")
+_HAS_LEDGER = sql.SQL(
+    "SELECT to_regclass(%s) IS NOT NULL, to_regproc(%s) IS NOT NULL, "
+    "current_setting('transaction_isolation')"
+)
+_READ_COMMITTED = "read committed"
 _IDENTITY = sql.SQL("SELECT id FROM {table}")
 
 _SQLITE_INSTEAD = (
@@ -92,6 +101,9 @@ class Port(Protocol):
     def describe(self) -> tuple[bool, TransactionStatus, bool]:
         """Whether it is closed, its transaction status, and autocommit."""
 
+    def isolation(self) -> psycopg.IsolationLevel | None:
+        """The isolation set on the connection (None: the server's default)."""
+
     def rows(self, statement: Statement, params: Sequence[Any]) -> list[Any]:
         """Runs a statement in the caller's transaction; the rows it returns."""
 
@@ -104,6 +116,10 @@ class _Described:
     @property
     def key(self) -> object:
         return self._connection
+
+    def isolation(self) -> psycopg.IsolationLevel | None:
+        """The isolation set on the connection (None: the server's default)."""
+        return self._connection.isolation_level
 
     def describe(self) -> tuple[bool, TransactionStatus, bool]:
         connection = self._connection
@@ -136,11 +152,22 @@ class AsyncPort(_Described):
     ) -> None:
         self._async = self._connection = connection
         self._loop = loop
+        self._cancelled = False
+
+    def cancel(self) -> None:
+        """The task that awaits the command was cancelled (on the loop, before
+        the caller's transaction can end): no statement of the command runs on
+        the connection after this one, so nothing of it outlives the
+        transaction the caller rolls back."""
+        self._cancelled = True
 
     def rows(self, statement: Statement, params: Sequence[Any]) -> list[Any]:
         return self._on_loop(self._rows(statement, params))
 
     async def _rows(self, statement: Statement, params: Sequence[Any]) -> list[Any]:
+        if self._cancelled:  # checked on the loop, in order with the caller
+            msg = "the call was cancelled; its statements no longer run"
+            raise CallCancelled(msg)
         async with self._async.cursor(binary=True) as cursor:
             await cursor.execute(statement, params)
             return await cursor.fetchall()
@@ -212,6 +239,9 @@ class CallerTransactions:
         if self.storage.kind != "postgres":
             raise LedgerConfigError(_SQLITE_INSTEAD.format(kind=self.storage.kind))
         closed, status, autocommit = port.describe()
+        level = port.isolation()
+        if level is not None and level != psycopg.IsolationLevel.READ_COMMITTED:
+            raise _isolation_refused(level.name.lower().replace("_", " "))
         if closed:
             raise InvalidContextInput(
                 "connection",
@@ -273,9 +303,11 @@ class CallerTransactions:
         table = sql.Identifier(schema, IDENTITY_TABLE)
         append = f'"{schema}"."{self._append_function}"'
         with self.failures():
-            (exists, appends) = port.rows(
+            (exists, appends, isolation) = port.rows(
                 _HAS_LEDGER, (f'"{schema}"."{IDENTITY_TABLE}"', append)
             )[0]
+            if isolation != _READ_COMMITTED:
+                raise _isolation_refused(isolation)
             if not exists:
                 return None
             if not appends:
@@ -321,8 +353,18 @@ class CallerTransactions:
         (IntegrityError: another writer holds the version, or held it longer than
         its lock wait) or a shard's refusal (LedgerConfigError) leaves the
         caller's transaction going on, and nothing stored."""
-        with self.failures():
-            ids = [row[0] for row in port.rows(statement, params)]
+        try:
+            with self.failures():
+                ids = [row[0] for row in port.rows(statement, params)]
+        except StorageUnavailable as failure:
+            if isinstance(
+                failure.cause,
+                (psycopg.errors.DeadlockDetected, psycopg.errors.SerializationFailure),
+            ):
+                raise TransactionAborted(str(failure.cause)) from failure
+            raise
+        if ids and min(ids) == CALLER_ISOLATION:
+            raise _isolation_refused("not read committed")
         if ids and min(ids) == CALLER_CONFLICT:
             msg = "another transaction stored or holds the user's next version"
             raise IntegrityError(msg)
@@ -340,6 +382,28 @@ class CallerTransactions:
             raise
         except psycopg.Error as error:
             raise ledger_error(self.storage, error, writing=True) from error
+
+
+class CallCancelled(RuntimeError):
+    """The command's awaiting task was cancelled: the rest of it does not run on
+    the caller's connection."""
+
+
+class TransactionAborted(Exception):
+    """The database aborted the caller's transaction (a deadlock with another
+    transaction, or a serialization failure): nothing of it will commit."""
+
+
+def _isolation_refused(isolation: str) -> InvalidContextInput:
+    return InvalidContextInput(
+        "connection",
+        isolation,
+        "is in a transaction whose isolation is not READ COMMITTED, where the "
+        "ledger's reads and the shards' fences would not see what was committed "
+        "since the transaction began",
+        "use READ COMMITTED (PostgreSQL's default) for transactions that call the "
+        "ledger; nothing was appended",
+    )
 
 
 class _GuardRefused(psycopg.DatabaseError):

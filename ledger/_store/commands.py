@@ -36,7 +36,8 @@ from ledger._domain.events import CarriesMetadata, ContextEvent
 from ledger._domain.models import Context
 from ledger._store.application import LedgerApplication
 from ledger._store.cache import RecordedCall
-from ledger._store.caller_transaction import Port, port_of
+from ledger._store.caller_transaction import Port, TransactionAborted, port_of
+from ledger._store.postgres_log import LockWaitEnded
 from ledger.errors import ConcurrencyConflict, LedgerCorrupted, LedgerError
 
 T = TypeVar("T")
@@ -131,6 +132,18 @@ class CommandRunner:
                         stripe=stripe,
                         first=retries.attempts == 1,
                     )
+                except LockWaitEnded:
+                    # Another transaction, open longer than the append waits,
+                    # holds the user's next version (an application's own): the
+                    # user's turn is not held longer, so the others of its
+                    # stripe go on.
+                    conflict = ConcurrencyConflict(user_id, retries.attempts)
+                    conflict.add_note(
+                        "another transaction holds the user's next version and "
+                        "stayed open (an application's transaction that wrote "
+                        "the user with connection=); retry after it ends"
+                    )
+                    raise conflict from None
                 except IntegrityError:
                     metrics.count_retry()
                     tracing.count_retry()
@@ -174,6 +187,13 @@ class CommandRunner:
                 aggregate.attribute_to(command_id, request_id)
                 result = command(aggregate)
                 self._app.record_in(port, aggregate)
+            except TransactionAborted as aborted:
+                conflict = ConcurrencyConflict(user_id, retries.attempts)
+                conflict.add_note(
+                    f"the database aborted your transaction ({aborted}): roll it "
+                    "back and run it again, whole"
+                )
+                raise conflict from aborted
             except IntegrityError:
                 metrics.count_retry()
                 tracing.count_retry()
