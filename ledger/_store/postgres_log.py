@@ -145,12 +145,16 @@ _CREATE_APPEND_CHECKED = SQL(
 )
 CALLER_CONFLICT, CALLER_MOVED, CALLER_UNROUTED, CALLER_ISOLATION = 0, -1, -2, -3
 LOCK_WAIT_MS = 2000
-"""How long one append waits for another transaction that holds the same version
-of the user: one that writes the user in an application's own transaction and
-stays open (the function's own lock_timeout, restored when it returns). Then an
-append in a caller's transaction is retried as a conflict, and one of the
-ledger's own ends in ConcurrencyConflict (LockWaitEnded): its command holds the
-user's turn in the process, which about one user in 256 share."""
+"""How long one append in a caller's transaction waits for another transaction
+that holds the same version of the user (the function's own lock_timeout,
+restored when it returns); then it is retried as a conflict."""
+OWN_LOCK_WAIT_MS = 10_000
+"""How long one of the ledger's own appends waits for a lock: another
+transaction that holds the user's next version and stays open (an
+application's, with connection=), or a table lock (a move's fence, which waits
+2 s at most for the appends ahead of it). Then it ends in ConcurrencyConflict
+(LockWaitEnded): its command holds the user's turn in the process, which about
+one user in 256 share, and never waits without end."""
 
 
 _APPEND_CHECKED = SQL(
@@ -172,7 +176,7 @@ class AppendNotSent(OperationalError):
 
 
 class LockWaitEnded(IntegrityError):
-    """The append waited LOCK_WAIT_MS for another transaction that holds the
+    """The append waited OWN_LOCK_WAIT_MS for another transaction that holds the
     user's next version, and stored nothing."""
 
 
@@ -201,7 +205,7 @@ class ParallelPostgresRecorder(PostgresApplicationRecorder):
         )
         self.sql_create_statements[self.create_insert_function_statement_index] = (
             _CREATE_APPEND.format(
-                wait=Literal(f"{LOCK_WAIT_MS}ms"),
+                wait=Literal(f"{OWN_LOCK_WAIT_MS}ms"),
                 function=self._append_function,
                 id_type=Identifier(self.datastore.originator_id_type),
                 table=self._table,
@@ -216,7 +220,7 @@ class ParallelPostgresRecorder(PostgresApplicationRecorder):
         )
         self.sql_create_statements.append(
             _CREATE_APPEND_ONE.format(
-                wait=Literal(f"{LOCK_WAIT_MS}ms"),
+                wait=Literal(f"{OWN_LOCK_WAIT_MS}ms"),
                 function=append_one,
                 id_type=Identifier(self.datastore.originator_id_type),
                 table=self._table,
