@@ -30,7 +30,12 @@ from ledger._store.feed_hub import FeedHub
 from ledger._store.keys import resolve_master_key
 from ledger._store.shard_guard import refusal_of
 from ledger._store.urls import Storage, resolve_url, storage_for
-from ledger.errors import LedgerConfigError, LedgerCorrupted, LedgerError
+from ledger.errors import (
+    ConcurrencyConflict,
+    LedgerConfigError,
+    LedgerCorrupted,
+    LedgerError,
+)
 
 
 class ContextLedger(CheckpointCalls):
@@ -292,6 +297,7 @@ class ContextLedger(CheckpointCalls):
             }
         self._settle_erasures()
         expired = 0
+        held: list[ConcurrencyConflict] = []
         for user in users:
             try:
                 expired += self._commands.run(
@@ -299,6 +305,8 @@ class ContextLedger(CheckpointCalls):
                 )
             except LedgerCorrupted as corrupted:
                 damaged[user_aggregate_id(user)] = corrupted
+            except ConcurrencyConflict as conflict:  # held by a transaction
+                held.append(conflict)
             except (LedgerError, PersistenceError) as error:
                 if refusal_of(error):  # moved to another shard, which expires it
                     continue
@@ -316,6 +324,7 @@ class ContextLedger(CheckpointCalls):
                 + ", ".join(sorted(error.user_id for error in damaged.values())[:10])
             )
             raise first
+        _raise_held("expire_due", f"recorded {expired} expiries", held)
         return expired
 
     @tracing.traced("forget_user")
@@ -352,11 +361,15 @@ class ContextLedger(CheckpointCalls):
         )
         forgotten = self._settle_erasures()
         damaged: list[LedgerCorrupted] = []
+        held: list[ConcurrencyConflict] = []
         for user in self._erasure.inactive_users(since):
             try:
                 appended, erased = self._forget(user, why, inactive_since=since)
             except LedgerCorrupted as corrupted:  # its keys are destroyed anyway
                 damaged.append(corrupted)
+                continue
+            except ConcurrencyConflict as conflict:  # held by a transaction
+                held.append(conflict)
                 continue
             except LedgerError as error:
                 if refusal_of(error):  # moved to another shard, which forgets it
@@ -373,6 +386,7 @@ class ContextLedger(CheckpointCalls):
                 + ", ".join(sorted(error.user_id for error in damaged)[:10])
             )
             raise first
+        _raise_held("forget_inactive", f"forgot {len(forgotten)} user(s)", held)
         return forgotten
 
     def _forget(
@@ -440,3 +454,18 @@ class ContextLedger(CheckpointCalls):
     def _before_close(self) -> None:
         # Its feeds end (reads under way finish first), then the connections close.
         self._feeds.close()
+
+
+def _raise_held(sweep: str, done: str, held: list[ConcurrencyConflict]) -> None:
+    """After a sweep over users: the first user that other transactions held
+    (an application's transaction left open), noting the others; the sweep went
+    on past them."""
+    if not held:
+        return
+    first = held[0]
+    first.add_note(
+        f"{sweep} {done} of other users; {len(held)} user(s) were held by other "
+        "transactions and skipped, run it again to take them: "
+        + ", ".join(sorted(conflict.user_id for conflict in held)[:10])
+    )
+    raise first

@@ -9,7 +9,7 @@ from eventsourcing.persistence import ApplicationRecorder, IntegrityError, Store
 from ledger._domain.events import ContextEvent
 from ledger._store.codec import DECODE_ERRORS, unpack_state
 from ledger._store.failures import storage_failures
-from ledger._store.postgres_log import AppendOutcomeUnknown
+from ledger._store.postgres_log import AppendOutcomeUnknown, LockWaitEnded
 from ledger._store.shard_guard import refusal_of
 from ledger._store.urls import Storage
 from ledger.errors import LedgerConfigError, StorageUnavailable
@@ -45,6 +45,13 @@ class Appends:
             try:
                 with storage_failures(self.storage, writing=True):
                     self.events.put(events)
+            except LockWaitEnded as waited:
+                # The first try may still hold the version, uncommitted: stored
+                # if it commits. Ours if it is there by now, else unknown.
+                if not self.ours(events[0]):
+                    raise StorageUnavailable(
+                        self.storage.description, waited, writing=True, unknown=True
+                    ) from failure
             except IntegrityError:
                 # Another writer's events, or ours from the try whose reply was lost.
                 if not self.ours(events[0]):

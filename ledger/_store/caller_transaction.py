@@ -70,9 +70,11 @@ from ledger.errors import InvalidContextInput, LedgerConfigError, StorageUnavail
 Statement = sql.SQL | sql.Composed
 T = TypeVar("T")
 _SELECT = sql.SQL(
-    "SELECT originator_version, topic, state FROM {table} "
-    "WHERE originator_id = %s AND originator_version > %s "
-    "ORDER BY originator_version"
+    "SELECT i.isolation, e.originator_version, e.topic, e.state "
+    "FROM (SELECT current_setting('transaction_isolation') AS isolation) i "
+    "LEFT JOIN LATERAL (SELECT originator_version, topic, state FROM {table} "
+    "WHERE originator_id = %s AND originator_version > %s) e ON true "
+    "ORDER BY e.originator_version"
 )
 _HAS_LEDGER = sql.SQL(
     "SELECT to_regclass(%s) IS NOT NULL, to_regproc(%s) IS NOT NULL, "
@@ -328,18 +330,21 @@ class CallerTransactions:
         self, port: Port, aggregate_id: UUID, version: int
     ) -> list[StoredEvent]:
         """The user's events after ``version`` as the caller's transaction sees
-        them (its own uncommitted ones included)."""
+        them (its own uncommitted ones included); refused in a transaction that
+        is not READ COMMITTED (read with them, in the same round trip)."""
         with self.failures():
             rows = port.rows(_SELECT.format(table=self._table), (aggregate_id, version))
+        if rows and rows[0][0] != _READ_COMMITTED:
+            raise _isolation_refused(rows[0][0])
         return [
             StoredEvent(
                 originator_id=aggregate_id,
-                originator_version=row[0],
-                topic=row[1],
-                state=bytes(row[2]),
+                originator_version=row[1],
+                topic=row[2],
+                state=bytes(row[3]),
             )
             for row in rows
-            if row[1] != UserSnapshot.TOPIC
+            if row[1] is not None and row[2] != UserSnapshot.TOPIC
         ]
 
     def append(

@@ -132,18 +132,19 @@ class CommandRunner:
                         stripe=stripe,
                         first=retries.attempts == 1,
                     )
-                except LockWaitEnded:
-                    # Another transaction, open longer than the append waits,
-                    # holds the user's next version (an application's own): the
-                    # user's turn is not held longer, so the others of its
-                    # stripe go on.
+                except LockWaitEnded as waited:
+                    # Another transaction held what the append needs for longer
+                    # than it waits (an application's open transaction that wrote
+                    # the user with connection=, a move's fence, DDL): the user's
+                    # turn is not held longer, so the others of its stripe go on.
                     conflict = ConcurrencyConflict(user_id, retries.attempts)
                     conflict.add_note(
-                        "another transaction holds the user's next version and "
-                        "stayed open (an application's transaction that wrote "
-                        "the user with connection=); retry after it ends"
+                        "the append waited for another transaction that holds the "
+                        "user's next version or the log's table (an application's "
+                        "open transaction with connection=, a move, DDL); nothing "
+                        "was stored; retry after it ends"
                     )
-                    raise conflict from None
+                    raise conflict from waited
                 except IntegrityError:
                     metrics.count_retry()
                     tracing.count_retry()

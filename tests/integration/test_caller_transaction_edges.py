@@ -96,7 +96,7 @@ def test_the_ledgers_own_command_waits_a_bounded_while_for_an_open_transaction(
         app.rollback()
 
     assert not waiting.is_alive()
-    assert "another transaction holds the user's next version" in "".join(
+    assert "waited for another transaction that holds the user's next" in "".join(
         outcome["conflict"].__notes__
     )
     assert kinds(ledger.history(neighbour)) == [(1, "created", "t")]
