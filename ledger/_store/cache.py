@@ -119,6 +119,11 @@ class AggregateCache:
         with self._lock:
             self._speculations.pop(aggregate_id, None)
 
+    def any_unsettled(self) -> bool:
+        """Whether any user is unsettled (a read without the lock: a hint that
+        spares the ledger's own commands the lookup when none is)."""
+        return bool(self._unsettled)
+
     def unsettled(self, aggregate_id: UUID) -> bool:
         with self._lock:
             return aggregate_id in self._unsettled

@@ -67,6 +67,27 @@ class FirstCall:
     context_after: Callable[[str], Context]
 
 
+def _decided_on(
+    known: UserContexts,
+    command: Callable[[UserContexts], T],
+    command_id: str,
+    request_id: str | None,
+) -> tuple[T] | None:
+    """The command decided on a state that may be stale (a cache, a speculation),
+    as the first try of both paths: its result when it appends (the append then
+    conflicts if the state was stale); None when the answer appends nothing (a
+    refusal, a repeat, a count of 0), which is never given from such a state but
+    decided again on what is stored."""
+    if request_id is not None and request_id in known.requests:
+        return None
+    known.attribute_to(command_id, request_id)
+    try:
+        result = command(known)
+    except LedgerError:
+        return None
+    return (result,) if known.pending else None
+
+
 class _Retries:
     """The attempts of one call against conflicts, and the pause after each."""
 
@@ -230,21 +251,15 @@ class CommandRunner:
             known = self._app.load(user_id, now, snapshot_cold=True)
         else:
             known = self._app.load_cached(user_id, now)
-        if request_id is not None and request_id in known.requests:
-            return None
-        known.attribute_to(command_id, request_id)
-        try:
-            result = command(known)
-        except LedgerError:
-            return None
-        if not known.pending:
+        decided = _decided_on(known, command, command_id, request_id)
+        if decided is None:
             return None
         try:
             self._app.record_in(port, known, after)
         except IntegrityError:
             self._app.cache.forget_speculation(aggregate_id)
             raise
-        return (result,)
+        return decided
 
     def _first_call_in(
         self, port: Port, user_id: str, aggregate: UserContexts, request_id: str
@@ -279,24 +294,19 @@ class CommandRunner:
         stripe: int,
         first: bool,
     ) -> T:
-        unsettled = self._app.cache.unsettled(user_aggregate_id(user_id))
+        unsettled = self._app.cache.any_unsettled() and self._app.cache.unsettled(
+            user_aggregate_id(user_id)
+        )
         if first and self._stale[stripe] <= READ_FIRST_ABOVE and not unsettled:
             # Decided on this process's cached aggregate without reading the store:
             # if another process wrote since, the save conflicts and the retry
-            # reloads. An answer that appends nothing (a refusal, a repeat, a count
-            # of 0) is never given from the cache; it is decided on stored state.
+            # reloads.
             known = self._app.load_cached(user_id, self._now())
-            if request_id is None or request_id not in known.requests:
-                known.attribute_to(command_id, request_id)
-                try:
-                    result = command(known)
-                    appends = bool(known.pending)
-                except LedgerError:  # a refusal is decided again on stored state
-                    appends = False
-                if appends:
-                    self._record(known, request_id)
-                    self._observe(stripe, stale=False)
-                    return result
+            decided = _decided_on(known, command, command_id, request_id)
+            if decided is not None:
+                self._record(known, request_id)
+                self._observe(stripe, stale=False)
+                return decided[0]
         aggregate = self._catch_up(user_id, stripe if first else None)
         if unsettled:
             self._app.cache.settle(aggregate.id)

@@ -292,12 +292,7 @@ class ParallelPostgresRecorder(PostgresApplicationRecorder):
         """The append statement and its parameters (a column of values each); the
         one-row form, with plain values, for a single event."""
         statement = self._append_statement
-        params: tuple[Any, ...] = (
-            [event.originator_id for event in stored_events],
-            [event.originator_version for event in stored_events],
-            [event.topic for event in stored_events],
-            [event.state for event in stored_events],
-        )
+        params: tuple[Any, ...] = _columns(stored_events)
         if len(stored_events) == 1:
             statement, params = (
                 self._append_one_statement,
@@ -314,13 +309,8 @@ class ParallelPostgresRecorder(PostgresApplicationRecorder):
         transaction on the same version is bounded (LOCK_WAIT_MS), and
         with ``after`` (version, stored state) it is made only if the caller's
         transaction sees that very event there."""
-        columns = (
-            [event.originator_id for event in stored_events],
-            [event.originator_version for event in stored_events],
-            [event.topic for event in stored_events],
-            [event.state for event in stored_events],
-        )
         version, state = after if after is not None else (None, None)
+        columns = _columns(stored_events)
         return self._append_checked_statement, (*columns, version, state)
 
     def subscribe(
@@ -393,6 +383,16 @@ class PostgresLogFactory(PostgresFactory):
         connection_options = self.datastore.pool.kwargs
         if seconds and isinstance(connection_options, dict):
             connection_options["connect_timeout"] = int(seconds)
+
+
+def _columns(stored_events: Sequence[StoredEvent]) -> tuple[list[Any], ...]:
+    """The events as the append functions take them: a column of values each."""
+    return (
+        [event.originator_id for event in stored_events],
+        [event.originator_version for event in stored_events],
+        [event.topic for event in stored_events],
+        [event.state for event in stored_events],
+    )
 
 
 def _fetch(

@@ -43,6 +43,7 @@ class Latency:
 
     calls: int
     p50_ms: float
+    p95_ms: float
     p99_ms: float
     mean_ms: float
 
@@ -52,6 +53,7 @@ class Latency:
         return cls(
             calls=len(ms),
             p50_ms=round(ms[len(ms) // 2], 3),
+            p95_ms=round(ms[min(len(ms) - 1, int(len(ms) * 0.95))], 3),
             p99_ms=round(ms[min(len(ms) - 1, int(len(ms) * 0.99))], 3),
             mean_ms=round(statistics.fmean(ms), 3),
         )

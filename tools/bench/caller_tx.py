@@ -38,7 +38,7 @@ import psycopg
 from psycopg import sql
 
 from ledger import ContextLedger
-from tools.bench.api import PAYLOAD, POSTGRES_DSN
+from tools.bench.api import PAYLOAD, POSTGRES_DSN, Latency
 
 THREADS = 4
 WARM_ROUNDS = 50
@@ -59,26 +59,6 @@ RATIOS = (
     ("own_reuse / floor", "own_reuse", "floor"),
     ("caller_reuse / floor", "caller_reuse", "floor"),
 )
-
-
-@dataclass
-class Latency:
-    """Per-call latency in milliseconds."""
-
-    calls: int
-    p50_ms: float
-    p95_ms: float
-    mean_ms: float
-
-    @classmethod
-    def of(cls, samples_ns: list[int]) -> "Latency":
-        ms = sorted(sample / 1e6 for sample in samples_ns)
-        return cls(
-            calls=len(ms),
-            p50_ms=round(ms[len(ms) // 2], 3),
-            p95_ms=round(ms[min(len(ms) - 1, int(len(ms) * 0.95))], 3),
-            mean_ms=round(sum(ms) / len(ms), 3),
-        )
 
 
 @dataclass
